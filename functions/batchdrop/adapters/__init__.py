@@ -1,0 +1,1 @@
+"""The only code that touches AWS: one module per service we use."""

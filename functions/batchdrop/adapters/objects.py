@@ -1,0 +1,104 @@
+"""S3: reading uploads as a stream of chunks, writing outputs and work files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from boto3.s3.transfer import TransferConfig
+
+from batchdrop.adapters.aws import client
+from batchdrop.models import InputObject
+
+# Multipart above 16 MB, in 16 MB parts: memory stays bounded while large outputs upload.
+TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+READ_CHUNK = 1 << 20
+
+
+class ObjectMissing(Exception):
+    pass
+
+
+@dataclass
+class ObjectStore:
+    bucket: str
+    s3: Any = None
+
+    def __post_init__(self) -> None:
+        if self.s3 is None:
+            self.s3 = client("s3")
+
+    def head(self, key: str, version_id: str | None = None) -> InputObject:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            head = self.s3.head_object(**kwargs)
+        except self.s3.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectMissing(key) from None
+            raise
+        return InputObject(
+            bucket=self.bucket,
+            key=key,
+            version_id=head.get("VersionId") or version_id,
+            etag=(head.get("ETag") or "").strip('"') or None,
+            size=head.get("ContentLength"),
+        )
+
+    def chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            body = self.s3.get_object(**kwargs)["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            raise ObjectMissing(key) from None
+        try:
+            yield from body.iter_chunks(READ_CHUNK)
+        finally:
+            body.close()
+
+    def lines(self, key: str) -> Iterator[bytes]:
+        """The lines of one of our own JSONL work files (written by us, so plain and well formed)."""
+        rest = b""
+        for chunk in self.chunks(key):
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            yield from (p for p in parts if p)
+        if rest:
+            yield rest
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except self.s3.exceptions.ClientError:
+            return False
+        return True
+
+    def upload_file(self, path: str, key: str, content_type: str = "application/x-ndjson") -> None:
+        self.s3.upload_file(path, self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=orjson.dumps(value, option=orjson.OPT_INDENT_2),
+            ContentType="application/json",
+        )
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/x-ndjson") -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def download(self, key: str, path: str) -> None:
+        self.s3.download_file(self.bucket, key, path, Config=TRANSFER)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,37 @@
+"""Provider API keys from Secrets Manager, cached per container by Powertools."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+
+
+class MissingKey(Exception):
+    pass
+
+
+def api_key(secret_arn: str | None, env_name: str) -> str:
+    """The key stored in the secret (a plain string, or JSON with "api_key"), else the SDK's own env var.
+
+    The env var is for running the code outside batchdrop's deployments; the stack never sets it.
+    """
+    if secret_arn:
+        from aws_lambda_powertools.utilities import parameters
+
+        value = str(parameters.get_secret(secret_arn, max_age=300))
+        if value.lstrip().startswith("{"):
+            try:
+                value = str(orjson.loads(value).get("api_key", ""))
+            except orjson.JSONDecodeError:
+                pass
+        if value.strip():
+            return value.strip()
+        raise MissingKey(
+            f"the secret {secret_arn} holds no API key: put one with "
+            f"aws secretsmanager put-secret-value --secret-id {secret_arn} --secret-string KEY"
+        )
+    value = os.environ.get(env_name, "")
+    if value:
+        return value
+    raise MissingKey(f"no API key: set the provider's secret ARN in the deployment, or {env_name}")

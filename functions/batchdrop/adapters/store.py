@@ -1,0 +1,233 @@
+"""DynamoDB: jobs and their batches, with a version on every item for optimistic locking.
+
+One table. A job is `pk=JOB#<id>, sk=JOB`; its batches are `pk=JOB#<id>, sk=BATCH#<key>`. Items that
+need the poll function's attention carry `due_pk`/`due_at`, which puts them in the sparse `due` index;
+an item leaves the index by losing those attributes, so the poll never reads finished work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from batchdrop.adapters.aws import client
+from batchdrop.config import DUE_INDEX, DUE_PK, DUE_SK
+
+DUE = "DUE"
+JOB_SK = "JOB"
+BATCH_SK = "BATCH#"
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+class Conflict(Exception):
+    """Someone else changed the item first (or it is not in the expected state): re-read, don't retry blindly."""
+
+
+def job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def _to_ddb(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_ddb(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_ddb(v) for v in value]
+    return value
+
+
+def _from_ddb(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_ddb(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_ddb(v) for v in value]
+    return value
+
+
+def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(_to_ddb(v)) for k, v in item.items() if v is not None}
+
+
+def deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _from_ddb(_de.deserialize(v)) for k, v in item.items()}
+
+
+@dataclass
+class JobStore:
+    table: str
+    ddb: Any = None
+
+    def __post_init__(self) -> None:
+        if self.ddb is None:
+            self.ddb = client("dynamodb")
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        out = self.ddb.get_item(
+            TableName=self.table, Key=serialize({"pk": job_pk(job_id), "sk": JOB_SK}), ConsistentRead=True
+        )
+        return deserialize(out["Item"]) if "Item" in out else None
+
+    def get_batches(self, job_id: str) -> list[dict[str, Any]]:
+        return list(
+            self._query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :b)",
+                ExpressionAttributeValues=serialize({":pk": job_pk(job_id), ":b": BATCH_SK}),
+                ConsistentRead=True,
+            )
+        )
+
+    def due(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Items whose next look is due, oldest first: a query on the sparse index, never a scan."""
+        items = self._query(
+            IndexName=DUE_INDEX,
+            KeyConditionExpression="#p = :p AND #s <= :now",
+            ExpressionAttributeNames={"#p": DUE_PK, "#s": DUE_SK},
+            ExpressionAttributeValues=serialize({":p": DUE, ":now": Decimal(str(round(now, 3)))}),
+        )
+        out = []
+        for item in items:
+            out.append(item)
+            if len(out) >= limit:
+                break
+        return out
+
+    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """For the CLI's status table. A scan, which only an operator's command may afford."""
+        out: list[dict[str, Any]] = []
+        paginator = self.ddb.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.table,
+            FilterExpression="sk = :j",
+            ExpressionAttributeValues=serialize({":j": JOB_SK}),
+        ):
+            out.extend(deserialize(i) for i in page.get("Items", []))
+        out.sort(key=lambda j: j.get("received_at", ""), reverse=True)
+        return out[:limit]
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        paginator = self.ddb.get_paginator("query")
+        for page in paginator.paginate(TableName=self.table, **kwargs):
+            for item in page.get("Items", []):
+                yield deserialize(item)
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def create(self, item: dict[str, Any]) -> bool:
+        """Put a new item; False (and nothing written) if it exists already."""
+        item = {**item, "version": 1}
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item=serialize(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def update(
+        self,
+        item: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        remove: tuple[str, ...] = (),
+        when_status: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Apply `changes` if the item still has the version we read (and one of `when_status`).
+
+        Returns the item as it now is; raises Conflict if another writer got there first.
+        """
+        names: dict[str, str] = {"#v": "version"}
+        values: dict[str, Any] = {":v": item["version"], ":one": 1}
+        sets = ["#v = #v + :one"]
+        for i, (k, v) in enumerate(changes.items()):
+            if v is None:
+                remove = (*remove, k)
+                continue
+            names[f"#k{i}"] = k
+            values[f":c{i}"] = v
+            sets.append(f"#k{i} = :c{i}")
+        expr = "SET " + ", ".join(sets)
+        removes = []
+        for i, k in enumerate(dict.fromkeys(remove)):
+            names[f"#r{i}"] = k
+            removes.append(f"#r{i}")
+        if removes:
+            expr += " REMOVE " + ", ".join(removes)
+        condition = "#v = :v"
+        if when_status is not None:
+            names["#st"] = "status"
+            placeholders = []
+            for i, s in enumerate(when_status):
+                values[f":s{i}"] = s
+                placeholders.append(f":s{i}")
+            condition += f" AND #st IN ({', '.join(placeholders)})"
+        try:
+            out = self.ddb.update_item(
+                TableName=self.table,
+                Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
+                UpdateExpression=expr,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=serialize(values),
+                ReturnValues="ALL_NEW",
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            raise Conflict(f"{item['pk']} {item['sk']} changed since version {item['version']}") from None
+        return deserialize(out["Attributes"])
+
+    def claim(
+        self, item: Mapping[str, Any], owner: str, seconds: float, when_status: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """Take the item's lease for `seconds` unless someone else holds an unexpired one.
+
+        A lease keeps two invocations (a duplicated event, an overlapping retry) from working on the
+        same job at once; if its holder dies, the lease runs out and the work can be taken over.
+        """
+        now = time.time()
+        names = {"#l": "lease_until", "#o": "lease_owner", "#st": "status", "#v": "version"}
+        values: dict[str, Any] = {
+            ":now": Decimal(str(now)),
+            ":until": Decimal(str(now + seconds)),
+            ":me": owner,
+        }
+        values[":one"] = 1
+        placeholders = []
+        for i, s in enumerate(when_status):
+            values[f":s{i}"] = s
+            placeholders.append(f":s{i}")
+        try:
+            out = self.ddb.update_item(
+                TableName=self.table,
+                Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
+                UpdateExpression="SET #l = :until, #o = :me, #v = #v + :one",
+                ConditionExpression=(
+                    f"#st IN ({', '.join(placeholders)}) AND "
+                    "(attribute_not_exists(#l) OR #l < :now OR #o = :me)"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=serialize(values),
+                ReturnValues="ALL_NEW",
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            raise Conflict(f"{item['pk']} is leased by another invocation or not in {when_status}") from None
+        return deserialize(out["Attributes"])
+
+
+def due_fields(at: float) -> dict[str, Any]:
+    """The attributes that put an item in the sparse `due` index, to be looked at from `at` on."""
+    return {DUE_PK: DUE, DUE_SK: Decimal(str(round(at, 3)))}
+
+
+NOT_DUE = (DUE_PK, DUE_SK)

@@ -1,0 +1,261 @@
+"""The `batchdrop` command line (DESIGN.md "Command line")."""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from batchdrop import models as m
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+KIND_STYLE = {
+    "upload": "cyan",
+    "job": "bold",
+    "batch": "yellow",
+    "notify": "magenta",
+}
+
+
+def _say(kind: str, text: str) -> None:
+    console.print(f"[{KIND_STYLE.get(kind, '')}]{kind:>7}[/] {text}")
+
+
+def _knob_options(f: Any) -> Any:
+    """The emulator's knobs, shared by `local run` and `emulator`."""
+    options = [
+        click.option("--provider-latency", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="Seconds from a batch's creation until the emulated provider has ended it."),
+        click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Share of requests the provider fails (half refused as bad requests, half server errors)."),
+        click.option("--expire-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Share of batches that expire before all their requests ran."),
+        click.option("--transient-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Share of provider HTTP calls answered 429 or 500 (the SDKs retry them)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random draw."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _knobs(provider_latency: float, failure_rate: float, expire_rate: float,
+           transient_error_rate: float, seed: int) -> Any:
+    from batchdrop.local.emulator import EmulatorKnobs
+
+    return EmulatorKnobs(
+        latency=provider_latency,
+        failure_rate=failure_rate,
+        expire_rate=expire_rate,
+        transient_error_rate=transient_error_rate,
+        seed=seed,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main() -> None:
+    """batchdrop: drop a JSONL file of LLM requests into S3, get batch results back at half price.
+
+    The local commands run on an embedded stack (moto's server and a provider emulator) and need no
+    AWS account and no API key.
+    """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
+              help="Where to copy the outputs tree and notifications.jsonl.")
+def demo(out_dir: str) -> None:
+    """Run the sample files in events/ through submit → poll → complete on the embedded stack."""
+    samples = sorted(str(p) for p in _events_dir().glob("*.jsonl"))
+    if not samples:
+        raise click.ClickException(f"no sample files found in {_events_dir()}")
+    console.print("[bold]batchdrop demo[/]: the sample files through the whole pipeline, locally\n")
+    _run(samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None)
+
+
+@main.group()
+def local() -> None:
+    """The pipeline on the embedded stack, for your own files."""
+
+
+@local.command("run")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where to copy the bucket's outputs/ tree and write notifications.jsonl.")
+@_knob_options
+@click.option("--folder", default=None,
+              help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines to Anthropic).")
+@click.option("--on-invalid", type=click.Choice(["skip", "reject"]), default="skip", show_default=True,
+              help="skip: submit the valid lines and report the rest; reject: refuse a file with any invalid line.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Attempts per request; expired and retryable failures are resubmitted until then.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Give up after this many seconds.")
+def local_run(files: tuple[str, ...], out_dir: str, provider_latency: float, failure_rate: float,
+              expire_rate: float, transient_error_rate: float, seed: int, folder: str | None,
+              on_invalid: str, max_attempts: int, timeout: float) -> None:
+    """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
+
+    Exits 0 when every job ended, whatever its status; writes OUT/outputs/..., OUT/notifications.jsonl
+    and OUT/provider_stats.json.
+    """
+    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
+    _run(list(files), out_dir, knobs, folder=folder, on_invalid=on_invalid, max_attempts=max_attempts,
+         timeout=timeout)
+
+
+def _run(files: list[str], out_dir: str, knobs: Any, folder: str | None, on_invalid: str = "skip",
+         max_attempts: int = 2, timeout: float = 600) -> None:
+    from batchdrop.local.run import RunError, run_files
+    from batchdrop.local.stack import StackOptions
+
+    options = StackOptions(knobs=knobs, on_invalid=on_invalid, max_attempts=max_attempts)
+    try:
+        report = run_files(files, out_dir, options, folder=folder, say=_say, timeout=timeout)
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"\nAll jobs ended in {report.seconds:.1f}s", title_justify="left")
+    for column in ("file", "status", "lines", "invalid", "ok", "failed", "saved $", "outputs"):
+        table.add_column(column)
+    for job in report.jobs:
+        summary = job.summary or {}
+        counts = summary.get("counts", {})
+        saved = (summary.get("cost_usd") or {}).get("saved")
+        results = summary.get("results", "")
+        table.add_row(
+            os.path.basename(job.file),
+            job.status,
+            str(counts.get("lines", "")),
+            str(counts.get("invalid", "")),
+            str(counts.get("succeeded", "")),
+            str(counts.get("failed", "")),
+            "n/a" if saved is None else f"{saved:.6f}",
+            results.rsplit("/", 1)[0] + "/" if results else "",
+        )
+    console.print(table)
+    console.print(f"Outputs copied to [bold]{os.path.join(report.out_dir, 'outputs')}[/]")
+    console.print(f"{len(report.notifications)} notifications in "
+                  f"[bold]{os.path.join(report.out_dir, 'notifications.jsonl')}[/]")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--on-invalid", type=click.Choice(["skip", "reject"]), default="skip", show_default=True)
+@click.option("--folder", default=None, help="Validate as if uploaded under inputs/FOLDER/ (provider routing).")
+@click.option("--json", "as_json", is_flag=True, help="Print the error lines as JSONL instead of a table.")
+def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_json: bool) -> None:
+    """Validate FILES offline with the submit function's own code: counts and the error lines.
+
+    Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
+    """
+    from batchdrop.config import PROVIDER_DEFAULT_LIMITS, DEFAULT_ROUTES
+    from batchdrop.outputs import validation_error
+    from batchdrop.planner import BatchPlanner, PlannedBatch
+    from batchdrop.reader import decompressed, iter_chunks, iter_lines
+    from batchdrop.validation import DEFAULT_MAX_LINE, Validator
+
+    bad = False
+    for path in files:
+        if not os.path.isfile(path):
+            raise click.ClickException(f"{path}: no such file")
+        validator = Validator(
+            providers=dict(PROVIDER_DEFAULT_LIMITS),
+            routes=DEFAULT_ROUTES,
+            folder_provider=folder if folder in PROVIDER_DEFAULT_LIMITS else None,
+        )
+        batches: list[PlannedBatch] = []
+        planner = BatchPlanner(limits=validator.providers, on_batch=lambda b: (batches.append(b), b.discard()))  # type: ignore[func-returns-value]
+        lines = invalid = 0
+        errors: list[dict[str, Any]] = []
+        last = 0
+        with open(path, "rb") as f:
+            try:
+                for number, raw in iter_lines(decompressed(iter_chunks(f)), DEFAULT_MAX_LINE):
+                    last = number
+                    verdict = validator.check(number, raw)
+                    if verdict is None:
+                        continue
+                    lines += 1
+                    if isinstance(verdict, m.Request):
+                        planner.add(verdict)
+                    else:
+                        invalid += 1
+                        errors.append(validation_error(verdict))
+            except (EOFError, zlib.error) as exc:
+                lines += 1
+                invalid += 1
+                errors.append(validation_error(m.Invalid(last + 1, None, m.INVALID_ENCODING,
+                                                         f"the gzip file cannot be read past line {last} ({exc})")))
+        planner.finish()
+        valid = lines - invalid
+        rejected = valid == 0 or (invalid and on_invalid == "reject")
+        bad = bad or bool(invalid) or bool(rejected)
+        by_provider: dict[str, int] = {}
+        for b in batches:
+            by_provider[b.provider] = by_provider.get(b.provider, 0) + 1
+        plan = ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
+        verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
+        console.print(f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {plan} · "
+                      f"{verdict_text}")
+        if as_json:
+            for e in errors:
+                sys.stdout.write(orjson.dumps(e).decode() + "\n")
+        elif errors:
+            table = Table(show_header=True)
+            for column in ("line", "custom_id", "code", "message"):
+                table.add_column(column, overflow="fold")
+            for e in errors[:200]:
+                table.add_row(str(e["line"]), e["custom_id"] or "", e["code"], e["message"])
+            console.print(table)
+            if len(errors) > 200:
+                console.print(f"... and {len(errors) - 200} more (use --json for all)")
+    sys.exit(1 if bad else 0)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8099, show_default=True)
+@_knob_options
+def emulator(host: str, port: int, provider_latency: float, failure_rate: float, expire_rate: float,
+             transient_error_rate: float, seed: int) -> None:
+    """Serve the provider emulator alone (OpenAI Files/Batches, Anthropic Message Batches)."""
+    from batchdrop.local.emulator import ProviderEmulator
+
+    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
+    emu = ProviderEmulator(knobs, host=host, port=port).start()
+    console.print(f"OpenAI base URL:    [bold]{emu.openai_base_url}[/]")
+    console.print(f"Anthropic base URL: [bold]{emu.anthropic_base_url}[/]")
+    console.print("Any non-empty API key is accepted. Ctrl-C to stop.")
+    try:
+        while True:
+            import time
+
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        emu.stop()
+
+
+def _events_dir() -> Path:
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "events", Path.cwd() / "events"):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd() / "events"
+
+
+def _iter_nothing() -> Iterator[None]:
+    yield None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Settings, read once at the handler boundary and passed down as a typed object.
+
+Every environment variable batchdrop reads is named here and nowhere else. The CDK stack sets the
+same names (infra/), and the embedded stack sets them for local runs (batchdrop.local.stack).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MB = 1024 * 1024
+
+# The private prefix where batchdrop keeps what it needs between functions: the batch files it
+# planned, their line indexes and the validation errors. Users read outputs/, never this.
+WORK_PREFIX = "work/"
+INPUT_PREFIX = "inputs/"
+OUTPUT_PREFIX = "outputs/"
+CANCEL_PREFIX = "cancel/"
+
+# The sparse index the poll function queries: only items that need a look carry these attributes.
+DUE_INDEX = "due"
+DUE_PK = "due_pk"
+DUE_SK = "due_at"
+
+ENV_BUCKET = "BATCHDROP_BUCKET"
+ENV_TABLE = "BATCHDROP_TABLE"
+ENV_TOPIC_ARN = "BATCHDROP_TOPIC_ARN"
+ENV_COMPLETION_QUEUE_URL = "BATCHDROP_COMPLETION_QUEUE_URL"
+ENV_ON_INVALID = "BATCHDROP_ON_INVALID"
+ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
+ENV_PROVIDERS = "BATCHDROP_PROVIDERS"
+ENV_ROUTES = "BATCHDROP_ROUTES"
+ENV_ANTHROPIC_DEFAULT_MAX_TOKENS = "BATCHDROP_ANTHROPIC_DEFAULT_MAX_TOKENS"
+ENV_POLL_MIN_SECONDS = "BATCHDROP_POLL_MIN_SECONDS"
+ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
+# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES.
+ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
+
+ON_INVALID_CHOICES = ("skip", "reject")
+
+# Model-name prefixes → provider. Users extend or override it with BATCHDROP_ROUTES
+# ("prefix=provider,prefix=provider").
+DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
+    ("claude-", "anthropic"),
+    ("gpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("chatgpt-", "openai"),
+    ("text-embedding-", "openai"),
+    ("omni-moderation", "openai"),
+)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How large one provider batch may be; the planner closes a batch before either is passed."""
+
+    max_requests: int
+    max_bytes: int
+
+
+# The providers' documented maxima (PROVIDERS.md). Anthropic's default byte limit is lower than its
+# 256 MB maximum because its requests are sent inline: the SDK holds the whole batch as Python
+# objects while it serialises it, about 8x the JSON size, and 32 MB of JSON keeps that under 512 MB.
+PROVIDER_MAXIMA: dict[str, BatchLimits] = {
+    "openai": BatchLimits(max_requests=50_000, max_bytes=200 * MB),
+    "anthropic": BatchLimits(max_requests=100_000, max_bytes=256 * MB),
+}
+PROVIDER_DEFAULT_LIMITS: dict[str, BatchLimits] = {
+    "openai": BatchLimits(max_requests=50_000, max_bytes=190 * MB),
+    "anthropic": BatchLimits(max_requests=100_000, max_bytes=32 * MB),
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what it expects."""
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    limits: BatchLimits
+    secret_arn: str | None = None
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    table: str
+    topic_arn: str
+    completion_queue_url: str
+    on_invalid: str = "skip"
+    max_attempts: int = 2
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES
+    anthropic_default_max_tokens: int = 1024
+    poll_min_seconds: int = 30
+    poll_max_seconds: int = 1800
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is not set: the deployment (CDK stack or local stack) sets it")
+            return value
+
+        def integer(name: str, default: int, minimum: int = 1) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+            if value < minimum:
+                raise ConfigError(f"{name}={value} must be at least {minimum}")
+            return value
+
+        on_invalid = env.get(ENV_ON_INVALID, "skip").strip() or "skip"
+        if on_invalid not in ON_INVALID_CHOICES:
+            raise ConfigError(
+                f"{ENV_ON_INVALID}={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}"
+            )
+
+        enabled = [p.strip() for p in env.get(ENV_PROVIDERS, "openai,anthropic").split(",") if p.strip()]
+        providers: dict[str, ProviderSettings] = {}
+        for name in enabled:
+            if name not in PROVIDER_MAXIMA:
+                known = ", ".join(sorted(PROVIDER_MAXIMA))
+                raise ConfigError(f"{ENV_PROVIDERS} names {name!r}: known providers are {known}")
+
+            def var(what: str, name: str = name) -> str:
+                return ENV_PROVIDER_TEMPLATE.format(name=name.upper(), what=what)
+
+            maxima, defaults = PROVIDER_MAXIMA[name], PROVIDER_DEFAULT_LIMITS[name]
+            limits = BatchLimits(
+                max_requests=integer(var("MAX_REQUESTS"), defaults.max_requests),
+                max_bytes=integer(var("MAX_BYTES"), defaults.max_bytes, minimum=1024),
+            )
+            if limits.max_requests > maxima.max_requests or limits.max_bytes > maxima.max_bytes:
+                raise ConfigError(
+                    f"{var('MAX_REQUESTS')}/{var('MAX_BYTES')} exceed {name}'s limits "
+                    f"({maxima.max_requests} requests, {maxima.max_bytes} bytes): set them lower"
+                )
+            providers[name] = ProviderSettings(
+                name=name,
+                limits=limits,
+                secret_arn=env.get(var("SECRET_ARN")) or None,
+                base_url=env.get(var("BASE_URL")) or None,
+            )
+
+        return cls(
+            bucket=need(ENV_BUCKET),
+            table=need(ENV_TABLE),
+            topic_arn=need(ENV_TOPIC_ARN),
+            completion_queue_url=need(ENV_COMPLETION_QUEUE_URL),
+            on_invalid=on_invalid,
+            max_attempts=integer(ENV_MAX_ATTEMPTS, 2),
+            providers=providers,
+            routes=parse_routes(env.get(ENV_ROUTES, "")),
+            anthropic_default_max_tokens=integer(ENV_ANTHROPIC_DEFAULT_MAX_TOKENS, 1024),
+            poll_min_seconds=integer(ENV_POLL_MIN_SECONDS, 30, minimum=0),
+            poll_max_seconds=integer(ENV_POLL_MAX_SECONDS, 1800, minimum=0),
+        )
+
+
+def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
+    """User routes ("prefix=provider,...") take precedence over the defaults."""
+    extra: list[tuple[str, str]] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        prefix, sep, provider = part.partition("=")
+        if not sep or not prefix.strip() or not provider.strip():
+            raise ConfigError(f"{ENV_ROUTES}: {part!r} is not of the form model-prefix=provider")
+        extra.append((prefix.strip(), provider.strip()))
+    return (*extra, *DEFAULT_ROUTES)

@@ -1,0 +1,24 @@
+"""EventBridge schedule → poll."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batchdrop.handlers import deps
+from batchdrop.observability import logger, metrics, tracer
+from batchdrop.poll import poll
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    report = poll(deps())
+    metrics.add_metric(name="BatchesChecked", unit=MetricUnit.Count, value=report.looked_at)
+    metrics.add_metric(name="BatchesEnded", unit=MetricUnit.Count, value=report.ended)
+    metrics.add_metric(name="StuckBatches", unit=MetricUnit.Count, value=report.stuck)
+    return asdict(report)

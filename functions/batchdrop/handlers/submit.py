@@ -1,0 +1,22 @@
+"""S3 ObjectCreated → submit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batchdrop.handlers import deps
+from batchdrop.observability import logger, metrics, tracer
+from batchdrop.submit import submit_event
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    results = submit_event(deps(), event)
+    for result in results:
+        metrics.add_metric(name=f"Jobs_{result.outcome}", unit=MetricUnit.Count, value=1)
+    return {"jobs": [{"job_id": r.job_id, "outcome": r.outcome} for r in results]}

@@ -1,0 +1,147 @@
+"""Driving files through the whole pipeline on the embedded stack (`batchdrop local run`, the demo)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchdrop import models as m
+from batchdrop.adapters import aws
+from batchdrop.adapters.store import JobStore
+from batchdrop.local import stack as s
+from batchdrop.local.dispatcher import Dispatcher
+from batchdrop.pipeline import job_id_for
+
+Say = Callable[[str, str], None]
+
+
+class RunError(Exception):
+    """The run could not finish: a precise message for the user, no traceback."""
+
+
+@dataclass
+class JobView:
+    file: str
+    key: str
+    job_id: str
+    status: str = "uploaded"
+    batches: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class RunReport:
+    jobs: list[JobView]
+    notifications: list[dict[str, Any]]
+    out_dir: str
+    provider_stats: dict[str, Any]
+    seconds: float
+
+
+def input_key(path: str, folder: str | None) -> str:
+    name = os.path.basename(path)
+    return f"inputs/{folder.strip('/')}/{name}" if folder else f"inputs/{name}"
+
+
+def check_files(files: Sequence[str]) -> None:
+    for path in files:
+        if not os.path.isfile(path):
+            raise RunError(f"{path}: no such file")
+        if not path.endswith((".jsonl", ".jsonl.gz")):
+            raise RunError(f"{path}: batchdrop takes .jsonl or .jsonl.gz files (rename it if it is JSONL)")
+
+
+def run_files(
+    files: Sequence[str],
+    out_dir: str,
+    options: s.StackOptions | None = None,
+    folder: str | None = None,
+    say: Say | None = None,
+    tick_seconds: float = 0.2,
+    timeout: float = 600.0,
+    keys: Sequence[str] | None = None,
+) -> RunReport:
+    """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/."""
+    check_files(files)
+    say = say or (lambda kind, text: None)
+    started = time.monotonic()
+    os.makedirs(out_dir, exist_ok=True)
+    with s.LocalStack(options) as stack:
+        dispatcher = Dispatcher(stack)
+        store = JobStore(s.TABLE)
+        jobs: list[JobView] = []
+        for i, path in enumerate(files):
+            key = keys[i] if keys else input_key(path, folder)
+            stack.upload(path, key)
+            head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
+            obj = m.InputObject(
+                s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"]
+            )
+            jobs.append(JobView(path, key, job_id_for(obj)))
+            say("upload", f"{path} → s3://{s.BUCKET}/{key}")
+        notifications: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            dispatcher.deliver_uploads()
+            dispatcher.tick()
+            dispatcher.deliver_completions()
+            for note in dispatcher.notifications():
+                notifications.append(note)
+                attrs = note["attributes"]
+                say(
+                    "notify",
+                    f"SNS {attrs.get('event')} · {attrs.get('job_id')} · provider={attrs.get('provider')}",
+                )
+            _refresh(store, jobs, say)
+            if all(j.status in m.FINAL_JOB_STATES for j in jobs):
+                break
+            if time.monotonic() > deadline:
+                pending = ", ".join(
+                    f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES
+                )
+                raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
+            time.sleep(tick_seconds)
+        # A last drain: the terminal notification may land just after the state we saw.
+        for note in dispatcher.notifications():
+            notifications.append(note)
+        stack.download_tree("outputs/", out_dir)
+        with open(os.path.join(out_dir, "notifications.jsonl"), "wb") as f:
+            for note in notifications:
+                f.write(orjson.dumps(note) + b"\n")
+        stats = stack.emulator.stats()
+        with open(os.path.join(out_dir, "provider_stats.json"), "wb") as f:
+            f.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2))
+        for job in jobs:
+            prefix = (store.get_job(job.job_id) or {}).get("output_prefix")
+            if prefix:
+                job.summary = orjson.loads(stack.get(f"{prefix}summary.json"))
+        return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started)
+
+
+def _refresh(store: JobStore, jobs: list[JobView], say: Say) -> None:
+    for job in jobs:
+        if job.status in m.FINAL_JOB_STATES:
+            continue
+        item = store.get_job(job.job_id)
+        if item is None:
+            continue
+        for batch in store.get_batches(job.job_id):
+            progress = batch.get("progress") or {}
+            state = batch.get("status", "")
+            shown = f"{state} {progress.get('done') or 0}/{progress.get('total') or batch['requests']}"
+            if job.batches.get(batch["batch_key"]) != shown:
+                job.batches[batch["batch_key"]] = shown
+                bid = batch.get("provider_batch_id") or "(not sent yet)"
+                say("batch", f"{os.path.basename(job.file)} · {batch['provider']} {bid} · {shown}")
+        if item["status"] != job.status:
+            job.status = item["status"]
+            counts = item.get("counts") or {}
+            detail = ""
+            if counts:
+                detail = f" · {counts.get('lines', 0)} lines, {counts.get('invalid', 0)} invalid"
+            say("job", f"{os.path.basename(job.file)} · {job.job_id} · {job.status}{detail}")

@@ -1,0 +1,260 @@
+"""The embedded stack: moto's server for AWS and the provider emulator, both over HTTP on 127.0.0.1.
+
+`LocalStack` creates the same resources the CDK stack deploys (from one definition here), points
+boto3 at moto with AWS_ENDPOINT_URL and the providers at the emulator, and sets the environment the
+handlers read, exactly as Lambda would. Nothing in the functions knows it is running locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchdrop import config as c
+from batchdrop.adapters import aws
+from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
+
+REGION = "us-east-1"
+BUCKET = "batchdrop-local"
+TABLE = "batchdrop-jobs"
+TOPIC = "batchdrop-notifications"
+S3_EVENTS_QUEUE = "batchdrop-s3-events"
+NOTIFICATIONS_QUEUE = "batchdrop-notifications-capture"
+COMPLETION_QUEUE = "batchdrop-completion"
+COMPLETION_DLQ = "batchdrop-completion-dlq"
+MAX_RECEIVE_COUNT = 3
+# A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
+# functions read it through the same code path as in AWS.
+LOCAL_API_KEY = "local-emulator-key"
+
+
+@dataclass
+class StackOptions:
+    knobs: EmulatorKnobs = field(default_factory=EmulatorKnobs)
+    on_invalid: str = "skip"
+    max_attempts: int = 2
+    providers: tuple[str, ...] = ("openai", "anthropic")
+    limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # provider → (requests, bytes)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.emulator = ProviderEmulator(self.options.knobs)
+        self._moto: Any = None
+        self._saved_env: dict[str, str | None] = {}
+        self.endpoint = ""
+        self.queue_urls: dict[str, str] = {}
+        self.topic_arn = ""
+        self.secret_arns: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        from moto.server import ThreadedMotoServer
+
+        # moto's werkzeug server logs every request; the progress display is ours to show.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.emulator.start()
+        self._set_env(
+            {
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_NAMESPACE": "batchdrop",
+                "POWERTOOLS_SERVICE_NAME": "batchdrop",
+                "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+                # Metrics go to stdout as EMF in Lambda; locally they would only drown the display.
+                "POWERTOOLS_METRICS_DISABLED": "true",
+            }
+        )
+        aws.reset()
+        self._create_resources()
+        self._set_env(self.function_env())
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.emulator.stop()
+        if self._moto is not None:
+            with contextlib.suppress(Exception):
+                self._moto.stop()
+            self._moto = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        aws.reset()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _set_env(self, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    # -- resources (the local twin of infra/) ---------------------------------------------------
+
+    def _create_resources(self) -> None:
+        s3, sqs, sns, ddb, sm = (aws.client(n) for n in ("s3", "sqs", "sns", "dynamodb", "secretsmanager"))
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ):
+            self.queue_urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
+        dlq_arn = self.queue_arn(COMPLETION_DLQ)
+        self.queue_urls[COMPLETION_QUEUE] = sqs.create_queue(
+            QueueName=COMPLETION_QUEUE,
+            Attributes={
+                "VisibilityTimeout": "30",
+                "RedrivePolicy": orjson.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+                ).decode(),
+            },
+        )["QueueUrl"]
+        # S3 → SQS, as moto delivers it: the dispatcher drains this queue into the submit handler,
+        # so the event shape (URL-encoded keys and all) is moto's, not ours.
+        s3.put_bucket_notification_configuration(
+            Bucket=BUCKET,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": self.queue_arn(S3_EVENTS_QUEUE),
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {
+                            "Key": {"FilterRules": [{"Name": "prefix", "Value": c.INPUT_PREFIX}, *suffix]}
+                        },
+                    }
+                    for suffix in (
+                        [{"Name": "suffix", "Value": ".jsonl"}],
+                        [{"Name": "suffix", "Value": ".jsonl.gz"}],
+                    )
+                ]
+            },
+        )
+        ddb.create_table(
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+                {"AttributeName": c.DUE_PK, "AttributeType": "S"},
+                {"AttributeName": c.DUE_SK, "AttributeType": "N"},
+            ],
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": c.DUE_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": c.DUE_PK, "KeyType": "HASH"},
+                        {"AttributeName": c.DUE_SK, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+        )
+        self.topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
+        sns.subscribe(
+            TopicArn=self.topic_arn,
+            Protocol="sqs",
+            Endpoint=self.queue_arn(NOTIFICATIONS_QUEUE),
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        for provider in self.options.providers:
+            self.secret_arns[provider] = sm.create_secret(
+                Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
+            )["ARN"]
+
+    def queue_arn(self, name: str) -> str:
+        return f"arn:aws:sqs:{REGION}:123456789012:{name}"
+
+    def function_env(self) -> dict[str, str]:
+        o = self.options
+        env = {
+            c.ENV_BUCKET: BUCKET,
+            c.ENV_TABLE: TABLE,
+            c.ENV_TOPIC_ARN: self.topic_arn,
+            c.ENV_COMPLETION_QUEUE_URL: self.queue_urls[COMPLETION_QUEUE],
+            c.ENV_ON_INVALID: o.on_invalid,
+            c.ENV_MAX_ATTEMPTS: str(o.max_attempts),
+            c.ENV_PROVIDERS: ",".join(o.providers),
+            # The local clock runs fast: look at a batch as soon as it is due.
+            c.ENV_POLL_MIN_SECONDS: "0",
+            c.ENV_POLL_MAX_SECONDS: "1",
+        }
+        base_urls = {"openai": self.emulator.openai_base_url, "anthropic": self.emulator.anthropic_base_url}
+        for provider in o.providers:
+            name = provider.upper()
+            env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="SECRET_ARN")] = self.secret_arns[provider]
+            env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="BASE_URL")] = base_urls[provider]
+            if provider in o.limits:
+                requests, size = o.limits[provider]
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_REQUESTS")] = str(requests)
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_BYTES")] = str(size)
+        env.update(o.extra_env)
+        return env
+
+    # -- conveniences for the CLI and tests -----------------------------------------------------
+
+    def upload(self, path: str, key: str) -> None:
+        aws.client("s3").upload_file(path, BUCKET, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        aws.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)
+
+    def get(self, key: str) -> bytes:
+        body: bytes = aws.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        return body
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        paginator = aws.client("s3").get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def download_tree(self, prefix: str, out_dir: str) -> list[str]:
+        """Copy every object under `prefix` into out_dir. A key is data: segments such as `..` are
+        escaped (`%2E%2E`), so no key can write outside out_dir."""
+        root = os.path.realpath(out_dir)
+        written = []
+        for key in self.keys(prefix):
+            target = os.path.join(root, local_path(key))
+            if os.path.commonpath([root, os.path.realpath(target)]) != root:
+                raise ValueError(f"refusing to write the object {key!r} outside {out_dir}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            aws.client("s3").download_file(BUCKET, key, target)
+            written.append(target)
+        return written
+
+
+def local_path(key: str) -> str:
+    """A relative file path for an S3 key that cannot climb out of the folder it is joined to."""
+    parts = []
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            segment = segment.replace(".", "%2E") or "%2F"
+        parts.append(segment)
+    return os.path.join(*parts)

@@ -1,0 +1,145 @@
+"""The shapes batchdrop passes between its layers, by role.
+
+Input lines become a `Request` (valid, in the provider's own batch-line format) or an `Invalid`.
+Provider answers become an `Outcome`. Output lines are built from those in `batchdrop.outputs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Validation error codes (DESIGN.md "Input lines").
+INVALID_ENCODING = "invalid_encoding"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_FORMAT = "unknown_format"
+MISSING_CUSTOM_ID = "missing_custom_id"
+INVALID_CUSTOM_ID = "invalid_custom_id"
+DUPLICATE_CUSTOM_ID = "duplicate_custom_id"
+MISSING_MODEL = "missing_model"
+UNKNOWN_PROVIDER = "unknown_provider"
+UNSUPPORTED_ENDPOINT = "unsupported_endpoint"
+INVALID_REQUEST = "invalid_request"
+REQUEST_TOO_LARGE = "request_too_large"
+# A valid line that was not sent because on_invalid=reject refused its file. DESIGN.md has no code
+# for it, yet every line must land in exactly one output file and `lines == invalid + submitted`.
+FILE_REJECTED = "file_rejected"
+
+VALIDATION_CODES = (
+    INVALID_ENCODING,
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    UNKNOWN_FORMAT,
+    MISSING_CUSTOM_ID,
+    INVALID_CUSTOM_ID,
+    DUPLICATE_CUSTOM_ID,
+    MISSING_MODEL,
+    UNKNOWN_PROVIDER,
+    UNSUPPORTED_ENDPOINT,
+    INVALID_REQUEST,
+    REQUEST_TOO_LARGE,
+)
+
+# Provider-stage error codes (DESIGN.md "Outputs").
+REQUEST_ERROR = "request_error"
+SERVER_ERROR = "server_error"
+EXPIRED = "expired"
+CANCELED = "canceled"
+BATCH_FAILED = "batch_failed"
+# Worth another attempt in a new batch: the request itself was not at fault.
+RETRYABLE_CODES = frozenset({SERVER_ERROR, EXPIRED})
+
+
+@dataclass(slots=True)
+class Request:
+    """A valid input line, already in its provider's batch-line format (`payload`, no newline)."""
+
+    line: int
+    custom_id: str
+    provider: str
+    # What must be equal for two requests to share a batch (OpenAI: endpoint and model).
+    group: str
+    model: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Invalid:
+    line: int
+    custom_id: str | None
+    code: str
+    message: str
+
+
+# Batch states, normalised across providers.
+PENDING = "pending"  # planned and stored, not yet sent
+SUBMITTING = "submitting"  # intent recorded; the provider may or may not have it
+VALIDATING = "validating"
+IN_PROGRESS = "in_progress"
+FINALIZING = "finalizing"
+CANCELLING = "cancelling"
+COMPLETED = "completed"
+FAILED = "failed"
+BATCH_EXPIRED = "expired"
+BATCH_CANCELED = "canceled"
+TERMINAL_BATCH_STATES = frozenset({COMPLETED, FAILED, BATCH_EXPIRED, BATCH_CANCELED})
+
+# Job states.
+JOB_SUBMITTING = "submitting"
+JOB_SUBMITTED = "submitted"
+JOB_COMPLETING = "completing"
+JOB_COMPLETED = "completed"
+JOB_PARTIAL = "partial"
+JOB_FAILED = "failed"
+JOB_REJECTED = "rejected"
+JOB_CANCELED = "canceled"
+FINAL_JOB_STATES = frozenset({JOB_COMPLETED, JOB_PARTIAL, JOB_FAILED, JOB_REJECTED, JOB_CANCELED})
+
+
+@dataclass(slots=True)
+class BatchStatus:
+    """What a provider says of one batch, in our terms."""
+
+    state: str
+    provider_status: str
+    total: int | None = None
+    done: int | None = None
+    failed: int | None = None
+    # The provider's own reason when the whole batch failed, e.g. OpenAI's errors.data.
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_BATCH_STATES
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One request's result from a provider: a success body, or an error with one of our codes."""
+
+    custom_id: str
+    ok: bool
+    response: dict[str, Any] | None = None
+    code: str | None = None
+    message: str | None = None
+    detail: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputObject:
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str | None
+    size: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "version_id": self.version_id,
+            "etag": self.etag,
+            "size": self.size,
+        }

@@ -1,0 +1,111 @@
+"""What the three functions share: their wiring, and the names of a job's things in S3."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from batchdrop.adapters.notify import Notifier
+from batchdrop.adapters.objects import ObjectStore
+from batchdrop.adapters.queue import CompletionQueue
+from batchdrop.adapters.store import JobStore
+from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX, Settings
+from batchdrop.models import InputObject
+
+if TYPE_CHECKING:
+    from batchdrop.providers.base import Provider
+
+INPUT_SUFFIXES = (".jsonl.gz", ".jsonl")
+
+
+@dataclass
+class Deps:
+    """Everything the logic talks to, injected so tests can hand in moto-backed pieces."""
+
+    settings: Settings
+    objects: ObjectStore
+    store: JobStore
+    notifier: Notifier
+    queue: CompletionQueue
+    provider_factory: Callable[[str], Provider] | None = None
+    clock: Callable[[], float] = time.time
+    # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
+    checkpoint: Callable[[str], None] = lambda step: None
+    _providers: dict[str, Provider] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deps:
+        return cls(
+            settings=settings,
+            objects=ObjectStore(settings.bucket),
+            store=JobStore(settings.table),
+            notifier=Notifier(settings.topic_arn),
+            queue=CompletionQueue(settings.completion_queue_url),
+        )
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            if self.provider_factory is not None:
+                self._providers[name] = self.provider_factory(name)
+            else:
+                from batchdrop.providers import load
+
+                self._providers[name] = load(self.settings.providers[name])
+        return self._providers[name]
+
+
+def job_id_for(obj: InputObject) -> str:
+    """Stable for one object version, so the same upload delivered twice is one job."""
+    basis = f"{obj.bucket}\n{obj.key}\n{obj.version_id or ''}\n{obj.etag or ''}"
+    return "job-" + hashlib.sha256(basis.encode()).hexdigest()[:20]
+
+
+def output_prefix(key: str, job_id: str) -> str:
+    """outputs/<path under inputs/ without the extension>/<job_id>/ (the key is data, used verbatim)."""
+    rest = key[len(INPUT_PREFIX) :] if key.startswith(INPUT_PREFIX) else key
+    for suffix in INPUT_SUFFIXES:
+        if rest.endswith(suffix):
+            rest = rest[: -len(suffix)]
+            break
+    return f"{OUTPUT_PREFIX}{rest}/{job_id}/"
+
+
+def work_prefix(job_id: str) -> str:
+    return f"{WORK_PREFIX}{job_id}/"
+
+
+def batch_data_key(job_id: str, batch_key: str) -> str:
+    return f"{work_prefix(job_id)}batches/{batch_key}.jsonl"
+
+
+def batch_index_key(job_id: str, batch_key: str) -> str:
+    return f"{work_prefix(job_id)}batches/{batch_key}.idx"
+
+
+def validation_errors_key(job_id: str) -> str:
+    return f"{work_prefix(job_id)}validation-errors.jsonl"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def invocation_id() -> str:
+    return uuid.uuid4().hex
+
+
+@functools.cache
+def _noop() -> None:
+    return None
+
+
+def batch_ref_fields(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: batch.get(k) for k in ("job_id", "batch_key", "provider", "attempt", "requests")}

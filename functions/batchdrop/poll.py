@@ -1,0 +1,140 @@
+"""Poll: look at the batches that are due, record their state, hand finished jobs to completion.
+
+Reads only the sparse `due` index (never a scan), so an idle poll costs one query and no provider
+call. Every write is conditional on the version read, so overlapping polls record each change once
+and move a job to `completing` exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from batchdrop import models as m
+from batchdrop.adapters.store import JOB_SK, NOT_DUE, Conflict, due_fields
+from batchdrop.pipeline import Deps, iso
+
+logger = Logger(service="batchdrop")
+
+# If a completion has not finished this long after the job was handed over (lost message, crashed
+# worker), the poll hands it over again; completion is idempotent and leased.
+COMPLETION_GRACE_SECONDS = 20 * 60
+# A batch still running this long after submission has outlived the providers' 24 h window.
+STUCK_AFTER_SECONDS = 25 * 3600
+
+
+@dataclass
+class PollReport:
+    looked_at: int = 0
+    changed: int = 0
+    ended: int = 0
+    handed_over: list[str] = field(default_factory=list)
+    stuck: int = 0
+    errors: int = 0
+
+
+def poll(deps: Deps) -> PollReport:
+    report = PollReport()
+    now = deps.clock()
+    for item in deps.store.due(now):
+        report.looked_at += 1
+        try:
+            if item["sk"] == JOB_SK:
+                _job_due(deps, item, report)
+            else:
+                _batch_due(deps, item, report)
+        except Conflict:
+            # Another poll got there first; it has recorded the change.
+            continue
+    return report
+
+
+def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+    provider = deps.provider(batch["provider"])
+    now = deps.clock()
+    logger.append_keys(job_id=batch["job_id"], batch_id=batch.get("provider_batch_id"))
+    try:
+        status = provider.status(batch["provider_batch_id"])
+    except Exception as exc:
+        report.errors += 1
+        logger.warning("provider status failed; will look again", extra={"error": type(exc).__name__})
+        deps.store.update(
+            batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)}
+        )
+        return
+    submitted = float(batch.get("submitted_ts") or now)
+    if not status.terminal and now - submitted > STUCK_AFTER_SECONDS:
+        report.stuck += 1
+    changes: dict[str, Any] = {
+        "status": status.state,
+        "provider_status": status.provider_status,
+        "progress": {"total": status.total, "done": status.done, "failed": status.failed},
+        "checks": int(batch.get("checks", 0)) + 1,
+    }
+    if status.error:
+        changes["error"] = status.error
+    if not status.terminal:
+        if status.state != batch.get("status") or status.done != (batch.get("progress") or {}).get("done"):
+            report.changed += 1
+        deps.store.update(batch, {**changes, **_next_due(deps, batch, now, status)})
+        return
+    changes["ended_at"] = iso(now)
+    deps.store.update(batch, changes, remove=NOT_DUE)
+    report.changed += 1
+    report.ended += 1
+    logger.info("batch ended", extra={"state": status.state})
+    if hand_over_if_done(deps, batch["job_id"]):
+        report.handed_over.append(batch["job_id"])
+
+
+def _next_due(
+    deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None
+) -> dict[str, Any]:
+    """Back off with the batch's age; look sooner once it is finalizing or has moved."""
+    settings = deps.settings
+    age = now - float(batch.get("submitted_ts") or now)
+    wait = min(settings.poll_max_seconds, max(settings.poll_min_seconds, age / 4))
+    if status is not None and (status.state in (m.FINALIZING, m.CANCELLING)):
+        wait = settings.poll_min_seconds
+    return due_fields(now + wait)
+
+
+def hand_over_if_done(deps: Deps, job_id: str) -> bool:
+    """Move a submitted job whose batches have all ended to `completing` and queue it, once.
+
+    Called by the poll when a batch ends, and by submit and resubmission right after they mark a
+    job submitted, in case its batches ended before that.
+    """
+    batches = deps.store.get_batches(job_id)
+    if not batches or any(b.get("status") not in m.TERMINAL_BATCH_STATES for b in batches):
+        return False
+    job = deps.store.get_job(job_id)
+    if job is None or job["status"] != m.JOB_SUBMITTED:
+        return False
+    now = deps.clock()
+    # The conditional transition is what makes the hand-over happen once, however many polls race.
+    try:
+        deps.store.update(
+            job,
+            {"status": m.JOB_COMPLETING, "ended_at": iso(now), **due_fields(now + COMPLETION_GRACE_SECONDS)},
+            when_status=(m.JOB_SUBMITTED,),
+        )
+    except Conflict:
+        return False
+    deps.queue.send(job_id)
+    logger.info("job handed to completion", extra={"job_id": job_id})
+    return True
+
+
+def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
+    now = deps.clock()
+    if job["status"] == m.JOB_COMPLETING:
+        deps.store.update(job, due_fields(now + COMPLETION_GRACE_SECONDS), when_status=(m.JOB_COMPLETING,))
+        deps.queue.send(job["job_id"])
+        report.handed_over.append(job["job_id"])
+        logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})
+    else:
+        # Nothing else should be due; take it out of the index rather than look at it forever.
+        deps.store.update(job, {}, remove=NOT_DUE)

@@ -1,0 +1,82 @@
+"""Cost estimates from reported usage. Prices change: keep them here, and only here.
+
+USD per million tokens at real-time rates; batch work costs BATCH_DISCOUNT of that. Users extend
+or override the table with BATCHDROP_PRICES (JSON: {"model-prefix": [input, output], ...}).
+A model not in the table gets a null cost, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import orjson
+
+BATCH_DISCOUNT = 0.5
+ENV_PRICES = "BATCHDROP_PRICES"
+
+# Real-time list prices (input, output) per million tokens, late 2026; longest prefix wins.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5": (1.25, 10.00),
+    "o4-mini": (1.10, 4.40),
+    "o3-mini": (1.10, 4.40),
+    "o3": (2.00, 8.00),
+    "text-embedding-3-small": (0.02, 0.0),
+    "text-embedding-3-large": (0.13, 0.0),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-opus-4": (15.00, 75.00),
+}
+
+
+def price_table(env: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
+    env = os.environ if env is None else env
+    table = dict(PRICES)
+    raw = env.get(ENV_PRICES, "").strip()
+    if raw:
+        for prefix, pair in orjson.loads(raw).items():
+            table[str(prefix)] = (float(pair[0]), float(pair[1]))
+    return table
+
+
+def realtime_price(model: str, table: Mapping[str, tuple[float, float]]) -> tuple[float, float] | None:
+    best = None
+    for prefix, price in table.items():
+        if model.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, price)
+    return best[1] if best else None
+
+
+class CostMeter:
+    """Adds up usage per model; the cost is null as soon as one used model has no known price."""
+
+    def __init__(self, table: Mapping[str, tuple[float, float]]) -> None:
+        self.table = table
+        self.realtime = 0.0
+        self.unknown: set[str] = set()
+
+    def add(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        price = realtime_price(model, self.table)
+        if price is None:
+            self.unknown.add(model)
+            return
+        self.realtime += (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
+    def summary(self) -> dict[str, float | None]:
+        if self.unknown:
+            return {"batch": None, "realtime_equivalent": None, "saved": None}
+        batch = self.realtime * BATCH_DISCOUNT
+        return {
+            "batch": round(batch, 6),
+            "realtime_equivalent": round(self.realtime, 6),
+            "saved": round(self.realtime - batch, 6),
+        }

@@ -1,0 +1,116 @@
+"""Anthropic Message Batches through the official SDK: requests inline, results streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import anthropic
+import orjson
+
+from batchdrop import models as m
+from batchdrop.adapters.secrets import api_key
+from batchdrop.config import ProviderSettings
+from batchdrop.providers.base import BatchRef
+
+# Error types worth a retry in a new batch; the rest say the request itself is wrong.
+RETRYABLE_TYPES = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+SKEW_SECONDS = 300
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self, settings: ProviderSettings, client: anthropic.Anthropic | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> anthropic.Anthropic:
+        if self._client is None:
+            self._client = anthropic.Anthropic(
+                api_key=api_key(self.settings.secret_arn, "ANTHROPIC_API_KEY"),
+                base_url=self.settings.base_url,
+                max_retries=6,
+                timeout=300,
+            )
+        return self._client
+
+    def create(self, batch: BatchRef, path: str) -> str:
+        # Inline requests: the batch is in memory while it is sent, bounded by the byte limit.
+        with open(path, "rb") as f:
+            requests = [orjson.loads(line) for line in f if line.strip()]
+        created = self.client.messages.batches.create(requests=requests)
+        return created.id
+
+    def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
+        """Anthropic batches carry no metadata: adopt the newest batch created after our intent with
+        our request count that no other batch of ours has claimed."""
+        for candidate in self.client.messages.batches.list(limit=100):
+            created = _epoch(candidate.created_at)
+            if created < batch.intent_at - SKEW_SECONDS:
+                return None
+            c = candidate.request_counts
+            total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+            if total == batch.requests and candidate.id not in exclude and created >= batch.intent_at - 5:
+                return candidate.id
+        return None
+
+    def status(self, batch_id: str) -> m.BatchStatus:
+        b = self.client.messages.batches.retrieve(batch_id)
+        c = b.request_counts
+        total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+        if b.processing_status == "ended":
+            state = m.BATCH_CANCELED if b.cancel_initiated_at else m.COMPLETED
+        elif b.processing_status == "canceling":
+            state = m.CANCELLING
+        else:
+            state = m.IN_PROGRESS
+        return m.BatchStatus(
+            state=state,
+            provider_status=b.processing_status,
+            total=total,
+            done=total - c.processing,
+            failed=c.errored + c.expired + c.canceled,
+        )
+
+    def outcomes(self, batch_id: str, status: m.BatchStatus) -> Iterator[m.Outcome]:
+        for item in self.client.messages.batches.results(batch_id):
+            result = item.result
+            if result.type == "succeeded":
+                yield m.Outcome(item.custom_id, ok=True, response=result.message.model_dump(mode="json"))
+            elif result.type == "errored":
+                inner = result.error.error
+                code = m.SERVER_ERROR if inner.type in RETRYABLE_TYPES else m.REQUEST_ERROR
+                yield m.Outcome(
+                    item.custom_id,
+                    ok=False,
+                    code=code,
+                    message=inner.message,
+                    detail=item.model_dump(mode="json"),
+                )
+            elif result.type == "expired":
+                yield m.Outcome(
+                    item.custom_id,
+                    ok=False,
+                    code=m.EXPIRED,
+                    message="the batch expired before this request ran",
+                    detail=item.model_dump(mode="json"),
+                )
+            else:
+                yield m.Outcome(
+                    item.custom_id,
+                    ok=False,
+                    code=m.CANCELED,
+                    message="the batch was canceled before this request ran",
+                    detail=item.model_dump(mode="json"),
+                )
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.messages.batches.cancel(batch_id)
+
+
+def _epoch(value: datetime | str) -> float:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.timestamp()

@@ -1,0 +1,140 @@
+"""OpenAI Batch API through the official SDK: upload a JSONL file, create a batch, poll, read files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import orjson
+
+from batchdrop import models as m
+from batchdrop.adapters.secrets import api_key
+from batchdrop.config import ProviderSettings
+from batchdrop.providers.base import BatchRef
+
+STATES = {
+    "validating": m.VALIDATING,
+    "in_progress": m.IN_PROGRESS,
+    "finalizing": m.FINALIZING,
+    "cancelling": m.CANCELLING,
+    "completed": m.COMPLETED,
+    "failed": m.FAILED,
+    "expired": m.BATCH_EXPIRED,
+    "cancelled": m.BATCH_CANCELED,
+}
+# Error-file codes OpenAI uses for requests a batch never ran.
+UNRUN = {"batch_expired": m.EXPIRED, "batch_cancelled": m.CANCELED}
+META_JOB = "batchdrop_job_id"
+META_BATCH = "batchdrop_batch_key"
+# How far before our recorded intent a provider-side creation time may fall (clock skew).
+SKEW_SECONDS = 300
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, settings: ProviderSettings, client: openai.OpenAI | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> openai.OpenAI:
+        if self._client is None:
+            # The SDK retries 429s, 5xx and timeouts with exponential backoff and jitter.
+            self._client = openai.OpenAI(
+                api_key=api_key(self.settings.secret_arn, "OPENAI_API_KEY"),
+                base_url=self.settings.base_url,
+                max_retries=6,
+                timeout=120,
+            )
+        return self._client
+
+    def create(self, batch: BatchRef, path: str) -> str:
+        endpoint = batch.group.split(" ", 1)[0]
+        with open(path, "rb") as f:
+            uploaded = self.client.files.create(
+                file=(f"{batch.job_id}-{batch.key}.jsonl", f), purpose="batch"
+            )
+        created = self.client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=endpoint,  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata={META_JOB: batch.job_id, META_BATCH: batch.key},
+        )
+        return created.id
+
+    def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
+        for candidate in self.client.batches.list(limit=100):
+            if candidate.created_at < batch.intent_at - SKEW_SECONDS:
+                return None  # newest first: everything further is older than our intent
+            meta = candidate.metadata or {}
+            if (
+                meta.get(META_JOB) == batch.job_id
+                and meta.get(META_BATCH) == batch.key
+                and candidate.id not in exclude
+            ):
+                return candidate.id
+        return None
+
+    def status(self, batch_id: str) -> m.BatchStatus:
+        b = self.client.batches.retrieve(batch_id)
+        counts = b.request_counts
+        error = None
+        if b.errors and b.errors.data:
+            error = "; ".join(
+                f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in b.errors.data
+            )
+        return m.BatchStatus(
+            state=STATES.get(b.status, m.IN_PROGRESS),
+            provider_status=b.status,
+            total=counts.total if counts else None,
+            done=counts.completed if counts else None,
+            failed=counts.failed if counts else None,
+            error=error,
+            raw={"output_file_id": b.output_file_id, "error_file_id": b.error_file_id},
+        )
+
+    def outcomes(self, batch_id: str, status: m.BatchStatus) -> Iterator[m.Outcome]:
+        for key in ("output_file_id", "error_file_id"):
+            file_id = status.raw.get(key)
+            if file_id:
+                for line in self._lines(file_id):
+                    yield _outcome(orjson.loads(line))
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(batch_id)
+
+    def _lines(self, file_id: str) -> Iterator[bytes]:
+        # Streamed: files.content() would hold a 200 MB output file in memory.
+        with self.client.files.with_streaming_response.content(file_id) as response:
+            rest = b""
+            for chunk in response.iter_bytes(1 << 20):
+                parts = (rest + chunk).split(b"\n")
+                rest = parts.pop()
+                yield from (p for p in parts if p.strip())
+            if rest.strip():
+                yield rest
+
+
+def _outcome(line: dict[str, Any]) -> m.Outcome:
+    custom_id = str(line.get("custom_id"))
+    response = line.get("response") or None
+    error = line.get("error") or None
+    if response and response.get("status_code") == 200 and not error:
+        return m.Outcome(custom_id, ok=True, response=response.get("body") or {})
+    if error and error.get("code") in UNRUN:
+        return m.Outcome(
+            custom_id,
+            ok=False,
+            code=UNRUN[error["code"]],
+            message=error.get("message") or error["code"],
+            detail=line,
+        )
+    status_code = (response or {}).get("status_code")
+    body_error = ((response or {}).get("body") or {}).get("error") or {}
+    message = body_error.get("message") or (error or {}).get("message") or f"HTTP {status_code}"
+    code = (
+        m.SERVER_ERROR if status_code is None or status_code >= 500 or status_code == 429 else m.REQUEST_ERROR
+    )
+    return m.Outcome(custom_id, ok=False, code=code, message=message, detail=line)

@@ -1,0 +1,134 @@
+"""Streaming an uploaded file as numbered physical lines, never the whole file in memory."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class InputFileError(Exception):
+    """The file as a whole cannot be read (e.g. truncated gzip); `line` is where reading stopped."""
+
+    def __init__(self, code: str, message: str, line: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.line = line
+
+
+class LineTooLong:
+    """Stands in for a line longer than the cap: its bytes were skipped, only its size is kept."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def iter_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    while chunk := stream.read(chunk_size):
+        yield chunk
+
+
+def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The file's content in chunks; gzip (by its magic bytes, concatenated members too) is inflated
+    on the fly with bounded output. Raises EOFError for a truncated stream, zlib.error for a corrupt one.
+    """
+    it = iter(chunks)
+    first = next(it, b"")
+    if not first.startswith(GZIP_MAGIC):
+        if first:
+            yield first
+        yield from it
+        return
+    inflater = zlib.decompressobj(wbits=31)
+    fed = False
+    for chunk in _prepend(first, it):
+        data = chunk
+        while data:
+            fed = True
+            out = inflater.decompress(data, CHUNK)
+            if out:
+                yield out
+            if inflater.eof:
+                data = inflater.unused_data
+                inflater = zlib.decompressobj(wbits=31)
+                fed = False
+            else:
+                data = inflater.unconsumed_tail
+    if fed:
+        tail = inflater.flush()
+        if tail:
+            yield tail
+        if not inflater.eof:
+            raise EOFError("the gzip stream ends before its end marker: the file is truncated")
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def iter_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """Yield (1-based physical line number, line without its newline) for every line.
+
+    A UTF-8 BOM at the start is dropped and a trailing CR is removed. A line longer than `max_line`
+    bytes is yielded as `LineTooLong` without being held in memory.
+    """
+    number = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    overflow = False
+    first = True
+    for chunk in chunks:
+        if first:
+            if chunk.startswith(BOM):
+                chunk = chunk[3:]
+            elif len(chunk) < 3 and BOM.startswith(chunk):
+                # Too short to tell; a BOM split across chunks is vanishingly rare but handled.
+                pending.append(chunk)
+                pending_size += len(chunk)
+                continue
+            first = False
+            if pending and (pending[0] + chunk).startswith(BOM):
+                chunk = (pending[0] + chunk)[3:]
+                pending, pending_size = [], 0
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                piece = chunk[start:]
+                if piece:
+                    pending_size += len(piece)
+                    if pending_size > max_line:
+                        overflow = True
+                        pending = []
+                    elif not overflow:
+                        pending.append(piece)
+                break
+            piece = chunk[start:end]
+            number += 1
+            size = pending_size + len(piece)
+            if overflow or size > max_line:
+                yield number, LineTooLong(size)
+            else:
+                line = b"".join(pending) + piece if pending else piece
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                yield number, line
+            pending, pending_size, overflow = [], 0, False
+            start = end + 1
+    if pending or overflow:
+        number += 1
+        if overflow:
+            yield number, LineTooLong(pending_size)
+        else:
+            line = b"".join(pending)
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            yield number, line

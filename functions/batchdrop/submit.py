@@ -1,0 +1,343 @@
+"""Submit: one uploaded file → a job with provider batches (DESIGN.md "Data flow" 1–2).
+
+Every step is safe to run again: the job id comes from the object version, the plan is
+deterministic, items are created conditionally, and a batch's intent is recorded before the provider
+is called, so a retried or duplicated invocation adopts what the provider accepted instead of
+submitting it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import orjson
+from aws_lambda_powertools import Logger
+
+from batchdrop import models as m
+from batchdrop.adapters.objects import ObjectMissing
+from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk
+from batchdrop.config import INPUT_PREFIX
+from batchdrop.outputs import validation_error
+from batchdrop.pipeline import (
+    INPUT_SUFFIXES,
+    Deps,
+    batch_data_key,
+    batch_index_key,
+    invocation_id,
+    iso,
+    job_id_for,
+    output_prefix,
+    validation_errors_key,
+)
+from batchdrop.planner import BatchPlanner, PlannedBatch
+from batchdrop.poll import hand_over_if_done
+from batchdrop.providers.base import BatchRef
+from batchdrop.reader import decompressed, iter_lines
+from batchdrop.validation import DEFAULT_MAX_LINE, Validator
+
+logger = Logger(service="batchdrop")
+
+# Longer than the submit function's timeout: a live holder is never overtaken.
+LEASE_SECONDS = 16 * 60
+
+
+@dataclass
+class SubmitResult:
+    job_id: str | None
+    outcome: str  # submitted | rejected | duplicate | busy | ignored
+
+
+def s3_records(event: dict[str, Any]) -> list[tuple[str, str, str | None, str | None, int | None]]:
+    """(bucket, key, version_id, etag, size) of each ObjectCreated record; keys arrive URL-encoded."""
+    out = []
+    for record in event.get("Records") or []:
+        if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        s3 = record.get("s3") or {}
+        obj = s3.get("object") or {}
+        out.append(
+            (
+                (s3.get("bucket") or {}).get("name", ""),
+                unquote_plus(obj.get("key", "")),
+                obj.get("versionId") or None,
+                obj.get("eTag") or None,
+                obj.get("size"),
+            )
+        )
+    return out
+
+
+def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
+    if event.get("Event") == "s3:TestEvent":
+        return []
+    return [
+        submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)
+    ]
+
+
+def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
+    if not key.startswith(INPUT_PREFIX):
+        logger.info("ignoring an object outside inputs/", extra={"key": key})
+        return SubmitResult(None, "ignored")
+    try:
+        obj = deps.objects.head(key, version_id)
+    except ObjectMissing:
+        logger.warning("the uploaded object is gone (deleted before we read it)", extra={"key": key})
+        return SubmitResult(None, "ignored")
+    job_id = job_id_for(obj)
+    logger.append_keys(job_id=job_id)
+    store = deps.store
+    now = deps.clock()
+    job = {
+        "pk": job_pk(job_id),
+        "sk": "JOB",
+        "job_id": job_id,
+        "status": m.JOB_SUBMITTING,
+        "input": obj.as_dict(),
+        "output_prefix": output_prefix(key, job_id),
+        "received_at": iso(now),
+        "attempt": 1,
+    }
+    if not store.create(job):
+        existing = store.get_job(job_id)
+        if existing is None or existing["status"] != m.JOB_SUBMITTING:
+            logger.info("duplicate delivery of an upload already submitted")
+            return SubmitResult(job_id, "duplicate")
+    owner = invocation_id()
+    try:
+        current = store.claim(store.get_job(job_id) or job, owner, LEASE_SECONDS, (m.JOB_SUBMITTING,))
+    except Conflict:
+        logger.info("another invocation is submitting this job")
+        return SubmitResult(job_id, "busy")
+    return _Submission(deps, current, obj, owner).run()
+
+
+class _Submission:
+    def __init__(self, deps: Deps, job: dict[str, Any], obj: m.InputObject, owner: str) -> None:
+        self.deps = deps
+        self.job = job
+        self.obj = obj
+        self.owner = owner
+        self.job_id: str = job["job_id"]
+
+    def run(self) -> SubmitResult:
+        if not self.job.get("planned"):
+            self._plan()
+        if self.job.get("rejected"):
+            from batchdrop.complete import finish_job
+
+            finish_job(self.deps, self.job_id, self.owner)
+            return SubmitResult(self.job_id, "rejected")
+        batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
+        submitted = [submit_batch(self.deps, self.job_id, b, batches) for b in batches]
+        self._announce(submitted)
+        return SubmitResult(self.job_id, "submitted")
+
+    # -- planning: stream, validate, split, store ---------------------------------------------------
+
+    def _plan(self) -> None:
+        deps, settings = self.deps, self.deps.settings
+        folder = _folder_provider(self.obj.key, settings.providers)
+        validator = Validator(
+            providers={name: p.limits for name, p in settings.providers.items()},
+            routes=settings.routes,
+            folder_provider=folder,
+            anthropic_default_max_tokens=settings.anthropic_default_max_tokens,
+        )
+        stored: list[str] = []
+        models_by_provider: dict[str, set[str]] = {}
+
+        def store_batch(batch: PlannedBatch) -> None:
+            record_batch(deps, self.job_id, batch, attempt=1)
+            stored.append(batch.key)
+            models_by_provider.setdefault(batch.provider, set()).add(batch.model)
+
+        planner = BatchPlanner(
+            limits=validator.providers, on_batch=store_batch, key_prefix="a1-", tmpdir=_tmpdir()
+        )
+        lines = invalid = valid = 0
+        file_error: m.Invalid | None = None
+        with tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors:
+            try:
+                chunks = decompressed(deps.objects.chunks(self.obj.key, self.obj.version_id))
+                last_line = 0
+                for number, raw in iter_lines(chunks, DEFAULT_MAX_LINE):
+                    last_line = number
+                    verdict = validator.check(number, raw)
+                    if verdict is None:
+                        continue
+                    lines += 1
+                    if isinstance(verdict, m.Request):
+                        valid += 1
+                        planner.add(verdict)
+                    else:
+                        invalid += 1
+                        errors.write(orjson.dumps(validation_error(verdict)) + b"\n")
+            except (EOFError, zlib.error) as exc:
+                file_error = m.Invalid(
+                    last_line + 1,
+                    None,
+                    m.INVALID_ENCODING,
+                    f"the gzip file cannot be read past line {last_line} ({exc}); upload it again, complete",
+                )
+            # Even a file that cannot be read whole keeps its valid lines in batch files: they are
+            # reported as not submitted, so no line goes unaccounted for.
+            planner.finish()
+            if file_error is not None:
+                lines += 1
+                invalid += 1
+                errors.write(orjson.dumps(validation_error(file_error)) + b"\n")
+            errors.flush()
+            deps.objects.upload_file(errors.name, validation_errors_key(self.job_id))
+
+        reason = None
+        if file_error is not None:
+            reason = file_error.message
+        elif valid == 0:
+            reason = "no valid request in the file" if lines else "the file holds no request (it is empty)"
+        elif invalid and settings.on_invalid == "reject":
+            reason = f"{invalid} of {lines} lines are invalid and the on_invalid policy is reject"
+        changes: dict[str, Any] = {
+            "planned": True,
+            "counts": {"lines": lines, "invalid": invalid, "submitted": 0 if reason else valid},
+            "providers": sorted(models_by_provider),
+            "models": sorted({m for ms in models_by_provider.values() for m in ms}),
+            "batch_count": len(stored),
+        }
+        if reason:
+            # Stays in "submitting" only as long as it takes to write the outputs just below.
+            changes.update({"rejected": True, "reason": reason, "status": m.JOB_COMPLETING})
+            changes["counts"] = {"lines": lines, "invalid": lines, "submitted": 0}
+        self.job = deps.store.update(self.job, changes, when_status=(m.JOB_SUBMITTING,))
+        logger.info(
+            "planned",
+            extra={
+                "lines": lines,
+                "invalid": invalid,
+                "valid": valid,
+                "batches": len(stored),
+                "rejected": bool(reason),
+            },
+        )
+
+    # -- submission: intent, create (or adopt), record ---------------------------------------------
+
+    def _announce(self, batches: list[dict[str, Any]]) -> None:
+        deps = self.deps
+        now = deps.clock()
+        job = self.job
+        body = {
+            "job_id": self.job_id,
+            "status": m.JOB_SUBMITTED,
+            "input": self.obj.as_dict(),
+            "counts": job.get("counts"),
+            "batches": [
+                {"provider": b["provider"], "batch_id": b["provider_batch_id"], "requests": b["requests"]}
+                for b in batches
+            ],
+            "output_prefix": deps.objects.uri(job["output_prefix"]),
+        }
+        # Publish first: a crash after it re-runs and re-publishes (same notification id) rather
+        # than marking the job submitted and never telling anyone.
+        deps.notifier.publish("submitted", self.job_id, job.get("providers", []), body)
+        deps.checkpoint("after_publish")
+        deps.store.update(
+            job,
+            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now)},
+            remove=("lease_owner", "lease_until", *NOT_DUE),
+            when_status=(m.JOB_SUBMITTING,),
+        )
+        hand_over_if_done(deps, self.job_id)
+
+
+def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:
+    """Store a planned batch's files and its item (once: a re-run plans the same batch again)."""
+    try:
+        deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
+        deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
+    finally:
+        batch.discard()
+    deps.store.create(
+        {
+            "pk": job_pk(job_id),
+            "sk": f"BATCH#{batch.key}",
+            "job_id": job_id,
+            "batch_key": batch.key,
+            "provider": batch.provider,
+            "group": batch.group,
+            "model": batch.model,
+            "requests": batch.requests,
+            "bytes": batch.bytes,
+            "attempt": attempt,
+            "status": m.PENDING,
+        }
+    )
+
+
+def submit_batch(
+    deps: Deps, job_id: str, batch: dict[str, Any], all_batches: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far."""
+    if batch.get("provider_batch_id"):
+        return batch
+    provider = deps.provider(batch["provider"])
+    if batch["status"] == m.PENDING:
+        batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
+    ref = BatchRef(
+        job_id=job_id,
+        key=batch["batch_key"],
+        group=batch.get("group", ""),
+        model=batch.get("model", ""),
+        requests=batch["requests"],
+        intent_at=float(batch["intent_at"]),
+    )
+    known = frozenset(b["provider_batch_id"] for b in all_batches if b.get("provider_batch_id"))
+    batch_id = provider.find(ref, known)
+    if batch_id:
+        logger.info("adopted a batch the provider accepted before a crash", extra={"batch_id": batch_id})
+    else:
+        fd, path = tempfile.mkstemp(dir=_tmpdir(), suffix=".jsonl")
+        os.close(fd)
+        try:
+            deps.objects.download(batch_data_key(job_id, batch["batch_key"]), path)
+            batch_id = provider.create(ref, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        deps.checkpoint("after_create")
+    now = deps.clock()
+    updated = deps.store.update(
+        batch,
+        {
+            "provider_batch_id": batch_id,
+            "status": m.VALIDATING,
+            "submitted_at": iso(now),
+            "submitted_ts": now,
+            **due_fields(now + deps.settings.poll_min_seconds),
+        },
+        when_status=(m.SUBMITTING,),
+    )
+    logger.info("batch submitted", extra={"batch_id": batch_id, "batch_key": batch["batch_key"]})
+    return updated
+
+
+def _folder_provider(key: str, providers: Any) -> str | None:
+    """inputs/<provider>/... routes neutral lines to that provider."""
+    parts = key[len(INPUT_PREFIX) :].split("/")
+    if len(parts) > 1 and parts[0] in providers:
+        return parts[0]
+    return None
+
+
+def _tmpdir() -> str | None:
+    return os.environ.get("BATCHDROP_TMPDIR") or None
+
+
+def is_input_key(key: str) -> bool:
+    return key.startswith(INPUT_PREFIX) and key.endswith(INPUT_SUFFIXES)

@@ -1,0 +1,436 @@
+"""Validating and normalising input lines: the contract of DESIGN.md "Input lines", in one place.
+
+Each non-blank line becomes a `Request` in its provider's own batch-line format, or an `Invalid`
+whose message says what is wrong and how to fix it. This is the hot path of submit: one orjson parse
+per line, no model objects, and a line already in its provider's format is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchdrop import models as m
+from batchdrop.config import DEFAULT_ROUTES, BatchLimits
+from batchdrop.reader import LineTooLong
+
+CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+OPENAI_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"}
+)
+ANTHROPIC_ENDPOINT = "/v1/messages"
+OPENAI_LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+ANTHROPIC_LINE_KEYS = frozenset({"custom_id", "params"})
+NEUTRAL_KEYS = frozenset(
+    {"custom_id", "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop", "tools"}
+)
+ROLES = frozenset({"system", "user", "assistant"})
+# An input line longer than this cannot be a sensible request and is not held in memory.
+DEFAULT_MAX_LINE = 32 * 1024 * 1024
+
+
+@dataclass
+class Validator:
+    """Validates the lines of one file; remembers custom_ids to catch duplicates across the file."""
+
+    providers: Mapping[str, BatchLimits]
+    routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES
+    folder_provider: str | None = None
+    anthropic_default_max_tokens: int = 1024
+    seen: set[str] = field(default_factory=set)
+
+    def check(self, number: int, raw: bytes | LineTooLong) -> m.Request | m.Invalid | None:
+        """The verdict on one physical line; None for a blank line."""
+        if isinstance(raw, LineTooLong):
+            return m.Invalid(
+                number,
+                None,
+                m.REQUEST_TOO_LARGE,
+                f"line is {raw.size:,} bytes, more than any provider accepts for one request; "
+                "shorten the request or split it",
+            )
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if not raw.strip():
+                return None
+            return self._bad_json(number, raw, exc)
+        if not isinstance(obj, dict):
+            return m.Invalid(
+                number,
+                None,
+                m.NOT_AN_OBJECT,
+                f"expected a JSON object per line, got {_json_type(obj)}",
+            )
+        try:
+            if "body" in obj or "url" in obj or "method" in obj:
+                return self._openai_line(number, raw, obj)
+            if "params" in obj:
+                return self._anthropic_line(number, raw, obj)
+            if "messages" in obj or "model" in obj:
+                return self._neutral_line(number, obj)
+        except _Reject as reject:
+            custom_id = obj.get("custom_id")
+            return m.Invalid(
+                number, custom_id if isinstance(custom_id, str) else None, reject.code, reject.msg
+            )
+        custom_id = obj.get("custom_id")
+        return m.Invalid(
+            number,
+            custom_id if isinstance(custom_id, str) else None,
+            m.UNKNOWN_FORMAT,
+            "expected an OpenAI batch line {custom_id, method, url, body}, an Anthropic batch line "
+            "{custom_id, params} or a neutral line {model, messages}; keys found: " + _keys(obj),
+        )
+
+    def check_all(self, lines: Iterable[tuple[int, bytes | LineTooLong]]) -> Iterator[m.Request | m.Invalid]:
+        for number, raw in lines:
+            verdict = self.check(number, raw)
+            if verdict is not None:
+                yield verdict
+
+    # -- the three shapes -------------------------------------------------------------------------
+
+    def _openai_line(self, number: int, raw: bytes, obj: dict[str, Any]) -> m.Request:
+        custom_id = self._custom_id(obj, number, required=True)
+        extra = obj.keys() - OPENAI_LINE_KEYS
+        if extra:
+            raise _Reject(m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in an OpenAI batch line")
+        if obj.get("method") != "POST":
+            raise _Reject(m.INVALID_REQUEST, f'"method" must be "POST", got {_short(obj.get("method"))}')
+        url = obj.get("url")
+        if url not in OPENAI_ENDPOINTS:
+            raise _Reject(
+                m.UNSUPPORTED_ENDPOINT,
+                f'"url" {_short(url)} is not a batch endpoint we support; use one of '
+                + ", ".join(sorted(OPENAI_ENDPOINTS)),
+            )
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise _Reject(m.INVALID_REQUEST, f'"body" must be a JSON object, got {_json_type(body)}')
+        model = _model(body.get("model"), '"body.model"')
+        if body.get("stream"):
+            raise _Reject(m.INVALID_REQUEST, '"body.stream" must be false: batch requests cannot stream')
+        provider = self._provider("openai", model)
+        payload = raw.strip()
+        return self._request(number, custom_id, provider, f"{url} {model}", model, payload)
+
+    def _anthropic_line(self, number: int, raw: bytes, obj: dict[str, Any]) -> m.Request:
+        custom_id = self._custom_id(obj, number, required=True)
+        extra = obj.keys() - ANTHROPIC_LINE_KEYS
+        if extra:
+            raise _Reject(
+                m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in an Anthropic batch line"
+            )
+        params = obj.get("params")
+        if not isinstance(params, dict):
+            raise _Reject(m.INVALID_REQUEST, f'"params" must be a JSON object, got {_json_type(params)}')
+        model = _model(params.get("model"), '"params.model"')
+        _check_messages(params.get("messages"), '"params.messages"')
+        if params.get("stream"):
+            raise _Reject(m.INVALID_REQUEST, '"params.stream" must be false: batch requests cannot stream')
+        provider = self._provider("anthropic", model)
+        if "max_tokens" not in params:
+            params = {**params, "max_tokens": self.anthropic_default_max_tokens}
+            payload = orjson.dumps({"custom_id": custom_id, "params": params})
+        else:
+            _positive_int(params["max_tokens"], '"params.max_tokens"')
+            payload = raw.strip()
+        return self._request(number, custom_id, provider, "", model, payload)
+
+    def _neutral_line(self, number: int, obj: dict[str, Any]) -> m.Request:
+        custom_id = self._custom_id(obj, number, required=False)
+        extra = obj.keys() - NEUTRAL_KEYS
+        if extra:
+            raise _Reject(
+                m.INVALID_REQUEST,
+                f"field(s) {_names(extra)} are not part of the neutral format (allowed: "
+                f"{_names(NEUTRAL_KEYS)}); for provider-specific fields use that provider's batch line",
+            )
+        model = _model(obj.get("model"), '"model"')
+        provider = self.folder_provider or _route(model, self.routes)
+        if provider is None:
+            raise _Reject(
+                m.UNKNOWN_PROVIDER,
+                f"no provider is known for model {model!r}; put the file under inputs/<provider>/ "
+                "or add a route (BATCHDROP_ROUTES=prefix=provider)",
+            )
+        provider = self._provider(provider, model)
+        messages = obj.get("messages")
+        _check_messages(messages, '"messages"')
+        if provider == "anthropic":
+            params = _to_anthropic(obj, messages, self.anthropic_default_max_tokens)
+            payload = orjson.dumps({"custom_id": custom_id, "params": params})
+            return self._request(number, custom_id, provider, "", model, payload)
+        body = _to_openai_chat(obj, messages)
+        url = "/v1/chat/completions"
+        line = {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+        return self._request(number, custom_id, provider, f"{url} {model}", model, orjson.dumps(line))
+
+    # -- shared checks ----------------------------------------------------------------------------
+
+    def _custom_id(self, obj: dict[str, Any], number: int, required: bool) -> str:
+        if "custom_id" not in obj or obj["custom_id"] is None:
+            if required:
+                raise _Reject(
+                    m.MISSING_CUSTOM_ID,
+                    'a provider batch line needs a "custom_id" (letters, digits, _ and -, up to 64)',
+                )
+            custom_id = f"line-{number}"
+        else:
+            custom_id = obj["custom_id"]
+            if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
+                raise _Reject(
+                    m.INVALID_CUSTOM_ID,
+                    f'"custom_id" {_short(custom_id)} must be 1 to 64 letters, digits, _ or -',
+                )
+        if custom_id in self.seen:
+            raise _Reject(
+                m.DUPLICATE_CUSTOM_ID,
+                f'"custom_id" {custom_id!r} is used by an earlier line; each request needs its own',
+            )
+        return custom_id
+
+    def _provider(self, provider: str, model: str) -> str:
+        if provider not in self.providers:
+            enabled = ", ".join(sorted(self.providers)) or "none"
+            raise _Reject(
+                m.UNKNOWN_PROVIDER,
+                f"provider {provider!r} (for model {model!r}) is not enabled in this deployment "
+                f"(enabled: {enabled})",
+            )
+        return provider
+
+    def _request(
+        self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes
+    ) -> m.Request:
+        limit = self.providers[provider].max_bytes
+        if len(payload) + 1 > limit:
+            raise _Reject(
+                m.REQUEST_TOO_LARGE,
+                f"the request is {len(payload):,} bytes; one {provider} batch holds at most {limit:,}",
+            )
+        self.seen.add(custom_id)
+        return m.Request(number, custom_id, provider, group, model, payload)
+
+    def _bad_json(self, number: int, raw: bytes, exc: orjson.JSONDecodeError) -> m.Invalid:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return m.Invalid(
+                number,
+                None,
+                m.INVALID_ENCODING,
+                f"byte {err.start + 1} of the line is not valid UTF-8; save the file as UTF-8",
+            )
+        reason = str(exc).split(":", 1)[0]
+        return m.Invalid(
+            number,
+            None,
+            m.INVALID_JSON,
+            f"not valid JSON ({reason} at character {exc.pos + 1}); each line must be one complete JSON object",
+        )
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, msg: str) -> None:
+        self.code = code
+        self.msg = msg
+
+
+def _route(model: str, routes: tuple[tuple[str, str], ...]) -> str | None:
+    for prefix, provider in routes:
+        if model.startswith(prefix):
+            return provider
+    return None
+
+
+def _model(value: Any, where: str) -> str:
+    if value is None or value == "":
+        raise _Reject(m.MISSING_MODEL, f"{where} is missing: name the model to run, e.g. gpt-4o-mini")
+    if not isinstance(value, str):
+        raise _Reject(m.INVALID_REQUEST, f"{where} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _Reject(m.INVALID_REQUEST, f"{where} must be a non-empty list of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _Reject(m.INVALID_REQUEST, f'{where}[{i}] must be an object with a "role" and a "content"')
+        if "content" not in message:
+            raise _Reject(m.INVALID_REQUEST, f'{where}[{i}] has no "content"')
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Reject(m.INVALID_REQUEST, f"{where} must be a whole number of at least 1, got {_short(value)}")
+    return value
+
+
+def _text_content(content: Any, where: str) -> Any:
+    """Neutral content is a string or a list of text parts: the part both providers read alike."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return [{"type": "text", "text": p["text"]} for p in content]
+    raise _Reject(
+        m.INVALID_REQUEST,
+        f"{where} must be a string or a list of {{type: text, text}} parts in the neutral format; "
+        "for images or other parts use the provider's own batch line",
+    )
+
+
+def _stop_list(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise _Reject(m.INVALID_REQUEST, '"stop" must be a string or a list of strings')
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    """Neutral tools: [{name, description?, parameters|input_schema}] (a JSON Schema for the input)."""
+    if not isinstance(tools, list):
+        raise _Reject(m.INVALID_REQUEST, '"tools" must be a list of {name, description, parameters}')
+    out = []
+    for i, tool in enumerate(tools):
+        schema = tool.get("parameters", tool.get("input_schema")) if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or not isinstance(tool.get("name"), str)
+            or not isinstance(schema, dict)
+        ):
+            raise _Reject(
+                m.INVALID_REQUEST,
+                f'"tools"[{i}] must be {{"name", "description"?, "parameters": JSON Schema}}',
+            )
+        out.append({"name": tool["name"], "description": tool.get("description", ""), "schema": schema})
+    return out
+
+
+def _to_openai_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    out_messages: list[dict[str, Any]] = []
+    if obj.get("system") is not None:
+        out_messages.append({"role": "system", "content": _text_content(obj["system"], '"system"')})
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if role not in ROLES:
+            raise _Reject(
+                m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant'
+            )
+        out_messages.append(
+            {"role": role, "content": _text_content(msg["content"], f'"messages"[{i}].content')}
+        )
+    body: dict[str, Any] = {"model": obj["model"], "messages": out_messages}
+    if obj.get("max_tokens") is not None:
+        body["max_completion_tokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
+    for key in ("temperature", "top_p"):
+        if obj.get(key) is not None:
+            body[key] = _number(obj[key], key, 0, 2 if key == "temperature" else 1)
+    if obj.get("stop") is not None:
+        body["stop"] = _stop_list(obj["stop"])
+    if obj.get("tools") is not None:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]},
+            }
+            for t in _tools(obj["tools"])
+        ]
+    return body
+
+
+def _to_anthropic(
+    obj: dict[str, Any], messages: list[dict[str, Any]], default_max_tokens: int
+) -> dict[str, Any]:
+    system_parts: list[Any] = []
+    if obj.get("system") is not None:
+        system_parts.append(_text_content(obj["system"], '"system"'))
+    out_messages = []
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        content = _text_content(msg["content"], f'"messages"[{i}].content')
+        if role == "system":
+            # Anthropic takes the system prompt apart; only leading system messages can move there.
+            if out_messages:
+                raise _Reject(
+                    m.INVALID_REQUEST,
+                    f'"messages"[{i}] is a system message after the conversation started, which '
+                    'Anthropic cannot take; move it into "system"',
+                )
+            system_parts.append(content)
+            continue
+        if role not in ("user", "assistant"):
+            raise _Reject(
+                m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant'
+            )
+        out_messages.append({"role": role, "content": content})
+    if not out_messages:
+        raise _Reject(m.INVALID_REQUEST, '"messages" holds only system messages; add a user message')
+    params: dict[str, Any] = {"model": obj["model"]}
+    max_tokens = obj.get("max_tokens")
+    params["max_tokens"] = (
+        default_max_tokens if max_tokens is None else _positive_int(max_tokens, '"max_tokens"')
+    )
+    params["messages"] = out_messages
+    if system_parts:
+        params["system"] = _join_system(system_parts)
+    if obj.get("temperature") is not None:
+        params["temperature"] = _number(obj["temperature"], "temperature", 0, 1)
+    if obj.get("top_p") is not None:
+        params["top_p"] = _number(obj["top_p"], "top_p", 0, 1)
+    if obj.get("stop") is not None:
+        params["stop_sequences"] = _stop_list(obj["stop"])
+    if obj.get("tools") is not None:
+        params["tools"] = [
+            {"name": t["name"], "description": t["description"], "input_schema": t["schema"]}
+            for t in _tools(obj["tools"])
+        ]
+    return params
+
+
+def _join_system(parts: list[Any]) -> Any:
+    if all(isinstance(p, str) for p in parts):
+        return "\n\n".join(parts)
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        blocks.extend([{"type": "text", "text": part}] if isinstance(part, str) else part)
+    return blocks
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _Reject(
+            m.INVALID_REQUEST,
+            f'"{name}" must be a number from {low:g} to {high:g} for this provider, got {_short(value)}',
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}.get(
+        type(value), "an object"
+    )
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _keys(obj: dict[str, Any]) -> str:
+    return _names(obj.keys()) if obj else "none"
+
+
+def _names(keys: Iterable[str]) -> str:
+    return ", ".join(sorted(keys))

@@ -1,0 +1,1 @@
+"""The AWS CDK app that deploys batchdrop: `cdk synth` / `cdk deploy` from the repository root."""

@@ -1,0 +1,259 @@
+"""The three functions, built by one helper from their handler names, and what each may touch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aws_cdk import CfnElement, Duration, Size, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from batchdrop import config
+from constructs import Construct, IConstruct
+
+from infra import names
+from infra.bundling import function_code
+from infra.settings import DeploySettings
+from infra.suppressions import acknowledge
+
+# The newest Python runtime CDK offers (cdk-nag's L1 checks exactly this); the code supports 3.11+.
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.ARM_64
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str  # the module in batchdrop.handlers
+    description: str
+    memory_mb: int
+    timeout: Duration
+    ephemeral_storage_mb: int = 512
+    reserved_concurrency: int | None = None
+
+
+SUBMIT = FunctionSpec(
+    names.SUBMIT,
+    "Validates an uploaded JSONL file, splits it into provider batches and submits them",
+    memory_mb=1024,
+    timeout=Duration.minutes(15),
+    # It writes the planned batch files to /tmp before uploading them: room for multi-GB inputs.
+    ephemeral_storage_mb=10240,
+)
+POLL = FunctionSpec(
+    names.POLL,
+    "Checks the batches that are due with their providers and hands finished jobs to completion",
+    memory_mb=512,
+    timeout=Duration.minutes(5),
+    # One poll at a time: overlapping polls would ask the providers twice for nothing.
+    reserved_concurrency=1,
+)
+COMPLETE = FunctionSpec(
+    names.COMPLETE,
+    "Writes a finished job's results, errors and summary to outputs/ and publishes the notification",
+    memory_mb=1024,
+    timeout=Duration.minutes(15),
+)
+# SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
+COMPLETION_BATCH_SIZE = 1
+# Lambda's retries of a failed asynchronous submit before the event goes to the submit DLQ.
+SUBMIT_RETRY_ATTEMPTS = 2
+
+# The wildcard actions in CDK's bucket grants (grant_read, grant_read_write, grant_put); cdk-nag
+# reports each, and we acknowledge them where the grant's resources are one prefix of our bucket.
+READ_ACTIONS = ("s3:GetBucket*", "s3:GetObject*", "s3:List*")
+WRITE_ACTIONS = ("s3:Abort*", "s3:DeleteObject*")
+PUT_ACTIONS = ("s3:Abort*",)
+OBJECTS_REASON = (
+    "CDK's bucket grants (s3:GetObject*, s3:List*, s3:Abort*, ...) scoped to this bucket and one prefix "
+    "of it: inputs/ (submit reads uploads), work/ (batchdrop's working files), outputs/ (results, put only)."
+)
+INDEX_REASON = (
+    "dynamodb grant on the job table's own indexes (the sparse 'due' index the poll function queries)."
+)
+TOPIC_KEY_REASON = (
+    "kms:GenerateDataKey* is what publishing to the KMS-encrypted notification topic needs; "
+    "the statement's resource is the topics' key only."
+)
+XRAY_REASON = (
+    "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no resource-level "
+    "permissions, so their resource is '*'; no other action has a '*' resource (tests/infra checks)."
+)
+
+
+def environment(
+    settings: DeploySettings,
+    *,
+    bucket: s3.IBucket,
+    table: dynamodb.ITable,
+    topic: sns.ITopic,
+    completion_queue: sqs.IQueue,
+    secrets: Mapping[str, secretsmanager.ISecret],
+) -> dict[str, str]:
+    """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only."""
+    env = {
+        config.ENV_BUCKET: bucket.bucket_name,
+        config.ENV_TABLE: table.table_name,
+        config.ENV_TOPIC_ARN: topic.topic_arn,
+        config.ENV_COMPLETION_QUEUE_URL: completion_queue.queue_url,
+        config.ENV_ON_INVALID: settings.on_invalid,
+        config.ENV_MAX_ATTEMPTS: str(settings.max_attempts),
+        config.ENV_PROVIDERS: ",".join(settings.providers),
+        "POWERTOOLS_SERVICE_NAME": names.SERVICE,
+        "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+        # Handler responses can hold request data; traces carry timings, not content.
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+    }
+    for provider, secret in secrets.items():
+
+        def var(what: str, provider: str = provider) -> str:
+            return config.ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what)
+
+        env[var("SECRET_ARN")] = secret.secret_arn
+        limits = settings.limits.get(provider)
+        if limits is not None and limits.max_requests is not None:
+            env[var("MAX_REQUESTS")] = str(limits.max_requests)
+        if limits is not None and limits.max_bytes is not None:
+            env[var("MAX_BYTES")] = str(limits.max_bytes)
+    return env
+
+
+class Functions(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploySettings,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        topic: sns.ITopic,
+        completion_queue: sqs.IQueue,
+        submit_dlq: sqs.IQueue,
+        secrets: Mapping[str, secretsmanager.ISecret],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._settings = settings
+        self._code = function_code(RUNTIME)  # one asset, bundled once, for all three
+        self._environment = environment(
+            settings,
+            bucket=bucket,
+            table=table,
+            topic=topic,
+            completion_queue=completion_queue,
+            secrets=secrets,
+        )
+
+        self.submit = self._function(SUBMIT)
+        self.submit.configure_async_invoke(
+            retry_attempts=SUBMIT_RETRY_ATTEMPTS, on_failure=destinations.SqsDestination(submit_dlq)
+        )
+        self.poll = self._function(POLL)
+        # The next scheduled poll is the retry; a tick older than the schedule's period is stale.
+        self.poll.configure_async_invoke(
+            retry_attempts=0, max_event_age=Duration.minutes(max(settings.poll_rate_minutes, 1))
+        )
+        self.complete = self._function(COMPLETE)
+        self.complete.add_event_source(
+            event_sources.SqsEventSource(
+                completion_queue, batch_size=COMPLETION_BATCH_SIZE, report_batch_item_failures=True
+            )
+        )
+
+        # What each function may do with objects, by prefix (DESIGN.md's layout): only submit reads
+        # uploads; results are only ever added to outputs/, never read back or deleted.
+        inputs, work, outputs = config.INPUT_PREFIX, config.WORK_PREFIX, config.OUTPUT_PREFIX
+        self._grant_objects(self.submit, bucket, read=[inputs], read_write=[work], put=[outputs])
+        self._grant_objects(self.poll, bucket, read_write=[work])
+        self._grant_objects(self.complete, bucket, read_write=[work], put=[outputs])
+        for fn in self.all:
+            table.grant_read_write_data(fn)
+            topic.grant_publish(fn)
+            for secret in secrets.values():
+                secret.grant_read(fn)
+            self._acknowledge(fn, f"Resource::<{_logical_id(table)}.Arn>/index/*", reason=INDEX_REASON)
+            if topic.master_key is not None:
+                self._acknowledge(fn, "Action::kms:GenerateDataKey*", reason=TOPIC_KEY_REASON)
+        # Completion consumes the queue through its event source (which grants receive and delete).
+        completion_queue.grant_send_messages(self.poll)
+
+    @property
+    def all(self) -> tuple[lambda_.Function, ...]:
+        return (self.submit, self.poll, self.complete)
+
+    def _function(self, spec: FunctionSpec) -> lambda_.Function:
+        """A function running batchdrop.handlers.<spec.name>.handler with its own role and log group."""
+        construct_id = spec.name.capitalize()
+        log_group = logs.LogGroup(self, f"{construct_id}Logs")
+        # CDK's RetentionDays enum has no constructor from a number; the value is checked in settings.
+        cfn_log_group = log_group.node.default_child
+        assert isinstance(cfn_log_group, logs.CfnLogGroup)
+        cfn_log_group.retention_in_days = self._settings.log_retention_days
+        # Our own role instead of the AWSLambdaBasicExecutionRole managed policy: logs to this group only.
+        role = iam.Role(
+            self,
+            f"{construct_id}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"batchdrop {spec.name} function",
+        )
+        log_group.grant_write(role)
+        fn = lambda_.Function(
+            self,
+            construct_id,
+            description=spec.description,
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            handler=names.handler(spec.name),
+            code=self._code,
+            memory_size=spec.memory_mb,
+            timeout=spec.timeout,
+            ephemeral_storage_size=Size.mebibytes(spec.ephemeral_storage_mb),
+            reserved_concurrent_executions=spec.reserved_concurrency,
+            environment=self._environment,
+            tracing=lambda_.Tracing.ACTIVE,
+            role=role,
+            log_group=log_group,
+        )
+        self._acknowledge(fn, "Resource::*", reason=XRAY_REASON)
+        return fn
+
+    def _grant_objects(
+        self,
+        fn: lambda_.Function,
+        bucket: s3.IBucket,
+        *,
+        read: Sequence[str] = (),
+        read_write: Sequence[str] = (),
+        put: Sequence[str] = (),
+    ) -> None:
+        """Object access under bucket prefixes, each by its own grant, and the findings that implies."""
+        findings: list[str] = []
+        for prefixes, grant, actions in (
+            (read, bucket.grant_read, READ_ACTIONS),
+            (read_write, bucket.grant_read_write, READ_ACTIONS + WRITE_ACTIONS),
+            (put, bucket.grant_put, PUT_ACTIONS),
+        ):
+            for prefix in prefixes:
+                grant(fn, f"{prefix}*")
+                findings.append(f"Resource::<{_logical_id(bucket)}.Arn>/{prefix}*")
+                findings.extend(f"Action::{action}" for action in actions)
+        self._acknowledge(fn, *dict.fromkeys(findings), reason=OBJECTS_REASON)
+
+    @staticmethod
+    def _acknowledge(fn: lambda_.Function, *findings: str, reason: str) -> None:
+        acknowledge(fn.role or fn, "AwsSolutions-IAM5", reason, *findings)
+
+
+def _logical_id(resource: IConstruct) -> str:
+    """The CloudFormation logical ID cdk-nag names a resource by in its findings."""
+    default_child = resource.node.default_child
+    assert isinstance(default_child, CfnElement)
+    return Stack.of(resource).get_logical_id(default_child)

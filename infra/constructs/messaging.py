@@ -1,0 +1,78 @@
+"""The notification topic users subscribe to, and the queues between the functions."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.suppressions import acknowledge
+
+DLQ_RETENTION = Duration.days(14)
+# A job whose completion failed this often goes to the dead-letter queue (and raises an alarm).
+COMPLETION_MAX_RECEIVES = 3
+
+
+class Messaging(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, complete_timeout: Duration) -> None:
+        super().__init__(scope, construct_id)
+
+        # One customer-managed key for the topics: CloudWatch alarms can publish to a topic only when
+        # the key's policy lets them, which the AWS-managed aws/sns key cannot.
+        self.topic_key = kms.Key(
+            self,
+            "TopicKey",
+            description="Encrypts batchdrop's SNS topics",
+            enable_key_rotation=True,
+        )
+        self.topic_key.grant(
+            iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
+        )
+        self.topic = self._topic("Topic", "batchdrop job notifications")
+        self.alarm_topic = self._topic("AlarmTopic", "batchdrop alarms")
+
+        self.completion_dlq = self._queue("CompletionDeadLetters", retention_period=DLQ_RETENTION)
+        self.completion_queue = self._queue(
+            "Completion",
+            # AWS's guidance for SQS event sources: at least six times the function's timeout, so a
+            # message is not redelivered while an invocation still works on it.
+            visibility_timeout=Duration.seconds(complete_timeout.to_seconds() * 6),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.completion_dlq, max_receive_count=COMPLETION_MAX_RECEIVES
+            ),
+        )
+        # Uploads whose submit invocation failed after Lambda's retries land here.
+        self.submit_dlq = self._queue("SubmitDeadLetters", retention_period=DLQ_RETENTION)
+        acknowledge(
+            self.submit_dlq,
+            "AwsSolutions-SQS3",
+            "This queue is a dead-letter queue: the on-failure destination of the submit function's "
+            "asynchronous invocations (Lambda destinations are not visible to the rule).",
+        )
+
+    def _topic(self, construct_id: str, display_name: str) -> sns.Topic:
+        """A topic encrypted with the topics' key that refuses publishing without TLS."""
+        return sns.Topic(
+            self, construct_id, display_name=display_name, master_key=self.topic_key, enforce_ssl=True
+        )
+
+    def _queue(
+        self,
+        construct_id: str,
+        *,
+        retention_period: Duration | None = None,
+        visibility_timeout: Duration | None = None,
+        dead_letter_queue: sqs.DeadLetterQueue | None = None,
+    ) -> sqs.Queue:
+        return sqs.Queue(
+            self,
+            construct_id,
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=retention_period,
+            visibility_timeout=visibility_timeout,
+            dead_letter_queue=dead_letter_queue,
+        )

@@ -1,0 +1,84 @@
+"""Alarms on what needs a person: dead letters, function errors, poll throttles and stuck batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra import names
+
+PERIOD = Duration.minutes(5)
+
+
+class Monitoring(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        alarm_topic: sns.Topic,
+        alarm_email: str | None,
+        dead_letter_queues: dict[str, sqs.IQueue],
+        functions: Iterable[lambda_.Function],
+        poll: lambda_.Function,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.alarm_topic = alarm_topic
+        if alarm_email:
+            alarm_topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        self._action = cloudwatch_actions.SnsAction(alarm_topic)
+        self.alarms: list[cloudwatch.Alarm] = []
+
+        for name, queue in dead_letter_queues.items():
+            self._alarm(
+                f"{name}DeadLetters",
+                queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
+                f"Messages in the {name} dead-letter queue: inspect them, fix the cause, then redrive",
+            )
+        for fn in functions:
+            label = fn.node.id
+            self._alarm(
+                f"{label}Errors",
+                fn.metric_errors(period=PERIOD, statistic="Sum"),
+                f"The {label.lower()} function failed: see its log group",
+            )
+        self._alarm(
+            "PollThrottles",
+            poll.metric_throttles(period=PERIOD, statistic="Sum"),
+            "Poll invocations were throttled: a poll run outlasted the schedule's period",
+        )
+        self._alarm(
+            "StuckBatches",
+            cloudwatch.Metric(
+                namespace=names.METRICS_NAMESPACE,
+                metric_name=names.STUCK_BATCHES_METRIC,
+                # Powertools' Metrics adds the service dimension to every metric it emits.
+                dimensions_map={"service": names.SERVICE},
+                period=PERIOD,
+                statistic="Maximum",
+            ),
+            "Batches are still open past the provider's 24-hour window: see the poll function's log",
+        )
+
+    def _alarm(self, construct_id: str, metric: cloudwatch.IMetric, description: str) -> None:
+        """An alarm when `metric` is above zero in one period; no data (nothing happened) is fine."""
+        alarm = cloudwatch.Alarm(
+            self,
+            construct_id,
+            alarm_description=description,
+            metric=metric,
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        alarm.add_alarm_action(self._action)
+        self.alarms.append(alarm)

@@ -1,0 +1,42 @@
+"""One Secrets Manager secret per enabled provider: the API key, read by the functions at run time."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.names import secret_name
+from infra.settings import DeploySettings
+from infra.suppressions import acknowledge
+
+
+class Secrets(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploySettings) -> None:
+        super().__init__(scope, construct_id)
+        self.by_provider: dict[str, secretsmanager.Secret] = {}
+        for provider in settings.providers:
+            secret = secretsmanager.Secret(
+                self,
+                provider.capitalize(),
+                secret_name=secret_name(settings.stack_name, provider),
+                description=(
+                    f"{provider} API key for batchdrop: aws secretsmanager put-secret-value "
+                    "--secret-id <this secret> --secret-string <key>"
+                ),
+                # CloudFormation cannot know the key. The placeholder's api_key is empty, so until the
+                # user puts the key the functions fail with "the secret holds no API key" instead of
+                # sending a random string to the provider.
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=json.dumps({"api_key": ""}),
+                    generate_string_key="placeholder",
+                ),
+            )
+            acknowledge(
+                secret,
+                "AwsSolutions-SMG4",
+                f"A third-party {provider} API key cannot be rotated by a Lambda here: the provider issues "
+                "it in its console; the user replaces it with put-secret-value.",
+            )
+            self.by_provider[provider] = secret

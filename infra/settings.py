@@ -1,0 +1,140 @@
+"""The deployment's settings: CDK context values, read and checked once, then passed to the constructs.
+
+Defaults live in cdk.json (the user-facing list); the defaults below are the same values, for apps
+built without cdk.json (tests/infra checks that the two agree). Values given on the command line
+(`cdk deploy -c poll_rate_minutes=10`) arrive as strings, values from cdk.json as JSON; both are accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA
+
+from infra.names import DEFAULT_STACK_NAME
+
+# The retention periods CloudWatch Logs accepts (RetentionInDays).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)  # fmt: skip
+
+# The context keys a user sets; everything else in the context is CDK's own (feature flags).
+CONTEXT_KEYS = (
+    "stack_name",
+    "poll_rate_minutes",
+    "providers",
+    "on_invalid",
+    "max_attempts",
+    "openai_max_requests",
+    "openai_max_bytes",
+    "anthropic_max_requests",
+    "anthropic_max_bytes",
+    "output_retention_days",
+    "alarm_email",
+    "log_retention_days",
+)
+
+
+class SettingsError(ValueError):
+    """A context value is malformed; the message names the key and what it expects."""
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """Batch limits a deployment sets below the provider's defaults; None keeps the default."""
+
+    max_requests: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    stack_name: str = DEFAULT_STACK_NAME
+    poll_rate_minutes: int = 5
+    providers: tuple[str, ...] = ("openai", "anthropic")
+    on_invalid: str = "skip"
+    max_attempts: int = 2
+    limits: Mapping[str, LimitOverride] = field(default_factory=dict)
+    # None keeps outputs/ forever; work/ and noncurrent versions always expire (see storage.py).
+    output_retention_days: int | None = None
+    alarm_email: str | None = None
+    log_retention_days: int = 30
+
+    @classmethod
+    def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
+        """Read the settings through `get` (a construct's `node.try_get_context`)."""
+
+        def text(key: str) -> str | None:
+            value = get(key)
+            if value is None:
+                return None
+            value = str(value).strip()
+            return value or None
+
+        def whole(key: str, minimum: int, maximum: int | None = None) -> int | None:
+            raw = text(key)
+            if raw is None:
+                return None
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"context {key}={raw!r} is not a whole number") from None
+            if value < minimum or (maximum is not None and value > maximum):
+                upper = f" and at most {maximum}" if maximum is not None else ""
+                raise SettingsError(f"context {key}={value} must be at least {minimum}{upper}")
+            return value
+
+        defaults = cls()
+        raw_providers = get("providers")
+        if raw_providers is None:
+            providers = defaults.providers
+        else:
+            parts = raw_providers if isinstance(raw_providers, list) else str(raw_providers).split(",")
+            providers = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
+        known = ", ".join(sorted(PROVIDER_MAXIMA))
+        if not providers:
+            raise SettingsError(f"context providers is empty: enable at least one of {known}")
+        for name in providers:
+            if name not in PROVIDER_MAXIMA:
+                raise SettingsError(f"context providers names {name!r}: known providers are {known}")
+
+        limits: dict[str, LimitOverride] = {}
+        for name in providers:
+            maxima = PROVIDER_MAXIMA[name]
+            override = LimitOverride(
+                max_requests=whole(f"{name}_max_requests", 1, maxima.max_requests),
+                max_bytes=whole(f"{name}_max_bytes", 1024, maxima.max_bytes),
+            )
+            if override != LimitOverride():
+                limits[name] = override
+
+        on_invalid = text("on_invalid") or defaults.on_invalid
+        if on_invalid not in ON_INVALID_CHOICES:
+            raise SettingsError(
+                f"context on_invalid={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}"
+            )
+
+        log_retention_days = whole("log_retention_days", 1) or defaults.log_retention_days
+        if log_retention_days not in LOG_RETENTION_DAYS:
+            allowed = ", ".join(map(str, LOG_RETENTION_DAYS))
+            raise SettingsError(
+                f"context log_retention_days={log_retention_days}: CloudWatch accepts {allowed}"
+            )
+
+        alarm_email = text("alarm_email")
+        if alarm_email is not None and "@" not in alarm_email:
+            raise SettingsError(f"context alarm_email={alarm_email!r} is not an email address")
+
+        return cls(
+            stack_name=text("stack_name") or defaults.stack_name,
+            poll_rate_minutes=whole("poll_rate_minutes", 1, 24 * 60) or defaults.poll_rate_minutes,
+            providers=providers,
+            on_invalid=on_invalid,
+            max_attempts=whole("max_attempts", 1, 10) or defaults.max_attempts,
+            limits=limits,
+            output_retention_days=whole("output_retention_days", 1),
+            alarm_email=alarm_email,
+            log_retention_days=log_retention_days,
+        )

@@ -1,0 +1,74 @@
+"""BatchdropStack: composes one construct per concern and exports what users need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from infra.constructs.functions import COMPLETE, Functions
+from infra.constructs.messaging import Messaging
+from infra.constructs.monitoring import Monitoring
+from infra.constructs.scheduling import Scheduling
+from infra.constructs.secrets import Secrets
+from infra.constructs.state import State
+from infra.constructs.storage import Storage
+from infra.settings import DeploySettings
+from infra.suppressions import acknowledge_cdk_internals
+
+
+class BatchdropStack(Stack):
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: DeploySettings, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.settings = settings
+
+        self.storage = Storage(self, "Storage", settings=settings)
+        self.state = State(self, "State")
+        self.messaging = Messaging(self, "Messaging", complete_timeout=COMPLETE.timeout)
+        self.secrets = Secrets(self, "Secrets", settings=settings)
+        self.functions = Functions(
+            self,
+            "Functions",
+            settings=settings,
+            bucket=self.storage.bucket,
+            table=self.state.table,
+            topic=self.messaging.topic,
+            completion_queue=self.messaging.completion_queue,
+            submit_dlq=self.messaging.submit_dlq,
+            secrets=self.secrets.by_provider,
+        )
+        self.storage.notify_on_upload(self.functions.submit)
+        self.scheduling = Scheduling(
+            self, "Scheduling", poll=self.functions.poll, rate_minutes=settings.poll_rate_minutes
+        )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            alarm_topic=self.messaging.alarm_topic,
+            alarm_email=settings.alarm_email,
+            dead_letter_queues={
+                "Completion": self.messaging.completion_dlq,
+                "Submit": self.messaging.submit_dlq,
+            },
+            functions=self.functions.all,
+            poll=self.functions.poll,
+        )
+        acknowledge_cdk_internals(self)
+
+        outputs = {
+            "BucketName": self.storage.bucket.bucket_name,
+            "TopicArn": self.messaging.topic.topic_arn,
+            "TableName": self.state.table.table_name,
+            "AlarmTopicArn": self.messaging.alarm_topic.topic_arn,
+            "CompletionQueueUrl": self.messaging.completion_queue.queue_url,
+            "CompletionDlqUrl": self.messaging.completion_dlq.queue_url,
+            **{
+                f"{provider.capitalize()}SecretArn": secret.secret_arn
+                for provider, secret in self.secrets.by_provider.items()
+            },
+        }
+        for name, value in outputs.items():
+            CfnOutput(self, name, value=value)
