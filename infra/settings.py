@@ -112,16 +112,12 @@ class DeploySettings:
 
         on_invalid = text("on_invalid") or defaults.on_invalid
         if on_invalid not in ON_INVALID_CHOICES:
-            raise SettingsError(
-                f"context on_invalid={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}"
-            )
+            raise SettingsError(f"context on_invalid={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}")
 
         log_retention_days = whole("log_retention_days", 1) or defaults.log_retention_days
         if log_retention_days not in LOG_RETENTION_DAYS:
             allowed = ", ".join(map(str, LOG_RETENTION_DAYS))
-            raise SettingsError(
-                f"context log_retention_days={log_retention_days}: CloudWatch accepts {allowed}"
-            )
+            raise SettingsError(f"context log_retention_days={log_retention_days}: CloudWatch accepts {allowed}")
 
         alarm_email = text("alarm_email")
         if alarm_email is not None and "@" not in alarm_email:

@@ -19,9 +19,7 @@ from infra.suppressions import acknowledge_cdk_internals
 
 
 class BatchdropStack(Stack):
-    def __init__(
-        self, scope: Construct, construct_id: str, *, settings: DeploySettings, **kwargs: Any
-    ) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploySettings, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ from rich.table import Table
 
 from batchdrop import models as m
 
-console = Console(highlight=False)
+# Progress lines are log lines: never wrapped, so they read the same in a terminal and in CI.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 130)
 err_console = Console(stderr=True, highlight=False)
 
 KIND_STYLE = {
@@ -34,14 +34,34 @@ def _say(kind: str, text: str) -> None:
 def _knob_options(f: Any) -> Any:
     """The emulator's knobs, shared by `local run` and `emulator`."""
     options = [
-        click.option("--provider-latency", type=click.FloatRange(min=0), default=1.0, show_default=True,
-                     help="Seconds from a batch's creation until the emulated provider has ended it."),
-        click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                     help="Share of requests the provider fails (half refused as bad requests, half server errors)."),
-        click.option("--expire-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                     help="Share of batches that expire before all their requests ran."),
-        click.option("--transient-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                     help="Share of provider HTTP calls answered 429 or 500 (the SDKs retry them)."),
+        click.option(
+            "--provider-latency",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="Seconds from a batch's creation until the emulated provider has ended it.",
+        ),
+        click.option(
+            "--failure-rate",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="Share of requests the provider fails (half refused as bad requests, half server errors).",
+        ),
+        click.option(
+            "--expire-rate",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="Share of batches that expire before all their requests ran.",
+        ),
+        click.option(
+            "--transient-error-rate",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="Share of provider HTTP calls answered 429 or 500 (the SDKs retry them).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random draw."),
     ]
     for option in reversed(options):
@@ -49,8 +69,9 @@ def _knob_options(f: Any) -> Any:
     return f
 
 
-def _knobs(provider_latency: float, failure_rate: float, expire_rate: float,
-           transient_error_rate: float, seed: int) -> Any:
+def _knobs(
+    provider_latency: float, failure_rate: float, expire_rate: float, transient_error_rate: float, seed: int
+) -> Any:
     from batchdrop.local.emulator import EmulatorKnobs
 
     return EmulatorKnobs(
@@ -72,8 +93,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
-              help="Where to copy the outputs tree and notifications.jsonl.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="demo-output",
+    show_default=True,
+    help="Where to copy the outputs tree and notifications.jsonl.",
+)
 def demo(out_dir: str) -> None:
     """Run the sample files in events/ through submit → poll → complete on the embedded stack."""
     samples = sorted(str(p) for p in _events_dir().glob("*.jsonl"))
@@ -90,32 +117,79 @@ def local() -> None:
 
 @local.command("run")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Where to copy the bucket's outputs/ tree and write notifications.jsonl.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to copy the bucket's outputs/ tree and write notifications.jsonl.",
+)
 @_knob_options
-@click.option("--folder", default=None,
-              help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines to Anthropic).")
-@click.option("--on-invalid", type=click.Choice(["skip", "reject"]), default="skip", show_default=True,
-              help="skip: submit the valid lines and report the rest; reject: refuse a file with any invalid line.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Attempts per request; expired and retryable failures are resubmitted until then.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
-              help="Give up after this many seconds.")
-def local_run(files: tuple[str, ...], out_dir: str, provider_latency: float, failure_rate: float,
-              expire_rate: float, transient_error_rate: float, seed: int, folder: str | None,
-              on_invalid: str, max_attempts: int, timeout: float) -> None:
+@click.option(
+    "--folder",
+    default=None,
+    help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines to Anthropic).",
+)
+@click.option(
+    "--on-invalid",
+    type=click.Choice(["skip", "reject"]),
+    default="skip",
+    show_default=True,
+    help="skip: submit the valid lines and report the rest; reject: refuse a file with any invalid line.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Attempts per request; expired and retryable failures are resubmitted until then.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+def local_run(
+    files: tuple[str, ...],
+    out_dir: str,
+    provider_latency: float,
+    failure_rate: float,
+    expire_rate: float,
+    transient_error_rate: float,
+    seed: int,
+    folder: str | None,
+    on_invalid: str,
+    max_attempts: int,
+    timeout: float,
+) -> None:
     """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
 
     Exits 0 when every job ended, whatever its status; writes OUT/outputs/..., OUT/notifications.jsonl
     and OUT/provider_stats.json.
     """
     knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
-    _run(list(files), out_dir, knobs, folder=folder, on_invalid=on_invalid, max_attempts=max_attempts,
-         timeout=timeout)
+    _run(
+        list(files),
+        out_dir,
+        knobs,
+        folder=folder,
+        on_invalid=on_invalid,
+        max_attempts=max_attempts,
+        timeout=timeout,
+    )
 
 
-def _run(files: list[str], out_dir: str, knobs: Any, folder: str | None, on_invalid: str = "skip",
-         max_attempts: int = 2, timeout: float = 600) -> None:
+def _run(
+    files: list[str],
+    out_dir: str,
+    knobs: Any,
+    folder: str | None,
+    on_invalid: str = "skip",
+    max_attempts: int = 2,
+    timeout: float = 600,
+) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
 
@@ -144,8 +218,9 @@ def _run(files: list[str], out_dir: str, knobs: Any, folder: str | None, on_inva
         )
     console.print(table)
     console.print(f"Outputs copied to [bold]{os.path.join(report.out_dir, 'outputs')}[/]")
-    console.print(f"{len(report.notifications)} notifications in "
-                  f"[bold]{os.path.join(report.out_dir, 'notifications.jsonl')}[/]")
+    console.print(
+        f"{len(report.notifications)} notifications in [bold]{os.path.join(report.out_dir, 'notifications.jsonl')}[/]"
+    )
 
 
 @main.command()
@@ -158,7 +233,7 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
 
     Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
     """
-    from batchdrop.config import PROVIDER_DEFAULT_LIMITS, DEFAULT_ROUTES
+    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS
     from batchdrop.outputs import validation_error
     from batchdrop.planner import BatchPlanner, PlannedBatch
     from batchdrop.reader import decompressed, iter_chunks, iter_lines
@@ -174,7 +249,12 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             folder_provider=folder if folder in PROVIDER_DEFAULT_LIMITS else None,
         )
         batches: list[PlannedBatch] = []
-        planner = BatchPlanner(limits=validator.providers, on_batch=lambda b: (batches.append(b), b.discard()))  # type: ignore[func-returns-value]
+
+        def keep(batch: PlannedBatch, batches: list[PlannedBatch] = batches) -> None:
+            batch.discard()
+            batches.append(batch)
+
+        planner = BatchPlanner(limits=validator.providers, on_batch=keep)
         lines = invalid = 0
         errors: list[dict[str, Any]] = []
         last = 0
@@ -194,8 +274,16 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             except (EOFError, zlib.error) as exc:
                 lines += 1
                 invalid += 1
-                errors.append(validation_error(m.Invalid(last + 1, None, m.INVALID_ENCODING,
-                                                         f"the gzip file cannot be read past line {last} ({exc})")))
+                errors.append(
+                    validation_error(
+                        m.Invalid(
+                            last + 1,
+                            None,
+                            m.INVALID_ENCODING,
+                            f"the gzip file cannot be read past line {last} ({exc})",
+                        )
+                    )
+                )
         planner.finish()
         valid = lines - invalid
         rejected = valid == 0 or (invalid and on_invalid == "reject")
@@ -205,8 +293,9 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             by_provider[b.provider] = by_provider.get(b.provider, 0) + 1
         plan = ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
-        console.print(f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {plan} · "
-                      f"{verdict_text}")
+        console.print(
+            f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {plan} · {verdict_text}"
+        )
         if as_json:
             for e in errors:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")
@@ -226,8 +315,15 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8099, show_default=True)
 @_knob_options
-def emulator(host: str, port: int, provider_latency: float, failure_rate: float, expire_rate: float,
-             transient_error_rate: float, seed: int) -> None:
+def emulator(
+    host: str,
+    port: int,
+    provider_latency: float,
+    failure_rate: float,
+    expire_rate: float,
+    transient_error_rate: float,
+    seed: int,
+) -> None:
     """Serve the provider emulator alone (OpenAI Files/Batches, Anthropic Message Batches)."""
     from batchdrop.local.emulator import ProviderEmulator
 
@@ -251,10 +347,6 @@ def _events_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return Path.cwd() / "events"
-
-
-def _iter_nothing() -> Iterator[None]:
-    yield None
 
 
 if __name__ == "__main__":

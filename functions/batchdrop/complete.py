@@ -26,7 +26,7 @@ from batchdrop.pipeline import (
     iso,
     validation_errors_key,
 )
-from batchdrop.planner import BatchPlanner
+from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.poll import hand_over_if_done
 from batchdrop.pricing import CostMeter, price_table
 
@@ -116,9 +116,14 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
     if job.get("resubmit_planned") != attempt + 1:
         limits = {name: p.limits for name, p in deps.settings.providers.items()}
         planned: list[str] = []
+
+        def store(batch: PlannedBatch) -> None:
+            record_batch(deps, job_id, batch, attempt + 1)
+            planned.append(batch.key)
+
         planner = BatchPlanner(
             limits=limits,
-            on_batch=lambda b: (record_batch(deps, job_id, b, attempt + 1), planned.append(b.key)),  # type: ignore[func-returns-value]
+            on_batch=store,
             key_prefix=f"a{attempt + 1}-",
             tmpdir=os.environ.get("BATCHDROP_TMPDIR") or None,
         )
@@ -266,7 +271,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         status = m.JOB_COMPLETED
     else:
         status = m.JOB_PARTIAL
-    ended = [b.get("ended_at") for b in batches if b.get("ended_at")]
+    ended = [str(b["ended_at"]) for b in batches if b.get("ended_at")]
     summary: dict[str, Any] = {
         "job_id": job_id,
         "status": status,

@@ -125,9 +125,7 @@ class Settings:
 
         on_invalid = env.get(ENV_ON_INVALID, "skip").strip() or "skip"
         if on_invalid not in ON_INVALID_CHOICES:
-            raise ConfigError(
-                f"{ENV_ON_INVALID}={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}"
-            )
+            raise ConfigError(f"{ENV_ON_INVALID}={on_invalid!r}: expected one of {', '.join(ON_INVALID_CHOICES)}")
 
         enabled = [p.strip() for p in env.get(ENV_PROVIDERS, "openai,anthropic").split(",") if p.strip()]
         providers: dict[str, ProviderSettings] = {}

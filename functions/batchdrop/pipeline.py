@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from batchdrop.adapters.notify import Notifier
 from batchdrop.adapters.objects import ObjectStore
@@ -100,12 +99,3 @@ def iso(ts: float | None) -> str | None:
 
 def invocation_id() -> str:
     return uuid.uuid4().hex
-
-
-@functools.cache
-def _noop() -> None:
-    return None
-
-
-def batch_ref_fields(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: batch.get(k) for k in ("job_id", "batch_key", "provider", "attempt", "requests")}

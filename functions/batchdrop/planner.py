@@ -8,11 +8,12 @@ give the same batches with the same keys, which is what lets a retried submit fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO
 
 from batchdrop.config import BatchLimits
 from batchdrop.models import Request
@@ -36,10 +37,8 @@ class PlannedBatch:
 
     def discard(self) -> None:
         for p in (self.path, self.index_path):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-            except FileNotFoundError:
-                pass
 
 
 @dataclass
@@ -47,8 +46,8 @@ class _Open:
     provider: str
     group: str
     model: str
-    data: BinaryIO
-    index: BinaryIO
+    data: IO[bytes]
+    index: IO[bytes]
     requests: int = 0
     bytes: int = ENVELOPE_BYTES
 
@@ -67,9 +66,7 @@ class BatchPlanner:
         slot = (request.provider, request.group)
         batch = self._open.get(slot)
         size = len(request.payload) + 1
-        if batch is not None and (
-            batch.requests + 1 > limits.max_requests or batch.bytes + size > limits.max_bytes
-        ):
+        if batch is not None and (batch.requests + 1 > limits.max_requests or batch.bytes + size > limits.max_bytes):
             self._close(slot)
             batch = None
         if batch is None:

@@ -60,9 +60,7 @@ def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     except Exception as exc:
         report.errors += 1
         logger.warning("provider status failed; will look again", extra={"error": type(exc).__name__})
-        deps.store.update(
-            batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)}
-        )
+        deps.store.update(batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)})
         return
     submitted = float(batch.get("submitted_ts") or now)
     if not status.terminal and now - submitted > STUCK_AFTER_SECONDS:
@@ -89,9 +87,7 @@ def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
         report.handed_over.append(batch["job_id"])
 
 
-def _next_due(
-    deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None
-) -> dict[str, Any]:
+def _next_due(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> dict[str, Any]:
     """Back off with the batch's age; look sooner once it is finalizing or has moved."""
     settings = deps.settings
     age = now - float(batch.get("submitted_ts") or now)

@@ -40,7 +40,11 @@ def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
     on the fly with bounded output. Raises EOFError for a truncated stream, zlib.error for a corrupt one.
     """
     it = iter(chunks)
-    first = next(it, b"")
+    first = b""
+    for chunk in it:  # the magic bytes may arrive split across (or after empty) chunks
+        first += chunk
+        if len(first) >= len(GZIP_MAGIC):
+            break
     if not first.startswith(GZIP_MAGIC):
         if first:
             yield first
@@ -86,18 +90,21 @@ def iter_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[tuple[int, by
     overflow = False
     first = True
     for chunk in chunks:
+        if not chunk:
+            continue
         if first:
-            if chunk.startswith(BOM):
-                chunk = chunk[3:]
-            elif len(chunk) < 3 and BOM.startswith(chunk):
-                # Too short to tell; a BOM split across chunks is vanishingly rare but handled.
+            if pending:
+                # The start held back so far (a possible BOM split across chunks), joined with this one.
+                chunk = b"".join(pending) + chunk
+                pending, pending_size = [], 0
+            if len(chunk) < 3 and BOM.startswith(chunk):
+                # Too short to tell: hold it back until there are 3 bytes (or the file ends).
                 pending.append(chunk)
                 pending_size += len(chunk)
                 continue
             first = False
-            if pending and (pending[0] + chunk).startswith(BOM):
-                chunk = (pending[0] + chunk)[3:]
-                pending, pending_size = [], 0
+            if chunk.startswith(BOM):
+                chunk = chunk[3:]
         start = 0
         while True:
             end = chunk.find(b"\n", start)

@@ -76,9 +76,7 @@ def s3_records(event: dict[str, Any]) -> list[tuple[str, str, str | None, str | 
 def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
     if event.get("Event") == "s3:TestEvent":
         return []
-    return [
-        submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)
-    ]
+    return [submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)]
 
 
 def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
@@ -158,9 +156,7 @@ class _Submission:
             stored.append(batch.key)
             models_by_provider.setdefault(batch.provider, set()).add(batch.model)
 
-        planner = BatchPlanner(
-            limits=validator.providers, on_batch=store_batch, key_prefix="a1-", tmpdir=_tmpdir()
-        )
+        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix="a1-", tmpdir=_tmpdir())
         lines = invalid = valid = 0
         file_error: m.Invalid | None = None
         with tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors:
@@ -280,9 +276,7 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
     )
 
 
-def submit_batch(
-    deps: Deps, job_id: str, batch: dict[str, Any], all_batches: list[dict[str, Any]]
-) -> dict[str, Any]:
+def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], all_batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far."""
     if batch.get("provider_batch_id"):
         return batch

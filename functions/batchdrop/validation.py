@@ -16,6 +16,7 @@ import orjson
 
 from batchdrop import models as m
 from batchdrop.config import DEFAULT_ROUTES, BatchLimits
+from batchdrop.planner import ENVELOPE_BYTES
 from batchdrop.reader import LineTooLong
 
 CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -75,9 +76,7 @@ class Validator:
                 return self._neutral_line(number, obj)
         except _Reject as reject:
             custom_id = obj.get("custom_id")
-            return m.Invalid(
-                number, custom_id if isinstance(custom_id, str) else None, reject.code, reject.msg
-            )
+            return m.Invalid(number, custom_id if isinstance(custom_id, str) else None, reject.code, reject.msg)
         custom_id = obj.get("custom_id")
         return m.Invalid(
             number,
@@ -123,9 +122,7 @@ class Validator:
         custom_id = self._custom_id(obj, number, required=True)
         extra = obj.keys() - ANTHROPIC_LINE_KEYS
         if extra:
-            raise _Reject(
-                m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in an Anthropic batch line"
-            )
+            raise _Reject(m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in an Anthropic batch line")
         params = obj.get("params")
         if not isinstance(params, dict):
             raise _Reject(m.INVALID_REQUEST, f'"params" must be a JSON object, got {_json_type(params)}')
@@ -160,7 +157,7 @@ class Validator:
                 "or add a route (BATCHDROP_ROUTES=prefix=provider)",
             )
         provider = self._provider(provider, model)
-        messages = obj.get("messages")
+        messages: list[dict[str, Any]] = obj.get("messages")  # type: ignore[assignment]
         _check_messages(messages, '"messages"')
         if provider == "anthropic":
             params = _to_anthropic(obj, messages, self.anthropic_default_max_tokens)
@@ -200,16 +197,14 @@ class Validator:
             enabled = ", ".join(sorted(self.providers)) or "none"
             raise _Reject(
                 m.UNKNOWN_PROVIDER,
-                f"provider {provider!r} (for model {model!r}) is not enabled in this deployment "
-                f"(enabled: {enabled})",
+                f"provider {provider!r} (for model {model!r}) is not enabled in this deployment (enabled: {enabled})",
             )
         return provider
 
-    def _request(
-        self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes
-    ) -> m.Request:
+    def _request(self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes) -> m.Request:
         limit = self.providers[provider].max_bytes
-        if len(payload) + 1 > limit:
+        # The planner counts a batch's envelope against the same limit: a request must fit with it.
+        if ENVELOPE_BYTES + len(payload) + 1 > limit:
             raise _Reject(
                 m.REQUEST_TOO_LARGE,
                 f"the request is {len(payload):,} bytes; one {provider} batch holds at most {limit:,}",
@@ -303,11 +298,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         schema = tool.get("parameters", tool.get("input_schema")) if isinstance(tool, dict) else None
-        if (
-            not isinstance(tool, dict)
-            or not isinstance(tool.get("name"), str)
-            or not isinstance(schema, dict)
-        ):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not isinstance(schema, dict):
             raise _Reject(
                 m.INVALID_REQUEST,
                 f'"tools"[{i}] must be {{"name", "description"?, "parameters": JSON Schema}}',
@@ -323,12 +314,8 @@ def _to_openai_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict
     for i, msg in enumerate(messages):
         role = msg["role"]
         if role not in ROLES:
-            raise _Reject(
-                m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant'
-            )
-        out_messages.append(
-            {"role": role, "content": _text_content(msg["content"], f'"messages"[{i}].content')}
-        )
+            raise _Reject(m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant')
+        out_messages.append({"role": role, "content": _text_content(msg["content"], f'"messages"[{i}].content')})
     body: dict[str, Any] = {"model": obj["model"], "messages": out_messages}
     if obj.get("max_tokens") is not None:
         body["max_completion_tokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
@@ -348,13 +335,11 @@ def _to_openai_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict
     return body
 
 
-def _to_anthropic(
-    obj: dict[str, Any], messages: list[dict[str, Any]], default_max_tokens: int
-) -> dict[str, Any]:
+def _to_anthropic(obj: dict[str, Any], messages: list[dict[str, Any]], default_max_tokens: int) -> dict[str, Any]:
     system_parts: list[Any] = []
     if obj.get("system") is not None:
         system_parts.append(_text_content(obj["system"], '"system"'))
-    out_messages = []
+    out_messages: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
         role = msg["role"]
         content = _text_content(msg["content"], f'"messages"[{i}].content')
@@ -369,17 +354,13 @@ def _to_anthropic(
             system_parts.append(content)
             continue
         if role not in ("user", "assistant"):
-            raise _Reject(
-                m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant'
-            )
+            raise _Reject(m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant')
         out_messages.append({"role": role, "content": content})
     if not out_messages:
         raise _Reject(m.INVALID_REQUEST, '"messages" holds only system messages; add a user message')
     params: dict[str, Any] = {"model": obj["model"]}
     max_tokens = obj.get("max_tokens")
-    params["max_tokens"] = (
-        default_max_tokens if max_tokens is None else _positive_int(max_tokens, '"max_tokens"')
-    )
+    params["max_tokens"] = default_max_tokens if max_tokens is None else _positive_int(max_tokens, '"max_tokens"')
     params["messages"] = out_messages
     if system_parts:
         params["system"] = _join_system(system_parts)

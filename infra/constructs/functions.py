@@ -60,6 +60,8 @@ COMPLETE = FunctionSpec(
     "Writes a finished job's results, errors and summary to outputs/ and publishes the notification",
     memory_mb=1024,
     timeout=Duration.minutes(15),
+    # It writes results.jsonl and errors.jsonl to /tmp before uploading them.
+    ephemeral_storage_mb=10240,
 )
 # SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
 COMPLETION_BATCH_SIZE = 1
@@ -75,9 +77,7 @@ OBJECTS_REASON = (
     "CDK's bucket grants (s3:GetObject*, s3:List*, s3:Abort*, ...) scoped to this bucket and one prefix "
     "of it: inputs/ (submit reads uploads), work/ (batchdrop's working files), outputs/ (results, put only)."
 )
-INDEX_REASON = (
-    "dynamodb grant on the job table's own indexes (the sparse 'due' index the poll function queries)."
-)
+INDEX_REASON = "dynamodb grant on the job table's own indexes (the sparse 'due' index the poll function queries)."
 TOPIC_KEY_REASON = (
     "kms:GenerateDataKey* is what publishing to the KMS-encrypted notification topic needs; "
     "the statement's resource is the topics' key only."
@@ -157,9 +157,10 @@ class Functions(Construct):
             retry_attempts=SUBMIT_RETRY_ATTEMPTS, on_failure=destinations.SqsDestination(submit_dlq)
         )
         self.poll = self._function(POLL)
-        # The next scheduled poll is the retry; a tick older than the schedule's period is stale.
+        # The next scheduled poll is the retry; a tick older than the schedule's period is stale
+        # (Lambda keeps an event at most six hours).
         self.poll.configure_async_invoke(
-            retry_attempts=0, max_event_age=Duration.minutes(max(settings.poll_rate_minutes, 1))
+            retry_attempts=0, max_event_age=Duration.minutes(min(settings.poll_rate_minutes, 6 * 60))
         )
         self.complete = self._function(COMPLETE)
         self.complete.add_event_source(

@@ -28,9 +28,7 @@ class Messaging(Construct):
             description="Encrypts batchdrop's SNS topics",
             enable_key_rotation=True,
         )
-        self.topic_key.grant(
-            iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
-        )
+        self.topic_key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
         self.topic = self._topic("Topic", "batchdrop job notifications")
         self.alarm_topic = self._topic("AlarmTopic", "batchdrop alarms")
 
@@ -40,9 +38,7 @@ class Messaging(Construct):
             # AWS's guidance for SQS event sources: at least six times the function's timeout, so a
             # message is not redelivered while an invocation still works on it.
             visibility_timeout=Duration.seconds(complete_timeout.to_seconds() * 6),
-            dead_letter_queue=sqs.DeadLetterQueue(
-                queue=self.completion_dlq, max_receive_count=COMPLETION_MAX_RECEIVES
-            ),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=self.completion_dlq, max_receive_count=COMPLETION_MAX_RECEIVES),
         )
         # Uploads whose submit invocation failed after Lambda's retries land here.
         self.submit_dlq = self._queue("SubmitDeadLetters", retention_period=DLQ_RETENTION)
@@ -55,9 +51,7 @@ class Messaging(Construct):
 
     def _topic(self, construct_id: str, display_name: str) -> sns.Topic:
         """A topic encrypted with the topics' key that refuses publishing without TLS."""
-        return sns.Topic(
-            self, construct_id, display_name=display_name, master_key=self.topic_key, enforce_ssl=True
-        )
+        return sns.Topic(self, construct_id, display_name=display_name, master_key=self.topic_key, enforce_ssl=True)
 
     def _queue(
         self,

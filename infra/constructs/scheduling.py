@@ -10,9 +10,7 @@ from constructs import Construct
 
 
 class Scheduling(Construct):
-    def __init__(
-        self, scope: Construct, construct_id: str, *, poll: lambda_.IFunction, rate_minutes: int
-    ) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, poll: lambda_.IFunction, rate_minutes: int) -> None:
         super().__init__(scope, construct_id)
         self.rule = events.Rule(
             self,

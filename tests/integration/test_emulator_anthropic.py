@@ -15,7 +15,6 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
-
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 
 START = 1_750_000_000.0
@@ -137,9 +136,7 @@ def raw_results(batch: dict[str, Any]) -> list[dict[str, Any]]:
 # -- the life of a batch ----------------------------------------------------------------------------
 
 
-def test_batch_runs_to_the_end_and_returns_every_result(
-    client: anthropic.Anthropic, clock: FakeClock
-) -> None:
+def test_batch_runs_to_the_end_and_returns_every_result(client: anthropic.Anthropic, clock: FakeClock) -> None:
     # Given a batch of 25 requests, one with a system prompt
     requests = [request(f"req-{i}", f"question {i}") for i in range(24)]
     requests.append(request("with-system", "hello", system=[{"type": "text", "text": "Be brief."}]))
@@ -176,9 +173,7 @@ def test_batch_runs_to_the_end_and_returns_every_result(
         assert message.model == MODEL
         assert message.stop_reason == "end_turn"
         assert message.content[0].type == "text"
-        expected = (
-            "echo: hello" if result.custom_id == "with-system" else f"echo: question {result.custom_id[4:]}"
-        )
+        expected = "echo: hello" if result.custom_id == "with-system" else f"echo: question {result.custom_id[4:]}"
         assert message.content[0].text == expected
         assert message.usage.input_tokens > 0
         assert message.usage.output_tokens > 0
@@ -197,9 +192,7 @@ def test_max_tokens_caps_the_reply(emulator: ProviderEmulator, client: anthropic
     assert result.result.message.usage.output_tokens == 2
 
 
-def test_results_are_not_available_before_the_end(
-    emulator: ProviderEmulator, client: anthropic.Anthropic
-) -> None:
+def test_results_are_not_available_before_the_end(emulator: ProviderEmulator, client: anthropic.Anthropic) -> None:
     batch = create(client, [request("a", "hi")])
     with pytest.raises(anthropic.AnthropicError):
         client.messages.batches.results(batch["id"])
@@ -227,9 +220,7 @@ def test_every_result_type(emulator: ProviderEmulator, client: anthropic.Anthrop
     assert counts["expired"] == kinds.count("expired") > 0
     assert counts["canceled"] == 0
     assert sum(counts.values()) == 60
-    error_types = {
-        line["result"]["error"]["error"]["type"] for line in lines if line["result"]["type"] == "errored"
-    }
+    error_types = {line["result"]["error"]["error"]["type"] for line in lines if line["result"]["type"] == "errored"}
     assert error_types == {"invalid_request_error", "api_error"}
     for line in lines:
         if line["result"]["type"] == "errored":

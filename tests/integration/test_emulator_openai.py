@@ -7,6 +7,7 @@ the SDK's pydantic types, plus the keys the state requires.
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,12 +15,11 @@ from typing import Any
 
 import openai
 import pytest
+from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
 from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject, ModerationCreateResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
-
-from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 
 START = 1_750_000_000.0
 LATENCY = 100.0
@@ -59,8 +59,10 @@ NON_NULL_BY_STATUS: dict[str, tuple[str, ...]] = {
     "cancelling": ("cancelling_at",),
     "cancelled": ("cancelling_at", "cancelled_at", "usage"),
 }
-ALWAYS_NON_NULL = ("id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at")
-ALWAYS_NON_NULL += ("expires_at", "request_counts")
+ALWAYS_NON_NULL = (
+    *("id", "object", "endpoint", "input_file_id", "completion_window", "status"),
+    *("created_at", "expires_at", "request_counts"),
+)
 
 
 class FakeClock:
@@ -260,9 +262,7 @@ def test_chat_batch_goes_through_every_status(client: openai.OpenAI, clock: Fake
     assert batch["usage"]["total_tokens"] == input_tokens + output_tokens
 
 
-def test_zero_latency_batch_has_ended_on_first_retrieve(
-    emulator: ProviderEmulator, client: openai.OpenAI
-) -> None:
+def test_zero_latency_batch_has_ended_on_first_retrieve(emulator: ProviderEmulator, client: openai.OpenAI) -> None:
     emulator.knobs = EmulatorKnobs(latency=0)
     batch_id = create_batch(client, [chat_line("a", "hi")])
     batch = retrieve(client, batch_id)
@@ -459,9 +459,7 @@ def test_invalid_input_file_fails_the_batch_with_line_errors(client: openai.Open
     assert sdk_batch.errors.data[0].code == "invalid_json_line"
 
 
-def test_too_many_requests_and_empty_files_fail_the_batch(
-    emulator: ProviderEmulator, client: openai.OpenAI
-) -> None:
+def test_too_many_requests_and_empty_files_fail_the_batch(emulator: ProviderEmulator, client: openai.OpenAI) -> None:
     emulator.knobs = EmulatorKnobs(latency=0)
     emulator.openai_max_requests = 5
     too_many = retrieve(client, create_batch(client, [chat_line(f"r{i}", "hi") for i in range(6)]))
@@ -520,9 +518,7 @@ def test_failed_requests_are_in_the_error_file_with_400_or_500(
         assert set(error) == {"message", "type", "param", "code"}
 
 
-def test_partial_failure_rate_splits_output_and_errors(
-    emulator: ProviderEmulator, client: openai.OpenAI
-) -> None:
+def test_partial_failure_rate_splits_output_and_errors(emulator: ProviderEmulator, client: openai.OpenAI) -> None:
     emulator.knobs = EmulatorKnobs(latency=0, failure_rate=0.5, seed=5)
     batch = retrieve(client, create_batch(client, [chat_line(f"r{i}", "hi") for i in range(100)]))
     output, errors = output_and_errors(client, batch)
@@ -585,3 +581,25 @@ def test_stats_record_every_submission(emulator: ProviderEmulator, client: opena
     assert first["custom_ids"] == ["a", "b"]
     assert first["metadata"] == {"job_id": "j1"}
     assert first["created_at"] == START
+
+
+def test_serve_forever_serves_until_stopped() -> None:
+    # Given the foreground server of `batchdrop emulator`, run on a thread here
+    started: list[ProviderEmulator] = []
+    ready = threading.Event()
+
+    def on_ready(emulator: ProviderEmulator) -> None:
+        started.append(emulator)
+        ready.set()
+
+    thread = threading.Thread(target=serve_forever, args=(EmulatorKnobs(),), kwargs={"ready": on_ready})
+    thread.start()
+    assert ready.wait(5)
+    [emulator] = started
+
+    # Then it answers the SDK, and stops when asked
+    client = openai.OpenAI(base_url=emulator.openai_base_url, api_key="test", max_retries=0)
+    assert client.batches.list().data == []
+    emulator.stop()
+    thread.join(5)
+    assert not thread.is_alive()

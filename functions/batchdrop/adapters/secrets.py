@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import orjson
+
+from batchdrop.adapters.aws import client
 
 
 class MissingKey(Exception):
@@ -17,14 +20,13 @@ def api_key(secret_arn: str | None, env_name: str) -> str:
     The env var is for running the code outside batchdrop's deployments; the stack never sets it.
     """
     if secret_arn:
-        from aws_lambda_powertools.utilities import parameters
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-        value = str(parameters.get_secret(secret_arn, max_age=300))
+        # Our own cached client, so the secret is read from the same endpoint as everything else.
+        value = str(SecretsProvider(boto3_client=client("secretsmanager")).get(secret_arn, max_age=300))
         if value.lstrip().startswith("{"):
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):
                 value = str(orjson.loads(value).get("api_key", ""))
-            except orjson.JSONDecodeError:
-                pass
         if value.strip():
             return value.strip()
         raise MissingKey(

@@ -213,8 +213,7 @@ class JobStore:
                 Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
                 UpdateExpression="SET #l = :until, #o = :me, #v = #v + :one",
                 ConditionExpression=(
-                    f"#st IN ({', '.join(placeholders)}) AND "
-                    "(attribute_not_exists(#l) OR #l < :now OR #o = :me)"
+                    f"#st IN ({', '.join(placeholders)}) AND (attribute_not_exists(#l) OR #l < :now OR #o = :me)"
                 ),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=serialize(values),

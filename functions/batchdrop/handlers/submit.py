@@ -17,6 +17,7 @@ from batchdrop.submit import submit_event
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     results = submit_event(deps(), event)
+    metrics.add_metric(name="UploadsReceived", unit=MetricUnit.Count, value=len(results))
     for result in results:
         metrics.add_metric(name=f"Jobs_{result.outcome}", unit=MetricUnit.Count, value=1)
     return {"jobs": [{"job_id": r.job_id, "outcome": r.outcome} for r in results]}

@@ -123,7 +123,7 @@ class Dispatcher:
         try:
             result = handler(event, LocalContext(function))
             invocation = Invocation(function, True, result)
-        except Exception as exc:  # noqa: BLE001 — a failed invocation is an outcome, as in Lambda
+        except Exception as exc:
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")
         self.invocations.append(invocation)
         for listener in self.listeners:
@@ -144,9 +144,7 @@ class Dispatcher:
         return messages
 
     def _delete(self, queue: str, message: dict[str, Any]) -> None:
-        aws.client("sqs").delete_message(
-            QueueUrl=self.stack.queue_urls[queue], ReceiptHandle=message["ReceiptHandle"]
-        )
+        aws.client("sqs").delete_message(QueueUrl=self.stack.queue_urls[queue], ReceiptHandle=message["ReceiptHandle"])
 
     def _sqs_record(self, message: dict[str, Any]) -> dict[str, Any]:
         """The record Lambda's SQS event source builds from a received message."""

@@ -352,9 +352,7 @@ def _completion(body: dict[str, Any], key: str, created: int) -> tuple[dict[str,
     for index, text_in in enumerate(prompts):
         text, out_tokens, cut = _echo(text_in, cap)
         out_total += out_tokens
-        choices.append(
-            {"index": index, "text": text, "logprobs": None, "finish_reason": "length" if cut else "stop"}
-        )
+        choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": "length" if cut else "stop"})
     in_tokens = sum(_tokens(len(p)) for p in prompts)
     reply = {
         "id": f"cmpl-{_hex(key, 'completion')}",
@@ -431,9 +429,7 @@ def _moderations(body: dict[str, Any], key: str, created: int) -> tuple[dict[str
         {
             "flagged": False,
             "categories": {name: False for name, _ in _MODERATION_CATEGORIES},
-            "category_scores": {
-                name: round(_unit(key, index, name) / 1000, 8) for name, _ in _MODERATION_CATEGORIES
-            },
+            "category_scores": {name: round(_unit(key, index, name) / 1000, 8) for name, _ in _MODERATION_CATEGORIES},
             "category_applied_input_types": {name: list(types) for name, types in _MODERATION_CATEGORIES},
         }
         for index in range(count)
@@ -495,9 +491,7 @@ def _openai_error(
     return _json({"error": error}, status, headers)
 
 
-def _anthropic_error(
-    status: int, type_: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
+def _anthropic_error(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return _json({"type": "error", "error": {"type": type_, "message": message}}, status, headers)
 
 
@@ -587,6 +581,7 @@ class ProviderEmulator:
         self._requests_submitted: dict[str, int] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._serving = threading.Event()
         self._routes: list[_Route] = [
             ("POST", re.compile(r"/v1/files"), self._create_file),
             ("GET", re.compile(r"/v1/files"), self._list_files),
@@ -616,9 +611,7 @@ class ProviderEmulator:
 
     def _bind(self) -> BaseWSGIServer:
         if self._server is None:
-            self._server = make_server(
-                self.host, self.port, self._wsgi, threaded=True, request_handler=_QuietHandler
-            )
+            self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=_QuietHandler)
             self.port = self._server.server_port
         return self._server
 
@@ -626,25 +619,29 @@ class ProviderEmulator:
         """Serve on a background thread (port 0 picks a free port)."""
         server = self._bind()
         if self._thread is None:
-            # A short poll interval keeps `stop` quick (shutdown waits for the next poll).
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="provider-emulator",
-                daemon=True,
-            )
+            self._serving.set()
+            self._thread = threading.Thread(target=self._serve, args=(server,), name="provider-emulator", daemon=True)
             self._thread.start()
         return self
 
+    def _serve(self, server: BaseWSGIServer) -> None:
+        try:
+            # A short poll interval keeps `stop` quick (shutdown waits for the next poll).
+            server.serve_forever(poll_interval=0.05)
+        finally:
+            self._serving.clear()
+
     def stop(self) -> None:
-        """Stop serving and release the port."""
-        if self._server is None:
+        """Stop serving and release the port (also ends a foreground `serve_forever`)."""
+        server = self._server
+        if server is None:
             return
+        if self._serving.is_set():
+            server.shutdown()
         if self._thread is not None:
-            self._server.shutdown()
             self._thread.join(timeout=10)
             self._thread = None
-        self._server.server_close()
+        server.server_close()
         self._server = None
 
     def __enter__(self) -> ProviderEmulator:
@@ -737,9 +734,7 @@ class ProviderEmulator:
             message = "Rate limit reached (emulated)." if transient == 429 else "Server error (emulated)."
             response = self._error(request, transient, message, headers={"retry-after-ms": "10"})
         elif not self._authorised(request):
-            response = self._error(
-                request, 401, "Missing API key: send 'Authorization: Bearer' or 'x-api-key'."
-            )
+            response = self._error(request, 401, "Missing API key: send 'Authorization: Bearer' or 'x-api-key'.")
         else:
             response = self._route(request)
         request_id = self._request_id(request)
@@ -884,9 +879,7 @@ class ProviderEmulator:
         with self._lock:
             file = self._files.get(input_file_id)
         if file is None:
-            raise _ClientError(
-                400, f"Invalid 'input_file_id': {input_file_id!r}. No such file.", "input_file_id"
-            )
+            raise _ClientError(400, f"Invalid 'input_file_id': {input_file_id!r}. No such file.", "input_file_id")
         if file.purpose != "batch":
             raise _ClientError(
                 400,
@@ -930,9 +923,7 @@ class ProviderEmulator:
             raise _ClientError(400, "Invalid 'metadata': at most 16 key-value pairs.", "metadata")
         for key, value in metadata.items():
             if len(key) > 64:
-                raise _ClientError(
-                    400, f"Invalid 'metadata': key {key[:20]!r}... is over 64 characters.", "metadata"
-                )
+                raise _ClientError(400, f"Invalid 'metadata': key {key[:20]!r}... is over 64 characters.", "metadata")
             if not isinstance(value, str) or len(value) > 512:
                 raise _ClientError(
                     400,
@@ -973,9 +964,7 @@ class ProviderEmulator:
             result.custom_ids.append(custom_id)
             body = line.get("body")
             if line.get("method") != "POST":
-                fail(
-                    "invalid_value", number, "Invalid value for 'method': only 'POST' is supported.", "method"
-                )
+                fail("invalid_value", number, "Invalid value for 'method': only 'POST' is supported.", "method")
             elif line.get("url") != endpoint:
                 fail(
                     "url_mismatch",
@@ -1017,8 +1006,7 @@ class ProviderEmulator:
             fail(
                 "too_many_tasks",
                 None,
-                f"The input file has {result.line_count} requests; a batch holds at most "
-                f"{self.openai_max_requests}.",
+                f"The input file has {result.line_count} requests; a batch holds at most {self.openai_max_requests}.",
             )
         return result
 
@@ -1236,9 +1224,7 @@ class ProviderEmulator:
             "object": "batch",
             "endpoint": batch.endpoint,
             "model": batch.model,
-            "errors": {"object": "list", "data": batch.errors}
-            if batch.errors and status == "failed"
-            else None,
+            "errors": {"object": "list", "data": batch.errors} if batch.errors and status == "failed" else None,
             "input_file_id": batch.input_file_id,
             "completion_window": "24h",
             "status": status,
@@ -1272,8 +1258,7 @@ class ProviderEmulator:
         if len(requests) > self.anthropic_max_requests:
             raise _ClientError(
                 400,
-                f"requests: a batch holds at most {self.anthropic_max_requests} requests, "
-                f"got {len(requests)}.",
+                f"requests: a batch holds at most {self.anthropic_max_requests} requests, got {len(requests)}.",
             )
         seen: set[str] = set()
         accepted: list[tuple[str, dict[str, Any]]] = []
@@ -1284,13 +1269,9 @@ class ProviderEmulator:
             custom_id = item.get("custom_id")
             params = item.get("params")
             if not isinstance(custom_id, str) or not ANTHROPIC_CUSTOM_ID.fullmatch(custom_id):
-                raise _ClientError(
-                    400, f"{where}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'."
-                )
+                raise _ClientError(400, f"{where}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'.")
             if custom_id in seen:
-                raise _ClientError(
-                    400, f"{where}.custom_id: duplicate custom_id {custom_id!r} within the batch."
-                )
+                raise _ClientError(400, f"{where}.custom_id: duplicate custom_id {custom_id!r} within the batch.")
             seen.add(custom_id)
             if not isinstance(params, dict):
                 raise _ClientError(400, f"{where}.params: Field required.")
@@ -1301,9 +1282,7 @@ class ProviderEmulator:
                 raise _ClientError(400, f"{where}.params.max_tokens: Input should be an integer >= 1.")
             messages = params.get("messages")
             if not isinstance(messages, list) or not messages:
-                raise _ClientError(
-                    400, f"{where}.params.messages: Field required and must be a non-empty list."
-                )
+                raise _ClientError(400, f"{where}.params.messages: Field required and must be a non-empty list.")
             accepted.append((custom_id, params))
         with self._lock:
             knobs = self.knobs
@@ -1371,9 +1350,7 @@ class ProviderEmulator:
             self._advance(batch, self._now())
             if batch.end_kind is None:
                 status = "canceling" if batch.cancel_at is not None else "in_progress"
-                raise _ClientError(
-                    404, f"Results for batch {batch_id} are not available yet: it is {status}."
-                )
+                raise _ClientError(404, f"Results for batch {batch_id} are not available yet: it is {status}.")
             data = batch.results
         return _stream(data, "application/binary")
 
@@ -1400,7 +1377,7 @@ class ProviderEmulator:
                 result = {"type": outcome}
             lines.append(orjson.dumps({"custom_id": request.custom_id, "result": result}))
         # Results are not in input order (as with the real API): shuffle deterministically.
-        random.Random(_hex(self.knobs.seed, batch.id, "shuffle")).shuffle(lines)
+        random.Random(_hex(batch.id, "shuffle")).shuffle(lines)
         batch.results = b"".join(line + b"\n" for line in lines)
 
     def _anthropic_batch_json(self, batch: _Batch, request: Request) -> dict[str, Any]:
@@ -1449,16 +1426,17 @@ def serve_forever(
     """Serve the emulator in the foreground until interrupted (the `batchdrop emulator` command).
 
     Prints nothing itself; `ready`, if given, is called with the bound emulator (its base URLs are
-    known then, even with port 0) before serving starts.
+    known then, even with port 0) before serving starts. `emulator.stop()` from another thread, or
+    Ctrl-C, ends it.
     """
     emulator = ProviderEmulator(knobs, host, port)
     server = emulator._bind()
     if ready is not None:
         ready(emulator)
+    emulator._serving.set()
     try:
-        server.serve_forever()
+        emulator._serve(server)
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
-        emulator._server = None
+        emulator.stop()

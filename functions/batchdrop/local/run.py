@@ -79,9 +79,7 @@ def run_files(
             key = keys[i] if keys else input_key(path, folder)
             stack.upload(path, key)
             head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
-            obj = m.InputObject(
-                s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"]
-            )
+            obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
             jobs.append(JobView(path, key, job_id_for(obj)))
             say("upload", f"{path} → s3://{s.BUCKET}/{key}")
         notifications: list[dict[str, Any]] = []
@@ -101,9 +99,7 @@ def run_files(
             if all(j.status in m.FINAL_JOB_STATES for j in jobs):
                 break
             if time.monotonic() > deadline:
-                pending = ", ".join(
-                    f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES
-                )
+                pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
                 raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
             time.sleep(tick_seconds)
         # A last drain: the terminal notification may land just after the state we saw.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,8 @@ class LocalStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: start from an empty account.
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")).close()  # noqa: S310
         self.emulator.start()
         self._set_env(
             {
@@ -141,9 +144,7 @@ class LocalStack:
                     {
                         "QueueArn": self.queue_arn(S3_EVENTS_QUEUE),
                         "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {
-                            "Key": {"FilterRules": [{"Name": "prefix", "Value": c.INPUT_PREFIX}, *suffix]}
-                        },
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": c.INPUT_PREFIX}, *suffix]}},
                     }
                     for suffix in (
                         [{"Name": "suffix", "Value": ".jsonl"}],

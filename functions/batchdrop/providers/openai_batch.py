@@ -53,9 +53,7 @@ class OpenAIProvider:
     def create(self, batch: BatchRef, path: str) -> str:
         endpoint = batch.group.split(" ", 1)[0]
         with open(path, "rb") as f:
-            uploaded = self.client.files.create(
-                file=(f"{batch.job_id}-{batch.key}.jsonl", f), purpose="batch"
-            )
+            uploaded = self.client.files.create(file=(f"{batch.job_id}-{batch.key}.jsonl", f), purpose="batch")
         created = self.client.batches.create(
             input_file_id=uploaded.id,
             endpoint=endpoint,  # type: ignore[arg-type]
@@ -69,11 +67,7 @@ class OpenAIProvider:
             if candidate.created_at < batch.intent_at - SKEW_SECONDS:
                 return None  # newest first: everything further is older than our intent
             meta = candidate.metadata or {}
-            if (
-                meta.get(META_JOB) == batch.job_id
-                and meta.get(META_BATCH) == batch.key
-                and candidate.id not in exclude
-            ):
+            if meta.get(META_JOB) == batch.job_id and meta.get(META_BATCH) == batch.key and candidate.id not in exclude:
                 return candidate.id
         return None
 
@@ -82,9 +76,7 @@ class OpenAIProvider:
         counts = b.request_counts
         error = None
         if b.errors and b.errors.data:
-            error = "; ".join(
-                f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in b.errors.data
-            )
+            error = "; ".join(f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in b.errors.data)
         return m.BatchStatus(
             state=STATES.get(b.status, m.IN_PROGRESS),
             provider_status=b.status,
@@ -134,7 +126,5 @@ def _outcome(line: dict[str, Any]) -> m.Outcome:
     status_code = (response or {}).get("status_code")
     body_error = ((response or {}).get("body") or {}).get("error") or {}
     message = body_error.get("message") or (error or {}).get("message") or f"HTTP {status_code}"
-    code = (
-        m.SERVER_ERROR if status_code is None or status_code >= 500 or status_code == 429 else m.REQUEST_ERROR
-    )
+    code = m.SERVER_ERROR if status_code is None or status_code >= 500 or status_code == 429 else m.REQUEST_ERROR
     return m.Outcome(custom_id, ok=False, code=code, message=message, detail=line)

@@ -1,0 +1,99 @@
+"""Shared test helpers: line builders and a driver for the embedded stack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from batchdrop import models as m
+from batchdrop.adapters.store import JobStore
+from batchdrop.local import stack as s
+from batchdrop.local.dispatcher import Dispatcher
+
+
+def openai_line(custom_id: str, model: str = "gpt-4o-mini", text: str = "hello", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def anthropic_line(custom_id: str, model: str = "claude-haiku-4-5", text: str = "hello", **params: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "params": {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}], **params},
+    }
+
+
+def neutral_line(model: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
+    out = []
+    for line in lines:
+        if isinstance(line, bytes):
+            out.append(line)
+        elif isinstance(line, str):
+            out.append(line.encode())
+        else:
+            out.append(orjson.dumps(line))
+    return b"\n".join(out) + b"\n"
+
+
+def read_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def drive(
+    dispatcher: Dispatcher,
+    until: Callable[[], bool],
+    timeout: float = 60.0,
+    tick: Callable[[Dispatcher], None] | None = None,
+) -> None:
+    """Run the event sources until `until()` holds; fail loudly on a timeout."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the pipeline did not settle in {timeout}s")
+        dispatcher.deliver_uploads()
+        if tick is None:
+            dispatcher.tick()
+        else:
+            tick(dispatcher)
+        dispatcher.deliver_completions()
+        time.sleep(0.05)
+
+
+def all_jobs_final(store: JobStore, expected: int) -> Callable[[], bool]:
+    def check() -> bool:
+        jobs = store.list_jobs(limit=1000)
+        return len(jobs) >= expected and all(j["status"] in m.FINAL_JOB_STATES for j in jobs)
+
+    return check
+
+
+def outputs_of(stack: s.LocalStack, job: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    prefix = job["output_prefix"]
+    results = read_jsonl(stack.get(f"{prefix}results.jsonl"))
+    errors = read_jsonl(stack.get(f"{prefix}errors.jsonl"))
+    summary = orjson.loads(stack.get(f"{prefix}summary.json"))
+    return results, errors, summary
+
+
+def assert_accounting(non_blank_lines: set[int], results: list[dict[str, Any]], errors: list[dict[str, Any]],
+                      summary: dict[str, Any]) -> None:
+    """DESIGN.md's guarantee: every non-blank line in exactly one output line, and the counts add up."""
+    seen = [r["line"] for r in results] + [e["line"] for e in errors]
+    assert sorted(seen) == sorted(non_blank_lines), "each non-blank line must appear exactly once"
+    c = summary["counts"]
+    assert c["lines"] == len(non_blank_lines)
+    assert c["lines"] == c["invalid"] + c["submitted"]
+    assert c["submitted"] == c["succeeded"] + c["failed"]
+    assert c["succeeded"] == len(results)
+    assert c["invalid"] + c["failed"] == len(errors)

@@ -1,0 +1,370 @@
+"""The three handlers against moto's server and the provider emulator, over HTTP, driven as AWS would."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from batchdrop import models as m
+from batchdrop.adapters import aws
+from batchdrop.adapters.store import JobStore
+from batchdrop.config import Settings
+from batchdrop.handlers import use_deps
+from batchdrop.handlers.poll import handler as poll_handler
+from batchdrop.handlers.submit import handler as submit_handler
+from batchdrop.local import stack as s
+from batchdrop.local.dispatcher import Dispatcher, LocalContext
+from batchdrop.local.emulator import EmulatorKnobs
+from batchdrop.pipeline import Deps
+from tests.helpers import (
+    all_jobs_final,
+    anthropic_line,
+    assert_accounting,
+    drive,
+    jsonl,
+    neutral_line,
+    openai_line,
+    outputs_of,
+)
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
+    options = getattr(request, "param", None) or s.StackOptions(knobs=EmulatorKnobs(latency=0.0))
+    with s.LocalStack(options) as local:
+        yield local
+    use_deps(None)
+
+
+def only_job(store: JobStore) -> dict[str, Any]:
+    jobs = store.list_jobs()
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def s3_event_bodies(stack: s.LocalStack) -> list[dict[str, Any]]:
+    """Take the S3 notifications moto queued (the real events), leaving the queue empty."""
+    sqs = aws.client("sqs")
+    url = stack.queue_urls[s.S3_EVENTS_QUEUE]
+    events = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            return events
+        for message in messages:
+            body = orjson.loads(message["Body"])
+            if body.get("Event") != "s3:TestEvent":
+                events.append(body)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_openai_file_goes_through_submit_poll_complete(stack: s.LocalStack) -> None:
+    # Given a file of valid and invalid lines, with blank lines in between
+    data = jsonl([openai_line("a"), "", openai_line("b"), "{not json", "   ", openai_line("c", model="gpt-4.1-mini")])
+    stack.put("inputs/evals/run1.jsonl", data)
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+
+    # When the pipeline runs until the job has ended
+    drive(dispatcher, all_jobs_final(store, 1))
+
+    # Then every non-blank line is in exactly one output file, and the counts add up
+    job = only_job(store)
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting({1, 3, 4, 6}, results, errors, summary)
+    assert job["output_prefix"] == f"outputs/evals/run1/{job['job_id']}/"
+    assert {r["custom_id"]: r["line"] for r in results} == {"a": 1, "b": 3, "c": 6}
+    assert errors == [
+        {
+            "custom_id": None,
+            "line": 4,
+            "stage": "validation",
+            "code": "invalid_json",
+            "message": errors[0]["message"],
+            "provider": None,
+            "batch_id": None,
+            "attempts": 0,
+            "detail": None,
+        }
+    ]
+    assert summary["status"] == "partial"
+    # one batch per model (OpenAI's rule), each recorded in the summary
+    assert sorted(b["requests"] for b in summary["batches"]) == [1, 2]
+    assert all(r["text"] and r["text"].startswith("echo:") for r in results)
+    assert summary["usage"]["input_tokens"] == sum(r["usage"]["input_tokens"] for r in results)
+    assert summary["cost_usd"]["saved"] is not None and summary["cost_usd"]["saved"] > 0
+    # and exactly two notifications: submitted, then the end, with filterable attributes
+    notes = dispatcher.notifications()
+    assert [n["attributes"]["event"] for n in notes] == ["submitted", "partial"]
+    assert all(n["attributes"]["job_id"] == job["job_id"] for n in notes)
+    assert orjson.loads(notes[0]["attributes"]["provider"]) == ["openai"]
+    assert notes[1]["message"]["counts"] == summary["counts"]
+
+
+def test_key_with_spaces_plus_unicode_and_percent(stack: s.LocalStack) -> None:
+    # S3 URL-encodes keys in events (spaces as '+'); the job must see the real key
+    key = "inputs/my evals/ünï+cödé 100%.jsonl"
+    stack.put(key, jsonl([openai_line("x")]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    job = only_job(store)
+    assert job["input"]["key"] == key
+    assert job["status"] == "completed"
+    assert job["output_prefix"] == f"outputs/my evals/ünï+cödé 100%/{job['job_id']}/"
+    results, _errors, _summary = outputs_of(stack, job)
+    assert [r["custom_id"] for r in results] == ["x"]
+
+
+def test_a_duplicated_s3_event_submits_once(stack: s.LocalStack) -> None:
+    stack.put("inputs/dup.jsonl", jsonl([openai_line("a"), openai_line("b")]))
+    (event,) = s3_event_bodies(stack)
+    # When the same event is delivered three times, twice at the same moment
+    threads = [threading.Thread(target=submit_handler, args=(event, LocalContext("submit"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    submit_handler(event, LocalContext("submit"))
+    # Then the provider saw one batch, and the job is submitted once
+    stats = stack.emulator.stats()
+    assert stats["batches_created"].get("openai") == 1
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    dispatcher = Dispatcher(stack)
+    events = [n["attributes"]["event"] for n in dispatcher.notifications()]
+    assert events.count("submitted") == 1
+    assert events.count("completed") == 1
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_once_at(step: str) -> None:
+    """Wire the handlers so that the first invocation dies at `step` (after the provider accepted
+    the batch, before the state write), as a Lambda timeout or OOM would."""
+    crashed = {"done": False}
+
+    def checkpoint(name: str) -> None:
+        if name == step and not crashed["done"]:
+            crashed["done"] = True
+            raise Crash(step)
+
+    def factory() -> Deps:
+        deps = Deps.from_settings(Settings.from_env())
+        deps.checkpoint = checkpoint
+        return deps
+
+    use_deps(factory)
+
+
+@pytest.mark.parametrize("line", [openai_line, anthropic_line], ids=["openai", "anthropic"])
+def test_crash_after_the_provider_accepted_a_batch_is_adopted_not_resubmitted(
+    stack: s.LocalStack, line: Any
+) -> None:
+    stack.put("inputs/crash.jsonl", jsonl([line(f"r{i}") for i in range(5)]))
+    (event,) = s3_event_bodies(stack)
+    crash_once_at("after_create")
+    with pytest.raises(Crash):
+        submit_handler(event, LocalContext("submit"))
+    store = JobStore(s.TABLE)
+    assert only_job(store)["status"] == "submitting"
+    # Lambda retries the event: the retry finds the intent and adopts the provider's batch
+    submit_handler(event, LocalContext("submit"))
+    stats = stack.emulator.stats()
+    assert sum(stats["batches_created"].values()) == 1
+    assert all(n == 1 for n in stats["requests_submitted"].values())
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting({1, 2, 3, 4, 5}, results, errors, summary)
+    assert summary["status"] == "completed"
+
+
+def test_overlapping_polls_hand_a_job_to_completion_once(stack: s.LocalStack) -> None:
+    stack.put("inputs/race.jsonl", jsonl([openai_line(f"r{i}") for i in range(3)]))
+    dispatcher = Dispatcher(stack)
+    dispatcher.deliver_uploads()
+    # When four polls run at the same moment over a job whose batch has ended
+    barrier = threading.Barrier(4)
+
+    def poll() -> None:
+        barrier.wait()
+        poll_handler({"detail-type": "Scheduled Event"}, LocalContext("poll"))
+
+    threads = [threading.Thread(target=poll) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then exactly one completion message was queued
+    sqs = aws.client("sqs")
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=stack.queue_urls[s.COMPLETION_QUEUE], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == "1"
+    store = JobStore(s.TABLE)
+    drive(dispatcher, all_jobs_final(store, 1))
+    events = [n["attributes"]["event"] for n in dispatcher.notifications()]
+    assert events == ["submitted", "completed"]
+
+
+def test_a_duplicated_completion_message_completes_once(stack: s.LocalStack) -> None:
+    stack.put("inputs/twice.jsonl", jsonl([openai_line("a")]))
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+    drive(dispatcher, lambda: (store.list_jobs() or [{}])[0].get("status") == "completing",
+          tick=lambda d: d.tick())
+    job_id = only_job(store)["job_id"]
+    # SQS delivers at least once: send the same message again
+    aws.client("sqs").send_message(
+        QueueUrl=stack.queue_urls[s.COMPLETION_QUEUE], MessageBody=orjson.dumps({"job_id": job_id}).decode()
+    )
+    drive(dispatcher, all_jobs_final(store, 1))
+    dispatcher.deliver_completions()
+    events = [n["attributes"]["event"] for n in dispatcher.notifications()]
+    assert events.count("completed") == 1
+
+
+@pytest.mark.parametrize(
+    "stack", [s.StackOptions(knobs=EmulatorKnobs(latency=0.0), on_invalid="reject")], indirect=True
+)
+def test_reject_policy_refuses_the_whole_file_and_accounts_for_every_line(stack: s.LocalStack) -> None:
+    stack.put("inputs/strict.jsonl", jsonl([openai_line("a"), "[1]", openai_line("b")]))
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+    drive(dispatcher, all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting({1, 2, 3}, results, errors, summary)
+    assert summary["status"] == "rejected"
+    assert summary["counts"]["submitted"] == 0
+    assert sorted(e["code"] for e in errors) == ["file_rejected", "file_rejected", "not_an_object"]
+    assert "reject" in summary["reason"]
+    assert stack.emulator.stats()["batches_created"] == {}
+    assert [n["attributes"]["event"] for n in dispatcher.notifications()] == ["rejected"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n   \n", b"\x1f\x8b\x08\x00garbage"], ids=["empty", "blank", "bad-gzip"])
+def test_a_file_with_nothing_valid_is_rejected_with_a_notification(stack: s.LocalStack, content: bytes) -> None:
+    stack.put("inputs/nothing.jsonl", content)
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+    drive(dispatcher, all_jobs_final(store, 1))
+    job = only_job(store)
+    results, errors, summary = outputs_of(stack, job)
+    assert summary["status"] == "rejected"
+    assert results == []
+    assert summary["counts"]["lines"] == len(errors)
+    assert [n["attributes"]["event"] for n in dispatcher.notifications()] == ["rejected"]
+
+
+def test_gzip_input_is_streamed_and_line_numbers_are_of_the_decompressed_file(stack: s.LocalStack) -> None:
+    import gzip
+
+    stack.put("inputs/packed.jsonl.gz", gzip.compress(jsonl([openai_line("a"), "", "oops", openai_line("b")])))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    job = only_job(store)
+    results, errors, summary = outputs_of(stack, job)
+    assert job["output_prefix"].startswith("outputs/packed/")
+    assert_accounting({1, 3, 4}, results, errors, summary)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [s.StackOptions(knobs=EmulatorKnobs(latency=0.0, expire_rate=1.0), max_attempts=2)],
+    indirect=True,
+)
+def test_expired_requests_are_resubmitted_until_attempts_run_out(stack: s.LocalStack) -> None:
+    stack.put("inputs/expiring.jsonl", jsonl([openai_line(f"r{i}") for i in range(8)]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting(set(range(1, 9)), results, errors, summary)
+    attempts = sorted({b["attempt"] for b in summary["batches"]})
+    assert attempts == [1, 2]
+    # every request that failed was tried twice; successes of attempt 1 were kept, not re-sent
+    assert errors and all(e["code"] == "expired" and e["attempts"] == 2 for e in errors)
+    submitted = stack.emulator.stats()["requests_submitted"]
+    retried = {cid for cid, n in submitted.items() if n == 2}
+    assert {e["custom_id"] for e in errors} <= retried
+    assert all(n <= 2 for n in submitted.values())
+
+
+def test_a_mixed_neutral_file_is_one_job_with_batches_at_each_provider(stack: s.LocalStack) -> None:
+    lines = [
+        neutral_line("gpt-4o-mini", "one", system="be brief"),
+        neutral_line("claude-haiku-4-5", "two", custom_id="c2"),
+        neutral_line("mystery-model", "three"),
+        neutral_line("claude-haiku-4-5", "four", max_tokens=10),
+    ]
+    stack.put("inputs/mixed.jsonl", jsonl(lines))
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+    drive(dispatcher, all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting({1, 2, 3, 4}, results, errors, summary)
+    assert {r["custom_id"]: r["provider"] for r in results} == {"line-1": "openai", "c2": "anthropic", "line-4": "anthropic"}
+    assert [e["code"] for e in errors] == ["unknown_provider"]
+    assert sorted(b["provider"] for b in summary["batches"]) == ["anthropic", "openai"]
+    notes = dispatcher.notifications()
+    assert all(orjson.loads(n["attributes"]["provider"]) == ["anthropic", "openai"] for n in notes)
+
+
+def test_the_provider_folder_routes_neutral_lines(stack: s.LocalStack) -> None:
+    stack.put("inputs/anthropic/folder.jsonl", jsonl([neutral_line("my-fine-tune", "hi")]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    results, _errors, summary = outputs_of(stack, only_job(store))
+    assert [r["provider"] for r in results] == ["anthropic"]
+    assert summary["cost_usd"] == {"batch": None, "realtime_equivalent": None, "saved": None}
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [s.StackOptions(knobs=EmulatorKnobs(latency=0.0), limits={"openai": (3, 10_000_000)})],
+    indirect=True,
+)
+def test_requests_are_split_under_the_batch_limits(stack: s.LocalStack) -> None:
+    stack.put("inputs/split.jsonl", jsonl([openai_line(f"r{i}") for i in range(10)]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting(set(range(1, 11)), results, errors, summary)
+    assert sorted(b["requests"] for b in summary["batches"]) == [1, 3, 3, 3]
+    assert stack.emulator.stats()["batches_created"]["openai"] == 4
+
+
+def test_an_object_outside_inputs_is_ignored(stack: s.LocalStack) -> None:
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": s.BUCKET}, "object": {"key": "outputs/x.jsonl", "size": 1}},
+            }
+        ]
+    }
+    out = submit_handler(event, LocalContext("submit"))
+    assert out == {"jobs": [{"job_id": None, "outcome": "ignored"}]}
+    assert JobStore(s.TABLE).list_jobs() == []
+
+
+def test_the_idle_poll_finds_nothing_to_do(stack: s.LocalStack) -> None:
+    out = poll_handler({"detail-type": "Scheduled Event"}, LocalContext("poll"))
+    assert out["looked_at"] == 0
+    assert stack.emulator.stats()["batches_created"] == {}
+
+
+def test_job_states_are_final_after_the_run(stack: s.LocalStack) -> None:
+    stack.put("inputs/a.jsonl", jsonl([openai_line("a")]))
+    stack.put("inputs/b.jsonl", jsonl([anthropic_line("b")]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 2))
+    for job in store.list_jobs():
+        assert job["status"] == m.JOB_COMPLETED
+        # finished jobs leave the poll's index
+        assert "due_pk" not in job
+        assert all("due_pk" not in b for b in store.get_batches(job["job_id"]))

@@ -1,0 +1,237 @@
+"""Reading an upload as numbered physical lines: gzip, BOM, CRLF, chunk boundaries, over-long lines."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+
+import pytest
+from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
+from hypothesis import given
+from hypothesis import strategies as st
+
+MB = 1024 * 1024
+
+
+def lines_of(data: bytes, max_line: int = 1000, chunk: int | None = None) -> list[tuple[int, bytes | LineTooLong]]:
+    chunks = [data] if chunk is None else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    return list(iter_lines(chunks, max_line))
+
+
+def plain(result: list[tuple[int, bytes | LineTooLong]]) -> list[tuple[int, bytes]]:
+    out = []
+    for number, line in result:
+        assert isinstance(line, bytes), (number, line)
+        out.append((number, line))
+    return out
+
+
+def reference_split(data: bytes) -> list[tuple[int, bytes]]:
+    """What the reader must yield for a file with no over-long line: the obvious whole-file split."""
+    if data.startswith(BOM):
+        data = data[3:]
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return [(i, p[:-1] if p.endswith(b"\r") else p) for i, p in enumerate(parts, start=1)]
+
+
+def split_by(data: bytes, sizes: list[int]) -> list[bytes]:
+    chunks, i, k = [], 0, 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        chunks.append(data[i : i + n])
+        i += n
+        k += 1
+    return chunks
+
+
+# -- line numbering, blanks, endings --------------------------------------------------------------
+
+
+def test_lines_are_numbered_physically_from_one_with_blank_lines_counted() -> None:
+    data = b'{"a":1}\n\n   \n{"b":2}\n'
+    assert plain(lines_of(data)) == [(1, b'{"a":1}'), (2, b""), (3, b"   "), (4, b'{"b":2}')]
+
+
+def test_crlf_endings_are_removed() -> None:
+    assert plain(lines_of(b"one\r\ntwo\r\n")) == [(1, b"one"), (2, b"two")]
+
+
+def test_final_line_without_newline_is_still_yielded() -> None:
+    assert plain(lines_of(b"one\ntwo")) == [(1, b"one"), (2, b"two")]
+    assert plain(lines_of(b"one\r\ntwo\r")) == [(1, b"one"), (2, b"two")]
+
+
+def test_trailing_newline_does_not_add_an_empty_line() -> None:
+    assert plain(lines_of(b"one\n")) == [(1, b"one")]
+
+
+def test_empty_file_yields_nothing() -> None:
+    assert lines_of(b"") == []
+
+
+def test_bom_at_file_start_is_dropped() -> None:
+    assert plain(lines_of(BOM + b'{"a":1}\n{"b":2}\n')) == [(1, b'{"a":1}'), (2, b'{"b":2}')]
+
+
+def test_bom_elsewhere_than_the_start_is_kept() -> None:
+    # Only the byte-order mark at the very start of the file is ignored.
+    assert plain(lines_of(b"x\n" + BOM + b"y\n")) == [(1, b"x"), (2, BOM + b"y")]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_bom_split_across_small_chunks_is_dropped(size: int) -> None:
+    # Given a file whose BOM arrives in chunks of `size` bytes
+    data = BOM + b'{"a":1}\r\nlast'
+    # Then it is dropped exactly as when it arrives whole
+    assert plain(lines_of(data, chunk=size)) == [(1, b'{"a":1}'), (2, b"last")]
+
+
+@pytest.mark.parametrize("data", [b"\xef", b"\xef\xbb", BOM])
+def test_a_file_that_is_only_part_of_a_bom(data: bytes) -> None:
+    expected = [] if data == BOM else [(1, data)]
+    assert plain(lines_of(data)) == expected
+    assert plain(lines_of(data, chunk=1)) == expected
+
+
+def test_crlf_split_between_chunks_is_still_one_line_ending() -> None:
+    assert plain(list(iter_lines([b"one\r", b"\ntwo\r", b"\n"], 100))) == [(1, b"one"), (2, b"two")]
+
+
+def test_empty_chunks_change_nothing() -> None:
+    chunks = [b"", b"on", b"", b"e\n", b"", b"two", b""]
+    assert plain(list(iter_lines(chunks, 100))) == [(1, b"one"), (2, b"two")]
+
+
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+            st.sampled_from([b"", b"  ", b'{"custom_id":"a"}', b"\r"]),
+        ),
+        max_size=12,
+    ),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    final_newline=st.booleans(),
+    sizes=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=8),
+)
+def test_any_chunking_gives_the_reference_split(
+    lines: list[bytes], crlf: bool, bom: bool, final_newline: bool, sizes: list[int]
+) -> None:
+    # Given a file cut into chunks of 1..7 bytes, boundaries falling inside lines, CRLFs and the BOM
+    ending = b"\r\n" if crlf else b"\n"
+    data = (BOM if bom else b"") + ending.join(lines) + (ending if final_newline and lines else b"")
+    # When it is read line by line
+    got = plain(list(iter_lines(split_by(data, sizes), 1000)))
+    # Then the lines are those of a plain whole-file split
+    assert got == reference_split(data)
+
+
+# -- over-long lines ------------------------------------------------------------------------------
+
+
+def test_line_over_the_cap_becomes_line_too_long_with_its_size() -> None:
+    result = lines_of(b"ok\n" + b"x" * 11 + b"\nafter\n", max_line=10)
+    assert result[0] == (1, b"ok")
+    number, big = result[1]
+    assert number == 2
+    assert isinstance(big, LineTooLong)
+    assert big.size == 11
+    assert result[2] == (3, b"after")
+
+
+def test_line_exactly_at_the_cap_is_kept() -> None:
+    assert plain(lines_of(b"x" * 10 + b"\n", max_line=10)) == [(1, b"x" * 10)]
+
+
+def test_over_long_final_line_without_newline() -> None:
+    result = lines_of(b"ok\n" + b"y" * 50, max_line=10, chunk=7)
+    assert result[0] == (1, b"ok")
+    number, big = result[1]
+    assert number == 2
+    assert isinstance(big, LineTooLong)
+    assert big.size == 50
+
+
+def test_ten_megabyte_line_with_one_megabyte_cap_is_skipped_not_held() -> None:
+    # Given a 10 MB line streamed in 64 KB chunks, between two ordinary lines
+    def chunks() -> Iterator[bytes]:
+        yield b'{"first":1}\n'
+        piece = b"z" * (64 * 1024)
+        for _ in range(10 * MB // len(piece)):
+            yield piece
+        yield b'\n{"last":1}\n'
+
+    # When it is read with a 1 MB cap
+    result = list(iter_lines(chunks(), 1 * MB))
+    # Then the big line is only its size, and the lines around it keep their numbers
+    assert [n for n, _ in result] == [1, 2, 3]
+    big = result[1][1]
+    assert isinstance(big, LineTooLong)
+    assert big.size == 10 * MB
+    assert result[2] == (3, b'{"last":1}')
+
+
+# -- gzip -----------------------------------------------------------------------------------------
+
+
+def test_plain_content_passes_through_unchanged() -> None:
+    assert b"".join(decompressed([b"abc\n", b"def"])) == b"abc\ndef"
+
+
+def test_gzip_is_inflated() -> None:
+    data = b'{"a":1}\n' * 1000
+    assert b"".join(decompressed([gzip.compress(data)])) == data
+
+
+def test_concatenated_gzip_members_are_all_read() -> None:
+    data = gzip.compress(b"one\ntwo\n") + gzip.compress(b"three\n") + gzip.compress(b"four\n")
+    assert b"".join(decompressed([data])) == b"one\ntwo\nthree\nfour\n"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 13, 4096])
+def test_gzip_split_at_odd_chunk_sizes(size: int) -> None:
+    # Given a two-member gzip delivered in chunks of `size` bytes (so the magic bytes may be split)
+    text = b"".join(b'{"custom_id":"r%d"}\r\n' % i for i in range(300))
+    data = gzip.compress(text[:2000]) + gzip.compress(text[2000:])
+    # Then the content is exactly the uncompressed text
+    assert b"".join(decompressed(split_by(data, [size]))) == text
+
+
+def test_gzip_after_empty_chunks_is_still_recognised() -> None:
+    assert b"".join(decompressed([b"", b"", gzip.compress(b"hi\n")])) == b"hi\n"
+
+
+def test_gzip_larger_than_one_inflate_step() -> None:
+    # Highly compressible content inflates past the bounded output size of one step.
+    text = b"a" * (3 * MB) + b"\nend\n"
+    assert b"".join(decompressed(iter_chunks(io.BytesIO(gzip.compress(text)), 1000))) == text
+
+
+def test_truncated_gzip_raises_eof_error() -> None:
+    data = gzip.compress(b'{"a":1}\n' * 1000)
+    with pytest.raises(EOFError):
+        b"".join(decompressed([data[: len(data) // 2]]))
+
+
+def test_gzip_truncated_in_its_second_member_raises_eof_error() -> None:
+    data = gzip.compress(b"one\n") + gzip.compress(b"two\n" * 100)
+    with pytest.raises(EOFError):
+        b"".join(decompressed([data[:-5]]))
+
+
+def test_corrupt_gzip_raises_zlib_error() -> None:
+    data = bytearray(gzip.compress(b"hello world\n" * 50))
+    data[12:20] = b"\xff" * 8
+    with pytest.raises(zlib.error):
+        b"".join(decompressed([bytes(data)]))
+
+
+def test_gzip_lines_end_to_end_with_bom_and_crlf() -> None:
+    data = gzip.compress(BOM + b'{"a":1}\r\n\r\n{"b":2}')
+    result = list(iter_lines(decompressed(iter_chunks(io.BytesIO(data), 3)), 100))
+    assert plain(result) == [(1, b'{"a":1}'), (2, b""), (3, b'{"b":2}')]

@@ -1,0 +1,690 @@
+"""The contract of DESIGN.md "Input lines": every validation code, the three shapes, neutral mapping, routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from batchdrop import models as m
+from batchdrop.config import PROVIDER_DEFAULT_LIMITS, BatchLimits, parse_routes
+from batchdrop.planner import ENVELOPE_BYTES
+from batchdrop.reader import BOM, LineTooLong, iter_lines
+from batchdrop.validation import Validator
+
+from tests.unit.lines import accept, anthropic_line, dumps, neutral_line, openai_line, payload, reject, validator
+
+MB = 1024 * 1024
+
+
+def verdicts(data: bytes, v: Validator | None = None) -> list[m.Request | m.Invalid]:
+    v = v or validator()
+    return list(v.check_all(iter_lines([data], 32 * MB)))
+
+
+# -- the three shapes, valid ----------------------------------------------------------------------
+
+
+def test_openai_line_passes_through_byte_identical() -> None:
+    # Given an OpenAI batch line with its own key order, spacing and surrounding whitespace
+    raw = b'  {"custom_id": "q-1", "method": "POST", "url": "/v1/chat/completions",  "body": {"model": "gpt-4o-mini",'
+    raw += b' "messages": [{"role": "user", "content": "caf\xc3\xa9"}], "max_tokens": 5}}\t'
+    # When it is validated
+    request = accept(validator(), raw, number=7)
+    # Then its payload is the line itself, unchanged but for the stripped whitespace
+    assert request.payload == raw.strip()
+    assert (request.line, request.custom_id, request.provider, request.model) == (7, "q-1", "openai", "gpt-4o-mini")
+    assert request.group == "/v1/chat/completions gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/responses", {"model": "gpt-4.1", "input": "hello"}),
+        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a", "b"]}),
+        ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "hello"}),
+        ("/v1/moderations", {"model": "omni-moderation-latest", "input": "hello"}),
+    ],
+)
+def test_openai_line_accepts_every_supported_endpoint(url: str, body: dict[str, Any]) -> None:
+    request = accept(validator(), {"custom_id": "e1", "method": "POST", "url": url, "body": body})
+    assert request.provider == "openai"
+    assert request.group == f"{url} {body['model']}"
+
+
+def test_openai_line_routes_to_openai_whatever_the_model_name() -> None:
+    # The shape decides the provider: an Azure-style deployment name needs no route.
+    request = accept(validator(), openai_line("d1", model="my-deployment"))
+    assert request.provider == "openai"
+
+
+def test_anthropic_line_with_max_tokens_passes_through_byte_identical() -> None:
+    raw = dumps(anthropic_line("a-1", max_tokens=200, temperature=0.2))
+    request = accept(validator(), raw + b"\r")
+    assert request.payload == raw
+    assert (request.custom_id, request.provider, request.model, request.group) == (
+        "a-1",
+        "anthropic",
+        "claude-haiku-4-5",
+        "",
+    )
+
+
+def test_anthropic_line_without_max_tokens_gets_the_default() -> None:
+    # Given an Anthropic batch line that leaves out max_tokens
+    line = anthropic_line("a-2")
+    del line["params"]["max_tokens"]
+    # When it is validated with a configured default
+    request = accept(validator(anthropic_default_max_tokens=777), line)
+    # Then the request carries the default and is otherwise the same line
+    out = payload(request)
+    assert out["params"]["max_tokens"] == 777
+    assert out["custom_id"] == "a-2"
+    assert {k: v for k, v in out["params"].items() if k != "max_tokens"} == line["params"]
+
+
+def test_mixed_shapes_in_one_file() -> None:
+    data = b"\n".join([dumps(openai_line("o1")), dumps(anthropic_line("a1")), dumps(neutral_line("claude-sonnet-4-5"))])
+    result = verdicts(data)
+    assert all(isinstance(r, m.Request) for r in result)
+    assert [(r.line, r.provider) for r in result if isinstance(r, m.Request)] == [
+        (1, "openai"),
+        (2, "anthropic"),
+        (3, "anthropic"),
+    ]
+
+
+# -- neutral lines: mapping -----------------------------------------------------------------------
+
+
+def test_neutral_to_openai_chat_maps_system_max_tokens_stop_and_tools() -> None:
+    # Given a neutral line with every optional field, for an OpenAI model
+    line = neutral_line(
+        "gpt-4o-mini",
+        text="What is the weather?",
+        custom_id="n-1",
+        system="Be brief.",
+        max_tokens=100,
+        temperature=1.5,
+        top_p=0.9,
+        stop="END",
+        tools=[
+            {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            }
+        ],
+    )
+    # When it is validated
+    request = accept(validator(), line)
+    # Then it is an OpenAI chat completions batch line
+    out = payload(request)
+    assert (out["custom_id"], out["method"], out["url"]) == ("n-1", "POST", "/v1/chat/completions")
+    assert request.group == "/v1/chat/completions gpt-4o-mini"
+    body = out["body"]
+    assert body["model"] == "gpt-4o-mini"
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the weather?"},
+    ]
+    assert body["max_completion_tokens"] == 100
+    assert "max_tokens" not in body
+    assert body["temperature"] == 1.5
+    assert body["top_p"] == 0.9
+    assert body["stop"] == ["END"]
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+
+
+def test_neutral_to_openai_without_max_tokens_sets_no_limit() -> None:
+    body = payload(accept(validator(), neutral_line("gpt-4o-mini")))["body"]
+    assert "max_completion_tokens" not in body
+    assert "max_tokens" not in body
+
+
+def test_neutral_to_anthropic_maps_system_max_tokens_stop_and_tools() -> None:
+    line = neutral_line(
+        "claude-sonnet-4-5",
+        text="What is the weather?",
+        custom_id="n-2",
+        system="Be brief.",
+        max_tokens=300,
+        temperature=0.5,
+        stop=["END", "STOP"],
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+    )
+    request = accept(validator(), line)
+    out = payload(request)
+    assert out["custom_id"] == "n-2"
+    assert request.provider == "anthropic"
+    assert request.group == ""
+    params = out["params"]
+    assert params["model"] == "claude-sonnet-4-5"
+    assert params["system"] == "Be brief."
+    assert params["messages"] == [{"role": "user", "content": "What is the weather?"}]
+    assert params["max_tokens"] == 300
+    assert params["temperature"] == 0.5
+    assert params["stop_sequences"] == ["END", "STOP"]
+    assert "stop" not in params
+    assert params["tools"] == [{"name": "get_weather", "description": "", "input_schema": {"type": "object"}}]
+
+
+def test_neutral_to_anthropic_without_max_tokens_takes_the_configured_default() -> None:
+    params = payload(accept(validator(anthropic_default_max_tokens=2048), neutral_line("claude-haiku-4-5")))["params"]
+    assert params["max_tokens"] == 2048
+
+
+def test_neutral_to_anthropic_moves_leading_system_messages_into_system() -> None:
+    line = {
+        "model": "claude-haiku-4-5",
+        "system": "Rule one.",
+        "messages": [
+            {"role": "system", "content": "Rule two."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": [{"type": "text", "text": "again"}]},
+        ],
+    }
+    params = payload(accept(validator(), line))["params"]
+    assert params["system"] == "Rule one.\n\nRule two."
+    assert [msg["role"] for msg in params["messages"]] == ["user", "assistant", "user"]
+    assert params["messages"][2]["content"] == [{"type": "text", "text": "again"}]
+
+
+def test_neutral_line_without_custom_id_gets_line_number_id() -> None:
+    data = b"\n\n" + dumps(neutral_line("gpt-4o-mini")) + b"\n" + dumps(neutral_line("claude-haiku-4-5"))
+    result = verdicts(data)
+    assert [(r.line, r.custom_id) for r in result] == [(3, "line-3"), (4, "line-4")]
+    assert all(isinstance(r, m.Request) for r in result)
+    assert [orjson.loads(r.payload)["custom_id"] for r in result if isinstance(r, m.Request)] == ["line-3", "line-4"]
+
+
+def test_neutral_line_with_null_custom_id_gets_line_number_id() -> None:
+    assert accept(validator(), neutral_line(custom_id=None), number=5).custom_id == "line-5"
+
+
+# -- routing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("claude-haiku-4-5", "anthropic"),
+        ("claude-3-7-sonnet-latest", "anthropic"),
+        ("gpt-4o-mini", "openai"),
+        ("gpt-5", "openai"),
+        ("o1-mini", "openai"),
+        ("o3", "openai"),
+        ("o4-mini", "openai"),
+        ("chatgpt-4o-latest", "openai"),
+    ],
+)
+def test_neutral_line_is_routed_by_model_prefix(model: str, provider: str) -> None:
+    request = accept(validator(), neutral_line(model))
+    assert request.provider == provider
+    assert request.model == model
+
+
+def test_folder_provider_overrides_the_prefix_table() -> None:
+    # Given a file under inputs/anthropic/ naming a model no route knows (and one routed to OpenAI)
+    v = validator(folder_provider="anthropic")
+    # Then both go to Anthropic
+    assert accept(v, neutral_line("my-fine-tuned-model", custom_id="a")).provider == "anthropic"
+    assert accept(v, neutral_line("gpt-4o-mini", custom_id="b")).provider == "anthropic"
+
+
+def test_folder_provider_does_not_reroute_provider_batch_lines() -> None:
+    v = validator(folder_provider="anthropic")
+    assert accept(v, openai_line("o-1")).provider == "openai"
+
+
+def test_configured_routes_take_precedence_over_the_defaults() -> None:
+    v = validator(routes=parse_routes("gpt-oss=anthropic,llama=openai"))
+    assert accept(v, neutral_line("gpt-oss-120b", custom_id="a")).provider == "anthropic"
+    assert accept(v, neutral_line("llama-3.3-70b", custom_id="b")).provider == "openai"
+    assert accept(v, neutral_line("gpt-4o", custom_id="c")).provider == "openai"
+
+
+# -- blank lines, BOM, CRLF, line numbers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\t \t", b"\r"])
+def test_blank_and_whitespace_only_lines_are_skipped(raw: bytes) -> None:
+    assert validator().check(1, raw) is None
+
+
+def test_line_numbers_count_blank_lines_bom_and_crlf() -> None:
+    # Given a file with a BOM, CRLF endings and blank lines between requests
+    data = BOM + b"\r\n".join(
+        [
+            dumps(openai_line("o1")),
+            b"",
+            b"   ",
+            b"not json",
+            dumps(anthropic_line("a1")),
+            b"",
+        ]
+    )
+    # When it is read and validated
+    result = verdicts(data)
+    # Then blank lines produce nothing but are counted in the physical line numbers
+    assert [(r.line, type(r).__name__) for r in result] == [(1, "Request"), (4, "Invalid"), (5, "Request")]
+    assert isinstance(result[0], m.Request)
+    assert result[0].payload == dumps(openai_line("o1"))
+
+
+# -- the twelve validation codes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe{}",
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\xe9"}]}',
+        b'{"custom_id": "x", "params": {"model": "claude-haiku-4-5", "system": "\x80"}}',
+    ],
+)
+def test_invalid_encoding(raw: bytes) -> None:
+    invalid = reject(validator(), raw, number=3)
+    assert invalid.code == m.INVALID_ENCODING
+    assert invalid.line == 3
+    assert "UTF-8" in invalid.message
+    assert f"byte {raw.index(next(bytes([b]) for b in raw if b >= 0x80)) + 1}" in invalid.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "gpt-4o-mini", "temperature": NaN, "messages": []}',
+        b'{"model": "gpt-4o-mini", "temperature": Infinity}',
+        b"-Infinity",
+        b'{"custom_id": "a", "params": {"model": "claude-haiku-4-5"',
+        b"{'custom_id': 'single quotes'}",
+        b'{"a": 1} {"b": 2}',
+        b'{"a": 1,}',
+    ],
+)
+def test_invalid_json(raw: bytes) -> None:
+    invalid = reject(validator(), raw)
+    assert invalid.code == m.INVALID_JSON
+    assert invalid.custom_id is None
+    assert "not valid JSON" in invalid.message
+    assert "character" in invalid.message
+    assert "one complete JSON object" in invalid.message
+
+
+def test_invalid_json_message_points_at_the_truncation() -> None:
+    raw = b'{"custom_id": "a", "params": {'
+    invalid = reject(validator(), raw)
+    assert f"character {len(raw) + 1}" in invalid.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'[{"custom_id": "a"}]', "an array"),
+        (b"42", "a number"),
+        (b"3.5", "a number"),
+        (b'"hello"', "a string"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+    ],
+)
+def test_not_an_object(raw: bytes, kind: str) -> None:
+    invalid = reject(validator(), raw)
+    assert invalid.code == m.NOT_AN_OBJECT
+    assert "JSON object" in invalid.message
+    assert invalid.message.endswith(kind)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{}, {"custom_id": "x"}, {"prompt": "hi", "engine": "davinci"}, {"contents": [{"parts": [{"text": "hi"}]}]}],
+)
+def test_unknown_format(obj: dict[str, Any]) -> None:
+    invalid = reject(validator(), obj)
+    assert invalid.code == m.UNKNOWN_FORMAT
+    # The message names the accepted shapes and the keys it found.
+    assert "OpenAI batch line" in invalid.message
+    assert "Anthropic batch line" in invalid.message
+    assert "neutral line" in invalid.message
+    assert "keys found: " + (", ".join(sorted(obj)) or "none") in invalid.message
+
+
+def test_unknown_format_keeps_a_valid_custom_id() -> None:
+    assert reject(validator(), {"custom_id": "x", "prompt": "hi"}).custom_id == "x"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {k: v for k, v in openai_line().items() if k != "custom_id"},
+        openai_line(None),
+        {k: v for k, v in anthropic_line().items() if k != "custom_id"},
+        anthropic_line(None),
+    ],
+)
+def test_missing_custom_id_for_provider_lines(line: dict[str, Any]) -> None:
+    invalid = reject(validator(), line)
+    assert invalid.code == m.MISSING_CUSTOM_ID
+    assert "custom_id" in invalid.message
+    assert "64" in invalid.message
+
+
+@pytest.mark.parametrize(
+    "custom_id",
+    ["has space", "a" * 65, "", "naïve", "slash/id", "dot.id", 42, ["a"], True, {"id": "a"}],
+)
+@pytest.mark.parametrize("shape", ["openai", "anthropic", "neutral"])
+def test_invalid_custom_id(custom_id: Any, shape: str) -> None:
+    line = {
+        "openai": openai_line(custom_id),
+        "anthropic": anthropic_line(custom_id),
+        "neutral": neutral_line(custom_id=custom_id),
+    }[shape]
+    invalid = reject(validator(), line)
+    assert invalid.code == m.INVALID_CUSTOM_ID
+    assert "letters, digits, _ or -" in invalid.message
+    assert "64" in invalid.message
+    # A custom_id that is a string is echoed back; anything else is not.
+    assert invalid.custom_id == (custom_id if isinstance(custom_id, str) else None)
+
+
+def test_custom_id_of_exactly_64_allowed_characters_is_valid() -> None:
+    custom_id = "aZ09_-" * 10 + "abcd"
+    assert len(custom_id) == 64
+    assert accept(validator(), openai_line(custom_id)).custom_id == custom_id
+
+
+def test_duplicate_custom_id_across_shapes() -> None:
+    v = validator()
+    accept(v, openai_line("same"), number=1)
+    invalid = reject(v, anthropic_line("same"), number=2)
+    assert invalid.code == m.DUPLICATE_CUSTOM_ID
+    assert invalid.custom_id == "same"
+    assert "'same'" in invalid.message
+    assert "earlier line" in invalid.message
+
+
+def test_generated_line_id_colliding_with_an_earlier_explicit_id_is_a_duplicate() -> None:
+    # Given line 1 names its request "line-3", and line 3 is a neutral line without custom_id
+    data = b"\n".join([dumps(openai_line("line-3")), b"", dumps(neutral_line("claude-haiku-4-5"))])
+    # When the file is validated
+    first, third = verdicts(data)
+    # Then the generated id collides and line 3 is reported as a duplicate
+    assert isinstance(first, m.Request)
+    assert isinstance(third, m.Invalid)
+    assert (third.line, third.code) == (3, m.DUPLICATE_CUSTOM_ID)
+    assert "line-3" in third.message
+
+
+def test_explicit_id_colliding_with_an_earlier_generated_id_is_a_duplicate() -> None:
+    data = dumps(neutral_line()) + b"\n" + dumps(anthropic_line("line-1"))
+    first, second = verdicts(data)
+    assert isinstance(first, m.Request)
+    assert first.custom_id == "line-1"
+    assert isinstance(second, m.Invalid)
+    assert second.code == m.DUPLICATE_CUSTOM_ID
+
+
+def test_an_invalid_line_does_not_reserve_its_custom_id() -> None:
+    # The first line is never submitted, so the id is still free for the corrected line below it.
+    v = validator()
+    assert reject(v, openai_line("fixme", stream=True), number=1).code == m.INVALID_REQUEST
+    assert accept(v, openai_line("fixme"), number=2).custom_id == "fixme"
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        ({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}, "body.model"),
+        (openai_line("a", model=""), "body.model"),
+        ({"custom_id": "a", "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}}, "params"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, '"model"'),
+        ({"model": None, "messages": [{"role": "user", "content": "hi"}]}, '"model"'),
+    ],
+)
+def test_missing_model(line: dict[str, Any], where: str) -> None:
+    invalid = reject(validator(), line)
+    assert invalid.code == m.MISSING_MODEL
+    assert where in invalid.message
+    assert "missing" in invalid.message
+
+
+def test_model_that_is_not_a_string_is_an_invalid_request() -> None:
+    invalid = reject(validator(), neutral_line(model=4))  # type: ignore[arg-type]
+    assert invalid.code == m.INVALID_REQUEST
+    assert "string" in invalid.message
+
+
+def test_unknown_provider_for_an_unrouted_model() -> None:
+    invalid = reject(validator(), neutral_line("llama-3.3-70b", custom_id="q"))
+    assert invalid.code == m.UNKNOWN_PROVIDER
+    assert invalid.custom_id == "q"
+    assert "llama-3.3-70b" in invalid.message
+    # How to fix it: a provider folder or a route.
+    assert "inputs/<provider>/" in invalid.message
+    assert "BATCHDROP_ROUTES" in invalid.message
+
+
+@pytest.mark.parametrize(
+    "line", [neutral_line("claude-haiku-4-5"), anthropic_line("a1"), neutral_line("my-model", custom_id="z")]
+)
+def test_unknown_provider_when_the_provider_is_not_enabled(line: dict[str, Any]) -> None:
+    # Given a deployment with only OpenAI enabled (the last line is in an inputs/anthropic/ folder)
+    v = validator(providers={"openai": PROVIDER_DEFAULT_LIMITS["openai"]})
+    v.folder_provider = "anthropic" if line.get("model") == "my-model" else None
+    invalid = reject(v, line)
+    assert invalid.code == m.UNKNOWN_PROVIDER
+    assert "'anthropic'" in invalid.message
+    assert "not enabled" in invalid.message
+    assert "enabled: openai" in invalid.message
+
+
+def test_unknown_provider_for_an_openai_line_when_openai_is_not_enabled() -> None:
+    invalid = reject(validator(providers={"anthropic": PROVIDER_DEFAULT_LIMITS["anthropic"]}), openai_line("o1"))
+    assert invalid.code == m.UNKNOWN_PROVIDER
+    assert "enabled: anthropic" in invalid.message
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/images/generations", "/v1/audio/speech", "/v1/chat/completions/", "v1/chat/completions", None, 3]
+)
+def test_unsupported_endpoint(url: Any) -> None:
+    line = openai_line("o1")
+    line["url"] = url
+    invalid = reject(validator(), line)
+    assert invalid.code == m.UNSUPPORTED_ENDPOINT
+    assert invalid.custom_id == "o1"
+    assert '"url"' in invalid.message
+    # How to fix it: the supported endpoints are listed.
+    assert "/v1/chat/completions" in invalid.message
+    assert "/v1/embeddings" in invalid.message
+
+
+def _with(line: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    line = orjson.loads(orjson.dumps(line))
+    target = line
+    *parents, last = path.split(".")
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return line
+
+
+INVALID_REQUESTS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("openai method GET", _with(openai_line("a"), "method", "GET"), ['"method"', "POST", '"GET"']),
+    ("openai body not an object", _with(openai_line("a"), "body", "hi"), ['"body"', "JSON object"]),
+    ("openai body a list", _with(openai_line("a"), "body", [1]), ['"body"', "an array"]),
+    ("openai stream", _with(openai_line("a"), "body.stream", True), ["stream", "false", "cannot stream"]),
+    ("openai extra field", {**openai_line("a"), "priority": 1}, ["priority", "unexpected"]),
+    (
+        "anthropic stream",
+        _with(anthropic_line("a"), "params.stream", True),
+        ["params.stream", "cannot stream"],
+    ),
+    ("anthropic params not object", _with(anthropic_line("a"), "params", None), ['"params"', "null"]),
+    ("anthropic extra field", {**anthropic_line("a"), "metadata": {}}, ["metadata", "Anthropic"]),
+    (
+        "anthropic messages empty",
+        _with(anthropic_line("a"), "params.messages", []),
+        ["params.messages", "non-empty"],
+    ),
+    (
+        "anthropic max_tokens zero",
+        _with(anthropic_line("a"), "params.max_tokens", 0),
+        ["params.max_tokens", "at least 1", "got 0"],
+    ),
+    ("neutral extra field", neutral_line(response_format={"type": "json_object"}), ["response_format"]),
+    ("neutral stream", neutral_line(stream=True), ["stream", "provider's batch line"]),
+    (
+        "neutral anthropic temperature 1.5",
+        neutral_line("claude-haiku-4-5", temperature=1.5),
+        ["temperature", "0 to 1", "1.5"],
+    ),
+    ("neutral openai temperature 2.5", neutral_line(temperature=2.5), ["temperature", "0 to 2"]),
+    ("neutral temperature a string", neutral_line(temperature="hot"), ["temperature"]),
+    ("neutral top_p 1.2", neutral_line(top_p=1.2), ["top_p", "0 to 1"]),
+    ("neutral max_tokens negative", neutral_line(max_tokens=-3), ['"max_tokens"', "at least 1"]),
+    ("neutral max_tokens float", neutral_line(max_tokens=1.5), ['"max_tokens"', "whole number"]),
+    ("neutral max_tokens bool", neutral_line("claude-haiku-4-5", max_tokens=True), ['"max_tokens"']),
+    (
+        "neutral anthropic system after user",
+        {
+            "model": "claude-haiku-4-5",
+            "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "late rule"}],
+        },
+        ['"messages"[1]', "system message", '"system"'],
+    ),
+    (
+        "neutral anthropic only system",
+        {"model": "claude-haiku-4-5", "messages": [{"role": "system", "content": "rule"}]},
+        ["only system", "user message"],
+    ),
+    (
+        "neutral image content",
+        neutral_line(
+            "gpt-4o",
+        )
+        | {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                    ],
+                }
+            ]
+        },
+        ['"messages"[0].content', "images", "provider's own batch line"],
+    ),
+    (
+        "neutral anthropic image content",
+        neutral_line("claude-haiku-4-5")
+        | {
+            "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "AAAA"}}]}]
+        },
+        ["images"],
+    ),
+    ("neutral messages missing", {"model": "gpt-4o"}, ['"messages"', "non-empty list"]),
+    ("neutral messages empty", neutral_line() | {"messages": []}, ['"messages"', "non-empty list"]),
+    ("neutral message not object", neutral_line() | {"messages": ["hi"]}, ['"messages"[0]', "role"]),
+    ("neutral message no content", neutral_line() | {"messages": [{"role": "user"}]}, ["no", "content"]),
+    ("neutral role tool", neutral_line() | {"messages": [{"role": "tool", "content": "x"}]}, ["'tool'"]),
+    ("neutral stop a number", neutral_line(stop=3), ['"stop"', "list of strings"]),
+    ("neutral tools not a list", neutral_line(tools={"name": "f"}), ['"tools"', "list"]),
+    ("neutral tool without schema", neutral_line(tools=[{"name": "f"}]), ['"tools"[0]', "parameters"]),
+    (
+        "neutral system an image",
+        neutral_line("claude-haiku-4-5", system=[{"type": "image"}]),
+        ['"system"'],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"), [case[1:] for case in INVALID_REQUESTS], ids=[case[0] for case in INVALID_REQUESTS]
+)
+def test_invalid_request(line: dict[str, Any], words: list[str]) -> None:
+    invalid = reject(validator(), line, number=9)
+    assert (invalid.line, invalid.code) == (9, m.INVALID_REQUEST)
+    for word in words:
+        assert word in invalid.message
+
+
+def test_request_too_large_for_a_line_over_the_reader_cap() -> None:
+    invalid = reject(validator(), LineTooLong(40 * MB), number=12)
+    assert (invalid.line, invalid.code, invalid.custom_id) == (12, m.REQUEST_TOO_LARGE, None)
+    assert "41,943,040 bytes" in invalid.message
+    assert "shorten" in invalid.message
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic", "neutral-openai", "neutral-anthropic"])
+def test_request_too_large_for_the_providers_byte_limit(shape: str) -> None:
+    # Given providers whose batches hold at most 4 KB, and a 5 KB prompt
+    small = {name: BatchLimits(max_requests=10, max_bytes=4096) for name in ("openai", "anthropic")}
+    text = "x" * 5000
+    line = {
+        "openai": openai_line("big", text=text),
+        "anthropic": anthropic_line("big", text=text),
+        "neutral-openai": neutral_line("gpt-4o", text=text, custom_id="big"),
+        "neutral-anthropic": neutral_line("claude-haiku-4-5", text=text, custom_id="big"),
+    }[shape]
+    # Then the line is refused before it reaches a batch
+    invalid = reject(validator(providers=small), line)
+    assert invalid.code == m.REQUEST_TOO_LARGE
+    assert invalid.custom_id == "big"
+    assert "4,096" in invalid.message
+    assert "bytes" in invalid.message
+
+
+def test_largest_request_that_fits_a_batch_with_its_envelope_is_accepted() -> None:
+    # The planner counts the batch envelope and the newline against max_bytes: the validator must too,
+    # or a request it accepts would make a batch over the limit.
+    limit = 4096
+    small = {"openai": BatchLimits(max_requests=10, max_bytes=limit)}
+    base = len(dumps(openai_line("big", text="")))
+    fits = openai_line("big", text="x" * (limit - ENVELOPE_BYTES - 1 - base))
+    too_big = openai_line("big", text="x" * (limit - ENVELOPE_BYTES - base))
+    assert len(accept(validator(providers=small), fits).payload) + 1 + ENVELOPE_BYTES == limit
+    assert reject(validator(providers=small), too_big).code == m.REQUEST_TOO_LARGE
+
+
+def test_messages_say_where_the_problem_is() -> None:
+    # An error's line number and custom_id travel with it; the message names the offending field.
+    invalid = reject(validator(), _with(openai_line("abc"), "body.stream", True), number=42)
+    assert (invalid.line, invalid.custom_id) == (42, "abc")
+    assert "body.stream" in invalid.message
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    invalid = reject(validator(), openai_line("x" * 500))
+    assert invalid.code == m.INVALID_CUSTOM_ID
+    assert len(invalid.message) < 200
+    assert "..." in invalid.message
+
+
+def test_check_all_skips_blank_lines_and_keeps_order() -> None:
+    lines: list[tuple[int, bytes | LineTooLong]] = [
+        (1, b""),
+        (2, dumps(openai_line("a"))),
+        (3, LineTooLong(99)),
+        (4, b"  "),
+        (5, b"[]"),
+    ]
+    result = list(validator().check_all(lines))
+    assert [(r.line, r.code if isinstance(r, m.Invalid) else "ok") for r in result] == [
+        (2, "ok"),
+        (3, m.REQUEST_TOO_LARGE),
+        (5, m.NOT_AN_OBJECT),
+    ]
