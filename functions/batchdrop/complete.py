@@ -16,7 +16,7 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict
+from batchdrop.adapters.store import NOT_DUE, Conflict, release
 from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import (
     Deps,
@@ -77,6 +77,16 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
     except Conflict:
         logger.info("another invocation is completing this job")
         return "busy"
+    try:
+        return _finish(deps, job, owner)
+    except BaseException:
+        release(store, job, owner)
+        raise
+
+
+def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
+    store = deps.store
+    job_id = job["job_id"]
     batches = store.get_batches(job_id)
     if not job.get("rejected") and not job.get("canceled") and _resubmit(deps, job, batches):
         return "resubmitted"

@@ -131,6 +131,12 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         deps.queue.send(job["job_id"])
         report.handed_over.append(job["job_id"])
         logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})
+    elif job["status"] == m.JOB_SUBMITTING:
+        # Its submitter's lease ran out without a retry finishing the work: take it over.
+        from batchdrop.submit import resume_submission
+
+        logger.warning("submission stalled; the poll resumes it", extra={"job_id": job["job_id"]})
+        resume_submission(deps, job["job_id"])
     else:
         # Nothing else should be due; take it out of the index rather than look at it forever.
         deps.store.update(job, {}, remove=NOT_DUE)

@@ -21,7 +21,7 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
-from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk
+from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
 from batchdrop.config import INPUT_PREFIX
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
@@ -102,18 +102,33 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
         "received_at": iso(now),
         "attempt": 1,
     }
-    if not store.create(job):
-        existing = store.get_job(job_id)
-        if existing is None or existing["status"] != m.JOB_SUBMITTING:
-            logger.info("duplicate delivery of an upload already submitted")
-            return SubmitResult(job_id, "duplicate")
+    # While submitting, the job sits in the poll's index, due when its lease would run out: if this
+    # invocation dies without a retry (a timeout, say), the poll takes the submission over.
+    store.create({**job, **due_fields(now + LEASE_SECONDS)})
+    return resume_submission(deps, job_id, obj)
+
+
+def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None) -> SubmitResult:
+    """Carry a job's submission as far as it goes, from wherever an earlier invocation stopped."""
+    store = deps.store
+    job = store.get_job(job_id)
+    if job is None or job["status"] != m.JOB_SUBMITTING:
+        logger.info("duplicate delivery of an upload already submitted")
+        return SubmitResult(job_id, "duplicate")
     owner = invocation_id()
     try:
-        current = store.claim(store.get_job(job_id) or job, owner, LEASE_SECONDS, (m.JOB_SUBMITTING,))
+        current = store.claim(
+            job, owner, LEASE_SECONDS, (m.JOB_SUBMITTING,), also=due_fields(deps.clock() + LEASE_SECONDS)
+        )
     except Conflict:
         logger.info("another invocation is submitting this job")
         return SubmitResult(job_id, "busy")
-    return _Submission(deps, current, obj, owner).run()
+    obj = obj or m.InputObject(**current["input"])
+    try:
+        return _Submission(deps, current, obj, owner).run()
+    except BaseException:
+        release(store, current, owner)
+        raise
 
 
 class _Submission:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 MB = 1024 * 1024
@@ -129,6 +129,33 @@ def test_any_chunking_gives_the_reference_split(
     got = plain(list(iter_lines(split_by(data, sizes), 1000)))
     # Then the lines are those of a plain whole-file split
     assert got == reference_split(data)
+
+
+@given(
+    lines=st.lists(st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")), max_size=10),
+    final_newline=st.booleans(),
+    max_line=st.integers(min_value=1, max_value=12),
+    sizes=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=8),
+)
+def test_any_chunking_marks_exactly_the_lines_over_the_cap(
+    lines: list[bytes], final_newline: bool, max_line: int, sizes: list[int]
+) -> None:
+    # Given lines around a small cap, cut into chunks of 1..7 bytes
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    assume(not data.startswith(BOM))
+    got = [
+        (n, ("too long", line.size) if isinstance(line, LineTooLong) else line)
+        for n, line in iter_lines(split_by(data, sizes), max_line)
+    ]
+    # Then a line is replaced by its size exactly when its bytes (CR included) pass the cap
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()
+    expected = [
+        (n, ("too long", len(p)) if len(p) > max_line else (p[:-1] if p.endswith(b"\r") else p))
+        for n, p in enumerate(parts, start=1)
+    ]
+    assert got == expected
 
 
 # -- over-long lines ------------------------------------------------------------------------------

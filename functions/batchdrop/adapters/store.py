@@ -188,7 +188,12 @@ class JobStore:
         return deserialize(out["Attributes"])
 
     def claim(
-        self, item: Mapping[str, Any], owner: str, seconds: float, when_status: tuple[str, ...]
+        self,
+        item: Mapping[str, Any],
+        owner: str,
+        seconds: float,
+        when_status: tuple[str, ...],
+        also: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Take the item's lease for `seconds` unless someone else holds an unexpired one.
 
@@ -203,6 +208,11 @@ class JobStore:
             ":me": owner,
         }
         values[":one"] = 1
+        sets = ["#l = :until", "#o = :me", "#v = #v + :one"]
+        for i, (k, v) in enumerate((also or {}).items()):
+            names[f"#a{i}"] = k
+            values[f":a{i}"] = v
+            sets.append(f"#a{i} = :a{i}")
         placeholders = []
         for i, s in enumerate(when_status):
             values[f":s{i}"] = s
@@ -211,7 +221,7 @@ class JobStore:
             out = self.ddb.update_item(
                 TableName=self.table,
                 Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
-                UpdateExpression="SET #l = :until, #o = :me, #v = #v + :one",
+                UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression=(
                     f"#st IN ({', '.join(placeholders)}) AND (attribute_not_exists(#l) OR #l < :now OR #o = :me)"
                 ),
@@ -222,6 +232,21 @@ class JobStore:
         except self.ddb.exceptions.ConditionalCheckFailedException:
             raise Conflict(f"{item['pk']} is leased by another invocation or not in {when_status}") from None
         return deserialize(out["Attributes"])
+
+
+def release(store: JobStore, item: Mapping[str, Any], owner: str) -> None:
+    """Give up our lease (after a failure) so a retry can take the work over at once."""
+    try:
+        store.ddb.update_item(
+            TableName=store.table,
+            Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
+            UpdateExpression="REMOVE lease_owner, lease_until SET #v = #v + :one",
+            ConditionExpression="lease_owner = :me",
+            ExpressionAttributeNames={"#v": "version"},
+            ExpressionAttributeValues=serialize({":me": owner, ":one": 1}),
+        )
+    except store.ddb.exceptions.ConditionalCheckFailedException:
+        pass
 
 
 def due_fields(at: float) -> dict[str, Any]:

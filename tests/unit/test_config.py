@@ -1,0 +1,127 @@
+"""Settings.from_env: defaults, and an error naming the variable for each malformed setting."""
+
+from __future__ import annotations
+
+import pytest
+from batchdrop.config import (
+    DEFAULT_ROUTES,
+    MB,
+    PROVIDER_DEFAULT_LIMITS,
+    BatchLimits,
+    ConfigError,
+    Settings,
+    parse_routes,
+)
+
+BASE = {
+    "BATCHDROP_BUCKET": "my-bucket",
+    "BATCHDROP_TABLE": "my-table",
+    "BATCHDROP_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:batchdrop",
+    "BATCHDROP_COMPLETION_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/complete",
+}
+
+
+def settings(**extra: str) -> Settings:
+    return Settings.from_env({**BASE, **extra})
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert (s.bucket, s.table) == ("my-bucket", "my-table")
+    assert s.on_invalid == "skip"
+    assert s.max_attempts == 2
+    assert sorted(s.providers) == ["anthropic", "openai"]
+    assert {n: p.limits for n, p in s.providers.items()} == PROVIDER_DEFAULT_LIMITS
+    assert s.routes == DEFAULT_ROUTES
+    assert s.anthropic_default_max_tokens == 1024
+    assert (s.poll_min_seconds, s.poll_max_seconds) == (30, 1800)
+
+
+@pytest.mark.parametrize("name", sorted(BASE))
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_required_setting_names_the_variable(name: str, value: str | None) -> None:
+    env = dict(BASE)
+    if value is None:
+        del env[name]
+    else:
+        env[name] = value
+    with pytest.raises(ConfigError, match=f"{name} is not set"):
+        Settings.from_env(env)
+
+
+def test_on_invalid_reject_is_accepted() -> None:
+    assert settings(BATCHDROP_ON_INVALID="reject").on_invalid == "reject"
+
+
+def test_bad_on_invalid_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"BATCHDROP_ON_INVALID='drop'.*skip, reject"):
+        settings(BATCHDROP_ON_INVALID="drop")
+
+
+def test_unknown_provider_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"BATCHDROP_PROVIDERS names 'gemini'.*anthropic, openai"):
+        settings(BATCHDROP_PROVIDERS="openai, gemini")
+
+
+def test_providers_can_be_narrowed() -> None:
+    assert list(settings(BATCHDROP_PROVIDERS=" anthropic ").providers) == ["anthropic"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("BATCHDROP_MAX_ATTEMPTS", "two", "is not a whole number"),
+        ("BATCHDROP_MAX_ATTEMPTS", "0", "must be at least 1"),
+        ("BATCHDROP_ANTHROPIC_DEFAULT_MAX_TOKENS", "1.5", "is not a whole number"),
+        ("BATCHDROP_POLL_MIN_SECONDS", "-1", "must be at least 0"),
+        ("BATCHDROP_OPENAI_MAX_REQUESTS", "lots", "is not a whole number"),
+        ("BATCHDROP_OPENAI_MAX_REQUESTS", "0", "must be at least 1"),
+        ("BATCHDROP_ANTHROPIC_MAX_BYTES", "1023", "must be at least 1024"),
+    ],
+)
+def test_malformed_number_names_the_variable(name: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(**{name: value})
+    assert name in str(info.value)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BATCHDROP_OPENAI_MAX_REQUESTS", "50001"), ("BATCHDROP_ANTHROPIC_MAX_BYTES", str(256 * MB + 1))],
+)
+def test_limits_above_the_providers_maxima_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match="set them lower") as info:
+        settings(**{name: value})
+    assert name in str(info.value)
+
+
+def test_limits_can_be_set_lower() -> None:
+    s = settings(BATCHDROP_OPENAI_MAX_REQUESTS="10", BATCHDROP_OPENAI_MAX_BYTES="4096")
+    assert s.providers["openai"].limits == BatchLimits(max_requests=10, max_bytes=4096)
+    assert s.providers["anthropic"].limits == PROVIDER_DEFAULT_LIMITS["anthropic"]
+
+
+def test_provider_secret_and_base_url() -> None:
+    s = settings(
+        BATCHDROP_OPENAI_SECRET_ARN="arn:aws:secretsmanager:eu-west-1:123456789012:secret:openai",
+        BATCHDROP_ANTHROPIC_BASE_URL="http://127.0.0.1:9999",
+    )
+    assert s.providers["openai"].secret_arn == "arn:aws:secretsmanager:eu-west-1:123456789012:secret:openai"
+    assert s.providers["openai"].base_url is None
+    assert s.providers["anthropic"].base_url == "http://127.0.0.1:9999"
+
+
+def test_routes_from_the_environment_come_before_the_defaults() -> None:
+    s = settings(BATCHDROP_ROUTES="llama=openai, gpt-oss = anthropic")
+    assert s.routes == (("llama", "openai"), ("gpt-oss", "anthropic"), *DEFAULT_ROUTES)
+
+
+@pytest.mark.parametrize("raw", ["llama", "=openai", "llama=", "llama=  ,x"])
+def test_malformed_route_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"BATCHDROP_ROUTES.*model-prefix=provider"):
+        parse_routes(raw)
+
+
+def test_empty_routes_give_the_defaults() -> None:
+    assert parse_routes(" , ") == DEFAULT_ROUTES

@@ -1,0 +1,76 @@
+"""Cost estimates: batch price is half the real-time one; an unknown model's cost is null, never a guess."""
+
+from __future__ import annotations
+
+import pytest
+from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, price_table, realtime_price
+
+
+def test_known_model_costs_half_its_realtime_price() -> None:
+    # Given 1M input and 1M output tokens of gpt-4o-mini ($0.15 and $0.60 per million in real time)
+    meter = CostMeter(PRICES)
+    meter.add("gpt-4o-mini", 1_000_000, 1_000_000)
+    # Then the batch cost is half of the real-time equivalent, and the rest is saved
+    assert meter.summary() == {"batch": 0.375, "realtime_equivalent": 0.75, "saved": 0.375}
+
+
+def test_costs_add_up_across_models() -> None:
+    meter = CostMeter({"a": (1.0, 2.0), "b": (10.0, 0.0)})
+    meter.add("a-1", 500_000, 250_000)  # 0.5 + 0.5
+    meter.add("b-2", 100_000, 999)  # 1.0 + 0
+    meter.add("a-1", 0, 0)
+    assert meter.summary() == {"batch": 1.0, "realtime_equivalent": 2.0, "saved": 1.0}
+
+
+def test_unknown_model_makes_every_cost_null() -> None:
+    # Given one known and one unknown model
+    meter = CostMeter(PRICES)
+    meter.add("gpt-4o-mini", 1000, 1000)
+    meter.add("llama-3.3-70b", 1000, 1000)
+    # Then no partial figure is given
+    assert meter.summary() == {"batch": None, "realtime_equivalent": None, "saved": None}
+    assert meter.unknown == {"llama-3.3-70b"}
+
+
+def test_unknown_model_with_no_tokens_still_makes_the_cost_null() -> None:
+    meter = CostMeter(PRICES)
+    meter.add("mystery", 0, 0)
+    assert meter.summary()["batch"] is None
+
+
+def test_nothing_used_costs_zero() -> None:
+    assert CostMeter(PRICES).summary() == {"batch": 0.0, "realtime_equivalent": 0.0, "saved": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("model", "price"),
+    [
+        ("gpt-4o-mini-2024-07-18", PRICES["gpt-4o-mini"]),
+        ("gpt-4o-2024-08-06", PRICES["gpt-4o"]),
+        ("gpt-4.1-nano", PRICES["gpt-4.1-nano"]),
+        ("gpt-4.1-2025-04-14", PRICES["gpt-4.1"]),
+        ("o3-mini", PRICES["o3-mini"]),
+        ("claude-haiku-4-5-20251001", PRICES["claude-haiku-4-5"]),
+    ],
+)
+def test_longest_matching_prefix_wins(model: str, price: tuple[float, float]) -> None:
+    assert realtime_price(model, PRICES) == price
+
+
+def test_model_matching_no_prefix_has_no_price() -> None:
+    assert realtime_price("gemini-2.5-pro", PRICES) is None
+    assert realtime_price("", PRICES) is None
+
+
+def test_prices_from_the_environment_extend_and_override_the_table() -> None:
+    table = price_table({ENV_PRICES: '{"my-model": [1, 2], "gpt-4o-mini": [0.5, 1.5]}'})
+    assert table["my-model"] == (1.0, 2.0)
+    assert table["gpt-4o-mini"] == (0.5, 1.5)
+    assert table["gpt-4o"] == PRICES["gpt-4o"]
+    # The module table itself is left alone.
+    assert PRICES["gpt-4o-mini"] == (0.15, 0.60)
+
+
+def test_empty_price_environment_gives_the_default_table() -> None:
+    assert price_table({ENV_PRICES: "  "}) == PRICES
+    assert price_table({}) == PRICES
