@@ -12,4 +12,4 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 @pytest.fixture
 def tmp_out(tmp_path: os.PathLike[str]) -> Iterator[str]:
-    yield os.fspath(tmp_path)
+    return os.fspath(tmp_path)

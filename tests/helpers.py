@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
@@ -23,7 +22,9 @@ def openai_line(custom_id: str, model: str = "gpt-4o-mini", text: str = "hello",
     }
 
 
-def anthropic_line(custom_id: str, model: str = "claude-haiku-4-5", text: str = "hello", **params: Any) -> dict[str, Any]:
+def anthropic_line(
+    custom_id: str, model: str = "claude-haiku-4-5", text: str = "hello", **params: Any
+) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
         "params": {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}], **params},
@@ -78,7 +79,9 @@ def all_jobs_final(store: JobStore, expected: int) -> Callable[[], bool]:
     return check
 
 
-def outputs_of(stack: s.LocalStack, job: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def outputs_of(
+    stack: s.LocalStack, job: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     prefix = job["output_prefix"]
     results = read_jsonl(stack.get(f"{prefix}results.jsonl"))
     errors = read_jsonl(stack.get(f"{prefix}errors.jsonl"))
@@ -86,8 +89,9 @@ def outputs_of(stack: s.LocalStack, job: dict[str, Any]) -> tuple[list[dict[str,
     return results, errors, summary
 
 
-def assert_accounting(non_blank_lines: set[int], results: list[dict[str, Any]], errors: list[dict[str, Any]],
-                      summary: dict[str, Any]) -> None:
+def assert_accounting(
+    non_blank_lines: set[int], results: list[dict[str, Any]], errors: list[dict[str, Any]], summary: dict[str, Any]
+) -> None:
     """DESIGN.md's guarantee: every non-blank line in exactly one output line, and the counts add up."""
     seen = [r["line"] for r in results] + [e["line"] for e in errors]
     assert sorted(seen) == sorted(non_blank_lines), "each non-blank line must appear exactly once"

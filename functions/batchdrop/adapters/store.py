@@ -7,6 +7,7 @@ an item leaves the index by losing those attributes, so the poll never reads fin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -236,7 +237,7 @@ class JobStore:
 
 def release(store: JobStore, item: Mapping[str, Any], owner: str) -> None:
     """Give up our lease (after a failure) so a retry can take the work over at once."""
-    try:
+    with contextlib.suppress(store.ddb.exceptions.ConditionalCheckFailedException):
         store.ddb.update_item(
             TableName=store.table,
             Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
@@ -245,8 +246,6 @@ def release(store: JobStore, item: Mapping[str, Any], owner: str) -> None:
             ExpressionAttributeNames={"#v": "version"},
             ExpressionAttributeValues=serialize({":me": owner, ":one": 1}),
         )
-    except store.ddb.exceptions.ConditionalCheckFailedException:
-        pass
 
 
 def due_fields(at: float) -> dict[str, Any]:
