@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA
-
 from infra.names import DEFAULT_STACK_NAME
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s

@@ -16,9 +16,9 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
-from batchdrop import config
 from constructs import Construct, IConstruct
 
+from batchdrop import config
 from infra import names
 from infra.bundling import function_code
 from infra.settings import DeploySettings

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
-from batchdrop.config import DUE_INDEX, DUE_PK, DUE_SK
 from constructs import Construct
 
+from batchdrop.config import DUE_INDEX, DUE_PK, DUE_SK
 from infra.names import TABLE_PARTITION_KEY, TABLE_SORT_KEY, TABLE_TTL_ATTRIBUTE
 
 

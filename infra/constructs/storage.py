@@ -6,9 +6,9 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
-from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
 from constructs import Construct
 
+from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 

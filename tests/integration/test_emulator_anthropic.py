@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 
 START = 1_750_000_000.0

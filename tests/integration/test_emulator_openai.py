@@ -15,11 +15,12 @@ from typing import Any
 
 import openai
 import pytest
-from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
 from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject, ModerationCreateResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
+
+from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
 
 START = 1_750_000_000.0
 LATENCY = 100.0

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
@@ -20,7 +21,6 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
-
 from tests.helpers import (
     all_jobs_final,
     anthropic_line,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
 from batchdrop import models as m
 from batchdrop.config import PROVIDER_DEFAULT_LIMITS, BatchLimits
 from batchdrop.reader import LineTooLong

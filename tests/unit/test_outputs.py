@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from batchdrop import models as m
 from batchdrop.outputs import error_line, extract, result_line, validation_error
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from batchdrop import models as m
-from batchdrop.config import BatchLimits
-from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchdrop import models as m
+from batchdrop.config import BatchLimits
+from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
 from tests.unit.lines import anthropic_line, neutral_line, openai_line, validator
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, price_table, realtime_price
 
 

@@ -8,9 +8,10 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
+from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
 
 MB = 1024 * 1024
 

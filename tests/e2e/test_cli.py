@@ -1,0 +1,133 @@
+"""The `batchdrop` command as a user runs it: a subprocess, the embedded stack over HTTP, files on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.helpers import anthropic_line, assert_accounting, jsonl, neutral_line, openai_line, read_jsonl
+
+BATCHDROP = [sys.executable, "-m", "batchdrop.cli"]
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([*BATCHDROP, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def outputs(out: Path) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
+    found = []
+    for summary_path in sorted(out.glob("outputs/**/summary.json")):
+        folder = summary_path.parent
+        found.append(
+            (
+                read_jsonl((folder / "results.jsonl").read_bytes()),
+                read_jsonl((folder / "errors.jsonl").read_bytes()),
+                orjson.loads(summary_path.read_bytes()),
+            )
+        )
+    return found
+
+
+def test_local_run_writes_outputs_and_notifications_for_any_mix_of_lines(tmp_path: Path) -> None:
+    # Given a file whose name has spaces and non-ASCII characters, mixing valid and invalid lines
+    path = tmp_path / "my evals ü+1.jsonl"
+    path.write_bytes(
+        jsonl(
+            [
+                openai_line("a"),
+                "",
+                "not json",
+                openai_line("a"),
+                anthropic_line("b"),
+                neutral_line("gpt-4o-mini", "hi"),
+                b"\xff\xfe{}",
+                neutral_line("claude-haiku-4-5", "hi", custom_id="n2"),
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    # When it runs through the local stack with failures and expiries switched on
+    result = run(
+        "local", "run", str(path), "--out", str(out), "--provider-latency", "0.2",
+        "--failure-rate", "0.3", "--expire-rate", "0.3", "--seed", "11",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # Then the outputs tree is there, with every non-blank line in exactly one file
+    ((results, errors, summary),) = outputs(out)
+    assert summary["input"]["key"] == "inputs/my evals ü+1.jsonl"
+    assert_accounting({1, 3, 4, 5, 6, 7, 8}, results, errors, summary)
+    codes = {e["line"]: e["code"] for e in errors if e["stage"] == "validation"}
+    assert codes == {3: "invalid_json", 4: "duplicate_custom_id", 7: "invalid_encoding"}
+    # and one submitted and one terminal notification, as JSON lines
+    notes = read_jsonl((out / "notifications.jsonl").read_bytes())
+    assert [n["attributes"]["event"] for n in notes] == ["submitted", summary["status"]]
+    stats = orjson.loads((out / "provider_stats.json").read_bytes())
+    assert sum(stats["batches_created"].values()) == len(summary["batches"])
+    assert "All jobs ended" in result.stdout
+
+
+def test_local_run_refuses_a_file_that_is_not_jsonl_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "requests.csv"
+    path.write_text("a,b\n")
+    result = run("local", "run", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "requests.csv" in result.stderr
+    assert ".jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_prints_counts_and_error_lines_and_exits_1_on_invalid_lines(tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl([openai_line("a"), anthropic_line("b")]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(jsonl([openai_line("a"), "[]", neutral_line("who-knows")]))
+
+    ok = run("validate", str(good))
+    assert ok.returncode == 0, ok.stdout
+    assert "2 lines, 2 valid, 0 invalid" in ok.stdout
+
+    failed = run("validate", "--json", str(bad))
+    assert failed.returncode == 1
+    errors = [orjson.loads(line) for line in failed.stdout.splitlines() if line.startswith("{")]
+    assert [(e["line"], e["code"]) for e in errors] == [(2, "not_an_object"), (3, "unknown_provider")]
+
+
+def test_emulator_command_serves_the_sdks(tmp_path: Path) -> None:
+    import openai
+
+    proc = subprocess.Popen([*BATCHDROP, "emulator", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        base_url = ""
+        deadline = time.monotonic() + 30
+        while not base_url and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "OpenAI base URL" in line:
+                base_url = line.split()[-1]
+        assert base_url.startswith("http://127.0.0.1:")
+        client = openai.OpenAI(base_url=base_url, api_key="any")
+        uploaded = client.files.create(file=("x.jsonl", jsonl([openai_line("a")])), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert client.batches.retrieve(batch.id).id == batch.id
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_every_command_has_help() -> None:
+    for args in (["--help"], ["demo", "--help"], ["local", "run", "--help"], ["validate", "--help"],
+                 ["emulator", "--help"]):  # fmt: skip
+        result = run(*args)
+        assert result.returncode == 0
+        assert "Usage:" in result.stdout
+    assert "--failure-rate" in run("local", "run", "--help").stdout
