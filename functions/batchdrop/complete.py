@@ -32,7 +32,6 @@ from batchdrop.pricing import CostMeter, price_table
 
 logger = Logger(service="batchdrop")
 
-LEASE_SECONDS = 16 * 60
 # What a request that has no result line gets, by how its batch ended.
 MISSING_BY_STATE = {
     m.FAILED: m.BATCH_FAILED,
@@ -73,13 +72,14 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
     if job is None or job["status"] != m.JOB_COMPLETING:
         return "not-ready"
     try:
-        job = store.claim(job, owner, LEASE_SECONDS, (m.JOB_COMPLETING,))
+        job = store.claim(job, owner, deps.settings.lease_seconds, (m.JOB_COMPLETING,))
     except Conflict:
         logger.info("another invocation is completing this job")
         return "busy"
     try:
         return _finish(deps, job, owner)
-    except BaseException:
+    except Exception:
+        # A crash cannot release; then the lease runs out and the poll hands the job over again.
         release(store, job, owner)
         raise
 
@@ -116,7 +116,8 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
 
     True when there was anything to resubmit (the job goes back to `submitted`).
     """
-    from batchdrop.submit import record_batch, submit_batch
+    from batchdrop.sending import submit_batch
+    from batchdrop.submit import record_batch
 
     attempt = int(job.get("attempt", 1))
     if attempt >= deps.settings.max_attempts:
@@ -159,11 +160,12 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         if not planned:
             return False
         job = deps.store.update(job, {"resubmit_planned": attempt + 1}, when_status=(m.JOB_COMPLETING,))
+        deps.checkpoint("after_resubmit_planned")
         logger.info("resubmitting", extra={"attempt": attempt + 1, "batches": len(planned)})
     batches = deps.store.get_batches(job_id)
     retries = sorted((b for b in batches if int(b.get("attempt", 1)) == attempt + 1), key=lambda b: b["sk"])
     for batch in retries:
-        submit_batch(deps, job_id, batch, batches)
+        submit_batch(deps, job_id, batch, job.get("lease_owner", ""))
     deps.store.update(
         job,
         {"status": m.JOB_SUBMITTED, "attempt": attempt + 1},
@@ -267,6 +269,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         results.flush()
         errors.flush()
         deps.objects.upload_file(results.name, f"{prefix}results.jsonl")
+        deps.checkpoint("after_results")
         deps.objects.upload_file(errors.name, f"{prefix}errors.jsonl")
 
     counts.update({"succeeded": succeeded, "failed": failed})

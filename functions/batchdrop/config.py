@@ -35,6 +35,12 @@ ENV_ROUTES = "BATCHDROP_ROUTES"
 ENV_ANTHROPIC_DEFAULT_MAX_TOKENS = "BATCHDROP_ANTHROPIC_DEFAULT_MAX_TOKENS"
 ENV_POLL_MIN_SECONDS = "BATCHDROP_POLL_MIN_SECONDS"
 ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
+# How long an invocation owns a job (longer than the functions' 15-minute timeout), how long a job
+# may sit in `completing` before the poll hands it over again, and how long one provider create may
+# hold the create lock of a provider whose batches carry no metadata.
+ENV_LEASE_SECONDS = "BATCHDROP_LEASE_SECONDS"
+ENV_COMPLETION_GRACE_SECONDS = "BATCHDROP_COMPLETION_GRACE_SECONDS"
+ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES.
 ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
 
@@ -100,6 +106,9 @@ class Settings:
     anthropic_default_max_tokens: int = 1024
     poll_min_seconds: int = 30
     poll_max_seconds: int = 1800
+    lease_seconds: int = 16 * 60
+    completion_grace_seconds: int = 20 * 60
+    create_lock_seconds: int = 5 * 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +175,9 @@ class Settings:
             anthropic_default_max_tokens=integer(ENV_ANTHROPIC_DEFAULT_MAX_TOKENS, 1024),
             poll_min_seconds=integer(ENV_POLL_MIN_SECONDS, 30, minimum=0),
             poll_max_seconds=integer(ENV_POLL_MAX_SECONDS, 1800, minimum=0),
+            lease_seconds=integer(ENV_LEASE_SECONDS, 16 * 60),
+            completion_grace_seconds=integer(ENV_COMPLETION_GRACE_SECONDS, 20 * 60),
+            create_lock_seconds=integer(ENV_CREATE_LOCK_SECONDS, 5 * 60),
         )
 
 

@@ -18,9 +18,6 @@ from batchdrop.pipeline import Deps, iso
 
 logger = Logger(service="batchdrop")
 
-# If a completion has not finished this long after the job was handed over (lost message, crashed
-# worker), the poll hands it over again; completion is idempotent and leased.
-COMPLETION_GRACE_SECONDS = 20 * 60
 # A batch still running this long after submission has outlived the providers' 24 h window.
 STUCK_AFTER_SECONDS = 25 * 3600
 
@@ -83,6 +80,7 @@ def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     report.changed += 1
     report.ended += 1
     logger.info("batch ended", extra={"state": status.state})
+    deps.checkpoint("after_batch_ended")
     if hand_over_if_done(deps, batch["job_id"]):
         report.handed_over.append(batch["job_id"])
 
@@ -114,11 +112,16 @@ def hand_over_if_done(deps: Deps, job_id: str) -> bool:
     try:
         deps.store.update(
             job,
-            {"status": m.JOB_COMPLETING, "ended_at": iso(now), **due_fields(now + COMPLETION_GRACE_SECONDS)},
+            {
+                "status": m.JOB_COMPLETING,
+                "ended_at": iso(now),
+                **due_fields(now + deps.settings.completion_grace_seconds),
+            },
             when_status=(m.JOB_SUBMITTED,),
         )
     except Conflict:
         return False
+    deps.checkpoint("after_handover")
     deps.queue.send(job_id)
     logger.info("job handed to completion", extra={"job_id": job_id})
     return True
@@ -127,7 +130,9 @@ def hand_over_if_done(deps: Deps, job_id: str) -> bool:
 def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     now = deps.clock()
     if job["status"] == m.JOB_COMPLETING:
-        deps.store.update(job, due_fields(now + COMPLETION_GRACE_SECONDS), when_status=(m.JOB_COMPLETING,))
+        deps.store.update(
+            job, due_fields(now + deps.settings.completion_grace_seconds), when_status=(m.JOB_COMPLETING,)
+        )
         deps.queue.send(job["job_id"])
         report.handed_over.append(job["job_id"])
         logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})

@@ -8,7 +8,6 @@ submitting it twice.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import zlib
@@ -37,14 +36,11 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.poll import hand_over_if_done
-from batchdrop.providers.base import BatchRef
 from batchdrop.reader import decompressed, iter_lines
+from batchdrop.sending import submit_batch
 from batchdrop.validation import DEFAULT_MAX_LINE, Validator
 
 logger = Logger(service="batchdrop")
-
-# Longer than the submit function's timeout: a live holder is never overtaken.
-LEASE_SECONDS = 16 * 60
 
 
 @dataclass
@@ -104,7 +100,7 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
     }
     # While submitting, the job sits in the poll's index, due when its lease would run out: if this
     # invocation dies without a retry (a timeout, say), the poll takes the submission over.
-    store.create({**job, **due_fields(now + LEASE_SECONDS)})
+    store.create({**job, **due_fields(now + deps.settings.lease_seconds)})
     return resume_submission(deps, job_id, obj)
 
 
@@ -118,7 +114,11 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
     owner = invocation_id()
     try:
         current = store.claim(
-            job, owner, LEASE_SECONDS, (m.JOB_SUBMITTING,), also=due_fields(deps.clock() + LEASE_SECONDS)
+            job,
+            owner,
+            deps.settings.lease_seconds,
+            (m.JOB_SUBMITTING,),
+            also=due_fields(deps.clock() + deps.settings.lease_seconds),
         )
     except Conflict:
         logger.info("another invocation is submitting this job")
@@ -126,7 +126,9 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
     obj = obj or m.InputObject(**current["input"])
     try:
         return _Submission(deps, current, obj, owner).run()
-    except BaseException:
+    except Exception:
+        # An error we can see gives the job back at once; a crash (timeout, out of memory) cannot,
+        # and the lease runs out instead.
         release(store, current, owner)
         raise
 
@@ -142,13 +144,14 @@ class _Submission:
     def run(self) -> SubmitResult:
         if not self.job.get("planned"):
             self._plan()
+            self.deps.checkpoint("after_plan")
         if self.job.get("rejected"):
             from batchdrop.complete import finish_job
 
             finish_job(self.deps, self.job_id, self.owner)
             return SubmitResult(self.job_id, "rejected")
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
-        submitted = [submit_batch(self.deps, self.job_id, b, batches) for b in batches]
+        submitted = [submit_batch(self.deps, self.job_id, b, self.owner) for b in batches]
         self._announce(submitted)
         return SubmitResult(self.job_id, "submitted")
 
@@ -289,51 +292,6 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
             "status": m.PENDING,
         }
     )
-
-
-def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], all_batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far."""
-    if batch.get("provider_batch_id"):
-        return batch
-    provider = deps.provider(batch["provider"])
-    if batch["status"] == m.PENDING:
-        batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
-    ref = BatchRef(
-        job_id=job_id,
-        key=batch["batch_key"],
-        group=batch.get("group", ""),
-        model=batch.get("model", ""),
-        requests=batch["requests"],
-        intent_at=float(batch["intent_at"]),
-    )
-    known = frozenset(b["provider_batch_id"] for b in all_batches if b.get("provider_batch_id"))
-    batch_id = provider.find(ref, known)
-    if batch_id:
-        logger.info("adopted a batch the provider accepted before a crash", extra={"batch_id": batch_id})
-    else:
-        fd, path = tempfile.mkstemp(dir=_tmpdir(), suffix=".jsonl")
-        os.close(fd)
-        try:
-            deps.objects.download(batch_data_key(job_id, batch["batch_key"]), path)
-            batch_id = provider.create(ref, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        deps.checkpoint("after_create")
-    now = deps.clock()
-    updated = deps.store.update(
-        batch,
-        {
-            "provider_batch_id": batch_id,
-            "status": m.VALIDATING,
-            "submitted_at": iso(now),
-            "submitted_ts": now,
-            **due_fields(now + deps.settings.poll_min_seconds),
-        },
-        when_status=(m.SUBMITTING,),
-    )
-    logger.info("batch submitted", extra={"batch_id": batch_id, "batch_key": batch["batch_key"]})
-    return updated
 
 
 def _folder_provider(key: str, providers: Any) -> str | None:

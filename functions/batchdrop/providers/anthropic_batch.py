@@ -20,6 +20,8 @@ SKEW_SECONDS = 300
 
 class AnthropicProvider:
     name = "anthropic"
+    # No metadata on Message Batches: creates are serialised and orphans matched by time and size.
+    tags_batches = False
 
     def __init__(self, settings: ProviderSettings, client: anthropic.Anthropic | None = None) -> None:
         self.settings = settings

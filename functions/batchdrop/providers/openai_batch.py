@@ -33,6 +33,8 @@ SKEW_SECONDS = 300
 
 class OpenAIProvider:
     name = "openai"
+    # Batches carry our job id and batch key in metadata, so an orphan is found by its tag.
+    tags_batches = True
 
     def __init__(self, settings: ProviderSettings, client: openai.OpenAI | None = None) -> None:
         self.settings = settings

@@ -1,0 +1,273 @@
+"""Sending one planned batch to its provider exactly once, whatever crashes in between.
+
+The order is always: record the intent, create at the provider, record the provider's batch id. A
+crash between the last two leaves a batch the provider accepted (and will bill) that we have not
+recorded; the next attempt must adopt it, never create a second one.
+
+- Providers that tag batches (OpenAI: metadata with our job id and batch key) are searched by tag.
+- Providers that do not (Anthropic) can only be matched by time and request count, which is
+  ambiguous when two jobs create same-sized batches at once. So their creates are serialised by a
+  lock item that also holds the intent: at most one unrecorded batch can exist, and whoever takes
+  the lock next adopts it on behalf of the batch that created it.
+
+Every provider batch id we record is also claimed in a registry item, so one provider batch can
+never be adopted by two of our batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from batchdrop import models as m
+from batchdrop.adapters.store import Conflict, JobStore, due_fields, job_pk
+from batchdrop.pipeline import Deps, batch_data_key, iso
+from batchdrop.providers.base import BatchRef, Provider
+
+logger = Logger(service="batchdrop")
+
+LOCK_WAIT_SECONDS = 120
+
+
+class ProviderBusy(Exception):
+    """The provider's create lock stayed taken; the invocation fails and is retried."""
+
+
+def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far."""
+    if batch.get("provider_batch_id"):
+        return batch
+    provider = deps.provider(batch["provider"])
+    if batch["status"] == m.PENDING:
+        batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
+    if getattr(provider, "tags_batches", False):
+        batch_id = _find_tagged(deps, provider, _ref(batch)) or _create(deps, provider, batch)
+        return _record(deps, batch, batch_id)
+    return _submit_serialised(deps, provider, batch, owner)
+
+
+def _ref(batch: dict[str, Any]) -> BatchRef:
+    return BatchRef(
+        job_id=batch["job_id"],
+        key=batch["batch_key"],
+        group=batch.get("group", ""),
+        model=batch.get("model", ""),
+        requests=int(batch["requests"]),
+        intent_at=float(batch["intent_at"]),
+    )
+
+
+def _find_tagged(deps: Deps, provider: Provider, ref: BatchRef) -> str | None:
+    batch_id = provider.find(ref, frozenset())
+    if batch_id:
+        logger.info("adopted a batch the provider accepted before a crash", extra={"batch_id": batch_id})
+    return batch_id
+
+
+def _create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str:
+    fd, path = tempfile.mkstemp(dir=os.environ.get("BATCHDROP_TMPDIR") or None, suffix=".jsonl")
+    os.close(fd)
+    try:
+        deps.objects.download(batch_data_key(batch["job_id"], batch["batch_key"]), path)
+        batch_id = provider.create(_ref(batch), path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    deps.checkpoint("after_create")
+    return batch_id
+
+
+def _record(deps: Deps, batch: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    claim_provider_batch(deps.store, batch["provider"], batch_id, batch)
+    now = deps.clock()
+    updated = deps.store.update(
+        batch,
+        {
+            "provider_batch_id": batch_id,
+            "status": m.VALIDATING,
+            "submitted_at": iso(now),
+            "submitted_ts": now,
+            **due_fields(now + deps.settings.poll_min_seconds),
+        },
+        when_status=(m.SUBMITTING,),
+    )
+    logger.info("batch submitted", extra={"batch_id": batch_id, "batch_key": batch["batch_key"]})
+    deps.checkpoint("after_record")
+    return updated
+
+
+def claim_provider_batch(store: JobStore, provider: str, batch_id: str, batch: dict[str, Any]) -> bool:
+    """Register `batch_id` as ours for this batch; False if another of our batches has it already."""
+    owner = f"{batch['job_id']}/{batch['batch_key']}"
+    try:
+        store.ddb.put_item(
+            TableName=store.table,
+            Item={"pk": {"S": f"PBATCH#{provider}#{batch_id}"}, "sk": {"S": "PBATCH"}, "owner": {"S": owner}},
+            ConditionExpression="attribute_not_exists(pk) OR #o = :o",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues={":o": {"S": owner}},
+        )
+    except store.ddb.exceptions.ConditionalCheckFailedException:
+        return False
+    return True
+
+
+# -- providers without tags: one create at a time, with the intent in the lock ----------------------
+
+
+def _submit_serialised(deps: Deps, provider: Provider, batch: dict[str, Any], owner: str) -> dict[str, Any]:
+    store = deps.store
+    lock_key = {"pk": {"S": f"LOCK#create#{provider.name}"}, "sk": {"S": "LOCK"}}
+    previous = _acquire(deps, lock_key, owner)
+    # No `finally`: an invocation that dies (a timeout) cannot release anything either, and the lock
+    # simply runs out; an error we can see releases it at once. The intent outlives both.
+    try:
+        if previous:
+            _adopt_for(deps, provider, previous)
+        fresh = _reload(store, batch)
+        if fresh.get("provider_batch_id"):
+            _release(deps, lock_key, owner)
+            return fresh
+        _set_intent(deps, lock_key, owner, _ref(fresh))
+        batch_id = _create(deps, provider, fresh)
+        recorded = _record(deps, fresh, batch_id)
+        _clear_intent(deps, lock_key, owner)
+    except Exception:
+        _release(deps, lock_key, owner)
+        raise
+    _release(deps, lock_key, owner)
+    return recorded
+
+
+def _reload(store: JobStore, batch: dict[str, Any]) -> dict[str, Any]:
+    out = store.ddb.get_item(
+        TableName=store.table,
+        Key={"pk": {"S": job_pk(batch["job_id"])}, "sk": {"S": batch["sk"]}},
+        ConsistentRead=True,
+    )
+    from batchdrop.adapters.store import deserialize
+
+    return deserialize(out["Item"])
+
+
+def _acquire(deps: Deps, key: dict[str, Any], owner: str) -> dict[str, Any] | None:
+    """Take the lock, waiting for a live holder; return the intent a dead holder left behind."""
+    store = deps.store
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        now = time.time()
+        try:
+            out = store.ddb.update_item(
+                TableName=store.table,
+                Key=key,
+                UpdateExpression="SET #o = :me, #l = :until",
+                ConditionExpression="attribute_not_exists(#o) OR #l < :now OR #o = :me",
+                ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":until": {"N": str(now + deps.settings.create_lock_seconds)},
+                    ":now": {"N": str(now)},
+                },
+                ReturnValues="ALL_OLD",
+            )
+        except store.ddb.exceptions.ConditionalCheckFailedException:
+            if time.monotonic() > deadline:
+                raise ProviderBusy("another invocation has held the provider's create lock too long") from None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+            continue
+        old = out.get("Attributes") or {}
+        if "intent" in old:
+            from batchdrop.adapters.store import deserialize
+
+            intent: dict[str, Any] = deserialize({"intent": old["intent"]})["intent"]
+            return intent
+        return None
+
+
+def _set_intent(deps: Deps, key: dict[str, Any], owner: str, ref: BatchRef) -> None:
+    from batchdrop.adapters.store import serialize
+
+    intent = {
+        "job_id": ref.job_id,
+        "batch_key": ref.key,
+        "requests": ref.requests,
+        "intent_at": str(deps.clock()),
+    }
+    deps.store.ddb.update_item(
+        TableName=deps.store.table,
+        Key=key,
+        UpdateExpression="SET intent = :i",
+        ConditionExpression="#o = :me",
+        ExpressionAttributeNames={"#o": "owner"},
+        ExpressionAttributeValues=serialize({":i": intent, ":me": owner}),
+    )
+
+
+def _clear_intent(deps: Deps, key: dict[str, Any], owner: str) -> None:
+    with contextlib.suppress(deps.store.ddb.exceptions.ConditionalCheckFailedException):
+        deps.store.ddb.update_item(
+            TableName=deps.store.table,
+            Key=key,
+            UpdateExpression="REMOVE intent",
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues={":me": {"S": owner}},
+        )
+
+
+def _release(deps: Deps, key: dict[str, Any], owner: str) -> None:
+    # The intent stays if the create may have happened: the next holder resolves it.
+    with contextlib.suppress(deps.store.ddb.exceptions.ConditionalCheckFailedException):
+        deps.store.ddb.update_item(
+            TableName=deps.store.table,
+            Key=key,
+            UpdateExpression="REMOVE #o, #l",
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
+            ExpressionAttributeValues={":me": {"S": owner}},
+        )
+
+
+def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
+    """A holder died between create and record: find its batch and record it where it belongs."""
+    store = deps.store
+    sk = f"BATCH#{intent['batch_key']}"
+    out = store.ddb.get_item(
+        TableName=store.table,
+        Key={"pk": {"S": job_pk(intent["job_id"])}, "sk": {"S": sk}},
+        ConsistentRead=True,
+    )
+    if "Item" not in out:
+        return
+    from batchdrop.adapters.store import deserialize
+
+    target = deserialize(out["Item"])
+    if target.get("provider_batch_id") or target.get("status") != m.SUBMITTING:
+        return
+    ref = BatchRef(
+        job_id=intent["job_id"],
+        key=intent["batch_key"],
+        group=target.get("group", ""),
+        model=target.get("model", ""),
+        requests=int(intent["requests"]),
+        intent_at=float(intent["intent_at"]),
+    )
+    exclude: set[str] = set()
+    while True:
+        candidate = provider.find(ref, frozenset(exclude))
+        if candidate is None:
+            logger.info("the previous create left no batch behind", extra={"batch_key": ref.key})
+            return
+        if claim_provider_batch(store, provider.name, candidate, target):
+            break
+        exclude.add(candidate)
+    with contextlib.suppress(Conflict):
+        _record(deps, target, candidate)
+        logger.info("adopted a batch a crashed create left behind", extra={"batch_id": candidate})
