@@ -145,6 +145,29 @@ def local() -> None:
     help="Attempts per request; expired and retryable failures are resubmitted until then.",
 )
 @click.option(
+    "--duplicate-events",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Chaos: deliver every S3 event N times (the first two at the same moment).",
+)
+@click.option(
+    "--overlapping-polls",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Chaos: start N poll invocations at once on every tick of the schedule.",
+)
+@click.option(
+    "--crash-rate",
+    type=click.FloatRange(0, 0.9),
+    default=0.0,
+    show_default=True,
+    help="Chaos: chance that a handler invocation dies at each step boundary it passes (after the provider "
+    "accepted a batch and before the state write, half-way through the outputs, ...); the event is "
+    "redelivered the way Lambda and SQS would.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=600,
@@ -162,14 +185,22 @@ def local_run(
     folder: str | None,
     on_invalid: str,
     max_attempts: int,
+    duplicate_events: int,
+    overlapping_polls: int,
+    crash_rate: float,
     timeout: float,
 ) -> None:
     """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
 
     Exits 0 when every job ended, whatever its status; writes OUT/outputs/..., OUT/notifications.jsonl
-    and OUT/provider_stats.json.
+    and OUT/provider_stats.json (batches created per provider, requests submitted per custom_id).
     """
+    from batchdrop.local.dispatcher import Chaos
+
     knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
+    chaos = Chaos(
+        duplicate_events=duplicate_events, overlapping_polls=overlapping_polls, crash_rate=crash_rate, seed=seed
+    )
     _run(
         list(files),
         out_dir,
@@ -178,6 +209,7 @@ def local_run(
         on_invalid=on_invalid,
         max_attempts=max_attempts,
         timeout=timeout,
+        chaos=chaos,
     )
 
 
@@ -189,13 +221,17 @@ def _run(
     on_invalid: str = "skip",
     max_attempts: int = 2,
     timeout: float = 600,
+    chaos: Any = None,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
 
     options = StackOptions(knobs=knobs, on_invalid=on_invalid, max_attempts=max_attempts)
+    if chaos is not None and chaos.crash_rate > 0:
+        # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
+        options.lease_seconds, options.completion_grace_seconds, options.create_lock_seconds = 5, 4, 4
     try:
-        report = run_files(files, out_dir, options, folder=folder, say=_say, timeout=timeout)
+        report = run_files(files, out_dir, options, folder=folder, say=_say, timeout=timeout, chaos=chaos)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"\nAll jobs ended in {report.seconds:.1f}s", title_justify="left")

@@ -49,9 +49,13 @@ def poll(deps: Deps) -> PollReport:
 
 
 def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
-    provider = deps.provider(batch["provider"])
     now = deps.clock()
     logger.append_keys(job_id=batch["job_id"], batch_id=batch.get("provider_batch_id"))
+    if batch.get("status") in m.TERMINAL_BATCH_STATES:
+        # Recorded as ended by a poll that died before handing its job over: finish that step.
+        _after_end(deps, batch, report)
+        return
+    provider = deps.provider(batch["provider"])
     try:
         status = provider.status(batch["provider_batch_id"])
     except Exception as exc:
@@ -76,13 +80,20 @@ def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
         deps.store.update(batch, {**changes, **_next_due(deps, batch, now, status)})
         return
     changes["ended_at"] = iso(now)
-    deps.store.update(batch, changes, remove=NOT_DUE)
+    # The batch stays in the index until its job has been looked at for hand-over, so a poll that
+    # dies in between leaves the step for the next one rather than losing it.
+    batch = deps.store.update(batch, changes)
     report.changed += 1
     report.ended += 1
     logger.info("batch ended", extra={"state": status.state})
     deps.checkpoint("after_batch_ended")
+    _after_end(deps, batch, report)
+
+
+def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     if hand_over_if_done(deps, batch["job_id"]):
         report.handed_over.append(batch["job_id"])
+    deps.store.update(batch, {}, remove=NOT_DUE)
 
 
 def _next_due(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> dict[str, Any]:

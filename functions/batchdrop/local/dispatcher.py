@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import functools
+import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,11 +53,58 @@ class Invocation:
     error: str | None = None
 
 
+class LambdaCrash(BaseException):
+    """An invocation killed at a step boundary (timeout, out of memory): no `except Exception` in
+    our code sees it, so nothing is cleaned up, exactly as when Lambda stops a function."""
+
+
+@dataclass
+class Chaos:
+    """Faults the dispatcher injects, on top of the emulator's provider faults."""
+
+    duplicate_events: int = 1  # every S3 event delivered this many times, the first two at once
+    overlapping_polls: int = 1  # poll invocations started together on each tick
+    crash_rate: float = 0.0  # chance that an invocation dies at each step boundary it passes
+    seed: int = 0
+
+
 @dataclass
 class Dispatcher:
     stack: s.LocalStack
+    chaos: Chaos = field(default_factory=Chaos)
     listeners: list[Listener] = field(default_factory=list)
     invocations: list[Invocation] = field(default_factory=list)
+    crashes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.chaos.seed)
+        self._lock = threading.Lock()
+        if self.chaos.crash_rate > 0:
+            self._wire_crashes()
+
+    def _wire_crashes(self) -> None:
+        """Give the handlers Deps whose checkpoints may kill the invocation (dependency injection)."""
+        from batchdrop.config import Settings
+        from batchdrop.handlers import use_deps
+        from batchdrop.pipeline import Deps
+
+        deps = Deps.from_settings(Settings.from_env())
+
+        def checkpoint(step: str) -> None:
+            with self._lock:
+                crash = self._rng.random() < self.chaos.crash_rate
+                if crash:
+                    self.crashes[step] = self.crashes.get(step, 0) + 1
+            if crash:
+                raise LambdaCrash(step)
+
+        deps.checkpoint = checkpoint
+        use_deps(lambda: deps)
+
+    def close(self) -> None:
+        from batchdrop.handlers import use_deps
+
+        use_deps(None)
 
     # -- the three event sources ----------------------------------------------------------------
 
@@ -65,13 +115,38 @@ class Dispatcher:
         delivered = 0
         for message in self._receive(s.S3_EVENTS_QUEUE, visibility=1):
             event = orjson.loads(message["Body"])
-            if self._invoke("submit", handler, event).ok:
+            copies = max(1, self.chaos.duplicate_events)
+            # S3 delivers at least once: duplicates, the first two of them at the same moment.
+            deliver = functools.partial(self._invoke, "submit", handler, event)
+            outcomes = self._parallel([deliver] * min(2, copies))
+            outcomes += [self._invoke("submit", handler, event) for _ in range(copies - 2)]
+            if outcomes[0].ok:
                 self._delete(s.S3_EVENTS_QUEUE, message)
             # A failed invocation stays on the queue and comes back, as Lambda retries it.
             delivered += 1
         return delivered
 
+    def _parallel(self, calls: list[Callable[[], Invocation]]) -> list[Invocation]:
+        if len(calls) == 1:
+            return [calls[0]()]
+        results: list[Invocation | None] = [None] * len(calls)
+
+        def run(i: int) -> None:
+            results[i] = calls[i]()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [r for r in results if r is not None]
+
     def tick(self) -> Invocation:
+        """One scheduled poll; with overlapping_polls > 1, that many at the same moment."""
+        invocations = self._parallel([self._poll_once] * max(1, self.chaos.overlapping_polls))
+        return invocations[0]
+
+    def _poll_once(self) -> Invocation:
         from batchdrop.handlers.poll import handler
 
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,9 +198,15 @@ class Dispatcher:
         try:
             result = handler(event, LocalContext(function))
             invocation = Invocation(function, True, result)
-        except Exception as exc:
+        except (Exception, LambdaCrash) as exc:  # a failed invocation is an outcome, as in Lambda
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")
-        self.invocations.append(invocation)
+            if isinstance(exc, LambdaCrash):
+                # The runtime's container dies with the invocation, and its buffered metrics with it.
+                from batchdrop.observability import metrics
+
+                metrics.clear_metrics()
+        with self._lock:
+            self.invocations.append(invocation)
         for listener in self.listeners:
             listener(function, {"ok": invocation.ok, "result": invocation.result, "error": invocation.error})
         return invocation

@@ -14,7 +14,7 @@ from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
-from batchdrop.local.dispatcher import Dispatcher
+from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.pipeline import job_id_for
 
 Say = Callable[[str, str], None]
@@ -65,6 +65,7 @@ def run_files(
     tick_seconds: float = 0.2,
     timeout: float = 600.0,
     keys: Sequence[str] | None = None,
+    chaos: Chaos | None = None,
 ) -> RunReport:
     """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/."""
     check_files(files)
@@ -72,51 +73,69 @@ def run_files(
     started = time.monotonic()
     os.makedirs(out_dir, exist_ok=True)
     with s.LocalStack(options) as stack:
-        dispatcher = Dispatcher(stack)
-        store = JobStore(s.TABLE)
-        jobs: list[JobView] = []
-        for i, path in enumerate(files):
-            key = keys[i] if keys else input_key(path, folder)
-            stack.upload(path, key)
-            head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
-            obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
-            jobs.append(JobView(path, key, job_id_for(obj)))
-            say("upload", f"{path} → s3://{s.BUCKET}/{key}")
-        notifications: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            dispatcher.deliver_uploads()
-            dispatcher.tick()
-            dispatcher.deliver_completions()
-            for note in dispatcher.notifications():
-                notifications.append(note)
-                attrs = note["attributes"]
-                say(
-                    "notify",
-                    f"SNS {attrs.get('event')} · {attrs.get('job_id')} · provider={attrs.get('provider')}",
-                )
-            _refresh(store, jobs, say)
-            if all(j.status in m.FINAL_JOB_STATES for j in jobs):
-                break
-            if time.monotonic() > deadline:
-                pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
-                raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
-            time.sleep(tick_seconds)
-        # A last drain: the terminal notification may land just after the state we saw.
+        dispatcher = Dispatcher(stack, chaos or Chaos())
+        try:
+            return _drive(stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started)
+        finally:
+            dispatcher.close()
+
+
+def _drive(
+    stack: s.LocalStack,
+    dispatcher: Dispatcher,
+    files: Sequence[str],
+    out_dir: str,
+    folder: str | None,
+    say: Say,
+    tick_seconds: float,
+    timeout: float,
+    keys: Sequence[str] | None,
+    started: float,
+) -> RunReport:
+    store = JobStore(s.TABLE)
+    jobs: list[JobView] = []
+    for i, path in enumerate(files):
+        key = keys[i] if keys else input_key(path, folder)
+        stack.upload(path, key)
+        head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
+        obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
+        jobs.append(JobView(path, key, job_id_for(obj)))
+        say("upload", f"{path} → s3://{s.BUCKET}/{key}")
+    notifications: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        dispatcher.deliver_uploads()
+        dispatcher.tick()
+        dispatcher.deliver_completions()
         for note in dispatcher.notifications():
             notifications.append(note)
-        stack.download_tree("outputs/", out_dir)
-        with open(os.path.join(out_dir, "notifications.jsonl"), "wb") as f:
-            for note in notifications:
-                f.write(orjson.dumps(note) + b"\n")
-        stats = stack.emulator.stats()
-        with open(os.path.join(out_dir, "provider_stats.json"), "wb") as f:
-            f.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2))
-        for job in jobs:
-            prefix = (store.get_job(job.job_id) or {}).get("output_prefix")
-            if prefix:
-                job.summary = orjson.loads(stack.get(f"{prefix}summary.json"))
-        return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started)
+            attrs = note["attributes"]
+            say(
+                "notify",
+                f"SNS {attrs.get('event')} · {attrs.get('job_id')} · provider={attrs.get('provider')}",
+            )
+        _refresh(store, jobs, say)
+        if all(j.status in m.FINAL_JOB_STATES for j in jobs):
+            break
+        if time.monotonic() > deadline:
+            pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
+            raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
+        time.sleep(tick_seconds)
+    # A last drain: the terminal notification may land just after the state we saw.
+    for note in dispatcher.notifications():
+        notifications.append(note)
+    stack.download_tree("outputs/", out_dir)
+    with open(os.path.join(out_dir, "notifications.jsonl"), "wb") as f:
+        for note in notifications:
+            f.write(orjson.dumps(note) + b"\n")
+    stats = stack.emulator.stats()
+    with open(os.path.join(out_dir, "provider_stats.json"), "wb") as f:
+        f.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2))
+    for job in jobs:
+        prefix = (store.get_job(job.job_id) or {}).get("output_prefix")
+        if prefix:
+            job.summary = orjson.loads(stack.get(f"{prefix}summary.json"))
+    return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started)
 
 
 def _refresh(store: JobStore, jobs: list[JobView], say: Say) -> None:

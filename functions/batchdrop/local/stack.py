@@ -42,6 +42,11 @@ class StackOptions:
     max_attempts: int = 2
     providers: tuple[str, ...] = ("openai", "anthropic")
     limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # provider → (requests, bytes)
+    # The local clock runs fast; a crashed invocation's lease (and the create lock) should run out in
+    # seconds, not the quarter hour that covers Lambda's timeout.
+    lease_seconds: int = 30
+    completion_grace_seconds: int = 10
+    create_lock_seconds: int = 10
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -205,6 +210,9 @@ class LocalStack:
             # The local clock runs fast: look at a batch as soon as it is due.
             c.ENV_POLL_MIN_SECONDS: "0",
             c.ENV_POLL_MAX_SECONDS: "1",
+            c.ENV_LEASE_SECONDS: str(o.lease_seconds),
+            c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
+            c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
         }
         base_urls = {"openai": self.emulator.openai_base_url, "anthropic": self.emulator.anthropic_base_url}
         for provider in o.providers:

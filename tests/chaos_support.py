@@ -1,0 +1,126 @@
+"""Generating input corpora and checking DESIGN.md's guarantees on the outputs of a local run."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchdrop import models as m
+from batchdrop.local.run import RunReport
+from tests.helpers import read_jsonl
+
+
+def write_corpus(folder: Path, files: int, max_lines: int, seed: int, bad_rate: float = 0.1) -> list[str]:
+    """OpenAI, Anthropic and mixed neutral files; custom ids unique across the corpus."""
+    rng = random.Random(seed)
+    paths = []
+    for f in range(files):
+        kind = ("openai", "anthropic", "mixed")[f % 3]
+        path = folder / f"f{f:02d}-{kind}.jsonl"
+        lines: list[bytes] = []
+        for i in range(rng.randint(1, max_lines)):
+            cid = f"s{seed}-f{f}-r{i}"
+            if kind == "openai":
+                line: dict[str, Any] = {
+                    "custom_id": cid,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]},
+                }
+            elif kind == "anthropic":
+                line = {
+                    "custom_id": cid,
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 32,
+                        "messages": [{"role": "user", "content": f"q{i}"}],
+                    },
+                }
+            else:
+                line = {
+                    "custom_id": cid,
+                    "model": rng.choice(["gpt-4o-mini", "gpt-4.1-nano", "claude-haiku-4-5"]),
+                    "messages": [{"role": "user", "content": f"q{i}"}],
+                }
+            roll = rng.random()
+            if roll < bad_rate / 2:
+                lines.append(b"{not json")
+            elif roll < bad_rate:
+                lines.append(b"")
+            lines.append(orjson.dumps(line))
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        paths.append(str(path))
+    return paths
+
+
+def non_blank_lines(path: str) -> set[int]:
+    data = Path(path).read_bytes()
+    return {i + 1 for i, line in enumerate(data.split(b"\n")) if line.strip()}
+
+
+def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
+    """Assert every guarantee of DESIGN.md on a finished run; return a few totals for the caller."""
+    out = Path(report.out_dir)
+    stats = report.provider_stats
+    batches_in_summaries = 0
+    submitted_by_id: dict[str, int] = {}
+    totals = Counter[str]()
+    terminal_ids: dict[str, set[str]] = {}
+    terminal_events: dict[str, set[str]] = {}
+    submitted_notes: Counter[str] = Counter()
+    for note in report.notifications:
+        attrs = note["attributes"]
+        job_id = attrs["job_id"]
+        assert note["message"]["notification_id"] == attrs["notification_id"]
+        if attrs["event"] == "submitted":
+            submitted_notes[job_id] += 1
+        else:
+            terminal_ids.setdefault(job_id, set()).add(attrs["notification_id"])
+            terminal_events.setdefault(job_id, set()).add(attrs["event"])
+
+    for job in report.jobs:
+        # every job ended
+        assert job.status in m.FINAL_JOB_STATES, (job.file, job.status)
+        summary = job.summary
+        assert summary is not None
+        folder = out / "outputs" / Path(summary["results"].split("/outputs/", 1)[1]).parent
+        results = read_jsonl((folder / "results.jsonl").read_bytes())
+        errors = read_jsonl((folder / "errors.jsonl").read_bytes())
+        # no request lost or counted twice
+        lines = non_blank_lines(job.file)
+        seen = sorted([r["line"] for r in results] + [e["line"] for e in errors])
+        assert seen == sorted(lines), f"{job.file}: lines missing or doubled"
+        c = summary["counts"]
+        assert c["lines"] == len(lines) == c["invalid"] + c["submitted"], (job.file, c)
+        assert c["submitted"] == c["succeeded"] + c["failed"], (job.file, c)
+        assert c["succeeded"] == len(results)
+        # exactly one terminal notification per job after deduplication by its id, matching the summary
+        assert len(terminal_ids.get(job.job_id, set())) == 1, (job.file, terminal_ids.get(job.job_id))
+        assert terminal_events[job.job_id] == {summary["status"]}
+        if summary["status"] != m.JOB_REJECTED:
+            assert submitted_notes[job.job_id] >= 1, f"{job.file}: no submitted notification"
+        attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"]}
+        batches_in_summaries += len(summary["batches"])
+        for r in results:
+            submitted_by_id[r["custom_id"]] = attempt_of[r["batch_id"]]
+        for e in errors:
+            if e["stage"] == "provider":
+                submitted_by_id[e["custom_id"]] = e["attempts"]
+        totals["jobs"] += 1
+        totals["lines"] += c["lines"]
+        totals["succeeded"] += c["succeeded"]
+        totals["failed"] += c["failed"]
+        totals["invalid"] += c["invalid"]
+    # nothing paid for twice: one provider batch per planned batch and attempt...
+    assert sum(stats["batches_created"].values()) == batches_in_summaries
+    # ...and each request sent once per attempt it was part of, never more than max_attempts
+    sent = stats["requests_submitted"]
+    assert set(sent) == set(submitted_by_id)
+    for custom_id, attempts in submitted_by_id.items():
+        assert sent[custom_id] == attempts <= max_attempts, (custom_id, sent[custom_id], attempts)
+    totals["batches"] = batches_in_summaries
+    return dict(totals)
