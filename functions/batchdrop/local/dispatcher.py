@@ -200,11 +200,12 @@ class Dispatcher:
             invocation = Invocation(function, True, result)
         except (Exception, LambdaCrash) as exc:  # a failed invocation is an outcome, as in Lambda
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, LambdaCrash):
-                # The runtime's container dies with the invocation, and its buffered metrics with it.
-                from batchdrop.observability import metrics
+        finally:
+            # Metrics are off locally, and Powertools then never empties its buffer (it prints it
+            # once it holds 100 values): drop what each invocation recorded, as a flush would.
+            from batchdrop.observability import metrics
 
-                metrics.clear_metrics()
+            metrics.clear_metrics()
         with self._lock:
             self.invocations.append(invocation)
         for listener in self.listeners:

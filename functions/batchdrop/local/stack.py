@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class LocalStack:
 
         # moto's werkzeug server logs every request; the progress display is ours to show.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
@@ -86,7 +88,7 @@ class LocalStack:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_NAMESPACE": "batchdrop",
                 "POWERTOOLS_SERVICE_NAME": "batchdrop",
-                "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+                "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
                 # Metrics go to stdout as EMF in Lambda; locally they would only drown the display.
                 "POWERTOOLS_METRICS_DISABLED": "true",
             }
