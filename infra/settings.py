@@ -33,6 +33,7 @@ CONTEXT_KEYS = (
     "output_retention_days",
     "alarm_email",
     "log_retention_days",
+    "deep_tracing",
 )
 
 
@@ -60,6 +61,9 @@ class DeploySettings:
     output_retention_days: int | None = None
     alarm_email: str | None = None
     log_retention_days: int = 30
+    # Powertools' Tracer (boto3 and provider calls as X-Ray subsegments) costs ~100 ms of every cold
+    # start; Lambda's active tracing records each invocation without it.
+    deep_tracing: bool = False
 
     @classmethod
     def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
@@ -132,4 +136,5 @@ class DeploySettings:
             output_retention_days=whole("output_retention_days", 1),
             alarm_email=alarm_email,
             log_retention_days=log_retention_days,
+            deep_tracing=(text("deep_tracing") or "false").lower() in ("1", "true", "yes"),
         )

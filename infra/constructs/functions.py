@@ -111,6 +111,7 @@ def environment(
         "POWERTOOLS_LOG_LEVEL": "INFO",
         # Handler responses can hold request data; traces carry timings, not content.
         "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "POWERTOOLS_TRACE_DISABLED": "false" if settings.deep_tracing else "true",
     }
     for provider, secret in secrets.items():
 
