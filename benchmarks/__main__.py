@@ -1,0 +1,285 @@
+"""`make bench`: batchdrop's speed and memory, each figure next to a baseline measured in the same run.
+
+python -m benchmarks            # everything (generates a 1 GB file under $TMPDIR)
+python -m benchmarks --quick    # skips the 1 GB file and the 100,000-request run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1024 * 1024
+
+
+def line(i: int, prompt_chars: int) -> bytes:
+    text = (f"Question {i}: explain this to a ten-year-old. " * (prompt_chars // 40 + 1))[:prompt_chars]
+    return orjson.dumps(
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}],
+                "max_tokens": 64,
+            },
+        }
+    )
+
+
+def generate(path: Path, size: int, prompt_chars: int) -> int:
+    """Write a file of about `size` bytes of OpenAI batch lines; return its line count."""
+    n = 0
+    written = 0
+    with path.open("wb") as f:
+        while written < size:
+            chunk = b"".join(line(n + k, prompt_chars) + b"\n" for k in range(1000))
+            f.write(chunk)
+            written += len(chunk)
+            n += 1000
+    return n
+
+
+def best_of(runs: int, fn: Callable[[], Any]) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def lines_of(data: bytes) -> Iterator[tuple[int, bytes]]:
+    from batchdrop.reader import iter_chunks, iter_lines
+
+    return iter_lines(iter_chunks(io.BytesIO(data)), 32 * MB)  # type: ignore[return-value]
+
+
+# -- 1. validation throughput ------------------------------------------------------------------------
+
+
+def bench_validation(rows: list[dict[str, Any]]) -> None:
+    from pydantic import BaseModel
+
+    from batchdrop.config import PROVIDER_DEFAULT_LIMITS
+    from batchdrop.validation import Validator
+
+    class Body(BaseModel):
+        model: str
+        messages: list[dict[str, Any]]
+        max_tokens: int | None = None
+
+    class OpenAILine(BaseModel):  # the naive peer: json.loads and a model per line
+        custom_id: str
+        method: str
+        url: str
+        body: Body
+
+    for prompt_chars in (200, 2000):
+        data = b"".join(line(i, prompt_chars) + b"\n" for i in range(100_000 if prompt_chars == 200 else 25_000))
+        mb = len(data) / MB
+
+        def raw(data: bytes = data) -> None:
+            for _, raw_line in lines_of(data):
+                orjson.loads(raw_line)
+
+        def ours(data: bytes = data) -> None:
+            validator = Validator(providers=dict(PROVIDER_DEFAULT_LIMITS))
+            for number, raw_line in lines_of(data):
+                validator.check(number, raw_line)
+
+        def naive(data: bytes = data) -> None:
+            for _, raw_line in lines_of(data):
+                OpenAILine.model_validate(json.loads(raw_line))
+
+        t_raw, t_ours, t_naive = best_of(3, raw), best_of(3, ours), best_of(3, naive)
+        rows.append(
+            {
+                "benchmark": f"validation, {mb:.0f} MB of ~{prompt_chars}-char prompts",
+                "batchdrop": f"{mb / t_ours:.0f} MB/s",
+                "baseline": f"orjson parse {mb / t_raw:.0f} MB/s; json+pydantic {mb / t_naive:.0f} MB/s",
+                "ratio": f"{t_raw / t_ours:.2f}x orjson, {t_naive / t_ours:.1f}x naive",
+            }
+        )
+
+
+# -- 2. peak memory ----------------------------------------------------------------------------------
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak RSS of a child process (ru_maxrss of a fresh child, measured through a wrapper)."""
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+def bench_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
+    sizes = [100 * MB] if quick else [100 * MB, 1024 * MB]
+    baseline = peak_rss_mb([sys.executable, "-c", "import batchdrop.validation, batchdrop.planner"])
+    results = {}
+    for size in sizes:
+        path = tmp / f"bench-{size // MB}.jsonl"
+        lines = generate(path, size, 600)
+        rss = peak_rss_mb([sys.executable, "-m", "batchdrop.cli", "validate", "--json", str(path)])
+        results[size] = rss
+        rows.append(
+            {
+                "benchmark": f"peak RSS, batchdrop validate, {size // MB} MB ({lines:,} lines)",
+                "batchdrop": f"{rss:.0f} MB",
+                "baseline": f"interpreter with the modules loaded {baseline:.0f} MB",
+                "ratio": f"{rss / baseline:.2f}x",
+            }
+        )
+        path.unlink()
+    if len(results) == 2:
+        rows.append(
+            {
+                "benchmark": "peak RSS growth, 1 GB file vs 100 MB file",
+                "batchdrop": f"{results[1024 * MB]:.0f} MB vs {results[100 * MB]:.0f} MB",
+                "baseline": "flat would be 1.00x",
+                "ratio": f"{results[1024 * MB] / results[100 * MB]:.2f}x",
+            }
+        )
+
+
+# -- 3. cold-start imports ---------------------------------------------------------------------------
+
+
+def import_seconds(module: str, env: dict[str, str]) -> float:
+    times = []
+    for _ in range(7):
+        code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        times.append(float(out.stdout))
+    return statistics.median(times)
+
+
+def bench_imports(rows: list[dict[str, Any]]) -> None:
+    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true"}
+    base = import_seconds("boto3", env)
+    for name in ("submit", "poll", "complete"):
+        t = import_seconds(f"batchdrop.handlers.{name}", env)
+        rows.append(
+            {
+                "benchmark": f"import batchdrop.handlers.{name} (cold start)",
+                "batchdrop": f"{t * 1000:.0f} ms",
+                "baseline": f"import boto3 {base * 1000:.0f} ms",
+                "ratio": f"{t / base:.2f}x",
+            }
+        )
+    traced = import_seconds("batchdrop.handlers.poll", {**os.environ, "POWERTOOLS_TRACE_DISABLED": "false"})
+    rows.append(
+        {
+            "benchmark": "import batchdrop.handlers.poll with deep_tracing on",
+            "batchdrop": f"{traced * 1000:.0f} ms",
+            "baseline": f"import boto3 {base * 1000:.0f} ms",
+            "ratio": f"{traced / base:.2f}x",
+        }
+    )
+
+
+# -- 4. calls per poll -------------------------------------------------------------------------------
+
+
+def bench_poll_calls(rows: list[dict[str, Any]]) -> None:
+    from batchdrop.local import stack as s
+    from batchdrop.local.emulator import EmulatorKnobs
+    from tests.integration.test_poll_cost import calls_of_one_poll
+
+    counts = {}
+    for finished in (10, 1000):
+        with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as local:
+            calls, _ = calls_of_one_poll(local, finished)
+        counts[finished] = sum(calls.values())
+    rows.append(
+        {
+            "benchmark": "AWS calls per poll, 3 active batches + 1,000 finished jobs",
+            "batchdrop": f"{counts[1000]} calls",
+            "baseline": f"with 10 finished jobs {counts[10]} calls",
+            "ratio": f"{counts[1000] / counts[10]:.2f}x",
+        }
+    )
+
+
+# -- 5. end to end -----------------------------------------------------------------------------------
+
+
+def bench_end_to_end(rows: list[dict[str, Any]], tmp: Path) -> None:
+    from batchdrop.config import PROVIDER_DEFAULT_LIMITS
+    from batchdrop.local.emulator import EmulatorKnobs
+    from batchdrop.local.run import run_files
+    from batchdrop.local.stack import StackOptions
+    from batchdrop.validation import Validator
+
+    path = tmp / "e2e-100k.jsonl"
+    path.write_bytes(b"".join(line(i, 200) + b"\n" for i in range(100_000)))
+    data = path.read_bytes()
+
+    def validate() -> None:
+        validator = Validator(providers=dict(PROVIDER_DEFAULT_LIMITS))
+        for number, raw_line in lines_of(data):
+            validator.check(number, raw_line)
+
+    t_validate = best_of(1, validate)
+    start = time.perf_counter()
+    report = run_files([str(path)], str(tmp / "e2e-out"), StackOptions(knobs=EmulatorKnobs(latency=0)), timeout=1800)
+    t_run = time.perf_counter() - start
+    summary = report.jobs[0].summary or {}
+    assert summary.get("counts", {}).get("succeeded") == 100_000, summary.get("counts")
+    rows.append(
+        {
+            "benchmark": "end to end, 100,000 requests on the embedded stack",
+            "batchdrop": f"{t_run:.1f} s ({100_000 / t_run:,.0f} requests/s)",
+            "baseline": f"validating the same file {t_validate:.2f} s",
+            "ratio": f"{t_run / t_validate:.0f}x",
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="skip the 1 GB file and the 100,000-request run")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="batchdrop-bench-") as tmp:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("validation", lambda: bench_validation(rows)),
+            ("imports", lambda: bench_imports(rows)),
+            ("poll calls", lambda: bench_poll_calls(rows)),
+            ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),
+        ]
+        if not args.quick:
+            steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))
+        for name, step in steps:
+            print(f"... {name}", file=sys.stderr, flush=True)
+            step()
+    print(f"\nbatchdrop benchmarks ({os.cpu_count()} cores, Python {sys.version.split()[0]})\n")
+    print("| benchmark | batchdrop | baseline (same run) | ratio |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['benchmark']} | {row['batchdrop']} | {row['baseline']} | {row['ratio']} |")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"\n(benchmark process peak RSS {usage.ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
