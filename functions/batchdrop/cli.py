@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -272,8 +271,9 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS
     from batchdrop.outputs import validation_error
     from batchdrop.planner import BatchPlanner, PlannedBatch
-    from batchdrop.reader import decompressed, iter_chunks, iter_lines
-    from batchdrop.validation import DEFAULT_MAX_LINE, Validator
+    from batchdrop.reader import iter_chunks
+    from batchdrop.scan import duplicate_error, scan
+    from batchdrop.validation import NoIds, Validator
 
     bad = False
     for path in files:
@@ -283,6 +283,7 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             providers=dict(PROVIDER_DEFAULT_LIMITS),
             routes=DEFAULT_ROUTES,
             folder_provider=folder if folder in PROVIDER_DEFAULT_LIMITS else None,
+            seen=NoIds(),
         )
         batches: list[PlannedBatch] = []
 
@@ -291,36 +292,18 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             batches.append(batch)
 
         planner = BatchPlanner(limits=validator.providers, on_batch=keep)
-        lines = invalid = 0
         errors: list[dict[str, Any]] = []
-        last = 0
+
+        def report(invalid: m.Invalid, errors: list[dict[str, Any]] = errors) -> None:
+            errors.append(validation_error(invalid))
+
         with open(path, "rb") as f:
-            try:
-                for number, raw in iter_lines(decompressed(iter_chunks(f)), DEFAULT_MAX_LINE):
-                    last = number
-                    verdict = validator.check(number, raw)
-                    if verdict is None:
-                        continue
-                    lines += 1
-                    if isinstance(verdict, m.Request):
-                        planner.add(verdict)
-                    else:
-                        invalid += 1
-                        errors.append(validation_error(verdict))
-            except (EOFError, zlib.error) as exc:
-                lines += 1
-                invalid += 1
-                errors.append(
-                    validation_error(
-                        m.Invalid(
-                            last + 1,
-                            None,
-                            m.INVALID_ENCODING,
-                            f"the gzip file cannot be read past line {last} ({exc})",
-                        )
-                    )
-                )
+            result = scan(iter_chunks(f), validator, planner.add, report)
         planner.finish()
+        for dup in result.duplicates:
+            report(duplicate_error(dup))
+        errors.sort(key=lambda e: e["line"])
+        lines, invalid = result.lines, result.invalid + len(result.duplicates)
         valid = lines - invalid
         rejected = valid == 0 or (invalid and on_invalid == "reject")
         bad = bad or bool(invalid) or bool(rejected)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -22,6 +21,7 @@ from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
 from batchdrop.config import INPUT_PREFIX
+from batchdrop.dedup import Duplicate
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -36,9 +36,9 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.poll import hand_over_if_done
-from batchdrop.reader import decompressed, iter_lines
+from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import submit_batch
-from batchdrop.validation import DEFAULT_MAX_LINE, Validator
+from batchdrop.validation import NoIds, Validator
 
 logger = Logger(service="batchdrop")
 
@@ -165,6 +165,7 @@ class _Submission:
             routes=settings.routes,
             folder_provider=folder,
             anthropic_default_max_tokens=settings.anthropic_default_max_tokens,
+            seen=NoIds(),
         )
         stored: list[str] = []
         models_by_provider: dict[str, set[str]] = {}
@@ -175,40 +176,25 @@ class _Submission:
             models_by_provider.setdefault(batch.provider, set()).add(batch.model)
 
         planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix="a1-", tmpdir=_tmpdir())
-        lines = invalid = valid = 0
-        file_error: m.Invalid | None = None
         with tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors:
-            try:
-                chunks = decompressed(deps.objects.chunks(self.obj.key, self.obj.version_id))
-                last_line = 0
-                for number, raw in iter_lines(chunks, DEFAULT_MAX_LINE):
-                    last_line = number
-                    verdict = validator.check(number, raw)
-                    if verdict is None:
-                        continue
-                    lines += 1
-                    if isinstance(verdict, m.Request):
-                        valid += 1
-                        planner.add(verdict)
-                    else:
-                        invalid += 1
-                        errors.write(orjson.dumps(validation_error(verdict)) + b"\n")
-            except (EOFError, zlib.error) as exc:
-                file_error = m.Invalid(
-                    last_line + 1,
-                    None,
-                    m.INVALID_ENCODING,
-                    f"the gzip file cannot be read past line {last_line} ({exc}); upload it again, complete",
-                )
+
+            def report(invalid: m.Invalid) -> None:
+                errors.write(orjson.dumps(validation_error(invalid)) + b"\n")
+
+            chunks = deps.objects.chunks(self.obj.key, self.obj.version_id)
+            result = scan(chunks, validator, planner.add, report, tmpdir=_tmpdir())
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.
             planner.finish()
-            if file_error is not None:
-                lines += 1
-                invalid += 1
-                errors.write(orjson.dumps(validation_error(file_error)) + b"\n")
+            if result.duplicates:
+                stored = _drop_duplicates(deps, self.job_id, stored, result.duplicates)
+                for dup in result.duplicates:
+                    report(duplicate_error(dup))
+                result.valid -= len(result.duplicates)
+                result.invalid += len(result.duplicates)
             errors.flush()
             deps.objects.upload_file(errors.name, validation_errors_key(self.job_id))
+        lines, invalid, valid, file_error = result.lines, result.invalid, result.valid, result.file_error
 
         reason = None
         if file_error is not None:
@@ -292,6 +278,43 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
             "status": m.PENDING,
         }
     )
+
+
+def _drop_duplicates(deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate]) -> list[str]:
+    """Take the duplicate lines out of the batches already planned (rare: only when a file repeats
+    an id). Counts are recomputed from what is kept, so a re-run after a crash lands on the same state."""
+    drop = {d.line for d in duplicates}
+    items = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
+    kept_keys = []
+    for key in stored:
+        index_key, data_key = batch_index_key(job_id, key), batch_data_key(job_id, key)
+        with (
+            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".idx") as index_out,
+            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as data_out,
+        ):
+            requests = size = removed = 0
+            for entry, payload in zip(deps.objects.lines(index_key), deps.objects.lines(data_key), strict=True):
+                if int(entry.rpartition(b"\t")[2]) in drop:
+                    removed += 1
+                    continue
+                index_out.write(entry + b"\n")
+                data_out.write(payload + b"\n")
+                requests += 1
+                size += len(payload) + 1
+            item = items[key]
+            if not removed:
+                kept_keys.append(key)
+                continue
+            if requests == 0:
+                deps.store.delete(item)
+                continue
+            index_out.flush()
+            data_out.flush()
+            deps.objects.upload_file(data_out.name, data_key)
+            deps.objects.upload_file(index_out.name, index_key, "text/plain")
+            deps.store.update(item, {"requests": requests, "bytes": size})
+            kept_keys.append(key)
+    return kept_keys
 
 
 def _folder_provider(key: str, providers: Any) -> str | None:

@@ -79,6 +79,8 @@ class Validator:
     routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES
     folder_provider: str | None = None
     anthropic_default_max_tokens: int = 1024
+    # Ids met so far, to report a duplicate at once. Callers that cannot afford a set the size of
+    # the file pass `NoIds()` and find duplicates with batchdrop.dedup instead.
     seen: set[str] = field(default_factory=set)
 
     def check(self, number: int, raw: bytes | LineTooLong) -> m.Request | m.Invalid | None:
@@ -328,6 +330,13 @@ class Validator:
             m.INVALID_JSON,
             f"not valid JSON ({reason} at character {exc.pos + 1}); each line must be one complete JSON object",
         )
+
+
+class NoIds(set[str]):
+    """A `seen` that remembers nothing: duplicates are left to batchdrop.dedup."""
+
+    def add(self, element: str) -> None:
+        return None
 
 
 class _Reject(Exception):

@@ -377,3 +377,27 @@ def test_job_states_are_final_after_the_run(stack: s.LocalStack) -> None:
         # finished jobs leave the poll's index
         assert "due_pk" not in job
         assert all("due_pk" not in b for b in store.get_batches(job["job_id"]))
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [s.StackOptions(knobs=EmulatorKnobs(latency=0.0), limits={"openai": (2, 10_000_000)})],
+    indirect=True,
+)
+def test_duplicates_found_after_planning_are_taken_out_of_their_batches(stack: s.LocalStack) -> None:
+    # Given ids repeated across batches of two, one batch made only of repeats
+    ids = ["a", "b", "c", "d", "a", "b", "e"]
+    stack.put("inputs/dups.jsonl", jsonl([openai_line(i) for i in ids]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting(set(range(1, 8)), results, errors, summary)
+    # Then the first use of an id wins and each later one is an error naming the first line
+    assert sorted((r["custom_id"], r["line"]) for r in results) == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 7)]
+    assert [(e["line"], e["code"]) for e in errors] == [(5, "duplicate_custom_id"), (6, "duplicate_custom_id")]
+    assert "line 1" in errors[0]["message"]
+    # and nothing was sent twice: the batch of repeats is gone, the others hold what they report
+    sent = stack.emulator.stats()["requests_submitted"]
+    assert sent == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
+    assert sorted(b["requests"] for b in summary["batches"]) == [1, 2, 2]
+    assert sum(stack.emulator.stats()["batches_created"].values()) == 3

@@ -138,6 +138,9 @@ class JobStore:
             return False
         return True
 
+    def delete(self, item: Mapping[str, Any]) -> None:
+        self.ddb.delete_item(TableName=self.table, Key=serialize({"pk": item["pk"], "sk": item["sk"]}))
+
     def update(
         self,
         item: Mapping[str, Any],
