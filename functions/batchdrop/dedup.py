@@ -1,16 +1,16 @@
-"""Finding repeated custom_ids in flat memory, whatever the size of the file.
+"""Finding repeated customids in flat memory, whatever the size of the file.
 
 A set of every custom_id would grow with the file (about 90 bytes an id: 270 MB for a 1 GB file of
-short requests). Instead each id is appended to one of N bucket files on local disk by its hash,
-and at the end each bucket is checked on its own, so memory holds one bucket at a time.
+short requests). Instead the ids are spilled, 64k at a time, into N bucket files on local disk by
+their hash, and at the end each bucket is checked on its own, so memory holds one bucket at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import shutil
 import tempfile
-import zlib
+from array import array
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -24,48 +24,88 @@ class Duplicate:
 
 @dataclass
 class DuplicateFinder:
-    buckets: int = 256
+    buckets: int = 64
     tmpdir: str | None = None
-    _files: list[IO[bytes] | None] = field(default_factory=list)
+    # Ids are gathered in memory and spilled to the buckets this many at a time: appending to a list
+    # is what the hot path can afford per line; the bucketing runs in a tight loop per spill.
+    spill_every: int = 65_536
+    # Public so a hot loop can append to them directly (then call spill() past spill_every).
+    ids: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    # Per bucket: the ids, one a line, and their line numbers as 4-byte integers, in the same order.
+    _files: list[tuple[IO[bytes], IO[bytes]] | None] = field(default_factory=list)
+    _dir: str | None = None
+    _opened: int = 0
 
     def __post_init__(self) -> None:
+        if self.buckets & (self.buckets - 1):
+            raise ValueError("buckets must be a power of two")
         self._files = [None] * self.buckets
 
     def add(self, custom_id: str, line: int) -> None:
-        data = custom_id.encode()
-        # crc32, not hash(): the same id must land in the same bucket in every process.
-        index = zlib.crc32(data) % self.buckets
-        f = self._files[index]
-        if f is None:
-            f = self._files[index] = tempfile.NamedTemporaryFile(  # noqa: SIM115 — closed in close()
-                dir=self.tmpdir, prefix="ids-", suffix=".tsv", delete=False
-            )
-        f.write(b"%s\t%d\n" % (data, line))
+        self.ids.append(custom_id)
+        self.lines.append(line)
+        if len(self.ids) >= self.spill_every:
+            self.spill()
+
+    def spill(self) -> None:
+        mask = self.buckets - 1
+        ids: list[list[str]] = [[] for _ in range(self.buckets)]
+        lines: list[list[int]] = [[] for _ in range(self.buckets)]
+        # hash() is fine within one process, and str caches it.
+        for custom_id, line in zip(self.ids, self.lines, strict=True):
+            index = hash(custom_id) & mask
+            ids[index].append(custom_id)
+            lines[index].append(line)
+        for index, bucket in enumerate(ids):
+            if not bucket:
+                continue
+            files = self._files[index]
+            if files is None:
+                files = self._files[index] = (self._temp(".ids"), self._temp(".lines"))
+            files[0].write(("\n".join(bucket) + "\n").encode())
+            array("I", lines[index]).tofile(files[1])
+        self.ids.clear()
+        self.lines.clear()
+
+    def _temp(self, suffix: str) -> IO[bytes]:
+        # Plain files in one private folder: NamedTemporaryFile costs far more per file.
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="batchdrop-ids-", dir=self.tmpdir)
+        self._opened += 1
+        return open(os.path.join(self._dir, f"{self._opened}{suffix}"), "w+b")
 
     def duplicates(self) -> list[Duplicate]:
         """Every line whose custom_id an earlier line already used, in line order."""
+        self.spill()
         found: list[Duplicate] = []
-        for f in self._files:
-            if f is None:
+        for files in self._files:
+            if files is None:
                 continue
-            f.flush()
+            for f in files:
+                f.flush()
+            with open(files[0].name, "rb") as reader:
+                ids = reader.read().split(b"\n")[:-1]
+            if len(set(ids)) == len(ids):
+                continue  # the common case, decided at C speed
+            numbers = array("I")
+            with open(files[1].name, "rb") as reader:
+                numbers.frombytes(reader.read())
             first: dict[bytes, int] = {}
-            with open(f.name, "rb") as reader:
-                for record in reader:
-                    custom_id, _, line = record.rstrip(b"\n").rpartition(b"\t")
-                    number = int(line)
-                    earlier = first.setdefault(custom_id, number)
-                    if earlier != number:
-                        found.append(Duplicate(number, custom_id.decode(), earlier))
+            for custom_id, number in zip(ids, numbers, strict=True):
+                earlier = first.setdefault(custom_id, number)
+                if earlier != number:
+                    found.append(Duplicate(number, custom_id.decode(), earlier))
         found.sort(key=lambda d: d.line)
         return found
 
     def close(self) -> None:
-        for f in self._files:
-            if f is not None:
+        for files in self._files:
+            for f in files or ():
                 f.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f.name)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
         self._files = [None] * self.buckets
 
     def __enter__(self) -> DuplicateFinder:

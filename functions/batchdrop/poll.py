@@ -147,6 +147,10 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         deps.queue.send(job["job_id"])
         report.handed_over.append(job["job_id"])
         logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})
+    elif job["status"] == m.JOB_SUBMITTED and job.get("cancel_requested") and not job.get("canceled"):
+        from batchdrop.cancel import carry_out
+
+        carry_out(deps, job)
     elif job["status"] == m.JOB_SUBMITTING:
         # Its submitter's lease ran out without a retry finishing the work: take it over.
         from batchdrop.submit import resume_submission

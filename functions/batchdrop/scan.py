@@ -35,22 +35,30 @@ def scan(
 ) -> ScanResult:
     result = ScanResult()
     last_line = 0
-    with DuplicateFinder(tmpdir=tmpdir) as ids:
+    lines = valid = 0
+    check = validator.check
+    Request = m.Request
+    with DuplicateFinder(tmpdir=tmpdir) as finder:
+        ids, numbers = finder.ids, finder.lines
         try:
             for number, raw in iter_lines(decompressed(chunks), DEFAULT_MAX_LINE):
-                last_line = number
-                verdict = validator.check(number, raw)
+                verdict = check(number, raw)
                 if verdict is None:
                     continue
-                result.lines += 1
-                if isinstance(verdict, m.Request):
-                    result.valid += 1
-                    ids.add(verdict.custom_id, verdict.line)
+                lines += 1
+                if verdict.__class__ is Request:
+                    valid += 1
+                    ids.append(verdict.custom_id)
+                    numbers.append(number)
                     on_request(verdict)
+                    if len(ids) >= finder.spill_every:
+                        finder.spill()
                 else:
-                    result.invalid += 1
-                    on_invalid(verdict)
+                    on_invalid(verdict)  # type: ignore[arg-type]
+                last_line = number
+            result.lines, result.valid, result.invalid = lines, valid, lines - valid
         except (EOFError, zlib.error) as exc:
+            result.lines, result.valid, result.invalid = lines, valid, lines - valid
             result.file_error = m.Invalid(
                 last_line + 1,
                 None,
@@ -60,7 +68,7 @@ def scan(
             result.lines += 1
             result.invalid += 1
             on_invalid(result.file_error)
-        result.duplicates = ids.duplicates()
+        result.duplicates = finder.duplicates()
     return result
 
 

@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
-from batchdrop.config import INPUT_PREFIX
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX
 from batchdrop.dedup import Duplicate
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
@@ -76,6 +76,8 @@ def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
 
 
 def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
+    if key.startswith(CANCEL_PREFIX):
+        return _cancel_by_file(deps, key)
     if not key.startswith(INPUT_PREFIX):
         logger.info("ignoring an object outside inputs/", extra={"key": key})
         return SubmitResult(None, "ignored")
@@ -102,6 +104,19 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
     # invocation dies without a retry (a timeout, say), the poll takes the submission over.
     store.create({**job, **due_fields(now + deps.settings.lease_seconds)})
     return resume_submission(deps, job_id, obj)
+
+
+def _cancel_by_file(deps: Deps, key: str) -> SubmitResult:
+    """cancel/<job_id> in the bucket: the same as `batchdrop cancel`, for users with only S3 access."""
+    from batchdrop.cancel import CancelError, request_cancel
+
+    job_id = key[len(CANCEL_PREFIX) :].strip("/")
+    try:
+        request_cancel(deps.store, job_id, deps.clock())
+    except CancelError as exc:
+        logger.warning("cancel file ignored", extra={"key": key, "reason": str(exc)})
+        return SubmitResult(job_id or None, "ignored")
+    return SubmitResult(job_id, "cancel-requested")
 
 
 def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None) -> SubmitResult:
@@ -247,12 +262,15 @@ class _Submission:
         # than marking the job submitted and never telling anyone.
         deps.notifier.publish("submitted", self.job_id, job.get("providers", []), body)
         deps.checkpoint("after_publish")
-        deps.store.update(
+        updated = deps.store.update(
             job,
             {"status": m.JOB_SUBMITTED, "submitted_at": iso(now)},
             remove=("lease_owner", "lease_until", *NOT_DUE),
             when_status=(m.JOB_SUBMITTING,),
         )
+        if updated.get("cancel_requested"):
+            # Canceled while it was being submitted: the poll cancels its batches now.
+            deps.store.update(updated, due_fields(now))
         hand_over_if_done(deps, self.job_id)
 
 
