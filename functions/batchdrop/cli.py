@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -358,6 +359,172 @@ def emulator(
             time.sleep(3600)
     except KeyboardInterrupt:
         emu.stop()
+
+
+def _stack_options(f: Any) -> Any:
+    """How the operator commands find a deployed stack."""
+    options = [
+        click.option(
+            "--stack",
+            "stack_name",
+            default=None,
+            envvar="BATCHDROP_STACK",
+            help="The CloudFormation stack whose outputs name the bucket and table [default: Batchdrop].",
+        ),
+        click.option("--bucket", default=None, help="The bucket, instead of reading the stack's outputs."),
+        click.option("--table", default=None, help="The DynamoDB table, instead of reading the stack's outputs."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _ref(stack_name: str | None, bucket: str | None, table: str | None) -> Any:
+    from batchdrop import ops
+
+    try:
+        return ops.resolve(stack_name, bucket, table)
+    except ops.StackNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--folder", default=None, help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines).")
+@_stack_options
+def submit(
+    files: tuple[str, ...], folder: str | None, stack_name: str | None, bucket: str | None, table: str | None
+) -> None:
+    """Upload FILES to a deployed stack's inputs/ (multipart, with progress); prints each job id."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from batchdrop import ops
+    from batchdrop.local.run import RunError, check_files
+
+    try:
+        check_files(files)
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from None
+    ref = _ref(stack_name, bucket, table)
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
+        for path in files:
+            task = bar.add_task(os.path.basename(path), total=os.path.getsize(path))
+            key, job_id = ops.upload(ref, path, folder, functools.partial(bar.advance, task))
+            bar.console.print(f"{path} → s3://{ref.bucket}/{key} · job [bold]{job_id}[/]")
+    console.print("Follow it with [bold]batchdrop status JOB[/].")
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--watch", is_flag=True, help="Refresh every few seconds until interrupted (or the job ends).")
+@click.option(
+    "--interval", type=click.FloatRange(min=1), default=5, show_default=True, help="Seconds between refreshes."
+)
+@_stack_options
+def status(
+    job_id: str | None, watch: bool, interval: float, stack_name: str | None, bucket: str | None, table: str | None
+) -> None:
+    """A table of recent jobs, or one job's batches, counts and age."""
+    import time
+
+    from rich.live import Live
+
+    from batchdrop import ops
+
+    ref = _ref(stack_name, bucket, table)
+
+    def render() -> tuple[Table, bool]:
+        if job_id is None:
+            table = Table(title="batchdrop jobs", title_justify="left")
+            for column in ("job", "status", "input", "lines", "invalid", "ok", "failed", "age"):
+                table.add_column(column)
+            for item in ops.jobs(ref):
+                counts = {**(item.get("counts") or {}), **(item.get("summary_counts") or {})}
+                table.add_row(
+                    item["job_id"],
+                    item["status"],
+                    item["input"]["key"],
+                    str(counts.get("lines", "")),
+                    str(counts.get("invalid", "")),
+                    str(counts.get("succeeded", "")),
+                    str(counts.get("failed", "")),
+                    ops.age(item.get("received_at")),
+                )
+            return table, False
+        try:
+            item, batches = ops.job(ref, job_id)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        counts = {**(item.get("counts") or {}), **(item.get("summary_counts") or {})}
+        title = (
+            f"{job_id} · {item['status']} · {item['input']['key']} · "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f" · {ops.age(item.get('received_at'))} old"
+        )
+        table = Table(title=title, title_justify="left")
+        for column in ("batch", "provider", "provider batch id", "attempt", "requests", "state", "done", "age"):
+            table.add_column(column)
+        for b in batches:
+            progress = b.get("progress") or {}
+            table.add_row(
+                b["batch_key"],
+                b["provider"],
+                b.get("provider_batch_id") or "",
+                str(b.get("attempt", 1)),
+                str(b["requests"]),
+                b.get("status", ""),
+                f"{progress.get('done') or 0}/{progress.get('total') or b['requests']}",
+                ops.age(b.get("submitted_at")),
+            )
+        return table, item["status"] in m.FINAL_JOB_STATES
+
+    view, ended = render()
+    if not watch:
+        console.print(view)
+        return
+    try:
+        with Live(view, console=console, refresh_per_second=1) as live:
+            while not ended:
+                time.sleep(interval)
+                view, ended = render()
+                live.update(view)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("job_id")
+@_stack_options
+def cancel(job_id: str, stack_name: str | None, bucket: str | None, table: str | None) -> None:
+    """Cancel a job: its provider batches are canceled at the next poll, and the job ends `canceled`
+    with the results of the requests that had finished (dropping cancel/JOB_ID into the bucket does
+    the same)."""
+    from batchdrop import ops
+    from batchdrop.cancel import CancelError
+
+    ref = _ref(stack_name, bucket, table)
+    try:
+        was = ops.cancel(ref, job_id)
+    except CancelError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"Cancel requested for {job_id} (it was {was}); the next poll cancels its batches.")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write the files.")
+@_stack_options
+def results(job_id: str, out_dir: str, stack_name: str | None, bucket: str | None, table: str | None) -> None:
+    """Download a finished job's results.jsonl, errors.jsonl and summary.json into OUT."""
+    from batchdrop import ops
+
+    ref = _ref(stack_name, bucket, table)
+    try:
+        written = ops.download_results(ref, job_id, out_dir)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
+        console.print(path)
 
 
 def _events_dir() -> Path:

@@ -8,7 +8,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
-from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
@@ -73,7 +73,8 @@ class Storage(Construct):
         )
 
     def notify_on_upload(self, function: lambda_.IFunction) -> None:
-        """Invoke `function` for every new input file: inputs/ and a JSONL suffix, nothing else."""
+        """Invoke `function` for every new input file (inputs/ and a JSONL suffix) and for every cancel
+        request (cancel/<job_id>, for users with only S3 access); nothing else."""
         destination = s3n.LambdaDestination(function)
         for suffix in INPUT_SUFFIXES:
             self.bucket.add_event_notification(
@@ -81,3 +82,6 @@ class Storage(Construct):
                 destination,
                 s3.NotificationKeyFilter(prefix=INPUT_PREFIX, suffix=suffix),
             )
+        self.bucket.add_event_notification(
+            s3.EventType.OBJECT_CREATED, destination, s3.NotificationKeyFilter(prefix=CANCEL_PREFIX)
+        )

@@ -27,14 +27,15 @@ def notification_filters(stack: Synth) -> list[tuple[str, dict[str, str], list[s
     return found
 
 
-def test_uploads_under_inputs_with_a_jsonl_suffix_invoke_submit(stack: Synth) -> None:
+def test_uploads_under_inputs_with_a_jsonl_suffix_and_cancel_requests_invoke_submit(stack: Synth) -> None:
     submit, _ = stack.function("submit")
     _, notifications = stack.one("Custom::S3BucketNotifications")
     assert notifications["Properties"]["BucketName"] == {"Ref": stack.data_bucket}
 
     filters = notification_filters(stack)
 
-    assert sorted((fn, r["prefix"], r["suffix"], tuple(e)) for fn, r, e in filters) == [
+    assert sorted((fn, r["prefix"], r.get("suffix", ""), tuple(e)) for fn, r, e in filters) == [
+        (submit, "cancel/", "", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl.gz", ("s3:ObjectCreated:*",)),
     ]
@@ -42,7 +43,9 @@ def test_uploads_under_inputs_with_a_jsonl_suffix_invoke_submit(stack: Synth) ->
 
 def test_nothing_listens_to_outputs_or_work(stack: Synth) -> None:
     for _, rules, _ in notification_filters(stack):
-        assert rules.get("prefix") == "inputs/", "every notification must be filtered on inputs/"
+        assert rules.get("prefix") in ("inputs/", "cancel/"), (
+            "every notification must be filtered on inputs/ or cancel/"
+        )
     # Nor through EventBridge: the bucket sends no events there.
     for bucket in stack.resources("AWS::S3::Bucket").values():
         assert "NotificationConfiguration" not in bucket["Properties"]

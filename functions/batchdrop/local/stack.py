@@ -158,6 +158,13 @@ class LocalStack:
                         [{"Name": "suffix", "Value": ".jsonl.gz"}],
                     )
                 ]
+                + [
+                    {
+                        "QueueArn": self.queue_arn(S3_EVENTS_QUEUE),
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": c.CANCEL_PREFIX}]}},
+                    }
+                ]
             },
         )
         ddb.create_table(
