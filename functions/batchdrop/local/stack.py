@@ -93,6 +93,8 @@ class LocalStack:
                 "POWERTOOLS_METRICS_DISABLED": "true",
             }
         )
+        # The handlers' loggers were built at import, before this environment: apply its level now.
+        logging.getLogger("batchdrop").setLevel(os.environ["POWERTOOLS_LOG_LEVEL"].upper())
         aws.reset()
         self._create_resources()
         self._set_env(self.function_env())
