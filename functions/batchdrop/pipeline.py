@@ -65,13 +65,28 @@ def job_id_for(obj: InputObject) -> str:
     return "job-" + hashlib.sha256(basis.encode()).hexdigest()[:20]
 
 
+# S3 keys are at most 1,024 bytes; the longest name we put under a job's prefix is "results.jsonl".
+MAX_KEY_BYTES = 1024
+LONGEST_OUTPUT_NAME = "results.jsonl"
+
+
 def output_prefix(key: str, job_id: str) -> str:
-    """outputs/<path under inputs/ without the extension>/<job_id>/ (the key is data, used verbatim)."""
+    """outputs/<path under inputs/ without the extension>/<job_id>/ (the key is data, used verbatim).
+
+    An input key so long that the output keys would pass S3's limit keeps its head and gets a short
+    hash of the whole path in place of its tail, so the prefix stays unique and stable.
+    """
     rest = key[len(INPUT_PREFIX) :] if key.startswith(INPUT_PREFIX) else key
     for suffix in INPUT_SUFFIXES:
         if rest.endswith(suffix):
             rest = rest[: -len(suffix)]
             break
+    fixed = len(f"{OUTPUT_PREFIX}/{job_id}/{LONGEST_OUTPUT_NAME}".encode())
+    room = MAX_KEY_BYTES - fixed
+    if len(rest.encode()) > room:
+        digest = "~" + hashlib.sha256(rest.encode()).hexdigest()[:12]
+        head = rest.encode()[: room - len(digest)].decode("utf-8", errors="ignore")
+        rest = head + digest
     return f"{OUTPUT_PREFIX}{rest}/{job_id}/"
 
 

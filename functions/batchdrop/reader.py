@@ -60,7 +60,8 @@ def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
             if out:
                 yield out
             if inflater.eof:
-                data = inflater.unused_data
+                # Another member may follow; zero bytes after a member are padding (gunzip skips it).
+                data = inflater.unused_data.lstrip(b"\x00")
                 inflater = zlib.decompressobj(wbits=31)
                 fed = False
             else:

@@ -78,8 +78,9 @@ def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
 def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
     if key.startswith(CANCEL_PREFIX):
         return _cancel_by_file(deps, key)
-    if not key.startswith(INPUT_PREFIX):
-        logger.info("ignoring an object outside inputs/", extra={"key": key})
+    if not is_input_key(key):
+        # The bucket notification only sends these; anything else is not ours to read.
+        logger.info("ignoring an object that is not inputs/*.jsonl or inputs/*.jsonl.gz", extra={"key": key})
         return SubmitResult(None, "ignored")
     try:
         obj = deps.objects.head(key, version_id)

@@ -116,6 +116,16 @@ class Validator:
                 return self._anthropic_line(number, raw, obj)
             if "messages" in obj or "model" in obj:
                 return self._neutral_line(number, obj)
+        except TypeError:
+            # orjson reads 1024 levels of nesting but writes only 254: a request we would have to
+            # re-encode that deep is one no provider takes either.
+            custom_id = obj.get("custom_id")
+            return m.Invalid(
+                number,
+                custom_id if isinstance(custom_id, str) else None,
+                m.INVALID_REQUEST,
+                "the request is nested more than 254 levels deep; flatten it",
+            )
         except _Reject as reject:
             custom_id = obj.get("custom_id")
             return m.Invalid(number, custom_id if isinstance(custom_id, str) else None, reject.code, reject.msg)
@@ -513,7 +523,10 @@ def _json_type(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    try:
+        text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    except TypeError:  # nested deeper than orjson writes (254 levels)
+        text = f"{_json_type(value)} nested too deeply to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -8,6 +8,7 @@ handlers read, exactly as Lambda would. Nothing in the functions knows it is run
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import urllib.request
@@ -270,11 +271,18 @@ class LocalStack:
         return written
 
 
+NAME_MAX = 255
+
+
 def local_path(key: str) -> str:
     """A relative file path for an S3 key that cannot climb out of the folder it is joined to."""
     parts = []
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             segment = segment.replace(".", "%2E") or "%2F"
+        if len(segment.encode()) > NAME_MAX:
+            # S3 segments have no length limit; file names do. Keep the head, add a hash of the whole.
+            digest = "~" + hashlib.sha256(segment.encode()).hexdigest()[:12]
+            segment = segment.encode()[: NAME_MAX - len(digest)].decode("utf-8", errors="ignore") + digest
         parts.append(segment)
     return os.path.join(*parts)
