@@ -93,6 +93,7 @@ def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
     summary = write_outputs(deps, job, batches)
     status = summary["status"]
     deps.notifier.publish(status, job_id, job.get("providers", []), summary)
+    deps.last_summary = summary
     deps.checkpoint("after_publish")
     store.update(
         job,

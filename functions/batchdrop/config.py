@@ -44,6 +44,20 @@ ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES.
 ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
 
+# Metric names (namespace and service "batchdrop"), emitted by the handlers and graphed and
+# alarmed on by infra/constructs/monitoring.py.
+REQUESTS_SUBMITTED = "RequestsSubmitted"
+LINES_INVALID = "LinesInvalid"
+REQUESTS_SUCCEEDED = "RequestsSucceeded"
+REQUESTS_FAILED = "RequestsFailed"
+REQUESTS_EXPIRED = "RequestsExpired"
+COST_SAVED_USD = "CostSavedUSD"
+TIME_TO_COMPLETE = "TimeToCompleteSeconds"
+BATCHES_CHECKED = "BatchesChecked"
+BATCHES_ENDED = "BatchesEnded"
+STUCK_BATCHES = "StuckBatches"
+JOBS_ENDED = "JobsEnded"
+
 ON_INVALID_CHOICES = ("skip", "reject")
 
 # Model-name prefixes → provider. Users extend or override it with BATCHDROP_ROUTES

@@ -14,8 +14,24 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
+# Metric names live in batchdrop.config, shared with the dashboard and alarms in infra/.
+from batchdrop.config import (
+    BATCHES_CHECKED,
+    BATCHES_ENDED,
+    COST_SAVED_USD,
+    JOBS_ENDED,
+    LINES_INVALID,
+    REQUESTS_EXPIRED,
+    REQUESTS_FAILED,
+    REQUESTS_SUBMITTED,
+    REQUESTS_SUCCEEDED,
+    STUCK_BATCHES,
+    TIME_TO_COMPLETE,
+)
+
 SERVICE = "batchdrop"
 NAMESPACE = "batchdrop"
+
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
@@ -43,3 +59,20 @@ def _tracer() -> Any:
 
 tracer: Any = _tracer()
 capture: Callable[..., Any] = tracer.capture_method
+
+__all__ = [
+    "BATCHES_CHECKED",
+    "BATCHES_ENDED",
+    "COST_SAVED_USD",
+    "JOBS_ENDED",
+    "LINES_INVALID",
+    "REQUESTS_EXPIRED",
+    "REQUESTS_FAILED",
+    "REQUESTS_SUBMITTED",
+    "REQUESTS_SUCCEEDED",
+    "STUCK_BATCHES",
+    "TIME_TO_COMPLETE",
+    "logger",
+    "metrics",
+    "tracer",
+]

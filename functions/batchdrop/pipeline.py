@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchdrop.adapters.notify import Notifier
 from batchdrop.adapters.objects import ObjectStore
@@ -37,6 +37,8 @@ class Deps:
     # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
     checkpoint: Callable[[str], None] = lambda step: None
     _providers: dict[str, Provider] = field(default_factory=dict)
+    # The summary of the last job this container completed, for the handler's metrics.
+    last_summary: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deps:

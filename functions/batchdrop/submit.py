@@ -46,7 +46,8 @@ logger = Logger(service="batchdrop")
 @dataclass
 class SubmitResult:
     job_id: str | None
-    outcome: str  # submitted | rejected | duplicate | busy | ignored
+    outcome: str  # submitted | rejected | duplicate | busy | ignored | cancel-requested
+    counts: dict[str, int] | None = None  # lines, invalid, submitted: for this invocation's metrics
 
 
 def s3_records(event: dict[str, Any]) -> list[tuple[str, str, str | None, str | None, int | None]]:
@@ -165,11 +166,11 @@ class _Submission:
             from batchdrop.complete import finish_job
 
             finish_job(self.deps, self.job_id, self.owner)
-            return SubmitResult(self.job_id, "rejected")
+            return SubmitResult(self.job_id, "rejected", self.job.get("counts"))
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
         submitted = [submit_batch(self.deps, self.job_id, b, self.owner) for b in batches]
         self._announce(submitted)
-        return SubmitResult(self.job_id, "submitted")
+        return SubmitResult(self.job_id, "submitted", self.job.get("counts"))
 
     # -- planning: stream, validate, split, store ---------------------------------------------------
 

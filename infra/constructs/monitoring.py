@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import aws_cdk as cdk
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -13,6 +14,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from batchdrop import config as o
 from infra import names
 
 PERIOD = Duration.minutes(5)
@@ -67,6 +69,64 @@ class Monitoring(Construct):
             ),
             "Batches are still open past the provider's 24-hour window: see the poll function's log",
         )
+
+        self.dashboard = self._dashboard(functions, dead_letter_queues)
+
+    def _dashboard(
+        self, functions: Iterable[lambda_.Function], dead_letter_queues: dict[str, sqs.IQueue]
+    ) -> cloudwatch.Dashboard:
+        """One page: requests and their outcomes, batches, cost saved, time to complete, and health."""
+
+        def ours(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace=names.METRICS_NAMESPACE,
+                metric_name=name,
+                dimensions_map={"service": names.SERVICE},
+                period=PERIOD,
+                statistic=statistic,
+            )
+
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{cdk.Stack.of(self).stack_name}-batchdrop")
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Requests",
+                left=[
+                    ours(o.REQUESTS_SUBMITTED),
+                    ours(o.REQUESTS_SUCCEEDED),
+                    ours(o.REQUESTS_FAILED),
+                    ours(o.REQUESTS_EXPIRED),
+                    ours(o.LINES_INVALID),
+                ],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(
+                title="Batches",
+                left=[ours(o.BATCHES_CHECKED), ours(o.BATCHES_ENDED), ours(o.STUCK_BATCHES, "Maximum")],
+                width=12,
+            ),
+        )
+        dashboard.add_widgets(
+            cloudwatch.SingleValueWidget(title="Saved vs real-time (USD)", metrics=[ours(o.COST_SAVED_USD)], width=6),
+            cloudwatch.GraphWidget(
+                title="Time to complete (s)",
+                left=[ours(o.TIME_TO_COMPLETE, "Average"), ours(o.TIME_TO_COMPLETE, "p90")],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(
+                title="Function errors",
+                left=[fn.metric_errors(period=PERIOD, statistic="Sum") for fn in functions],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(
+                title="Dead letters",
+                left=[
+                    q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum", label=name)
+                    for name, q in dead_letter_queues.items()
+                ],
+                width=6,
+            ),
+        )
+        return dashboard
 
     def _alarm(self, construct_id: str, metric: cloudwatch.IMetric, description: str) -> None:
         """An alarm when `metric` is above zero in one period; no data (nothing happened) is fine."""

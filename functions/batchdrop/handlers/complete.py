@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from batchdrop import observability as o
 from batchdrop.complete import complete_message
 from batchdrop.handlers import deps
 from batchdrop.observability import logger, metrics, tracer
@@ -17,9 +18,31 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def _record(record: SQSRecord) -> str:
-    outcome = complete_message(deps(), record.body)
-    metrics.add_metric(name=f"Completion_{outcome}", unit=MetricUnit.Count, value=1)
+    wiring = deps()
+    wiring.last_summary = None
+    outcome = complete_message(wiring, record.body)
+    summary = wiring.last_summary
+    if summary is not None:
+        record_job_metrics(summary)
     return outcome
+
+
+def record_job_metrics(summary: dict[str, Any]) -> None:
+    counts = summary["counts"]
+    metrics.add_metric(name=o.JOBS_ENDED, unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=o.REQUESTS_SUCCEEDED, unit=MetricUnit.Count, value=counts["succeeded"])
+    metrics.add_metric(name=o.REQUESTS_FAILED, unit=MetricUnit.Count, value=counts["failed"])
+    expired = sum(1 for b in summary["batches"] if b["status"] == "expired")
+    metrics.add_metric(name=o.REQUESTS_EXPIRED, unit=MetricUnit.Count, value=expired)
+    saved = (summary.get("cost_usd") or {}).get("saved")
+    if saved is not None:
+        metrics.add_metric(name=o.COST_SAVED_USD, unit=MetricUnit.NoUnit, value=saved)
+    timings = summary["timings"]
+    if timings.get("received_at") and timings.get("completed_at"):
+        from datetime import datetime
+
+        took = datetime.fromisoformat(timings["completed_at"]) - datetime.fromisoformat(timings["received_at"])
+        metrics.add_metric(name=o.TIME_TO_COMPLETE, unit=MetricUnit.Seconds, value=took.total_seconds())
 
 
 @logger.inject_lambda_context(clear_state=True)

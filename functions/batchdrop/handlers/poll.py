@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from batchdrop import observability as o
 from batchdrop.handlers import deps
 from batchdrop.observability import logger, metrics, tracer
 from batchdrop.poll import poll
@@ -18,7 +19,7 @@ from batchdrop.poll import poll
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = poll(deps())
-    metrics.add_metric(name="BatchesChecked", unit=MetricUnit.Count, value=report.looked_at)
-    metrics.add_metric(name="BatchesEnded", unit=MetricUnit.Count, value=report.ended)
-    metrics.add_metric(name="StuckBatches", unit=MetricUnit.Count, value=report.stuck)
+    metrics.add_metric(name=o.BATCHES_CHECKED, unit=MetricUnit.Count, value=report.looked_at)
+    metrics.add_metric(name=o.BATCHES_ENDED, unit=MetricUnit.Count, value=report.ended)
+    metrics.add_metric(name=o.STUCK_BATCHES, unit=MetricUnit.Count, value=report.stuck)
     return asdict(report)
