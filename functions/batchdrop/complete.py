@@ -202,8 +202,9 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as results,
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as errors,
     ):
-        for raw in deps.objects.lines(validation_errors_key(job_id)):
-            errors.write(raw + b"\n")
+        for key in job.get("error_files") or [validation_errors_key(job_id)]:
+            for raw in deps.objects.lines(key):
+                errors.write(raw + b"\n")
         superseded: set[str] = set()
         by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
         current_attempt = None

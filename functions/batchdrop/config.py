@@ -28,6 +28,10 @@ ENV_BUCKET = "BATCHDROP_BUCKET"
 ENV_TABLE = "BATCHDROP_TABLE"
 ENV_TOPIC_ARN = "BATCHDROP_TOPIC_ARN"
 ENV_COMPLETION_QUEUE_URL = "BATCHDROP_COMPLETION_QUEUE_URL"
+# The queue that hands the next segment of a large file to a fresh submit invocation, and how many
+# bytes of a plain file one invocation plans (gzip files are always read whole).
+ENV_SUBMIT_QUEUE_URL = "BATCHDROP_SUBMIT_QUEUE_URL"
+ENV_SEGMENT_BYTES = "BATCHDROP_SEGMENT_BYTES"
 ENV_ON_INVALID = "BATCHDROP_ON_INVALID"
 ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
 ENV_PROVIDERS = "BATCHDROP_PROVIDERS"
@@ -123,6 +127,8 @@ class Settings:
     lease_seconds: int = 16 * 60
     completion_grace_seconds: int = 20 * 60
     create_lock_seconds: int = 5 * 60
+    submit_queue_url: str | None = None
+    segment_bytes: int = 2 * 1024 * MB
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -192,6 +198,8 @@ class Settings:
             lease_seconds=integer(ENV_LEASE_SECONDS, 16 * 60),
             completion_grace_seconds=integer(ENV_COMPLETION_GRACE_SECONDS, 20 * 60),
             create_lock_seconds=integer(ENV_CREATE_LOCK_SECONDS, 5 * 60),
+            submit_queue_url=env.get(ENV_SUBMIT_QUEUE_URL) or None,
+            segment_bytes=integer(ENV_SEGMENT_BYTES, 2 * 1024 * MB, minimum=1024),
         )
 
 

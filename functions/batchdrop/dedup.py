@@ -77,27 +77,18 @@ class DuplicateFinder:
 
     def duplicates(self) -> list[Duplicate]:
         """Every line whose custom_id an earlier line already used, in line order."""
+        return find_duplicates([[pair] for pair in self.bucket_files().values()])
+
+    def bucket_files(self) -> dict[int, tuple[str, str]]:
+        """Bucket → (ids file, line numbers file), everything added so far written out."""
         self.spill()
-        found: list[Duplicate] = []
-        for files in self._files:
-            if files is None:
-                continue
-            for f in files:
-                f.flush()
-            with open(files[0].name, "rb") as reader:
-                ids = reader.read().split(b"\n")[:-1]
-            if len(set(ids)) == len(ids):
-                continue  # the common case, decided at C speed
-            numbers = array("I")
-            with open(files[1].name, "rb") as reader:
-                numbers.frombytes(reader.read())
-            first: dict[bytes, int] = {}
-            for custom_id, number in zip(ids, numbers, strict=True):
-                earlier = first.setdefault(custom_id, number)
-                if earlier != number:
-                    found.append(Duplicate(number, custom_id.decode(), earlier))
-        found.sort(key=lambda d: d.line)
-        return found
+        out = {}
+        for index, files in enumerate(self._files):
+            if files is not None:
+                for f in files:
+                    f.flush()
+                out[index] = (files[0].name, files[1].name)
+        return out
 
     def close(self) -> None:
         for files in self._files:
@@ -113,3 +104,26 @@ class DuplicateFinder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def find_duplicates(buckets: list[list[tuple[str, str]]]) -> list[Duplicate]:
+    """Duplicates within each bucket, whose parts (ids file, line numbers file) are in line order."""
+    found: list[Duplicate] = []
+    for parts in buckets:
+        ids: list[bytes] = []
+        for ids_path, _ in parts:
+            with open(ids_path, "rb") as reader:
+                ids.extend(reader.read().split(b"\n")[:-1])
+        if len(set(ids)) == len(ids):
+            continue  # the common case, decided at C speed
+        numbers = array("I")
+        for _, lines_path in parts:
+            with open(lines_path, "rb") as reader:
+                numbers.frombytes(reader.read())
+        first: dict[bytes, int] = {}
+        for custom_id, number in zip(ids, numbers, strict=True):
+            earlier = first.setdefault(custom_id, number)
+            if earlier != number:
+                found.append(Duplicate(number, custom_id.decode(), earlier))
+    found.sort(key=lambda d: d.line)
+    return found

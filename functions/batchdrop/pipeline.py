@@ -32,6 +32,7 @@ class Deps:
     store: JobStore
     notifier: Notifier
     queue: CompletionQueue
+    segments: CompletionQueue
     provider_factory: Callable[[str], Provider] | None = None
     clock: Callable[[], float] = time.time
     # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
@@ -48,6 +49,8 @@ class Deps:
             store=JobStore(settings.table),
             notifier=Notifier(settings.topic_arn),
             queue=CompletionQueue(settings.completion_queue_url),
+            # Without a segments queue a file is planned in one invocation, whatever its size.
+            segments=CompletionQueue(settings.submit_queue_url or settings.completion_queue_url),
         )
 
     def provider(self, name: str) -> Provider:
@@ -104,8 +107,13 @@ def batch_index_key(job_id: str, batch_key: str) -> str:
     return f"{work_prefix(job_id)}batches/{batch_key}.idx"
 
 
-def validation_errors_key(job_id: str) -> str:
-    return f"{work_prefix(job_id)}validation-errors.jsonl"
+def validation_errors_key(job_id: str, segment: int = 0) -> str:
+    suffix = f"-s{segment:03d}" if segment else ""
+    return f"{work_prefix(job_id)}validation-errors{suffix}.jsonl"
+
+
+def ids_key(job_id: str, segment: int, bucket: int, kind: str) -> str:
+    return f"{work_prefix(job_id)}ids/s{segment:03d}/{bucket:03d}.{kind}"
 
 
 def iso(ts: float | None) -> str | None:

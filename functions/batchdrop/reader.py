@@ -79,17 +79,27 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def iter_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """Yield (1-based physical line number, line without its newline) for every line.
+def iter_lines(
+    chunks: Iterable[bytes],
+    max_line: int,
+    first_number: int = 1,
+    stop_at: int | None = None,
+    position: list[int] | None = None,
+) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """Yield (physical line number, line without its newline) for every line, numbered from
+    `first_number`.
 
     A UTF-8 BOM at the start is dropped and a trailing CR is removed. A line longer than `max_line`
-    bytes is yielded as `LineTooLong` without being held in memory.
+    bytes is yielded as `LineTooLong` without being held in memory. With `stop_at`, it stops after the
+    first line that ends at or past that many bytes of the stream; `position[0]` always holds how
+    many bytes the lines yielded so far took (so the next segment of a file starts there).
     """
-    number = 0
+    number = first_number - 1
     pending: list[bytes] = []
     pending_size = 0
     overflow = False
-    first = True
+    first = first_number == 1
+    offset = 0  # where chunk[0] sits in the stream
     for chunk in chunks:
         if not chunk:
             continue
@@ -106,6 +116,7 @@ def iter_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[tuple[int, by
             first = False
             if chunk.startswith(BOM):
                 chunk = chunk[3:]
+                offset += 3
         start = 0
         while True:
             end = chunk.find(b"\n", start)
@@ -131,6 +142,13 @@ def iter_lines(chunks: Iterable[bytes], max_line: int) -> Iterator[tuple[int, by
                 yield number, line
             pending, pending_size, overflow = [], 0, False
             start = end + 1
+            if position is not None:
+                position[0] = offset + start
+            if stop_at is not None and offset + start >= stop_at:
+                return
+        offset += len(chunk)
+    if position is not None:
+        position[0] = offset
     if pending or overflow:
         number += 1
         if overflow:

@@ -6,13 +6,15 @@ pipeline would do.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from batchdrop import models as m
 from batchdrop.dedup import Duplicate, DuplicateFinder
-from batchdrop.reader import decompressed, iter_lines
+from batchdrop.reader import GZIP_MAGIC, decompressed, iter_lines
 from batchdrop.validation import DEFAULT_MAX_LINE, Validator
 
 
@@ -23,7 +25,12 @@ class ScanResult:
     invalid: int = 0
     file_error: m.Invalid | None = None
     # Lines whose custom_id an earlier line used; counted in `valid` until the caller drops them.
+    # Left empty when the caller owns the DuplicateFinder (a file read in several segments).
     duplicates: list[Duplicate] = field(default_factory=list)
+    last_line: int = 0  # the physical number of the last line read
+    end_offset: int = 0  # bytes of the stream consumed, from where the scan started
+    exhausted: bool = True  # False when it stopped at `stop_at` with more of the file to read
+    gzipped: bool = False
 
 
 def scan(
@@ -32,16 +39,32 @@ def scan(
     on_request: Callable[[m.Request], None],
     on_invalid: Callable[[m.Invalid], None],
     tmpdir: str | None = None,
+    first_line: int = 1,
+    stop_at: int | None = None,
+    finder: DuplicateFinder | None = None,
 ) -> ScanResult:
+    """Scan from `first_line` on; with `stop_at`, stop after the line that passes that many bytes
+    (a segment of a plain file: gzip cannot be entered half-way, so it is always read whole)."""
     result = ScanResult()
-    last_line = 0
+    last_line = first_line - 1
     lines = valid = 0
     check = validator.check
     Request = m.Request
-    with DuplicateFinder(tmpdir=tmpdir) as finder:
+    it = iter(chunks)
+    head = next(it, b"")
+    result.gzipped = head.startswith(GZIP_MAGIC)
+    if result.gzipped:
+        stop_at = None
+    position = [0]
+    own = finder is None
+    with contextlib.ExitStack() as stack:
+        if finder is None:
+            finder = stack.enter_context(DuplicateFinder(tmpdir=tmpdir))
         ids, numbers = finder.ids, finder.lines
+        source = decompressed(itertools.chain([head], it))
         try:
-            for number, raw in iter_lines(decompressed(chunks), DEFAULT_MAX_LINE):
+            for number, raw in iter_lines(source, DEFAULT_MAX_LINE, first_line, stop_at, position):
+                last_line = number
                 verdict = check(number, raw)
                 if verdict is None:
                     continue
@@ -55,8 +78,8 @@ def scan(
                         finder.spill()
                 else:
                     on_invalid(verdict)  # type: ignore[arg-type]
-                last_line = number
             result.lines, result.valid, result.invalid = lines, valid, lines - valid
+            result.exhausted = stop_at is None or position[0] < stop_at
         except (EOFError, zlib.error) as exc:
             result.lines, result.valid, result.invalid = lines, valid, lines - valid
             result.file_error = m.Invalid(
@@ -68,7 +91,10 @@ def scan(
             result.lines += 1
             result.invalid += 1
             on_invalid(result.file_error)
-        result.duplicates = finder.duplicates()
+        result.last_line = last_line if result.file_error is None else last_line + 1
+        result.end_offset = position[0]
+        if own:
+            result.duplicates = finder.duplicates()
     return result
 
 

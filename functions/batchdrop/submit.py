@@ -21,13 +21,14 @@ from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX
-from batchdrop.dedup import Duplicate
+from batchdrop.dedup import Duplicate, DuplicateFinder, find_duplicates
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
     Deps,
     batch_data_key,
     batch_index_key,
+    ids_key,
     invocation_id,
     iso,
     job_id_for,
@@ -73,6 +74,11 @@ def s3_records(event: dict[str, Any]) -> list[tuple[str, str, str | None, str | 
 def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
     if event.get("Event") == "s3:TestEvent":
         return []
+    records = event.get("Records") or []
+    if records and records[0].get("eventSource") == "aws:sqs":
+        # The next segment of a large file (the segments queue); an error fails the record, and SQS
+        # redelivers it.
+        return [resume_submission(deps, str(orjson.loads(r["body"])["job_id"])) for r in records]
     return [submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)]
 
 
@@ -160,7 +166,9 @@ class _Submission:
 
     def run(self) -> SubmitResult:
         if not self.job.get("planned"):
-            self._plan()
+            if not self._plan():
+                self._hand_on()
+                return SubmitResult(self.job_id, "continued")
             self.deps.checkpoint("after_plan")
         if self.job.get("rejected"):
             from batchdrop.complete import finish_job
@@ -174,48 +182,96 @@ class _Submission:
 
     # -- planning: stream, validate, split, store ---------------------------------------------------
 
-    def _plan(self) -> None:
+    def _plan(self) -> bool:
+        """Plan the next segment of the file; True once the whole file is planned.
+
+        A plain file larger than one segment (BATCHDROP_SEGMENT_BYTES) is planned one segment per
+        invocation, handed on through the segments queue, so no invocation outgrows Lambda's limits:
+        each segment starts at a line boundary with the line count so far, closes its own batches,
+        and leaves its custom_ids on S3; the last one finds duplicates across all of them.
+        """
         deps, settings = self.deps, self.deps.settings
-        folder = _folder_provider(self.obj.key, settings.providers)
+        job = self.job
+        segment = int(job.get("segment", 0))
+        start = int(job.get("next_offset", 0))
+        first_line = int(job.get("next_line", 1))
         validator = Validator(
             providers={name: p.limits for name, p in settings.providers.items()},
             routes=settings.routes,
-            folder_provider=folder,
+            folder_provider=_folder_provider(self.obj.key, settings.providers),
             anthropic_default_max_tokens=settings.anthropic_default_max_tokens,
             seen=NoIds(),
         )
-        stored: list[str] = []
-        models_by_provider: dict[str, set[str]] = {}
+        stored: list[str] = list(job.get("batch_keys", []))
+        models = {p: set(ms) for p, ms in (job.get("models_by_provider") or {}).items()}
 
         def store_batch(batch: PlannedBatch) -> None:
             record_batch(deps, self.job_id, batch, attempt=1)
             stored.append(batch.key)
-            models_by_provider.setdefault(batch.provider, set()).add(batch.model)
+            models.setdefault(batch.provider, set()).add(batch.model)
 
-        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix="a1-", tmpdir=_tmpdir())
-        with tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors:
+        prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
+        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix=prefix, tmpdir=_tmpdir())
+        segmented = bool(settings.submit_queue_url) and (segment > 0 or (self.obj.size or 0) > settings.segment_bytes)
+        errors_key = validation_errors_key(self.job_id, segment)
+        with (
+            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors,
+            DuplicateFinder(tmpdir=_tmpdir()) as finder,
+        ):
 
             def report(invalid: m.Invalid) -> None:
                 errors.write(orjson.dumps(validation_error(invalid)) + b"\n")
 
-            chunks = deps.objects.chunks(self.obj.key, self.obj.version_id)
-            result = scan(chunks, validator, planner.add, report, tmpdir=_tmpdir())
+            chunks = deps.objects.chunks(self.obj.key, self.obj.version_id, start=start)
+            result = scan(
+                chunks,
+                validator,
+                planner.add,
+                report,
+                tmpdir=_tmpdir(),
+                first_line=first_line,
+                stop_at=settings.segment_bytes if segmented else None,
+                finder=finder,
+            )
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.
             planner.finish()
-            if result.duplicates:
-                stored = _drop_duplicates(deps, self.job_id, stored, result.duplicates)
-                for dup in result.duplicates:
-                    report(duplicate_error(dup))
-                result.valid -= len(result.duplicates)
-                result.invalid += len(result.duplicates)
+            last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
+            totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
+            totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
+            if segment > 0 or not last:
+                _save_ids(deps, self.job_id, segment, finder)
+            if last:
+                duplicates = _all_duplicates(deps, self.job_id, segment) if segment > 0 else finder.duplicates()
+                if duplicates:
+                    stored = _drop_duplicates(deps, self.job_id, stored, duplicates)
+                    for dup in duplicates:
+                        report(duplicate_error(dup))
+                    totals["valid"] -= len(duplicates)
+                    totals["invalid"] += len(duplicates)
             errors.flush()
-            deps.objects.upload_file(errors.name, validation_errors_key(self.job_id))
-        lines, invalid, valid, file_error = result.lines, result.invalid, result.valid, result.file_error
-
+            deps.objects.upload_file(errors.name, errors_key)
+        error_files = [*job.get("error_files", []), errors_key]
+        if not last:
+            self.job = deps.store.update(
+                job,
+                {
+                    "segment": segment + 1,
+                    "next_offset": start + result.end_offset,
+                    "next_line": result.last_line + 1,
+                    "scan_totals": totals,
+                    "batch_keys": stored,
+                    "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
+                    "error_files": error_files,
+                },
+                when_status=(m.JOB_SUBMITTING,),
+            )
+            logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
+            return False
+        lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
         reason = None
-        if file_error is not None:
-            reason = file_error.message
+        if result.file_error is not None:
+            reason = result.file_error.message
         elif valid == 0:
             reason = "no valid request in the file" if lines else "the file holds no request (it is empty)"
         elif invalid and settings.on_invalid == "reject":
@@ -223,15 +279,16 @@ class _Submission:
         changes: dict[str, Any] = {
             "planned": True,
             "counts": {"lines": lines, "invalid": invalid, "submitted": 0 if reason else valid},
-            "providers": sorted(models_by_provider),
-            "models": sorted({m for ms in models_by_provider.values() for m in ms}),
+            "providers": sorted(models),
+            "models": sorted({m for ms in models.values() for m in ms}),
             "batch_count": len(stored),
+            "error_files": error_files,
         }
         if reason:
             # Stays in "submitting" only as long as it takes to write the outputs just below.
             changes.update({"rejected": True, "reason": reason, "status": m.JOB_COMPLETING})
             changes["counts"] = {"lines": lines, "invalid": lines, "submitted": 0}
-        self.job = deps.store.update(self.job, changes, when_status=(m.JOB_SUBMITTING,))
+        self.job = deps.store.update(job, changes, remove=("batch_keys",), when_status=(m.JOB_SUBMITTING,))
         logger.info(
             "planned",
             extra={
@@ -242,6 +299,13 @@ class _Submission:
                 "rejected": bool(reason),
             },
         )
+        return True
+
+    def _hand_on(self) -> None:
+        """Give the next segment to a fresh invocation, through the segments queue."""
+        release(self.deps.store, self.job, self.owner)
+        self.deps.checkpoint("before_hand_on")
+        self.deps.segments.send(self.job_id)
 
     # -- submission: intent, create (or adopt), record ---------------------------------------------
 
@@ -335,6 +399,35 @@ def _drop_duplicates(deps: Deps, job_id: str, stored: list[str], duplicates: lis
             deps.store.update(item, {"requests": requests, "bytes": size})
             kept_keys.append(key)
     return kept_keys
+
+
+def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:
+    for bucket, (ids_path, lines_path) in finder.bucket_files().items():
+        deps.objects.upload_file(ids_path, ids_key(job_id, segment, bucket, "ids"), "text/plain")
+        deps.objects.upload_file(lines_path, ids_key(job_id, segment, bucket, "lines"), "application/octet-stream")
+
+
+def _all_duplicates(deps: Deps, job_id: str, last_segment: int) -> list[Duplicate]:
+    """Duplicates across every segment's ids, one bucket at a time (flat memory and disk)."""
+    found: list[Duplicate] = []
+    for bucket in range(DuplicateFinder.buckets):
+        with tempfile.TemporaryDirectory(dir=_tmpdir()) as folder:
+            parts = []
+            for segment in range(last_segment + 1):
+                pair: list[str] = []
+                for kind in ("ids", "lines"):
+                    path = os.path.join(folder, f"{segment}.{kind}")
+                    try:
+                        deps.objects.download(ids_key(job_id, segment, bucket, kind), path)
+                    except deps.objects.s3.exceptions.ClientError:  # no id of that segment fell in this bucket
+                        pair = []
+                        break
+                    pair.append(path)
+                if pair:
+                    parts.append((pair[0], pair[1]))
+            found.extend(find_duplicates([parts]))
+    found.sort(key=lambda d: d.line)
+    return found
 
 
 def _folder_provider(key: str, providers: Any) -> str | None:

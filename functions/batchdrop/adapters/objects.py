@@ -49,10 +49,12 @@ class ObjectStore:
             size=head.get("ContentLength"),
         )
 
-    def chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+    def chunks(self, key: str, version_id: str | None = None, start: int = 0) -> Iterator[bytes]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
+        if start:
+            kwargs["Range"] = f"bytes={start}-"
         try:
             body = self.s3.get_object(**kwargs)["Body"]
         except self.s3.exceptions.NoSuchKey:

@@ -112,7 +112,7 @@ class Dispatcher:
         """Drain the S3 notification queue into the submit handler; returns events delivered."""
         from batchdrop.handlers.submit import handler
 
-        delivered = 0
+        delivered = self.deliver_segments()
         for message in self._receive(s.S3_EVENTS_QUEUE, visibility=1):
             event = orjson.loads(message["Body"])
             copies = max(1, self.chaos.duplicate_events)
@@ -125,6 +125,17 @@ class Dispatcher:
             # A failed invocation stays on the queue and comes back, as Lambda retries it.
             delivered += 1
         return delivered
+
+    def deliver_segments(self) -> int:
+        """The segments queue into the submit handler, as Lambda's SQS event source would."""
+        from batchdrop.handlers.submit import handler
+
+        messages = self._receive(s.SEGMENTS_QUEUE, visibility=2, attributes=True)
+        for message in messages:
+            event = {"Records": [self._sqs_record(message, s.SEGMENTS_QUEUE)]}
+            if self._invoke("submit", handler, event).ok:
+                self._delete(s.SEGMENTS_QUEUE, message)
+        return len(messages)
 
     def _parallel(self, calls: list[Callable[[], Invocation]]) -> list[Invocation]:
         if len(calls) == 1:
@@ -169,7 +180,7 @@ class Dispatcher:
         messages = self._receive(s.COMPLETION_QUEUE, visibility=2, attributes=True)
         if not messages:
             return 0
-        event = {"Records": [self._sqs_record(m) for m in messages]}
+        event = {"Records": [self._sqs_record(m, s.COMPLETION_QUEUE) for m in messages]}
         invocation = self._invoke("complete", handler, event)
         failed: set[str] = set()
         if invocation.ok and isinstance(invocation.result, dict):
@@ -228,7 +239,7 @@ class Dispatcher:
     def _delete(self, queue: str, message: dict[str, Any]) -> None:
         aws.client("sqs").delete_message(QueueUrl=self.stack.queue_urls[queue], ReceiptHandle=message["ReceiptHandle"])
 
-    def _sqs_record(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _sqs_record(self, message: dict[str, Any], queue: str) -> dict[str, Any]:
         """The record Lambda's SQS event source builds from a received message."""
         return {
             "messageId": message["MessageId"],
@@ -238,6 +249,6 @@ class Dispatcher:
             "messageAttributes": message.get("MessageAttributes", {}),
             "md5OfBody": message.get("MD5OfBody"),
             "eventSource": "aws:sqs",
-            "eventSourceARN": self.stack.queue_arn(s.COMPLETION_QUEUE),
+            "eventSourceARN": self.stack.queue_arn(queue),
             "awsRegion": s.REGION,
         }

@@ -31,6 +31,7 @@ S3_EVENTS_QUEUE = "batchdrop-s3-events"
 NOTIFICATIONS_QUEUE = "batchdrop-notifications-capture"
 COMPLETION_QUEUE = "batchdrop-completion"
 COMPLETION_DLQ = "batchdrop-completion-dlq"
+SEGMENTS_QUEUE = "batchdrop-segments"
 MAX_RECEIVE_COUNT = 3
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
@@ -49,6 +50,7 @@ class StackOptions:
     lease_seconds: int = 30
     completion_grace_seconds: int = 10
     create_lock_seconds: int = 10
+    segment_bytes: int | None = None  # plan large files in segments of this size (None: the default)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -133,7 +135,7 @@ class LocalStack:
         s3, sqs, sns, ddb, sm = (aws.client(n) for n in ("s3", "sqs", "sns", "dynamodb", "secretsmanager"))
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ):
+        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ, SEGMENTS_QUEUE):
             self.queue_urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
         dlq_arn = self.queue_arn(COMPLETION_DLQ)
         self.queue_urls[COMPLETION_QUEUE] = sqs.create_queue(
@@ -225,6 +227,7 @@ class LocalStack:
             c.ENV_LEASE_SECONDS: str(o.lease_seconds),
             c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
             c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
+            c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
         }
         base_urls = {"openai": self.emulator.openai_base_url, "anthropic": self.emulator.anthropic_base_url}
         for provider in o.providers:
@@ -235,6 +238,8 @@ class LocalStack:
                 requests, size = o.limits[provider]
                 env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_REQUESTS")] = str(requests)
                 env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_BYTES")] = str(size)
+        if o.segment_bytes is not None:
+            env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
         env.update(o.extra_env)
         return env
 
