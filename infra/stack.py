@@ -7,7 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from infra.constructs.functions import COMPLETE, Functions
+from infra.constructs.functions import COMPLETE, SUBMIT, Functions
 from infra.constructs.messaging import Messaging
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.scheduling import Scheduling
@@ -25,7 +25,7 @@ class BatchdropStack(Stack):
 
         self.storage = Storage(self, "Storage", settings=settings)
         self.state = State(self, "State")
-        self.messaging = Messaging(self, "Messaging", complete_timeout=COMPLETE.timeout)
+        self.messaging = Messaging(self, "Messaging", complete_timeout=COMPLETE.timeout, submit_timeout=SUBMIT.timeout)
         self.secrets = Secrets(self, "Secrets", settings=settings)
         self.functions = Functions(
             self,
@@ -35,6 +35,7 @@ class BatchdropStack(Stack):
             table=self.state.table,
             topic=self.messaging.topic,
             completion_queue=self.messaging.completion_queue,
+            segments_queue=self.messaging.segments_queue,
             submit_dlq=self.messaging.submit_dlq,
             secrets=self.secrets.by_provider,
         )

@@ -95,6 +95,7 @@ def environment(
     table: dynamodb.ITable,
     topic: sns.ITopic,
     completion_queue: sqs.IQueue,
+    segments_queue: sqs.IQueue,
     secrets: Mapping[str, secretsmanager.ISecret],
 ) -> dict[str, str]:
     """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only."""
@@ -103,6 +104,7 @@ def environment(
         config.ENV_TABLE: table.table_name,
         config.ENV_TOPIC_ARN: topic.topic_arn,
         config.ENV_COMPLETION_QUEUE_URL: completion_queue.queue_url,
+        config.ENV_SUBMIT_QUEUE_URL: segments_queue.queue_url,
         config.ENV_ON_INVALID: settings.on_invalid,
         config.ENV_MAX_ATTEMPTS: str(settings.max_attempts),
         config.ENV_PROVIDERS: ",".join(settings.providers),
@@ -138,6 +140,7 @@ class Functions(Construct):
         table: dynamodb.ITable,
         topic: sns.ITopic,
         completion_queue: sqs.IQueue,
+        segments_queue: sqs.IQueue,
         submit_dlq: sqs.IQueue,
         secrets: Mapping[str, secretsmanager.ISecret],
     ) -> None:
@@ -150,10 +153,14 @@ class Functions(Construct):
             table=table,
             topic=topic,
             completion_queue=completion_queue,
+            segments_queue=segments_queue,
             secrets=secrets,
         )
 
         self.submit = self._function(SUBMIT)
+        # Large files: each submit invocation plans one segment and queues the next for itself.
+        self.submit.add_event_source(event_sources.SqsEventSource(segments_queue, batch_size=1))
+        segments_queue.grant_send_messages(self.submit)
         self.submit.configure_async_invoke(
             retry_attempts=SUBMIT_RETRY_ATTEMPTS, on_failure=destinations.SqsDestination(submit_dlq)
         )

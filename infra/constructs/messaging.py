@@ -17,7 +17,9 @@ COMPLETION_MAX_RECEIVES = 3
 
 
 class Messaging(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, complete_timeout: Duration) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, complete_timeout: Duration, submit_timeout: Duration
+    ) -> None:
         super().__init__(scope, construct_id)
 
         # One customer-managed key for the topics: CloudWatch alarms can publish to a topic only when
@@ -39,6 +41,13 @@ class Messaging(Construct):
             # message is not redelivered while an invocation still works on it.
             visibility_timeout=Duration.seconds(complete_timeout.to_seconds() * 6),
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.completion_dlq, max_receive_count=COMPLETION_MAX_RECEIVES),
+        )
+        # The next segment of a large file, handed from one submit invocation to the next.
+        self.segments_dlq = self._queue("SegmentsDeadLetters", retention_period=DLQ_RETENTION)
+        self.segments_queue = self._queue(
+            "Segments",
+            visibility_timeout=Duration.seconds(submit_timeout.to_seconds() * 6),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=self.segments_dlq, max_receive_count=COMPLETION_MAX_RECEIVES),
         )
         # Uploads whose submit invocation failed after Lambda's retries land here.
         self.submit_dlq = self._queue("SubmitDeadLetters", retention_period=DLQ_RETENTION)

@@ -95,8 +95,19 @@ def test_completion_queue_is_encrypted_and_redrives_to_its_dead_letter_queue(sta
             "BatchSize": Match.any_value(),
         },
     )
-    (_, mapping) = stack.one("AWS::Lambda::EventSourceMapping")
+    (_, mapping) = stack.one("AWS::Lambda::EventSourceMapping", FunctionName={"Ref": stack.function("complete")[0]})
     assert 1 <= mapping["Properties"]["BatchSize"] <= 5
+
+
+def test_large_files_hand_their_segments_to_submit_through_a_queue_with_a_dead_letter_queue(stack: Synth) -> None:
+    submit, fn = stack.function("submit")
+    _, mapping = stack.one("AWS::Lambda::EventSourceMapping", FunctionName={"Ref": submit})
+    assert mapping["Properties"]["BatchSize"] == 1
+    queue_id = mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+    queue = stack.json["Resources"][queue_id]["Properties"]
+    assert "deadLetterTargetArn" in queue["RedrivePolicy"]
+    assert fn["Properties"]["Environment"]["Variables"]["BATCHDROP_SUBMIT_QUEUE_URL"] == {"Ref": queue_id}
+    assert stack.allows("submit", "sqs:SendMessage", f"<{queue_id}.Arn>")
 
 
 def test_failed_submits_go_to_their_dead_letter_queue(stack: Synth) -> None:
