@@ -51,6 +51,7 @@ class BatchdropStack(Stack):
             dead_letter_queues={
                 "Completion": self.messaging.completion_dlq,
                 "Submit": self.messaging.submit_dlq,
+                "Segments": self.messaging.segments_dlq,
             },
             functions=self.functions.all,
             poll=self.functions.poll,
