@@ -25,7 +25,7 @@ def alarms(stack: Synth) -> list[dict[str, Any]]:
 def test_every_alarm_notifies_the_alarm_topic_when_above_zero(stack: Synth) -> None:
     found = alarms(stack)
 
-    assert len(found) == 7
+    assert len(found) == 8
     for alarm in found:
         assert alarm["AlarmActions"] == [{"Ref": alarm_topic(stack)}]
         assert alarm["Threshold"] == 0
@@ -36,11 +36,12 @@ def test_every_alarm_notifies_the_alarm_topic_when_above_zero(stack: Synth) -> N
 def test_dead_letter_queues_have_alarms(stack: Synth) -> None:
     submit_dlq = stack.one("AWS::Lambda::EventInvokeConfig", MaximumRetryAttempts=2)[1]
     queues = stack.resources("AWS::SQS::Queue")
-    completion_dlq = next(
+    redrive_targets = {
         q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
-    )
+    }
+    assert len(redrive_targets) == 2  # the completion and segments queues
     watched = {
         a["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
         for a in alarms(stack)
@@ -48,7 +49,7 @@ def test_dead_letter_queues_have_alarms(stack: Synth) -> None:
     }
 
     assert watched == {
-        completion_dlq,
+        *redrive_targets,
         submit_dlq["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0],
     }
 
