@@ -24,6 +24,8 @@ TABLE_TTL_ATTRIBUTE = "expires_at"
 SUBMIT = "submit"
 POLL = "poll"
 COMPLETE = "complete"
+# The fourth, behind a function URL: OpenAI's webhooks (only when OpenAI is enabled).
+WEBHOOK = "webhook"
 
 
 def handler(function: str) -> str:

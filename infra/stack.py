@@ -38,6 +38,7 @@ class BatchdropStack(Stack):
             segments_queue=self.messaging.segments_queue,
             submit_dlq=self.messaging.submit_dlq,
             secrets=self.secrets.by_provider,
+            webhook_secret=self.secrets.openai_webhook,
         )
         self.storage.notify_on_upload(self.functions.submit)
         self.scheduling = Scheduling(
@@ -70,5 +71,9 @@ class BatchdropStack(Stack):
                 for provider, secret in self.secrets.by_provider.items()
             },
         }
+        if self.functions.webhook_url is not None and self.secrets.openai_webhook is not None:
+            # Register this URL as a webhook endpoint in OpenAI's dashboard (events batch.*).
+            outputs["WebhookUrl"] = self.functions.webhook_url.url
+            outputs["OpenaiWebhookSecretArn"] = self.secrets.openai_webhook.secret_arn
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)

@@ -32,6 +32,8 @@ ENV_COMPLETION_QUEUE_URL = "BATCHDROP_COMPLETION_QUEUE_URL"
 # bytes of a plain file one invocation plans (gzip files are always read whole).
 ENV_SUBMIT_QUEUE_URL = "BATCHDROP_SUBMIT_QUEUE_URL"
 ENV_SEGMENT_BYTES = "BATCHDROP_SEGMENT_BYTES"
+# The secret holding the OpenAI webhook signing key ("whsec_..."), read by the webhook function.
+ENV_OPENAI_WEBHOOK_SECRET_ARN = "BATCHDROP_OPENAI_WEBHOOK_SECRET_ARN"  # noqa: S105 — a variable's name
 ENV_ON_INVALID = "BATCHDROP_ON_INVALID"
 ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
 ENV_PROVIDERS = "BATCHDROP_PROVIDERS"

@@ -41,14 +41,15 @@ def poll(deps: Deps) -> PollReport:
             if item["sk"] == JOB_SK:
                 _job_due(deps, item, report)
             else:
-                _batch_due(deps, item, report)
+                look_at_batch(deps, item, report)
         except Conflict:
             # Another poll got there first; it has recorded the change.
             continue
     return report
 
 
-def _batch_due(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+    """Ask the provider about one batch, record what it says, and hand its job over if it ended."""
     now = deps.clock()
     logger.append_keys(job_id=batch["job_id"], batch_id=batch.get("provider_batch_id"))
     if batch.get("status") in m.TERMINAL_BATCH_STATES:

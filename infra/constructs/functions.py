@@ -63,6 +63,12 @@ COMPLETE = FunctionSpec(
     # It writes results.jsonl and errors.jsonl to /tmp before uploading them.
     ephemeral_storage_mb=10240,
 )
+WEBHOOK = FunctionSpec(
+    names.WEBHOOK,
+    "Receives OpenAI's signed batch webhooks and looks at the batch at once (the schedule is the safety net)",
+    memory_mb=512,
+    timeout=Duration.seconds(60),
+)
 # SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
 COMPLETION_BATCH_SIZE = 1
 # Lambda's retries of a failed asynchronous submit before the event goes to the submit DLQ.
@@ -143,8 +149,11 @@ class Functions(Construct):
         segments_queue: sqs.IQueue,
         submit_dlq: sqs.IQueue,
         secrets: Mapping[str, secretsmanager.ISecret],
+        webhook_secret: secretsmanager.ISecret | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.webhook: lambda_.Function | None = None
+        self.webhook_url: lambda_.FunctionUrl | None = None
         self._settings = settings
         self._code = function_code(RUNTIME)  # one asset, bundled once, for all three
         self._environment = environment(
@@ -194,9 +203,21 @@ class Functions(Construct):
         # Completion consumes the queue through its event source (which grants receive and delete).
         completion_queue.grant_send_messages(self.poll)
 
+        # OpenAI calls this URL; AWS_IAM auth is not something OpenAI can sign, so the function checks
+        # OpenAI's own signature (and refuses anything else) before it reads anything.
+        if webhook_secret is not None and "openai" in secrets:
+            self.webhook = self._function(WEBHOOK)
+            self.webhook.add_environment(config.ENV_OPENAI_WEBHOOK_SECRET_ARN, webhook_secret.secret_arn)
+            self.webhook_url = self.webhook.add_function_url(auth_type=lambda_.FunctionUrlAuthType.NONE)
+            table.grant_read_write_data(self.webhook)
+            completion_queue.grant_send_messages(self.webhook)
+            webhook_secret.grant_read(self.webhook)
+            secrets["openai"].grant_read(self.webhook)
+            self._acknowledge(self.webhook, f"Resource::<{_logical_id(table)}.Arn>/index/*", reason=INDEX_REASON)
+
     @property
     def all(self) -> tuple[lambda_.Function, ...]:
-        return (self.submit, self.poll, self.complete)
+        return (self.submit, self.poll, self.complete, *([self.webhook] if self.webhook else []))
 
     def _function(self, spec: FunctionSpec) -> lambda_.Function:
         """A function running batchdrop.handlers.<spec.name>.handler with its own role and log group."""

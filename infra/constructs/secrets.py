@@ -40,3 +40,21 @@ class Secrets(Construct):
                 "it in its console; the user replaces it with put-secret-value.",
             )
             self.by_provider[provider] = secret
+        # OpenAI signs its webhooks with a key from its dashboard ("whsec_..."): kept like the API key.
+        self.openai_webhook: secretsmanager.Secret | None = None
+        if "openai" in settings.providers:
+            self.openai_webhook = secretsmanager.Secret(
+                self,
+                "OpenaiWebhook",
+                secret_name=secret_name(settings.stack_name, "openai-webhook").replace("-api-key", "-secret"),
+                description="OpenAI webhook signing secret (whsec_...) for batchdrop's webhook URL",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=json.dumps({"api_key": ""}),
+                    generate_string_key="placeholder",
+                ),
+            )
+            acknowledge(
+                self.openai_webhook,
+                "AwsSolutions-SMG4",
+                "OpenAI issues the webhook signing secret in its dashboard; it cannot be rotated by a Lambda here.",
+            )

@@ -25,7 +25,7 @@ def alarms(stack: Synth) -> list[dict[str, Any]]:
 def test_every_alarm_notifies_the_alarm_topic_when_above_zero(stack: Synth) -> None:
     found = alarms(stack)
 
-    assert len(found) == 8
+    assert len(found) == 9
     for alarm in found:
         assert alarm["AlarmActions"] == [{"Ref": alarm_topic(stack)}]
         assert alarm["Threshold"] == 0
@@ -60,7 +60,7 @@ def test_function_errors_poll_throttles_and_stuck_batches_have_alarms(stack: Syn
         if alarm.get("Namespace") == "AWS/Lambda":
             by_metric.setdefault(alarm["MetricName"], set()).add(alarm["Dimensions"][0]["Value"]["Ref"])
 
-    assert by_metric["Errors"] == {stack.function(n)[0] for n in ("submit", "poll", "complete")}
+    assert by_metric["Errors"] == {stack.function(n)[0] for n in ("submit", "poll", "complete", "webhook")}
     assert by_metric["Throttles"] == {stack.function("poll")[0]}
     stuck = [a for a in alarms(stack) if a.get("MetricName") == "StuckBatches"]
     assert len(stuck) == 1
@@ -90,5 +90,7 @@ def test_outputs(stack: Synth) -> None:
         "CompletionDlqUrl",
         "OpenaiSecretArn",
         "AnthropicSecretArn",
+        "OpenaiWebhookSecretArn",
+        "WebhookUrl",
     }
     assert stack.json["Outputs"]["BucketName"]["Value"] == {"Ref": stack.data_bucket}

@@ -186,7 +186,7 @@ def test_one_secret_per_provider_with_an_empty_placeholder(stack: Synth) -> None
         names.add(props["Name"])
         assert "SecretString" not in props, "the template never holds a secret value"
         assert props["GenerateSecretString"]["SecretStringTemplate"] == '{"api_key": ""}'
-    assert names == {"batchdrop/openai-api-key", "batchdrop/anthropic-api-key"}
+    assert names == {"batchdrop/openai-api-key", "batchdrop/anthropic-api-key", "batchdrop/openai-webhook-secret"}
 
 
 def test_schedule_runs_poll_every_five_minutes_by_default(stack: Synth) -> None:
@@ -210,7 +210,7 @@ def test_context_overrides_the_schedule_providers_and_limits() -> None:
     assert env["BATCHDROP_OPENAI_MAX_REQUESTS"] == "1000"
     assert env["BATCHDROP_OPENAI_MAX_BYTES"] == "50000000"
     assert not any("ANTHROPIC" in k for k in env)
-    stack.template.resource_count_is("AWS::SecretsManager::Secret", 1)
+    stack.template.resource_count_is("AWS::SecretsManager::Secret", 2)  # the OpenAI key and its webhook secret
     assert "AnthropicSecretArn" not in stack.json["Outputs"]
 
 

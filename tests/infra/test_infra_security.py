@@ -64,11 +64,29 @@ def test_every_function_uses_the_table_topic_and_secrets(stack: Synth, name: str
     assert stack.allows(name, "dynamodb:Query", f"{table}/index/*")
     assert stack.allows(name, "sns:Publish", topic)
     assert stack.allows(name, "kms:GenerateDataKey", arn(stack, "AWS::KMS::Key"))
-    for secret in stack.resources("AWS::SecretsManager::Secret"):
-        assert stack.allows(name, "secretsmanager:GetSecretValue", f"<{secret}>")
+    for secret, resource in stack.resources("AWS::SecretsManager::Secret").items():
+        # The webhook signing secret is the webhook function's alone.
+        readable = not resource["Properties"]["Name"].endswith("-webhook-secret")
+        assert stack.allows(name, "secretsmanager:GetSecretValue", f"<{secret}>") == readable
     assert not stack.allows(name, "dynamodb:DeleteTable", table)
     alarm_topic = f"<{stack.one('AWS::SNS::Topic', DisplayName='batchdrop alarms')[0]}>"
     assert not stack.allows(name, "sns:Publish", alarm_topic)
+
+
+def test_the_webhook_function_is_public_but_checks_signatures_and_touches_no_objects(stack: Synth) -> None:
+    webhook, fn = stack.function("webhook")
+    _, url = stack.one("AWS::Lambda::Url", TargetFunctionArn={"Fn::GetAtt": [webhook, "Arn"]})
+    # OpenAI cannot sign AWS requests: the URL is open, and the handler refuses unsigned webhooks
+    # (tests/integration/test_webhooks.py).
+    assert url["Properties"]["AuthType"] == "NONE"
+    secret = next(
+        k for k, r in stack.resources("AWS::SecretsManager::Secret").items()
+        if r["Properties"]["Name"].endswith("-webhook-secret")
+    )  # fmt: skip
+    assert fn["Properties"]["Environment"]["Variables"]["BATCHDROP_OPENAI_WEBHOOK_SECRET_ARN"] == {"Ref": secret}
+    assert stack.allows("webhook", "secretsmanager:GetSecretValue", f"<{secret}>")
+    assert not any(a.startswith("s3:") for s in stack.statements("webhook") for a in s["Action"])
+    assert "WebhookUrl" in stack.json["Outputs"]
 
 
 def test_queues_poll_sends_complete_consumes_submit_dead_letters(stack: Synth) -> None:

@@ -117,9 +117,9 @@ def retrieve(client: anthropic.Anthropic, batch_id: str) -> dict[str, Any]:
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    call = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (a local http URL)
+    call = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(call) as response:  # noqa: S310
+        with urllib.request.urlopen(call) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -554,9 +554,9 @@ def test_transient_errors_are_retried_by_the_sdk(emulator: ProviderEmulator) -> 
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (a local http URL)
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request) as response:  # noqa: S310
+        with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

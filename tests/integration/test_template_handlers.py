@@ -38,11 +38,12 @@ def stack() -> Iterator[s.LocalStack]:
         yield local
 
 
-def test_the_template_names_our_three_handlers(functions: dict[str, dict[str, Any]]) -> None:
+def test_the_template_names_our_handlers(functions: dict[str, dict[str, Any]]) -> None:
     assert sorted(functions) == [
         "batchdrop.handlers.complete.handler",
         "batchdrop.handlers.poll.handler",
         "batchdrop.handlers.submit.handler",
+        "batchdrop.handlers.webhook.handler",
     ]
     for name in functions:
         module, _, attr = name.rpartition(".")

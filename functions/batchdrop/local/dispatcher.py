@@ -75,6 +75,7 @@ class Dispatcher:
     listeners: list[Listener] = field(default_factory=list)
     invocations: list[Invocation] = field(default_factory=list)
     crashes: dict[str, int] = field(default_factory=dict)
+    _webhook_server: Any = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.chaos.seed)
@@ -105,6 +106,42 @@ class Dispatcher:
         from batchdrop.handlers import use_deps
 
         use_deps(None)
+        if self._webhook_server is not None:
+            self._webhook_server.shutdown()
+            self._webhook_server.server_close()
+            self._webhook_server = None
+
+    def start_webhooks(self) -> str:
+        """Serve the webhook function's URL locally and have the emulator send its webhooks there.
+
+        Each POST becomes the event a Lambda function URL delivers (payload format 2.0)."""
+        from werkzeug.serving import make_server
+        from werkzeug.wrappers import Request, Response
+
+        from batchdrop.handlers.webhook import handler
+
+        @Request.application
+        def app(request: Request) -> Response:
+            event = {
+                "version": "2.0",
+                "rawPath": request.path,
+                "headers": dict(request.headers.items()),
+                "body": request.get_data().decode(),
+                "isBase64Encoded": False,
+                "requestContext": {"http": {"method": request.method, "path": request.path}},
+            }
+            invocation = self._invoke("webhook", handler, event)
+            if not invocation.ok:
+                return Response("internal error", status=500)
+            out = invocation.result
+            return Response(out.get("body", ""), status=out.get("statusCode", 200))
+
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._webhook_server = server
+        url = f"http://127.0.0.1:{server.server_port}/"
+        self.stack.emulator.webhook_url = url
+        return url
 
     # -- the three event sources ----------------------------------------------------------------
 

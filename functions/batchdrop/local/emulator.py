@@ -174,6 +174,7 @@ class _Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     results: bytes = b""
+    notified: bool = False  # the webhook for its end was sent
 
     def finish_time(self, request: _Request) -> float:
         # Requests finish while the batch is in progress: between 10% and 90% of the latency.
@@ -581,6 +582,12 @@ class ProviderEmulator:
         self._requests_submitted: dict[str, int] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # OpenAI webhooks (batch.completed, ...): where to send them and the signing secret
+        # ("whsec_" + base64), as a project's webhook endpoint is configured at OpenAI.
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self._webhook_thread: threading.Thread | None = None
+        self.webhooks_sent = 0
         self._serving = threading.Event()
         self._routes: list[_Route] = [
             ("POST", re.compile(r"/v1/files"), self._create_file),
@@ -622,7 +629,61 @@ class ProviderEmulator:
             self._serving.set()
             self._thread = threading.Thread(target=self._serve, args=(server,), name="provider-emulator", daemon=True)
             self._thread.start()
+        if self._webhook_thread is None:
+            self._webhook_thread = threading.Thread(target=self._send_webhooks, name="emulator-webhooks", daemon=True)
+            self._webhook_thread.start()
         return self
+
+    def _send_webhooks(self) -> None:
+        """When an OpenAI batch ends, POST a signed event to `webhook_url` (Standard Webhooks)."""
+        import hmac
+        import urllib.request
+
+        while self._serving.is_set():
+            time.sleep(0.05)
+            if not self.webhook_url or not self.webhook_secret:
+                continue
+            events = []
+            with self._lock:
+                now = self._clock()
+                for batch in self._batches.values():
+                    if batch.provider != "openai" or batch.notified:
+                        continue
+                    self._advance(batch, now)
+                    if batch.end_kind is not None:
+                        batch.notified = True
+                        events.append((batch.id, batch.end_kind, int(now)))
+            secret = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+            for batch_id, kind, at in events:
+                event_id = "evt_" + _hex("webhook", batch_id, length=24)
+                body = orjson.dumps(
+                    {
+                        "id": event_id,
+                        "object": "event",
+                        "created_at": at,
+                        "type": f"batch.{kind}",
+                        "data": {"id": batch_id},
+                    }
+                )
+                signature = base64.b64encode(
+                    hmac.new(secret, f"{event_id}.{at}.".encode() + body, hashlib.sha256).digest()
+                ).decode()
+                request = urllib.request.Request(  # noqa: S310 — the local stack's own receiver
+                    self.webhook_url,
+                    data=body,
+                    method="POST",
+                    headers={
+                        "content-type": "application/json",
+                        "webhook-id": event_id,
+                        "webhook-timestamp": str(at),
+                        "webhook-signature": f"v1,{signature}",
+                    },
+                )
+                try:
+                    urllib.request.urlopen(request, timeout=30).close()  # noqa: S310
+                    self.webhooks_sent += 1
+                except OSError:
+                    pass  # like OpenAI's, a failed delivery is not retried here; the poll still finds the batch
 
     def _serve(self, server: BaseWSGIServer) -> None:
         try:

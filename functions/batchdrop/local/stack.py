@@ -7,10 +7,12 @@ handlers read, exactly as Lambda would. Nothing in the functions knows it is run
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
@@ -207,6 +209,13 @@ class LocalStack:
             self.secret_arns[provider] = sm.create_secret(
                 Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
             )["ARN"]
+        # The signing key of OpenAI webhooks, shared by the emulator (which signs) and the webhook
+        # function (which checks), as a real project's webhook secret is.
+        self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.emulator.webhook_secret = self.webhook_secret
+        self.secret_arns["openai-webhook"] = sm.create_secret(
+            Name="batchdrop/openai-webhook-secret", SecretString=self.webhook_secret
+        )["ARN"]
 
     def queue_arn(self, name: str) -> str:
         return f"arn:aws:sqs:{REGION}:123456789012:{name}"
@@ -228,6 +237,7 @@ class LocalStack:
             c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
             c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
             c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
+            c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
         }
         base_urls = {"openai": self.emulator.openai_base_url, "anthropic": self.emulator.anthropic_base_url}
         for provider in o.providers:
