@@ -168,6 +168,12 @@ def local() -> None:
     "redelivered the way Lambda and SQS would.",
 )
 @click.option(
+    "--webhooks",
+    is_flag=True,
+    help="Have the emulator send signed OpenAI webhooks to the local webhook function, so OpenAI batches "
+    "complete as soon as they end (the schedule still runs as the safety net).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=600,
@@ -188,6 +194,7 @@ def local_run(
     duplicate_events: int,
     overlapping_polls: int,
     crash_rate: float,
+    webhooks: bool,
     timeout: float,
 ) -> None:
     """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
@@ -210,6 +217,7 @@ def local_run(
         max_attempts=max_attempts,
         timeout=timeout,
         chaos=chaos,
+        webhooks=webhooks,
     )
 
 
@@ -222,6 +230,7 @@ def _run(
     max_attempts: int = 2,
     timeout: float = 600,
     chaos: Any = None,
+    webhooks: bool = False,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
@@ -231,7 +240,9 @@ def _run(
         # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
         options.lease_seconds, options.completion_grace_seconds, options.create_lock_seconds = 5, 4, 4
     try:
-        report = run_files(files, out_dir, options, folder=folder, say=_say, timeout=timeout, chaos=chaos)
+        report = run_files(
+            files, out_dir, options, folder=folder, say=_say, timeout=timeout, chaos=chaos, webhooks=webhooks
+        )
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"\nAll jobs ended in {report.seconds:.1f}s", title_justify="left")

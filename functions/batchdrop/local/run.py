@@ -66,6 +66,7 @@ def run_files(
     timeout: float = 600.0,
     keys: Sequence[str] | None = None,
     chaos: Chaos | None = None,
+    webhooks: bool = False,
 ) -> RunReport:
     """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/."""
     check_files(files)
@@ -74,6 +75,8 @@ def run_files(
     os.makedirs(out_dir, exist_ok=True)
     with s.LocalStack(options) as stack:
         dispatcher = Dispatcher(stack, chaos or Chaos())
+        if webhooks:
+            dispatcher.start_webhooks()
         try:
             return _drive(stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started)
         finally:
