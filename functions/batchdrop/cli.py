@@ -283,6 +283,7 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS
     from batchdrop.outputs import validation_error
     from batchdrop.planner import BatchPlanner, PlannedBatch
+    from batchdrop.pricing import CostMeter, estimate_tokens, price_table
     from batchdrop.reader import iter_chunks
     from batchdrop.scan import duplicate_error, scan
     from batchdrop.validation import NoIds, Validator
@@ -304,13 +305,25 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             batches.append(batch)
 
         planner = BatchPlanner(limits=validator.providers, on_batch=keep)
+        meter = CostMeter(price_table())
+        tokens = [0, 0]
+
+        def plan(
+            request: m.Request, planner: BatchPlanner = planner, meter: CostMeter = meter, tokens: list[int] = tokens
+        ) -> None:
+            planner.add(request)
+            tokens_in, tokens_out = estimate_tokens(request.provider, request.payload)
+            tokens[0] += tokens_in
+            tokens[1] += tokens_out
+            meter.add(request.model, tokens_in, tokens_out)
+
         errors: list[dict[str, Any]] = []
 
         def report(invalid: m.Invalid, errors: list[dict[str, Any]] = errors) -> None:
             errors.append(validation_error(invalid))
 
         with open(path, "rb") as f:
-            result = scan(iter_chunks(f), validator, planner.add, report)
+            result = scan(iter_chunks(f), validator, plan, report)
         planner.finish()
         for dup in result.duplicates:
             report(duplicate_error(dup))
@@ -322,10 +335,19 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
         by_provider: dict[str, int] = {}
         for b in batches:
             by_provider[b.provider] = by_provider.get(b.provider, 0) + 1
-        plan = ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
+        batch_plan = (
+            ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
+        )
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
+        cost = meter.summary()
+        if cost["batch"] is None:
+            priced = f"cost n/a (no price for {', '.join(sorted(meter.unknown))}; add it with BATCHDROP_PRICES)"
+        else:
+            priced = f"batch cost ≤ ${cost['batch']:.4f} (real-time ${cost['realtime_equivalent']:.4f})"
+        estimate = f"estimate: input ≈ {tokens[0]:,} tokens, output ≤ {tokens[1]:,} tokens, {priced}"
         console.print(
-            f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {plan} · {verdict_text}"
+            f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
+            f"{verdict_text}\n  {estimate}"
         )
         if as_json:
             for e in errors:

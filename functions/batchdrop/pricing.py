@@ -80,3 +80,27 @@ class CostMeter:
             "realtime_equivalent": round(self.realtime, 6),
             "saved": round(self.realtime - batch, 6),
         }
+
+
+# Without the providers' tokenizers (they are not available offline), input is estimated at four
+# characters a token; output at the request's own cap, or this when it sets none.
+CHARS_PER_TOKEN = 4
+DEFAULT_OUTPUT_CAP = 1024
+
+
+def estimate_tokens(provider: str, payload: bytes) -> tuple[int, int]:
+    """(input tokens ≈, output tokens ≤) of one request in its provider's batch-line format."""
+    line = orjson.loads(payload)
+    body = line.get("params") if provider == "anthropic" else line.get("body")
+    body = body if isinstance(body, dict) else {}
+    text = 0
+    for key in ("system", "messages", "input", "prompt", "instructions", "tools"):
+        if key in body:
+            text += len(orjson.dumps(body[key]))
+    cap = next(
+        (body[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if isinstance(body.get(k), int)),
+        DEFAULT_OUTPUT_CAP,
+    )
+    if "embeddings" in str(line.get("url", "")):
+        cap = 0
+    return text // CHARS_PER_TOKEN + 1, cap

@@ -131,3 +131,14 @@ def test_every_command_has_help() -> None:
         assert result.returncode == 0
         assert "Usage:" in result.stdout
     assert "--failure-rate" in run("local", "run", "--help").stdout
+
+
+def test_validate_estimates_tokens_and_cost_before_submission(tmp_path: Path) -> None:
+    path = tmp_path / "priced.jsonl"
+    path.write_bytes(jsonl([openai_line("a", text="x" * 400, max_tokens=100), anthropic_line("b", max_tokens=50)]))
+    out = run("validate", str(path)).stdout
+    assert "output ≤ 150 tokens" in out
+    assert "batch cost ≤ $" in out
+    unknown = tmp_path / "unpriced.jsonl"
+    unknown.write_bytes(jsonl([openai_line("a", model="gpt-mystery")]))
+    assert "cost n/a (no price for gpt-mystery" in run("validate", str(unknown)).stdout
