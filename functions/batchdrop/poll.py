@@ -153,11 +153,16 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
 
         carry_out(deps, job)
     elif job["status"] == m.JOB_SUBMITTING:
-        # Its submitter's lease ran out without a retry finishing the work: take it over.
-        from batchdrop.submit import resume_submission
+        # Its submitter's lease ran out without a retry finishing the work: hand it back to the submit
+        # function (through the segments queue, which it consumes), which has the grants for it.
+        logger.warning("submission stalled; handed back to submit", extra={"job_id": job["job_id"]})
+        if deps.settings.submit_queue_url:
+            deps.store.update(job, due_fields(now + deps.settings.lease_seconds), when_status=(m.JOB_SUBMITTING,))
+            deps.segments.send(job["job_id"])
+        else:
+            from batchdrop.submit import resume_submission
 
-        logger.warning("submission stalled; the poll resumes it", extra={"job_id": job["job_id"]})
-        resume_submission(deps, job["job_id"])
+            resume_submission(deps, job["job_id"])
     else:
         # Nothing else should be due; take it out of the index rather than look at it forever.
         deps.store.update(job, {}, remove=NOT_DUE)

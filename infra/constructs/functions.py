@@ -174,6 +174,8 @@ class Functions(Construct):
             retry_attempts=SUBMIT_RETRY_ATTEMPTS, on_failure=destinations.SqsDestination(submit_dlq)
         )
         self.poll = self._function(POLL)
+        # The poll hands a stalled submission back to submit through the same queue.
+        segments_queue.grant_send_messages(self.poll)
         # The next scheduled poll is the retry; a tick older than the schedule's period is stale
         # (Lambda keeps an event at most six hours).
         self.poll.configure_async_invoke(

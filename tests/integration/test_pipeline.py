@@ -401,3 +401,34 @@ def test_duplicates_found_after_planning_are_taken_out_of_their_batches(stack: s
     assert sent == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
     assert sorted(b["requests"] for b in summary["batches"]) == [1, 2, 2]
     assert sum(stack.emulator.stats()["batches_created"].values()) == 3
+
+
+@pytest.mark.parametrize("stack", [s.StackOptions(knobs=EmulatorKnobs(latency=0.0), lease_seconds=1)], indirect=True)
+def test_a_submit_killed_without_a_retry_is_finished_by_the_poll(stack: s.LocalStack) -> None:
+    from batchdrop.local.dispatcher import LambdaCrash
+
+    stack.put("inputs/orphan.jsonl", jsonl([openai_line(f"r{i}") for i in range(3)]))
+    (event,) = s3_event_bodies(stack)  # consumed: Lambda will not retry this one
+
+    def die_after_planning(step: str) -> None:
+        if step == "after_plan":
+            raise LambdaCrash(step)
+
+    def factory() -> Deps:
+        deps = Deps.from_settings(Settings.from_env())
+        deps.checkpoint = die_after_planning
+        return deps
+
+    use_deps(factory)
+    with pytest.raises(LambdaCrash):
+        submit_handler(event, LocalContext("submit"))
+    use_deps(None)
+    store = JobStore(s.TABLE)
+    assert only_job(store)["status"] == "submitting"
+    # When the lease runs out, the poll hands the job back to submit, which finishes it
+    dispatcher = Dispatcher(stack)
+    drive(dispatcher, all_jobs_final(store, 1))
+    results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting({1, 2, 3}, results, errors, summary)
+    assert summary["status"] == "completed"
+    assert sum(stack.emulator.stats()["batches_created"].values()) == 1
