@@ -432,3 +432,42 @@ def test_a_submit_killed_without_a_retry_is_finished_by_the_poll(stack: s.LocalS
     assert_accounting({1, 2, 3}, results, errors, summary)
     assert summary["status"] == "completed"
     assert sum(stack.emulator.stats()["batches_created"].values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("knobs", "codes"),
+    [
+        (EmulatorKnobs(latency=0.0, failure_rate=1.0, seed=1), {"request_error", "server_error"}),
+        (EmulatorKnobs(latency=0.0, expire_rate=1.0, seed=1), {"expired"}),
+    ],
+    ids=["errored", "expired"],
+)
+def test_anthropic_errored_and_expired_results_land_in_errors_with_their_codes(
+    knobs: EmulatorKnobs, codes: set[str]
+) -> None:
+    with s.LocalStack(s.StackOptions(knobs=knobs, max_attempts=1)) as stack:
+        stack.put("inputs/claude.jsonl", jsonl([anthropic_line(f"c{i}") for i in range(12)]))
+        store = JobStore(s.TABLE)
+        drive(Dispatcher(stack), all_jobs_final(store, 1))
+        results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting(set(range(1, 13)), results, errors, summary)
+    assert errors
+    assert {e["code"] for e in errors} == codes
+    assert all(e["provider"] == "anthropic" and e["stage"] == "provider" for e in errors)
+    assert all(e["message"] and e["detail"]["custom_id"] == e["custom_id"] for e in errors)
+
+
+def test_a_canceled_anthropic_job_reports_canceled_requests() -> None:
+    from batchdrop.cancel import request_cancel
+
+    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=30.0))) as stack:
+        stack.put("inputs/claude-cancel.jsonl", jsonl([anthropic_line(f"c{i}") for i in range(6)]))
+        dispatcher = Dispatcher(stack)
+        dispatcher.deliver_uploads()
+        store = JobStore(s.TABLE)
+        request_cancel(store, only_job(store)["job_id"], time.time())
+        drive(dispatcher, all_jobs_final(store, 1))
+        results, errors, summary = outputs_of(stack, only_job(store))
+    assert_accounting(set(range(1, 7)), results, errors, summary)
+    assert summary["status"] == "canceled"
+    assert {e["code"] for e in errors} == {"canceled"}
