@@ -146,15 +146,15 @@ class Crash(Exception):
     pass
 
 
-def crash_once_at(step: str) -> None:
-    """Wire the handlers so that the first invocation dies at `step` (after the provider accepted
-    the batch, before the state write), as a Lambda timeout or OOM would."""
+def crash_once_at(step: str, crash: type[BaseException] = Crash) -> None:
+    """Wire the handlers (dependency injection) so that the first invocation to pass `step` dies
+    there: with an error it can see (`Crash`), or killed outright (`LambdaCrash`, a timeout or OOM)."""
     crashed = {"done": False}
 
     def checkpoint(name: str) -> None:
         if name == step and not crashed["done"]:
             crashed["done"] = True
-            raise Crash(step)
+            raise crash(step)
 
     def factory() -> Deps:
         deps = Deps.from_settings(Settings.from_env())
@@ -410,16 +410,7 @@ def test_a_submit_killed_without_a_retry_is_finished_by_the_poll(stack: s.LocalS
     stack.put("inputs/orphan.jsonl", jsonl([openai_line(f"r{i}") for i in range(3)]))
     (event,) = s3_event_bodies(stack)  # consumed: Lambda will not retry this one
 
-    def die_after_planning(step: str) -> None:
-        if step == "after_plan":
-            raise LambdaCrash(step)
-
-    def factory() -> Deps:
-        deps = Deps.from_settings(Settings.from_env())
-        deps.checkpoint = die_after_planning
-        return deps
-
-    use_deps(factory)
+    crash_once_at("after_plan", LambdaCrash)
     with pytest.raises(LambdaCrash):
         submit_handler(event, LocalContext("submit"))
     use_deps(None)
