@@ -34,6 +34,8 @@ CONTEXT_KEYS = (
     "alarm_email",
     "log_retention_days",
     "deep_tracing",
+    "azure_endpoint",
+    "azure_api_version",
 )
 
 
@@ -64,6 +66,9 @@ class DeploySettings:
     # Powertools' Tracer (boto3 and provider calls as X-Ray subsegments) costs ~100 ms of every cold
     # start; Lambda's active tracing records each invocation without it.
     deep_tracing: bool = False
+    # Azure OpenAI (provider "azure"): the resource endpoint and the data-plane API version.
+    azure_endpoint: str | None = None
+    azure_api_version: str | None = None
 
     @classmethod
     def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
@@ -122,6 +127,13 @@ class DeploySettings:
             allowed = ", ".join(map(str, LOG_RETENTION_DAYS))
             raise SettingsError(f"context log_retention_days={log_retention_days}: CloudWatch accepts {allowed}")
 
+        azure_endpoint = text("azure_endpoint")
+        if "azure" in providers and not (azure_endpoint or "").startswith("https://"):
+            raise SettingsError(
+                "context azure_endpoint must be the Azure OpenAI resource's https:// endpoint when providers "
+                "includes azure"
+            )
+
         alarm_email = text("alarm_email")
         if alarm_email is not None and "@" not in alarm_email:
             raise SettingsError(f"context alarm_email={alarm_email!r} is not an email address")
@@ -137,4 +149,6 @@ class DeploySettings:
             alarm_email=alarm_email,
             log_retention_days=log_retention_days,
             deep_tracing=(text("deep_tracing") or "false").lower() in ("1", "true", "yes"),
+            azure_endpoint=azure_endpoint,
+            azure_api_version=text("azure_api_version"),
         )

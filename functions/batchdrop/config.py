@@ -47,7 +47,9 @@ ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
 ENV_LEASE_SECONDS = "BATCHDROP_LEASE_SECONDS"
 ENV_COMPLETION_GRACE_SECONDS = "BATCHDROP_COMPLETION_GRACE_SECONDS"
 ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
-# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES.
+# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure).
+# Providers that take OpenAI's batch-line format.
+OPENAI_COMPATIBLE = ("openai", "azure")
 ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
 
 # Metric names (namespace and service "batchdrop"), emitted by the handlers and graphed and
@@ -93,10 +95,13 @@ class BatchLimits:
 # objects while it serialises it, about 8x the JSON size, and 32 MB of JSON keeps that under 512 MB.
 PROVIDER_MAXIMA: dict[str, BatchLimits] = {
     "openai": BatchLimits(max_requests=50_000, max_bytes=200 * MB),
+    # Azure OpenAI global batch: the OpenAI format, 100,000 requests and 200 MB per file.
+    "azure": BatchLimits(max_requests=100_000, max_bytes=200 * MB),
     "anthropic": BatchLimits(max_requests=100_000, max_bytes=256 * MB),
 }
 PROVIDER_DEFAULT_LIMITS: dict[str, BatchLimits] = {
     "openai": BatchLimits(max_requests=50_000, max_bytes=190 * MB),
+    "azure": BatchLimits(max_requests=100_000, max_bytes=190 * MB),
     "anthropic": BatchLimits(max_requests=100_000, max_bytes=32 * MB),
 }
 
@@ -111,6 +116,8 @@ class ProviderSettings:
     limits: BatchLimits
     secret_arn: str | None = None
     base_url: str | None = None
+    # Azure OpenAI: the data-plane API version (the endpoint is `base_url`).
+    api_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,12 @@ class Settings:
                 limits=limits,
                 secret_arn=env.get(var("SECRET_ARN")) or None,
                 base_url=env.get(var("BASE_URL")) or None,
+                api_version=env.get(var("API_VERSION")) or None,
             )
+            if name == "azure" and not providers[name].base_url:
+                raise ConfigError(
+                    f"{var('BASE_URL')} is not set: Azure OpenAI needs its endpoint (https://NAME.openai.azure.com)"
+                )
 
         return cls(
             bucket=need(ENV_BUCKET),

@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from batchdrop import models as m
-from batchdrop.config import DEFAULT_ROUTES, BatchLimits
+from batchdrop.config import DEFAULT_ROUTES, OPENAI_COMPATIBLE, BatchLimits
 from batchdrop.planner import ENVELOPE_BYTES
 from batchdrop.reader import LineTooLong
 
@@ -82,6 +82,11 @@ class Validator:
     # Ids met so far, to report a duplicate at once. Callers that cannot afford a set the size of
     # the file pass `NoIds()` and find duplicates with batchdrop.dedup instead.
     seen: set[str] = field(default_factory=set)
+
+    @property
+    def openai_target(self) -> str:
+        """Where OpenAI batch lines go: OpenAI, or Azure OpenAI for files under inputs/azure/."""
+        return self.folder_provider if self.folder_provider in OPENAI_COMPATIBLE else "openai"
 
     def check(self, number: int, raw: bytes | LineTooLong) -> m.Request | m.Invalid | None:
         """The verdict on one physical line; None for a blank line."""
@@ -164,7 +169,8 @@ class Validator:
             except msgspec.MsgspecError:
                 return None
             custom_id, body, url = line.custom_id, line.body, line.url
-            limits = self.providers.get("openai")
+            target = self.openai_target
+            limits = self.providers.get(target)
             if (
                 line.method != "POST"
                 or url not in OPENAI_ENDPOINTS
@@ -179,7 +185,7 @@ class Validator:
             if raw[0] != 123 or raw[-1] != 125:  # "{" and "}": only then can it carry outer whitespace
                 raw = raw.strip()
             self.seen.add(custom_id)
-            return m.Request(number, custom_id, "openai", f"{url} {body.model}", body.model, raw)
+            return m.Request(number, custom_id, target, f"{url} {body.model}", body.model, raw)
         if b'"params"' in raw:
             try:
                 a_line = _ANTHROPIC_LINE(raw)
@@ -225,7 +231,7 @@ class Validator:
         model = _model(body.get("model"), '"body.model"')
         if body.get("stream"):
             raise _Reject(m.INVALID_REQUEST, '"body.stream" must be false: batch requests cannot stream')
-        provider = self._provider("openai", model)
+        provider = self._provider(self.openai_target, model)
         payload = raw.strip()
         return self._request(number, custom_id, provider, f"{url} {model}", model, payload)
 

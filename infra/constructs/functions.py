@@ -127,6 +127,10 @@ def environment(
             return config.ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what)
 
         env[var("SECRET_ARN")] = secret.secret_arn
+        if provider == "azure":
+            env[var("BASE_URL")] = settings.azure_endpoint or ""
+            if settings.azure_api_version:
+                env[var("API_VERSION")] = settings.azure_api_version
         limits = settings.limits.get(provider)
         if limits is not None and limits.max_requests is not None:
             env[var("MAX_REQUESTS")] = str(limits.max_requests)

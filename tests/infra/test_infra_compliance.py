@@ -70,7 +70,7 @@ def test_command_line_strings_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("context", "message"),
     [
-        ({"providers": "openai,gemini"}, "known providers are anthropic, openai"),
+        ({"providers": "openai,gemini"}, "known providers are anthropic, azure, openai"),
         ({"providers": ""}, "enable at least one"),
         ({"poll_rate_minutes": "0"}, "poll_rate_minutes=0 must be at least 1"),
         ({"poll_rate_minutes": "five"}, "is not a whole number"),
@@ -89,3 +89,11 @@ def test_settings_are_readable_json() -> None:
     # cdk.json is the documented list: it must stay plain JSON with null for "not set".
     context = cdk_json_context()
     assert json.loads(json.dumps(context)) == context
+
+
+def test_azure_without_an_endpoint_is_refused() -> None:
+    from infra.app import build_app
+    from infra.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="azure_endpoint"):
+        build_app({"providers": "azure", "aws:cdk:bundling-stacks": []})

@@ -222,3 +222,11 @@ def test_a_daily_poll_keeps_its_tick_at_most_six_hours() -> None:
     _, config = stack.one("AWS::Lambda::EventInvokeConfig", FunctionName={"Ref": poll})
     assert config["Properties"]["MaximumEventAgeInSeconds"] == 6 * 3600
     assert config["Properties"]["MaximumRetryAttempts"] == 0
+
+
+def test_azure_openai_is_enabled_with_its_endpoint_and_a_secret() -> None:
+    stack = synth(providers="openai,azure", azure_endpoint="https://example.openai.azure.com")
+    env = stack.function("submit")[1]["Properties"]["Environment"]["Variables"]
+    assert env["BATCHDROP_PROVIDERS"] == "openai,azure"
+    assert env["BATCHDROP_AZURE_BASE_URL"] == "https://example.openai.azure.com"
+    assert "AzureSecretArn" in stack.json["Outputs"]

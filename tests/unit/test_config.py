@@ -32,7 +32,7 @@ def test_defaults() -> None:
     assert s.on_invalid == "skip"
     assert s.max_attempts == 2
     assert sorted(s.providers) == ["anthropic", "openai"]
-    assert {n: p.limits for n, p in s.providers.items()} == PROVIDER_DEFAULT_LIMITS
+    assert {n: p.limits for n, p in s.providers.items()} == {n: PROVIDER_DEFAULT_LIMITS[n] for n in s.providers}
     assert s.routes == DEFAULT_ROUTES
     assert s.anthropic_default_max_tokens == 1024
     assert (s.poll_min_seconds, s.poll_max_seconds) == (30, 1800)
@@ -60,7 +60,7 @@ def test_bad_on_invalid_lists_the_choices() -> None:
 
 
 def test_unknown_provider_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"BATCHDROP_PROVIDERS names 'gemini'.*anthropic, openai"):
+    with pytest.raises(ConfigError, match=r"BATCHDROP_PROVIDERS names 'gemini'.*anthropic, azure, openai"):
         settings(BATCHDROP_PROVIDERS="openai, gemini")
 
 
@@ -126,3 +126,10 @@ def test_malformed_route_is_refused(raw: str) -> None:
 
 def test_empty_routes_give_the_defaults() -> None:
     assert parse_routes(" , ") == DEFAULT_ROUTES
+
+
+def test_azure_needs_its_endpoint() -> None:
+    with pytest.raises(ConfigError, match="BATCHDROP_AZURE_BASE_URL"):
+        settings(BATCHDROP_PROVIDERS="azure")
+    azure = settings(BATCHDROP_PROVIDERS="azure", BATCHDROP_AZURE_BASE_URL="https://x.openai.azure.com").providers
+    assert azure["azure"].limits.max_requests == 100_000

@@ -747,6 +747,10 @@ class ProviderEmulator:
     # -- HTTP dispatch ----------------------------------------------------------------------------
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        # Azure OpenAI serves the same Files and Batches API under /openai/ (with ?api-version=...).
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/openai/"):
+            environ["PATH_INFO"] = "/v1/" + path[len("/openai/") :]
         request = Request(environ)
         try:
             response = self._dispatch(request)
@@ -836,7 +840,7 @@ class ProviderEmulator:
         authorization = request.headers.get("Authorization", "")
         if authorization.startswith("Bearer ") and authorization[len("Bearer ") :].strip():
             return True
-        return bool(request.headers.get("x-api-key", "").strip())
+        return bool(request.headers.get("x-api-key", "").strip() or request.headers.get("api-key", "").strip())
 
     def _next_id(self, kind: str, length: int = 24) -> str:
         """A deterministic id: the same seed and the same sequence of calls give the same ids."""

@@ -45,7 +45,7 @@ class StackOptions:
     knobs: EmulatorKnobs = field(default_factory=EmulatorKnobs)
     on_invalid: str = "skip"
     max_attempts: int = 2
-    providers: tuple[str, ...] = ("openai", "anthropic")
+    providers: tuple[str, ...] = ("openai", "anthropic", "azure")
     limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # provider → (requests, bytes)
     # The local clock runs fast; a crashed invocation's lease (and the create lock) should run out in
     # seconds, not the quarter hour that covers Lambda's timeout.
@@ -239,7 +239,12 @@ class LocalStack:
             c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
             c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
         }
-        base_urls = {"openai": self.emulator.openai_base_url, "anthropic": self.emulator.anthropic_base_url}
+        base_urls = {
+            "openai": self.emulator.openai_base_url,
+            "anthropic": self.emulator.anthropic_base_url,
+            # AzureOpenAI takes the resource endpoint and adds /openai/ itself.
+            "azure": self.emulator.base_url,
+        }
         for provider in o.providers:
             name = provider.upper()
             env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="SECRET_ARN")] = self.secret_arns[provider]

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "openai": "batchdrop.providers.openai_batch:OpenAIProvider",
     "anthropic": "batchdrop.providers.anthropic_batch:AnthropicProvider",
+    "azure": "batchdrop.providers.azure_batch:AzureOpenAIProvider",
 }
 
 
