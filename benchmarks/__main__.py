@@ -162,6 +162,109 @@ def bench_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
         )
 
 
+SUBMIT_CHILD = """
+import json, os, resource, sys
+os.environ.update(json.loads(sys.argv[1]))
+from batchdrop.handlers.submit import handler
+from batchdrop.local.dispatcher import LocalContext
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = handler(json.loads(sys.argv[2]), LocalContext("submit"))
+assert out["jobs"][0]["outcome"] == "submitted", out
+print(json.dumps({"baseline_kb": baseline, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
+    """Peak RSS of the submit handler itself, planning and submitting a large upload: moto's server and
+    the emulator run in their own processes, so the bucket and the provider's copy are not counted."""
+    from batchdrop.adapters import aws
+    from batchdrop.local import stack as s
+    from batchdrop.local.emulator import EmulatorKnobs
+
+    aws_port, emulator_port = free_port(), free_port()
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(aws_port)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, "-m", "batchdrop.cli", "emulator", "--port", str(emulator_port),
+                          "--provider-latency", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]  # fmt: skip
+    try:
+        _wait_for(aws_port)
+        _wait_for(emulator_port)
+        results = {}
+        for size in [100 * MB] if quick else [100 * MB, 1024 * MB]:
+            options = s.StackOptions(
+                knobs=EmulatorKnobs(),
+                providers=("openai", "anthropic"),
+                external_aws=f"http://127.0.0.1:{aws_port}",
+                external_emulator=f"http://127.0.0.1:{emulator_port}",
+            )
+            with s.LocalStack(options) as local:
+                path = tmp / f"submit-{size // MB}.jsonl"
+                lines = generate(path, size, 600)
+                local.upload(str(path), "inputs/big.jsonl")
+                path.unlink()
+                sqs = aws.client("sqs")
+                events: list[dict[str, Any]] = []
+                while not events:
+                    for message in sqs.receive_message(QueueUrl=local.queue_urls[s.S3_EVENTS_QUEUE]).get(
+                        "Messages", []
+                    ):
+                        body = json.loads(message["Body"])
+                        if "Records" in body:
+                            events.append(body)
+                env = {
+                    **local.function_env(),
+                    **{k: os.environ[k] for k in os.environ if k.startswith(("AWS_", "POWERTOOLS_"))},
+                }
+                env["BATCHDROP_SEGMENT_BYTES"] = str(4 * 1024 * MB)  # one invocation: the worst case
+                out = subprocess.run([sys.executable, "-c", SUBMIT_CHILD, json.dumps(env), json.dumps(events[0])],
+                                     capture_output=True, text=True, check=True)  # fmt: skip
+                figures = json.loads(out.stdout.strip().splitlines()[-1])
+                results[size] = figures["peak_kb"] / 1024
+                rows.append(
+                    {
+                        "benchmark": f"peak RSS, submit handler, {size // MB} MB ({lines:,} OpenAI lines)",
+                        "batchdrop": f"{results[size]:.0f} MB",
+                        "baseline": f"the same process before the invocation {figures['baseline_kb'] / 1024:.0f} MB",
+                        "ratio": f"{figures['peak_kb'] / figures['baseline_kb']:.2f}x",
+                    }
+                )
+        if len(results) == 2:
+            rows.append(
+                {
+                    "benchmark": "submit handler peak RSS, 1 GB vs 100 MB",
+                    "batchdrop": f"{results[1024 * MB]:.0f} MB vs {results[100 * MB]:.0f} MB",
+                    "baseline": "flat would be 1.00x",
+                    "ratio": f"{results[1024 * MB] / results[100 * MB]:.2f}x",
+                }
+            )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _wait_for(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 # -- 3. cold-start imports ---------------------------------------------------------------------------
 
 
@@ -268,6 +371,7 @@ def main() -> None:
             ("imports", lambda: bench_imports(rows)),
             ("poll calls", lambda: bench_poll_calls(rows)),
             ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),
+            ("submit memory", lambda: bench_submit_memory(rows, Path(tmp), args.quick)),
         ]
         if not args.quick:
             steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))

@@ -53,6 +53,10 @@ class StackOptions:
     completion_grace_seconds: int = 10
     create_lock_seconds: int = 10
     segment_bytes: int | None = None  # plan large files in segments of this size (None: the default)
+    # Use a moto server and an emulator running in other processes (benchmarks measure memory this
+    # way, without the bucket's contents or the provider's state in the measured process).
+    external_aws: str | None = None
+    external_emulator: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -75,13 +79,17 @@ class LocalStack:
         # moto's werkzeug server logs every request; the progress display is ours to show.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message="No application metrics to publish")
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        if self.options.external_aws:
+            self.endpoint = self.options.external_aws
+        else:
+            self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._moto.start()
+            host, port = self._moto.get_host_and_port()
+            self.endpoint = f"http://{host}:{port}"
         # moto keeps its state per process, not per server: start from an empty account.
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")).close()  # noqa: S310
-        self.emulator.start()
+        if not self.options.external_emulator:
+            self.emulator.start()
         self._set_env(
             {
                 "AWS_ENDPOINT_URL": self.endpoint,
@@ -239,11 +247,12 @@ class LocalStack:
             c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
             c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
         }
+        base = (self.options.external_emulator or self.emulator.base_url).rstrip("/")
         base_urls = {
-            "openai": self.emulator.openai_base_url,
-            "anthropic": self.emulator.anthropic_base_url,
+            "openai": f"{base}/v1",
+            "anthropic": base,
             # AzureOpenAI takes the resource endpoint and adds /openai/ itself.
-            "azure": self.emulator.base_url,
+            "azure": base,
         }
         for provider in o.providers:
             name = provider.upper()
