@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
@@ -263,3 +263,31 @@ def test_gzip_lines_end_to_end_with_bom_and_crlf() -> None:
     data = gzip.compress(BOM + b'{"a":1}\r\n\r\n{"b":2}')
     result = list(iter_lines(decompressed(iter_chunks(io.BytesIO(data), 3)), 100))
     assert plain(result) == [(1, b'{"a":1}'), (2, b""), (3, b'{"b":2}')]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"", b"  ", b'{"a": 1}', b"x" * 50, b"\r", b"line\r"]), max_size=40),
+    st.integers(1, 120),
+    st.integers(1, 9),
+    st.booleans(),
+)
+def test_reading_in_segments_gives_the_lines_and_numbers_of_one_pass(
+    lines: list[bytes], segment: int, chunk_size: int, final_newline: bool
+) -> None:
+    # Given a file read whole, and the same file read in segments that each stop after `segment` bytes
+    data = b"\n".join(lines) + (b"\n" if lines and final_newline else b"")
+    whole = list(iter_lines([data], max_line=1 << 20))
+    pieces: list[tuple[int, bytes | LineTooLong]] = []
+    start, first = 0, 1
+    while start < len(data):
+        position = [0]
+        rest = data[start:]
+        chunks = [rest[i : i + chunk_size] for i in range(0, len(rest), chunk_size)]
+        got = list(iter_lines(chunks, 1 << 20, first_number=first, stop_at=segment, position=position))
+        pieces.extend(got)
+        assert position[0] > 0, "every segment makes progress"
+        start += position[0]
+        first = (got[-1][0] + 1) if got else first
+    # Then the segments, one after the other, are the single pass
+    assert pieces == whole
