@@ -493,6 +493,11 @@ def status(
             f"{job_id} · {item['status']} · {item['input']['key']} · "
             + ", ".join(f"{k} {v}" for k, v in counts.items())
             + f" · {ops.age(item.get('received_at'))} old"
+            + (
+                f"\ncompletion failed {item.get('completion_failures')}x: {item['completion_error']}"
+                if item.get("completion_error")
+                else ""
+            )
         )
         table = Table(title=title, title_justify="left")
         for column in ("batch", "provider", "provider batch id", "attempt", "requests", "state", "done", "age"):

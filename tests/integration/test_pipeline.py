@@ -462,3 +462,36 @@ def test_a_canceled_anthropic_job_reports_canceled_requests() -> None:
     assert_accounting(set(range(1, 7)), results, errors, summary)
     assert summary["status"] == "canceled"
     assert {e["code"] for e in errors} == {"canceled"}
+
+
+def test_a_poison_completion_ends_in_the_dead_letter_queue_with_its_reason_on_the_job(stack: s.LocalStack) -> None:
+    stack.put("inputs/poison.jsonl", jsonl([openai_line("p")]))
+    dispatcher = Dispatcher(stack)
+    store = JobStore(s.TABLE)
+    deadline = time.monotonic() + 30
+    while only_job_or_none(store) is None or only_job(store)["status"] != "completing":
+        assert time.monotonic() < deadline
+        dispatcher.deliver_uploads()
+        dispatcher.tick()
+    # Given a job whose completion cannot succeed (its batch's line index is gone from work/)
+    job = only_job(store)
+    for key in list(stack.keys(f"work/{job['job_id']}/batches/")):
+        if key.endswith(".idx"):
+            aws.client("s3").delete_object(Bucket=s.BUCKET, Key=key)
+    # When SQS delivers the message until its redrive policy gives up
+    sqs = aws.client("sqs")
+    for _ in range(s.MAX_RECEIVE_COUNT + 1):
+        dispatcher.deliver_completions()
+        time.sleep(2.1)  # the visibility timeout the dispatcher sets
+    # Then the message is parked in the DLQ, and the job says why
+    dlq = sqs.receive_message(QueueUrl=stack.queue_urls[s.COMPLETION_DLQ], WaitTimeSeconds=1).get("Messages", [])
+    assert [orjson.loads(m["Body"])["job_id"] for m in dlq] == [job["job_id"]]
+    failed = only_job(store)
+    assert failed["status"] == "completing"
+    assert failed["completion_error"].startswith("ObjectMissing: work/")
+    assert failed["completion_failures"] >= s.MAX_RECEIVE_COUNT
+
+
+def only_job_or_none(store: JobStore) -> dict[str, Any] | None:
+    jobs = store.list_jobs()
+    return jobs[0] if jobs else None
