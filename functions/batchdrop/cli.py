@@ -493,10 +493,10 @@ def status(
             f"{job_id} · {item['status']} · {item['input']['key']} · "
             + ", ".join(f"{k} {v}" for k, v in counts.items())
             + f" · {ops.age(item.get('received_at'))} old"
-            + (
-                f"\ncompletion failed {item.get('completion_failures')}x: {item['completion_error']}"
-                if item.get("completion_error")
-                else ""
+            + "".join(
+                f"\n{stage} failed {item.get(f'{stage}_failures')}x: {item[f'{stage}_error']}"
+                for stage in ("submit", "completion")
+                if item.get(f"{stage}_error")
             )
         )
         table = Table(title=title, title_justify="left")

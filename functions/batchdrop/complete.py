@@ -85,22 +85,20 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
         raise
 
 
-def record_failure(deps: Deps, job_id: str, exc: BaseException) -> None:
-    """Keep why completion failed on the job, for `batchdrop status` and whoever reads the DLQ.
+def record_failure(deps: Deps, job_id: str, exc: BaseException, stage: str = "completion") -> None:
+    """Keep why a stage failed on the job, for `batchdrop status` and whoever reads the DLQ.
 
     Best effort and version-free (like a cancel request), so it never collides with the pipeline.
     """
     from batchdrop.adapters.store import job_pk, serialize
 
     reason = f"{type(exc).__name__}: {exc}"[:1000]
-    logger.exception("completion failed", extra={"reason": reason})
+    logger.exception(f"{stage} failed", extra={"reason": reason})
     try:
         deps.store.ddb.update_item(
             TableName=deps.store.table,
             Key=serialize({"pk": job_pk(job_id), "sk": "JOB"}),
-            UpdateExpression=(
-                "SET completion_error = :r, completion_failures = if_not_exists(completion_failures, :z) + :one"
-            ),
+            UpdateExpression=f"SET {stage}_error = :r, {stage}_failures = if_not_exists({stage}_failures, :z) + :one",
             ExpressionAttributeValues=serialize({":r": reason, ":z": 0, ":one": 1}),
         )
     except Exception:

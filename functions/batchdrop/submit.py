@@ -149,10 +149,13 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
     obj = obj or m.InputObject(**current["input"])
     try:
         return _Submission(deps, current, obj, owner).run()
-    except Exception:
+    except Exception as exc:
         # An error we can see gives the job back at once; a crash (timeout, out of memory) cannot,
         # and the lease runs out instead.
         release(store, current, owner)
+        from batchdrop.complete import record_failure
+
+        record_failure(deps, job_id, exc, stage="submit")
         raise
 
 
