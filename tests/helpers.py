@@ -80,6 +80,20 @@ def all_jobs_final(store: JobStore, expected: int) -> Callable[[], bool]:
     return check
 
 
+def jobs_by_key(store: JobStore) -> dict[str, dict[str, Any]]:
+    return {j["input"]["key"]: j for j in store.list_jobs(limit=100_000)}
+
+
+def ended(store: JobStore, keys: set[str]) -> Callable[[], bool]:
+    """True once every job uploaded under `keys` has reached a final state."""
+
+    def check() -> bool:
+        jobs = jobs_by_key(store)
+        return all(k in jobs and jobs[k]["status"] in m.FINAL_JOB_STATES for k in keys)
+
+    return check
+
+
 def outputs_of(
     stack: s.LocalStack, job: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:

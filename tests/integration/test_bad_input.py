@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, Invocation
 from batchdrop.local.emulator import EmulatorKnobs
 from tests.bad_inputs import CASES, OK, Case, Outcome, join, oa
-from tests.helpers import assert_accounting, drive, outputs_of
+from tests.helpers import assert_accounting, drive, ended, jobs_by_key, outputs_of
 
 STAGE_VALIDATION = {*m.VALIDATION_CODES, m.FILE_REJECTED}
 
@@ -42,18 +42,6 @@ def stack() -> Iterator[s.LocalStack]:
     with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
     use_deps(None)
-
-
-def jobs_by_key(store: JobStore) -> dict[str, dict[str, Any]]:
-    return {j["input"]["key"]: j for j in store.list_jobs(limit=100_000)}
-
-
-def ended(store: JobStore, keys: set[str]) -> Callable[[], bool]:
-    def check() -> bool:
-        jobs = jobs_by_key(store)
-        return all(k in jobs and jobs[k]["status"] in m.FINAL_JOB_STATES for k in keys)
-
-    return check
 
 
 def all_notifications(dispatcher: Dispatcher) -> list[dict[str, Any]]:

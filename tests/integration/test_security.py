@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from urllib.parse import quote_plus
 import orjson
 import pytest
 
-from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
 from batchdrop.handlers import use_deps
@@ -31,10 +30,9 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.observability import SERVICE
-from tests.helpers import anthropic_line, drive, jsonl, neutral_line, openai_line, outputs_of
+from tests.helpers import anthropic_line, drive, ended, jobs_by_key, jsonl, neutral_line, openai_line, outputs_of
 
 MARKER = "SECRET-PROMPT-7f3a"
-FINAL = m.FINAL_JOB_STATES
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +44,6 @@ def stack() -> Iterator[s.LocalStack]:
         with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
             yield local
     use_deps(None)
-
-
-def jobs_by_key(store: JobStore) -> dict[str, dict[str, Any]]:
-    return {j["input"]["key"]: j for j in store.list_jobs(limit=100_000)}
-
-
-def ended(store: JobStore, keys: set[str]) -> Callable[[], bool]:
-    def check() -> bool:
-        jobs = jobs_by_key(store)
-        return all(k in jobs and jobs[k]["status"] in FINAL for k in keys)
-
-    return check
 
 
 def all_notifications(dispatcher: Dispatcher) -> list[dict[str, Any]]:
