@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchdrop.adapters.notify import Notifier
 from batchdrop.adapters.objects import ObjectStore
-from batchdrop.adapters.queue import CompletionQueue
+from batchdrop.adapters.queue import JobQueue
 from batchdrop.adapters.store import JobStore
 from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX, Settings
 from batchdrop.models import InputObject
@@ -31,8 +31,8 @@ class Deps:
     objects: ObjectStore
     store: JobStore
     notifier: Notifier
-    queue: CompletionQueue
-    segments: CompletionQueue
+    queue: JobQueue
+    segments: JobQueue
     provider_factory: Callable[[str], Provider] | None = None
     clock: Callable[[], float] = time.time
     # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
@@ -48,9 +48,9 @@ class Deps:
             objects=ObjectStore(settings.bucket),
             store=JobStore(settings.table),
             notifier=Notifier(settings.topic_arn),
-            queue=CompletionQueue(settings.completion_queue_url),
+            queue=JobQueue(settings.completion_queue_url),
             # Without a segments queue a file is planned in one invocation, whatever its size.
-            segments=CompletionQueue(settings.submit_queue_url or settings.completion_queue_url),
+            segments=JobQueue(settings.submit_queue_url or settings.completion_queue_url),
         )
 
     def provider(self, name: str) -> Provider:

@@ -87,14 +87,6 @@ class BatchPlanner:
         for slot in sorted(self._open):
             self._close(slot)
 
-    def abandon(self) -> None:
-        """Drop every open batch's files (on error, or when the file is rejected)."""
-        for batch in self._open.values():
-            for f in (batch.data, batch.index):
-                f.close()
-                os.unlink(f.name)
-        self._open.clear()
-
     def _close(self, slot: tuple[str, str]) -> None:
         batch = self._open.pop(slot)
         batch.data.close()

@@ -25,7 +25,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, JobStore, due_fields, job_pk
+from batchdrop.adapters.store import Conflict, JobStore, deserialize, due_fields, job_pk, serialize
 from batchdrop.pipeline import Deps, batch_data_key, iso
 from batchdrop.providers.base import BatchRef, Provider
 
@@ -150,8 +150,6 @@ def _reload(store: JobStore, batch: dict[str, Any]) -> dict[str, Any]:
         Key={"pk": {"S": job_pk(batch["job_id"])}, "sk": {"S": batch["sk"]}},
         ConsistentRead=True,
     )
-    from batchdrop.adapters.store import deserialize
-
     return deserialize(out["Item"])
 
 
@@ -184,16 +182,12 @@ def _acquire(deps: Deps, key: dict[str, Any], owner: str) -> dict[str, Any] | No
             continue
         old = out.get("Attributes") or {}
         if "intent" in old:
-            from batchdrop.adapters.store import deserialize
-
             intent: dict[str, Any] = deserialize({"intent": old["intent"]})["intent"]
             return intent
         return None
 
 
 def _set_intent(deps: Deps, key: dict[str, Any], owner: str, ref: BatchRef) -> None:
-    from batchdrop.adapters.store import serialize
-
     intent = {
         "job_id": ref.job_id,
         "batch_key": ref.key,
@@ -246,8 +240,6 @@ def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
     )
     if "Item" not in out:
         return
-    from batchdrop.adapters.store import deserialize
-
     target = deserialize(out["Item"])
     if target.get("provider_batch_id") or target.get("status") != m.SUBMITTING:
         return

@@ -8,7 +8,7 @@ per line, no model objects, and a line already in its provider's format is passe
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,12 +142,6 @@ class Validator:
             "expected an OpenAI batch line {custom_id, method, url, body}, an Anthropic batch line "
             "{custom_id, params} or a neutral line {model, messages}; keys found: " + _keys(obj),
         )
-
-    def check_all(self, lines: Iterable[tuple[int, bytes | LineTooLong]]) -> Iterator[m.Request | m.Invalid]:
-        for number, raw in lines:
-            verdict = self.check(number, raw)
-            if verdict is not None:
-                yield verdict
 
     # -- the three shapes -------------------------------------------------------------------------
 

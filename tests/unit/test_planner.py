@@ -182,17 +182,6 @@ def test_nothing_planned_makes_no_batch(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_abandon_removes_open_batch_files(tmp_path: Path) -> None:
-    closed: list[PlannedBatch] = []
-    planner = BatchPlanner(limits=LIMITS, on_batch=closed.append, tmpdir=str(tmp_path))
-    planner.add(openai_request(1))
-    planner.add(anthropic_request(2))
-    planner.abandon()
-    planner.finish()
-    assert closed == []
-    assert os.listdir(tmp_path) == []
-
-
 def test_discard_removes_a_closed_batch_and_tolerates_a_second_call(tmp_path: Path) -> None:
     (batch,) = Plan(tmp_path, LIMITS).run([openai_request(1)])
     batch.discard()

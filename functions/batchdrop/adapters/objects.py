@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,13 +73,6 @@ class ObjectStore:
         if rest:
             yield rest
 
-    def exists(self, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
-        except self.s3.exceptions.ClientError:
-            return False
-        return True
-
     def upload_file(self, path: str, key: str, content_type: str = "application/x-ndjson") -> None:
         self.s3.upload_file(path, self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER)
 
@@ -92,15 +84,8 @@ class ObjectStore:
             ContentType="application/json",
         )
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/x-ndjson") -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-
     def download(self, key: str, path: str) -> None:
         self.s3.download_file(self.bucket, key, path, Config=TRANSFER)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
-
-
-def file_size(path: str) -> int:
-    return os.stat(path).st_size

@@ -1,4 +1,4 @@
-"""SQS: handing a finished job to the completion function."""
+"""SQS: handing a job to a function by its id (the completion queue, and the segments queue)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from batchdrop.adapters.aws import client
 
 
 @dataclass
-class CompletionQueue:
+class JobQueue:
     url: str
     sqs: Any = None
 
