@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -141,6 +141,32 @@ class _File:
             "status_details": None,
             "expires_at": None,
         }
+
+
+class Emulation(Protocol):
+    """Another provider's API served by the same emulator (Gemini, Bedrock): its routes, its error
+    shape and authentication, and how it writes the results of a batch that has ended.
+
+    It shares the emulator's lock, clock, knobs and `_Batch` state machine: create a `_Batch` with
+    its own `provider` name and `emulator._register` it; `_advance` and `_end` then run as for the
+    others, and `_end` calls `write_results` once the outcomes are drawn.
+    """
+
+    provider: str
+
+    def routes(self) -> list[_Route]: ...
+
+    def owns(self, path: str) -> bool: ...
+
+    def authorised(self, request: Request) -> bool: ...
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response: ...
+
+    def write_results(self, batch: _Batch) -> None: ...
+
+
+# Extensions, built with the emulator they extend (one line per provider).
+EMULATIONS: list[Callable[[ProviderEmulator], Emulation]] = []
 
 
 @dataclass
@@ -578,7 +604,7 @@ class ProviderEmulator:
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}  # in creation order
         self._counters: dict[str, int] = {}
-        self._batches_created = {"openai": 0, "anthropic": 0}
+        self._batches_created: dict[str, int] = {"openai": 0, "anthropic": 0}
         self._requests_submitted: dict[str, int] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -613,6 +639,10 @@ class ProviderEmulator:
                 self._anthropic_results,
             ),
         ]
+        self._emulations = [make(self) for make in EMULATIONS]
+        for emulation in self._emulations:
+            self._batches_created[emulation.provider] = 0
+            self._routes.extend(emulation.routes())
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -777,6 +807,9 @@ class ProviderEmulator:
         headers: dict[str, str] | None = None,
     ) -> Response:
         """An error in the shape of the provider the path belongs to."""
+        emulation = self._emulation_for(request.path)
+        if emulation is not None:
+            return emulation.error(status, message, headers)
         if self._is_anthropic(request):
             anthropic_types = {
                 400: "invalid_request_error",
@@ -798,7 +831,7 @@ class ProviderEmulator:
         if transient is not None:
             message = "Rate limit reached (emulated)." if transient == 429 else "Server error (emulated)."
             response = self._error(request, transient, message, headers={"retry-after-ms": "10"})
-        elif not self._authorised(request):
+        elif not self._authorised(request, self._emulation_for(request.path)):
             response = self._error(request, 401, "Missing API key: send 'Authorization: Bearer' or 'x-api-key'.")
         else:
             response = self._route(request)
@@ -835,8 +868,13 @@ class ProviderEmulator:
             return None
         return 429 if _unit(knobs.seed, "transient-kind", n) < 0.5 else 500
 
+    def _emulation_for(self, path: str) -> Emulation | None:
+        return next((e for e in self._emulations if e.owns(path)), None)
+
     @staticmethod
-    def _authorised(request: Request) -> bool:
+    def _authorised(request: Request, emulation: Emulation | None = None) -> bool:
+        if emulation is not None:
+            return emulation.authorised(request)
         authorization = request.headers.get("Authorization", "")
         if authorization.startswith("Bearer ") and authorization[len("Bearer ") :].strip():
             return True
@@ -1163,8 +1201,10 @@ class ProviderEmulator:
             batch.outcomes[request.custom_id] = (request.failure or "succeeded") if done else missing
         if batch.provider == "openai":
             self._write_openai_files(batch)
-        else:
+        elif batch.provider == "anthropic":
             self._write_anthropic_results(batch)
+        else:
+            next(e for e in self._emulations if e.provider == batch.provider).write_results(batch)
 
     # OpenAI output and error files
 
