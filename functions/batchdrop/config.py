@@ -47,7 +47,8 @@ ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
 ENV_LEASE_SECONDS = "BATCHDROP_LEASE_SECONDS"
 ENV_COMPLETION_GRACE_SECONDS = "BATCHDROP_COMPLETION_GRACE_SECONDS"
 ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
-# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure).
+# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure;
+# _ROLE_ARN, _MIN_RECORDS and _FALLBACK for Bedrock).
 # Providers that take OpenAI's batch-line format.
 OPENAI_COMPATIBLE = ("openai", "azure")
 ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
@@ -79,6 +80,20 @@ DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
     ("chatgpt-", "openai"),
     ("text-embedding-", "openai"),
     ("omni-moderation", "openai"),
+    ("gemini-", "gemini"),
+    ("models/gemini-", "gemini"),
+    # Bedrock model ids, and the cross-region inference profiles that prefix them with a geography.
+    ("anthropic.claude-", "bedrock"),
+    ("amazon.nova-", "bedrock"),
+    ("meta.llama", "bedrock"),
+    ("us.anthropic.claude-", "bedrock"),
+    ("eu.anthropic.claude-", "bedrock"),
+    ("apac.anthropic.claude-", "bedrock"),
+    ("global.anthropic.claude-", "bedrock"),
+    ("us.amazon.nova-", "bedrock"),
+    ("eu.amazon.nova-", "bedrock"),
+    ("apac.amazon.nova-", "bedrock"),
+    ("us.meta.llama", "bedrock"),
 )
 
 
@@ -88,6 +103,8 @@ class BatchLimits:
 
     max_requests: int
     max_bytes: int
+    # Bedrock refuses a job with fewer records than its per-model quota (100 by default).
+    min_requests: int = 1
 
 
 # The providers' documented maxima (PROVIDERS.md). Anthropic's default byte limit is lower than its
@@ -98,12 +115,21 @@ PROVIDER_MAXIMA: dict[str, BatchLimits] = {
     # Azure OpenAI global batch: the OpenAI format, 100,000 requests and 200 MB per file.
     "azure": BatchLimits(max_requests=100_000, max_bytes=200 * MB),
     "anthropic": BatchLimits(max_requests=100_000, max_bytes=256 * MB),
+    # Gemini Batch Mode: a JSONL file of up to 2 GB; no documented request count, so we cap it.
+    "gemini": BatchLimits(max_requests=200_000, max_bytes=2048 * MB),
+    # Bedrock batch inference: 50,000 records and 1 GB per input file, at least 100 records per job.
+    "bedrock": BatchLimits(max_requests=50_000, max_bytes=1024 * MB, min_requests=100),
 }
 PROVIDER_DEFAULT_LIMITS: dict[str, BatchLimits] = {
     "openai": BatchLimits(max_requests=50_000, max_bytes=190 * MB),
     "azure": BatchLimits(max_requests=100_000, max_bytes=190 * MB),
     "anthropic": BatchLimits(max_requests=100_000, max_bytes=32 * MB),
+    "gemini": BatchLimits(max_requests=100_000, max_bytes=190 * MB),
+    "bedrock": BatchLimits(max_requests=50_000, max_bytes=190 * MB, min_requests=100),
 }
+# Bedrock: where a job too small for Bedrock's minimum may go instead (BATCHDROP_BEDROCK_FALLBACK).
+# Only Claude has a request format both sides share.
+BEDROCK_FALLBACKS = ("anthropic",)
 
 
 class ConfigError(ValueError):
@@ -118,6 +144,11 @@ class ProviderSettings:
     base_url: str | None = None
     # Azure OpenAI: the data-plane API version (the endpoint is `base_url`).
     api_version: str | None = None
+    # Bedrock: the service role its jobs run as, and our bucket, where job input and output live.
+    role_arn: str | None = None
+    bucket: str | None = None
+    # Bedrock: the provider that takes a batch under the minimum record count, if the user chose one.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +210,13 @@ class Settings:
             limits = BatchLimits(
                 max_requests=integer(var("MAX_REQUESTS"), defaults.max_requests),
                 max_bytes=integer(var("MAX_BYTES"), defaults.max_bytes, minimum=1024),
+                min_requests=integer(var("MIN_RECORDS"), defaults.min_requests),
             )
+            if limits.min_requests > limits.max_requests:
+                raise ConfigError(
+                    f"{var('MIN_RECORDS')}={limits.min_requests} is more than {var('MAX_REQUESTS')}="
+                    f"{limits.max_requests}: no batch could be sent"
+                )
             if limits.max_requests > maxima.max_requests or limits.max_bytes > maxima.max_bytes:
                 raise ConfigError(
                     f"{var('MAX_REQUESTS')}/{var('MAX_BYTES')} exceed {name}'s limits "
@@ -191,11 +228,25 @@ class Settings:
                 secret_arn=env.get(var("SECRET_ARN")) or None,
                 base_url=env.get(var("BASE_URL")) or None,
                 api_version=env.get(var("API_VERSION")) or None,
+                role_arn=env.get(var("ROLE_ARN")) or None,
+                bucket=env.get(ENV_BUCKET) or None,
+                fallback=env.get(var("FALLBACK")) or None,
             )
             if name == "azure" and not providers[name].base_url:
                 raise ConfigError(
                     f"{var('BASE_URL')} is not set: Azure OpenAI needs its endpoint (https://NAME.openai.azure.com)"
                 )
+            if name == "bedrock":
+                if not providers[name].role_arn:
+                    raise ConfigError(
+                        f"{var('ROLE_ARN')} is not set: Bedrock batch jobs run as a service role (the stack creates it)"
+                    )
+                fallback = providers[name].fallback
+                if fallback is not None and (fallback not in BEDROCK_FALLBACKS or fallback not in enabled):
+                    raise ConfigError(
+                        f"{var('FALLBACK')}={fallback!r}: expected one of the enabled providers "
+                        f"{', '.join(p for p in BEDROCK_FALLBACKS if p in enabled) or '(anthropic, not enabled)'}"
+                    )
 
         return cls(
             bucket=need(ENV_BUCKET),

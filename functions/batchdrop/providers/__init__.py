@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "openai": "batchdrop.providers.openai_batch:OpenAIProvider",
     "anthropic": "batchdrop.providers.anthropic_batch:AnthropicProvider",
     "azure": "batchdrop.providers.azure_batch:AzureOpenAIProvider",
+    "gemini": "batchdrop.providers.gemini_batch:GeminiProvider",
+    "bedrock": "batchdrop.providers.bedrock_batch:BedrockProvider",
 }
 
 
