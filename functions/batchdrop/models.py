@@ -25,6 +25,9 @@ REQUEST_TOO_LARGE = "request_too_large"
 # A valid line that was not sent because on_invalid=reject refused its file. DESIGN.md has no code
 # for it, yet every line must land in exactly one output file and `lines == invalid + submitted`.
 FILE_REJECTED = "file_rejected"
+# A valid line for a provider with a minimum batch size (Bedrock) whose file has too few such lines,
+# and no fallback provider configured to take them.
+BATCH_TOO_SMALL = "batch_too_small"
 
 VALIDATION_CODES = (
     INVALID_ENCODING,

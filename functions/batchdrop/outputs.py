@@ -35,6 +35,25 @@ def extract(body: dict[str, Any]) -> tuple[str | None, int, int]:
         parts = [c.get("text", "") for c in body.get("content") or [] if c.get("type") == "text"]
         text = "".join(parts) if parts else None
         return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    if "candidates" in body or "usageMetadata" in body:  # Gemini GenerateContentResponse
+        meta = body.get("usageMetadata") or {}
+        candidates = body.get("candidates") or [{}]
+        parts = [p.get("text", "") for p in (candidates[0].get("content") or {}).get("parts") or [] if "text" in p]
+        text = "".join(parts) if parts else None
+        # Thinking tokens are billed as output.
+        output = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
+        return text, int(meta.get("promptTokenCount") or 0), output
+    if isinstance(body.get("output"), dict) and "message" in body["output"]:  # Bedrock: Amazon Nova
+        content = (body["output"]["message"] or {}).get("content") or []
+        parts = [c["text"] for c in content if isinstance(c.get("text"), str)]
+        text = "".join(parts) if parts else None
+        return text, int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
+    if "generation" in body:  # Bedrock: Meta Llama
+        return (
+            body.get("generation"),
+            int(body.get("prompt_token_count") or 0),
+            int(body.get("generation_token_count") or 0),
+        )
     # Embeddings ("list") and moderations: no text; embeddings report prompt tokens only.
     return None, int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0), 0
 

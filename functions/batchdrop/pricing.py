@@ -8,6 +8,7 @@ A model not in the table gets a null cost, never a guess.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import orjson
@@ -35,7 +36,25 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-3-7-sonnet": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
     "claude-opus-4": (15.00, 75.00),
+    "gemini-2.0-flash": (0.10, 0.40),
+    "gemini-2.5-flash-lite": (0.10, 0.40),
+    "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-pro": (1.25, 10.00),
+    # Bedrock on-demand prices in us-east-1 (batch inference is half of these).
+    "anthropic.claude-3-haiku": (0.25, 1.25),
+    "anthropic.claude-3-5-haiku": (0.80, 4.00),
+    "anthropic.claude-haiku-4-5": (1.00, 5.00),
+    "anthropic.claude-3-7-sonnet": (3.00, 15.00),
+    "anthropic.claude-sonnet-4": (3.00, 15.00),
+    "amazon.nova-micro": (0.035, 0.14),
+    "amazon.nova-lite": (0.06, 0.24),
+    "amazon.nova-pro": (0.80, 3.20),
+    "meta.llama3-1-8b-instruct": (0.22, 0.22),
+    "meta.llama3-1-70b-instruct": (0.72, 0.72),
+    "meta.llama3-3-70b-instruct": (0.72, 0.72),
 }
+# Bedrock's cross-region inference profiles ("us.amazon.nova-lite-v1:0") cost what the model does.
+_GEOGRAPHY = re.compile(r"^[a-z]+\.(?=(?:anthropic|amazon|meta)\.)")
 
 
 def price_table(env: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
@@ -49,6 +68,7 @@ def price_table(env: Mapping[str, str] | None = None) -> dict[str, tuple[float, 
 
 
 def realtime_price(model: str, table: Mapping[str, tuple[float, float]]) -> tuple[float, float] | None:
+    model = _GEOGRAPHY.sub("", model.removeprefix("models/"))
     best = None
     for prefix, price in table.items():
         if model.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
@@ -91,14 +111,26 @@ DEFAULT_OUTPUT_CAP = 1024
 def estimate_tokens(provider: str, payload: bytes) -> tuple[int, int]:
     """(input tokens ≈, output tokens ≤) of one request in its provider's batch-line format."""
     line = orjson.loads(payload)
-    body = line.get("params") if provider == "anthropic" else line.get("body")
+    body = line.get({"anthropic": "params", "gemini": "request", "bedrock": "modelInput"}.get(provider, "body"))
     body = body if isinstance(body, dict) else {}
     text = 0
-    for key in ("system", "messages", "input", "prompt", "instructions", "tools"):
+    for key in ("system", "messages", "input", "prompt", "instructions", "tools", "contents", "systemInstruction"):
         if key in body:
             text += len(orjson.dumps(body[key]))
+    caps = {**body, **(body.get("generationConfig") or {}), **(body.get("inferenceConfig") or {})}
     cap = next(
-        (body[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if isinstance(body.get(k), int)),
+        (
+            caps[k]
+            for k in (
+                "max_tokens",
+                "max_completion_tokens",
+                "max_output_tokens",
+                "maxOutputTokens",
+                "maxTokens",
+                "max_gen_len",
+            )
+            if isinstance(caps.get(k), int)
+        ),
         DEFAULT_OUTPUT_CAP,
     )
     if "embeddings" in str(line.get("url", "")):

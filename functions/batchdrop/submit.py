@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -39,7 +40,7 @@ from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.poll import hand_over_if_done
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import submit_batch
-from batchdrop.validation import NoIds, Validator
+from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
 
 logger = Logger(service="batchdrop")
 
@@ -208,7 +209,12 @@ class _Submission:
         stored: list[str] = list(job.get("batch_keys", []))
         models = {p: set(ms) for p, ms in (job.get("models_by_provider") or {}).items()}
 
+        undersized: list[PlannedBatch] = []
+
         def store_batch(batch: PlannedBatch) -> None:
+            if batch.requests < validator.providers[batch.provider].min_requests:
+                undersized.append(batch)  # dealt with once the segment is planned
+                return
             record_batch(deps, self.job_id, batch, attempt=1)
             stored.append(batch.key)
             models.setdefault(batch.provider, set()).add(batch.model)
@@ -239,13 +245,22 @@ class _Submission:
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.
             planner.finish()
+            refused = [*job.get("undersized_lines", [])]
+            for batch in undersized:
+                refused.extend(self._undersized(batch, store_batch, prefix, report))
             last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
             totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
             totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
+            new_refused = len(refused) - len(job.get("undersized_lines", []))
+            totals["valid"] -= new_refused
+            totals["invalid"] += new_refused
             if segment > 0 or not last:
                 _save_ids(deps, self.job_id, segment, finder)
             if last:
                 duplicates = _all_duplicates(deps, self.job_id, segment) if segment > 0 else finder.duplicates()
+                # A line already refused as part of a too-small batch is counted once, as that.
+                refused_lines = set(refused)
+                duplicates = [d for d in duplicates if d.line not in refused_lines]
                 if duplicates:
                     stored = _drop_duplicates(deps, self.job_id, stored, duplicates)
                     for dup in duplicates:
@@ -266,6 +281,7 @@ class _Submission:
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "error_files": error_files,
+                    "undersized_lines": refused,
                 },
                 when_status=(m.JOB_SUBMITTING,),
             )
@@ -303,6 +319,55 @@ class _Submission:
             },
         )
         return True
+
+    def _undersized(
+        self,
+        batch: PlannedBatch,
+        store_batch: Callable[[PlannedBatch], None],
+        prefix: str,
+        report: Callable[[m.Invalid], None],
+    ) -> list[int]:
+        """A batch under its provider's minimum (Bedrock's records per job): its requests go to the
+        configured fallback provider where they can, and are refused with a clear error otherwise.
+        Returns the line numbers refused."""
+        settings = self.deps.settings.providers[batch.provider]
+        fallback = settings.fallback
+        refused: list[int] = []
+        planner = BatchPlanner(
+            limits={name: p.limits for name, p in self.deps.settings.providers.items()},
+            on_batch=store_batch,
+            key_prefix=f"{prefix}{batch.provider}-fallback-{batch.key.rsplit('-', 1)[-1]}-",
+            tmpdir=_tmpdir(),
+        )
+        try:
+            with open(batch.path, "rb") as data, open(batch.index_path, "rb") as index:
+                for payload, entry in zip(data, index, strict=True):
+                    custom_id, _, line_text = entry.rstrip(b"\n").partition(b"\t")
+                    line = int(line_text)
+                    moved = bedrock_to_anthropic(payload.rstrip(b"\n"), batch.model) if fallback else None
+                    if moved is not None and fallback is not None:
+                        model, converted = moved
+                        planner.add(m.Request(line, custom_id.decode(), fallback, "", model, converted))
+                        continue
+                    refused.append(line)
+                    report(
+                        m.Invalid(
+                            line,
+                            custom_id.decode(),
+                            m.BATCH_TOO_SMALL,
+                            f"{batch.provider} runs a batch of at least {settings.limits.min_requests} records for "
+                            f"{batch.model}, and this file has {batch.requests}; add requests, lower "
+                            f"BATCHDROP_{batch.provider.upper()}_MIN_RECORDS if your account's quota allows, or "
+                            f"set BATCHDROP_{batch.provider.upper()}_FALLBACK=anthropic to send Claude requests to "
+                            "Anthropic instead",
+                        )
+                    )
+            planner.finish()
+        finally:
+            batch.discard()
+        if refused:
+            logger.warning("refused a batch under the provider's minimum", extra={"requests": len(refused)})
+        return refused
 
     def _hand_on(self) -> None:
         """Give the next segment to a fresh invocation, through the segments queue."""

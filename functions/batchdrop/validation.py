@@ -63,6 +63,13 @@ OPENAI_ENDPOINTS = frozenset(
 ANTHROPIC_ENDPOINT = "/v1/messages"
 OPENAI_LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_LINE_KEYS = frozenset({"custom_id", "params"})
+GEMINI_LINE_KEYS = frozenset({"key", "request"})
+BEDROCK_LINE_KEYS = frozenset({"recordId", "modelId", "modelInput"})
+# The Anthropic Messages version Bedrock's Claude models take in the request body.
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+# Bedrock model ids by family, after an optional cross-region geography ("us.", "eu.", ...).
+_BEDROCK_FAMILY = re.compile(r"^(?:[a-z]+\.)?(anthropic\.claude-|amazon\.nova-|meta\.llama)")
+_BEDROCK_CLAUDE = re.compile(r"^(?:[a-z]+\.)?anthropic\.(claude-.+?)(?:-v\d+(?::\d+)?)?$")
 NEUTRAL_KEYS = frozenset(
     {"custom_id", "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop", "tools"}
 )
@@ -119,6 +126,10 @@ class Validator:
                 return self._openai_line(number, raw, obj)
             if "params" in obj:
                 return self._anthropic_line(number, raw, obj)
+            if "request" in obj:
+                return self._gemini_line(number, obj)
+            if "modelInput" in obj:
+                return self._bedrock_line(number, obj)
             if "messages" in obj or "model" in obj:
                 return self._neutral_line(number, obj)
         except TypeError:
@@ -132,15 +143,15 @@ class Validator:
                 "the request is nested more than 254 levels deep; flatten it",
             )
         except _Reject as reject:
-            custom_id = obj.get("custom_id")
-            return m.Invalid(number, custom_id if isinstance(custom_id, str) else None, reject.code, reject.msg)
+            return m.Invalid(number, _line_id(obj), reject.code, reject.msg)
         custom_id = obj.get("custom_id")
         return m.Invalid(
             number,
             custom_id if isinstance(custom_id, str) else None,
             m.UNKNOWN_FORMAT,
             "expected an OpenAI batch line {custom_id, method, url, body}, an Anthropic batch line "
-            "{custom_id, params} or a neutral line {model, messages}; keys found: " + _keys(obj),
+            "{custom_id, params}, a Gemini batch line {key, request}, a Bedrock batch line "
+            "{recordId, modelId, modelInput} or a neutral line {model, messages}; keys found: " + _keys(obj),
         )
 
     # -- the three shapes -------------------------------------------------------------------------
@@ -250,6 +261,44 @@ class Validator:
             payload = raw.strip()
         return self._request(number, custom_id, provider, "", model, payload)
 
+    def _gemini_line(self, number: int, obj: dict[str, Any]) -> m.Request:
+        """{"key", "request": GenerateContentRequest}; the model is the request's own `model` field,
+        which we move to the batch (Gemini takes one model per batch job)."""
+        custom_id = self._custom_id(obj, number, required=True, field="key")
+        extra = obj.keys() - GEMINI_LINE_KEYS
+        if extra:
+            raise _Reject(m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in a Gemini batch line")
+        request = obj.get("request")
+        if not isinstance(request, dict):
+            raise _Reject(m.INVALID_REQUEST, f'"request" must be a JSON object, got {_json_type(request)}')
+        model = _model(request.get("model"), '"request.model"', "gemini-2.5-flash").removeprefix("models/")
+        contents = request.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise _Reject(m.INVALID_REQUEST, '"request.contents" must be a non-empty list of {role, parts}')
+        provider = self._provider("gemini", model)
+        body = {k: v for k, v in request.items() if k != "model"}
+        payload = orjson.dumps({"key": custom_id, "request": body})
+        return self._request(number, custom_id, provider, model, model, payload)
+
+    def _bedrock_line(self, number: int, obj: dict[str, Any]) -> m.Request:
+        """{"recordId", "modelId", "modelInput"}: Bedrock's record, plus the model, which Bedrock takes
+        per job and we therefore need on each line."""
+        custom_id = self._custom_id(obj, number, required=True, field="recordId")
+        extra = obj.keys() - BEDROCK_LINE_KEYS
+        if extra:
+            raise _Reject(m.INVALID_REQUEST, f"unexpected field(s) {_names(extra)} in a Bedrock batch line")
+        model = _model(obj.get("modelId"), '"modelId"', "amazon.nova-lite-v1:0")
+        model_input = obj.get("modelInput")
+        if not isinstance(model_input, dict) or not model_input:
+            raise _Reject(
+                m.INVALID_REQUEST,
+                '"modelInput" must be the model\'s InvokeModel request body (a JSON object), got '
+                + _json_type(model_input),
+            )
+        provider = self._provider("bedrock", model)
+        payload = orjson.dumps({"recordId": custom_id, "modelInput": model_input})
+        return self._request(number, custom_id, provider, model, model, payload)
+
     def _neutral_line(self, number: int, obj: dict[str, Any]) -> m.Request:
         custom_id = self._custom_id(obj, number, required=False)
         extra = obj.keys() - NEUTRAL_KEYS
@@ -274,6 +323,14 @@ class Validator:
             params = _to_anthropic(obj, messages, self.anthropic_default_max_tokens)
             payload = orjson.dumps({"custom_id": custom_id, "params": params})
             return self._request(number, custom_id, provider, "", model, payload)
+        if provider == "gemini":
+            model = model.removeprefix("models/")
+            payload = orjson.dumps({"key": custom_id, "request": _to_gemini(obj, messages)})
+            return self._request(number, custom_id, provider, model, model, payload)
+        if provider == "bedrock":
+            model_input = _to_bedrock(obj, messages, model, self.anthropic_default_max_tokens)
+            payload = orjson.dumps({"recordId": custom_id, "modelInput": model_input})
+            return self._request(number, custom_id, provider, model, model, payload)
         body = _to_openai_chat(obj, messages)
         url = "/v1/chat/completions"
         line = {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
@@ -281,20 +338,22 @@ class Validator:
 
     # -- shared checks ----------------------------------------------------------------------------
 
-    def _custom_id(self, obj: dict[str, Any], number: int, required: bool) -> str:
-        if "custom_id" not in obj or obj["custom_id"] is None:
+    def _custom_id(self, obj: dict[str, Any], number: int, required: bool, field: str = "custom_id") -> str:
+        """The line's id: "custom_id", or the field a provider's own line uses for it (Gemini "key",
+        Bedrock "recordId"), held to the strictest provider's rule so it can go anywhere."""
+        if field not in obj or obj[field] is None:
             if required:
                 raise _Reject(
                     m.MISSING_CUSTOM_ID,
-                    'a provider batch line needs a "custom_id" (letters, digits, _ and -, up to 64)',
+                    f'a provider batch line needs a "{field}" (letters, digits, _ and -, up to 64)',
                 )
             custom_id = f"line-{number}"
         else:
-            custom_id = obj["custom_id"]
+            custom_id = obj[field]
             if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
                 raise _Reject(
                     m.INVALID_CUSTOM_ID,
-                    f'"custom_id" {_short(custom_id)} must be 1 to 64 letters, digits, _ or -',
+                    f'"{field}" {_short(custom_id)} must be 1 to 64 letters, digits, _ or -',
                 )
         if custom_id in self.seen:
             raise _Reject(
@@ -355,6 +414,15 @@ class _Reject(Exception):
         self.msg = msg
 
 
+def _line_id(obj: dict[str, Any]) -> str | None:
+    """The id a line gave itself, for its error line, whichever format's field holds it."""
+    for name in ("custom_id", "key", "recordId"):
+        value = obj.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _route(model: str, routes: tuple[tuple[str, str], ...]) -> str | None:
     for prefix, provider in routes:
         if model.startswith(prefix):
@@ -362,9 +430,9 @@ def _route(model: str, routes: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
-def _model(value: Any, where: str) -> str:
+def _model(value: Any, where: str, example: str = "gpt-4o-mini") -> str:
     if value is None or value == "":
-        raise _Reject(m.MISSING_MODEL, f"{where} is missing: name the model to run, e.g. gpt-4o-mini")
+        raise _Reject(m.MISSING_MODEL, f"{where} is missing: name the model to run, e.g. {example}")
     if not isinstance(value, str):
         raise _Reject(m.INVALID_REQUEST, f"{where} must be a string, got {_json_type(value)}")
     return value
@@ -494,6 +562,161 @@ def _to_anthropic(obj: dict[str, Any], messages: list[dict[str, Any]], default_m
             for t in _tools(obj["tools"])
         ]
     return params
+
+
+def _plain_text(content: Any) -> str:
+    """Neutral content (a string or text parts, already checked) as one string."""
+    return content if isinstance(content, str) else "".join(p["text"] for p in content)
+
+
+def _split_system(obj: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(system texts, [(role, text)]) for providers that take the system prompt apart; as for
+    Anthropic, only leading system messages can move there."""
+    system = [_plain_text(_text_content(obj["system"], '"system"'))] if obj.get("system") is not None else []
+    turns: list[tuple[str, str]] = []
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        text = _plain_text(_text_content(msg["content"], f'"messages"[{i}].content'))
+        if role == "system":
+            if turns:
+                raise _Reject(
+                    m.INVALID_REQUEST,
+                    f'"messages"[{i}] is a system message after the conversation started; move it into "system"',
+                )
+            system.append(text)
+        elif role in ("user", "assistant"):
+            turns.append((role, text))
+        else:
+            raise _Reject(m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant')
+    if not turns:
+        raise _Reject(m.INVALID_REQUEST, '"messages" holds only system messages; add a user message')
+    return system, turns
+
+
+def _to_gemini(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A GenerateContentRequest (without the model, which the batch carries)."""
+    system, turns = _split_system(obj, messages)
+    request: dict[str, Any] = {
+        "contents": [{"role": "model" if role == "assistant" else "user", "parts": [{"text": t}]} for role, t in turns]
+    }
+    if system:
+        request["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    config: dict[str, Any] = {}
+    if obj.get("max_tokens") is not None:
+        config["maxOutputTokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
+    if obj.get("temperature") is not None:
+        config["temperature"] = _number(obj["temperature"], "temperature", 0, 2)
+    if obj.get("top_p") is not None:
+        config["topP"] = _number(obj["top_p"], "top_p", 0, 1)
+    if obj.get("stop") is not None:
+        config["stopSequences"] = _stop_list(obj["stop"])
+    if config:
+        request["generationConfig"] = config
+    if obj.get("tools") is not None:
+        request["tools"] = [
+            {
+                "functionDeclarations": [
+                    {"name": t["name"], "description": t["description"], "parameters": t["schema"]}
+                    for t in _tools(obj["tools"])
+                ]
+            }
+        ]
+    return request
+
+
+def _to_bedrock(
+    obj: dict[str, Any], messages: list[dict[str, Any]], model: str, default_max_tokens: int
+) -> dict[str, Any]:
+    """The InvokeModel body of the model's family: Claude (Anthropic Messages), Nova or Llama."""
+    family = _BEDROCK_FAMILY.match(model)
+    kind = family.group(1) if family else ""
+    if kind == "anthropic.claude-":
+        params = _to_anthropic(obj, messages, default_max_tokens)
+        del params["model"]
+        return {"anthropic_version": BEDROCK_ANTHROPIC_VERSION, **params}
+    if kind == "amazon.nova-":
+        system, turns = _split_system(obj, messages)
+        body: dict[str, Any] = {
+            "schemaVersion": "messages-v1",
+            "messages": [{"role": role, "content": [{"text": t}]} for role, t in turns],
+        }
+        if system:
+            body["system"] = [{"text": t} for t in system]
+        config: dict[str, Any] = {}
+        if obj.get("max_tokens") is not None:
+            config["maxTokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
+        if obj.get("temperature") is not None:
+            config["temperature"] = _number(obj["temperature"], "temperature", 0, 1)
+        if obj.get("top_p") is not None:
+            config["topP"] = _number(obj["top_p"], "top_p", 0, 1)
+        if obj.get("stop") is not None:
+            config["stopSequences"] = _stop_list(obj["stop"])
+        if config:
+            body["inferenceConfig"] = config
+        if obj.get("tools") is not None:
+            body["toolConfig"] = {
+                "tools": [
+                    {
+                        "toolSpec": {
+                            "name": t["name"],
+                            "description": t["description"],
+                            "inputSchema": {"json": t["schema"]},
+                        }
+                    }
+                    for t in _tools(obj["tools"])
+                ]
+            }
+        return body
+    if kind == "meta.llama":
+        for unsupported in ("tools", "stop"):
+            if obj.get(unsupported) is not None:
+                raise _Reject(
+                    m.INVALID_REQUEST,
+                    f'Llama on Bedrock takes no "{unsupported}"; remove it or use a Bedrock batch line',
+                )
+        system, turns = _split_system(obj, messages)
+        llama: dict[str, Any] = {"prompt": _llama3_prompt(system, turns)}
+        if obj.get("max_tokens") is not None:
+            llama["max_gen_len"] = _positive_int(obj["max_tokens"], '"max_tokens"')
+        if obj.get("temperature") is not None:
+            llama["temperature"] = _number(obj["temperature"], "temperature", 0, 1)
+        if obj.get("top_p") is not None:
+            llama["top_p"] = _number(obj["top_p"], "top_p", 0, 1)
+        return llama
+    raise _Reject(
+        m.INVALID_REQUEST,
+        f"neutral lines reach Bedrock for anthropic.claude-*, amazon.nova-* and meta.llama* models, not {model!r}; "
+        "write a Bedrock batch line {recordId, modelId, modelInput} for it",
+    )
+
+
+def _llama3_prompt(system: list[str], turns: list[tuple[str, str]]) -> str:
+    """Llama 3's chat template: Bedrock's Llama models take one prompt string, not messages."""
+    parts = ["<|begin_of_text|>"]
+    if system:
+        parts.append("<|start_header_id|>system<|end_header_id|>\n\n" + "\n\n".join(system) + "<|eot_id|>")
+    for role, text in turns:
+        parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>")
+    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts)
+
+
+def bedrock_to_anthropic(payload: bytes, model: str) -> tuple[str, bytes] | None:
+    """(Anthropic model, Anthropic batch line) for a Bedrock Claude record (the fallback for a job
+    under Bedrock's minimum), or None if the model is not Claude or the body is not one Anthropic
+    takes as it is."""
+    match = _BEDROCK_CLAUDE.match(model)
+    if match is None:
+        return None
+    record = orjson.loads(payload)
+    body = dict(record["modelInput"])
+    body.pop("anthropic_version", None)
+    if not isinstance(body.get("messages"), list) or not isinstance(body.get("max_tokens"), int):
+        return None
+    anthropic_model = match.group(1)
+    return anthropic_model, orjson.dumps(
+        {"custom_id": record["recordId"], "params": {"model": anthropic_model, **body}}
+    )
 
 
 def _join_system(parts: list[Any]) -> Any:

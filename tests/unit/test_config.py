@@ -60,8 +60,44 @@ def test_bad_on_invalid_lists_the_choices() -> None:
 
 
 def test_unknown_provider_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"BATCHDROP_PROVIDERS names 'gemini'.*anthropic, azure, openai"):
-        settings(BATCHDROP_PROVIDERS="openai, gemini")
+    with pytest.raises(
+        ConfigError, match=r"BATCHDROP_PROVIDERS names 'mistral'.*anthropic, azure, bedrock, gemini, openai"
+    ):
+        settings(BATCHDROP_PROVIDERS="openai, mistral")
+
+
+def test_bedrock_needs_its_service_role() -> None:
+    with pytest.raises(ConfigError, match=r"BATCHDROP_BEDROCK_ROLE_ARN is not set"):
+        settings(BATCHDROP_PROVIDERS="bedrock")
+
+
+def test_bedrock_minimum_and_fallback_are_read() -> None:
+    got = settings(
+        BATCHDROP_PROVIDERS="bedrock,anthropic",
+        BATCHDROP_BEDROCK_ROLE_ARN="arn:aws:iam::1:role/r",
+        BATCHDROP_BEDROCK_MIN_RECORDS="1000",
+        BATCHDROP_BEDROCK_FALLBACK="anthropic",
+    ).providers["bedrock"]
+    assert (got.limits.min_requests, got.fallback, got.role_arn) == (1000, "anthropic", "arn:aws:iam::1:role/r")
+    assert got.bucket  # Bedrock's jobs read and write our bucket
+
+
+def test_bedrock_fallback_must_be_an_enabled_provider() -> None:
+    with pytest.raises(ConfigError, match=r"BATCHDROP_BEDROCK_FALLBACK='anthropic'"):
+        settings(
+            BATCHDROP_PROVIDERS="bedrock",
+            BATCHDROP_BEDROCK_ROLE_ARN="arn:aws:iam::1:role/r",
+            BATCHDROP_BEDROCK_FALLBACK="anthropic",
+        )
+
+
+def test_bedrock_minimum_above_maximum_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"MIN_RECORDS=60000 is more than"):
+        settings(
+            BATCHDROP_PROVIDERS="bedrock",
+            BATCHDROP_BEDROCK_ROLE_ARN="arn:aws:iam::1:role/r",
+            BATCHDROP_BEDROCK_MIN_RECORDS="60000",
+        )
 
 
 def test_providers_can_be_narrowed() -> None:

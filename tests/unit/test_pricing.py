@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, price_table, realtime_price
+from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, estimate_tokens, price_table, realtime_price
 
 
 def test_known_model_costs_half_its_realtime_price() -> None:
@@ -59,8 +59,29 @@ def test_longest_matching_prefix_wins(model: str, price: tuple[float, float]) ->
 
 
 def test_model_matching_no_prefix_has_no_price() -> None:
-    assert realtime_price("gemini-2.5-pro", PRICES) is None
+    assert realtime_price("mistral-large", PRICES) is None
+    assert realtime_price("cohere.command-r-v1:0", PRICES) is None
     assert realtime_price("", PRICES) is None
+
+
+def test_bedrock_inference_profiles_and_gemini_resource_names_price_as_their_model() -> None:
+    assert realtime_price("us.amazon.nova-lite-v1:0", PRICES) == PRICES["amazon.nova-lite"]
+    assert realtime_price("eu.anthropic.claude-3-5-haiku-20241022-v1:0", PRICES) == PRICES["anthropic.claude-3-5-haiku"]
+    assert realtime_price("models/gemini-2.5-flash-lite", PRICES) == PRICES["gemini-2.5-flash-lite"]
+
+
+def test_estimates_read_each_providers_own_output_cap() -> None:
+    gemini = (
+        b'{"key":"a","request":{"contents":[{"parts":[{"text":"hello"}]}],"generationConfig":{"maxOutputTokens":7}}}'
+    )
+    nova = (
+        b'{"recordId":"a","modelInput":{"messages":[{"role":"user","content":[{"text":"hi"}]}],'
+        b'"inferenceConfig":{"maxTokens":9}}}'
+    )
+    llama = b'{"recordId":"a","modelInput":{"prompt":"hello there","max_gen_len":11}}'
+    assert estimate_tokens("gemini", gemini)[1] == 7
+    assert estimate_tokens("bedrock", nova)[1] == 9
+    assert estimate_tokens("bedrock", llama) == (len(b'"hello there"') // 4 + 1, 11)
 
 
 def test_prices_from_the_environment_extend_and_override_the_table() -> None:

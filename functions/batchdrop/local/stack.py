@@ -38,6 +38,8 @@ MAX_RECEIVE_COUNT = 3
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
 LOCAL_API_KEY = "local-emulator-key"
+# The role the local Bedrock jobs run as (the CDK stack creates the real one).
+BEDROCK_ROLE_ARN = "arn:aws:iam::123456789012:role/batchdrop-bedrock-batch"
 
 
 @dataclass
@@ -45,7 +47,10 @@ class StackOptions:
     knobs: EmulatorKnobs = field(default_factory=EmulatorKnobs)
     on_invalid: str = "skip"
     max_attempts: int = 2
-    providers: tuple[str, ...] = ("openai", "anthropic", "azure")
+    providers: tuple[str, ...] = ("openai", "anthropic", "azure", "gemini", "bedrock")
+    # Bedrock's minimum records per job, for the emulator and the functions alike (AWS: 100 by default).
+    bedrock_min_records: int = 100
+    bedrock_fallback: str | None = None
     limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # provider → (requests, bytes)
     # The local clock runs fast; a crashed invocation's lease (and the create lock) should run out in
     # seconds, not the quarter hour that covers Lambda's timeout.
@@ -64,6 +69,7 @@ class LocalStack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
         self.emulator = ProviderEmulator(self.options.knobs)
+        self.emulator.bedrock_min_records = self.options.bedrock_min_records
         self._moto: Any = None
         self._saved_env: dict[str, str | None] = {}
         self.endpoint = ""
@@ -213,7 +219,8 @@ class LocalStack:
             Endpoint=self.queue_arn(NOTIFICATIONS_QUEUE),
             Attributes={"RawMessageDelivery": "true"},
         )
-        for provider in self.options.providers:
+        # Bedrock needs no key: its jobs run as a service role (the emulator checks only that one is given).
+        for provider in (p for p in self.options.providers if p != "bedrock"):
             self.secret_arns[provider] = sm.create_secret(
                 Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
             )["ARN"]
@@ -253,11 +260,20 @@ class LocalStack:
             "anthropic": base,
             # AzureOpenAI takes the resource endpoint and adds /openai/ itself.
             "azure": base,
+            "gemini": base,
         }
         for provider in o.providers:
             name = provider.upper()
-            env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="SECRET_ARN")] = self.secret_arns[provider]
-            env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="BASE_URL")] = base_urls[provider]
+            if provider == "bedrock":
+                # boto3 itself: the service-specific endpoint wins over AWS_ENDPOINT_URL (moto).
+                env["AWS_ENDPOINT_URL_BEDROCK"] = base
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="ROLE_ARN")] = BEDROCK_ROLE_ARN
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MIN_RECORDS")] = str(o.bedrock_min_records)
+                if o.bedrock_fallback:
+                    env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="FALLBACK")] = o.bedrock_fallback
+            else:
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="SECRET_ARN")] = self.secret_arns[provider]
+                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="BASE_URL")] = base_urls[provider]
             if provider in o.limits:
                 requests, size = o.limits[provider]
                 env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_REQUESTS")] = str(requests)
