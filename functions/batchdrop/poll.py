@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import JOB_SK, NOT_DUE, Conflict, due_fields
+from batchdrop.adapters.store import JOB_SK, NOT_DUE, Conflict, deserialize, due_fields, job_pk
 from batchdrop.pipeline import Deps, iso
 
 logger = Logger(service="batchdrop")
@@ -89,6 +89,27 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport) -> None
     logger.info("batch ended", extra={"state": status.state})
     deps.checkpoint("after_batch_ended")
     _after_end(deps, batch, report)
+
+
+def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollReport | None:
+    """Look at once at the batch a provider event names (an OpenAI webhook, a Bedrock state change);
+    None if it is not one of ours, or not recorded yet (the schedule finds it then)."""
+    ddb, table = deps.store.ddb, deps.store.table
+    owner = ddb.get_item(
+        TableName=table, Key={"pk": {"S": f"PBATCH#{provider}#{batch_id}"}, "sk": {"S": "PBATCH"}}, ConsistentRead=True
+    ).get("Item")
+    if owner is None:
+        return None
+    job_id, _, batch_key = owner["owner"]["S"].partition("/")
+    logger.append_keys(job_id=job_id, batch_id=batch_id)
+    item = ddb.get_item(
+        TableName=table, Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": f"BATCH#{batch_key}"}}, ConsistentRead=True
+    ).get("Item")
+    if item is None or item["sk"]["S"] == JOB_SK:
+        return None
+    report = PollReport()
+    look_at_batch(deps, deserialize(item), report)
+    return report
 
 
 def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:

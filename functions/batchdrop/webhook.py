@@ -1,20 +1,21 @@
-"""OpenAI webhooks: a signed `batch.completed` (or failed, expired, cancelled) makes the batch be
+"""Provider events. OpenAI webhooks: a signed `batch.completed` (or failed, expired, cancelled) makes the batch be
 looked at now, so completion follows within seconds; the schedule stays the safety net.
 
 The signature (Standard Webhooks: HMAC-SHA256 of id, timestamp and body, within 5 minutes) is
 checked by the official SDK; anything unsigned, wrongly signed or stale is refused and logged.
+Bedrock publishes its jobs' state changes to EventBridge, which a rule sends to the poll function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from batchdrop.adapters.store import JOB_SK, deserialize, job_pk
 from batchdrop.pipeline import Deps
-from batchdrop.poll import PollReport, look_at_batch
+from batchdrop.poll import look_at_provider_batch
 
 logger = Logger(service="batchdrop")
 
@@ -38,26 +39,26 @@ def receive(deps: Deps, body: bytes, headers: Mapping[str, str], secret: str) ->
     if not event.type.startswith("batch."):
         return Answer(200, "ignored: not a batch event")
     batch_id = event.data.id
-    owner = deps.store.ddb.get_item(
-        TableName=deps.store.table,
-        Key={"pk": {"S": f"PBATCH#openai#{batch_id}"}, "sk": {"S": "PBATCH"}},
-        ConsistentRead=True,
-    ).get("Item")
-    if owner is None:
+    report = look_at_provider_batch(deps, "openai", batch_id)
+    if report is None:
         # Not one of ours (another tool on the same OpenAI project), or not recorded yet: the poll
         # will find ours anyway.
         logger.info("webhook for a batch we do not track", extra={"batch_id": batch_id})
         return Answer(200, "ignored: unknown batch")
-    job_id, _, batch_key = owner["owner"]["S"].partition("/")
-    logger.append_keys(job_id=job_id, batch_id=batch_id)
-    item = deps.store.ddb.get_item(
-        TableName=deps.store.table,
-        Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": f"BATCH#{batch_key}"}},
-        ConsistentRead=True,
-    ).get("Item")
-    if item is None or item["sk"]["S"] == JOB_SK:
-        return Answer(200, "ignored: unknown batch")
-    report = PollReport()
-    look_at_batch(deps, deserialize(item), report)
     logger.info("webhook: batch looked at", extra={"type": event.type, "handed_over": bool(report.handed_over)})
     return Answer(200, "ok")
+
+
+def bedrock_state_change(deps: Deps, event: Mapping[str, Any]) -> str:
+    """EventBridge's "Batch Inference Job State Change" from aws.bedrock: look at the job now."""
+    detail = event.get("detail") or {}
+    job_arn = detail.get("batchJobArn") or detail.get("jobArn")
+    if not isinstance(job_arn, str) or not job_arn:
+        logger.warning("a Bedrock event without a job ARN", extra={"detail_keys": sorted(detail)})
+        return "ignored: no job ARN"
+    report = look_at_provider_batch(deps, "bedrock", job_arn)
+    if report is None:
+        logger.info("Bedrock event for a job we do not track", extra={"batch_id": job_arn})
+        return "ignored: unknown batch"
+    logger.info("Bedrock event: batch looked at", extra={"status": detail.get("status")})
+    return "ok"

@@ -1,4 +1,4 @@
-"""EventBridge schedule → poll."""
+"""EventBridge schedule → poll; EventBridge Bedrock job state change → a look at that job."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from batchdrop.poll import poll
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("source") == "aws.bedrock":
+        # A Bedrock job changed state (EventBridge rule): look at that job now, not at everything due.
+        from batchdrop.webhook import bedrock_state_change
+
+        return {"bedrock_event": bedrock_state_change(deps(), event)}
     report = poll(deps())
     metrics.add_metric(name=o.BATCHES_CHECKED, unit=MetricUnit.Count, value=report.looked_at)
     metrics.add_metric(name=o.BATCHES_ENDED, unit=MetricUnit.Count, value=report.ended)
