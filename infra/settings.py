@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA
+from batchdrop.config import BEDROCK_FALLBACKS, ON_INVALID_CHOICES, PROVIDER_MAXIMA
 from infra.names import DEFAULT_STACK_NAME
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).
@@ -36,6 +36,14 @@ CONTEXT_KEYS = (
     "deep_tracing",
     "azure_endpoint",
     "azure_api_version",
+    "azure_max_requests",
+    "azure_max_bytes",
+    "gemini_max_requests",
+    "gemini_max_bytes",
+    "bedrock_max_requests",
+    "bedrock_max_bytes",
+    "bedrock_min_records",
+    "bedrock_fallback",
 )
 
 
@@ -69,6 +77,10 @@ class DeploySettings:
     # Azure OpenAI (provider "azure"): the resource endpoint and the data-plane API version.
     azure_endpoint: str | None = None
     azure_api_version: str | None = None
+    # Bedrock (provider "bedrock"): the account's minimum records per job (None: Bedrock's usual 100),
+    # and the provider that takes a job's Claude requests when there are fewer ("anthropic" or None).
+    bedrock_min_records: int | None = None
+    bedrock_fallback: str | None = None
 
     @classmethod
     def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
@@ -134,6 +146,15 @@ class DeploySettings:
                 "includes azure"
             )
 
+        bedrock_fallback = text("bedrock_fallback")
+        if bedrock_fallback is not None and (
+            bedrock_fallback not in BEDROCK_FALLBACKS or bedrock_fallback not in providers
+        ):
+            raise SettingsError(
+                f"context bedrock_fallback={bedrock_fallback!r}: expected an enabled provider among "
+                f"{', '.join(BEDROCK_FALLBACKS)} (add it to providers), or nothing"
+            )
+
         alarm_email = text("alarm_email")
         if alarm_email is not None and "@" not in alarm_email:
             raise SettingsError(f"context alarm_email={alarm_email!r} is not an email address")
@@ -151,4 +172,6 @@ class DeploySettings:
             deep_tracing=(text("deep_tracing") or "false").lower() in ("1", "true", "yes"),
             azure_endpoint=azure_endpoint,
             azure_api_version=text("azure_api_version"),
+            bedrock_min_records=whole("bedrock_min_records", 1, PROVIDER_MAXIMA["bedrock"].max_requests),
+            bedrock_fallback=bedrock_fallback,
         )

@@ -7,6 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from infra.constructs.bedrock import BedrockBatch
 from infra.constructs.functions import COMPLETE, SUBMIT, Functions
 from infra.constructs.messaging import Messaging
 from infra.constructs.monitoring import Monitoring
@@ -27,6 +28,9 @@ class BatchdropStack(Stack):
         self.state = State(self, "State")
         self.messaging = Messaging(self, "Messaging", complete_timeout=COMPLETE.timeout, submit_timeout=SUBMIT.timeout)
         self.secrets = Secrets(self, "Secrets", settings=settings)
+        self.bedrock = (
+            BedrockBatch(self, "Bedrock", bucket=self.storage.bucket) if "bedrock" in settings.providers else None
+        )
         self.functions = Functions(
             self,
             "Functions",
@@ -39,7 +43,12 @@ class BatchdropStack(Stack):
             submit_dlq=self.messaging.submit_dlq,
             secrets=self.secrets.by_provider,
             webhook_secret=self.secrets.openai_webhook,
+            bedrock_role_arn=self.bedrock.service_role.role_arn if self.bedrock else None,
         )
+        if self.bedrock is not None:
+            # Submit creates jobs, poll looks at (and stops) them, complete resubmits what expired.
+            self.bedrock.allow((self.functions.submit, self.functions.poll, self.functions.complete))
+            self.bedrock.on_state_change(self.functions.poll)
         self.storage.notify_on_upload(self.functions.submit)
         self.scheduling = Scheduling(
             self, "Scheduling", poll=self.functions.poll, rate_minutes=settings.poll_rate_minutes
@@ -71,6 +80,8 @@ class BatchdropStack(Stack):
                 for provider, secret in self.secrets.by_provider.items()
             },
         }
+        if self.bedrock is not None:
+            outputs["BedrockServiceRoleArn"] = self.bedrock.service_role.role_arn
         if self.functions.webhook_url is not None and self.secrets.openai_webhook is not None:
             # Register this URL as a webhook endpoint in OpenAI's dashboard (events batch.*).
             outputs["WebhookUrl"] = self.functions.webhook_url.url

@@ -103,6 +103,7 @@ def environment(
     completion_queue: sqs.IQueue,
     segments_queue: sqs.IQueue,
     secrets: Mapping[str, secretsmanager.ISecret],
+    bedrock_role_arn: str | None = None,
 ) -> dict[str, str]:
     """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only."""
     env = {
@@ -121,16 +122,23 @@ def environment(
         "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
         "POWERTOOLS_TRACE_DISABLED": "false" if settings.deep_tracing else "true",
     }
-    for provider, secret in secrets.items():
+    for provider in settings.providers:
 
         def var(what: str, provider: str = provider) -> str:
             return config.ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what)
 
-        env[var("SECRET_ARN")] = secret.secret_arn
+        if provider in secrets:
+            env[var("SECRET_ARN")] = secrets[provider].secret_arn
         if provider == "azure":
             env[var("BASE_URL")] = settings.azure_endpoint or ""
             if settings.azure_api_version:
                 env[var("API_VERSION")] = settings.azure_api_version
+        if provider == "bedrock":
+            env[var("ROLE_ARN")] = bedrock_role_arn or ""
+            if settings.bedrock_min_records is not None:
+                env[var("MIN_RECORDS")] = str(settings.bedrock_min_records)
+            if settings.bedrock_fallback:
+                env[var("FALLBACK")] = settings.bedrock_fallback
         limits = settings.limits.get(provider)
         if limits is not None and limits.max_requests is not None:
             env[var("MAX_REQUESTS")] = str(limits.max_requests)
@@ -154,6 +162,7 @@ class Functions(Construct):
         submit_dlq: sqs.IQueue,
         secrets: Mapping[str, secretsmanager.ISecret],
         webhook_secret: secretsmanager.ISecret | None = None,
+        bedrock_role_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.webhook: lambda_.Function | None = None
@@ -168,6 +177,7 @@ class Functions(Construct):
             completion_queue=completion_queue,
             segments_queue=segments_queue,
             secrets=secrets,
+            bedrock_role_arn=bedrock_role_arn,
         )
 
         self.submit = self._function(SUBMIT)

@@ -11,12 +11,15 @@ from infra.names import secret_name
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
+KEYLESS = ("bedrock",)
+
 
 class Secrets(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, settings: DeploySettings) -> None:
         super().__init__(scope, construct_id)
         self.by_provider: dict[str, secretsmanager.Secret] = {}
-        for provider in settings.providers:
+        # Bedrock takes no API key: its calls are signed with the functions' own IAM roles.
+        for provider in (p for p in settings.providers if p not in KEYLESS):
             secret = secretsmanager.Secret(
                 self,
                 provider.capitalize(),

@@ -70,7 +70,8 @@ def test_command_line_strings_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("context", "message"),
     [
-        ({"providers": "openai,gemini"}, "known providers are anthropic, azure, openai"),
+        ({"providers": "openai,mistral"}, "known providers are anthropic, azure, bedrock, gemini, openai"),
+        ({"providers": "bedrock", "bedrock_min_records": "0"}, "bedrock_min_records=0 must be at least 1"),
         ({"providers": ""}, "enable at least one"),
         ({"poll_rate_minutes": "0"}, "poll_rate_minutes=0 must be at least 1"),
         ({"poll_rate_minutes": "five"}, "is not a whole number"),

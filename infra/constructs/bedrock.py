@@ -1,0 +1,125 @@
+"""Amazon Bedrock batch inference: the service role its jobs run as, what our functions need to run
+jobs, and the EventBridge rule that makes a job's state change looked at at once.
+
+Bedrock reads each job's records from, and writes its results to, work/ in our bucket; the role may
+do exactly that, and invoke foundation models (directly or through cross-region inference profiles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import Aws, CfnElement, Duration, Stack
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from batchdrop import config
+from infra.suppressions import acknowledge
+
+STATE_CHANGE = "Batch Inference Job State Change"
+JOB_ACTIONS = (
+    "bedrock:CreateModelInvocationJob",
+    "bedrock:GetModelInvocationJob",
+    "bedrock:StopModelInvocationJob",
+    "bedrock:TagResource",
+)
+LIST_ACTION = "bedrock:ListModelInvocationJobs"
+MODEL_REASON = (
+    "Bedrock batch jobs may run any foundation model the user routes to (a model id per input line), and "
+    "cross-region inference profiles invoke the model in other regions: the resources are foundation "
+    "models and this account's inference profiles, never anything else."
+)
+JOBS_REASON = (
+    "Our functions create, read, stop and tag this account's model-invocation jobs in this region (their "
+    "ids are Bedrock's), and ListModelInvocationJobs supports no resource-level permission: it finds a job "
+    "a crashed invocation created, by name, before the id was recorded."
+)
+WORK_REASON = "Bedrock reads a job's records from, and writes its results to, work/ in our bucket (CDK's grants)."
+
+
+def model_arns() -> list[str]:
+    return [
+        f"arn:{Aws.PARTITION}:bedrock:*::foundation-model/*",
+        f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:inference-profile/*",
+    ]
+
+
+class BedrockBatch(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.IBucket) -> None:
+        super().__init__(scope, construct_id)
+        job_arns = f"arn:{Aws.PARTITION}:bedrock:{Aws.REGION}:{Aws.ACCOUNT_ID}:model-invocation-job/*"
+        # Only Bedrock, for jobs of this account, may assume it (the confused-deputy conditions AWS documents).
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            description="batchdrop: the role Bedrock batch inference jobs run as",
+            assumed_by=iam.ServicePrincipal(
+                "bedrock.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {"aws:SourceArn": job_arns},
+                },
+            ),
+            max_session_duration=Duration.hours(12),
+        )
+        work = f"{config.WORK_PREFIX}*"
+        bucket.grant_read(self.service_role, work)
+        bucket.grant_put(self.service_role, work)
+        self.service_role.add_to_policy(iam.PolicyStatement(actions=["bedrock:InvokeModel"], resources=model_arns()))
+        acknowledge(
+            self.service_role,
+            "AwsSolutions-IAM5",
+            MODEL_REASON,
+            "Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*",
+            "Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>:inference-profile/*",
+        )
+        acknowledge(
+            self.service_role,
+            "AwsSolutions-IAM5",
+            WORK_REASON,
+            "Action::s3:GetBucket*",
+            "Action::s3:GetObject*",
+            "Action::s3:List*",
+            "Action::s3:Abort*",
+            f"Resource::<{_bucket_id(bucket)}.Arn>/{work}",
+        )
+        self._job_arns = job_arns
+
+    def allow(self, functions: Iterable[lambda_.Function]) -> None:
+        """What a function that creates, polls, reads or stops Bedrock jobs needs."""
+        for fn in functions:
+            fn.add_to_role_policy(
+                iam.PolicyStatement(actions=list(JOB_ACTIONS), resources=[self._job_arns, *model_arns()])
+            )
+            fn.add_to_role_policy(iam.PolicyStatement(actions=[LIST_ACTION], resources=["*"]))
+            self.service_role.grant_pass_role(fn.grant_principal)
+            acknowledge(
+                fn.role or fn,
+                "AwsSolutions-IAM5",
+                JOBS_REASON,
+                "Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>:model-invocation-job/*",
+                "Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*",
+                "Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>:inference-profile/*",
+                "Resource::*",
+            )
+
+    def on_state_change(self, poll: lambda_.IFunction) -> events.Rule:
+        """Bedrock publishes every job state change to the default event bus: look at the job then."""
+        rule = events.Rule(
+            self,
+            "StateChange",
+            description="batchdrop: a Bedrock batch inference job changed state; the poll function looks at it",
+            event_pattern=events.EventPattern(source=["aws.bedrock"], detail_type=[STATE_CHANGE]),
+        )
+        rule.add_target(targets.LambdaFunction(poll, retry_attempts=2, max_event_age=Duration.hours(1)))
+        return rule
+
+
+def _bucket_id(bucket: s3.IBucket) -> str:
+    child = bucket.node.default_child
+    assert isinstance(child, CfnElement)
+    return Stack.of(bucket).get_logical_id(child)
