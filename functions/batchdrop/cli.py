@@ -107,7 +107,8 @@ def demo(out_dir: str) -> None:
     if not samples:
         raise click.ClickException(f"no sample files found in {_events_dir()}")
     console.print("[bold]batchdrop demo[/]: the sample files through the whole pipeline, locally\n")
-    _run(samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None)
+    # The sample's few Claude-on-Bedrock lines are under Bedrock's minimum: show the fallback at work.
+    _run(samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None, bedrock_fallback="anthropic")
 
 
 @main.group()
@@ -174,6 +175,19 @@ def local() -> None:
     "complete as soon as they end (the schedule still runs as the safety net).",
 )
 @click.option(
+    "--bedrock-min-records",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Bedrock's minimum records per job (its quota per model; the emulator enforces it too).",
+)
+@click.option(
+    "--bedrock-fallback",
+    type=click.Choice(["anthropic"]),
+    default=None,
+    help="Send the Claude requests of a Bedrock job under the minimum to Anthropic instead of refusing them.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=600,
@@ -195,6 +209,8 @@ def local_run(
     overlapping_polls: int,
     crash_rate: float,
     webhooks: bool,
+    bedrock_min_records: int,
+    bedrock_fallback: str | None,
     timeout: float,
 ) -> None:
     """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
@@ -218,6 +234,8 @@ def local_run(
         timeout=timeout,
         chaos=chaos,
         webhooks=webhooks,
+        bedrock_min_records=bedrock_min_records,
+        bedrock_fallback=bedrock_fallback,
     )
 
 
@@ -231,11 +249,19 @@ def _run(
     timeout: float = 600,
     chaos: Any = None,
     webhooks: bool = False,
+    bedrock_min_records: int = 100,
+    bedrock_fallback: str | None = None,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
 
-    options = StackOptions(knobs=knobs, on_invalid=on_invalid, max_attempts=max_attempts)
+    options = StackOptions(
+        knobs=knobs,
+        on_invalid=on_invalid,
+        max_attempts=max_attempts,
+        bedrock_min_records=bedrock_min_records,
+        bedrock_fallback=bedrock_fallback,
+    )
     if chaos is not None and chaos.crash_rate > 0:
         # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
         options.lease_seconds, options.completion_grace_seconds, options.create_lock_seconds = 5, 4, 4
@@ -338,6 +364,7 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
         batch_plan = (
             ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
         )
+        small = [b for b in batches if b.requests < PROVIDER_DEFAULT_LIMITS[b.provider].min_requests]
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
         cost = meter.summary()
         if cost["batch"] is None:
@@ -349,6 +376,14 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
             f"{verdict_text}\n  {estimate}"
         )
+        for b in small:
+            minimum = PROVIDER_DEFAULT_LIMITS[b.provider].min_requests
+            console.print(
+                f"  [yellow]{b.provider}: {b.requests} requests for {b.model}, under its minimum of {minimum} per "
+                f"batch job[/]: refused as batch_too_small unless BATCHDROP_{b.provider.upper()}_FALLBACK=anthropic "
+                f"moves Claude requests to Anthropic (or your quota, BATCHDROP_{b.provider.upper()}_MIN_RECORDS, "
+                "is lower)"
+            )
         if as_json:
             for e in errors:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")
@@ -377,13 +412,20 @@ def emulator(
     transient_error_rate: float,
     seed: int,
 ) -> None:
-    """Serve the provider emulator alone (OpenAI Files/Batches, Anthropic Message Batches)."""
+    """Serve the provider emulator alone: OpenAI Files/Batches (also as Azure OpenAI), Anthropic Message
+    Batches, Gemini Batch Mode and Bedrock batch inference's control plane."""
     from batchdrop.local.emulator import ProviderEmulator
 
     knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
     emu = ProviderEmulator(knobs, host=host, port=port).start()
     console.print(f"OpenAI base URL:    [bold]{emu.openai_base_url}[/]")
     console.print(f"Anthropic base URL: [bold]{emu.anthropic_base_url}[/]")
+    console.print(f"Azure endpoint:     [bold]{emu.base_url}[/] (AzureOpenAI(azure_endpoint=...))")
+    console.print(f"Gemini base URL:    [bold]{emu.base_url}[/] (genai.Client(http_options={{'base_url': ...}}))")
+    console.print(
+        f"Bedrock endpoint:   [bold]{emu.base_url}[/] (AWS_ENDPOINT_URL_BEDROCK; job files go to the S3 "
+        "that AWS_ENDPOINT_URL names)"
+    )
     console.print("Any non-empty API key is accepted. Ctrl-C to stop.")
     try:
         while True:
