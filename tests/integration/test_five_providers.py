@@ -1,0 +1,207 @@
+"""All five providers through the whole pipeline on the embedded stack: a file per provider and a
+neutral file routed to all five; Bedrock's minimum records with and without a fallback; the
+Bedrock state-change event; each provider's failures, expiry and cancellation mapped to our codes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchdrop import models as m
+from batchdrop.adapters.store import JobStore
+from batchdrop.cancel import request_cancel
+from batchdrop.handlers import use_deps
+from batchdrop.handlers.poll import handler as poll_handler
+from batchdrop.local import stack as s
+from batchdrop.local.dispatcher import Dispatcher, LocalContext
+from batchdrop.local.emulator import EmulatorKnobs
+from tests.helpers import (
+    all_jobs_final,
+    assert_accounting,
+    drive,
+    ended,
+    jobs_by_key,
+    jsonl,
+    neutral_line,
+    outputs_of,
+)
+
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "amazon.nova-lite-v1:0",
+}
+MIN_RECORDS = 5
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
+    options: dict[str, Any] = getattr(request, "param", {})
+    knobs = options.pop("knobs", EmulatorKnobs(latency=0.0))
+    with s.LocalStack(s.StackOptions(knobs=knobs, bedrock_min_records=MIN_RECORDS, **options)) as local:
+        yield local
+    use_deps(None)
+
+
+def lines_for(provider: str, n: int, prefix: str) -> list[dict[str, Any]]:
+    return [neutral_line(MODELS[provider], f"hello {i}", custom_id=f"{prefix}-{i}") for i in range(n)]
+
+
+def test_a_file_per_provider_and_a_neutral_file_routed_to_all_five(stack: s.LocalStack) -> None:
+    files = {
+        "inputs/openai.jsonl": lines_for("openai", 3, "o"),
+        "inputs/anthropic.jsonl": lines_for("anthropic", 3, "a"),
+        "inputs/azure/deploy.jsonl": [neutral_line("my-deployment", "hi", custom_id=f"z-{i}") for i in range(3)],
+        "inputs/gemini.jsonl": lines_for("gemini", 3, "g"),
+        "inputs/bedrock.jsonl": lines_for("bedrock", MIN_RECORDS, "b"),
+    }
+    mixed = [
+        *lines_for("openai", 2, "mo"),
+        *lines_for("anthropic", 2, "ma"),
+        *lines_for("gemini", 2, "mg"),
+        *lines_for("bedrock", MIN_RECORDS, "mb"),
+        *[neutral_line("my-deployment", "x", custom_id=f"mz-{i}") for i in range(2)],
+    ]
+    for key, lines in files.items():
+        stack.put(key, jsonl(lines))
+    # Azure takes neutral lines only from its folder; the rest of the mixed file routes by model.
+    stack.put("inputs/mixed.jsonl", jsonl(mixed[:-2]))
+    store = JobStore(s.TABLE)
+    keys = {*files, "inputs/mixed.jsonl"}
+    drive(Dispatcher(stack), ended(store, keys), timeout=120)
+    jobs = jobs_by_key(store)
+    expected = {
+        "inputs/openai.jsonl": {"openai"},
+        "inputs/anthropic.jsonl": {"anthropic"},
+        "inputs/azure/deploy.jsonl": {"azure"},
+        "inputs/gemini.jsonl": {"gemini"},
+        "inputs/bedrock.jsonl": {"bedrock"},
+        "inputs/mixed.jsonl": {"openai", "anthropic", "gemini", "bedrock"},
+    }
+    for key, providers in expected.items():
+        job = jobs[key]
+        assert job["status"] == m.JOB_COMPLETED, (key, job)
+        results, errors, summary = outputs_of(stack, job)
+        n = summary["counts"]["lines"]
+        assert_accounting(set(range(1, n + 1)), results, errors, summary)
+        assert {r["provider"] for r in results} == providers
+        assert all(r["text"] and r["text"].startswith("echo") for r in results), key
+        assert all(r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0 for r in results)
+        if key != "inputs/azure/deploy.jsonl":  # a deployment name has no list price
+            cost = summary["cost_usd"]
+            assert cost["batch"] > 0
+            assert cost["saved"] == pytest.approx(cost["realtime_equivalent"] - cost["batch"], abs=1e-6)
+    assert stack.emulator.stats()["batches_created"]["gemini"] == 2
+    assert stack.emulator.stats()["batches_created"]["bedrock"] == 2
+
+
+def test_a_bedrock_job_under_the_minimum_is_refused_line_by_line(stack: s.LocalStack) -> None:
+    lines = [*lines_for("bedrock", MIN_RECORDS - 1, "b"), *lines_for("openai", 2, "o")]
+    stack.put("inputs/small.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, len(lines) + 1)), results, errors, summary)
+    assert job["status"] == m.JOB_PARTIAL
+    assert {e["code"] for e in errors} == {m.BATCH_TOO_SMALL}
+    assert {e["line"] for e in errors} == set(range(1, MIN_RECORDS))
+    assert "BATCHDROP_BEDROCK_FALLBACK" in errors[0]["message"]
+    assert stack.emulator.stats()["batches_created"]["bedrock"] == 0
+
+
+@pytest.mark.parametrize("stack", [{"bedrock_fallback": "anthropic"}], indirect=True)
+def test_with_a_fallback_claude_requests_under_the_minimum_go_to_anthropic(stack: s.LocalStack) -> None:
+    claude = [neutral_line("anthropic.claude-3-5-haiku-20241022-v1:0", f"hi {i}", custom_id=f"c-{i}") for i in range(2)]
+    nova = lines_for("bedrock", 1, "n")
+    stack.put("inputs/fallback.jsonl", jsonl([*claude, *nova]))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting({1, 2, 3}, results, errors, summary)
+    assert {(r["custom_id"], r["provider"]) for r in results} == {("c-0", "anthropic"), ("c-1", "anthropic")}
+    assert [(e["custom_id"], e["code"]) for e in errors] == [("n-0", m.BATCH_TOO_SMALL)]
+    assert results[0]["model"].startswith("claude-3-5-haiku")
+
+
+def test_a_bedrock_state_change_event_gets_the_job_looked_at_at_once(stack: s.LocalStack) -> None:
+    stack.put("inputs/bedrock.jsonl", jsonl(lines_for("bedrock", MIN_RECORDS, "b")))
+    store = JobStore(s.TABLE)
+    dispatcher = Dispatcher(stack)
+    dispatcher.deliver_uploads()
+    (job,) = store.list_jobs()
+    (batch,) = store.get_batches(job["job_id"])
+    assert batch["status"] != m.COMPLETED
+    event = {
+        "version": "0",
+        "source": "aws.bedrock",
+        "detail-type": "Batch Inference Job State Change",
+        "detail": {"batchJobArn": batch["provider_batch_id"], "status": "Completed"},
+    }
+    answer = poll_handler(event, LocalContext("poll"))
+    assert answer == {"bedrock_event": "ok"}
+    (batch,) = store.get_batches(job["job_id"])
+    assert batch["status"] == m.COMPLETED
+    # An event for a job that is not ours changes nothing.
+    other = {**event, "detail": {"batchJobArn": "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/x"}}
+    assert poll_handler(other, LocalContext("poll")) == {"bedrock_event": "ignored: unknown batch"}
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{"knobs": EmulatorKnobs(latency=0.0, failure_rate=0.5, seed=3), "max_attempts": 1}],
+    indirect=True,
+)
+@pytest.mark.parametrize("provider", ["gemini", "bedrock"])
+def test_request_failures_map_to_request_and_server_errors(stack: s.LocalStack, provider: str) -> None:
+    lines = lines_for(provider, 20, "f")
+    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 21)), results, errors, summary)
+    assert job["status"] == m.JOB_PARTIAL
+    assert {e["code"] for e in errors} == {m.REQUEST_ERROR, m.SERVER_ERROR}
+    assert all(e["stage"] == "provider" and e["provider"] == provider and e["message"] for e in errors)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{"knobs": EmulatorKnobs(latency=0.0, expire_rate=1.0, seed=1), "max_attempts": 1}],
+    indirect=True,
+)
+@pytest.mark.parametrize("provider", ["gemini", "bedrock"])
+def test_an_expired_batch_keeps_what_finished_and_reports_the_rest_expired(stack: s.LocalStack, provider: str) -> None:
+    lines = lines_for(provider, 20, "e")
+    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 21)), results, errors, summary)
+    assert results, "requests that finished before the expiry are kept"
+    assert errors
+    assert {e["code"] for e in errors} == {m.EXPIRED}
+
+
+@pytest.mark.parametrize("stack", [{"knobs": EmulatorKnobs(latency=3600.0)}], indirect=True)
+@pytest.mark.parametrize("provider", ["gemini", "bedrock"])
+def test_cancelling_a_job_cancels_its_batch_at_the_provider(stack: s.LocalStack, provider: str) -> None:
+    stack.put(f"inputs/{provider}.jsonl", jsonl(lines_for(provider, MIN_RECORDS, "c")))
+    store = JobStore(s.TABLE)
+    dispatcher = Dispatcher(stack)
+    dispatcher.deliver_uploads()
+    (job,) = store.list_jobs()
+    request_cancel(store, job["job_id"], time.time())
+    drive(dispatcher, all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert job["status"] == m.JOB_CANCELED
+    assert_accounting(set(range(1, MIN_RECORDS + 1)), results, errors, summary)
+    assert {e["code"] for e in errors} == {m.CANCELED}
