@@ -360,7 +360,7 @@ def test_auth_accepts_either_header(emulator: ProviderEmulator) -> None:
 def test_stats_record_anthropic_batches(emulator: ProviderEmulator, client: anthropic.Anthropic) -> None:
     create(client, [request("a", "hi"), request("b", "hi")])
     stats = emulator.stats()
-    assert stats["batches_created"] == {"openai": 0, "anthropic": 1}
+    assert {k: v for k, v in stats["batches_created"].items() if v} == {"anthropic": 1}
     assert stats["batches"][0]["provider"] == "anthropic"
     assert stats["batches"][0]["metadata"] is None
     assert stats["batches"][0]["custom_ids"] == ["a", "b"]

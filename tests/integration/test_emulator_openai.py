@@ -574,7 +574,7 @@ def test_stats_record_every_submission(emulator: ProviderEmulator, client: opena
     create_batch(client, [chat_line("a", "hi"), chat_line("b", "hi")], metadata={"job_id": "j1"})
     create_batch(client, [chat_line("a", "hi")])
     stats = emulator.stats()
-    assert stats["batches_created"] == {"openai": 2, "anthropic": 0}
+    assert {k: v for k, v in stats["batches_created"].items() if v} == {"openai": 2}
     assert stats["requests_submitted"] == {"a": 2, "b": 1}
     first = stats["batches"][0]
     assert first["provider"] == "openai"

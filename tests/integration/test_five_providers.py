@@ -40,7 +40,7 @@ MIN_RECORDS = 5
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
-    options: dict[str, Any] = getattr(request, "param", {})
+    options: dict[str, Any] = dict(getattr(request, "param", {}))
     knobs = options.pop("knobs", EmulatorKnobs(latency=0.0))
     with s.LocalStack(s.StackOptions(knobs=knobs, bedrock_min_records=MIN_RECORDS, **options)) as local:
         yield local

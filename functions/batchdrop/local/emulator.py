@@ -588,6 +588,8 @@ class ProviderEmulator:
     openai_max_file_bytes = 200 * MB
     anthropic_max_requests = 100_000
     anthropic_max_bytes = 256 * MB
+    # Bedrock's per-model quota of records per job (the local stack sets it with the functions').
+    bedrock_min_records = 100
 
     def __init__(
         self,
@@ -1115,7 +1117,7 @@ class ProviderEmulator:
 
     def _register(self, batch: _Batch) -> None:
         self._batches[batch.id] = batch
-        self._batches_created[batch.provider] += 1
+        self._batches_created[batch.provider] = self._batches_created.get(batch.provider, 0) + 1
         for custom_id in batch.custom_ids:
             self._requests_submitted[custom_id] = self._requests_submitted.get(custom_id, 0) + 1
 
@@ -1545,3 +1547,12 @@ def serve_forever(
         pass
     finally:
         emulator.stop()
+
+
+from batchdrop.local.emulator_bedrock import BedrockEmulation  # noqa: E402
+
+EMULATIONS.append(BedrockEmulation)
+
+from batchdrop.local.emulator_gemini import GeminiEmulation  # noqa: E402
+
+EMULATIONS.append(GeminiEmulation)

@@ -1,0 +1,947 @@
+"""Amazon Bedrock batch inference (model invocation jobs), emulated in the provider emulator.
+
+boto3's ``bedrock`` client reaches it through ``endpoint_url`` (``AWS_ENDPOINT_URL_BEDROCK`` in the
+local stack): the REST-JSON control plane of CreateModelInvocationJob, GetModelInvocationJob,
+ListModelInvocationJobs and StopModelInvocationJob, with the paths, shapes and error codes of
+botocore's service model. The data plane is S3, as with Bedrock: the input JSONL is read from S3 when
+the job is created and the output (``<output uri>/<job id>/<input file>.out`` and
+``manifest.json.out``) is written to S3 when it ends, through a boto3 S3 client built from the
+environment (``AWS_ENDPOINT_URL`` points it at moto's server locally).
+
+Jobs run on the emulator's shared `_Batch` state machine, so the clock, the knobs (latency,
+failure_rate, expire_rate, transient_error_rate, seed) and the deterministic draws behave as for the
+other providers. How the lifecycle maps onto Bedrock's statuses, over the latency L:
+
+- ``Submitted`` (until 0.02 L), ``Validating`` (until 0.05 L), ``Scheduled`` (until 0.1 L), then
+  ``InProgress`` while records finish (between 0.1 L and 0.9 L) and the job ends at L.
+- ``Completed`` when every record ran, whether it succeeded or errored: the Bedrock user guide says
+  PartiallyCompleted means "not all of your records could be processed in time", and errored
+  records are reported as lines with an ``error`` object in the output of a Completed job.
+- A job drawn to expire (expire_rate) hits its timeout: with a probability of
+  ``expire_before_start_rate`` it never left the queue and ends ``Expired`` with no output (AWS:
+  "scheduled but didn't begin before the set timeout duration"); otherwise it was cut while running
+  and ends ``PartiallyCompleted`` with the output of the records that finished.
+- StopModelInvocationJob answers at once; the job is ``Stopping`` for ``stopping_seconds``, then
+  ``Stopped``, with the output of the records finished before the stop. Stopping a job that has
+  ended is a ValidationException.
+- ``Failed`` with a ``message`` when the input does not pass validation (see below), or when the
+  output cannot be written to S3.
+
+Validation. The user guide says the ``Validating`` status checks the S3 access, the JSONL format of
+each record, the file sizes and the record counts. By default (``validate_at_create``) the emulator
+checks all of that when the job is created and answers a ValidationException with a message that
+names the problem, which is the more useful signal locally; with ``validate_at_create = False`` the
+job is accepted and ends ``Failed`` with the same message while ``Validating``, as Bedrock reports
+it. Request parameters (names, ARNs, URIs, model id, timeout, tags) are always checked at create.
+
+Creates are idempotent by ``clientRequestToken`` (the same token returns the same job ARN, whatever
+else the request says); a new token with a job name already in use is a ConflictException. Per
+record, failure_rate gives output lines with ``error: {errorCode: 400|500, errorMessage}``.
+
+Quotas and switches are attributes of the `BedrockEmulation` instance (``min_records``,
+``max_records``, ``max_file_bytes``, ``validate_at_create``, ``expire_before_start_rate``,
+``stopping_seconds``), found in ``emulator._emulations`` by ``provider == "bedrock"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from batchdrop.local.emulator import ProviderEmulator
+
+# Patterns and bounds from botocore's service model (bedrock 2023-04-20).
+JOB_NAME = re.compile(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}")
+JOB_IDENTIFIER = re.compile(
+    r"((arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:model-invocation-job/)?[a-z0-9]{12})"
+)
+IDEMPOTENCY_TOKEN = re.compile(r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}")
+ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+")
+S3_URI = re.compile(r"s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](?:/[-!_*'().a-z0-9A-Z]+(?:/[-!_*'().a-z0-9A-Z]+)*)?/?")
+TAG_TEXT = re.compile(r"[a-zA-Z0-9\s._:/=+@-]*")
+STATUSES = (
+    "Submitted",
+    "InProgress",
+    "Completed",
+    "Failed",
+    "Stopping",
+    "Stopped",
+    "PartiallyCompleted",
+    "Expired",
+    "Validating",
+    "Scheduled",
+)
+INVOCATION_TYPES = ("InvokeModel", "Converse")
+MIN_TIMEOUT_HOURS, MAX_TIMEOUT_HOURS, DEFAULT_TIMEOUT_HOURS = 24, 168, 24
+MAX_TAGS = 200
+MAX_NAME = 63
+# The model families we answer for, after an optional cross-region geography ("us.", "eu.", ...).
+MODEL_FAMILY = re.compile(r"^(?:[a-z]+\.)?(anthropic\.claude-|amazon\.nova-|meta\.llama)")
+ACCOUNT_ID = "123456789012"
+DEFAULT_REGION = "us-east-1"
+_CREDENTIAL_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
+# Where the phases of a job fall, as fractions of the latency (records run from 0.1 to 0.9).
+_VALIDATING_AT, _SCHEDULED_AT, _RUNNING_AT = 0.02, 0.05, 0.1
+_MAX_MESSAGE = 2048
+_MAX_LINE_PROBLEMS = 5
+# Per-record errors, as Bedrock words them in an output line's "error".
+_REFUSED_MESSAGE = "Malformed input request, please reformat your input and try again (emulated failure)."
+_SERVER_ERROR_MESSAGE = (
+    "The system encountered an unexpected error during processing. Try your request again (emulated failure)."
+)
+_ERROR_TYPES = {
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    405: "ValidationException",
+    409: "ConflictException",
+    413: "ValidationException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+_LLAMA_USER_TURN = re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\s*(.*?)<\|eot_id\|>", re.DOTALL)
+
+
+class _AwsError(Exception):
+    """A request answered with an AWS error: its code (x-amzn-ErrorType) and HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _validation(message: str) -> _AwsError:
+    return _AwsError("ValidationException", message)
+
+
+@dataclass
+class _InputFile:
+    bucket: str
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+@dataclass
+class _Job:
+    """What Bedrock keeps of a job beyond the shared batch state."""
+
+    batch: _Batch
+    arn: str
+    name: str
+    token: str
+    role_arn: str
+    model_id: str
+    input_config: dict[str, Any]
+    output_config: dict[str, Any]
+    timeout_hours: int
+    invocation_type: str | None
+    vpc_config: dict[str, Any] | None
+    tags: list[dict[str, str]]
+    files: list[_InputFile]
+    record_files: list[int]  # per request, its index in `files`
+    never_starts: bool  # an expiring job that times out before it leaves the queue
+    # Filled when the job ends.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.batch.id
+
+
+@dataclass
+class _Records:
+    """An input read from S3: its files, its records, and the first problems found in it."""
+
+    files: list[_InputFile] = field(default_factory=list)
+    records: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)  # (recordId, line, file)
+    problems: list[str] = field(default_factory=list)
+
+
+def _parse_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _record_id(seed: str, n: int) -> str:
+    """An 11-character id for a record that came without one (Bedrock adds its own)."""
+    return _hex(seed, "record", n, length=11).upper()
+
+
+def _timestamp(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise _validation(f"1 validation error detected: Value '{raw}' at '{name}' is not a valid timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+class BedrockEmulation:
+    """Bedrock's batch inference control plane, served by the provider emulator (see the module)."""
+
+    provider = "bedrock"
+
+    def __init__(self, emulator: ProviderEmulator) -> None:
+        self.emulator = emulator
+        # Bedrock's quotas and rules, as instance attributes so tests and the local stack can change them.
+        self.max_records = 50_000
+        self.max_file_bytes = 1024 * MB
+        self.validate_at_create = True
+        self.expire_before_start_rate = 0.5
+        # How long a stopped job shows `Stopping` before it is `Stopped` (in the emulator's clock).
+        self.stopping_seconds = 1.0
+        self.account_id = ACCOUNT_ID
+        self._jobs: dict[str, _Job] = {}  # by job id, in creation order
+        self._by_token: dict[str, str] = {}
+        self._s3_lock = threading.Lock()
+        self._s3_clients: dict[tuple[str | None, ...], Any] = {}
+
+    @property
+    def min_records(self) -> int:
+        """The per-model minimum of records per job; the emulator's, which the local stack sets."""
+        return self.emulator.bedrock_min_records
+
+    @min_records.setter
+    def min_records(self, value: int) -> None:
+        self.emulator.bedrock_min_records = value
+
+    # -- the Emulation protocol -------------------------------------------------------------------
+
+    def routes(self) -> list[_Route]:
+        return [
+            ("POST", re.compile(r"/model-invocation-job"), self._handled(self._create)),
+            ("GET", re.compile(r"/model-invocation-jobs"), self._handled(self._list)),
+            ("POST", re.compile(r"/model-invocation-job/(?P<identifier>.+)/stop"), self._handled(self._stop)),
+            ("GET", re.compile(r"/model-invocation-job/(?P<identifier>.+)"), self._handled(self._get)),
+        ]
+
+    def owns(self, path: str) -> bool:
+        return path.startswith("/model-invocation-job")
+
+    def authorised(self, request: Request) -> bool:
+        """boto3 signs with SigV4 (any signature passes), or sends a Bedrock API key as a bearer token."""
+        authorization = request.headers.get("Authorization", "")
+        if authorization.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in authorization:
+            return True
+        return authorization.startswith("Bearer ") and bool(authorization[len("Bearer ") :].strip())
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        code = _ERROR_TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException")
+        if status == 401:
+            # AWS answers a missing or bad signature with 403.
+            status = 403
+            message = "Missing Authentication Token: sign the request with SigV4 (any credentials pass here)."
+        return self._aws_error(code, message, status, headers)
+
+    def write_results(self, batch: _Batch) -> None:
+        """Write the output of a job that has ended to S3: one .out file per input file, and the manifest."""
+        job = self._jobs[batch.id]
+        if job.never_starts:
+            # It stayed in the queue until it timed out (or was stopped there): no record ran.
+            unrun = "expired" if batch.end_kind == "expired" else "canceled"
+            for custom_id in batch.outcomes:
+                batch.outcomes[custom_id] = unrun
+        per_file: list[list[bytes]] = [[] for _ in job.files]
+        success = errors = in_total = out_total = 0
+        for index, request in enumerate(batch.requests):
+            outcome = batch.outcomes[request.custom_id]
+            line: dict[str, Any] = {"recordId": request.body["recordId"], "modelInput": request.body["modelInput"]}
+            if outcome == "succeeded":
+                output, in_tokens, out_tokens = self._model_output(job, request)
+                line["modelOutput"] = output
+                success += 1
+                in_total += in_tokens
+                out_total += out_tokens
+            elif outcome in (REFUSED, SERVER_ERROR):
+                code, message = (400, _REFUSED_MESSAGE) if outcome == REFUSED else (500, _SERVER_ERROR_MESSAGE)
+                line["error"] = {"errorCode": code, "errorMessage": message}
+                errors += 1
+            else:
+                continue  # expired or stopped before it ran: Bedrock writes no line for it
+            per_file[job.record_files[index]].append(orjson.dumps(line))
+        batch.usage = (in_total, out_total)
+        job.counts = {
+            "totalRecordCount": len(batch.requests),
+            "processedRecordCount": success + errors,
+            "successRecordCount": success,
+            "errorRecordCount": errors,
+        }
+        if success + errors == 0 and batch.end_kind != "completed":
+            return  # nothing ran: no output at all
+        bucket, prefix = _parse_s3_uri(job.output_config["s3OutputDataConfig"]["s3Uri"])
+        prefix = f"{prefix.rstrip('/')}/{job.id}/" if prefix.strip("/") else f"{job.id}/"
+        manifest = {**job.counts, "inputTokenCount": in_total, "outputTokenCount": out_total}
+        try:
+            s3 = self._s3()
+            for number, (file, lines) in enumerate(zip(job.files, per_file, strict=True)):
+                # Bedrock does not keep the input order: shuffle deterministically.
+                random.Random(_hex(job.id, "shuffle", number)).shuffle(lines)
+                body = b"".join(line + b"\n" for line in lines)
+                s3.put_object(Bucket=bucket, Key=f"{prefix}{file.name}.out", Body=body)
+            s3.put_object(Bucket=bucket, Key=f"{prefix}manifest.json.out", Body=orjson.dumps(manifest))
+        except Exception as exc:
+            batch.end_kind = "failed"
+            batch.errors = [{"message": f"Could not write the output to s3://{bucket}/{prefix}: {exc}"}]
+            job.counts = {}
+
+    # -- HTTP plumbing ----------------------------------------------------------------------------
+
+    def _aws_error(self, code: str, message: str, status: int = 400, headers: dict[str, str] | None = None) -> Response:
+        response = Response(
+            orjson.dumps({"message": message}), status=status, mimetype="application/json", headers=headers
+        )
+        response.headers["x-amzn-ErrorType"] = code
+        response.headers["x-amzn-RequestId"] = self._request_id()
+        return response
+
+    def _ok(self, payload: dict[str, Any]) -> Response:
+        response = Response(orjson.dumps(payload), status=200, mimetype="application/json")
+        response.headers["x-amzn-RequestId"] = self._request_id()
+        return response
+
+    def _request_id(self) -> str:
+        with self.emulator._lock:
+            raw = self.emulator._next_id("bedrock-request", 32)
+        return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}"
+
+    def _handled(self, handler: Callable[..., Response]) -> Callable[..., Response]:
+        def run(request: Request, **groups: str) -> Response:
+            try:
+                return handler(request, **groups)
+            except _AwsError as exc:
+                return self._aws_error(exc.code, exc.message, exc.status)
+            except _ClientError as exc:  # raised by the shared state machine
+                return self.error(exc.status, exc.message)
+
+        return run
+
+    def _s3(self) -> Any:
+        """A boto3 S3 client from the environment (AWS_ENDPOINT_URL: moto's server locally)."""
+        import os
+
+        import boto3
+
+        key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID"))
+        with self._s3_lock:
+            client = self._s3_clients.get(key)
+            if client is None:
+                client = boto3.session.Session().client("s3")
+                self._s3_clients[key] = client
+            return client
+
+    # -- CreateModelInvocationJob -----------------------------------------------------------------
+
+    def _create(self, request: Request) -> Response:
+        try:
+            payload = orjson.loads(request.get_data() or b"{}")
+        except orjson.JSONDecodeError:
+            raise _AwsError("SerializationException", "The request body is not valid JSON.") from None
+        if not isinstance(payload, dict):
+            raise _AwsError("SerializationException", "The request body must be a JSON object.")
+        params = self._check_params(payload)
+        token = params["token"]
+        with self.emulator._lock:
+            known = self._by_token.get(token)
+            if known is not None:
+                # Idempotent: the same token is the same job, whatever else the request says.
+                return self._ok({"jobArn": self._jobs[known].arn})
+            self._check_name_free(params["name"])
+        records = self._read_input(params["input_uri"])
+        problem = self._problem(records)
+        if problem is not None and self.validate_at_create:
+            raise _validation(problem)
+        submitted_ids = self._submitted_ids(records)
+        region = self._region(request)
+        with self.emulator._lock:
+            known = self._by_token.get(token)
+            if known is not None:
+                return self._ok({"jobArn": self._jobs[known].arn})
+            self._check_name_free(params["name"])
+            emulator = self.emulator
+            knobs = emulator.knobs
+            job_id = emulator._next_id("bedrock-job", 12)
+            requests: list[_Request] = []
+            if problem is None:
+                for n, (record_id, line, _) in enumerate(records.records):
+                    key = f"{n}:{record_id}"
+                    outcome = draw_request_outcome(knobs.seed, job_id, key, knobs.failure_rate)
+                    requests.append(_Request(key, line, outcome.finish_fraction, outcome.failure))
+            expires = draw_batch_expires(knobs.seed, job_id, knobs.expire_rate)
+            batch = _Batch(
+                provider=self.provider,
+                id=job_id,
+                created=emulator._now(),
+                latency=max(0.0, knobs.latency),
+                expires=expires,
+                requests=requests,
+                custom_ids=submitted_ids,
+                line_count=len(records.records),
+                metadata={tag["key"]: tag["value"] for tag in params["tags"]} or None,
+                model=params["model_id"],
+                errors=[{"message": problem}] if problem is not None else [],
+            )
+            job = _Job(
+                batch=batch,
+                arn=f"arn:aws:bedrock:{region}:{self.account_id}:model-invocation-job/{job_id}",
+                name=params["name"],
+                token=token,
+                role_arn=params["role_arn"],
+                model_id=params["model_id"],
+                input_config=params["input_config"],
+                output_config=params["output_config"],
+                timeout_hours=params["timeout_hours"],
+                invocation_type=params["invocation_type"],
+                vpc_config=params["vpc_config"],
+                tags=params["tags"],
+                files=records.files,
+                record_files=[file for _, _, file in records.records] if problem is None else [],
+                never_starts=expires and _unit(knobs.seed, job_id, "never-starts") < self.expire_before_start_rate,
+            )
+            self._jobs[job_id] = job
+            self._by_token[token] = job_id
+            emulator._register(batch)
+            return self._ok({"jobArn": job.arn})
+
+    def _check_params(self, payload: dict[str, Any]) -> dict[str, Any]:
+        problems: list[str] = []
+
+        def string(name: str, value: Any, pattern: re.Pattern[str] | None, low: int, high: int) -> str:
+            if not isinstance(value, str):
+                problems.append(f"Value at '{name}' failed to satisfy constraint: Member must not be null")
+                return ""
+            if not low <= len(value) <= high:
+                problems.append(
+                    f"Value '{value[:80]}' at '{name}' failed to satisfy constraint: Member must have length "
+                    f"between {low} and {high}"
+                )
+            elif pattern is not None and not pattern.fullmatch(value):
+                problems.append(
+                    f"Value '{value[:80]}' at '{name}' failed to satisfy constraint: Member must satisfy regular "
+                    f"expression pattern: {pattern.pattern}"
+                )
+            return value
+
+        name = string("jobName", payload.get("jobName"), JOB_NAME, 1, MAX_NAME)
+        role_arn = string("roleArn", payload.get("roleArn"), ROLE_ARN, 0, 2048)
+        model_id = string("modelId", payload.get("modelId"), None, 1, 2048)
+        token_value = payload.get("clientRequestToken")
+        token = (
+            string("clientRequestToken", token_value, IDEMPOTENCY_TOKEN, 1, 256)
+            if token_value is not None
+            else _hex("bedrock-token", len(self._by_token), self.emulator._now(), length=32)
+        )
+        input_config = payload.get("inputDataConfig")
+        output_config = payload.get("outputDataConfig")
+        input_uri = ""
+        s3_input: dict[str, Any] = {}
+        s3_output: dict[str, Any] = {}
+        if isinstance(input_config, dict) and isinstance(input_config.get("s3InputDataConfig"), dict):
+            s3_input = input_config["s3InputDataConfig"]
+        if isinstance(output_config, dict) and isinstance(output_config.get("s3OutputDataConfig"), dict):
+            s3_output = output_config["s3OutputDataConfig"]
+        if not s3_input:
+            problems.append(
+                "Value at 'inputDataConfig.s3InputDataConfig' failed to satisfy constraint: Member must not be null"
+            )
+        else:
+            input_uri = string("inputDataConfig.s3InputDataConfig.s3Uri", s3_input.get("s3Uri"), S3_URI, 1, 1024)
+            if s3_input.get("s3InputFormat", "JSONL") != "JSONL":
+                problems.append("Value at 'inputDataConfig.s3InputDataConfig.s3InputFormat' must be 'JSONL'")
+        if not s3_output:
+            problems.append(
+                "Value at 'outputDataConfig.s3OutputDataConfig' failed to satisfy constraint: Member must not be null"
+            )
+        else:
+            string("outputDataConfig.s3OutputDataConfig.s3Uri", s3_output.get("s3Uri"), S3_URI, 1, 1024)
+        timeout = payload.get("timeoutDurationInHours", DEFAULT_TIMEOUT_HOURS)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int)
+            or not MIN_TIMEOUT_HOURS <= timeout <= MAX_TIMEOUT_HOURS
+        ):
+            problems.append(
+                f"Value '{timeout}' at 'timeoutDurationInHours' failed to satisfy constraint: Member must have value "
+                f"between {MIN_TIMEOUT_HOURS} and {MAX_TIMEOUT_HOURS}"
+            )
+        invocation_type = payload.get("modelInvocationType")
+        if invocation_type is not None and invocation_type not in INVOCATION_TYPES:
+            problems.append(
+                f"Value '{invocation_type}' at 'modelInvocationType' failed to satisfy constraint: Member must "
+                f"satisfy enum value set: [{', '.join(INVOCATION_TYPES)}]"
+            )
+        tags = payload.get("tags") or []
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+            problems.append(
+                "Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to "
+                f"{MAX_TAGS}"
+            )
+            tags = []
+        for number, tag in enumerate(tags, start=1):
+            if not isinstance(tag, dict):
+                problems.append(f"Value at 'tags.{number}' failed to satisfy constraint: Member must not be null")
+                continue
+            string(f"tags.{number}.member.key", tag.get("key"), TAG_TEXT, 1, 128)
+            string(f"tags.{number}.member.value", tag.get("value"), TAG_TEXT, 0, 256)
+        if problems:
+            count = len(problems)
+            raise _validation(f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(problems))
+        if MODEL_FAMILY.match(self._model_name(model_id)) is None:
+            raise _validation(
+                f"The provided model identifier is invalid: {model_id!r}. The emulator runs batch inference for "
+                "anthropic.claude-*, amazon.nova-* and meta.llama* models (optionally with a geography prefix)."
+            )
+        vpc_config = payload.get("vpcConfig") if isinstance(payload.get("vpcConfig"), dict) else None
+        return {
+            "name": name,
+            "role_arn": role_arn,
+            "model_id": model_id,
+            "token": token,
+            "input_uri": input_uri,
+            "input_config": {"s3InputDataConfig": {"s3InputFormat": "JSONL", **s3_input}},
+            "output_config": {"s3OutputDataConfig": dict(s3_output)},
+            "timeout_hours": timeout,
+            "invocation_type": invocation_type,
+            "vpc_config": vpc_config,
+            "tags": [{"key": t["key"], "value": t["value"]} for t in tags],
+        }
+
+    def _check_name_free(self, name: str) -> None:
+        if any(job.name == name for job in self._jobs.values()):
+            raise _AwsError(
+                "ConflictException",
+                f"A batch inference job with the name {name} already exists. Use a different job name.",
+            )
+
+    @staticmethod
+    def _model_name(model_id: str) -> str:
+        """The model id without an ARN's prefix (foundation-model/..., inference-profile/...)."""
+        return model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+
+    @staticmethod
+    def _region(request: Request) -> str:
+        match = _CREDENTIAL_REGION.search(request.headers.get("Authorization", ""))
+        return match.group(1) if match else DEFAULT_REGION
+
+    def _read_input(self, uri: str) -> _Records:
+        """Read every record of the input: one .jsonl object, or every .jsonl object under a prefix."""
+        result = _Records()
+        bucket, key = _parse_s3_uri(uri)
+        s3 = self._s3()
+        objects: list[tuple[str, int]] = []
+        try:
+            if key.endswith(".jsonl"):
+                head = s3.head_object(Bucket=bucket, Key=key)
+                objects.append((key, int(head["ContentLength"])))
+            else:
+                paginator = s3.get_paginator("list_objects_v2")
+                for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                    for obj in page.get("Contents", []):
+                        if obj["Key"].endswith(".jsonl"):
+                            objects.append((obj["Key"], int(obj["Size"])))
+        except Exception as exc:
+            result.problems.append(f"Could not read the input data at {uri}: {_s3_reason(exc)}")
+            return result
+        if not objects:
+            result.problems.append(f"No .jsonl input file was found at {uri}.")
+            return result
+        for object_key, size in objects:
+            if size > self.max_file_bytes:
+                result.problems.append(
+                    f"The input file s3://{bucket}/{object_key} is {size} bytes, over the maximum of "
+                    f"{self.max_file_bytes} bytes per input file."
+                )
+                return result
+        total = 0
+        for file_index, (object_key, _) in enumerate(objects):
+            result.files.append(_InputFile(bucket, object_key))
+            try:
+                body = s3.get_object(Bucket=bucket, Key=object_key)["Body"]
+                lines = list(_lines(body.iter_chunks(1 << 20)))
+            except Exception as exc:
+                result.problems.append(f"Could not read the input file s3://{bucket}/{object_key}: {_s3_reason(exc)}")
+                return result
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
+                    continue
+                total += 1
+                if len(result.problems) >= _MAX_LINE_PROBLEMS:
+                    continue
+                where = f"{object_key.rsplit('/', 1)[-1]} line {number}"
+                try:
+                    line = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    result.problems.append(f"{where}: the record is not valid JSON.")
+                    continue
+                if not isinstance(line, dict):
+                    result.problems.append(f"{where}: the record is not a JSON object.")
+                    continue
+                model_input = line.get("modelInput")
+                if not isinstance(model_input, dict):
+                    result.problems.append(f"{where}: the record has no modelInput object.")
+                    continue
+                record_id = line.get("recordId")
+                if record_id is None:
+                    record_id = _record_id(object_key, number)
+                elif not isinstance(record_id, str) or not record_id:
+                    result.problems.append(f"{where}: recordId must be a non-empty string.")
+                    continue
+                result.records.append((record_id, {"recordId": record_id, "modelInput": model_input}, file_index))
+        if total > self.max_records:
+            result.problems.insert(
+                0,
+                f"The input has {total} records, more than the maximum of {self.max_records} records per "
+                "batch inference job.",
+            )
+        elif total < self.min_records:
+            result.problems.insert(
+                0,
+                f"The input has {total} records, fewer than the minimum of {self.min_records} records per batch "
+                "inference job for this model.",
+            )
+        return result
+
+    def _submitted_ids(self, records: _Records) -> list[str]:
+        """The ids the emulator's stats count submissions by: the recordIds, or, for one input file with
+        batchdrop's `ids.txt` beside it (BedrockProvider sends positional recordIds), the custom_ids it
+        lists, so that the stats say which of the user's requests were sent, as for the other providers."""
+        record_ids = [record_id for record_id, _, _ in records.records]
+        if len(records.files) != 1 or not record_ids:
+            return record_ids
+        file = records.files[0]
+        folder = file.key.rsplit("/", 1)[0] + "/" if "/" in file.key else ""
+        try:
+            body = self._s3().get_object(Bucket=file.bucket, Key=f"{folder}ids.txt")["Body"].read()
+        except Exception:
+            return record_ids
+        ids = body.decode().splitlines()
+        return ids if len(ids) == len(record_ids) else record_ids
+
+    @staticmethod
+    def _problem(records: _Records) -> str | None:
+        if not records.problems:
+            return None
+        message = " ".join(records.problems)
+        return message[: _MAX_MESSAGE - 3] + "..." if len(message) > _MAX_MESSAGE else message
+
+    # -- GetModelInvocationJob, ListModelInvocationJobs, StopModelInvocationJob -----------------
+
+    def _job(self, identifier: str) -> _Job:
+        if not JOB_IDENTIFIER.fullmatch(identifier):
+            raise _validation(
+                f"1 validation error detected: Value '{identifier[:200]}' at 'jobIdentifier' failed to satisfy "
+                f"constraint: Member must satisfy regular expression pattern: {JOB_IDENTIFIER.pattern}"
+            )
+        job = self._jobs.get(identifier.rsplit("/", 1)[-1])
+        if job is None or (identifier.startswith("arn:") and identifier != job.arn):
+            raise _AwsError("ResourceNotFoundException", f"The batch inference job {identifier} was not found.", 404)
+        return job
+
+    def _advance(self, job: _Job, now: float) -> None:
+        """Let the shared state machine move the job on; a stop shows `Stopping` for a moment first."""
+        cancel_at = job.batch.cancel_at
+        if cancel_at is not None and job.batch.end_kind is None and now < cancel_at + self.stopping_seconds:
+            return
+        self.emulator._advance(job.batch, now)
+
+    def _get(self, request: Request, identifier: str) -> Response:
+        with self.emulator._lock:
+            job = self._job(identifier)
+            now = self.emulator._now()
+            self._advance(job, now)
+            return self._ok(self._job_json(job, now))
+
+    def _stop(self, request: Request, identifier: str) -> Response:
+        with self.emulator._lock:
+            job = self._job(identifier)
+            now = self.emulator._now()
+            self._advance(job, now)
+            if job.batch.cancel_at is not None:
+                return self._ok({})  # already stopping
+            if job.batch.end_kind is not None:
+                raise _validation(
+                    f"The batch inference job {job.arn} cannot be stopped: it is {self._status(job, now)}."
+                )
+            self.emulator._cancel(job.batch, now)
+            return self._ok({})
+
+    def _list(self, request: Request) -> Response:
+        args = request.args
+        raw_max = args.get("maxResults")
+        max_results = 1000
+        if raw_max is not None:
+            if not raw_max.isdigit() or not 1 <= int(raw_max) <= 1000:
+                raise _validation(
+                    f"1 validation error detected: Value '{raw_max}' at 'maxResults' failed to satisfy constraint: "
+                    "Member must have value between 1 and 1000"
+                )
+            max_results = int(raw_max)
+        status_equals = args.get("statusEquals")
+        if status_equals is not None and status_equals not in STATUSES:
+            raise _validation(
+                f"1 validation error detected: Value '{status_equals}' at 'statusEquals' failed to satisfy "
+                f"constraint: Member must satisfy enum value set: [{', '.join(STATUSES)}]"
+            )
+        sort_by = args.get("sortBy", "CreationTime")
+        sort_order = args.get("sortOrder", "Descending")
+        if sort_by != "CreationTime" or sort_order not in ("Ascending", "Descending"):
+            raise _validation("sortBy must be CreationTime and sortOrder Ascending or Descending.")
+        after = _timestamp(args["submitTimeAfter"], "submitTimeAfter") if "submitTimeAfter" in args else None
+        before = _timestamp(args["submitTimeBefore"], "submitTimeBefore") if "submitTimeBefore" in args else None
+        name_contains = args.get("nameContains")
+        # The token carries the filters it was made for, so a token cannot page another query.
+        query = "\x1f".join(str(v) for v in (status_equals, sort_order, after, before, name_contains))
+        start = 0
+        token = args.get("nextToken")
+        if token is not None:
+            try:
+                offset, _, signature = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+                start = int(offset)
+            except ValueError:
+                raise _validation("The nextToken is not valid.") from None
+            if signature != _hex("list", query, length=16):
+                raise _validation("The nextToken does not belong to this query.")
+        with self.emulator._lock:
+            now = self.emulator._now()
+            jobs = list(self._jobs.values())
+            if sort_order == "Descending":
+                jobs.reverse()
+            matched = []
+            for job in jobs:
+                self._advance(job, now)
+                if name_contains is not None and name_contains not in job.name:
+                    continue
+                if status_equals is not None and self._status(job, now) != status_equals:
+                    continue
+                if after is not None and job.batch.created <= after:
+                    continue
+                if before is not None and job.batch.created >= before:
+                    continue
+                matched.append(job)
+            page = matched[start : start + max_results]
+            payload: dict[str, Any] = {"invocationJobSummaries": [self._job_json(job, now) for job in page]}
+        if start + max_results < len(matched):
+            raw = f"{start + max_results}:{_hex('list', query, length=16)}"
+            payload["nextToken"] = base64.urlsafe_b64encode(raw.encode()).decode()
+        return self._ok(payload)
+
+    # -- the job as Bedrock shows it --------------------------------------------------------------
+
+    def _status(self, job: _Job, now: float) -> str:
+        batch = job.batch
+        kind = batch.end_kind
+        if kind == "failed":
+            return "Failed"
+        if kind == "cancelled":
+            return "Stopped"
+        if kind == "completed":
+            return "Completed"
+        if kind == "expired":
+            processed = job.counts.get("processedRecordCount", 0)
+            if processed == 0:
+                return "Expired"
+            return "Completed" if processed == len(batch.requests) else "PartiallyCompleted"
+        if batch.cancel_at is not None:
+            return "Stopping"
+        if now < batch.phase_time(_VALIDATING_AT):
+            return "Submitted"
+        if now < batch.phase_time(_SCHEDULED_AT):
+            return "Validating"
+        if now < batch.phase_time(_RUNNING_AT) or job.never_starts or batch.errors:
+            return "Validating" if batch.errors else "Scheduled"
+        return "InProgress"
+
+    def _last_modified(self, job: _Job, now: float, status: str) -> float:
+        batch = job.batch
+        if batch.ended_at is not None:
+            return batch.ended_at
+        if batch.cancel_at is not None:
+            return batch.cancel_at
+        fraction = {"Validating": _VALIDATING_AT, "Scheduled": _SCHEDULED_AT, "InProgress": _RUNNING_AT}.get(status)
+        return batch.created if fraction is None else batch.phase_time(fraction)
+
+    def _counts(self, job: _Job, now: float, status: str) -> dict[str, int]:
+        batch = job.batch
+        if job.counts:
+            return job.counts  # the job has ended and its output is written
+        success = errors = 0
+        total = len(batch.requests)
+        if status in ("Submitted", "Validating", "Failed"):
+            total = 0  # Bedrock reports zeros until the input is validated
+        elif not job.never_starts:
+            at = batch.cancel_at if batch.cancel_at is not None else now
+            for request in batch.requests:
+                if batch.finished_by(request, at):
+                    if request.failure is None:
+                        success += 1
+                    else:
+                        errors += 1
+        return {
+            "totalRecordCount": total,
+            "processedRecordCount": success + errors,
+            "successRecordCount": success,
+            "errorRecordCount": errors,
+        }
+
+    def _job_json(self, job: _Job, now: float) -> dict[str, Any]:
+        batch = job.batch
+        status = self._status(job, now)
+        payload: dict[str, Any] = {
+            "jobArn": job.arn,
+            "jobName": job.name,
+            "modelId": job.model_id,
+            "clientRequestToken": job.token,
+            "roleArn": job.role_arn,
+            "status": status,
+            "submitTime": _iso(batch.created),
+            "lastModifiedTime": _iso(self._last_modified(job, now, status)),
+            "inputDataConfig": job.input_config,
+            "outputDataConfig": job.output_config,
+            "timeoutDurationInHours": job.timeout_hours,
+            "jobExpirationTime": _iso(batch.created + job.timeout_hours * 3600),
+            **self._counts(job, now, status),
+        }
+        if status == "Failed" and batch.errors:
+            message = "; ".join(str(e.get("message")) for e in batch.errors)
+            payload["message"] = message[:_MAX_MESSAGE]
+        if batch.end_kind is not None:
+            payload["endTime"] = _iso(batch.ended_at)
+        if job.invocation_type is not None:
+            payload["modelInvocationType"] = job.invocation_type
+        if job.vpc_config is not None:
+            payload["vpcConfig"] = job.vpc_config
+        return payload
+
+    # -- model outputs ----------------------------------------------------------------------------
+
+    def _model_output(self, job: _Job, request: _Request) -> tuple[dict[str, Any], int, int]:
+        """The InvokeModel (or Converse) response body of the job's model for one record."""
+        body = request.body["modelInput"]
+        key = f"{job.id}/{request.custom_id}"
+        name = self._model_name(job.model_id)
+        if job.invocation_type == "Converse":
+            return _converse_output(body, key)
+        family = MODEL_FAMILY.match(name)
+        kind = family.group(1) if family else ""
+        if kind == "anthropic.claude-":
+            message, in_tokens, out_tokens = _anthropic_message(body, key)
+            message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
+            message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]
+            for part in message["content"]:
+                part.pop("citations", None)
+            message["usage"].pop("service_tier", None)
+            return message, in_tokens, out_tokens
+        if kind == "amazon.nova-":
+            return _converse_output(body, key, nova=True)
+        return _llama_output(body)
+
+
+def _s3_reason(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        return f"{error.get('Code', 'Error')}: {error.get('Message') or 'access failed'}"
+    return str(exc)
+
+
+def _converse_text(body: dict[str, Any]) -> tuple[str, int]:
+    """The last user text of a Converse/Nova body, and the characters of every message and system part."""
+    user_text, chars = _messages_text(body.get("messages"))
+    system = body.get("system")
+    chars += len(_text_of(system)) if isinstance(system, list) else len(system) if isinstance(system, str) else 0
+    return user_text, chars
+
+
+def _converse_output(body: dict[str, Any], key: str, nova: bool = False) -> tuple[dict[str, Any], int, int]:
+    """Nova's InvokeModel body, which is also the Converse API's response shape."""
+    user_text, chars = _converse_text(body)
+    config = body.get("inferenceConfig") if isinstance(body.get("inferenceConfig"), dict) else {}
+    text, out_tokens, cut = _echo(user_text, _cap(config or {}, "maxTokens", "max_new_tokens"))
+    in_tokens = _tokens(chars)
+    usage: dict[str, Any] = {
+        "inputTokens": in_tokens,
+        "outputTokens": out_tokens,
+        "totalTokens": in_tokens + out_tokens,
+    }
+    if nova:
+        usage.update(cacheReadInputTokenCount=0, cacheWriteInputTokenCount=0)
+    output: dict[str, Any] = {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "max_tokens" if cut else "end_turn",
+        "usage": usage,
+    }
+    if not nova:
+        output["metrics"] = {"latencyMs": 100 + int(_unit(key, "latency") * 900)}
+    return output, in_tokens, out_tokens
+
+
+def _llama_output(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    assert isinstance(prompt, str)
+    turns = _LLAMA_USER_TURN.findall(prompt)
+    user_text = turns[-1].strip() if turns else prompt
+    text, out_tokens, cut = _echo(user_text, _cap(body, "max_gen_len"))
+    in_tokens = _tokens(len(prompt))
+    output = {
+        "generation": text,
+        "prompt_token_count": in_tokens,
+        "generation_token_count": out_tokens,
+        "stop_reason": "length" if cut else "stop",
+    }
+    return output, in_tokens, out_tokens
+
+
+# Imported last: the emulator module registers BedrockEmulation at its own end, so whichever of the two
+# modules is imported first, the other finds everything it needs already defined.
+from batchdrop.local.emulator import (  # noqa: E402
+    MB,
+    REFUSED,
+    SERVER_ERROR,
+    _anthropic_message,
+    _Batch,
+    _cap,
+    _ClientError,
+    _echo,
+    _hex,
+    _iso,
+    _messages_text,
+    _Request,
+    _Route,
+    _text_of,
+    _tokens,
+    _unit,
+    draw_batch_expires,
+    draw_request_outcome,
+)

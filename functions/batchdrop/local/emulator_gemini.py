@@ -1,0 +1,681 @@
+"""Gemini Batch Mode (the Gemini Developer API, ``v1beta``) for the provider emulator.
+
+The official ``google-genai`` SDK talks to it through ``HttpOptions(base_url=..., api_version="v1beta")``:
+
+- Files: the resumable upload (``POST /upload/v1beta/files`` with ``X-Goog-Upload-Protocol: resumable`` and
+  ``X-Goog-Upload-Command: start`` answers an ``x-goog-upload-url``; the SDK then POSTs the bytes there in
+  ``upload`` / ``upload, finalize`` chunks), ``GET/DELETE /v1beta/files/{id}``, ``GET /v1beta/files`` and
+  ``GET /v1beta/files/{id}:download?alt=media`` (generated files only, as at Google).
+- Batches: ``POST /v1beta/models/{model}:batchGenerateContent`` with ``{"batch": {"displayName", "inputConfig":
+  {"fileName"}}}``, ``GET /v1beta/batches/{id}``, ``GET /v1beta/batches`` (``pageSize``/``pageToken``, newest
+  first), ``POST /v1beta/batches/{id}:cancel`` and ``DELETE /v1beta/batches/{id}``. A batch is a
+  long-running Operation: ``{"name": "batches/…", "metadata": GenerateContentBatch, "done", "response" |
+  "error"}``.
+
+Only ``v1beta`` is served: the SDK's default ``v1`` paths (``/v1/files/…``, ``/v1/batches/…``) are the OpenAI
+emulation's, and Google documents Batch Mode under ``v1beta``.
+
+Shapes follow the REST reference (ai.google.dev/api/batch-mode: GenerateContentBatch, BatchStats, BatchState)
+and what the SDK's converters read (``google/genai/batches.py`` ``_BatchJob_from_mldev``: ``metadata.state``,
+``metadata.displayName``, ``metadata.createTime``/``endTime``/``updateTime``, ``metadata.output.responsesFile``).
+int64 fields (``batchStats.*``, ``sizeBytes``) are JSON strings and zero counts are omitted, as proto3 JSON does.
+
+Output lines are ``{"key", "response": GenerateContentResponse}`` or ``{"key", "error": google.rpc.Status}``
+(gRPC code 3 INVALID_ARGUMENT / 13 INTERNAL and a message; the shape of the gemini-rust crate's
+``BatchResponseFileItem``/``IndividualRequestError``, which were written against the live API). Requests a
+batch never ran (expired, cancelled) get no line. The reference says lines are "in the same order as the input
+requests", but users report otherwise (googleapis/python-genai#1909), so they are shuffled deterministically:
+readers must match on ``key``.
+
+`batchdrop.local.emulator` registers it at its end; the two modules import each other, in either order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from batchdrop.local.emulator import ProviderEmulator
+
+API_VERSION = "v1beta"
+_PREFIXES = (f"/{API_VERSION}/", f"/upload/{API_VERSION}/", f"/download/{API_VERSION}/")
+# Models the emulator runs; any other is accepted at create and fails the batch (not found).
+KNOWN_MODEL = re.compile(r"gemini-[a-z0-9][a-z0-9.-]*")
+# Not documented by Google; our provider keeps display names within it.
+MAX_DISPLAY_NAME = 128
+MAX_FILE_BYTES = 2 * 1024**3  # Batch Mode input files: up to 2 GB
+FILE_TTL_SECONDS = 48 * 3600  # Files API: files are deleted after 48 hours (not enforced here)
+FILES_PAGE_DEFAULT, FILES_PAGE_MAX = 10, 100
+BATCHES_PAGE_DEFAULT, BATCHES_PAGE_MAX = 50, 1000
+_MAX_REPORTED_ERRORS = 5
+
+PENDING = "BATCH_STATE_PENDING"
+RUNNING = "BATCH_STATE_RUNNING"
+SUCCEEDED = "BATCH_STATE_SUCCEEDED"
+FAILED = "BATCH_STATE_FAILED"
+CANCELLED = "BATCH_STATE_CANCELLED"
+EXPIRED = "BATCH_STATE_EXPIRED"
+_END_STATES = {"completed": SUCCEEDED, "failed": FAILED, "expired": EXPIRED, "cancelled": CANCELLED}
+
+_BATCH_TYPE = f"type.googleapis.com/google.ai.generativelanguage.{API_VERSION}.GenerateContentBatch"
+_OUTPUT_TYPE = f"type.googleapis.com/google.ai.generativelanguage.{API_VERSION}.GenerateContentBatchOutput"
+
+# HTTP status → the canonical status Google puts in its error bodies.
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+# Per-request failures in the output file (google.rpc.Status: gRPC code and message).
+_REFUSED_LINE = (3, "Request contains an invalid argument. (emulated failure)")
+_FAILED_LINE = (13, "Internal error encountered. (emulated failure)")
+_UNREGISTERED = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
+
+
+@dataclass
+class _GeminiFile:
+    id: str
+    mime_type: str
+    created: float
+    data: bytes
+    source: str  # UPLOADED | GENERATED
+    display_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"files/{self.id}"
+
+    def to_json(self, host_url: str) -> dict[str, Any]:
+        base = host_url.rstrip("/")
+        file: dict[str, Any] = {
+            "name": self.name,
+            "mimeType": self.mime_type,
+            "sizeBytes": str(len(self.data)),
+            "createTime": _iso(self.created),
+            "updateTime": _iso(self.created),
+            "expirationTime": _iso(self.created + FILE_TTL_SECONDS),
+            "sha256Hash": base64.b64encode(hashlib.sha256(self.data).hexdigest().encode()).decode(),
+            "uri": f"{base}/{API_VERSION}/files/{self.id}",
+            "state": "ACTIVE",
+            "source": self.source,
+        }
+        if self.display_name:
+            file["displayName"] = self.display_name
+        if self.source == "GENERATED":
+            file["downloadUri"] = f"{base}/download/{API_VERSION}/files/{self.id}:download?alt=media"
+        return file
+
+
+@dataclass
+class _Upload:
+    """A resumable upload session: what the start request declared, and the bytes received so far."""
+
+    id: str
+    size: int
+    mime_type: str
+    display_name: str | None
+    received: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Lines:
+    requests: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)  # key, request, valid
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    line_count: int = 0
+
+
+class GeminiEmulation:
+    """The Gemini Files API and Batch Mode, served by a `ProviderEmulator` and sharing its state machine."""
+
+    provider = "gemini"
+
+    def __init__(self, emulator: ProviderEmulator) -> None:
+        self.emulator = emulator
+        self.max_file_bytes = MAX_FILE_BYTES
+        self._files: dict[str, _GeminiFile] = {}  # in creation order
+        self._uploads: dict[str, _Upload] = {}
+        self._deleted_batches: set[str] = set()
+
+    # -- the Emulation protocol -------------------------------------------------------------------
+
+    def routes(self) -> list[_Route]:
+        v = API_VERSION
+        file_id = r"(?P<file_id>[a-z0-9-]+)"
+        batch_id = r"(?P<batch_id>[a-z0-9-]+)"
+        return [
+            ("POST", re.compile(rf"/upload/{v}/files"), self._upload),
+            ("GET", re.compile(rf"/{v}/files"), self._list_files),
+            ("GET", re.compile(rf"/{v}/files/{file_id}"), self._get_file),
+            ("DELETE", re.compile(rf"/{v}/files/{file_id}"), self._delete_file),
+            ("GET", re.compile(rf"/{v}/files/{file_id}:download"), self._download),
+            ("GET", re.compile(rf"/download/{v}/files/{file_id}:download"), self._download),
+            ("POST", re.compile(rf"/{v}/models/(?P<model>[^/:]+):batchGenerateContent"), self._create_batch),
+            ("GET", re.compile(rf"/{v}/batches"), self._list_batches),
+            ("GET", re.compile(rf"/{v}/batches/{batch_id}"), self._get_batch_route),
+            ("DELETE", re.compile(rf"/{v}/batches/{batch_id}"), self._delete_batch),
+            ("POST", re.compile(rf"/{v}/batches/{batch_id}:cancel"), self._cancel_batch),
+        ]
+
+    def owns(self, path: str) -> bool:
+        return path.startswith(_PREFIXES)
+
+    def authorised(self, request: Request) -> bool:
+        # The upload URL carries the session (`upload_id`): the SDK sends the chunks without the key.
+        if request.path.startswith(f"/upload/{API_VERSION}/files") and request.args.get("upload_id"):
+            return True
+        return bool(request.headers.get("x-goog-api-key", "").strip() or request.args.get("key", "").strip())
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        if status == 401:
+            # Google answers a call without an API key with 403 PERMISSION_DENIED.
+            status, message = 403, _UNREGISTERED
+        body = {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
+        return _json(body, status, headers)
+
+    def write_results(self, batch: _Batch) -> None:
+        """Called by the emulator's `_end` once `batch.outcomes` are drawn (never for a failed batch)."""
+        lines: list[bytes] = []
+        in_total = out_total = 0
+        for request in batch.requests:
+            outcome = batch.outcomes[request.custom_id]
+            key = f"{batch.id}/{request.custom_id}"
+            line: dict[str, Any]
+            if outcome == "succeeded":
+                response, in_tokens, out_tokens = _generate_content_response(request.body, key, batch.model or "")
+                in_total += in_tokens
+                out_total += out_tokens
+                line = {"key": request.custom_id, "response": response}
+            elif outcome in (REFUSED, SERVER_ERROR):
+                code, message = _REFUSED_LINE if outcome == REFUSED else _FAILED_LINE
+                problem = _request_problem(request.body)
+                if outcome == REFUSED and problem:
+                    message = problem
+                line = {"key": request.custom_id, "error": {"code": code, "message": message}}
+            else:
+                continue  # expired or cancelled before it ran: Gemini writes nothing for it
+            lines.append(orjson.dumps(line))
+        random.Random(_hex(batch.id, "shuffle")).shuffle(lines)
+        batch.usage = (in_total, out_total)
+        if lines:
+            file = _GeminiFile(
+                id=self.emulator._next_id("gemini-file", 16),
+                mime_type="application/jsonl",
+                created=batch.ended_at or batch.created,
+                data=b"".join(line + b"\n" for line in lines),
+                source="GENERATED",
+                display_name=f"batches/{batch.id} responses",
+            )
+            self._files[file.id] = file
+            batch.output_file_id = file.name
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _upload(self, request: Request) -> Response:
+        upload_id = request.args.get("upload_id")
+        if upload_id:
+            return self._upload_chunk(request, upload_id)
+        if request.headers.get("X-Goog-Upload-Protocol", "").lower() != "resumable":
+            raise _ClientError(400, "The emulator supports only the resumable upload protocol.")
+        if request.headers.get("X-Goog-Upload-Command", "").lower() != "start":
+            raise _ClientError(400, "A resumable upload starts with 'X-Goog-Upload-Command: start'.")
+        try:
+            size = int(request.headers.get("X-Goog-Upload-Header-Content-Length", ""))
+        except ValueError:
+            raise _ClientError(400, "Missing or invalid X-Goog-Upload-Header-Content-Length.") from None
+        if size > self.max_file_bytes:
+            raise _ClientError(400, f"File is too large: {size} bytes; the limit is {self.max_file_bytes} bytes.")
+        body = _parse_json_body(request) if request.get_data() else {}
+        given = body.get("file")
+        meta: dict[str, Any] = given if isinstance(given, dict) else {}
+        mime_type = (
+            request.headers.get("X-Goog-Upload-Header-Content-Type")
+            or meta.get("mimeType")
+            or meta.get("mime_type")
+            or "application/octet-stream"
+        )
+        display_name = meta.get("displayName") or meta.get("display_name")
+        with self.emulator._lock:
+            upload = _Upload(
+                id=self.emulator._next_id("gemini-upload", 32),
+                size=size,
+                mime_type=str(mime_type),
+                display_name=str(display_name) if display_name else None,
+            )
+            self._uploads[upload.id] = upload
+        base = request.host_url.rstrip("/")
+        url = f"{base}/upload/{API_VERSION}/files?upload_id={upload.id}&upload_protocol=resumable"
+        response = Response(b"", status=200, mimetype="application/json")
+        response.headers["x-goog-upload-url"] = url
+        response.headers["x-goog-upload-status"] = "active"
+        response.headers["x-goog-upload-chunk-granularity"] = str(256 * 1024)
+        return response
+
+    def _upload_chunk(self, request: Request, upload_id: str) -> Response:
+        command = {part.strip().lower() for part in request.headers.get("X-Goog-Upload-Command", "").split(",")}
+        data = request.get_data()
+        with self.emulator._lock:
+            upload = self._uploads.get(upload_id)
+            if upload is None:
+                return self._upload_error(404, f"No upload session {upload_id!r}.")
+            offset = request.headers.get("X-Goog-Upload-Offset")
+            if "upload" in command:
+                if offset is None or not offset.isdigit() or int(offset) != len(upload.received):
+                    expected = len(upload.received)
+                    return self._upload_error(400, f"Invalid X-Goog-Upload-Offset {offset!r}: expected {expected}.")
+                if len(upload.received) + len(data) > upload.size:
+                    return self._upload_error(400, "The upload is larger than its declared size.")
+                upload.received += data
+            if "finalize" not in command:
+                response = Response(b"", status=200)
+                response.headers["x-goog-upload-status"] = "active"
+                response.headers["x-goog-upload-size-received"] = str(len(upload.received))
+                return response
+            if len(upload.received) != upload.size:
+                return self._upload_error(
+                    400, f"Finalized after {len(upload.received)} bytes, but {upload.size} were declared."
+                )
+            del self._uploads[upload_id]
+            file = _GeminiFile(
+                id=self.emulator._next_id("gemini-file", 16),
+                mime_type=upload.mime_type,
+                created=self.emulator._now(),
+                data=bytes(upload.received),
+                source="UPLOADED",
+                display_name=upload.display_name,
+            )
+            self._files[file.id] = file
+        response = _json({"file": file.to_json(request.host_url)})
+        response.headers["x-goog-upload-status"] = "final"
+        return response
+
+    def _upload_error(self, status: int, message: str) -> Response:
+        # `final`: the SDK retries chunk requests that carry no upload status, so a refusal carries one.
+        response = self.error(status, message)
+        response.headers["x-goog-upload-status"] = "final"
+        return response
+
+    def _file(self, file_id: str) -> _GeminiFile:
+        with self.emulator._lock:
+            file = self._files.get(file_id)
+        if file is None:
+            raise _ClientError(403, f"You do not have permission to access the File {file_id} or it may not exist.")
+        return file
+
+    def _list_files(self, request: Request) -> Response:
+        size = _page_size(request, FILES_PAGE_DEFAULT, FILES_PAGE_MAX)
+        with self.emulator._lock:
+            files = list(reversed(self._files.values()))
+        start = _page_start(request, [f.id for f in files])
+        page = files[start : start + size]
+        body: dict[str, Any] = {"files": [f.to_json(request.host_url) for f in page]}
+        if start + size < len(files):
+            body["nextPageToken"] = _token(files[start + size].id)
+        return _json(body)
+
+    def _get_file(self, request: Request, file_id: str) -> Response:
+        return _json(self._file(file_id).to_json(request.host_url))
+
+    def _delete_file(self, request: Request, file_id: str) -> Response:
+        file = self._file(file_id)
+        with self.emulator._lock:
+            self._files.pop(file.id, None)
+        return _json({})
+
+    def _download(self, request: Request, file_id: str) -> Response:
+        file = self._file(file_id)
+        if file.source != "GENERATED":
+            raise _ClientError(400, f"Only generated files can be downloaded; {file.name} was uploaded.")
+        return _stream(file.data, "application/octet-stream")
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    def _create_batch(self, request: Request, model: str) -> Response:
+        payload = _parse_json_body(request)
+        spec = payload.get("batch")
+        if not isinstance(spec, dict):
+            raise _ClientError(400, "batch: field is required and must be an object.")
+        display_name = spec.get("displayName", spec.get("display_name"))
+        if not isinstance(display_name, str) or not display_name.strip():
+            raise _ClientError(400, "batch.display_name: field is required.")
+        if len(display_name) > MAX_DISPLAY_NAME:
+            raise _ClientError(400, f"batch.display_name: must be at most {MAX_DISPLAY_NAME} characters.")
+        config = spec.get("inputConfig", spec.get("input_config"))
+        if not isinstance(config, dict):
+            raise _ClientError(400, "batch.input_config: field is required.")
+        if "requests" in config:
+            raise _ClientError(400, "The emulator does not run inlined requests: upload a JSONL file instead.")
+        file_name = config.get("fileName", config.get("file_name"))
+        if not isinstance(file_name, str) or not file_name.startswith("files/"):
+            raise _ClientError(400, "batch.input_config.file_name: must be a file name like 'files/abc'.")
+        file = self._file(file_name.removeprefix("files/"))
+        model_name = f"models/{model.removeprefix('models/')}"
+        lines = _read_lines(file.data)
+        if not KNOWN_MODEL.fullmatch(model_name.removeprefix("models/")):
+            lines.errors.insert(
+                0,
+                {
+                    "line": None,
+                    "message": f"{model_name} is not found for API version {API_VERSION}, "
+                    "or is not supported for batchGenerateContent.",
+                },
+            )
+        emulator = self.emulator
+        with emulator._lock:
+            knobs = emulator.knobs
+            batch_id = emulator._next_id("gemini-batch", 32)
+            requests: list[_Request] = []
+            if not lines.errors:
+                for key, body, valid in lines.requests:
+                    outcome = draw_request_outcome(knobs.seed, batch_id, key, knobs.failure_rate)
+                    failure = outcome.failure if valid else REFUSED
+                    requests.append(_Request(key, body, outcome.finish_fraction, failure))
+            batch = _Batch(
+                provider="gemini",
+                id=batch_id,
+                created=emulator._now(),
+                latency=max(0.0, knobs.latency),
+                expires=draw_batch_expires(knobs.seed, batch_id, knobs.expire_rate),
+                requests=requests,
+                custom_ids=[key for key, _, _ in lines.requests],
+                line_count=lines.line_count,
+                metadata={"displayName": display_name},
+                input_file_id=file.name,
+                model=model_name,
+                errors=lines.errors,
+            )
+            emulator._register(batch)
+            return _json(self._operation(batch, batch.created, creating=True))
+
+    def _batch(self, batch_id: str) -> _Batch:
+        """The batch, under the emulator's lock."""
+        batch = self.emulator._batches.get(batch_id)
+        if batch is None or batch.provider != self.provider or batch_id in self._deleted_batches:
+            raise _ClientError(404, f"Batch batches/{batch_id} not found.")
+        return batch
+
+    def _get_batch_route(self, request: Request, batch_id: str) -> Response:
+        with self.emulator._lock:
+            batch = self._batch(batch_id)
+            now = self.emulator._now()
+            self.emulator._advance(batch, now)
+            return _json(self._operation(batch, now))
+
+    def _list_batches(self, request: Request) -> Response:
+        size = _page_size(request, BATCHES_PAGE_DEFAULT, BATCHES_PAGE_MAX)
+        emulator = self.emulator
+        with emulator._lock:
+            batches = [
+                b
+                for b in reversed(emulator._batches.values())
+                if b.provider == self.provider and b.id not in self._deleted_batches
+            ]
+            start = _page_start(request, [b.id for b in batches])
+            page = batches[start : start + size]
+            now = emulator._now()
+            operations = []
+            for batch in page:
+                emulator._advance(batch, now)
+                operations.append(self._operation(batch, now))
+            body: dict[str, Any] = {"operations": operations}
+            if start + size < len(batches):
+                body["nextPageToken"] = _token(batches[start + size].id)
+        return _json(body)
+
+    def _cancel_batch(self, request: Request, batch_id: str) -> Response:
+        with self.emulator._lock:
+            batch = self._batch(batch_id)
+            self.emulator._cancel(batch, self.emulator._now())
+        return _json({})  # google.protobuf.Empty
+
+    def _delete_batch(self, request: Request, batch_id: str) -> Response:
+        # Like Google's: the client loses interest in the operation; deleting does not cancel it.
+        with self.emulator._lock:
+            self._batch(batch_id)
+            self._deleted_batches.add(batch_id)
+        return _json({})
+
+    def _operation(self, batch: _Batch, now: float, creating: bool = False) -> dict[str, Any]:
+        """The batch as Google's long-running Operation, with a GenerateContentBatch as its metadata."""
+        name = f"batches/{batch.id}"
+        kind = batch.end_kind
+        if creating or (kind is None and (batch.errors or now < batch.phase_time(0.1))):
+            state = PENDING
+        elif kind is None:
+            state = RUNNING
+        else:
+            state = _END_STATES[kind]
+        updated = batch.ended_at if batch.ended_at is not None else batch.created
+        if kind is None and not creating and not batch.errors and now >= batch.phase_time(0.1):
+            updated = batch.phase_time(0.1)
+        metadata: dict[str, Any] = {
+            "@type": _BATCH_TYPE,
+            "model": batch.model,
+            "displayName": (batch.metadata or {}).get("displayName", ""),
+            "inputConfig": {"fileName": batch.input_file_id},
+            "createTime": _iso(batch.created),
+            "updateTime": _iso(updated),
+            "batchStats": self._stats(batch, now, creating),
+            "state": state,
+            "name": name,
+        }
+        if batch.ended_at is not None:
+            metadata["endTime"] = _iso(batch.ended_at)
+        if batch.output_file_id:
+            metadata["output"] = {"responsesFile": batch.output_file_id}
+        operation: dict[str, Any] = {"name": name, "metadata": metadata}
+        if kind is not None:
+            operation["done"] = True
+            if kind == "failed":
+                operation["error"] = {"code": 3, "message": _failure_message(batch)}
+            else:
+                response: dict[str, Any] = {"@type": _OUTPUT_TYPE}
+                if batch.output_file_id:
+                    response["responsesFile"] = batch.output_file_id
+                operation["response"] = response
+        return operation
+
+    @staticmethod
+    def _stats(batch: _Batch, now: float, creating: bool) -> dict[str, str]:
+        total = len(batch.requests) if not batch.errors else batch.line_count
+        succeeded = failed = 0
+        if batch.end_kind is not None and batch.end_kind != "failed":
+            for outcome in batch.outcomes.values():
+                if outcome == "succeeded":
+                    succeeded += 1
+                elif outcome in (REFUSED, SERVER_ERROR):
+                    failed += 1
+        elif batch.end_kind is None and not creating and not batch.errors:
+            at = now if batch.cancel_at is None else batch.cancel_at
+            for request in batch.requests:
+                if batch.finished_by(request, at):
+                    if request.failure is None:
+                        succeeded += 1
+                    else:
+                        failed += 1
+        pending = 0 if batch.end_kind == "failed" else total - succeeded - failed
+        counts = {
+            "requestCount": total,
+            "successfulRequestCount": succeeded,
+            "failedRequestCount": failed,
+            "pendingRequestCount": pending,
+        }
+        # int64 as strings, zero values omitted (proto3 JSON); the total is always given.
+        return {k: str(v) for k, v in counts.items() if v or k == "requestCount"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input lines and answers
+
+
+def _read_lines(data: bytes) -> _Lines:
+    """Read a Batch Mode input file: one ``{"key": str, "request": GenerateContentRequest}`` a line."""
+    result = _Lines()
+    seen: set[str] = set()
+
+    def fail(line: int | None, message: str) -> None:
+        result.errors.append({"line": line, "message": message})
+
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        result.line_count += 1
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            fail(number, "the line is not valid JSON")
+            continue
+        if not isinstance(line, dict):
+            fail(number, "the line is not a JSON object")
+            continue
+        key = line.get("key")
+        request = line.get("request")
+        if not isinstance(key, str) or not key:
+            fail(number, "missing 'key' (a non-empty string)")
+        elif not isinstance(request, dict):
+            fail(number, "missing 'request' (a GenerateContentRequest object)")
+        elif key in seen:
+            fail(number, f"duplicate key {key!r}")
+        else:
+            seen.add(key)
+            result.requests.append((key, request, _request_problem(request) is None))
+    if result.line_count == 0:
+        fail(None, "the input file is empty")
+    return result
+
+
+def _failure_message(batch: _Batch) -> str:
+    errors = batch.errors
+    shown = "; ".join(
+        (f"line {e['line']}: " if e.get("line") else "") + str(e["message"]) for e in errors[:_MAX_REPORTED_ERRORS]
+    )
+    more = f" (and {len(errors) - _MAX_REPORTED_ERRORS} more)" if len(errors) > _MAX_REPORTED_ERRORS else ""
+    return f"The batch failed: {shown}{more}."
+
+
+def _request_problem(request: dict[str, Any]) -> str | None:
+    """Why Gemini would refuse the request, if it would."""
+    contents = request.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    if not all(isinstance(c, dict) and isinstance(c.get("parts"), list) and c["parts"] for c in contents):
+        return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
+    return None
+
+
+def _generate_content_response(request: dict[str, Any], key: str, model: str) -> tuple[dict[str, Any], int, int]:
+    """An echo-like GenerateContentResponse (camelCase, as in the responses file)."""
+    given = request.get("contents")
+    contents: list[Any] = given if isinstance(given, list) else []
+    user_text = ""
+    chars = 0
+    for content in contents:
+        if not isinstance(content, dict):
+            continue
+        text = _text_of(content.get("parts"))
+        chars += len(text)
+        if content.get("role", "user") == "user":
+            user_text = text
+    system = request.get("systemInstruction", request.get("system_instruction"))
+    if isinstance(system, dict):
+        chars += len(_text_of(system.get("parts")))
+    config = request.get("generationConfig", request.get("generation_config"))
+    config = config if isinstance(config, dict) else {}
+    text, out_tokens, cut = _echo(user_text, _cap(config, "maxOutputTokens", "max_output_tokens"))
+    n = min(_cap(config, "candidateCount", "candidate_count") or 1, 8)
+    in_tokens = _tokens(chars)
+    response = {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "finishReason": "MAX_TOKENS" if cut else "STOP",
+                "index": i,
+            }
+            for i in range(n)
+        ],
+        "usageMetadata": {
+            "promptTokenCount": in_tokens,
+            "candidatesTokenCount": out_tokens * n,
+            "totalTokenCount": in_tokens + out_tokens * n,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": in_tokens}],
+        },
+        "modelVersion": model.removeprefix("models/"),
+        "responseId": _hex(key, "gemini-response", length=24),
+    }
+    return response, in_tokens, out_tokens * n
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paging
+
+
+def _page_size(request: Request, default: int, maximum: int) -> int:
+    raw = request.args.get("pageSize")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ClientError(400, f"Invalid page_size {raw!r}.") from None
+    if value < 0:
+        raise _ClientError(400, "page_size must not be negative.")
+    return min(value, maximum) if value else default
+
+
+def _token(item_id: str) -> str:
+    return base64.urlsafe_b64encode(item_id.encode()).decode()
+
+
+def _page_start(request: Request, ids: list[str]) -> int:
+    """Where the page starts: the item the token names (the first of the next page)."""
+    token = request.args.get("pageToken")
+    if not token:
+        return 0
+    try:
+        item_id = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise _ClientError(400, "Invalid page_token.") from None
+    if item_id not in ids:
+        raise _ClientError(400, "Invalid page_token.")
+    return ids.index(item_id)
+
+
+# Imported last: the emulator module registers GeminiEmulation at its own end, so whichever of the two
+# modules is imported first, the other finds everything it needs already defined.
+from batchdrop.local.emulator import (  # noqa: E402
+    REFUSED,
+    SERVER_ERROR,
+    _Batch,
+    _cap,
+    _ClientError,
+    _echo,
+    _hex,
+    _iso,
+    _json,
+    _parse_json_body,
+    _Request,
+    _Route,
+    _stream,
+    _text_of,
+    _tokens,
+    draw_batch_expires,
+    draw_request_outcome,
+)

@@ -1,0 +1,260 @@
+"""Gemini Batch Mode (the Gemini Developer API) through the official google-genai SDK: upload a JSONL file,
+create a batch from it, poll, stream the responses file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import orjson
+from google import genai
+from google.genai import errors, types
+
+from batchdrop import models as m
+from batchdrop.adapters.secrets import api_key
+from batchdrop.config import ProviderSettings
+from batchdrop.providers.base import BatchRef
+
+logger = logging.getLogger(__name__)
+
+# Google documents Batch Mode under v1beta (the SDK's default is v1).
+API_VERSION = "v1beta"
+# The MIME type the Batch Mode guide uploads its JSONL input with.
+MIME_TYPE = "jsonl"
+# The SDK's JobState names (it maps the REST BATCH_STATE_* to JOB_STATE_*).
+STATES = {
+    "JOB_STATE_QUEUED": m.VALIDATING,
+    "JOB_STATE_PENDING": m.VALIDATING,
+    "JOB_STATE_RUNNING": m.IN_PROGRESS,
+    "JOB_STATE_UPDATING": m.IN_PROGRESS,
+    "JOB_STATE_CANCELLING": m.CANCELLING,
+    "JOB_STATE_SUCCEEDED": m.COMPLETED,
+    "JOB_STATE_PARTIALLY_SUCCEEDED": m.COMPLETED,
+    "JOB_STATE_FAILED": m.FAILED,
+    "JOB_STATE_CANCELLED": m.BATCH_CANCELED,
+    "JOB_STATE_EXPIRED": m.BATCH_EXPIRED,
+}
+# Per-request errors worth a retry in a new batch. Lines carry a google.rpc.Status: a gRPC code (below 100)
+# and a message; an HTTP code or a status name is read the same way.
+RETRYABLE_GRPC = frozenset({2, 4, 8, 10, 13, 14})  # UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
+# INTERNAL, UNAVAILABLE
+RETRYABLE_STATUS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNAVAILABLE"}
+)
+# HTTP answers the SDK and our own loops retry.
+RETRYABLE_HTTP = (408, 429, 500, 502, 503, 504)
+# Gemini documents no limit for a batch's display name; we stay well within what Google takes elsewhere.
+MAX_DISPLAY_NAME = 128
+SKEW_SECONDS = 300
+LIST_PAGE_SIZE = 100
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection failures and timeouts of the HTTP client under the SDK (httpx, or httpx2 in newer SDKs)."""
+    found: list[type[Exception]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+TRANSPORT_ERRORS = _transport_errors()
+RETRIED: tuple[type[Exception], ...] = (errors.APIError, *TRANSPORT_ERRORS)
+
+T = TypeVar("T")
+
+
+class GeminiProvider:
+    name = "gemini"
+    # Batches carry a display name naming our job and batch, so an orphan is found by its name.
+    tags_batches = True
+    # Our own retries of the two calls the SDK does not retry (the upload's data chunks, the download).
+    retry_attempts = 6
+    retry_initial_delay = 1.0
+    retry_max_delay = 30.0
+
+    def __init__(self, settings: ProviderSettings, client: genai.Client | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> genai.Client:
+        if self._client is None:
+            # The SDK retries 408, 429, 5xx, timeouts and connection errors with exponential backoff and
+            # jitter (tenacity): here 6 attempts, 1 s doubling to at most 60 s.
+            self._client = genai.Client(
+                api_key=api_key(self.settings.secret_arn, "GEMINI_API_KEY"),
+                http_options=types.HttpOptions(
+                    base_url=self.settings.base_url,  # None: Google's own endpoint
+                    api_version=API_VERSION,
+                    timeout=300_000,  # milliseconds
+                    retry_options=types.HttpRetryOptions(
+                        attempts=6, initial_delay=1.0, max_delay=60.0, exp_base=2.0, jitter=1.0
+                    ),
+                ),
+            )
+        return self._client
+
+    def create(self, batch: BatchRef, path: str) -> str:
+        display_name = batch_display_name(batch)
+        upload = types.UploadFileConfig(display_name=f"{display_name}.jsonl", mime_type=MIME_TYPE)
+        # A failed upload leaves no batch behind, so it is safe to send again.
+        uploaded = self._retrying(lambda: self.client.files.upload(file=path, config=upload))
+        if not uploaded.name:
+            raise RuntimeError("Gemini accepted the upload but returned no file name")
+        created = self.client.batches.create(
+            model=batch.model,
+            src=uploaded.name,
+            config=types.CreateBatchJobConfig(display_name=display_name),
+        )
+        if not created.name:
+            raise RuntimeError("Gemini accepted the batch but returned no name")
+        return created.name
+
+    def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
+        """The batch whose display name is ours. Gemini does not document the order of its list, so every
+        page is read (batches created well before our intent are skipped, not taken as the end)."""
+        wanted = batch_display_name(batch)
+        pager = self.client.batches.list(config=types.ListBatchJobsConfig(page_size=LIST_PAGE_SIZE))
+        for candidate in pager:
+            if candidate.display_name != wanted or not candidate.name or candidate.name in exclude:
+                continue
+            created = candidate.create_time
+            if created is not None and created.timestamp() < batch.intent_at - SKEW_SECONDS:
+                continue
+            return candidate.name
+        return None
+
+    def status(self, batch_id: str) -> m.BatchStatus:
+        operation = self._operation(batch_id)
+        meta = operation.get("metadata") or {}
+        provider_status = _job_state(str(meta.get("state") or "BATCH_STATE_UNSPECIFIED"))
+        state = STATES.get(provider_status, m.IN_PROGRESS)
+        stats = meta.get("batchStats") or {}
+        total = _count(stats, "requestCount")
+        succeeded = _count(stats, "successfulRequestCount") or 0
+        failed = _count(stats, "failedRequestCount") or 0
+        error = None
+        if state == m.FAILED:
+            error = str((operation.get("error") or {}).get("message") or "") or "Gemini failed the batch"
+        output = meta.get("output") or operation.get("response") or {}
+        return m.BatchStatus(
+            state=state,
+            provider_status=provider_status,
+            total=total,
+            done=succeeded + failed if total is not None else None,
+            failed=failed if total is not None else None,
+            error=error,
+            raw={"responses_file": output.get("responsesFile")},
+        )
+
+    def outcomes(self, batch_id: str, status: m.BatchStatus) -> Iterator[m.Outcome]:
+        """One outcome a line of the responses file; requests without a line (they never ran) are left to
+        the caller, which knows them from the batch's state."""
+        file_name = status.raw.get("responses_file")
+        if not file_name:
+            return
+        # files.download returns the whole file as bytes unless given a destination, which it streams to:
+        # spool it to local disk (the function's ephemeral storage) rather than hold up to 2 GB in memory.
+        with tempfile.TemporaryFile(dir=os.environ.get("BATCHDROP_TMPDIR") or None) as spool:
+            self._download(str(file_name), cast(io.IOBase, spool))
+            spool.seek(0)
+            for raw in spool:
+                if raw.strip():
+                    yield _outcome(orjson.loads(raw))
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(name=batch_id)
+
+    def _operation(self, batch_id: str) -> dict[str, Any]:
+        """The batch's REST Operation as JSON, through the SDK's own request path (auth, base URL, retries).
+
+        `batches.get` would do for the state, but for the Developer API the SDK drops `batchStats` and the
+        Operation's `error` (its `_BatchJob_from_mldev` converter keeps neither), and a failed batch's
+        reason is what tells a user what to fix."""
+        if not batch_id.startswith("batches/") or "/" in batch_id.removeprefix("batches/"):
+            raise ValueError(f"not a Gemini batch name: {batch_id!r}")
+        response = self.client._api_client.request("get", batch_id, {})
+        body = orjson.loads(response.body or "{}")
+        if not isinstance(body, dict):
+            raise errors.UnknownApiResponseError(f"unexpected answer for {batch_id}: {response.body!r}")
+        return body
+
+    def _download(self, file_name: str, destination: io.IOBase) -> None:
+        def attempt() -> None:
+            destination.seek(0)
+            destination.truncate()
+            self.client.files.download(file=file_name, destination=destination)
+
+        self._retrying(attempt)
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        delay = self.retry_initial_delay
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                return call()
+            except RETRIED as exc:
+                transient = not isinstance(exc, errors.APIError) or exc.code in RETRYABLE_HTTP
+                if not transient or attempt == self.retry_attempts:
+                    raise
+                logger.info("retrying a Gemini call after %s", type(exc).__name__, extra={"attempt": attempt})
+            time.sleep(delay)
+            delay = min(delay * 2, self.retry_max_delay)
+        raise AssertionError("unreachable")
+
+
+def batch_display_name(batch: BatchRef) -> str:
+    """`batchdrop-<job id>-<batch key>`, shortened deterministically (a hash of the whole) if too long."""
+    name = f"batchdrop-{batch.job_id}-{batch.key}"
+    if len(name) <= MAX_DISPLAY_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: MAX_DISPLAY_NAME - len(digest) - 1]}-{digest}"
+
+
+def _job_state(state: str) -> str:
+    """REST BATCH_STATE_X as the SDK names it (JOB_STATE_X), as its `t_job_state` does."""
+    return "JOB_STATE_" + state.removeprefix("BATCH_STATE_") if state.startswith("BATCH_STATE_") else state
+
+
+def _count(stats: dict[str, Any], name: str) -> int | None:
+    """An int64 of BatchStats: a JSON string, left out when zero (proto3 JSON)."""
+    value = stats.get(name)
+    if value is None:
+        return 0 if stats else None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _outcome(line: dict[str, Any]) -> m.Outcome:
+    key = str(line.get("key"))
+    response = line.get("response")
+    error = line.get("error") or line.get("status")
+    if isinstance(response, dict) and not error:
+        return m.Outcome(key, ok=True, response=response)
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code")
+    name = str(error.get("status") or "")
+    if isinstance(code, int) and code >= 100:  # an HTTP status
+        retryable = code in RETRYABLE_HTTP or code >= 500
+    else:
+        retryable = code in RETRYABLE_GRPC or name in RETRYABLE_STATUS
+    message = str(error.get("message") or name or f"code {code}") if error else "the line holds no response"
+    return m.Outcome(
+        key,
+        ok=False,
+        code=m.SERVER_ERROR if retryable else m.REQUEST_ERROR,
+        message=message,
+        detail=line,
+    )
