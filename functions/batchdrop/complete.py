@@ -151,6 +151,16 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         planned: list[str] = []
 
         def store(batch: PlannedBatch) -> None:
+            minimum = limits[batch.provider].min_requests
+            if batch.requests < minimum:
+                # The provider would refuse it (Bedrock's records per job): those requests keep the
+                # error of their last attempt.
+                logger.warning(
+                    "not resubmitting a batch under the provider's minimum",
+                    extra={"provider": batch.provider, "requests": batch.requests, "minimum": minimum},
+                )
+                batch.discard()
+                return
             record_batch(deps, job_id, batch, attempt + 1)
             planned.append(batch.key)
 
@@ -164,13 +174,21 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
             retry = {cid for cid, _code in _retryable(deps, batch)}
             if not retry:
                 continue
-            index = _index(deps, job_id, batch["batch_key"])
-            for raw in deps.objects.lines(batch_data_key(job_id, batch["batch_key"])):
-                custom_id = orjson.loads(raw)["custom_id"]
+            # The index lists the batch's requests in the data file's order, whatever field of the
+            # provider's line holds the id (custom_id, Gemini's key, Bedrock's recordId).
+            key = batch["batch_key"]
+            lines = zip(
+                deps.objects.lines(batch_index_key(job_id, key)),
+                deps.objects.lines(batch_data_key(job_id, key)),
+                strict=True,
+            )
+            for entry, raw in lines:
+                custom_id_bytes, _, line = entry.partition(b"\t")
+                custom_id = custom_id_bytes.decode()
                 if custom_id in retry:
                     planner.add(
                         m.Request(
-                            index[custom_id],
+                            int(line),
                             custom_id,
                             batch["provider"],
                             batch.get("group", ""),

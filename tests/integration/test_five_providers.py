@@ -42,7 +42,8 @@ MIN_RECORDS = 5
 def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
     options: dict[str, Any] = dict(getattr(request, "param", {}))
     knobs = options.pop("knobs", EmulatorKnobs(latency=0.0))
-    with s.LocalStack(s.StackOptions(knobs=knobs, bedrock_min_records=MIN_RECORDS, **options)) as local:
+    options.setdefault("bedrock_min_records", MIN_RECORDS)
+    with s.LocalStack(s.StackOptions(knobs=knobs, **options)) as local:
         yield local
     use_deps(None)
 
@@ -205,3 +206,46 @@ def test_cancelling_a_job_cancels_its_batch_at_the_provider(stack: s.LocalStack,
     assert job["status"] == m.JOB_CANCELED
     assert_accounting(set(range(1, MIN_RECORDS + 1)), results, errors, summary)
     assert {e["code"] for e in errors} == {m.CANCELED}
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{"knobs": EmulatorKnobs(latency=0.0, expire_rate=1.0, seed=2), "max_attempts": 2}],
+    indirect=True,
+)
+@pytest.mark.parametrize("provider", ["gemini", "bedrock"])
+def test_expired_requests_are_resubmitted_in_a_new_batch(stack: s.LocalStack, provider: str) -> None:
+    lines = lines_for(provider, 20, "r")
+    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 21)), results, errors, summary)
+    # Every batch expires: what did not finish the first time was sent once more, and only that.
+    assert stack.emulator.stats()["batches_created"][provider] == 2
+    assert {b["attempt"] for b in summary["batches"]} == {1, 2}
+    assert errors
+    assert all(e["code"] == m.EXPIRED and e["attempts"] == 2 for e in errors)
+    sent = stack.emulator.stats()["requests_submitted"]
+    assert all(sent[r["custom_id"]] in (1, 2) for r in results)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [{"knobs": EmulatorKnobs(latency=0.0, expire_rate=1.0, seed=2), "max_attempts": 2, "bedrock_min_records": 20}],
+    indirect=True,
+)
+def test_a_retry_under_bedrocks_minimum_is_not_sent_and_keeps_its_error(stack: s.LocalStack) -> None:
+    bedrock = next(e for e in stack.emulator._emulations if e.provider == "bedrock")
+    bedrock.expire_before_start_rate = 0.0  # type: ignore[attr-defined]  # the job runs, then times out
+    stack.put("inputs/bedrock.jsonl", jsonl(lines_for("bedrock", 20, "u")))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 21)), results, errors, summary)
+    assert results
+    assert errors
+    assert stack.emulator.stats()["batches_created"]["bedrock"] == 1
+    assert all(e["code"] == m.EXPIRED and e["attempts"] == 1 for e in errors)

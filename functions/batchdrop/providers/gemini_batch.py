@@ -43,8 +43,8 @@ STATES = {
 }
 # Per-request errors worth a retry in a new batch. Lines carry a google.rpc.Status: a gRPC code (below 100)
 # and a message; an HTTP code or a status name is read the same way.
-RETRYABLE_GRPC = frozenset({2, 4, 8, 10, 13, 14})  # UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
-# INTERNAL, UNAVAILABLE
+# gRPC codes: UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
+RETRYABLE_GRPC = frozenset({2, 4, 8, 10, 13, 14})
 RETRYABLE_STATUS = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNAVAILABLE"}
 )
@@ -77,7 +77,8 @@ class GeminiProvider:
     name = "gemini"
     # Batches carry a display name naming our job and batch, so an orphan is found by its name.
     tags_batches = True
-    # Our own retries of the two calls the SDK does not retry (the upload's data chunks, the download).
+    # Our own retries around the two transfers the SDK's retry options do not cover: the upload (its data
+    # requests are tried 3 times, 1-4 s apart, then the upload fails) and the download (not retried).
     retry_attempts = 6
     retry_initial_delay = 1.0
     retry_max_delay = 30.0
