@@ -142,3 +142,66 @@ def test_validate_estimates_tokens_and_cost_before_submission(tmp_path: Path) ->
     unknown = tmp_path / "unpriced.jsonl"
     unknown.write_bytes(jsonl([openai_line("a", model="gpt-mystery")]))
     assert "cost n/a (no price for gpt-mystery" in run("validate", str(unknown)).stdout
+
+
+def test_local_run_with_a_file_per_provider_and_a_neutral_file_for_all_five(tmp_path: Path) -> None:
+    # Given a file per provider in its own format, and one neutral file that routes to every provider
+    gemini_line = {
+        "key": "g1",
+        "request": {"model": "gemini-2.5-flash", "contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+    }
+    bedrock_lines = [
+        {
+            "recordId": f"b{i}",
+            "modelId": "amazon.nova-lite-v1:0",
+            "modelInput": {"messages": [{"role": "user", "content": [{"text": f"hi {i}"}]}]},
+        }
+        for i in range(3)
+    ]
+    files = {
+        "openai.jsonl": [openai_line("o1"), openai_line("o2")],
+        "anthropic.jsonl": [anthropic_line("a1")],
+        "gemini.jsonl": [gemini_line],
+        "bedrock.jsonl": bedrock_lines,
+        "neutral.jsonl": [
+            neutral_line("gpt-4o-mini", "x", custom_id="n1"),
+            neutral_line("claude-haiku-4-5", "x", custom_id="n2"),
+            neutral_line("gemini-2.5-flash-lite", "x", custom_id="n3"),
+            *[neutral_line("meta.llama3-1-8b-instruct-v1:0", "x", custom_id=f"n-llama-{i}") for i in range(3)],
+        ],
+    }
+    paths = []
+    for name, lines in files.items():
+        (tmp_path / name).write_bytes(jsonl(lines))
+        paths.append(str(tmp_path / name))
+    azure = tmp_path / "azure"
+    azure.mkdir()
+    (azure / "deployment.jsonl").write_bytes(jsonl([neutral_line("my-deployment", "x", custom_id="z1")]))
+    out = tmp_path / "out"
+    # When they run through the local stack (Bedrock's minimum lowered to what a test account has)
+    result = run("local", "run", *paths, "--out", str(out), "--bedrock-min-records", "3")
+    assert result.returncode == 0, result.stderr
+    azure_result = run("local", "run", str(azure / "deployment.jsonl"), "--folder", "azure", "--out", str(out))
+    assert azure_result.returncode == 0, azure_result.stderr
+    # Then every job completed, each line's answer came from the provider its format or model names
+    by_key = {summary["input"]["key"]: (results, errors, summary) for results, errors, summary in outputs(out)}
+    expected = {
+        "inputs/openai.jsonl": {"openai"},
+        "inputs/anthropic.jsonl": {"anthropic"},
+        "inputs/gemini.jsonl": {"gemini"},
+        "inputs/bedrock.jsonl": {"bedrock"},
+        "inputs/neutral.jsonl": {"openai", "anthropic", "gemini", "bedrock"},
+        "inputs/azure/deployment.jsonl": {"azure"},
+    }
+    assert set(by_key) == set(expected)
+    for key, providers in expected.items():
+        results, errors, summary = by_key[key]
+        assert summary["status"] == "completed", (key, errors)
+        assert_accounting(set(range(1, summary["counts"]["lines"] + 1)), results, errors, summary)
+        assert {r["provider"] for r in results} == providers
+        assert all(r["text"] for r in results)
+        # costs from the usage each provider reported; an Azure deployment has no list price
+        cost = summary["cost_usd"]["batch"]
+        assert cost is None if key.startswith("inputs/azure/") else cost > 0
+    assert {r["custom_id"] for r in by_key["inputs/bedrock.jsonl"][0]} == {"b0", "b1", "b2"}
+    assert {r["custom_id"] for r in by_key["inputs/gemini.jsonl"][0]} == {"g1"}
