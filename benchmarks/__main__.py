@@ -362,6 +362,7 @@ def bench_end_to_end(rows: list[dict[str, Any]], tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="skip the 1 GB file and the 100,000-request run")
+    parser.add_argument("--only", action="append", help="run only this step (repeatable), e.g. --only validation")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     rows: list[dict[str, Any]] = []
@@ -376,6 +377,8 @@ def main() -> None:
         if not args.quick:
             steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))
         for name, step in steps:
+            if args.only and name not in args.only:
+                continue
             print(f"... {name}", file=sys.stderr, flush=True)
             step()
     print(f"\nbatchdrop benchmarks ({os.cpu_count()} cores, Python {sys.version.split()[0]})\n")

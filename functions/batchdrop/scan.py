@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from batchdrop import models as m
 from batchdrop.dedup import Duplicate, DuplicateFinder
-from batchdrop.reader import GZIP_MAGIC, decompressed, iter_lines
+from batchdrop.reader import GZIP_MAGIC, decompressed, iter_line_blocks
 from batchdrop.validation import DEFAULT_MAX_LINE, Validator
 
 
@@ -48,7 +48,7 @@ def scan(
     result = ScanResult()
     last_line = first_line - 1
     lines = valid = 0
-    check = validator.check
+    check, fast, full = validator.check, validator.fast, validator.full
     Request = m.Request
     it = iter(chunks)
     head = next(it, b"")
@@ -63,21 +63,25 @@ def scan(
         ids, numbers = finder.ids, finder.lines
         source = decompressed(itertools.chain([head], it))
         try:
-            for number, raw in iter_lines(source, DEFAULT_MAX_LINE, first_line, stop_at, position):
+            for block_first, block in iter_line_blocks(source, DEFAULT_MAX_LINE, first_line, stop_at, position):
+                number = block_first - 1
+                for raw in block:
+                    number += 1
+                    # The fast path first: most lines of a large file are well-formed batch lines.
+                    verdict = (fast(number, raw) or full(number, raw)) if raw.__class__ is bytes else check(number, raw)
+                    if verdict is None:
+                        continue
+                    lines += 1
+                    if verdict.__class__ is Request:
+                        valid += 1
+                        ids.append(verdict.custom_id)
+                        numbers.append(number)
+                        on_request(verdict)
+                        if len(ids) >= finder.spill_every:
+                            finder.spill()
+                    else:
+                        on_invalid(verdict)  # type: ignore[arg-type]
                 last_line = number
-                verdict = check(number, raw)
-                if verdict is None:
-                    continue
-                lines += 1
-                if verdict.__class__ is Request:
-                    valid += 1
-                    ids.append(verdict.custom_id)
-                    numbers.append(number)
-                    on_request(verdict)
-                    if len(ids) >= finder.spill_every:
-                        finder.spill()
-                else:
-                    on_invalid(verdict)  # type: ignore[arg-type]
             result.lines, result.valid, result.invalid = lines, valid, lines - valid
             result.exhausted = stop_at is None or position[0] < stop_at
         except (EOFError, zlib.error) as exc:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_lines
+from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_line_blocks, iter_lines
 
 MB = 1024 * 1024
 
@@ -157,6 +157,57 @@ def test_any_chunking_marks_exactly_the_lines_over_the_cap(
         for n, p in enumerate(parts, start=1)
     ]
     assert got == expected
+
+
+def _flat(
+    blocks: Iterator[tuple[int, list[bytes | LineTooLong]]],
+) -> list[tuple[int, bytes | tuple[str, int]]]:
+    out: list[tuple[int, bytes | tuple[str, int]]] = []
+    for first, block in blocks:
+        assert block, "a block is never empty"
+        for number, line in enumerate(block, start=first):
+            out.append((number, ("too long", line.size) if isinstance(line, LineTooLong) else line))
+    return out
+
+
+@settings(max_examples=400)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=14).map(lambda b: b.replace(b"\n", b"")),
+            st.sampled_from([b"", b"\r", b"ab\r", b'{"custom_id":"a"}']),
+        ),
+        max_size=14,
+    ),
+    bom=st.booleans(),
+    final_newline=st.booleans(),
+    max_line=st.integers(min_value=1, max_value=16),
+    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+    first_number=st.sampled_from([1, 1, 7]),
+    stop_at=st.one_of(st.none(), st.integers(min_value=0, max_value=200)),
+)
+def test_blocks_are_exactly_the_lines_in_any_chunking_with_any_stop(
+    lines: list[bytes],
+    bom: bool,
+    final_newline: bool,
+    max_line: int,
+    sizes: list[int],
+    first_number: int,
+    stop_at: int | None,
+) -> None:
+    # Given any file (BOM, CRs, lines around the cap), cut anyhow, read from any line number and stop
+    data = (BOM if bom else b"") + b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    chunks = split_by(data, sizes)
+    by_line, by_block = [0], [0]
+    expected = [
+        (n, ("too long", x.size) if isinstance(x, LineTooLong) else x)
+        for n, x in iter_lines(chunks, max_line, first_number, stop_at, by_line)
+    ]
+    # When it is read in blocks
+    got = _flat(iter_line_blocks(chunks, max_line, first_number, stop_at, by_block))
+    # Then the lines, their numbers and where reading stopped are those of the line reader
+    assert got == expected
+    assert by_block == by_line
 
 
 # -- over-long lines ------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchdrop import models as m
 from batchdrop.config import PROVIDER_DEFAULT_LIMITS, BatchLimits, parse_routes
 from batchdrop.planner import ENVELOPE_BYTES
 from batchdrop.reader import BOM, LineTooLong, iter_lines
-from batchdrop.validation import Validator
+from batchdrop.validation import NoIds, Validator
 from tests.unit.lines import accept, anthropic_line, dumps, neutral_line, openai_line, payload, reject, validator
 
 MB = 1024 * 1024
@@ -696,3 +698,53 @@ def test_blank_lines_have_no_verdict_and_the_rest_keep_their_order() -> None:
         (3, m.REQUEST_TOO_LARGE),
         (5, m.NOT_AN_OBJECT),
     ]
+
+
+# -- the fast path agrees with the full check ---------------------------------------------------
+
+_IDS = st.one_of(
+    st.sampled_from(["a", "q-1", "x_y", "has space", "", "é", "a" * 64, "a" * 65, "a\n"]), st.integers(-5, 5)
+)
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.text(max_size=4), st.just([]))
+
+
+@settings(max_examples=500)
+@given(
+    custom_id=_IDS,
+    method=st.sampled_from(["POST", "GET", "post", 1]),
+    url=st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v2/chat", None]),
+    model=st.sampled_from(["gpt-4o-mini", "", None, 3]),
+    stream=_ANY,
+    extra=st.dictionaries(st.sampled_from(["x", "metadata"]), _ANY, max_size=1),
+    params_shape=st.booleans(),
+    max_tokens=_ANY,
+    messages=st.sampled_from([[], [{"role": "user", "content": "hi"}], [{"role": "user"}], "hi", [1]]),
+    padding=st.sampled_from(["", " ", "\t"]),
+)
+def test_the_fast_path_accepts_only_what_the_full_check_accepts_and_alike(
+    custom_id: Any,
+    method: Any,
+    url: Any,
+    model: Any,
+    stream: Any,
+    extra: dict[str, Any],
+    params_shape: bool,
+    max_tokens: Any,
+    messages: Any,
+    padding: str,
+) -> None:
+    # Given an OpenAI or Anthropic batch line with any of its checked fields right or wrong
+    if params_shape:
+        params: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
+        line: dict[str, Any] = {"custom_id": custom_id, "params": params, **extra}
+    else:
+        body = {"model": model, "messages": messages, "stream": stream}
+        line = {"custom_id": custom_id, "method": method, "url": url, "body": body, **extra}
+    raw = padding.encode() + dumps(line) + padding.encode()
+    # When the fast path and the full check judge it
+    fast = validator(seen=NoIds()).fast(5, raw)
+    full = validator(seen=NoIds()).full(5, raw)
+    # Then the fast path passes a line only when the full check accepts it, and builds the same request
+    if fast is not None:
+        assert isinstance(full, m.Request), (line, full)
+        assert fast == full
