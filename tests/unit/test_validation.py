@@ -702,10 +702,10 @@ def test_blank_lines_have_no_verdict_and_the_rest_keep_their_order() -> None:
 
 # -- the fast path agrees with the full check ---------------------------------------------------
 
-_IDS = st.one_of(
+_IDS: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["a", "q-1", "x_y", "has space", "", "é", "a" * 64, "a" * 65, "a\n"]), st.integers(-5, 5)
 )
-_ANY = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.text(max_size=4), st.just([]))
+_ANY: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.text(max_size=4), st.just([]))
 
 
 @settings(max_examples=500)
