@@ -13,6 +13,20 @@ from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 
+# The emulator tests' clock: a fixed start, moved on by hand.
+START = 1_750_000_000.0
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
 
 def openai_line(custom_id: str, model: str = "gpt-4o-mini", text: str = "hello", **body: Any) -> dict[str, Any]:
     return {

@@ -86,78 +86,10 @@ def iter_lines(
     stop_at: int | None = None,
     position: list[int] | None = None,
 ) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """Yield (physical line number, line without its newline) for every line, numbered from
-    `first_number`.
-
-    A UTF-8 BOM at the start is dropped and a trailing CR is removed. A line longer than `max_line`
-    bytes is yielded as `LineTooLong` without being held in memory. With `stop_at`, it stops after the
-    first line that ends at or past that many bytes of the stream; `position[0]` always holds how
-    many bytes the lines yielded so far took (so the next segment of a file starts there).
-    """
-    number = first_number - 1
-    pending: list[bytes] = []
-    pending_size = 0
-    overflow = False
-    first = first_number == 1
-    offset = 0  # where chunk[0] sits in the stream
-    for chunk in chunks:
-        if not chunk:
-            continue
-        if first:
-            if pending:
-                # The start held back so far (a possible BOM split across chunks), joined with this one.
-                chunk = b"".join(pending) + chunk
-                pending, pending_size = [], 0
-            if len(chunk) < 3 and BOM.startswith(chunk):
-                # Too short to tell: hold it back until there are 3 bytes (or the file ends).
-                pending.append(chunk)
-                pending_size += len(chunk)
-                continue
-            first = False
-            if chunk.startswith(BOM):
-                chunk = chunk[3:]
-                offset += 3
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                piece = chunk[start:]
-                if piece:
-                    pending_size += len(piece)
-                    if pending_size > max_line:
-                        overflow = True
-                        pending = []
-                    elif not overflow:
-                        pending.append(piece)
-                break
-            piece = chunk[start:end]
-            number += 1
-            size = pending_size + len(piece)
-            if overflow or size > max_line:
-                yield number, LineTooLong(size)
-            else:
-                line = b"".join(pending) + piece if pending else piece
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                yield number, line
-            pending, pending_size, overflow = [], 0, False
-            start = end + 1
-            if position is not None:
-                position[0] = offset + start
-            if stop_at is not None and offset + start >= stop_at:
-                return
-        offset += len(chunk)
-    if position is not None:
-        position[0] = offset
-    if pending or overflow:
-        number += 1
-        if overflow:
-            yield number, LineTooLong(pending_size)
-        else:
-            line = b"".join(pending)
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            yield number, line
+    """Yield (physical line number, line without its newline) for every line: `iter_line_blocks`,
+    one line at a time."""
+    for first, block in iter_line_blocks(chunks, max_line, first_number, stop_at, position):
+        yield from enumerate(block, start=first)
 
 
 def iter_line_blocks(
@@ -167,12 +99,15 @@ def iter_line_blocks(
     stop_at: int | None = None,
     position: list[int] | None = None,
 ) -> Iterator[tuple[int, list[bytes | LineTooLong]]]:
-    """The lines of `iter_lines`, a chunk's worth at a time: (number of the first line, lines).
+    """Yield (physical number of the first line, lines without their newlines) a chunk's worth at a
+    time, numbered from `first_number`: a chunk's complete lines are cut by one `bytes.split` in C,
+    so the validation loop is the only per-line Python left.
 
-    The same lines, numbers, BOM, CR, `LineTooLong`, `stop_at` and final `position` as `iter_lines`
-    (a property test holds the two together), but a chunk's complete lines are cut by one
-    `bytes.split` in C instead of one generator step each; the validation loop is then the only
-    per-line Python left. `position[0]` is updated per block, before it is yielded.
+    A UTF-8 BOM at the start is dropped and a trailing CR is removed. A line longer than `max_line`
+    bytes is yielded as `LineTooLong` (its size, CR included) without being held in memory. With
+    `stop_at`, it stops after the first line that ends at or past that many bytes of the stream;
+    `position[0]` holds how many bytes the lines yielded so far took, updated before each block (so
+    the next segment of a file starts there).
     """
     number = first_number - 1
     pending: list[bytes] = []
@@ -234,7 +169,7 @@ def iter_line_blocks(
                 if b"\r" in body:
                     lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
                 if len(body) > max_line:
-                    # Sized before the CR is dropped, as iter_lines sizes them.
+                    # Sized before the CR is dropped, like every other line.
                     raw_sizes = [len(x) for x in body.split(b"\n")]
                     block.extend(LineTooLong(n) if n > max_line else x for x, n in zip(lines, raw_sizes, strict=True))
                 else:
@@ -256,10 +191,11 @@ def iter_line_blocks(
                 pending.append(piece)
         offset += len(chunk)
     if position is not None:
-        position[0] = offset
+        # A file too short to tell whether it starts with a BOM was held back whole, uncounted.
+        position[0] = offset + (pending_size if first else 0)
     if pending or overflow:
         number += 1
-        if overflow:
+        if overflow or pending_size > max_line:
             yield number, [LineTooLong(pending_size)]
         else:
             line = b"".join(pending)

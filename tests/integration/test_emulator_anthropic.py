@@ -17,8 +17,8 @@ import pytest
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
+from tests.helpers import START, FakeClock
 
-START = 1_750_000_000.0
 LATENCY = 100.0
 MODEL = "claude-3-5-haiku-latest"
 BATCH_KEYS = (
@@ -33,17 +33,6 @@ BATCH_KEYS = (
     "cancel_initiated_at",
     "results_url",
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 from batchdrop.local.emulator_bedrock import BedrockEmulation
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.bedrock_batch import BedrockProvider, job_name, record_id
+from tests.helpers import START, FakeClock
 
-START = 1_750_000_000.0
 LATENCY = 100.0
 BUCKET = "bedrock-batch"
 ROLE = "arn:aws:iam::123456789012:role/bedrock-batch"
@@ -39,17 +39,6 @@ CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
 NOVA = "us.amazon.nova-lite-v1:0"
 LLAMA = "meta.llama3-1-8b-instruct-v1:0"
 JOB_ARN = re.compile(r"arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/[a-z0-9]{12}")
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # -- fixtures ---------------------------------------------------------------------------------------

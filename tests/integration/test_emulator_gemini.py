@@ -28,8 +28,8 @@ from batchdrop.config import PROVIDER_MAXIMA, ProviderSettings
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, _tokens
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.gemini_batch import GeminiProvider, batch_display_name
+from tests.helpers import START, FakeClock
 
-START = 1_750_000_000.0
 LATENCY = 100.0
 MODEL = "gemini-2.5-flash"
 BATCH_STATES = {
@@ -54,17 +54,6 @@ METADATA_REQUIRED = {
 }
 METADATA_KEYS = METADATA_REQUIRED | {"endTime", "output"}
 STATS_KEYS = {"requestCount", "successfulRequestCount", "failedRequestCount", "pendingRequestCount"}
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

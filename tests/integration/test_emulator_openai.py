@@ -21,8 +21,8 @@ from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
 
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
+from tests.helpers import START, FakeClock
 
-START = 1_750_000_000.0
 LATENCY = 100.0
 MODEL = "gpt-4o-mini"
 
@@ -64,17 +64,6 @@ ALWAYS_NON_NULL = (
     *("id", "object", "endpoint", "input_file_id", "completion_window", "status"),
     *("created_at", "expires_at", "request_counts"),
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
