@@ -598,6 +598,21 @@ def _split_system(obj: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[
     return system, turns
 
 
+def _sampling(obj: dict[str, Any], *, max_tokens: str, max_temperature: float) -> dict[str, Any]:
+    """The neutral sampling fields in the camelCase of Gemini's generationConfig and Nova's
+    inferenceConfig, which differ only in the name of the token cap and the temperature range."""
+    config: dict[str, Any] = {}
+    if obj.get("max_tokens") is not None:
+        config[max_tokens] = _positive_int(obj["max_tokens"], '"max_tokens"')
+    if obj.get("temperature") is not None:
+        config["temperature"] = _number(obj["temperature"], "temperature", 0, max_temperature)
+    if obj.get("top_p") is not None:
+        config["topP"] = _number(obj["top_p"], "top_p", 0, 1)
+    if obj.get("stop") is not None:
+        config["stopSequences"] = _stop_list(obj["stop"])
+    return config
+
+
 def _to_gemini(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
     """A GenerateContentRequest (without the model, which the batch carries)."""
     system, turns = _split_system(obj, messages)
@@ -606,15 +621,7 @@ def _to_gemini(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str,
     }
     if system:
         request["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-    config: dict[str, Any] = {}
-    if obj.get("max_tokens") is not None:
-        config["maxOutputTokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
-    if obj.get("temperature") is not None:
-        config["temperature"] = _number(obj["temperature"], "temperature", 0, 2)
-    if obj.get("top_p") is not None:
-        config["topP"] = _number(obj["top_p"], "top_p", 0, 1)
-    if obj.get("stop") is not None:
-        config["stopSequences"] = _stop_list(obj["stop"])
+    config = _sampling(obj, max_tokens="maxOutputTokens", max_temperature=2)
     if config:
         request["generationConfig"] = config
     if obj.get("tools") is not None:
@@ -647,15 +654,7 @@ def _to_bedrock(
         }
         if system:
             body["system"] = [{"text": t} for t in system]
-        config: dict[str, Any] = {}
-        if obj.get("max_tokens") is not None:
-            config["maxTokens"] = _positive_int(obj["max_tokens"], '"max_tokens"')
-        if obj.get("temperature") is not None:
-            config["temperature"] = _number(obj["temperature"], "temperature", 0, 1)
-        if obj.get("top_p") is not None:
-            config["topP"] = _number(obj["top_p"], "top_p", 0, 1)
-        if obj.get("stop") is not None:
-            config["stopSequences"] = _stop_list(obj["stop"])
+        config = _sampling(obj, max_tokens="maxTokens", max_temperature=1)
         if config:
             body["inferenceConfig"] = config
         if obj.get("tools") is not None:
