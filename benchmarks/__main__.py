@@ -174,6 +174,10 @@ print(json.dumps({"baseline_kb": baseline, "peak_kb": resource.getrusage(resourc
 """
 
 
+# Runs its arguments as a child, passing its output through: a small parent for a memory measurement.
+FRESH = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
 def free_port() -> int:
     import socket
 
@@ -226,8 +230,11 @@ def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> N
                     **{k: os.environ[k] for k in os.environ if k.startswith(("AWS_", "POWERTOOLS_"))},
                 }
                 env["BATCHDROP_SEGMENT_BYTES"] = str(4 * 1024 * MB)  # one invocation: the worst case
-                out = subprocess.run([sys.executable, "-c", SUBMIT_CHILD, json.dumps(env), json.dumps(events[0])],
-                                     capture_output=True, text=True, check=True)  # fmt: skip
+                # Started by a small wrapper process: Linux carries a parent's peak RSS over into a
+                # child's ru_maxrss when the child is spawned directly from this (large) process.
+                child = [sys.executable, "-c", SUBMIT_CHILD, json.dumps(env), json.dumps(events[0])]
+                out = subprocess.run([sys.executable, "-c", FRESH, *child], capture_output=True, text=True,
+                                     check=True)  # fmt: skip
                 figures = json.loads(out.stdout.strip().splitlines()[-1])
                 results[size] = figures["peak_kb"] / 1024
                 rows.append(
