@@ -234,7 +234,7 @@ def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> N
                 # child's ru_maxrss when the child is spawned directly from this (large) process.
                 child = [sys.executable, "-c", SUBMIT_CHILD, json.dumps(env), json.dumps(events[0])]
                 out = subprocess.run([sys.executable, "-c", FRESH, *child], capture_output=True, text=True,
-                                     check=True)  # fmt: skip
+                                     check=True, env={**os.environ, **env})  # fmt: skip
                 figures = json.loads(out.stdout.strip().splitlines()[-1])
                 results[size] = figures["peak_kb"] / 1024
                 rows.append(

@@ -69,6 +69,7 @@ WEBHOOK = FunctionSpec(
     memory_mb=512,
     timeout=Duration.seconds(60),
 )
+MALLOC_ARENA_MAX = "2"
 # SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
 COMPLETION_BATCH_SIZE = 1
 # Lambda's retries of a failed asynchronous submit before the event goes to the submit DLQ.
@@ -121,6 +122,9 @@ def environment(
         # Handler responses can hold request data; traces carry timings, not content.
         "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
         "POWERTOOLS_TRACE_DISABLED": "false" if settings.deep_tracing else "true",
+        # glibc gives each thread its own malloc arena; s3transfer's upload threads then leave freed
+        # memory spread over many of them, and a long submit's RSS creeps up with the file size.
+        "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
     }
     for provider in settings.providers:
 

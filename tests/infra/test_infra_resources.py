@@ -177,6 +177,7 @@ def test_environment_names_the_resources_and_the_settings(stack: Synth) -> None:
         assert env["BATCHDROP_OPENAI_SECRET_ARN"]["Ref"] in secrets
         assert env["BATCHDROP_ANTHROPIC_SECRET_ARN"]["Ref"] in secrets
         assert not any(k.endswith(("_MAX_REQUESTS", "_MAX_BYTES")) for k in env), "only set by context"
+        assert env["MALLOC_ARENA_MAX"] == "2"  # flat memory across long uploads (docs/performance.md)
 
 
 def test_one_secret_per_provider_with_an_empty_placeholder(stack: Synth) -> None:

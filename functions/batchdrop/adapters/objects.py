@@ -12,8 +12,9 @@ from boto3.s3.transfer import TransferConfig
 from batchdrop.adapters.aws import client
 from batchdrop.models import InputObject
 
-# Multipart above 16 MB, in 16 MB parts: memory stays bounded while large outputs upload.
-TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+# Multipart above 16 MB, in 16 MB parts, four at a time: s3transfer holds a part in memory per thread
+# (its default ten would be 160 MB in flight), so an upload stays within 64 MB whatever the file size.
+TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
 READ_CHUNK = 1 << 20
 
 

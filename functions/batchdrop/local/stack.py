@@ -253,6 +253,9 @@ class LocalStack:
             c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
             c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
             c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
+            # As the CDK stack sets it (infra/constructs/functions.py); it only acts on a process that
+            # starts with it, such as the benchmarks' handler processes.
+            "MALLOC_ARENA_MAX": "2",
         }
         base = (self.options.external_emulator or self.emulator.base_url).rstrip("/")
         base_urls = {
