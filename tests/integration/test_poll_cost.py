@@ -92,7 +92,8 @@ with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs())) as local:
     from batchdrop.local.dispatcher import LocalContext
     report = handler({"detail-type": "Scheduled Event"}, LocalContext("poll"))
     assert report["looked_at"] == 0, report
-    print(sorted(m for m in ("openai", "anthropic") if m in sys.modules))
+    sdks = ("openai", "anthropic", "google.genai", "batchdrop.providers.bedrock_batch")
+    print(sorted(m for m in sdks if m in sys.modules))
 """
 
 
