@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 # Validation error codes (DESIGN.md "Input lines").
 INVALID_ENCODING = "invalid_encoding"
 INVALID_JSON = "invalid_json"
@@ -54,8 +56,9 @@ BATCH_FAILED = "batch_failed"
 RETRYABLE_CODES = frozenset({SERVER_ERROR, EXPIRED})
 
 
-@dataclass(slots=True)
-class Request:
+# A msgspec Struct rather than a dataclass: one is built per valid line, and a Struct is built in C
+# (twice as fast); gc=False because it holds only strings, bytes and numbers.
+class Request(msgspec.Struct, gc=False):
     """A valid input line, already in its provider's batch-line format (`payload`, no newline)."""
 
     line: int

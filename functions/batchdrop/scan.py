@@ -77,11 +77,12 @@ def scan(
                         ids.append(verdict.custom_id)
                         numbers.append(number)
                         on_request(verdict)
-                        if len(ids) >= finder.spill_every:
-                            finder.spill()
                     else:
                         on_invalid(verdict)  # type: ignore[arg-type]
                 last_line = number
+                # Per block (at most a chunk's lines), not per line: the hot loop stays short.
+                if len(ids) >= finder.spill_every:
+                    finder.spill()
             result.lines, result.valid, result.invalid = lines, valid, lines - valid
             result.exhausted = stop_at is None or position[0] < stop_at
         except (EOFError, zlib.error) as exc:

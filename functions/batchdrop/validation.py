@@ -32,31 +32,31 @@ _Model = Annotated[str, msgspec.Meta(min_length=1)]
 _Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 
 
-class _OpenAIBody(msgspec.Struct):
+class _OpenAIBody(msgspec.Struct, gc=False):
     model: _Model
     stream: bool | None = None
 
 
-class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True):
+class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     custom_id: str
     method: Literal["POST"]
     url: _Endpoint
     body: _OpenAIBody
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     role: str
     content: msgspec.Raw
 
 
-class _AnthropicParams(msgspec.Struct):
+class _AnthropicParams(msgspec.Struct, gc=False):
     model: _Model
     messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     stream: bool | None = None
 
 
-class _AnthropicLine(msgspec.Struct, forbid_unknown_fields=True):
+class _AnthropicLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     custom_id: str
     params: _AnthropicParams
 
