@@ -202,7 +202,7 @@ class Functions(Construct):
         self.complete = self._function(COMPLETE)
         self.complete.add_event_source(
             event_sources.SqsEventSource(
-                completion_queue, batch_size=COMPLETION_BATCH_SIZE, report_batch_item_failures=True
+                completion_queue, batch_size=COMPLETION_BATCH_SIZE
             )
         )
 

@@ -91,12 +91,13 @@ def test_completion_queue_is_encrypted_and_redrives_to_its_dead_letter_queue(sta
         {
             "EventSourceArn": {"Fn::GetAtt": [queue_id, "Arn"]},
             "FunctionName": {"Ref": stack.function("complete")[0]},
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
             "BatchSize": Match.any_value(),
         },
     )
     (_, mapping) = stack.one("AWS::Lambda::EventSourceMapping", FunctionName={"Ref": stack.function("complete")[0]})
-    assert 1 <= mapping["Properties"]["BatchSize"] <= 5
+    # One job per invocation: a failure redelivers only that job's message, with no partial batches.
+    assert mapping["Properties"]["BatchSize"] == 1
+    assert "FunctionResponseTypes" not in mapping["Properties"]
 
 
 def test_large_files_hand_their_segments_to_submit_through_a_queue_with_a_dead_letter_queue(stack: Synth) -> None:

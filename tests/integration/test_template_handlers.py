@@ -86,5 +86,5 @@ def test_the_sample_events_run_through_the_template_handlers(
     sqs_event = _event("sqs-completion.json")
     sqs_event["Records"][0]["body"] = json.dumps({"job_id": job_id})
     result = handlers["complete"](sqs_event, LocalContext("complete"))
-    assert result == {"batchItemFailures": []}
+    assert result == {"outcomes": ["completed"]}
     assert JobStore(s.TABLE).get_job(job_id)["status"] == "completed"  # type: ignore[index]
