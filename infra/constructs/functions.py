@@ -200,11 +200,7 @@ class Functions(Construct):
             retry_attempts=0, max_event_age=Duration.minutes(min(settings.poll_rate_minutes, 6 * 60))
         )
         self.complete = self._function(COMPLETE)
-        self.complete.add_event_source(
-            event_sources.SqsEventSource(
-                completion_queue, batch_size=COMPLETION_BATCH_SIZE
-            )
-        )
+        self.complete.add_event_source(event_sources.SqsEventSource(completion_queue, batch_size=COMPLETION_BATCH_SIZE))
 
         # What each function may do with objects, by prefix (DESIGN.md's layout): only submit reads
         # uploads; results are only ever added to outputs/, never read back or deleted.
