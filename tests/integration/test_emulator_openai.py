@@ -11,15 +11,13 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject, ModerationCreateResponse, Upload
+from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject, ModerationCreateResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response as ResponsesResponse
-from openai.types.uploads import UploadPart
 from pydantic import BaseModel
 
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
@@ -183,53 +181,6 @@ def test_upload_retrieve_and_stream_a_file(client: openai.OpenAI) -> None:
     )
     assert file.bytes == len(data) == retrieved.bytes
     assert streamed == data
-
-
-def test_a_file_sent_in_parts_through_the_uploads_api_is_one_file(client: openai.OpenAI, tmp_path: Path) -> None:
-    # Given a JSONL file larger than the part size
-    data = jsonl([chat_line(f"r{i}", "hello " * 50) for i in range(300)])
-    path = tmp_path / "big.jsonl"
-    path.write_bytes(data)
-
-    # When the SDK sends it in 64 kB parts
-    upload = client.uploads.upload_file_chunked(
-        file=path, mime_type="application/jsonl", purpose="batch", part_size=64 * 1024
-    )
-
-    # Then the completed upload holds one file with exactly those bytes
-    assert (upload.status, upload.bytes, upload.purpose) == ("completed", len(data), "batch")
-    assert upload.file is not None
-    with client.files.with_streaming_response.content(upload.file.id) as response:
-        assert b"".join(response.iter_bytes()) == data
-
-
-def test_an_upload_must_be_completed_with_its_bytes_and_takes_no_parts_after(client: openai.OpenAI) -> None:
-    # The wire shapes are the SDK's types, validated strictly (the SDK itself would accept anything).
-    created = client.uploads.with_raw_response.create(
-        bytes=10, filename="x.jsonl", mime_type="application/jsonl", purpose="batch"
-    )
-    upload = Upload.model_validate(created.http_response.json(), strict=True)
-    assert (upload.status, upload.file) == ("pending", None)
-    added = client.uploads.parts.with_raw_response.create(upload_id=upload.id, data=b"12345")
-    part = UploadPart.model_validate(added.http_response.json(), strict=True)
-    assert part.upload_id == upload.id
-    # five bytes of ten: refused, and the upload stays open
-    with pytest.raises(openai.BadRequestError, match="hold 5 bytes"):
-        client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
-    second = client.uploads.parts.create(upload_id=upload.id, data=b"67890")
-    with pytest.raises(openai.BadRequestError, match="Unknown part"):
-        client.uploads.complete(upload_id=upload.id, part_ids=[part.id, "part_nope"])
-    completed = client.uploads.with_raw_response.complete(upload_id=upload.id, part_ids=[second.id, part.id])
-    done = Upload.model_validate(completed.http_response.json(), strict=True)
-    assert done.status == "completed"
-    assert done.file is not None  # the parts joined in the order given
-    assert client.files.content(done.file.id).read() == b"6789012345"
-    with pytest.raises(openai.BadRequestError, match="completed"):
-        client.uploads.parts.create(upload_id=upload.id, data=b"x")
-    cancelled = client.uploads.cancel(
-        upload_id=client.uploads.create(bytes=1, filename="y", mime_type="text/plain", purpose="batch").id
-    )
-    assert cancelled.status == "cancelled"
 
 
 def test_unknown_file_is_a_404(client: openai.OpenAI) -> None:
@@ -642,31 +593,3 @@ def test_serve_forever_serves_until_stopped() -> None:
     emulator.stop()
     thread.join(5)
     assert not thread.is_alive()
-
-
-def test_the_provider_sends_a_batch_larger_than_a_part_in_parts(
-    emulator: ProviderEmulator, client: openai.OpenAI, tmp_path: Path
-) -> None:
-    from batchdrop.config import PROVIDER_DEFAULT_LIMITS, ProviderSettings
-    from batchdrop.providers.base import BatchRef
-    from batchdrop.providers.openai_batch import OpenAIProvider
-
-    # Given a batch file of 300 requests and a provider whose part size is 64 kB
-    data = jsonl([chat_line(f"r{i}", "hello " * 50) for i in range(300)])
-    path = tmp_path / "batch.jsonl"
-    path.write_bytes(data)
-    provider = OpenAIProvider(ProviderSettings("openai", PROVIDER_DEFAULT_LIMITS["openai"]), client=client)
-    provider.upload_part_bytes = 64 * 1024
-    ref = BatchRef("job-1", "a1-openai-0001", f"/v1/chat/completions {MODEL}", MODEL, 300, START)
-
-    # When it creates the batch
-    batch = client.batches.retrieve(provider.create(ref, str(path)))
-
-    # Then the file went up through the Uploads API, in parts, and the batch reads exactly those bytes
-    (upload,) = emulator._uploads.values()
-    assert upload.status == "completed"
-    assert upload.file_id == batch.input_file_id
-    assert client.files.retrieve(batch.input_file_id).filename == "job-1-a1-openai-0001.jsonl"
-    assert client.files.content(batch.input_file_id).read() == data
-    assert batch.request_counts is not None
-    assert batch.request_counts.total == 300

@@ -170,24 +170,6 @@ EMULATIONS: list[Callable[[ProviderEmulator], Emulation]] = []
 
 
 @dataclass
-class _Upload:
-    id: str
-    size: int
-    filename: str
-    purpose: str
-    created_at: int
-    status: str = "pending"  # pending | completed | cancelled | expired
-    parts: dict[str, bytes] = field(default_factory=dict)
-    file_id: str | None = None
-
-
-# OpenAI's Uploads API: 8 GB per upload, 64 MB per part, an hour to complete it.
-UPLOAD_MAX_BYTES = 8 * 1024 * MB
-UPLOAD_PART_MAX_BYTES = 64 * MB
-UPLOAD_TTL = 3600
-
-
-@dataclass
 class _Request:
     custom_id: str
     body: dict[str, Any]  # OpenAI: the line's body; Anthropic: params
@@ -622,7 +604,6 @@ class ProviderEmulator:
         self._clock = clock
         self._lock = threading.RLock()
         self._files: dict[str, _File] = {}
-        self._uploads: dict[str, _Upload] = {}
         self._batches: dict[str, _Batch] = {}  # in creation order
         self._counters: dict[str, int] = {}
         self._batches_created: dict[str, int] = {"openai": 0, "anthropic": 0}
@@ -638,10 +619,6 @@ class ProviderEmulator:
         self._serving = threading.Event()
         self._routes: list[_Route] = [
             ("POST", re.compile(r"/v1/files"), self._create_file),
-            ("POST", re.compile(r"/v1/uploads"), self._create_upload),
-            ("POST", re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/parts"), self._add_upload_part),
-            ("POST", re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/complete"), self._complete_upload),
-            ("POST", re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), self._cancel_upload),
             ("GET", re.compile(r"/v1/files"), self._list_files),
             ("GET", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._retrieve_file),
             ("DELETE", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._delete_file),
@@ -950,89 +927,6 @@ class ProviderEmulator:
         with self._lock:
             files = [f for f in reversed(self._files.values()) if purpose is None or f.purpose == purpose]
         return self._cursor_page(request, [f.to_json() for f in files], limit)
-
-    # -- OpenAI uploads: a file sent in parts (the SDK's uploads.upload_file_chunked) ---------------
-
-    def _create_upload(self, request: Request) -> Response:
-        payload = _parse_json_body(request)
-        size, filename, purpose = payload.get("bytes"), payload.get("filename"), payload.get("purpose")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= UPLOAD_MAX_BYTES:
-            raise _ClientError(400, f"'bytes' must be a whole number from 0 to {UPLOAD_MAX_BYTES}.", "bytes")
-        if not isinstance(filename, str) or not filename:
-            raise _ClientError(400, "Missing required parameter: 'filename'.", "filename")
-        if not isinstance(payload.get("mime_type"), str):
-            raise _ClientError(400, "Missing required parameter: 'mime_type'.", "mime_type")
-        if purpose not in OPENAI_FILE_PURPOSES:
-            raise _ClientError(400, f"Invalid value for 'purpose': {purpose!r}.", "purpose")
-        if purpose == "batch" and size > self.openai_max_file_bytes:
-            raise _ClientError(400, "File is too large: batch input files are limited to 200 MB.", "bytes")
-        with self._lock:
-            upload = _Upload(f"upload_{self._next_id('upload')}", size, filename, purpose, int(self._now()))
-            self._uploads[upload.id] = upload
-            return _json(self._upload_json(upload))
-
-    def _pending_upload(self, upload_id: str) -> _Upload:
-        upload = self._uploads.get(upload_id)
-        if upload is None:
-            raise _ClientError(404, f"No upload found with id '{upload_id}'.", "upload_id")
-        if upload.status == "pending" and self._now() >= upload.created_at + UPLOAD_TTL:
-            upload.status = "expired"
-        if upload.status != "pending":
-            raise _ClientError(400, f"Upload {upload_id} is {upload.status}; it takes no more parts.")
-        return upload
-
-    def _add_upload_part(self, request: Request, upload_id: str) -> Response:
-        data = request.files.get("data")
-        if data is None:
-            raise _ClientError(400, "Missing required parameter: 'data'.", "data")
-        chunk = data.read()
-        if len(chunk) > UPLOAD_PART_MAX_BYTES:
-            raise _ClientError(400, "A part holds at most 64 MB.", "data")
-        with self._lock:
-            upload = self._pending_upload(upload_id)
-            part_id = f"part_{self._next_id('upload-part')}"
-            upload.parts[part_id] = chunk
-            return _json(
-                {"id": part_id, "object": "upload.part", "created_at": int(self._now()), "upload_id": upload_id}
-            )
-
-    def _complete_upload(self, request: Request, upload_id: str) -> Response:
-        part_ids = _parse_json_body(request).get("part_ids")
-        if not isinstance(part_ids, list) or not all(isinstance(p, str) for p in part_ids):
-            raise _ClientError(400, "'part_ids' must be a list of part ids.", "part_ids")
-        with self._lock:
-            upload = self._pending_upload(upload_id)
-            unknown = [p for p in part_ids if p not in upload.parts]
-            if unknown:
-                raise _ClientError(400, f"Unknown part id(s) for this upload: {', '.join(unknown)}.", "part_ids")
-            data = b"".join(upload.parts[p] for p in part_ids)
-            if len(data) != upload.size:
-                raise _ClientError(
-                    400, f"The parts hold {len(data)} bytes; the upload was created for {upload.size}.", "part_ids"
-                )
-            file = _File(f"file-{self._next_id('file')}", upload.filename, upload.purpose, int(self._now()), data)
-            self._files[file.id] = file
-            upload.status, upload.file_id, upload.parts = "completed", file.id, {}
-            return _json(self._upload_json(upload))
-
-    def _cancel_upload(self, request: Request, upload_id: str) -> Response:
-        with self._lock:
-            upload = self._pending_upload(upload_id)
-            upload.status, upload.parts = "cancelled", {}
-            return _json(self._upload_json(upload))
-
-    def _upload_json(self, upload: _Upload) -> dict[str, Any]:
-        return {
-            "id": upload.id,
-            "object": "upload",
-            "bytes": upload.size,
-            "created_at": upload.created_at,
-            "expires_at": upload.created_at + UPLOAD_TTL,
-            "filename": upload.filename,
-            "purpose": upload.purpose,
-            "status": upload.status,
-            "file": self._files[upload.file_id].to_json() if upload.file_id else None,
-        }
 
     def _retrieve_file(self, request: Request, file_id: str) -> Response:
         return _json(self._get_file(file_id).to_json())

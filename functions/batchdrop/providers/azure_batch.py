@@ -20,8 +20,6 @@ DEFAULT_API_VERSION = "2024-10-21"
 class AzureOpenAIProvider(OpenAIProvider):
     name = "azure"
     tags_batches = False
-    # Azure's batch files go up whole: its support for the Uploads API is not documented.
-    chunked_uploads = False
 
     @property
     def client(self) -> openai.OpenAI:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -37,10 +35,6 @@ class OpenAIProvider:
     name = "openai"
     # Batches carry our job id and batch key in metadata, so an orphan is found by its tag.
     tags_batches = True
-    # Files larger than a part are sent through the Uploads API, a part at a time (OpenAI takes parts
-    # of up to 64 MB).
-    chunked_uploads = True
-    upload_part_bytes = 16 * 1024 * 1024
 
     def __init__(self, settings: ProviderSettings, client: openai.OpenAI | None = None) -> None:
         self.settings = settings
@@ -60,33 +54,15 @@ class OpenAIProvider:
 
     def create(self, batch: BatchRef, path: str) -> str:
         endpoint = batch.group.split(" ", 1)[0]
+        with open(path, "rb") as f:
+            uploaded = self.client.files.create(file=(f"{batch.job_id}-{batch.key}.jsonl", f), purpose="batch")
         created = self.client.batches.create(
-            input_file_id=self._upload(path, f"{batch.job_id}-{batch.key}.jsonl"),
+            input_file_id=uploaded.id,
             endpoint=endpoint,  # type: ignore[arg-type]
             completion_window="24h",
             metadata={META_JOB: batch.job_id, META_BATCH: batch.key},
         )
         return created.id
-
-    def _upload(self, path: str, filename: str) -> str:
-        """The batch file's id. `files.create` holds the whole file in memory (twice, while it builds
-        the request), so a file larger than one part goes through the Uploads API instead, a part
-        at a time: a 190 MB batch then costs the submit function tens of MB, not hundreds."""
-        if self.chunked_uploads and os.path.getsize(path) > self.upload_part_bytes:
-            # The path overload omits `filename`, which the implementation takes for paths too: the
-            # dashboard then names our job and batch rather than a temporary file.
-            upload = self.client.uploads.upload_file_chunked(  # type: ignore[call-overload]
-                file=Path(path),
-                filename=filename,
-                mime_type="application/jsonl",
-                purpose="batch",
-                part_size=self.upload_part_bytes,
-            )
-            if upload.file is None:
-                raise RuntimeError(f"OpenAI completed upload {upload.id} without a file ({upload.status})")
-            return upload.file.id
-        with open(path, "rb") as f:
-            return self.client.files.create(file=(filename, f), purpose="batch").id
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         for candidate in self.client.batches.list(limit=100):
