@@ -13,6 +13,7 @@ import tempfile
 from array import array
 from dataclasses import dataclass, field
 from typing import IO
+from zlib import crc32
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ class DuplicateFinder:
         mask = self.buckets - 1
         ids: list[list[str]] = [[] for _ in range(self.buckets)]
         lines: list[list[int]] = [[] for _ in range(self.buckets)]
-        # hash() is fine within one process, and str caches it.
+        # A hash that is the same in every process: the segments of a large file are bucketed by
+        # different invocations, and str's hash() is randomised per process (PYTHONHASHSEED).
         for custom_id, line in zip(self.ids, self.lines, strict=True):
-            index = hash(custom_id) & mask
+            index = crc32(custom_id.encode()) & mask
             ids[index].append(custom_id)
             lines[index].append(line)
         for index, bucket in enumerate(ids):

@@ -32,3 +32,33 @@ def test_matches_a_set_whatever_the_number_of_buckets(ids: list[str], buckets: i
         for line, custom_id in enumerate(ids, start=1):
             finder.add(custom_id, line)
         assert finder.duplicates() == expected
+
+
+BUCKET_OF_IDS = """
+import sys
+from batchdrop.dedup import DuplicateFinder
+with DuplicateFinder(buckets=64) as finder:
+    for i, custom_id in enumerate(["req-1", "req-2", "alpha", "q_99"]):
+        finder.add(custom_id, i + 1)
+    print(sorted(finder.bucket_files()))
+"""
+
+
+def test_ids_fall_in_the_same_buckets_in_every_process() -> None:
+    # The segments of a large file are bucketed by different invocations, each with its own str hash
+    # seed: duplicates across segments are only found if an id lands in the same bucket in all of them.
+    import os
+    import subprocess
+    import sys
+
+    buckets = {
+        subprocess.run(
+            [sys.executable, "-c", BUCKET_OF_IDS],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(buckets) == 1, buckets
