@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchdrop.config import BEDROCK_FALLBACKS, ON_INVALID_CHOICES, PROVIDER_MAXIMA
+from batchdrop.config import BEDROCK_FALLBACKS, ON_INVALID_CHOICES, PROVIDER_DEFAULT_LIMITS, PROVIDER_MAXIMA
 from infra.names import DEFAULT_STACK_NAME
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).
@@ -146,6 +146,19 @@ class DeploySettings:
                 "includes azure"
             )
 
+        bedrock_min_records = whole("bedrock_min_records", 1, PROVIDER_MAXIMA["bedrock"].max_requests)
+        if "bedrock" in providers:
+            minimum = bedrock_min_records or PROVIDER_DEFAULT_LIMITS["bedrock"].min_requests
+            maximum = (
+                limits.get("bedrock", LimitOverride()).max_requests or PROVIDER_DEFAULT_LIMITS["bedrock"].max_requests
+            )
+            if minimum > maximum:
+                # The functions would refuse to start (batchdrop.config checks the same).
+                raise SettingsError(
+                    f"context bedrock_min_records ({minimum}) is more than bedrock_max_requests ({maximum}): "
+                    "no Bedrock job could be sent; lower the minimum or raise the maximum"
+                )
+
         bedrock_fallback = text("bedrock_fallback")
         if bedrock_fallback is not None and (
             bedrock_fallback not in BEDROCK_FALLBACKS or bedrock_fallback not in providers
@@ -172,6 +185,6 @@ class DeploySettings:
             deep_tracing=(text("deep_tracing") or "false").lower() in ("1", "true", "yes"),
             azure_endpoint=azure_endpoint,
             azure_api_version=text("azure_api_version"),
-            bedrock_min_records=whole("bedrock_min_records", 1, PROVIDER_MAXIMA["bedrock"].max_requests),
+            bedrock_min_records=bedrock_min_records,
             bedrock_fallback=bedrock_fallback,
         )

@@ -134,3 +134,13 @@ def test_cdk_nag_reports_nothing_unacknowledged_with_all_five_providers() -> Non
 def test_a_fallback_that_is_not_enabled_is_refused() -> None:
     with pytest.raises(SettingsError, match="bedrock_fallback='anthropic'"):
         synth(providers="bedrock", bedrock_fallback="anthropic")
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{"bedrock_max_requests": "50"}, {"bedrock_min_records": "2000", "bedrock_max_requests": "1000"}],
+)
+def test_a_minimum_above_the_maximum_is_refused_at_synth(context: dict[str, Any]) -> None:
+    # The functions would refuse to start with it, taking every provider down.
+    with pytest.raises(SettingsError, match=r"bedrock_min_records .* is more than bedrock_max_requests"):
+        synth(providers="openai,bedrock", **context)

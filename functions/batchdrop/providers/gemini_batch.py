@@ -115,7 +115,12 @@ class GeminiProvider:
         created = self.client.batches.create(
             model=batch.model,
             src=uploaded.name,
-            config=types.CreateBatchJobConfig(display_name=display_name),
+            # Sent once: a create whose answer was lost may have made a batch, and a blind retry would
+            # make a second, billed and never tracked. The caller's retry looks for it first (`find`).
+            config=types.CreateBatchJobConfig(
+                display_name=display_name,
+                http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+            ),
         )
         if not created.name:
             raise RuntimeError("Gemini accepted the batch but returned no name")
