@@ -249,3 +249,34 @@ def test_a_retry_under_bedrocks_minimum_is_not_sent_and_keeps_its_error(stack: s
     assert errors
     assert stack.emulator.stats()["batches_created"]["bedrock"] == 1
     assert all(e["code"] == m.EXPIRED and e["attempts"] == 1 for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("provider", "key", "model"),
+    [
+        ("openai", "inputs/lost.jsonl", "gpt-4o-mini"),
+        ("anthropic", "inputs/lost.jsonl", "claude-haiku-4-5"),
+        ("azure", "inputs/azure/lost.jsonl", "my-deployment"),
+        ("gemini", "inputs/lost.jsonl", "gemini-2.5-flash"),
+    ],
+)
+def test_a_create_whose_answer_is_lost_makes_one_batch(
+    stack: s.LocalStack, provider: str, key: str, model: str
+) -> None:
+    # Given a provider that creates the batch but whose answer never arrives (a 500 after the fact)
+    stack.emulator.lost_create_responses = 1
+    lines = [neutral_line(model, f"hi {i}", custom_id=f"l-{i}") for i in range(3)]
+    stack.put(key, jsonl(lines))
+    store = JobStore(s.TABLE)
+    # When the pipeline runs (the failed submit is retried, as Lambda retries it)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    # Then the batch the provider made is adopted, not made again, and every line is answered once
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting({1, 2, 3}, results, errors, summary)
+    assert job["status"] == m.JOB_COMPLETED
+    assert stack.emulator.lost_create_responses == 0, "the lost answer happened"
+    # (the emulator counts Azure's batches with OpenAI's: the same API)
+    assert sum(stack.emulator.stats()["batches_created"].values()) == 1
+    assert {r["provider"] for r in results} == {provider}
+    assert all(n == 1 for n in stack.emulator.stats()["requests_submitted"].values())

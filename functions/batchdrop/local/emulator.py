@@ -574,6 +574,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 _Route = tuple[str, re.Pattern[str], Callable[..., Response]]
+# The calls that create a batch: OpenAI and Azure, Anthropic, Gemini (Bedrock's are idempotent by token).
+_CREATES = re.compile(r"/v1/batches|/openai/batches|/v1/messages/batches|/v1beta/models/[^/]+:batchGenerateContent")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -590,6 +592,8 @@ class ProviderEmulator:
     anthropic_max_bytes = 256 * MB
     # Bedrock's per-model quota of records per job (the local stack sets it with the functions').
     bedrock_min_records = 100
+    # How many batch creates, from now on, succeed but answer 500, as if the answer were lost.
+    lost_create_responses = 0
 
     def __init__(
         self,
@@ -837,6 +841,14 @@ class ProviderEmulator:
             response = self._error(request, 401, "Missing API key: send 'Authorization: Bearer' or 'x-api-key'.")
         else:
             response = self._route(request)
+            if response.status_code == 200 and request.method == "POST" and _CREATES.fullmatch(request.path):
+                with self._lock:
+                    lose = self.lost_create_responses > 0
+                    self.lost_create_responses -= lose
+                if lose:
+                    # The batch exists, but the client never hears of it (a dropped connection, a
+                    # gateway timeout): what must not lead to a second batch.
+                    response = self._error(request, 500, "Server error after the batch was created (emulated).")
         request_id = self._request_id(request)
         response.headers["request-id" if self._is_anthropic(request) else "x-request-id"] = request_id
         return response

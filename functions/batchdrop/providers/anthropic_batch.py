@@ -42,7 +42,9 @@ class AnthropicProvider:
         # Inline requests: the batch is in memory while it is sent, bounded by the byte limit.
         with open(path, "rb") as f:
             requests = [orjson.loads(line) for line in f if line.strip()]
-        created = self.client.messages.batches.create(requests=requests)
+        # Sent once, unlike every other call: a create whose answer was lost may have made the batch,
+        # and a blind retry would make a second one. The caller's retry looks for it first (`find`).
+        created = self.client.with_options(max_retries=0).messages.batches.create(requests=requests)
         return created.id
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:

@@ -56,7 +56,10 @@ class OpenAIProvider:
         endpoint = batch.group.split(" ", 1)[0]
         with open(path, "rb") as f:
             uploaded = self.client.files.create(file=(f"{batch.job_id}-{batch.key}.jsonl", f), purpose="batch")
-        created = self.client.batches.create(
+        # Sent once, unlike every other call: a create whose answer was lost may have made the batch,
+        # and a blind retry would make a second one, billed and never tracked. The caller's retry
+        # looks for it first (`find`, by our metadata).
+        created = self.client.with_options(max_retries=0).batches.create(
             input_file_id=uploaded.id,
             endpoint=endpoint,  # type: ignore[arg-type]
             completion_window="24h",
