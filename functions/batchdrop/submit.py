@@ -262,11 +262,18 @@ class _Submission:
                 refused_lines = set(refused)
                 duplicates = [d for d in duplicates if d.line not in refused_lines]
                 if duplicates:
-                    stored = _drop_duplicates(deps, self.job_id, stored, duplicates)
+                    minimum = {name: p.limits.min_requests for name, p in settings.providers.items()}
+                    stored, shrunk = _drop_duplicates(deps, self.job_id, stored, duplicates, minimum)
                     for dup in duplicates:
                         report(duplicate_error(dup))
                     totals["valid"] -= len(duplicates)
                     totals["invalid"] += len(duplicates)
+                    # A batch the duplicates took under its provider's minimum is dealt with like any
+                    # other too-small batch.
+                    for batch in shrunk:
+                        too_small = self._undersized(batch, store_batch, prefix, report)
+                        totals["valid"] -= len(too_small)
+                        totals["invalid"] += len(too_small)
             errors.flush()
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]
@@ -432,18 +439,24 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
     )
 
 
-def _drop_duplicates(deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate]) -> list[str]:
+def _drop_duplicates(
+    deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate], minimum: dict[str, int]
+) -> tuple[list[str], list[PlannedBatch]]:
     """Take the duplicate lines out of the batches already planned (rare: only when a file repeats
-    an id). Counts are recomputed from what is kept, so a re-run after a crash lands on the same state."""
+    an id). Counts are recomputed from what is kept, so a re-run after a crash lands on the same state.
+
+    Returns the batches kept, and those the removal left under their provider's minimum (Bedrock's
+    records per job): their items are deleted and their requests handed back in local files.
+    """
     drop = {d.line for d in duplicates}
     items = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
-    kept_keys = []
+    kept_keys: list[str] = []
+    shrunk: list[PlannedBatch] = []
     for key in stored:
         index_key, data_key = batch_index_key(job_id, key), batch_data_key(job_id, key)
-        with (
-            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".idx") as index_out,
-            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as data_out,
-        ):
+        index_out = tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
+        data_out = tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
+        with index_out, data_out:
             requests = size = removed = 0
             for entry, payload in zip(deps.objects.lines(index_key), deps.objects.lines(data_key), strict=True):
                 if int(entry.rpartition(b"\t")[2]) in drop:
@@ -453,20 +466,29 @@ def _drop_duplicates(deps: Deps, job_id: str, stored: list[str], duplicates: lis
                 data_out.write(payload + b"\n")
                 requests += 1
                 size += len(payload) + 1
-            item = items[key]
-            if not removed:
-                kept_keys.append(key)
-                continue
-            if requests == 0:
-                deps.store.delete(item)
-                continue
-            index_out.flush()
-            data_out.flush()
-            deps.objects.upload_file(data_out.name, data_key)
-            deps.objects.upload_file(index_out.name, index_key, "text/plain")
+        item = items[key]
+        planned = PlannedBatch(
+            key, item["provider"], item.get("group", ""), item.get("model", ""), requests, size,
+            data_out.name, index_out.name,
+        )  # fmt: skip
+        if not removed:
+            planned.discard()
+            kept_keys.append(key)
+        elif requests == 0:
+            planned.discard()
+            deps.store.delete(item)
+        elif requests < minimum.get(planned.provider, 1):
+            deps.store.delete(item)
+            shrunk.append(planned)
+        else:
+            try:
+                deps.objects.upload_file(data_out.name, data_key)
+                deps.objects.upload_file(index_out.name, index_key, "text/plain")
+            finally:
+                planned.discard()
             deps.store.update(item, {"requests": requests, "bytes": size})
             kept_keys.append(key)
-    return kept_keys
+    return kept_keys, shrunk
 
 
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:

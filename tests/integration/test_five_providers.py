@@ -280,3 +280,23 @@ def test_a_create_whose_answer_is_lost_makes_one_batch(
     assert sum(stack.emulator.stats()["batches_created"].values()) == 1
     assert {r["provider"] for r in results} == {provider}
     assert all(n == 1 for n in stack.emulator.stats()["requests_submitted"].values())
+
+
+def test_a_bedrock_batch_that_duplicates_take_under_the_minimum_is_refused_not_sent(stack: s.LocalStack) -> None:
+    # Given MIN_RECORDS Bedrock lines of which the last repeats an id: the batch is full enough until
+    # the duplicate is taken out
+    nova = lines_for("bedrock", MIN_RECORDS - 1, "d")
+    nova.append(neutral_line(MODELS["bedrock"], "again", custom_id="d-0"))
+    lines = [*nova, *lines_for("openai", 1, "o")]
+    stack.put("inputs/dup.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    # Then the job ends, the duplicate is reported as such, and the rest of the Bedrock lines as too few
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, len(lines) + 1)), results, errors, summary)
+    assert job["status"] == m.JOB_PARTIAL
+    codes = {e["line"]: e["code"] for e in errors}
+    assert codes == {MIN_RECORDS: m.DUPLICATE_CUSTOM_ID, **dict.fromkeys(range(1, MIN_RECORDS), m.BATCH_TOO_SMALL)}
+    assert [r["provider"] for r in results] == ["openai"]
+    assert stack.emulator.stats()["batches_created"]["bedrock"] == 0
