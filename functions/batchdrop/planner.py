@@ -60,6 +60,9 @@ class BatchPlanner:
     tmpdir: str | None = None
     _open: dict[tuple[str, str], _Open] = field(default_factory=dict)
     _count: dict[str, int] = field(default_factory=dict)
+    # Per slot of a provider with a minimum batch size (Bedrock): the last batch closed, held back
+    # until the next one closes, so that a too-small last batch can borrow requests from it.
+    _held: dict[tuple[str, str], PlannedBatch] = field(default_factory=dict)
 
     def add(self, request: Request) -> None:
         limits = self.limits[request.provider]
@@ -85,9 +88,11 @@ class BatchPlanner:
 
     def finish(self) -> None:
         for slot in sorted(self._open):
-            self._close(slot)
+            self._close(slot, last=True)
+        for slot in sorted(self._held):
+            self.on_batch(self._held.pop(slot))
 
-    def _close(self, slot: tuple[str, str]) -> None:
+    def _close(self, slot: tuple[str, str], last: bool = False) -> None:
         batch = self._open.pop(slot)
         batch.data.close()
         batch.index.close()
@@ -103,4 +108,52 @@ class BatchPlanner:
             path=batch.data.name,
             index_path=batch.index.name,
         )
-        self.on_batch(planned)
+        minimum = self.limits[batch.provider].min_requests
+        if minimum <= 1:
+            self.on_batch(planned)
+            return
+        held = self._held.pop(slot, None)
+        if last and held is not None and planned.requests < minimum:
+            _rebalance(held, planned, minimum, self.limits[batch.provider], self.tmpdir)
+        if held is not None:
+            self.on_batch(held)
+        if last:
+            self.on_batch(planned)
+        else:
+            self._held[slot] = planned
+
+
+def _rebalance(full: PlannedBatch, tail: PlannedBatch, minimum: int, limits: BatchLimits, tmpdir: str | None) -> None:
+    """Move requests from the end of `full` to `tail` until `tail` has `minimum` of them, if `full`
+    keeps at least as many and `tail` stays within the byte limit; otherwise leave both alone.
+    Streams the files: memory holds the moved requests only (fewer than `minimum`)."""
+    need = minimum - tail.requests
+    if full.requests - need < minimum:
+        return
+    keep = full.requests - need
+    moved: list[tuple[bytes, bytes]] = []
+    data_out = tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl", delete=False)  # noqa: SIM115
+    index_out = tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".idx", delete=False)  # noqa: SIM115
+    kept_bytes = ENVELOPE_BYTES
+    with open(full.path, "rb") as data, open(full.index_path, "rb") as index, data_out, index_out:
+        for n, (payload, entry) in enumerate(zip(data, index, strict=True)):
+            if n < keep:
+                data_out.write(payload)
+                index_out.write(entry)
+                kept_bytes += len(payload)
+            else:
+                moved.append((payload, entry))
+    moved_bytes = sum(len(payload) for payload, _ in moved)
+    if tail.bytes + moved_bytes > limits.max_bytes:
+        for path in (data_out.name, index_out.name):
+            os.unlink(path)
+        return
+    with open(tail.path, "ab") as data, open(tail.index_path, "ab") as index:
+        for payload, entry in moved:
+            data.write(payload)
+            index.write(entry)
+    for path in (full.path, full.index_path):
+        os.unlink(path)
+    full.path, full.index_path, full.requests, full.bytes = data_out.name, index_out.name, keep, kept_bytes
+    tail.requests += need
+    tail.bytes += moved_bytes

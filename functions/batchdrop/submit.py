@@ -363,7 +363,8 @@ class _Submission:
                             custom_id.decode(),
                             m.BATCH_TOO_SMALL,
                             f"{batch.provider} runs a batch of at least {settings.limits.min_requests} records for "
-                            f"{batch.model}, and this file has {batch.requests}; add requests, lower "
+                            f"{batch.model}, and only {batch.requests} of this file's requests for it were left for "
+                            "one; add requests, lower "
                             f"BATCHDROP_{batch.provider.upper()}_MIN_RECORDS if your account's quota allows, or "
                             f"set BATCHDROP_{batch.provider.upper()}_FALLBACK=anthropic to send Claude requests to "
                             "Anthropic instead",

@@ -262,3 +262,54 @@ def test_every_request_lands_in_exactly_one_batch_within_the_limits(
         for earlier, later in itertools.pairwise(slot_batches):
             next_size = len(by_id[index_of(later)[0][0]].payload) + 1
             assert earlier.requests == max_requests or earlier.bytes + next_size > limit
+
+
+# -- providers with a minimum batch size (Bedrock) -------------------------------------------------
+
+
+def bedrock_request(n: int, model: str = "amazon.nova-lite-v1:0") -> m.Request:
+    payload = orjson.dumps({"recordId": f"r{n}", "modelInput": {"messages": [{"role": "user", "content": "x"}]}})
+    return m.Request(n, f"r{n}", "bedrock", model, model, payload)
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes"),
+    [
+        (10, [5, 5]),  # not 8 + 2: the last batch borrows what it lacks
+        (12, [7, 5]),
+        (13, [8, 5]),
+        (16, [8, 8]),
+        (9, [8, 1]),  # 4 + 5 would leave the first under the minimum: left for the caller to refuse
+        (4, [4]),
+        (20, [8, 7, 5]),
+    ],
+)
+def test_a_last_batch_under_the_minimum_borrows_from_the_one_before(tmp_path: Path, n: int, sizes: list[int]) -> None:
+    # Given Bedrock limits of 8 records per job and at least 5
+    limits = {"bedrock": BatchLimits(max_requests=8, max_bytes=10_000, min_requests=5)}
+    # When n requests for one model are planned
+    batches = Plan(tmp_path, limits).run([bedrock_request(i) for i in range(1, n + 1)])
+    # Then the batches have these sizes, and every request is in exactly one, with its index line
+    assert [b.requests for b in batches] == sizes
+    assert [b.key for b in batches] == [f"bedrock-{i:04d}" for i in range(1, len(sizes) + 1)]
+    seen = []
+    for batch in batches:
+        data, index = lines_in(batch), Path(batch.index_path).read_bytes().splitlines()
+        assert len(data) == len(index) == batch.requests
+        assert batch.bytes == ENVELOPE_BYTES + sum(len(line) + 1 for line in data)
+        for payload, entry in zip(data, index, strict=True):
+            custom_id, _, line = entry.partition(b"\t")
+            assert orjson.loads(payload)["recordId"] == custom_id.decode() == f"r{int(line)}"
+            seen.append(int(line))
+    assert sorted(seen) == list(range(1, n + 1))
+
+
+def test_a_borrowing_that_would_pass_the_byte_limit_is_not_made(tmp_path: Path) -> None:
+    # Given a byte limit that the full batch reaches with small requests and a tail of large ones
+    limits = {"bedrock": BatchLimits(max_requests=8, max_bytes=ENVELOPE_BYTES + 8 * 120, min_requests=5)}
+    small = [bedrock_request(i) for i in range(1, 9)]
+    big = m.Request(9, "r9", "bedrock", small[0].group, small[0].model, small[0].payload + b" " * 800)
+    batches = Plan(tmp_path, limits).run([*small, big])
+    # Then the tail stays as it is (the caller refuses it) rather than pass the limit
+    assert [b.requests for b in batches] == [8, 1]
+    assert all(b.bytes <= limits["bedrock"].max_bytes for b in batches)
