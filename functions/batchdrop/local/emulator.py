@@ -214,6 +214,17 @@ class _Batch:
     def phase_time(self, fraction: float) -> float:
         return self.created + self.latency * fraction
 
+    def finished(self, at: float) -> tuple[int, int]:
+        """(succeeded, failed): the requests of a running batch that are done by `at`."""
+        succeeded = failed = 0
+        for request in self.requests:
+            if self.finished_by(request, at):
+                if request.failure is None:
+                    succeeded += 1
+                else:
+                    failed += 1
+        return succeeded, failed
+
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
@@ -1331,12 +1342,7 @@ class ProviderEmulator:
                 stamps["in_progress_at"] = batch.phase_time(0.1)
             if at >= batch.phase_time(0.9) and not batch.expires and not batch.errors:
                 stamps["finalizing_at"] = batch.phase_time(0.9)
-            for request in batch.requests:
-                if batch.finished_by(request, at):
-                    if request.failure is None:
-                        completed += 1
-                    else:
-                        failed += 1
+            completed, failed = batch.finished(at)
         in_tokens, out_tokens = batch.usage
         return {
             "id": batch.id,

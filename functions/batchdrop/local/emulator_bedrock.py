@@ -801,13 +801,7 @@ class BedrockEmulation:
         if status in ("Submitted", "Validating", "Failed"):
             total = 0  # Bedrock reports zeros until the input is validated
         elif not job.never_starts:
-            at = batch.cancel_at if batch.cancel_at is not None else now
-            for request in batch.requests:
-                if batch.finished_by(request, at):
-                    if request.failure is None:
-                        success += 1
-                    else:
-                        errors += 1
+            success, errors = batch.finished(batch.cancel_at if batch.cancel_at is not None else now)
         return {
             "totalRecordCount": total,
             "processedRecordCount": success + errors,

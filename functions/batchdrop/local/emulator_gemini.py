@@ -504,13 +504,7 @@ class GeminiEmulation:
                 elif outcome in (REFUSED, SERVER_ERROR):
                     failed += 1
         elif batch.end_kind is None and not creating and not batch.errors:
-            at = now if batch.cancel_at is None else batch.cancel_at
-            for request in batch.requests:
-                if batch.finished_by(request, at):
-                    if request.failure is None:
-                        succeeded += 1
-                    else:
-                        failed += 1
+            succeeded, failed = batch.finished(now if batch.cancel_at is None else batch.cancel_at)
         pending = 0 if batch.end_kind == "failed" else total - succeeded - failed
         counts = {
             "requestCount": total,
