@@ -9,6 +9,8 @@ import pytest
 from infra.bundling import LocalPipBundling, python_version, runtime_dependencies
 from infra.constructs.functions import RUNTIME
 
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+
 
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
@@ -60,8 +62,11 @@ def test_real_bundle_has_arm64_wheels_for_the_runtime(tmp_path: Path) -> None:
     assert (out / "batchdrop" / "handlers" / "submit.py").is_file()
     assert not (out / "batchdrop" / "local").exists()
     assert not (out / "batchdrop" / "cli.py").exists()
-    for package in ("boto3", "aws_lambda_powertools", "openai", "anthropic"):
+    for package in ("boto3", "aws_lambda_powertools", "openai", "anthropic", "google/genai"):
         assert (out / package).is_dir()
+    # Lambda refuses a function whose unzipped code passes 250 MB; every provider's SDK is in it.
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size < LAMBDA_UNZIPPED_LIMIT, f"the bundle is {size / 2**20:.0f} MB"
     tag = python_version(RUNTIME).replace(".", "")
     (orjson,) = (out / "orjson").glob("orjson*.so")
     assert f"cpython-{tag}-aarch64-linux-gnu" in orjson.name
