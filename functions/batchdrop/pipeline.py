@@ -116,6 +116,11 @@ def ids_key(job_id: str, segment: int, bucket: int, kind: str) -> str:
     return f"{work_prefix(job_id)}ids/s{segment:03d}/{bucket:03d}.{kind}"
 
 
+def refused_key(job_id: str, segment: int) -> str:
+    """The line numbers a segment refused as too few for a provider's minimum (a JSON list)."""
+    return f"{work_prefix(job_id)}ids/s{segment:03d}/too-small.json"
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

@@ -34,6 +34,7 @@ from batchdrop.pipeline import (
     iso,
     job_id_for,
     output_prefix,
+    refused_key,
     validation_errors_key,
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
@@ -245,21 +246,25 @@ class _Submission:
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.
             planner.finish()
-            refused = [*job.get("undersized_lines", [])]
+            refused: list[int] = []
             for batch in undersized:
                 refused.extend(self._undersized(batch, store_batch, prefix, report))
             last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
             totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
             totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
-            new_refused = len(refused) - len(job.get("undersized_lines", []))
-            totals["valid"] -= new_refused
-            totals["invalid"] += new_refused
+            totals["valid"] -= len(refused)
+            totals["invalid"] += len(refused)
             if segment > 0 or not last:
                 _save_ids(deps, self.job_id, segment, finder)
+                # With the ids, the lines refused as too few: the last segment must not count them
+                # again as duplicates. On S3, not on the job item, which they could outgrow.
+                deps.objects.put_json(refused_key(self.job_id, segment), refused)
             if last:
                 duplicates = _all_duplicates(deps, self.job_id, segment) if segment > 0 else finder.duplicates()
                 # A line already refused as part of a too-small batch is counted once, as that.
                 refused_lines = set(refused)
+                for earlier in range(segment):
+                    refused_lines.update(orjson.loads(b"".join(deps.objects.lines(refused_key(self.job_id, earlier)))))
                 duplicates = [d for d in duplicates if d.line not in refused_lines]
                 if duplicates:
                     minimum = {name: p.limits.min_requests for name, p in settings.providers.items()}
@@ -288,7 +293,6 @@ class _Submission:
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "error_files": error_files,
-                    "undersized_lines": refused,
                 },
                 when_status=(m.JOB_SUBMITTING,),
             )

@@ -300,3 +300,24 @@ def test_a_bedrock_batch_that_duplicates_take_under_the_minimum_is_refused_not_s
     assert codes == {MIN_RECORDS: m.DUPLICATE_CUSTOM_ID, **dict.fromkeys(range(1, MIN_RECORDS), m.BATCH_TOO_SMALL)}
     assert [r["provider"] for r in results] == ["openai"]
     assert stack.emulator.stats()["batches_created"]["bedrock"] == 0
+
+
+@pytest.mark.parametrize("stack", [{"segment_bytes": 1024}], indirect=True)
+def test_a_line_refused_as_too_few_in_an_earlier_segment_is_not_also_a_duplicate(stack: s.LocalStack) -> None:
+    # Given a file planned one line per segment: an OpenAI line "x", then a Bedrock line that repeats
+    # the id "x" and is alone for its model (under the minimum), then another OpenAI line
+    pad = "p" * 1100
+    lines = [
+        neutral_line(MODELS["openai"], pad, custom_id="x"),
+        neutral_line(MODELS["bedrock"], pad, custom_id="x"),
+        neutral_line(MODELS["openai"], pad, custom_id="y"),
+    ]
+    stack.put("inputs/segmented.jsonl", jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    # Then the Bedrock line is reported once, as too few (not again as a duplicate of line 1)
+    (job,) = store.list_jobs()
+    assert int(job["segment"]) >= 2, "the file was planned in segments"
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting({1, 2, 3}, results, errors, summary)
+    assert [(e["line"], e["code"]) for e in errors] == [(2, m.BATCH_TOO_SMALL)]
