@@ -13,8 +13,9 @@ from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 
-# The emulator tests' clock: a fixed start, moved on by hand.
+# The emulator tests' clock: a fixed start, moved on by hand; and their batches' processing time.
 START = 1_750_000_000.0
+LATENCY = 100.0
 
 
 class FakeClock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,9 +16,8 @@ import pytest
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
-from tests.helpers import START, FakeClock
+from tests.helpers import LATENCY, START, FakeClock
 
-LATENCY = 100.0
 MODEL = "claude-3-5-haiku-latest"
 BATCH_KEYS = (
     "id",
@@ -33,17 +31,6 @@ BATCH_KEYS = (
     "cancel_initiated_at",
     "results_url",
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def emulator(clock: FakeClock) -> Iterator[ProviderEmulator]:
-    with ProviderEmulator(EmulatorKnobs(latency=LATENCY, seed=7), clock=clock) as emu:
-        yield emu
 
 
 @pytest.fixture

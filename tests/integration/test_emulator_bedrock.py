@@ -30,9 +30,8 @@ from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 from batchdrop.local.emulator_bedrock import BedrockEmulation
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.bedrock_batch import BedrockProvider, job_name, record_id
-from tests.helpers import START, FakeClock
+from tests.helpers import LATENCY, START, FakeClock
 
-LATENCY = 100.0
 BUCKET = "bedrock-batch"
 ROLE = "arn:aws:iam::123456789012:role/bedrock-batch"
 CLAUDE = "anthropic.claude-3-5-haiku-20241022-v1:0"
@@ -76,11 +75,6 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     client.create_bucket(Bucket=BUCKET)
     yield client
     aws.reset()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import logging
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ from batchdrop.config import PROVIDER_MAXIMA, ProviderSettings
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, _tokens
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.gemini_batch import GeminiProvider, batch_display_name
-from tests.helpers import START, FakeClock
+from tests.helpers import LATENCY, START, FakeClock
 
-LATENCY = 100.0
 MODEL = "gemini-2.5-flash"
 BATCH_STATES = {
     "BATCH_STATE_PENDING",
@@ -54,17 +52,6 @@ METADATA_REQUIRED = {
 }
 METADATA_KEYS = METADATA_REQUIRED | {"endTime", "output"}
 STATS_KEYS = {"requestCount", "successfulRequestCount", "failedRequestCount", "pendingRequestCount"}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def emulator(clock: FakeClock) -> Iterator[ProviderEmulator]:
-    with ProviderEmulator(EmulatorKnobs(latency=LATENCY, seed=7), clock=clock) as emu:
-        yield emu
 
 
 def make_client(emulator: ProviderEmulator, attempts: int = 1) -> genai.Client:

@@ -10,7 +10,6 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -21,9 +20,8 @@ from openai.types.responses import Response as ResponsesResponse
 from pydantic import BaseModel
 
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, serve_forever
-from tests.helpers import START, FakeClock
+from tests.helpers import LATENCY, START, FakeClock
 
-LATENCY = 100.0
 MODEL = "gpt-4o-mini"
 
 BATCH_KEYS = (
@@ -64,17 +62,6 @@ ALWAYS_NON_NULL = (
     *("id", "object", "endpoint", "input_file_id", "completion_window", "status"),
     *("created_at", "expires_at", "request_counts"),
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def emulator(clock: FakeClock) -> Iterator[ProviderEmulator]:
-    with ProviderEmulator(EmulatorKnobs(latency=LATENCY, seed=7), clock=clock) as emu:
-        yield emu
 
 
 @pytest.fixture
