@@ -87,6 +87,14 @@ def drive(
         time.sleep(0.05)
 
 
+def all_notifications(dispatcher: Dispatcher) -> list[dict[str, Any]]:
+    """Every SNS message captured so far, drained from the capture queue."""
+    out: list[dict[str, Any]] = []
+    while batch := dispatcher.notifications():
+        out.extend(batch)
+    return out
+
+
 def all_jobs_final(store: JobStore, expected: int) -> Callable[[], bool]:
     def check() -> bool:
         jobs = store.list_jobs(limit=1000)

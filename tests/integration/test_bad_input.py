@@ -26,7 +26,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, Invocation
 from batchdrop.local.emulator import EmulatorKnobs
 from tests.bad_inputs import CASES, OK, Case, Outcome, join, oa
-from tests.helpers import assert_accounting, drive, ended, jobs_by_key, outputs_of
+from tests.helpers import all_notifications, assert_accounting, drive, ended, jobs_by_key, outputs_of
 
 STAGE_VALIDATION = {*m.VALIDATION_CODES, m.FILE_REJECTED}
 
@@ -42,13 +42,6 @@ def stack() -> Iterator[s.LocalStack]:
     with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
     use_deps(None)
-
-
-def all_notifications(dispatcher: Dispatcher) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while batch := dispatcher.notifications():
-        out.extend(batch)
-    return out
 
 
 def planned_requests(stack: s.LocalStack, job_id: str) -> list[dict[str, Any]]:

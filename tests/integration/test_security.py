@@ -30,7 +30,17 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.observability import SERVICE
-from tests.helpers import anthropic_line, drive, ended, jobs_by_key, jsonl, neutral_line, openai_line, outputs_of
+from tests.helpers import (
+    all_notifications,
+    anthropic_line,
+    drive,
+    ended,
+    jobs_by_key,
+    jsonl,
+    neutral_line,
+    openai_line,
+    outputs_of,
+)
 
 MARKER = "SECRET-PROMPT-7f3a"
 
@@ -44,13 +54,6 @@ def stack() -> Iterator[s.LocalStack]:
         with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
             yield local
     use_deps(None)
-
-
-def all_notifications(dispatcher: Dispatcher) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while batch := dispatcher.notifications():
-        out.extend(batch)
-    return out
 
 
 def run(stack: s.LocalStack, files: dict[str, bytes]) -> tuple[Dispatcher, dict[str, dict[str, Any]]]:
