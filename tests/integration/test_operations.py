@@ -15,15 +15,31 @@ from batchdrop.cli import main
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
-from tests.helpers import all_jobs_final, assert_accounting, drive, jsonl, openai_line, outputs_of, read_jsonl
+from tests.helpers import (
+    LATENCY,
+    FakeClock,
+    all_jobs_final,
+    assert_accounting,
+    drive,
+    jsonl,
+    openai_line,
+    outputs_of,
+    read_jsonl,
+)
 
 STACK = ["--bucket", s.BUCKET, "--table", s.TABLE]
 
 
 @pytest.fixture
-def stack() -> Iterator[s.LocalStack]:
-    # Slow enough that a cancel lands while requests are still running
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=4.0))) as local:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def stack(clock: FakeClock) -> Iterator[s.LocalStack]:
+    # The emulator's batches run on a clock the tests move, so a cancel lands while some requests
+    # have finished and others have not, however busy the machine is.
+    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=LATENCY, seed=3), clock=clock)) as local:
         yield local
 
 
@@ -33,7 +49,7 @@ def invoke(*args: str) -> str:
     return result.output
 
 
-def test_submit_status_and_results_work_against_a_stack(stack: s.LocalStack, tmp_path: Path) -> None:
+def test_submit_status_and_results_work_against_a_stack(stack: s.LocalStack, clock: FakeClock, tmp_path: Path) -> None:
     path = tmp_path / "ops.jsonl"
     path.write_bytes(jsonl([openai_line(f"r{i}") for i in range(4)]))
     out = invoke("submit", str(path), *STACK)
@@ -45,6 +61,7 @@ def test_submit_status_and_results_work_against_a_stack(stack: s.LocalStack, tmp
     assert job_id in listing
     assert "submitted" in listing
     assert "in_progress" in invoke("status", job_id, *STACK) or "validating" in invoke("status", job_id, *STACK)
+    clock.advance(LATENCY)
     drive(dispatcher, all_jobs_final(JobStore(s.TABLE), 1))
     assert "completed" in invoke("status", job_id, *STACK)
     invoke("results", job_id, "--out", str(tmp_path / "res"), *STACK)
@@ -62,16 +79,14 @@ def test_results_of_a_running_job_is_a_clear_error(stack: s.LocalStack, tmp_path
 
 
 @pytest.mark.parametrize("how", ["cli", "file"])
-def test_a_canceled_job_ends_canceled_with_its_partial_results(stack: s.LocalStack, how: str) -> None:
+def test_a_canceled_job_ends_canceled_with_its_partial_results(stack: s.LocalStack, clock: FakeClock, how: str) -> None:
     stack.put("inputs/cancel-me.jsonl", jsonl([openai_line(f"r{i}") for i in range(30)]))
     dispatcher = Dispatcher(stack)
     store = JobStore(s.TABLE)
     dispatcher.deliver_uploads()
     job_id = store.list_jobs()[0]["job_id"]
-    # Let some requests finish, then cancel
-    import time
-
-    time.sleep(2.0)
+    # Half the batch's time: requests finish between 10% and 90% of it, so some have and some have not
+    clock.advance(LATENCY / 2)
     if how == "cli":
         assert "Cancel requested" in invoke("cancel", job_id, *STACK)
     else:
