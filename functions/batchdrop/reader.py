@@ -8,6 +8,9 @@ from typing import BinaryIO
 
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
+# Mean line length (bytes) from which cutting a chunk with find beats bytes.split (measured: split
+# costs about 0.3 ns a byte, a find step about 0.15 us a line).
+LONG_LINE = 640
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -79,6 +82,24 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+def _find_lines(chunk: bytes, start: int, last: int, max_line: int, block: list[bytes | LineTooLong]) -> int:
+    """Append the lines of chunk[start:last] (chunk[last] is a newline) to `block`, without a
+    trailing CR; their count."""
+    find, append = chunk.find, block.append
+    crlf = chunk.find(b"\r", start, last) >= 0
+    count = 0
+    while True:
+        end = find(b"\n", start, last + 1)
+        if end - start > max_line:  # sized with its CR, like every other line
+            append(LineTooLong(end - start))
+        else:
+            append(chunk[start : end - 1] if crlf and chunk[end - 1] == 13 and end > start else chunk[start:end])
+        count += 1
+        if end == last:
+            return count
+        start = end + 1
+
+
 def iter_lines(
     chunks: Iterable[bytes],
     max_line: int,
@@ -115,6 +136,7 @@ def iter_line_blocks(
     overflow = False
     first = first_number == 1
     offset = 0  # where chunk[0] sits in the stream
+    long_lines: bool | None = None  # whether lines run long enough to cut with find (see LONG_LINE)
     for chunk in chunks:
         if not chunk:
             continue
@@ -164,17 +186,29 @@ def iter_line_blocks(
                 yield block_first, block
                 return
             if last > end:
-                body = chunk[start:last]
-                lines = body.split(b"\n")
-                if b"\r" in body:
-                    lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
-                if len(body) > max_line:
-                    # Sized before the CR is dropped, like every other line.
-                    raw_sizes = [len(x) for x in body.split(b"\n")]
-                    block.extend(LineTooLong(n) if n > max_line else x for x, n in zip(lines, raw_sizes, strict=True))
+                if long_lines is None:
+                    long_lines = size >= LONG_LINE
+                if long_lines:
+                    # bytes.split looks for a one-byte separator a byte at a time; find uses memchr,
+                    # which pays off once lines are long enough to outweigh a Python step per line.
+                    count = _find_lines(chunk, start, last, max_line, block)
                 else:
-                    block.extend(lines)
-                number += len(lines)
+                    body = chunk[start:last]
+                    lines = body.split(b"\n")
+                    if b"\r" in body:
+                        lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
+                    if len(body) > max_line:
+                        # Sized before the CR is dropped, like every other line.
+                        raw_sizes = [len(x) for x in body.split(b"\n")]
+                        block.extend(
+                            LineTooLong(n) if n > max_line else x for x, n in zip(lines, raw_sizes, strict=True)
+                        )
+                    else:
+                        block.extend(lines)
+                    count = len(lines)
+                # The next chunk is cut the way this one's lines, on average, are cut faster.
+                long_lines = last - start >= LONG_LINE * count
+                number += count
                 start = last + 1
             if position is not None:
                 position[0] = offset + start

@@ -48,7 +48,7 @@ def scan(
     result = ScanResult()
     last_line = first_line - 1
     lines = valid = 0
-    check, fast, full = validator.check, validator.fast, validator.full
+    check_block = validator.check_block
     Request = m.Request
     it = iter(chunks)
     head = next(it, b"")
@@ -64,22 +64,18 @@ def scan(
         source = decompressed(itertools.chain([head], it))
         try:
             for block_first, block in iter_line_blocks(source, DEFAULT_MAX_LINE, first_line, stop_at, position):
-                number = block_first - 1
-                for raw in block:
-                    number += 1
-                    # The fast path first: most lines of a large file are well-formed batch lines.
-                    verdict = (fast(number, raw) or full(number, raw)) if raw.__class__ is bytes else check(number, raw)
+                for verdict in check_block(block_first, block):
                     if verdict is None:
                         continue
                     lines += 1
                     if verdict.__class__ is Request:
                         valid += 1
                         ids.append(verdict.custom_id)
-                        numbers.append(number)
+                        numbers.append(verdict.line)
                         on_request(verdict)
                     else:
                         on_invalid(verdict)  # type: ignore[arg-type]
-                last_line = number
+                last_line = block_first + len(block) - 1
                 # Per block (at most a chunk's lines), not per line: the hot loop stays short.
                 if len(ids) >= finder.spill_every:
                     finder.spill()

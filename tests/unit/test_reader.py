@@ -206,6 +206,45 @@ def test_blocks_hold_exactly_the_lines_in_any_chunking_with_any_stop(
     # Given any file (a BOM or part of one, CRs, lines around the cap), cut anyhow, read from any line
     # number and stopped anywhere
     data = head + b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    assert_blocks_are_the_reference(data, max_line, sizes, first_number, stop_at)
+
+
+@settings(max_examples=300)
+@given(
+    lines=st.lists(
+        st.one_of(
+            # Long lines are cut with find rather than split (reader.LONG_LINE): runs of them switch
+            # the reader to it, short ones switch it back.
+            st.tuples(st.sampled_from([b"x", b"{}", b"\xc3\xa9"]), st.integers(min_value=0, max_value=900)).map(
+                lambda t: t[0] * t[1]
+            ),
+            st.sampled_from([b"", b"\r", b"ab\r", b'{"custom_id":"a"}', b"y" * 1300 + b"\r"]),
+        ),
+        max_size=14,
+    ),
+    head=st.sampled_from([b"", BOM]),
+    final_newline=st.booleans(),
+    max_line=st.sampled_from([100, 700, 1000, 2000, 32 * MB]),
+    sizes=st.lists(st.integers(min_value=1, max_value=6000), min_size=1, max_size=8),
+    first_number=st.sampled_from([1, 7]),
+    stop_at=st.one_of(st.none(), st.integers(min_value=0, max_value=20_000)),
+)
+def test_long_lines_too_are_exactly_the_reference_in_any_chunking(
+    lines: list[bytes],
+    head: bytes,
+    final_newline: bool,
+    max_line: int,
+    sizes: list[int],
+    first_number: int,
+    stop_at: int | None,
+) -> None:
+    data = head + b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    assert_blocks_are_the_reference(data, max_line, sizes, first_number, stop_at)
+
+
+def assert_blocks_are_the_reference(
+    data: bytes, max_line: int, sizes: list[int], first_number: int, stop_at: int | None
+) -> None:
     position = [0]
     # When it is read in blocks
     got: list[tuple[int, bytes | tuple[str, int]]] = []

@@ -748,3 +748,77 @@ def test_the_fast_path_accepts_only_what_the_full_check_accepts_and_alike(
     if fast is not None:
         assert isinstance(full, m.Request), (line, full)
         assert fast == full
+
+
+# -- a block decoded whole says what its lines say one by one -------------------------------------
+
+_POOL: list[bytes | LineTooLong] = [
+    dumps(openai_line("a")),
+    dumps(openai_line("b", text="é")),
+    dumps(openai_line("c")) + b" ",
+    dumps(openai_line("d", stream=True)),
+    dumps(openai_line("e\nf")),  # a newline in an id, which must not pass as two right ids
+    dumps(openai_line("g" * 65)),
+    dumps(openai_line(7)),
+    dumps(anthropic_line("a")),
+    dumps(anthropic_line("h")),
+    dumps({"custom_id": "i", "params": {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]}}),
+    dumps(neutral_line()),
+    b"",
+    b"   ",
+    b'{"custom_id": "j", "method": "POST"',
+    b'{"custom_id":"k","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":"\xff"}}',
+    LineTooLong(40_000_000),
+    # Lines that are not one JSON value each, but that joined with their neighbours could read as a
+    # well-formed array of lines: two objects on one line, and a string or an array left open on one
+    # line and closed on the next.
+    dumps(openai_line("m1")) + b"," + dumps(openai_line("m2")),
+    b'{"custom_id":"n1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[],"z":"}',
+    b'{"}}',
+    b'{"custom_id":"o1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[1',
+    b"2]}}",
+]
+
+
+@settings(max_examples=400)
+@given(
+    blocks=st.lists(st.lists(st.sampled_from(range(len(_POOL))), min_size=1, max_size=8), min_size=1, max_size=12),
+    same=st.sampled_from(range(len(_POOL))),
+    remember=st.booleans(),
+)
+def test_a_block_checked_whole_gets_the_verdicts_of_its_lines_checked_one_by_one(
+    blocks: list[list[int]], same: int, remember: bool
+) -> None:
+    # Given blocks of lines of every kind, valid or not, some runs of one line repeated (the case
+    # decoded whole), read one after the other as from one file
+    blocks = [*blocks, [same] * 5]
+    whole = validator(seen=set() if remember else NoIds())
+    alone = validator(seen=set() if remember else NoIds())
+    number = 1
+    for picks in blocks:
+        lines = [_POOL[i] for i in picks]
+        # When a block is checked whole and its lines one by one
+        got = whole.check_block(number, lines)
+        expected = [alone.check(n, raw) for n, raw in enumerate(lines, number)]
+        # Then the verdicts are the same, duplicates found across blocks included
+        assert got == expected, lines
+        number += len(lines)
+
+
+def test_a_block_of_well_formed_lines_is_decoded_whole() -> None:
+    v = validator(seen=NoIds())
+    lines = [dumps(openai_line(f"r{i}")) for i in range(50)]
+    verdicts = v._whole_block(1, lines)
+    assert verdicts is not None
+    assert [r.custom_id for r in verdicts if isinstance(r, m.Request)] == [f"r{i}" for i in range(50)]
+    assert v._whole_block(1, [*lines, b""]) is None, "a blank line breaks the array: the block goes line by line"
+
+
+def test_lines_that_only_joined_make_a_well_formed_array_are_each_refused() -> None:
+    # Given two objects on one line, then a string left open on one line and closed on the next:
+    # joined by commas, three items for three lines, each one a well-formed OpenAI batch line
+    lines: list[bytes | LineTooLong] = [_POOL[16], _POOL[17], _POOL[18]]
+    # When the block is checked
+    verdicts = validator(seen=NoIds()).check_block(1, lines)
+    # Then no line is taken for a request: each is refused as the broken JSON it is
+    assert [v.code if isinstance(v, m.Invalid) else v for v in verdicts] == [m.INVALID_JSON] * 3
