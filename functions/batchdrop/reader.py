@@ -87,13 +87,14 @@ def _find_lines(chunk: bytes, start: int, last: int, max_line: int, block: list[
     trailing CR; their count."""
     find, append = chunk.find, block.append
     crlf = chunk.find(b"\r", start, last) >= 0
+    # chunk[start - 1] is always a newline, so an empty line never looks back at a CR.
     count = 0
     while True:
         end = find(b"\n", start, last + 1)
         if end - start > max_line:  # sized with its CR, like every other line
             append(LineTooLong(end - start))
         else:
-            append(chunk[start : end - 1] if crlf and chunk[end - 1] == 13 and end > start else chunk[start:end])
+            append(chunk[start : end - 1] if crlf and chunk[end - 1] == 13 else chunk[start:end])
         count += 1
         if end == last:
             return count
@@ -121,8 +122,8 @@ def iter_line_blocks(
     position: list[int] | None = None,
 ) -> Iterator[tuple[int, list[bytes | LineTooLong]]]:
     """Yield (physical number of the first line, lines without their newlines) a chunk's worth at a
-    time, numbered from `first_number`: a chunk's complete lines are cut by one `bytes.split` in C,
-    so the validation loop is the only per-line Python left.
+    time, numbered from `first_number`: a chunk's complete lines are cut in C (one `bytes.split`, or
+    a `bytes.find` a line when lines are long), not by a generator step per line.
 
     A UTF-8 BOM at the start is dropped and a trailing CR is removed. A line longer than `max_line`
     bytes is yielded as `LineTooLong` (its size, CR included) without being held in memory. With

@@ -254,7 +254,7 @@ class Validator:
         full = self.full
         return [
             accept(number, raw, line, ids_ok) or full(number, raw)  # type: ignore[arg-type]
-            for number, raw, line in zip(range(first, first + len(lines)), lines, decoded, strict=True)
+            for number, (raw, line) in enumerate(zip(lines, decoded, strict=True), first)
         ]
 
     def fast(self, number: int, raw: bytes) -> m.Request | None:
