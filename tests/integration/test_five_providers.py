@@ -52,6 +52,20 @@ def lines_for(provider: str, n: int, prefix: str) -> list[dict[str, Any]]:
     return [neutral_line(MODELS[provider], f"hello {i}", custom_id=f"{prefix}-{i}") for i in range(n)]
 
 
+def run_file(
+    stack: s.LocalStack, key: str, lines: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Drop one file and run the pipeline until its job ends: the job, its results, errors and
+    summary, every line accounted for exactly once."""
+    stack.put(key, jsonl(lines))
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, len(lines) + 1)), results, errors, summary)
+    return job, results, errors, summary
+
+
 def test_a_file_per_provider_and_a_neutral_file_routed_to_all_five(stack: s.LocalStack) -> None:
     files = {
         "inputs/openai.jsonl": lines_for("openai", 3, "o"),
@@ -102,12 +116,7 @@ def test_a_file_per_provider_and_a_neutral_file_routed_to_all_five(stack: s.Loca
 
 def test_a_bedrock_job_under_the_minimum_is_refused_line_by_line(stack: s.LocalStack) -> None:
     lines = [*lines_for("bedrock", MIN_RECORDS - 1, "b"), *lines_for("openai", 2, "o")]
-    stack.put("inputs/small.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, len(lines) + 1)), results, errors, summary)
+    job, _results, errors, _summary = run_file(stack, "inputs/small.jsonl", lines)
     assert job["status"] == m.JOB_PARTIAL
     assert {e["code"] for e in errors} == {m.BATCH_TOO_SMALL}
     assert {e["line"] for e in errors} == set(range(1, MIN_RECORDS))
@@ -119,12 +128,7 @@ def test_a_bedrock_job_under_the_minimum_is_refused_line_by_line(stack: s.LocalS
 def test_with_a_fallback_claude_requests_under_the_minimum_go_to_anthropic(stack: s.LocalStack) -> None:
     claude = [neutral_line("anthropic.claude-3-5-haiku-20241022-v1:0", f"hi {i}", custom_id=f"c-{i}") for i in range(2)]
     nova = lines_for("bedrock", 1, "n")
-    stack.put("inputs/fallback.jsonl", jsonl([*claude, *nova]))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting({1, 2, 3}, results, errors, summary)
+    _job, results, errors, _summary = run_file(stack, "inputs/fallback.jsonl", [*claude, *nova])
     assert {(r["custom_id"], r["provider"]) for r in results} == {("c-0", "anthropic"), ("c-1", "anthropic")}
     assert [(e["custom_id"], e["code"]) for e in errors] == [("n-0", m.BATCH_TOO_SMALL)]
     assert results[0]["model"].startswith("claude-3-5-haiku")
@@ -160,13 +164,7 @@ def test_a_bedrock_state_change_event_gets_the_job_looked_at_at_once(stack: s.Lo
 )
 @pytest.mark.parametrize("provider", ["gemini", "bedrock"])
 def test_request_failures_map_to_request_and_server_errors(stack: s.LocalStack, provider: str) -> None:
-    lines = lines_for(provider, 20, "f")
-    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, 21)), results, errors, summary)
+    job, _results, errors, _summary = run_file(stack, f"inputs/{provider}.jsonl", lines_for(provider, 20, "f"))
     assert job["status"] == m.JOB_PARTIAL
     assert {e["code"] for e in errors} == {m.REQUEST_ERROR, m.SERVER_ERROR}
     assert all(e["stage"] == "provider" and e["provider"] == provider and e["message"] for e in errors)
@@ -179,13 +177,7 @@ def test_request_failures_map_to_request_and_server_errors(stack: s.LocalStack, 
 )
 @pytest.mark.parametrize("provider", ["gemini", "bedrock"])
 def test_an_expired_batch_keeps_what_finished_and_reports_the_rest_expired(stack: s.LocalStack, provider: str) -> None:
-    lines = lines_for(provider, 20, "e")
-    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, 21)), results, errors, summary)
+    _job, results, errors, _summary = run_file(stack, f"inputs/{provider}.jsonl", lines_for(provider, 20, "e"))
     assert results, "requests that finished before the expiry are kept"
     assert errors
     assert {e["code"] for e in errors} == {m.EXPIRED}
@@ -215,13 +207,7 @@ def test_cancelling_a_job_cancels_its_batch_at_the_provider(stack: s.LocalStack,
 )
 @pytest.mark.parametrize("provider", ["gemini", "bedrock"])
 def test_expired_requests_are_resubmitted_in_a_new_batch(stack: s.LocalStack, provider: str) -> None:
-    lines = lines_for(provider, 20, "r")
-    stack.put(f"inputs/{provider}.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, 21)), results, errors, summary)
+    _job, results, errors, summary = run_file(stack, f"inputs/{provider}.jsonl", lines_for(provider, 20, "r"))
     # Every batch expires: what did not finish the first time was sent once more, and only that.
     assert stack.emulator.stats()["batches_created"][provider] == 2
     assert {b["attempt"] for b in summary["batches"]} == {1, 2}
@@ -239,12 +225,7 @@ def test_expired_requests_are_resubmitted_in_a_new_batch(stack: s.LocalStack, pr
 def test_a_retry_under_bedrocks_minimum_is_not_sent_and_keeps_its_error(stack: s.LocalStack) -> None:
     bedrock = next(e for e in stack.emulator._emulations if e.provider == "bedrock")
     bedrock.expire_before_start_rate = 0.0  # type: ignore[attr-defined]  # the job runs, then times out
-    stack.put("inputs/bedrock.jsonl", jsonl(lines_for("bedrock", 20, "u")))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, 21)), results, errors, summary)
+    _job, results, errors, _summary = run_file(stack, "inputs/bedrock.jsonl", lines_for("bedrock", 20, "u"))
     assert results
     assert errors
     assert stack.emulator.stats()["batches_created"]["bedrock"] == 1
@@ -266,14 +247,9 @@ def test_a_create_whose_answer_is_lost_makes_one_batch(
     # Given a provider that creates the batch but whose answer never arrives (a 500 after the fact)
     stack.emulator.lost_create_responses = 1
     lines = [neutral_line(model, f"hi {i}", custom_id=f"l-{i}") for i in range(3)]
-    stack.put(key, jsonl(lines))
-    store = JobStore(s.TABLE)
     # When the pipeline runs (the failed submit is retried, as Lambda retries it)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    job, results, _errors, _summary = run_file(stack, key, lines)
     # Then the batch the provider made is adopted, not made again, and every line is answered once
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting({1, 2, 3}, results, errors, summary)
     assert job["status"] == m.JOB_COMPLETED
     assert stack.emulator.lost_create_responses == 0, "the lost answer happened"
     # (the emulator counts Azure's batches with OpenAI's: the same API)
@@ -287,14 +263,8 @@ def test_a_bedrock_batch_that_duplicates_take_under_the_minimum_is_refused_not_s
     # the duplicate is taken out
     nova = lines_for("bedrock", MIN_RECORDS - 1, "d")
     nova.append(neutral_line(MODELS["bedrock"], "again", custom_id="d-0"))
-    lines = [*nova, *lines_for("openai", 1, "o")]
-    stack.put("inputs/dup.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    job, results, errors, _summary = run_file(stack, "inputs/dup.jsonl", [*nova, *lines_for("openai", 1, "o")])
     # Then the job ends, the duplicate is reported as such, and the rest of the Bedrock lines as too few
-    (job,) = store.list_jobs()
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting(set(range(1, len(lines) + 1)), results, errors, summary)
     assert job["status"] == m.JOB_PARTIAL
     codes = {e["line"]: e["code"] for e in errors}
     assert codes == {MIN_RECORDS: m.DUPLICATE_CUSTOM_ID, **dict.fromkeys(range(1, MIN_RECORDS), m.BATCH_TOO_SMALL)}
@@ -312,12 +282,7 @@ def test_a_line_refused_as_too_few_in_an_earlier_segment_is_not_also_a_duplicate
         neutral_line(MODELS["bedrock"], pad, custom_id="x"),
         neutral_line(MODELS["openai"], pad, custom_id="y"),
     ]
-    stack.put("inputs/segmented.jsonl", jsonl(lines))
-    store = JobStore(s.TABLE)
-    drive(Dispatcher(stack), all_jobs_final(store, 1))
+    job, _results, errors, _summary = run_file(stack, "inputs/segmented.jsonl", lines)
     # Then the Bedrock line is reported once, as too few (not again as a duplicate of line 1)
-    (job,) = store.list_jobs()
     assert int(job["segment"]) >= 2, "the file was planned in segments"
-    results, errors, summary = outputs_of(stack, job)
-    assert_accounting({1, 2, 3}, results, errors, summary)
     assert [(e["line"], e["code"]) for e in errors] == [(2, m.BATCH_TOO_SMALL)]
