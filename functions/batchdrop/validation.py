@@ -7,6 +7,7 @@ per line, no model objects, and a line already in its provider's format is passe
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -186,8 +187,9 @@ class Validator:
 
     def check_block(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
         """The verdicts of `check` on consecutive lines numbered from `first`, found in the common
-        case (a run of well-formed batch lines of one shape) with one decode for the whole block:
-        per-line Python is then only what msgspec cannot check."""
+        case (a run of well-formed batch lines of one shape) by a loop that leaves per line only
+        what msgspec cannot check: one decode for the whole block when lines are short, one per
+        line when they are long."""
         verdicts = None
         if self._block_skip:
             self._block_skip -= 1
@@ -195,13 +197,7 @@ class Validator:
             verdicts = self._whole_block(first, lines)
             if verdicts is None:
                 self._block_skip = BLOCK_RETRY
-        if verdicts is None:
-            fast, full, check = self.fast, self.full, self.check
-            verdicts = [
-                (fast(number, raw) or full(number, raw)) if raw.__class__ is bytes else check(number, raw)
-                for number, raw in enumerate(lines, first)
-            ]
-        return verdicts
+        return self._each_line(first, lines) if verdicts is None else verdicts
 
     def _whole_block(
         self, first: int, lines: Sequence[bytes | LineTooLong]
@@ -231,9 +227,9 @@ class Validator:
                 return None
         head = lines[0]
         if b'"body"' in head:  # type: ignore[operator]
-            decode, accept = _OPENAI_LINES, self._openai_request
+            decode, accept = _OPENAI_LINES, self._openai_requests
         elif b'"params"' in head:  # type: ignore[operator]
-            decode, accept = _ANTHROPIC_LINES, self._anthropic_request  # type: ignore[assignment]
+            decode, accept = _ANTHROPIC_LINES, self._anthropic_requests  # type: ignore[assignment]
         else:
             return None
         try:
@@ -246,16 +242,38 @@ class Validator:
         if len(items) != 2 * len(lines) - 1 or items.count(self._marker_value) != len(lines) - 1:
             return None
         try:
-            ids = "\n".join([line.custom_id for line in decoded])  # type: ignore[union-attr]
+            ids_ok = _ids_ok([line.custom_id for line in decoded])  # type: ignore[union-attr]
         except AttributeError:  # a line that is a number
             return None
-        # An id with a newline in it is wrong, and would look like two right ones: count them.
-        ids_ok = _IDS_OK(ids) is not None and ids.count("\n") == len(decoded) - 1
-        full = self.full
-        return [
-            accept(number, raw, line, ids_ok) or full(number, raw)  # type: ignore[arg-type]
-            for number, (raw, line) in enumerate(zip(lines, decoded, strict=True), first)
-        ]
+        return accept(first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
+
+    def _each_line(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
+        """`check_block` one decode a line, with the schema of the block's first line."""
+        head = lines[0]
+        if head.__class__ is bytes and b'"body"' in head:
+            decode, accept = _OPENAI_LINE, self._openai_requests
+        elif head.__class__ is bytes and b'"params"' in head:
+            decode, accept = _ANTHROPIC_LINE, self._anthropic_requests  # type: ignore[assignment]
+        else:
+            check = self.check
+            return [check(number, raw) for number, raw in enumerate(lines, first)]
+        decoded: list[Any] = []
+        add = decoded.append
+        Error = msgspec.MsgspecError
+        for raw in lines:
+            # msgspec does not check the UTF-8 of strings it skips; the providers would.
+            if raw.__class__ is bytes and (raw.isascii() or _utf8(raw)):
+                try:
+                    add(decode(raw))
+                except Error:
+                    add(None)
+            else:
+                add(None)
+        try:
+            ids_ok = _ids_ok([line.custom_id for line in decoded])
+        except AttributeError:  # a line that did not decode: its id is checked on its own
+            ids_ok = False
+        return accept(first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
 
     def fast(self, number: int, raw: bytes) -> m.Request | None:
         """The common case, a well-formed provider batch line, checked by msgspec against a schema in
@@ -263,55 +281,91 @@ class Validator:
 
         Returns None at the first doubt; `check` then runs the full check and says what is wrong.
         """
-        if not raw.isascii():
-            # msgspec does not check the UTF-8 of strings it skips; the providers would.
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
+        if not (raw.isascii() or _utf8(raw)):
+            return None
         if b'"body"' in raw:
             try:
                 line = _OPENAI_LINE(raw)
             except msgspec.MsgspecError:
                 return None
-            return self._openai_request(number, raw, line, False)
+            return self._openai_requests(number, [raw], [line], False, False)[0]  # type: ignore[return-value]
         if b'"params"' in raw:
             try:
                 a_line = _ANTHROPIC_LINE(raw)
             except msgspec.MsgspecError:
                 return None
-            return self._anthropic_request(number, raw, a_line, False)
+            return self._anthropic_requests(number, [raw], [a_line], False, False)[0]  # type: ignore[return-value]
         return None
 
-    def _openai_request(self, number: int, raw: bytes, line: _OpenAILine, id_ok: bool) -> m.Request | None:
-        """The request of a decoded OpenAI batch line, or None if a check msgspec cannot make fails
-        (`id_ok`: the custom_id is known to match the pattern)."""
-        custom_id, body = line.custom_id, line.body
-        if body.stream or len(raw) > self._openai_max or custom_id in self.seen or not (id_ok or _ID_OK(custom_id)):
-            return None
-        if raw[0] != 123 or raw[-1] != 125:  # "{" and "}": only then can it carry outer whitespace
-            raw = raw.strip()
-        if self._remember:
-            self.seen.add(custom_id)
-        model = body.model
-        return m.Request(number, custom_id, self._openai, f"{line.url} {model}", model, raw)
+    # The two loops below are the hot path of submit: one Python step a line, so nothing in them is
+    # a call that could be a local or an operator.
 
-    def _anthropic_request(self, number: int, raw: bytes, line: _AnthropicLine, id_ok: bool) -> m.Request | None:
-        """The request of a decoded Anthropic batch line, or None (as `_openai_request`)."""
-        custom_id, params = line.custom_id, line.params
-        if (
-            params.max_tokens is None
-            or params.stream
-            or len(raw) > self._anthropic_max
-            or custom_id in self.seen
-            or not (id_ok or _ID_OK(custom_id))
-        ):
-            return None
-        if raw[0] != 123 or raw[-1] != 125:
-            raw = raw.strip()
-        if self._remember:
-            self.seen.add(custom_id)
-        return m.Request(number, custom_id, "anthropic", "", params.model, raw)
+    def _openai_requests(
+        self,
+        first: int,
+        raws: Sequence[bytes],
+        lines: Sequence[_OpenAILine | None],
+        ids_ok: bool,
+        settle: bool,
+    ) -> list[m.Request | m.Invalid | None]:
+        """The requests of decoded OpenAI batch lines (None: did not decode), numbered from `first`.
+
+        A line that fails a check msgspec cannot make gets None, or with `settle` the verdict of the
+        full check (of `check` for a line that did not decode: it may be of another shape). `ids_ok`:
+        every custom_id is known to match the pattern."""
+        seen, remember, limit, target = self.seen, self._remember, self._openai_max, self._openai
+        full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
+        out: list[m.Request | m.Invalid | None] = []
+        add = out.append
+        for number, raw, line in zip(itertools.count(first), raws, lines):
+            if line is not None:
+                custom_id, body = line.custom_id, line.body
+                if not body.stream and len(raw) <= limit and custom_id not in seen and (ids_ok or id_ok(custom_id)):
+                    if raw[0] != 123 or raw[-1] != 125:  # "{" and "}": only then can it carry outer whitespace
+                        raw = raw.strip()
+                    if remember:
+                        seen.add(custom_id)
+                    model = body.model
+                    add(Request(number, custom_id, target, f"{line.url} {model}", model, raw))
+                    continue
+                add(full(number, raw) if settle else None)
+            else:
+                add(check(number, raw) if settle else None)
+        return out
+
+    def _anthropic_requests(
+        self,
+        first: int,
+        raws: Sequence[bytes],
+        lines: Sequence[_AnthropicLine | None],
+        ids_ok: bool,
+        settle: bool,
+    ) -> list[m.Request | m.Invalid | None]:
+        """The requests of decoded Anthropic batch lines (as `_openai_requests`)."""
+        seen, remember, limit = self.seen, self._remember, self._anthropic_max
+        full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
+        out: list[m.Request | m.Invalid | None] = []
+        add = out.append
+        for number, raw, line in zip(itertools.count(first), raws, lines):
+            if line is not None:
+                custom_id, params = line.custom_id, line.params
+                if (
+                    params.max_tokens is not None
+                    and not params.stream
+                    and len(raw) <= limit
+                    and custom_id not in seen
+                    and (ids_ok or id_ok(custom_id))
+                ):
+                    if raw[0] != 123 or raw[-1] != 125:
+                        raw = raw.strip()
+                    if remember:
+                        seen.add(custom_id)
+                    add(Request(number, custom_id, "anthropic", "", params.model, raw))
+                    continue
+                add(full(number, raw) if settle else None)
+            else:
+                add(check(number, raw) if settle else None)
+        return out
 
     def _openai_line(self, number: int, raw: bytes, obj: dict[str, Any]) -> m.Request:
         custom_id = self._custom_id(obj, number, required=True)
@@ -496,6 +550,21 @@ class Validator:
             m.INVALID_JSON,
             f"not valid JSON ({reason} at character {exc.pos + 1}); each line must be one complete JSON object",
         )
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ids_ok(ids: list[str]) -> bool:
+    """Whether every id matches the custom_id pattern: one regex match over them all."""
+    joined = "\n".join(ids)
+    # An id with a newline in it is wrong, and would look like two right ones: count them.
+    return _IDS_OK(joined) is not None and joined.count("\n") == len(ids) - 1
 
 
 def _max_payload(limits: BatchLimits | None) -> int:

@@ -18,9 +18,24 @@ def test_later_uses_of_an_id_are_duplicates_of_the_first(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ids_fewer_than_a_spill_are_checked_without_the_disk(tmp_path: Path) -> None:
+    with DuplicateFinder(buckets=4, tmpdir=str(tmp_path), spill_every=4) as finder:
+        for line, custom_id in enumerate(["x", "y", "x"], start=1):
+            finder.add(custom_id, line)
+        assert finder.duplicates() == [Duplicate(3, "x", 1)]
+        assert list(tmp_path.iterdir()) == []
+        finder.add("y", 4)  # the fourth id spills them all to the buckets
+        assert list(tmp_path.iterdir()) != []
+        assert finder.duplicates() == [Duplicate(3, "x", 1), Duplicate(4, "y", 2)]
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.text(alphabet="abc", min_size=1, max_size=2), max_size=200), st.sampled_from([1, 2, 4, 8]))
-def test_matches_a_set_whatever_the_number_of_buckets(ids: list[str], buckets: int) -> None:
+@given(
+    st.lists(st.text(alphabet="abc", min_size=1, max_size=2), max_size=200),
+    st.sampled_from([1, 2, 4, 8]),
+    st.sampled_from([7, 1000]),  # spilled to the buckets, or all in memory
+)
+def test_matches_a_set_whatever_the_number_of_buckets(ids: list[str], buckets: int, spill_every: int) -> None:
     expected = []
     first: dict[str, int] = {}
     for line, custom_id in enumerate(ids, start=1):
@@ -28,7 +43,7 @@ def test_matches_a_set_whatever_the_number_of_buckets(ids: list[str], buckets: i
             expected.append(Duplicate(line, custom_id, first[custom_id]))
         else:
             first[custom_id] = line
-    with DuplicateFinder(buckets=buckets, spill_every=7) as finder:
+    with DuplicateFinder(buckets=buckets, spill_every=spill_every) as finder:
         for line, custom_id in enumerate(ids, start=1):
             finder.add(custom_id, line)
         assert finder.duplicates() == expected

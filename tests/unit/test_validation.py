@@ -777,6 +777,10 @@ _POOL: list[bytes | LineTooLong] = [
     b'{"}}',
     b'{"custom_id":"o1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[1',
     b"2]}}",
+    # Long lines: a block of them is decoded one line at a time.
+    dumps(openai_line("p", text="long " * 600)),
+    dumps(anthropic_line("q", text="long " * 600)),
+    dumps(openai_line("r", text="é" * 1500)),
 ]
 
 
@@ -793,15 +797,18 @@ def test_a_block_checked_whole_gets_the_verdicts_of_its_lines_checked_one_by_one
     # decoded whole), read one after the other as from one file
     blocks = [*blocks, [same] * 5]
     whole = validator(seen=set() if remember else NoIds())
+    each = validator(seen=set() if remember else NoIds())
     alone = validator(seen=set() if remember else NoIds())
     number = 1
     for picks in blocks:
         lines = [_POOL[i] for i in picks]
-        # When a block is checked whole and its lines one by one
+        # When a block is checked whole (or a decode a line, as long lines are) and its lines one by one
         got = whole.check_block(number, lines)
+        got_each = each._each_line(number, lines)
         expected = [alone.check(n, raw) for n, raw in enumerate(lines, number)]
         # Then the verdicts are the same, duplicates found across blocks included
         assert got == expected, lines
+        assert got_each == expected, lines
         number += len(lines)
 
 
