@@ -47,7 +47,7 @@ def scan(
     (a segment of a plain file: gzip cannot be entered half-way, so it is always read whole)."""
     result = ScanResult()
     last_line = first_line - 1
-    lines = valid = 0
+    valid = 0
     check_block = validator.check_block
     Request = m.Request
     it = iter(chunks)
@@ -61,28 +61,30 @@ def scan(
         if finder is None:
             finder = stack.enter_context(DuplicateFinder(tmpdir=tmpdir))
         ids, numbers = finder.ids, finder.lines
+        add_id, add_number = ids.append, numbers.append
+        invalid = 0
         source = decompressed(itertools.chain([head], it))
         try:
             for block_first, block in iter_line_blocks(source, DEFAULT_MAX_LINE, first_line, stop_at, position):
+                before = len(ids)
                 for verdict in check_block(block_first, block):
-                    if verdict is None:
-                        continue
-                    lines += 1
                     if verdict.__class__ is Request:
-                        valid += 1
-                        ids.append(verdict.custom_id)
-                        numbers.append(verdict.line)
+                        add_id(verdict.custom_id)
+                        add_number(verdict.line)
                         on_request(verdict)
-                    else:
+                    elif verdict is not None:
+                        invalid += 1
                         on_invalid(verdict)  # type: ignore[arg-type]
+                # Counted a block at a time, not a line: the hot loop stays short.
+                valid += len(ids) - before
                 last_line = block_first + len(block) - 1
-                # Per block (at most a chunk's lines), not per line: the hot loop stays short.
                 if len(ids) >= finder.spill_every:
                     finder.spill()
-            result.lines, result.valid, result.invalid = lines, valid, lines - valid
+            lines = valid + invalid
+            result.lines, result.valid, result.invalid = lines, valid, invalid
             result.exhausted = stop_at is None or position[0] < stop_at
         except (EOFError, zlib.error) as exc:
-            result.lines, result.valid, result.invalid = lines, valid, lines - valid
+            result.lines, result.valid, result.invalid = valid + invalid, valid, invalid
             result.file_error = m.Invalid(
                 last_line + 1,
                 None,
