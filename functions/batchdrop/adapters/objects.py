@@ -14,7 +14,11 @@ from batchdrop.models import InputObject
 
 # Multipart above 16 MB, in 16 MB parts, four at a time: s3transfer holds a part in memory per thread
 # (its default ten would be 160 MB in flight), so an upload stays within 64 MB whatever the file size.
-TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+# A download queues what its threads have read for the one thread that writes to disk: 16 pieces of
+# 256 KB, not the default 100, which filled up (25 MB) whenever S3 was faster than /tmp.
+TRANSFER = TransferConfig(
+    multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4, max_io_queue=16
+)
 READ_CHUNK = 1 << 20
 
 
