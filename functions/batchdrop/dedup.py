@@ -133,12 +133,12 @@ def find_duplicates(buckets: list[list[tuple[str, str]]]) -> list[Duplicate]:
 
 
 def _first_uses(ids: Sequence[str], numbers: Sequence[int]) -> list[Duplicate]:
-    """The later uses of ids (on lines `numbers`, in order), each with the line of its first use."""
+    """The later uses of ids (on lines `numbers`), each with the line of its first use, in line order."""
     if len(set(ids)) == len(ids):
         return []  # the common case, decided at C speed
     found = []
     first: dict[str, int] = {}
-    for custom_id, number in zip(ids, numbers, strict=True):
+    for number, custom_id in sorted(zip(numbers, ids, strict=True)):
         earlier = first.setdefault(custom_id, number)
         if earlier != number:
             found.append(Duplicate(number, custom_id, earlier))

@@ -77,3 +77,14 @@ def test_ids_fall_in_the_same_buckets_in_every_process() -> None:
         for seed in ("1", "2", "3")
     }
     assert len(buckets) == 1, buckets
+
+
+def test_duplicates_come_in_line_order_and_a_first_use_is_the_earliest_line_in_memory_or_on_disk() -> None:
+    # Ids added out of line order (as the segments of a file may reach a finder) are reported as the
+    # file reads: the first use of an id is its earliest line, whichever came in first.
+    added = [("a", 10), ("b", 1), ("a", 11), ("b", 2), ("a", 3)]
+    for spill_every in (1, 100):
+        with DuplicateFinder(buckets=4, spill_every=spill_every) as finder:
+            for custom_id, line in added:
+                finder.add(custom_id, line)
+            assert finder.duplicates() == [Duplicate(2, "b", 1), Duplicate(10, "a", 3), Duplicate(11, "a", 3)]
