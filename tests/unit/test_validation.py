@@ -781,6 +781,10 @@ _POOL: list[bytes | LineTooLong] = [
     dumps(openai_line("p", text="long " * 600)),
     dumps(anthropic_line("q", text="long " * 600)),
     dumps(openai_line("r", text="é" * 1500)),
+    # Lines that a block's schema reads where `fast` alone would leave them to the full check: a
+    # "body" field inside Anthropic params, and a key spelt with an escape.
+    dumps(anthropic_line("s", body=1)),
+    b'{"custom_id":"t","method":"POST","url":"/v1/chat/completions","b\\u006fdy":{"model":"m","messages":[]}}',
 ]
 
 
