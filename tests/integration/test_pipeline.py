@@ -22,6 +22,7 @@ from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
 from tests.helpers import (
+    FakeClock,
     all_jobs_final,
     anthropic_line,
     assert_accounting,
@@ -451,7 +452,9 @@ def test_anthropic_errored_and_expired_results_land_in_errors_with_their_codes(
 def test_a_canceled_anthropic_job_reports_canceled_requests() -> None:
     from batchdrop.cancel import request_cancel
 
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=30.0))) as stack:
+    # The emulator's clock stands still: no request can finish before the cancel, however slow the run.
+    clock = FakeClock(time.time())
+    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=30.0), clock=clock)) as stack:
         stack.put("inputs/claude-cancel.jsonl", jsonl([anthropic_line(f"c{i}") for i in range(6)]))
         dispatcher = Dispatcher(stack)
         dispatcher.deliver_uploads()
