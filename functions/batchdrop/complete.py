@@ -7,7 +7,6 @@ a crash rewrites the same files and sends at most one duplicate notification.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, release
+from batchdrop.config import tmpdir as spill_dir
 from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import (
     Deps,
@@ -168,7 +168,7 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
             limits=limits,
             on_batch=store,
             key_prefix=f"a{attempt + 1}-",
-            tmpdir=os.environ.get("BATCHDROP_TMPDIR") or None,
+            tmpdir=spill_dir(),
         )
         for batch in sorted(latest, key=lambda b: b["sk"]):
             retry = {cid for cid, _code in _retryable(deps, batch)}
@@ -236,7 +236,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     succeeded = failed = 0
     tokens_in = tokens_out = 0
     meter = CostMeter(price_table())
-    tmpdir = os.environ.get("BATCHDROP_TMPDIR") or None
+    tmpdir = spill_dir()
     with (
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as results,
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as errors,

@@ -47,6 +47,8 @@ ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
 ENV_LEASE_SECONDS = "BATCHDROP_LEASE_SECONDS"
 ENV_COMPLETION_GRACE_SECONDS = "BATCHDROP_COMPLETION_GRACE_SECONDS"
 ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
+# Where submit and complete spill batch, id and output files (the system's temp folder if unset).
+ENV_TMPDIR = "BATCHDROP_TMPDIR"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure;
 # _ROLE_ARN, _MIN_RECORDS and _FALLBACK for Bedrock).
 # Providers that take OpenAI's batch-line format.
@@ -280,3 +282,8 @@ def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{ENV_ROUTES}: {part!r} is not of the form model-prefix=provider")
         extra.append((prefix.strip(), provider.strip()))
     return (*extra, *DEFAULT_ROUTES)
+
+
+def tmpdir() -> str | None:
+    """The folder for spill files: BATCHDROP_TMPDIR, or None for the system's temp folder."""
+    return os.environ.get(ENV_TMPDIR) or None

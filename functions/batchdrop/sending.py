@@ -26,6 +26,7 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict, JobStore, deserialize, due_fields, job_pk, serialize
+from batchdrop.config import tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, iso
 from batchdrop.providers.base import BatchRef, Provider
 
@@ -70,7 +71,7 @@ def _find_tagged(deps: Deps, provider: Provider, ref: BatchRef) -> str | None:
 
 
 def _create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str:
-    fd, path = tempfile.mkstemp(dir=os.environ.get("BATCHDROP_TMPDIR") or None, suffix=".jsonl")
+    fd, path = tempfile.mkstemp(dir=tmpdir(), suffix=".jsonl")
     os.close(fd)
     try:
         deps.objects.download(batch_data_key(batch["job_id"], batch["batch_key"]), path)

@@ -21,7 +21,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
-from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, find_duplicates
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
@@ -221,12 +221,12 @@ class _Submission:
             models.setdefault(batch.provider, set()).add(batch.model)
 
         prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
-        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix=prefix, tmpdir=_tmpdir())
+        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix=prefix, tmpdir=tmpdir())
         segmented = bool(settings.submit_queue_url) and (segment > 0 or (self.obj.size or 0) > settings.segment_bytes)
         errors_key = validation_errors_key(self.job_id, segment)
         with (
-            tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl") as errors,
-            DuplicateFinder(tmpdir=_tmpdir()) as finder,
+            tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl") as errors,
+            DuplicateFinder(tmpdir=tmpdir()) as finder,
         ):
 
             def report(invalid: m.Invalid) -> None:
@@ -238,7 +238,7 @@ class _Submission:
                 validator,
                 planner.add,
                 report,
-                tmpdir=_tmpdir(),
+                tmpdir=tmpdir(),
                 first_line=first_line,
                 stop_at=settings.segment_bytes if segmented else None,
                 finder=finder,
@@ -348,7 +348,7 @@ class _Submission:
             limits={name: p.limits for name, p in self.deps.settings.providers.items()},
             on_batch=store_batch,
             key_prefix=f"{prefix}{batch.provider}-fallback-{batch.key.rsplit('-', 1)[-1]}-",
-            tmpdir=_tmpdir(),
+            tmpdir=tmpdir(),
         )
         try:
             with open(batch.path, "rb") as data, open(batch.index_path, "rb") as index:
@@ -459,8 +459,8 @@ def _drop_duplicates(
     shrunk: list[PlannedBatch] = []
     for key in stored:
         index_key, data_key = batch_index_key(job_id, key), batch_data_key(job_id, key)
-        index_out = tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
-        data_out = tempfile.NamedTemporaryFile(dir=_tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
+        index_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
+        data_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
         with index_out, data_out:
             requests = size = removed = 0
             for entry, payload in zip(deps.objects.lines(index_key), deps.objects.lines(data_key), strict=True):
@@ -506,7 +506,7 @@ def _all_duplicates(deps: Deps, job_id: str, last_segment: int) -> list[Duplicat
     """Duplicates across every segment's ids, one bucket at a time (flat memory and disk)."""
     found: list[Duplicate] = []
     for bucket in range(DuplicateFinder.buckets):
-        with tempfile.TemporaryDirectory(dir=_tmpdir()) as folder:
+        with tempfile.TemporaryDirectory(dir=tmpdir()) as folder:
             parts = []
             for segment in range(last_segment + 1):
                 pair: list[str] = []
@@ -531,10 +531,6 @@ def _folder_provider(key: str, providers: Any) -> str | None:
     if len(parts) > 1 and parts[0] in providers:
         return parts[0]
     return None
-
-
-def _tmpdir() -> str | None:
-    return os.environ.get("BATCHDROP_TMPDIR") or None
 
 
 def is_input_key(key: str) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from batchdrop import config
 from batchdrop.config import (
     DEFAULT_ROUTES,
     MB,
@@ -169,3 +172,12 @@ def test_azure_needs_its_endpoint() -> None:
         settings(BATCHDROP_PROVIDERS="azure")
     azure = settings(BATCHDROP_PROVIDERS="azure", BATCHDROP_AZURE_BASE_URL="https://x.openai.azure.com").providers
     assert azure["azure"].limits.max_requests == 100_000
+
+
+def test_spill_files_go_where_batchdrop_tmpdir_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(config.ENV_TMPDIR, str(tmp_path))
+    assert config.tmpdir() == str(tmp_path)
+    monkeypatch.setenv(config.ENV_TMPDIR, "")
+    assert config.tmpdir() is None, "empty means the system's temp folder"
+    monkeypatch.delenv(config.ENV_TMPDIR)
+    assert config.tmpdir() is None

@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import io
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from google.genai import errors, types
 
 from batchdrop import models as m
 from batchdrop.adapters.secrets import api_key
-from batchdrop.config import ProviderSettings
+from batchdrop.config import ProviderSettings, tmpdir
 from batchdrop.providers.base import BatchRef
 
 logger = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ class GeminiProvider:
             return
         # files.download returns the whole file as bytes unless given a destination, which it streams to:
         # spool it to local disk (the function's ephemeral storage) rather than hold up to 2 GB in memory.
-        with tempfile.TemporaryFile(dir=os.environ.get("BATCHDROP_TMPDIR") or None) as spool:
+        with tempfile.TemporaryFile(dir=tmpdir()) as spool:
             self._download(str(file_name), cast(io.IOBase, spool))
             spool.seek(0)
             for raw in spool:
