@@ -193,7 +193,7 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
                             batch["provider"],
                             batch.get("group", ""),
                             batch.get("model", ""),
-                            raw,
+                            raw + b"\n",
                         )
                     )
         planner.finish()

@@ -59,7 +59,8 @@ RETRYABLE_CODES = frozenset({SERVER_ERROR, EXPIRED})
 # A msgspec Struct rather than a dataclass: one is built per valid line, and a Struct is built in C
 # (twice as fast); gc=False because it holds only strings, bytes and numbers.
 class Request(msgspec.Struct, gc=False):
-    """A valid input line, already in its provider's batch-line format (`payload`, no newline)."""
+    """A valid input line, already in its provider's batch-line format (`payload`, ending in one
+    newline, as it goes into a batch file)."""
 
     line: int
     custom_id: str

@@ -68,7 +68,7 @@ class BatchPlanner:
         limits = self.limits[request.provider]
         slot = (request.provider, request.group)
         batch = self._open.get(slot)
-        size = len(request.payload) + 1
+        size = len(request.payload)
         if batch is not None and (batch.requests + 1 > limits.max_requests or batch.bytes + size > limits.max_bytes):
             self._close(slot)
             batch = None
@@ -81,7 +81,6 @@ class BatchPlanner:
                 tempfile.NamedTemporaryFile(dir=self.tmpdir, suffix=".idx", delete=False),  # noqa: SIM115
             )
         batch.data.write(request.payload)
-        batch.data.write(b"\n")
         batch.index.write(b"%s\t%d\n" % (request.custom_id.encode(), request.line))
         batch.requests += 1
         batch.bytes += size

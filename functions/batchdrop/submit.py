@@ -358,7 +358,7 @@ class _Submission:
                     moved = bedrock_to_anthropic(payload.rstrip(b"\n"), batch.model) if fallback else None
                     if moved is not None and fallback is not None:
                         model, converted = moved
-                        planner.add(m.Request(line, custom_id.decode(), fallback, "", model, converted))
+                        planner.add(m.Request(line, custom_id.decode(), fallback, "", model, converted + b"\n"))
                         continue
                     refused.append(line)
                     report(

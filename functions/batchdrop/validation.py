@@ -321,13 +321,13 @@ class Validator:
         for number, raw, line in zip(itertools.count(first), raws, lines):
             if line is not None:
                 custom_id, body = line.custom_id, line.body
-                if not body.stream and len(raw) <= limit and custom_id not in seen and (ids_ok or id_ok(custom_id)):
-                    if raw[0] != 123 or raw[-1] != 125:  # "{" and "}": only then can it carry outer whitespace
-                        raw = raw.strip()
+                # The payload is the line as it came, "{...}\n", unless it has other whitespace around.
+                payload = raw if raw[-1] == 10 and raw[-2] == 125 and raw[0] == 123 else raw.strip() + b"\n"
+                if not body.stream and len(payload) <= limit and custom_id not in seen and (ids_ok or id_ok(custom_id)):
                     if remember:
                         seen.add(custom_id)
                     model = body.model
-                    add(Request(number, custom_id, target, f"{line.url} {model}", model, raw))
+                    add(Request(number, custom_id, target, f"{line.url} {model}", model, payload))
                     continue
                 add(full(number, raw) if settle else None)
             else:
@@ -350,18 +350,17 @@ class Validator:
         for number, raw, line in zip(itertools.count(first), raws, lines):
             if line is not None:
                 custom_id, params = line.custom_id, line.params
+                payload = raw if raw[-1] == 10 and raw[-2] == 125 and raw[0] == 123 else raw.strip() + b"\n"
                 if (
                     params.max_tokens is not None
                     and not params.stream
-                    and len(raw) <= limit
+                    and len(payload) <= limit
                     and custom_id not in seen
                     and (ids_ok or id_ok(custom_id))
                 ):
-                    if raw[0] != 123 or raw[-1] != 125:
-                        raw = raw.strip()
                     if remember:
                         seen.add(custom_id)
-                    add(Request(number, custom_id, "anthropic", "", params.model, raw))
+                    add(Request(number, custom_id, "anthropic", "", params.model, payload))
                     continue
                 add(full(number, raw) if settle else None)
             else:
@@ -524,6 +523,7 @@ class Validator:
         return provider
 
     def _request(self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes) -> m.Request:
+        """A request of a payload without its newline."""
         limit = self.providers[provider].max_bytes
         # The planner counts a batch's envelope against the same limit: a request must fit with it.
         if ENVELOPE_BYTES + len(payload) + 1 > limit:
@@ -531,6 +531,7 @@ class Validator:
                 m.REQUEST_TOO_LARGE,
                 f"the request is {len(payload):,} bytes; one {provider} batch holds at most {limit:,}",
             )
+        payload += b"\n"
         self.seen.add(custom_id)
         return m.Request(number, custom_id, provider, group, model, payload)
 
@@ -569,9 +570,10 @@ def _ids_ok(ids: list[str]) -> bool:
 
 
 def _max_payload(limits: BatchLimits | None) -> int:
-    """The longest line the fast path may pass for a provider (-1: the provider is not enabled);
-    the planner counts a batch's envelope against the same limit, so a request must fit with it."""
-    return -1 if limits is None else limits.max_bytes - ENVELOPE_BYTES - 1
+    """The longest payload, newline included, the fast path may pass for a provider (-1: the
+    provider is not enabled); the planner counts a batch's envelope against the same limit, so a
+    request must fit with it."""
+    return -1 if limits is None else limits.max_bytes - ENVELOPE_BYTES
 
 
 class NoIds(set[str]):

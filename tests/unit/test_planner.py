@@ -19,13 +19,13 @@ from tests.unit.lines import anthropic_line, neutral_line, openai_line, validato
 
 def openai_request(n: int, model: str = "gpt-4o-mini", url: str = "/v1/chat/completions", size: int = 0) -> m.Request:
     payload = orjson.dumps({"custom_id": f"r{n}", "method": "POST", "url": url, "body": {"model": model}})
-    payload += b" " * max(0, size - len(payload))
+    payload += b" " * max(0, size - len(payload)) + b"\n"
     return m.Request(n, f"r{n}", "openai", f"{url} {model}", model, payload)
 
 
 def anthropic_request(n: int, model: str = "claude-haiku-4-5", size: int = 0) -> m.Request:
     payload = orjson.dumps({"custom_id": f"r{n}", "params": {"model": model, "max_tokens": 5}})
-    payload += b" " * max(0, size - len(payload))
+    payload += b" " * max(0, size - len(payload)) + b"\n"
     return m.Request(n, f"r{n}", "anthropic", "", model, payload)
 
 
@@ -44,7 +44,7 @@ class Plan:
 
 
 def lines_in(batch: PlannedBatch) -> list[bytes]:
-    return Path(batch.path).read_bytes().splitlines()
+    return Path(batch.path).read_bytes().splitlines(keepends=True)
 
 
 def index_of(batch: PlannedBatch) -> list[tuple[str, int]]:
@@ -71,7 +71,7 @@ def test_batch_file_holds_the_payloads_one_per_line_and_the_index_their_line_num
         "gpt-4o-mini",
         3,
     )
-    assert batch.bytes == ENVELOPE_BYTES + sum(len(r.payload) + 1 for r in requests)
+    assert batch.bytes == ENVELOPE_BYTES + sum(len(r.payload) for r in requests)
 
 
 def test_max_requests_boundary(tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_every_request_lands_in_exactly_one_batch_within_the_limits(
             request = anthropic_request(n, size=size)
         else:
             request = openai_request(n, model="gpt-4o" if kind == "openai-a" else "gpt-5", size=size)
-        assert ENVELOPE_BYTES + len(request.payload) + 1 <= limit
+        assert ENVELOPE_BYTES + len(request.payload) <= limit
         requests.append(request)
     # When they are planned
     batches = Plan(tmp_path_factory.mktemp("plan"), limits).run(requests)
@@ -260,7 +260,7 @@ def test_every_request_lands_in_exactly_one_batch_within_the_limits(
         by_slot.setdefault((batch.provider, batch.group), []).append(batch)
     for slot_batches in by_slot.values():
         for earlier, later in itertools.pairwise(slot_batches):
-            next_size = len(by_id[index_of(later)[0][0]].payload) + 1
+            next_size = len(by_id[index_of(later)[0][0]].payload)
             assert earlier.requests == max_requests or earlier.bytes + next_size > limit
 
 
@@ -268,7 +268,10 @@ def test_every_request_lands_in_exactly_one_batch_within_the_limits(
 
 
 def bedrock_request(n: int, model: str = "amazon.nova-lite-v1:0") -> m.Request:
-    payload = orjson.dumps({"recordId": f"r{n}", "modelInput": {"messages": [{"role": "user", "content": "x"}]}})
+    payload = orjson.dumps(
+        {"recordId": f"r{n}", "modelInput": {"messages": [{"role": "user", "content": "x"}]}},
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
     return m.Request(n, f"r{n}", "bedrock", model, model, payload)
 
 
@@ -296,7 +299,7 @@ def test_a_last_batch_under_the_minimum_borrows_from_the_one_before(tmp_path: Pa
     for batch in batches:
         data, index = lines_in(batch), Path(batch.index_path).read_bytes().splitlines()
         assert len(data) == len(index) == batch.requests
-        assert batch.bytes == ENVELOPE_BYTES + sum(len(line) + 1 for line in data)
+        assert batch.bytes == ENVELOPE_BYTES + sum(len(line) for line in data)
         for payload, entry in zip(data, index, strict=True):
             custom_id, _, line = entry.partition(b"\t")
             assert orjson.loads(payload)["recordId"] == custom_id.decode() == f"r{int(line)}"
@@ -308,7 +311,7 @@ def test_a_borrowing_that_would_pass_the_byte_limit_is_not_made(tmp_path: Path) 
     # Given a byte limit that the full batch reaches with small requests and a tail of large ones
     limits = {"bedrock": BatchLimits(max_requests=8, max_bytes=ENVELOPE_BYTES + 8 * 120, min_requests=5)}
     small = [bedrock_request(i) for i in range(1, 9)]
-    big = m.Request(9, "r9", "bedrock", small[0].group, small[0].model, small[0].payload + b" " * 800)
+    big = m.Request(9, "r9", "bedrock", small[0].group, small[0].model, small[0].payload[:-1] + b" " * 800 + b"\n")
     batches = Plan(tmp_path, limits).run([*small, big])
     # Then the tail stays as it is (the caller refuses it) rather than pass the limit
     assert [b.requests for b in batches] == [8, 1]

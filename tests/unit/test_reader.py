@@ -1,4 +1,5 @@
-"""Reading an upload as numbered physical lines: gzip, BOM, CRLF, chunk boundaries, over-long lines."""
+"""Reading an upload as numbered physical lines, each with its ending: gzip, BOM, CRLF, chunk boundaries,
+over-long lines."""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ def plain(result: list[tuple[int, bytes | LineTooLong]]) -> list[tuple[int, byte
     return out
 
 
+def with_endings(data: bytes) -> list[bytes]:
+    """The lines of a whole file, each with its newline (the last may have none)."""
+    parts = [p + b"\n" for p in data.split(b"\n")]
+    parts[-1] = parts[-1][:-1]
+    if parts[-1] == b"":
+        parts.pop()
+    return parts
+
+
 def reference_split(data: bytes) -> list[tuple[int, bytes]]:
     """What the reader must yield for a file with no over-long line: the obvious whole-file split."""
     if data.startswith(BOM):
         data = data[3:]
-    parts = data.split(b"\n")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    return [(i, p[:-1] if p.endswith(b"\r") else p) for i, p in enumerate(parts, start=1)]
+    return list(enumerate(with_endings(data), start=1))
 
 
 def split_by(data: bytes, sizes: list[int]) -> list[bytes]:
@@ -54,20 +61,21 @@ def split_by(data: bytes, sizes: list[int]) -> list[bytes]:
 
 def test_lines_are_numbered_physically_from_one_with_blank_lines_counted() -> None:
     data = b'{"a":1}\n\n   \n{"b":2}\n'
-    assert plain(lines_of(data)) == [(1, b'{"a":1}'), (2, b""), (3, b"   "), (4, b'{"b":2}')]
+    assert plain(lines_of(data)) == [(1, b'{"a":1}\n'), (2, b"\n"), (3, b"   \n"), (4, b'{"b":2}\n')]
 
 
-def test_crlf_endings_are_removed() -> None:
-    assert plain(lines_of(b"one\r\ntwo\r\n")) == [(1, b"one"), (2, b"two")]
+def test_a_line_keeps_its_ending_crlf_too() -> None:
+    # JSON reads the ending as whitespace; a request keeps it, so no line is copied to drop it.
+    assert plain(lines_of(b"one\r\ntwo\r\n")) == [(1, b"one\r\n"), (2, b"two\r\n")]
 
 
 def test_final_line_without_newline_is_still_yielded() -> None:
-    assert plain(lines_of(b"one\ntwo")) == [(1, b"one"), (2, b"two")]
-    assert plain(lines_of(b"one\r\ntwo\r")) == [(1, b"one"), (2, b"two")]
+    assert plain(lines_of(b"one\ntwo")) == [(1, b"one\n"), (2, b"two")]
+    assert plain(lines_of(b"one\r\ntwo\r")) == [(1, b"one\r\n"), (2, b"two\r")]
 
 
 def test_trailing_newline_does_not_add_an_empty_line() -> None:
-    assert plain(lines_of(b"one\n")) == [(1, b"one")]
+    assert plain(lines_of(b"one\n")) == [(1, b"one\n")]
 
 
 def test_empty_file_yields_nothing() -> None:
@@ -75,12 +83,12 @@ def test_empty_file_yields_nothing() -> None:
 
 
 def test_bom_at_file_start_is_dropped() -> None:
-    assert plain(lines_of(BOM + b'{"a":1}\n{"b":2}\n')) == [(1, b'{"a":1}'), (2, b'{"b":2}')]
+    assert plain(lines_of(BOM + b'{"a":1}\n{"b":2}\n')) == [(1, b'{"a":1}\n'), (2, b'{"b":2}\n')]
 
 
 def test_bom_elsewhere_than_the_start_is_kept() -> None:
     # Only the byte-order mark at the very start of the file is ignored.
-    assert plain(lines_of(b"x\n" + BOM + b"y\n")) == [(1, b"x"), (2, BOM + b"y")]
+    assert plain(lines_of(b"x\n" + BOM + b"y\n")) == [(1, b"x\n"), (2, BOM + b"y\n")]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
@@ -88,7 +96,7 @@ def test_bom_split_across_small_chunks_is_dropped(size: int) -> None:
     # Given a file whose BOM arrives in chunks of `size` bytes
     data = BOM + b'{"a":1}\r\nlast'
     # Then it is dropped exactly as when it arrives whole
-    assert plain(lines_of(data, chunk=size)) == [(1, b'{"a":1}'), (2, b"last")]
+    assert plain(lines_of(data, chunk=size)) == [(1, b'{"a":1}\r\n'), (2, b"last")]
 
 
 @pytest.mark.parametrize("data", [b"\xef", b"\xef\xbb", BOM])
@@ -99,12 +107,12 @@ def test_a_file_that_is_only_part_of_a_bom(data: bytes) -> None:
 
 
 def test_crlf_split_between_chunks_is_still_one_line_ending() -> None:
-    assert plain(list(iter_lines([b"one\r", b"\ntwo\r", b"\n"], 100))) == [(1, b"one"), (2, b"two")]
+    assert plain(list(iter_lines([b"one\r", b"\ntwo\r", b"\n"], 100))) == [(1, b"one\r\n"), (2, b"two\r\n")]
 
 
 def test_empty_chunks_change_nothing() -> None:
     chunks = [b"", b"on", b"", b"e\n", b"", b"two", b""]
-    assert plain(list(iter_lines(chunks, 100))) == [(1, b"one"), (2, b"two")]
+    assert plain(list(iter_lines(chunks, 100))) == [(1, b"one\n"), (2, b"two")]
 
 
 @given(
@@ -148,13 +156,11 @@ def test_any_chunking_marks_exactly_the_lines_over_the_cap(
         (n, ("too long", line.size) if isinstance(line, LineTooLong) else line)
         for n, line in iter_lines(split_by(data, sizes), max_line)
     ]
-    # Then a line is replaced by its size exactly when its bytes (CR included) pass the cap
-    parts = data.split(b"\n")
-    if parts[-1] == b"":
-        parts.pop()
+    # Then a line is replaced by its size exactly when its bytes before the newline (a CR included)
+    # pass the cap
     expected = [
-        (n, ("too long", len(p)) if len(p) > max_line else (p[:-1] if p.endswith(b"\r") else p))
-        for n, p in enumerate(parts, start=1)
+        (n, ("too long", len(p.removesuffix(b"\n"))) if len(p.removesuffix(b"\n")) > max_line else p)
+        for n, p in enumerate(with_endings(data), start=1)
     ]
     assert got == expected
 
@@ -169,8 +175,8 @@ def reference_lines(
     while start < len(data):
         end = data.find(b"\n", start)
         stop = len(data) if end < 0 else end + 1
-        piece = data[start : stop if end < 0 else end]
-        out.append((number, ("too long", len(piece)) if len(piece) > max_line else piece.removesuffix(b"\r")))
+        size = len(data[start : stop if end < 0 else end])
+        out.append((number, ("too long", size) if size > max_line else data[start:stop]))
         number += 1
         start = stop
         if end >= 0 and stop_at is not None and stop >= stop_at:
@@ -213,8 +219,7 @@ def test_blocks_hold_exactly_the_lines_in_any_chunking_with_any_stop(
 @given(
     lines=st.lists(
         st.one_of(
-            # Long lines are cut with find rather than split (reader.LONG_LINE): runs of them switch
-            # the reader to it, short ones switch it back.
+            # Long lines, many to a chunk or over several, around the cap, next to short ones.
             st.tuples(st.sampled_from([b"x", b"{}", b"\xc3\xa9"]), st.integers(min_value=0, max_value=900)).map(
                 lambda t: t[0] * t[1]
             ),
@@ -264,21 +269,21 @@ def assert_blocks_are_the_reference(
 
 def test_line_over_the_cap_becomes_line_too_long_with_its_size() -> None:
     result = lines_of(b"ok\n" + b"x" * 11 + b"\nafter\n", max_line=10)
-    assert result[0] == (1, b"ok")
+    assert result[0] == (1, b"ok\n")
     number, big = result[1]
     assert number == 2
     assert isinstance(big, LineTooLong)
     assert big.size == 11
-    assert result[2] == (3, b"after")
+    assert result[2] == (3, b"after\n")
 
 
 def test_line_exactly_at_the_cap_is_kept() -> None:
-    assert plain(lines_of(b"x" * 10 + b"\n", max_line=10)) == [(1, b"x" * 10)]
+    assert plain(lines_of(b"x" * 10 + b"\n", max_line=10)) == [(1, b"x" * 10 + b"\n")]
 
 
 def test_over_long_final_line_without_newline() -> None:
     result = lines_of(b"ok\n" + b"y" * 50, max_line=10, chunk=7)
-    assert result[0] == (1, b"ok")
+    assert result[0] == (1, b"ok\n")
     number, big = result[1]
     assert number == 2
     assert isinstance(big, LineTooLong)
@@ -301,7 +306,7 @@ def test_ten_megabyte_line_with_one_megabyte_cap_is_skipped_not_held() -> None:
     big = result[1][1]
     assert isinstance(big, LineTooLong)
     assert big.size == 10 * MB
-    assert result[2] == (3, b'{"last":1}')
+    assert result[2] == (3, b'{"last":1}\n')
 
 
 # -- gzip -----------------------------------------------------------------------------------------
@@ -362,7 +367,7 @@ def test_corrupt_gzip_raises_zlib_error() -> None:
 def test_gzip_lines_end_to_end_with_bom_and_crlf() -> None:
     data = gzip.compress(BOM + b'{"a":1}\r\n\r\n{"b":2}')
     result = list(iter_lines(decompressed(iter_chunks(io.BytesIO(data), 3)), 100))
-    assert plain(result) == [(1, b'{"a":1}'), (2, b""), (3, b'{"b":2}')]
+    assert plain(result) == [(1, b'{"a":1}\r\n'), (2, b"\r\n"), (3, b'{"b":2}')]
 
 
 @settings(max_examples=200, deadline=None)

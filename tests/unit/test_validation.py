@@ -41,8 +41,8 @@ def test_openai_line_passes_through_byte_identical() -> None:
     raw += b' "messages": [{"role": "user", "content": "caf\xc3\xa9"}], "max_tokens": 5}}\t'
     # When it is validated
     request = accept(validator(), raw, number=7)
-    # Then its payload is the line itself, unchanged but for the stripped whitespace
-    assert request.payload == raw.strip()
+    # Then its payload is the line itself, unchanged but for the stripped whitespace, with a newline
+    assert request.payload == raw.strip() + b"\n"
     assert (request.line, request.custom_id, request.provider, request.model) == (7, "q-1", "openai", "gpt-4o-mini")
     assert request.group == "/v1/chat/completions gpt-4o-mini"
 
@@ -71,7 +71,7 @@ def test_openai_line_routes_to_openai_whatever_the_model_name() -> None:
 def test_anthropic_line_with_max_tokens_passes_through_byte_identical() -> None:
     raw = dumps(anthropic_line("a-1", max_tokens=200, temperature=0.2))
     request = accept(validator(), raw + b"\r")
-    assert request.payload == raw
+    assert request.payload == raw + b"\n"
     assert (request.custom_id, request.provider, request.model, request.group) == (
         "a-1",
         "anthropic",
@@ -289,7 +289,7 @@ def test_line_numbers_count_blank_lines_bom_and_crlf() -> None:
     # Then blank lines produce nothing but are counted in the physical line numbers
     assert [(r.line, type(r).__name__) for r in result] == [(1, "Request"), (4, "Invalid"), (5, "Request")]
     assert isinstance(result[0], m.Request)
-    assert result[0].payload == dumps(openai_line("o1"))
+    assert result[0].payload == dumps(openai_line("o1")) + b"\n"
 
 
 # -- the twelve validation codes ------------------------------------------------------------------
@@ -666,8 +666,12 @@ def test_largest_request_that_fits_a_batch_with_its_envelope_is_accepted() -> No
     base = len(dumps(openai_line("big", text="")))
     fits = openai_line("big", text="x" * (limit - ENVELOPE_BYTES - 1 - base))
     too_big = openai_line("big", text="x" * (limit - ENVELOPE_BYTES - base))
-    assert len(accept(validator(providers=small), fits).payload) + 1 + ENVELOPE_BYTES == limit
+    assert len(accept(validator(providers=small), fits).payload) + ENVELOPE_BYTES == limit
     assert reject(validator(providers=small), too_big).code == m.REQUEST_TOO_LARGE
+    # The same whether the line comes with its newline (as read from a file) or without (a last line)
+    assert len(accept(validator(providers=small), dumps(fits) + b"\n").payload) + ENVELOPE_BYTES == limit
+    assert reject(validator(providers=small), dumps(too_big) + b"\n").code == m.REQUEST_TOO_LARGE
+    assert reject(validator(providers=small), dumps(too_big) + b"\r\n").code == m.REQUEST_TOO_LARGE
 
 
 def test_messages_say_where_the_problem_is() -> None:
@@ -720,6 +724,7 @@ _ANY: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), st.integers(-
     max_tokens=_ANY,
     messages=st.sampled_from([[], [{"role": "user", "content": "hi"}], [{"role": "user"}], "hi", [1]]),
     padding=st.sampled_from(["", " ", "\t"]),
+    ending=st.sampled_from(["", "\n", "\r\n", " \n"]),
 )
 def test_the_fast_path_accepts_only_what_the_full_check_accepts_and_alike(
     custom_id: Any,
@@ -732,15 +737,17 @@ def test_the_fast_path_accepts_only_what_the_full_check_accepts_and_alike(
     max_tokens: Any,
     messages: Any,
     padding: str,
+    ending: str,
 ) -> None:
-    # Given an OpenAI or Anthropic batch line with any of its checked fields right or wrong
+    # Given an OpenAI or Anthropic batch line with any of its checked fields right or wrong, and any
+    # ending
     if params_shape:
         params: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
         line: dict[str, Any] = {"custom_id": custom_id, "params": params, **extra}
     else:
         body = {"model": model, "messages": messages, "stream": stream}
         line = {"custom_id": custom_id, "method": method, "url": url, "body": body, **extra}
-    raw = padding.encode() + dumps(line) + padding.encode()
+    raw = padding.encode() + dumps(line) + padding.encode() + ending.encode()
     # When the fast path and the full check judge it
     fast = validator(seen=NoIds()).fast(5, raw)
     full = validator(seen=NoIds()).full(5, raw)
@@ -786,6 +793,9 @@ _POOL: list[bytes | LineTooLong] = [
     dumps(anthropic_line("s", body=1)),
     b'{"custom_id":"t","method":"POST","url":"/v1/chat/completions","b\\u006fdy":{"model":"m","messages":[]}}',
 ]
+# Lines as the reader yields them, with their endings ("\n", "\r\n"; a file's last line may have none).
+_POOL += [line + b"\n" for line in _POOL if isinstance(line, bytes)]
+_POOL += [dumps(openai_line("u")) + b"\r\n", dumps(anthropic_line("v", text="long " * 600)) + b" \r\n", b"\r\n"]
 
 
 @settings(max_examples=400)
