@@ -323,7 +323,12 @@ class Validator:
                 custom_id, body = line.custom_id, line.body
                 # The payload is the line as it came, "{...}\n", unless it has other whitespace around.
                 payload = raw if raw[-1] == 10 and raw[-2] == 125 and raw[0] == 123 else raw.strip() + b"\n"
-                if not body.stream and len(payload) <= limit and custom_id not in seen and (ids_ok or id_ok(custom_id)):
+                if (
+                    not body.stream
+                    and len(payload) <= limit
+                    and (not remember or custom_id not in seen)
+                    and (ids_ok or id_ok(custom_id))
+                ):
                     if remember:
                         seen.add(custom_id)
                     model = body.model
@@ -355,7 +360,7 @@ class Validator:
                     params.max_tokens is not None
                     and not params.stream
                     and len(payload) <= limit
-                    and custom_id not in seen
+                    and (not remember or custom_id not in seen)
                     and (ids_ok or id_ok(custom_id))
                 ):
                     if remember:
