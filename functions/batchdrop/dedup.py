@@ -1,9 +1,11 @@
 """Finding repeated customids in flat memory, whatever the size of the file.
 
 A set of every custom_id would grow with the file (about 90 bytes an id: 270 MB for a 1 GB file of
-short requests). Instead the ids are spilled, 64k at a time, into N bucket files on local disk by
-their hash, and at the end each bucket is checked on its own, so memory holds one bucket at a time.
-A file with fewer ids than one spill never touches the disk: they are checked where they are.
+short requests). Instead the ids are spilled, 64k at a time, by their hash into N buckets, and at the
+end each bucket is checked on its own, so memory holds one bucket at a time. A spill goes to one file
+on local disk, each bucket's part of it one after the other (a file per bucket cost more to open and
+remove than bucketing the ids). A file with fewer ids than one spill never touches the disk: they
+are checked where they are.
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ class DuplicateFinder:
     # Public so a hot loop can append to them directly (then call spill() past spill_every).
     ids: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
-    # Per bucket: the ids, one a line, and their line numbers as 4-byte integers, in the same order.
-    _files: list[tuple[IO[bytes], IO[bytes]] | None] = field(default_factory=list)
+    # The spill file, and per bucket where its parts are in it: (offset, size of the ids, one a line,
+    # size of their line numbers, 4-byte integers in the same order).
+    _file: IO[bytes] | None = None
+    _parts: list[list[tuple[int, int, int]]] = field(default_factory=list)
     _dir: str | None = None
-    _opened: int = 0
 
     def __post_init__(self) -> None:
         if self.buckets & (self.buckets - 1):
             raise ValueError("buckets must be a power of two")
-        self._files = [None] * self.buckets
+        self._parts = [[] for _ in range(self.buckets)]
 
     def add(self, custom_id: str, line: int) -> None:
         self.ids.append(custom_id)
@@ -52,6 +55,8 @@ class DuplicateFinder:
             self.spill()
 
     def spill(self) -> None:
+        if not self.ids:
+            return
         mask = self.buckets - 1
         ids: list[list[str]] = [[] for _ in range(self.buckets)]
         lines: list[list[int]] = [[] for _ in range(self.buckets)]
@@ -61,50 +66,74 @@ class DuplicateFinder:
             index = crc32(custom_id.encode()) & mask
             ids[index].append(custom_id)
             lines[index].append(line)
+        if self._file is None:
+            self._dir = tempfile.mkdtemp(prefix="batchdrop-ids-", dir=self.tmpdir)
+            self._file = open(os.path.join(self._dir, "spill"), "w+b")  # noqa: SIM115 — closed in close()
+        out = self._file
+        offset = out.seek(0, os.SEEK_END)
         for index, bucket in enumerate(ids):
-            if not bucket:
-                continue
-            files = self._files[index]
-            if files is None:
-                files = self._files[index] = (self._temp(".ids"), self._temp(".lines"))
-            files[0].write(("\n".join(bucket) + "\n").encode())
-            array("I", lines[index]).tofile(files[1])
+            if bucket:
+                data = ("\n".join(bucket) + "\n").encode()
+                numbers = array("I", lines[index]).tobytes()
+                out.write(data)
+                out.write(numbers)
+                self._parts[index].append((offset, len(data), len(numbers)))
+                offset += len(data) + len(numbers)
         self.ids.clear()
         self.lines.clear()
 
-    def _temp(self, suffix: str) -> IO[bytes]:
-        # Plain files in one private folder: NamedTemporaryFile costs far more per file.
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="batchdrop-ids-", dir=self.tmpdir)
-        self._opened += 1
-        return open(os.path.join(self._dir, f"{self._opened}{suffix}"), "w+b")
-
     def duplicates(self) -> list[Duplicate]:
         """Every line whose custom_id an earlier line already used, in line order."""
-        if self._dir is None:
+        if self._file is None:
             # Never spilled: fewer ids than `spill_every`, checked where they are, with no disk.
             return _first_uses(self.ids, self.lines)
-        return find_duplicates([[pair] for pair in self.bucket_files().values()])
+        self.spill()
+        found: list[Duplicate] = []
+        for index in range(self.buckets):
+            ids, numbers = self._bucket(index)
+            if len(set(ids)) != len(ids):  # the common case, no duplicate, decided at C speed
+                found.extend(_first_uses([custom_id.decode() for custom_id in ids], numbers))
+        found.sort(key=lambda d: d.line)
+        return found
+
+    def _bucket(self, index: int) -> tuple[list[bytes], array[int]]:
+        """A bucket's ids and line numbers, read back from the spill file."""
+        assert self._file is not None
+        ids: list[bytes] = []
+        numbers = array("I")
+        for offset, ids_size, numbers_size in self._parts[index]:
+            self._file.seek(offset)
+            ids.extend(self._file.read(ids_size).split(b"\n")[:-1])
+            numbers.frombytes(self._file.read(numbers_size))
+        return ids, numbers
 
     def bucket_files(self) -> dict[int, tuple[str, str]]:
-        """Bucket → (ids file, line numbers file), everything added so far written out."""
+        """Bucket → (ids file, line numbers file), everything added so far written out: how a
+        segment of a large file leaves its ids for the last segment to check."""
         self.spill()
+        if self._file is None:
+            return {}
+        assert self._dir is not None
         out = {}
-        for index, files in enumerate(self._files):
-            if files is not None:
-                for f in files:
-                    f.flush()
-                out[index] = (files[0].name, files[1].name)
+        for index in range(self.buckets):
+            if self._parts[index]:
+                ids, numbers = self._bucket(index)
+                paths = (os.path.join(self._dir, f"{index}.ids"), os.path.join(self._dir, f"{index}.lines"))
+                with open(paths[0], "wb") as f:
+                    f.write(b"\n".join(ids) + b"\n")
+                with open(paths[1], "wb") as f:
+                    numbers.tofile(f)
+                out[index] = paths
         return out
 
     def close(self) -> None:
-        for files in self._files:
-            for f in files or ():
-                f.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-        self._files = [None] * self.buckets
+        self._parts = [[] for _ in range(self.buckets)]
 
     def __enter__(self) -> DuplicateFinder:
         return self

@@ -5,7 +5,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchdrop.dedup import Duplicate, DuplicateFinder
+from batchdrop.dedup import Duplicate, DuplicateFinder, find_duplicates
 
 
 def test_later_uses_of_an_id_are_duplicates_of_the_first(tmp_path: Path) -> None:
@@ -88,3 +88,37 @@ def test_duplicates_come_in_line_order_and_a_first_use_is_the_earliest_line_in_m
             for custom_id, line in added:
                 finder.add(custom_id, line)
             assert finder.duplicates() == [Duplicate(2, "b", 1), Duplicate(10, "a", 3), Duplicate(11, "a", 3)]
+
+
+def test_spills_go_to_one_file_however_many_buckets_and_spills(tmp_path: Path) -> None:
+    with DuplicateFinder(buckets=64, tmpdir=str(tmp_path), spill_every=10) as finder:
+        for line in range(1, 101):
+            finder.add(f"req-{line % 90}", line)
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert len(files) == 1, files
+        assert finder.duplicates() == [Duplicate(line, f"req-{line - 90}", line - 90) for line in range(90, 101)][1:]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet="abcd", min_size=1, max_size=2), max_size=120), st.integers(1, 4))
+def test_segments_leave_bucket_files_that_find_the_duplicates_of_the_whole(ids: list[str], cut: int) -> None:
+    # Given a file's ids added by several finders, as the segments of a large file are
+    numbered = list(enumerate(ids, start=1))
+    segments = [numbered[i::cut] for i in range(cut)]
+    with DuplicateFinder(buckets=8, spill_every=7) as whole:
+        for line, custom_id in numbered:
+            whole.add(custom_id, line)
+        expected = whole.duplicates()
+    finders = [DuplicateFinder(buckets=8, spill_every=7) for _ in segments]
+    try:
+        by_bucket: dict[int, list[tuple[str, str]]] = {}
+        for finder, segment in zip(finders, segments, strict=True):
+            for line, custom_id in segment:
+                finder.add(custom_id, line)
+            for bucket, pair in finder.bucket_files().items():
+                by_bucket.setdefault(bucket, []).append(pair)
+        # Then the bucket files they leave, checked bucket by bucket, find what one finder finds
+        assert find_duplicates(list(by_bucket.values())) == expected
+    finally:
+        for finder in finders:
+            finder.close()
