@@ -37,7 +37,7 @@ from batchdrop.pipeline import (
     refused_key,
     validation_errors_key,
 )
-from batchdrop.planner import BatchPlanner, PlannedBatch
+from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
 from batchdrop.poll import hand_over_if_done
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import submit_batch
@@ -462,7 +462,8 @@ def _drop_duplicates(
         index_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
         data_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
         with index_out, data_out:
-            requests = size = removed = 0
+            requests = removed = 0
+            size = ENVELOPE_BYTES  # counted as the planner counts a batch
             for entry, payload in zip(deps.objects.lines(index_key), deps.objects.lines(data_key), strict=True):
                 if int(entry.rpartition(b"\t")[2]) in drop:
                     removed += 1

@@ -20,7 +20,8 @@ from batchdrop.handlers.submit import handler as submit_handler
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
-from batchdrop.pipeline import Deps
+from batchdrop.pipeline import Deps, batch_data_key
+from batchdrop.planner import ENVELOPE_BYTES
 from tests.helpers import (
     FakeClock,
     all_jobs_final,
@@ -386,22 +387,34 @@ def test_job_states_are_final_after_the_run(stack: s.LocalStack) -> None:
     indirect=True,
 )
 def test_duplicates_found_after_planning_are_taken_out_of_their_batches(stack: s.LocalStack) -> None:
-    # Given ids repeated across batches of two, one batch made only of repeats
-    ids = ["a", "b", "c", "d", "a", "b", "e"]
+    # Given ids repeated across batches of two, one batch made only of repeats, one with one repeat
+    ids = ["a", "b", "c", "d", "a", "b", "e", "a", "f"]
     stack.put("inputs/dups.jsonl", jsonl([openai_line(i) for i in ids]))
     store = JobStore(s.TABLE)
     drive(Dispatcher(stack), all_jobs_final(store, 1))
     results, errors, summary = outputs_of(stack, only_job(store))
-    assert_accounting(set(range(1, 8)), results, errors, summary)
+    assert_accounting(set(range(1, 10)), results, errors, summary)
     # Then the first use of an id wins and each later one is an error naming the first line
-    assert sorted((r["custom_id"], r["line"]) for r in results) == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 7)]
-    assert [(e["line"], e["code"]) for e in errors] == [(5, "duplicate_custom_id"), (6, "duplicate_custom_id")]
+    assert sorted((r["custom_id"], r["line"]) for r in results) == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+        ("d", 4),
+        ("e", 7),
+        ("f", 9),
+    ]
+    assert [(e["line"], e["code"]) for e in errors] == [(n, "duplicate_custom_id") for n in (5, 6, 8)]
     assert "line 1" in errors[0]["message"]
     # and nothing was sent twice: the batch of repeats is gone, the others hold what they report
     sent = stack.emulator.stats()["requests_submitted"]
-    assert sent == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
-    assert sorted(b["requests"] for b in summary["batches"]) == [1, 2, 2]
-    assert sum(stack.emulator.stats()["batches_created"].values()) == 3
+    assert sent == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1}
+    assert sorted(b["requests"] for b in summary["batches"]) == [1, 1, 2, 2]
+    assert sum(stack.emulator.stats()["batches_created"].values()) == 4
+    # and each batch left records its size as the planner counts it: its file and the envelope
+    job_id = only_job(store)["job_id"]
+    for batch in store.get_batches(job_id):
+        data = aws.client("s3").get_object(Bucket=s.BUCKET, Key=batch_data_key(job_id, batch["batch_key"]))
+        assert batch["bytes"] == ENVELOPE_BYTES + len(data["Body"].read()), batch["batch_key"]
 
 
 @pytest.mark.parametrize("stack", [s.StackOptions(knobs=EmulatorKnobs(latency=0.0), lease_seconds=1)], indirect=True)
