@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 from zlib import crc32
@@ -90,41 +90,37 @@ class DuplicateFinder:
         self.spill()
         found: list[Duplicate] = []
         for index in range(self.buckets):
-            ids, numbers = self._bucket(index)
-            if len(set(ids)) != len(ids):  # the common case, no duplicate, decided at C speed
-                found.extend(_first_uses([custom_id.decode() for custom_id in ids], numbers))
+            found.extend(_bucket_duplicates(self._bucket(index)))
         found.sort(key=lambda d: d.line)
         return found
 
-    def _bucket(self, index: int) -> tuple[list[bytes], array[int]]:
-        """A bucket's ids and line numbers, read back from the spill file."""
+    def _bucket(self, index: int) -> list[tuple[bytes, bytes]]:
+        """A bucket's parts, (ids, line numbers), read back from the spill file."""
         assert self._file is not None
-        ids: list[bytes] = []
-        numbers = array("I")
+        parts = []
         for offset, ids_size, numbers_size in self._parts[index]:
             self._file.seek(offset)
-            ids.extend(self._file.read(ids_size).split(b"\n")[:-1])
-            numbers.frombytes(self._file.read(numbers_size))
-        return ids, numbers
+            parts.append((self._file.read(ids_size), self._file.read(numbers_size)))
+        return parts
 
-    def bucket_files(self) -> dict[int, tuple[str, str]]:
-        """Bucket → (ids file, line numbers file), everything added so far written out: how a
-        segment of a large file leaves its ids for the last segment to check."""
+    def export(self, path: str) -> None:
+        """Everything added so far, written to one file at `path`: how a segment of a large file
+        leaves its ids for the last segment to check (`duplicates_across`). A header gives the size
+        of each bucket's ids and line numbers; the buckets follow, each in one piece, so the last
+        segment reads a bucket of a segment with one ranged GET."""
         self.spill()
-        if self._file is None:
-            return {}
-        assert self._dir is not None
-        out = {}
-        for index in range(self.buckets):
-            if self._parts[index]:
-                ids, numbers = self._bucket(index)
-                paths = (os.path.join(self._dir, f"{index}.ids"), os.path.join(self._dir, f"{index}.lines"))
-                with open(paths[0], "wb") as f:
-                    f.write(b"\n".join(ids) + b"\n")
-                with open(paths[1], "wb") as f:
-                    numbers.tofile(f)
-                out[index] = paths
-        return out
+        sizes = array("Q", bytes(_header_size(self.buckets)))
+        with open(path, "wb") as out:
+            out.write(sizes.tobytes())
+            for index in range(self.buckets):
+                parts = self._bucket(index) if self._file is not None else []
+                ids = b"".join(part[0] for part in parts)
+                numbers = b"".join(part[1] for part in parts)
+                out.write(ids)
+                out.write(numbers)
+                sizes[2 * index], sizes[2 * index + 1] = len(ids), len(numbers)
+            out.seek(0)
+            out.write(sizes.tobytes())
 
     def close(self) -> None:
         if self._file is not None:
@@ -142,23 +138,50 @@ class DuplicateFinder:
         self.close()
 
 
-def find_duplicates(buckets: list[list[tuple[str, str]]]) -> list[Duplicate]:
-    """Duplicates within each bucket, whose parts (ids file, line numbers file) are in line order."""
+def duplicates_across(exports: Sequence[Callable[[int, int], bytes]], buckets: int = 64) -> list[Duplicate]:
+    """Duplicates across the exports of several finders (the segments of a large file), one bucket
+    at a time: memory holds one bucket of every segment. Each of `exports` reads the bytes
+    [start, end) of one export (a ranged GET, say)."""
+    header = _header_size(buckets)
+    layouts = []
+    for read in exports:
+        sizes = array("Q")
+        sizes.frombytes(read(0, header))
+        layout, offset = [], header
+        for index in range(buckets):
+            ids_size, numbers_size = sizes[2 * index], sizes[2 * index + 1]
+            layout.append((offset, ids_size, numbers_size))
+            offset += ids_size + numbers_size
+        layouts.append(layout)
     found: list[Duplicate] = []
-    for parts in buckets:
-        ids: list[bytes] = []
-        for ids_path, _ in parts:
-            with open(ids_path, "rb") as reader:
-                ids.extend(reader.read().split(b"\n")[:-1])
-        if len(set(ids)) == len(ids):
-            continue  # the common case, decided at C speed
-        numbers = array("I")
-        for _, lines_path in parts:
-            with open(lines_path, "rb") as reader:
-                numbers.frombytes(reader.read())
-        found.extend(_first_uses([custom_id.decode() for custom_id in ids], numbers))
+    for index in range(buckets):
+        parts = []
+        for read, layout in zip(exports, layouts, strict=True):
+            offset, ids_size, numbers_size = layout[index]
+            if ids_size:
+                data = read(offset, offset + ids_size + numbers_size)
+                parts.append((data[:ids_size], data[ids_size:]))
+        found.extend(_bucket_duplicates(parts))
     found.sort(key=lambda d: d.line)
     return found
+
+
+def _header_size(buckets: int) -> int:
+    return 2 * 8 * buckets  # per bucket, the sizes of its ids and of its line numbers, 8 bytes each
+
+
+def _bucket_duplicates(parts: list[tuple[bytes, bytes]]) -> list[Duplicate]:
+    """The duplicates among one bucket's ids, given in parts of (ids one a line, their line numbers
+    as 4-byte integers)."""
+    ids: list[bytes] = []
+    for data, _ in parts:
+        ids.extend(data.split(b"\n")[:-1])
+    if len(set(ids)) == len(ids):
+        return []  # the common case, decided at C speed
+    numbers = array("I")
+    for _, data in parts:
+        numbers.frombytes(data)
+    return _first_uses([custom_id.decode() for custom_id in ids], numbers)
 
 
 def _first_uses(ids: Sequence[str], numbers: Sequence[int]) -> list[Duplicate]:

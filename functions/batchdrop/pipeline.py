@@ -112,8 +112,9 @@ def validation_errors_key(job_id: str, segment: int = 0) -> str:
     return f"{work_prefix(job_id)}validation-errors{suffix}.jsonl"
 
 
-def ids_key(job_id: str, segment: int, bucket: int, kind: str) -> str:
-    return f"{work_prefix(job_id)}ids/s{segment:03d}/{bucket:03d}.{kind}"
+def ids_key(job_id: str, segment: int) -> str:
+    """A segment's custom_ids, by hash bucket (batchdrop.dedup's export)."""
+    return f"{work_prefix(job_id)}ids/s{segment:03d}.ids"
 
 
 def refused_key(job_id: str, segment: int) -> str:

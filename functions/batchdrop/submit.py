@@ -8,7 +8,7 @@ submitting it twice.
 
 from __future__ import annotations
 
-import os
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
-from batchdrop.dedup import Duplicate, DuplicateFinder, find_duplicates
+from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -498,32 +498,15 @@ def _drop_duplicates(
 
 
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:
-    for bucket, (ids_path, lines_path) in finder.bucket_files().items():
-        deps.objects.upload_file(ids_path, ids_key(job_id, segment, bucket, "ids"), "text/plain")
-        deps.objects.upload_file(lines_path, ids_key(job_id, segment, bucket, "lines"), "application/octet-stream")
+    with tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".ids") as export:
+        finder.export(export.name)
+        deps.objects.upload_file(export.name, ids_key(job_id, segment), "application/octet-stream")
 
 
 def _all_duplicates(deps: Deps, job_id: str, last_segment: int) -> list[Duplicate]:
-    """Duplicates across every segment's ids, one bucket at a time (flat memory and disk)."""
-    found: list[Duplicate] = []
-    for bucket in range(DuplicateFinder.buckets):
-        with tempfile.TemporaryDirectory(dir=tmpdir()) as folder:
-            parts = []
-            for segment in range(last_segment + 1):
-                pair: list[str] = []
-                for kind in ("ids", "lines"):
-                    path = os.path.join(folder, f"{segment}.{kind}")
-                    try:
-                        deps.objects.download(ids_key(job_id, segment, bucket, kind), path)
-                    except deps.objects.s3.exceptions.ClientError:  # no id of that segment fell in this bucket
-                        pair = []
-                        break
-                    pair.append(path)
-                if pair:
-                    parts.append((pair[0], pair[1]))
-            found.extend(find_duplicates([parts]))
-    found.sort(key=lambda d: d.line)
-    return found
+    """Duplicates across every segment's ids, one bucket at a time (flat memory, no disk)."""
+    reads = [functools.partial(deps.objects.read_range, ids_key(job_id, s)) for s in range(last_segment + 1)]
+    return duplicates_across(reads, DuplicateFinder.buckets)
 
 
 def _folder_provider(key: str, providers: Any) -> str | None:

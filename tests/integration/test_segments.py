@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Chaos, Dispatcher
@@ -91,6 +92,11 @@ def test_a_large_file_is_planned_in_segments_and_ends_once(stack: s.LocalStack, 
     assert len(sent) == summary["counts"]["submitted"]
     events = [n["attributes"]["event"] for n in dispatcher.notifications()]
     assert events == ["submitted", "partial"]
+    # and each segment left its ids in one object (one PUT, then a ranged GET a bucket), not a pair a bucket
+    listed = aws.client("s3").list_objects_v2(Bucket=s.BUCKET, Prefix=f"work/{job['job_id']}/ids/")
+    assert [o["Key"].rsplit("/", 1)[1] for o in listed["Contents"] if o["Key"].endswith(".ids")] == [
+        f"s{n:03d}.ids" for n in range(job["segment"] + 1)
+    ]
 
 
 def test_a_large_gzip_file_is_read_whole(stack: s.LocalStack) -> None:

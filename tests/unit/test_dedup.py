@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchdrop.dedup import Duplicate, DuplicateFinder, find_duplicates
+from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 
 
 def test_later_uses_of_an_id_are_duplicates_of_the_first(tmp_path: Path) -> None:
@@ -50,12 +52,13 @@ def test_matches_a_set_whatever_the_number_of_buckets(ids: list[str], buckets: i
 
 
 BUCKET_OF_IDS = """
-import sys
+import sys, tempfile
 from batchdrop.dedup import DuplicateFinder
-with DuplicateFinder(buckets=64) as finder:
+with DuplicateFinder(buckets=64) as finder, tempfile.NamedTemporaryFile() as out:
     for i, custom_id in enumerate(["req-1", "req-2", "alpha", "q_99"]):
         finder.add(custom_id, i + 1)
-    print(sorted(finder.bucket_files()))
+    finder.export(out.name)
+    print(out.read().hex())
 """
 
 
@@ -66,7 +69,7 @@ def test_ids_fall_in_the_same_buckets_in_every_process() -> None:
     import subprocess
     import sys
 
-    buckets = {
+    exports = {
         subprocess.run(
             [sys.executable, "-c", BUCKET_OF_IDS],
             capture_output=True,
@@ -76,7 +79,7 @@ def test_ids_fall_in_the_same_buckets_in_every_process() -> None:
         ).stdout
         for seed in ("1", "2", "3")
     }
-    assert len(buckets) == 1, buckets
+    assert len(exports) == 1, exports
 
 
 def test_duplicates_come_in_line_order_and_a_first_use_is_the_earliest_line_in_memory_or_on_disk() -> None:
@@ -99,26 +102,40 @@ def test_spills_go_to_one_file_however_many_buckets_and_spills(tmp_path: Path) -
         assert finder.duplicates() == [Duplicate(line, f"req-{line - 90}", line - 90) for line in range(90, 101)][1:]
 
 
+def reader_of(path: Path) -> Callable[[int, int], bytes]:
+    """What a ranged GET of an uploaded export does, on the local file."""
+
+    def read(start: int, end: int) -> bytes:
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    return read
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.text(alphabet="abcd", min_size=1, max_size=2), max_size=120), st.integers(1, 4))
-def test_segments_leave_bucket_files_that_find_the_duplicates_of_the_whole(ids: list[str], cut: int) -> None:
-    # Given a file's ids added by several finders, as the segments of a large file are
+@given(
+    st.lists(st.text(alphabet="abcd", min_size=1, max_size=2), max_size=120),
+    st.integers(1, 4),
+    st.sampled_from([1, 7, 1000]),  # spilled every id, spilled often, or never spilled before the export
+)
+def test_segments_exports_find_the_duplicates_of_the_whole(ids: list[str], cut: int, spill_every: int) -> None:
+    # Given a file's ids added by several finders, as the segments of a large file are, each
+    # exporting what it holds to one file
     numbered = list(enumerate(ids, start=1))
     segments = [numbered[i::cut] for i in range(cut)]
     with DuplicateFinder(buckets=8, spill_every=7) as whole:
         for line, custom_id in numbered:
             whole.add(custom_id, line)
         expected = whole.duplicates()
-    finders = [DuplicateFinder(buckets=8, spill_every=7) for _ in segments]
-    try:
-        by_bucket: dict[int, list[tuple[str, str]]] = {}
-        for finder, segment in zip(finders, segments, strict=True):
-            for line, custom_id in segment:
-                finder.add(custom_id, line)
-            for bucket, pair in finder.bucket_files().items():
-                by_bucket.setdefault(bucket, []).append(pair)
-        # Then the bucket files they leave, checked bucket by bucket, find what one finder finds
-        assert find_duplicates(list(by_bucket.values())) == expected
-    finally:
-        for finder in finders:
-            finder.close()
+    with tempfile.TemporaryDirectory() as folder:
+        reads = []
+        for number, segment in enumerate(segments):
+            path = Path(folder, f"{number}.ids")
+            with DuplicateFinder(buckets=8, spill_every=spill_every) as finder:
+                for line, custom_id in segment:
+                    finder.add(custom_id, line)
+                finder.export(str(path))
+            reads.append(reader_of(path))
+        # Then the exports, read a range at a time bucket by bucket, find what one finder finds
+        assert duplicates_across(reads, buckets=8) == expected

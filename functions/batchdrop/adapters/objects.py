@@ -89,6 +89,11 @@ class ObjectStore:
             ContentType="application/json",
         )
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """The bytes [start, end) of an object."""
+        data: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read()
+        return data
+
     def download(self, key: str, path: str) -> None:
         self.s3.download_file(self.bucket, key, path, Config=TRANSFER)
 
