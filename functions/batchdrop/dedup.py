@@ -11,7 +11,6 @@ are checked where they are.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from array import array
 from collections.abc import Callable, Sequence
@@ -41,7 +40,6 @@ class DuplicateFinder:
     # size of their line numbers, 4-byte integers in the same order).
     _file: IO[bytes] | None = None
     _parts: list[list[tuple[int, int, int]]] = field(default_factory=list)
-    _dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.buckets & (self.buckets - 1):
@@ -67,8 +65,8 @@ class DuplicateFinder:
             ids[index].append(custom_id)
             lines[index].append(line)
         if self._file is None:
-            self._dir = tempfile.mkdtemp(prefix="batchdrop-ids-", dir=self.tmpdir)
-            self._file = open(os.path.join(self._dir, "spill"), "w+b")  # noqa: SIM115 — closed in close()
+            # Removed when closed, in close().
+            self._file = tempfile.NamedTemporaryFile(prefix="batchdrop-ids-", dir=self.tmpdir)  # noqa: SIM115
         out = self._file
         offset = out.seek(0, os.SEEK_END)
         for index, bucket in enumerate(ids):
@@ -126,9 +124,6 @@ class DuplicateFinder:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
         self._parts = [[] for _ in range(self.buckets)]
 
     def __enter__(self) -> DuplicateFinder:
