@@ -68,6 +68,8 @@ BATCHES_CHECKED = "BatchesChecked"
 BATCHES_ENDED = "BatchesEnded"
 STUCK_BATCHES = "StuckBatches"
 JOBS_ENDED = "JobsEnded"
+# Jobs the watchdog ended as failed because they stopped making progress (alarmed on).
+JOBS_TIMED_OUT = "JobsTimedOut"
 
 ON_INVALID_CHOICES = ("skip", "reject")
 
