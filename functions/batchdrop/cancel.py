@@ -15,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict, JobStore, due_fields, job_pk, serialize
+from batchdrop.adapters.store import Conflict, JobStore, due_fields, job_pk, serialize
 from batchdrop.pipeline import Deps
 
 logger = Logger(service="batchdrop")
@@ -69,6 +69,8 @@ def carry_out(deps: Deps, job: dict[str, Any]) -> int:
             )
         with contextlib.suppress(Conflict):
             deps.store.update(batch, due_fields(now))
-    deps.store.update(job, {"canceled": True}, remove=NOT_DUE, when_status=(m.JOB_SUBMITTED,))
+    deps.store.update(
+        job, {"canceled": True, **due_fields(now + deps.settings.job_check_seconds)}, when_status=(m.JOB_SUBMITTED,)
+    )
     logger.info("canceled provider batches", extra={"job_id": job["job_id"], "batches": asked})
     return asked

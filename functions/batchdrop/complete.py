@@ -7,6 +7,7 @@ a crash rewrites the same files and sends at most one duplicate notification.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -15,8 +16,9 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict, release
+from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
 from batchdrop.config import tmpdir as spill_dir
+from batchdrop.jobs import hand_over_if_done
 from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import (
     Deps,
@@ -27,7 +29,6 @@ from batchdrop.pipeline import (
     validation_errors_key,
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
-from batchdrop.poll import hand_over_if_done
 from batchdrop.pricing import CostMeter, price_table
 
 logger = Logger(service="batchdrop")
@@ -109,7 +110,8 @@ def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
     store = deps.store
     job_id = job["job_id"]
     batches = store.get_batches(job_id)
-    if not job.get("rejected") and not job.get("canceled") and _resubmit(deps, job, batches):
+    ended_early = job.get("rejected") or job.get("canceled") or job.get("timed_out")
+    if not ended_early and _resubmit(deps, job, batches):
         return "resubmitted"
     summary = write_outputs(deps, job, batches)
     status = summary["status"]
@@ -208,11 +210,17 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         submit_batch(deps, job_id, batch, job.get("lease_owner", ""))
     deps.store.update(
         job,
-        {"status": m.JOB_SUBMITTED, "attempt": attempt + 1},
-        remove=("lease_owner", "lease_until", *NOT_DUE),
+        {
+            "status": m.JOB_SUBMITTED,
+            "attempt": attempt + 1,
+            **due_fields(deps.clock() + deps.settings.job_check_seconds),
+        },
+        remove=("lease_owner", "lease_until"),
         when_status=(m.JOB_COMPLETING,),
     )
-    hand_over_if_done(deps, job_id)
+    # A conflict leaves the hand-over to the poll's next look at the job.
+    with contextlib.suppress(Conflict):
+        hand_over_if_done(deps, job_id)
     return True
 
 
@@ -237,13 +245,17 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     tokens_in = tokens_out = 0
     meter = CostMeter(price_table())
     tmpdir = spill_dir()
+    # The watchdog's reason when it ended the job: then whatever cannot be read is reported, not raised.
+    given_up: str | None = job.get("reason") if job.get("timed_out") else None
     with (
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as results,
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as errors,
     ):
+        invalid_written = 0
         for key in job.get("error_files") or [validation_errors_key(job_id)]:
             for raw in deps.objects.lines(key):
                 errors.write(raw + b"\n")
+                invalid_written += 1
         superseded: set[str] = set()
         by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
         current_attempt = None
@@ -257,10 +269,24 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
             provider = batch["provider"]
             batch_id = batch.get("provider_batch_id")
             if job.get("rejected") or not batch_id:
-                reason = job.get("reason") or "the job was canceled before this batch was sent"
-                code = m.FILE_REJECTED if job.get("rejected") else m.CANCELED
-                stage = "validation" if job.get("rejected") else "provider"
+                if job.get("rejected"):
+                    stage, code = "validation", m.FILE_REJECTED
+                    reason = job.get("reason") or "the file was rejected"
+                elif batch.get("create_refused"):
+                    stage, code = "provider", m.BATCH_FAILED
+                    reason = batch.get("error") or "the provider refused the batch"
+                elif given_up:
+                    stage, code, reason = "provider", m.BATCH_FAILED, given_up
+                else:
+                    stage, code = "provider", m.CANCELED
+                    reason = "the job was canceled before this batch was sent"
                 for custom_id, line in _index(deps, job_id, batch["batch_key"]).items():
+                    if custom_id in superseded:
+                        continue
+                    if attempt > 1:
+                        later_ids.add(custom_id)
+                    if stage == "provider":
+                        failed += 1
                     errors.write(
                         orjson.dumps(
                             error_line(
@@ -270,12 +296,13 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                                 code=code,
                                 message=f"not submitted: {reason}",
                                 provider=provider,
+                                attempts=attempt if stage == "provider" else 0,
                             )
                         )
                         + b"\n"
                     )
                 continue
-            for custom_id, line, outcome in _outcomes_with_missing(deps, batch):
+            for custom_id, line, outcome in _outcomes_or_given_up(deps, batch, given_up):
                 if custom_id in superseded:
                     continue
                 if attempt > 1:
@@ -313,10 +340,16 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         deps.checkpoint("after_results")
         deps.objects.upload_file(errors.name, f"{prefix}errors.jsonl")
 
+    if not job.get("counts"):
+        # Ended by the watchdog before its plan was stored: count what the outputs hold.
+        counts = {"lines": invalid_written + succeeded + failed, "invalid": invalid_written}
+        counts["submitted"] = succeeded + failed
     counts.update({"succeeded": succeeded, "failed": failed})
     now = deps.clock()
     if job.get("rejected"):
         status = m.JOB_REJECTED
+    elif given_up:
+        status = m.JOB_FAILED
     elif job.get("canceled"):
         status = m.JOB_CANCELED
     elif succeeded == 0:
@@ -365,6 +398,28 @@ def _index(deps: Deps, job_id: str, batch_key: str) -> dict[str, int]:
         custom_id, _, line = raw.partition(b"\t")
         index[custom_id.decode()] = int(line)
     return index
+
+
+def _outcomes_or_given_up(
+    deps: Deps, batch: dict[str, Any], given_up: str | None
+) -> Iterator[tuple[str, int, m.Outcome]]:
+    """The batch's outcomes; for a job the watchdog ended, a batch that has not ended, or whose results
+    cannot be read, reports its remaining requests as failed with the watchdog's reason."""
+    if given_up is None:
+        yield from _outcomes_with_missing(deps, batch)
+        return
+    seen: set[str] = set()
+    if batch.get("status") in m.TERMINAL_BATCH_STATES:
+        try:
+            for item in _outcomes_with_missing(deps, batch):
+                seen.add(item[0])
+                yield item
+            return
+        except Exception as exc:
+            logger.warning("could not read a batch's results", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+    for custom_id, line in _index(deps, batch["job_id"], batch["batch_key"]).items():
+        if custom_id not in seen:
+            yield custom_id, line, m.Outcome(custom_id, ok=False, code=m.BATCH_FAILED, message=f"no result: {given_up}")
 
 
 def _outcomes_with_missing(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, int, m.Outcome]]:

@@ -32,6 +32,17 @@ ENV_COMPLETION_QUEUE_URL = "BATCHDROP_COMPLETION_QUEUE_URL"
 # bytes of a plain file one invocation plans (gzip files are always read whole).
 ENV_SUBMIT_QUEUE_URL = "BATCHDROP_SUBMIT_QUEUE_URL"
 ENV_SEGMENT_BYTES = "BATCHDROP_SEGMENT_BYTES"
+# Bounds on a gzip upload, which one invocation reads whole: the bytes it may inflate to, and its
+# compression ratio (judged past its first 64 MB). Past either, the job is rejected as a compression
+# bomb or as too large for one invocation, in seconds, instead of outlasting the function's timeout.
+ENV_MAX_INFLATED_BYTES = "BATCHDROP_MAX_INFLATED_BYTES"
+ENV_MAX_GZIP_RATIO = "BATCHDROP_MAX_GZIP_RATIO"
+# 32 GiB: about a minute of inflating and skipping blank lines at worst, and what one invocation can
+# hope to plan and upload in its 15 minutes. 500x: JSONL compresses 5-20x, and the most repetitive
+# honest file we could build (a 20 KB prompt sent 20,000 times verbatim) 320x; deflate's best is
+# 1,032x, where a bomb of newlines or `{}` sits.
+DEFAULT_MAX_INFLATED_BYTES = 32 * 1024 * MB
+DEFAULT_MAX_GZIP_RATIO = 500
 # The secret holding the OpenAI webhook signing key ("whsec_..."), read by the webhook function.
 ENV_OPENAI_WEBHOOK_SECRET_ARN = "BATCHDROP_OPENAI_WEBHOOK_SECRET_ARN"  # noqa: S105 — a variable's name
 ENV_ON_INVALID = "BATCHDROP_ON_INVALID"
@@ -47,6 +58,14 @@ ENV_POLL_MAX_SECONDS = "BATCHDROP_POLL_MAX_SECONDS"
 ENV_LEASE_SECONDS = "BATCHDROP_LEASE_SECONDS"
 ENV_COMPLETION_GRACE_SECONDS = "BATCHDROP_COMPLETION_GRACE_SECONDS"
 ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
+# How many times a batch's create may fail with an error worth another try before the batch ends as
+# failed; and the watchdog: how many times a job may stall at the same step (a lease or a completion
+# grace run out with no progress), and how long after submission a batch may still be running,
+# before the job is ended as failed (docs/guarantees.md, "Every job ends").
+ENV_MAX_CREATE_ATTEMPTS = "BATCHDROP_MAX_CREATE_ATTEMPTS"
+ENV_MAX_STALLS = "BATCHDROP_MAX_STALLS"
+ENV_BATCH_TIMEOUT_SECONDS = "BATCHDROP_BATCH_TIMEOUT_SECONDS"
+ENV_JOB_CHECK_SECONDS = "BATCHDROP_JOB_CHECK_SECONDS"
 # Where submit and complete spill batch, id and output files (the system's temp folder if unset).
 ENV_TMPDIR = "BATCHDROP_TMPDIR"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure;
@@ -171,8 +190,18 @@ class Settings:
     lease_seconds: int = 16 * 60
     completion_grace_seconds: int = 20 * 60
     create_lock_seconds: int = 5 * 60
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+    max_gzip_ratio: int = DEFAULT_MAX_GZIP_RATIO
     submit_queue_url: str | None = None
     segment_bytes: int = 2 * 1024 * MB
+    max_create_attempts: int = 5
+    max_stalls: int = 5
+    # The providers' 24 h window plus a day: Bedrock may take a little longer, and Azure's batches run
+    # until they are cancelled.
+    batch_timeout_seconds: int = 48 * 3600
+    # How often a submitted job is looked at as a whole, whatever its batches say (hand-over missed, a
+    # batch lost): the bound on how long a job can sit with nothing left to do.
+    job_check_seconds: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -267,8 +296,14 @@ class Settings:
             lease_seconds=integer(ENV_LEASE_SECONDS, 16 * 60),
             completion_grace_seconds=integer(ENV_COMPLETION_GRACE_SECONDS, 20 * 60),
             create_lock_seconds=integer(ENV_CREATE_LOCK_SECONDS, 5 * 60),
+            max_inflated_bytes=integer(ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
+            max_gzip_ratio=integer(ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
             submit_queue_url=env.get(ENV_SUBMIT_QUEUE_URL) or None,
             segment_bytes=integer(ENV_SEGMENT_BYTES, 2 * 1024 * MB, minimum=1024),
+            max_create_attempts=integer(ENV_MAX_CREATE_ATTEMPTS, 5),
+            max_stalls=integer(ENV_MAX_STALLS, 5),
+            batch_timeout_seconds=integer(ENV_BATCH_TIMEOUT_SECONDS, 48 * 3600, minimum=60),
+            job_check_seconds=integer(ENV_JOB_CHECK_SECONDS, 3600, minimum=1),
         )
 
 
@@ -284,6 +319,24 @@ def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{ENV_ROUTES}: {part!r} is not of the form model-prefix=provider")
         extra.append((prefix.strip(), provider.strip()))
     return (*extra, *DEFAULT_ROUTES)
+
+
+def gzip_bounds(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(max inflated bytes, max gzip ratio), for `batchdrop validate`, which has no full Settings."""
+    env = os.environ if env is None else env
+    bounds = []
+    for name, default in (
+        (ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
+        (ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
+    ):
+        raw = env.get(name, "").strip()
+        if not raw:
+            bounds.append(default)
+        elif not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{name}={raw!r} must be a whole number, at least 1")
+        else:
+            bounds.append(int(raw))
+    return bounds[0], bounds[1]
 
 
 def tmpdir() -> str | None:

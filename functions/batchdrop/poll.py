@@ -14,7 +14,10 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import JOB_SK, NOT_DUE, Conflict, deserialize, due_fields, job_pk
+from batchdrop.cancel import carry_out
+from batchdrop.jobs import hand_over_if_done
 from batchdrop.pipeline import Deps, iso
+from batchdrop.watchdog import end_stuck_job, stall
 
 logger = Logger(service="batchdrop")
 
@@ -30,6 +33,8 @@ class PollReport:
     handed_over: list[str] = field(default_factory=list)
     stuck: int = 0
     errors: int = 0
+    # Jobs the watchdog ended (JobsTimedOut).
+    timed_out: int = 0
 
 
 def poll(deps: Deps) -> PollReport:
@@ -57,14 +62,24 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport) -> None
         _after_end(deps, batch, report)
         return
     provider = deps.provider(batch["provider"])
+    submitted = float(batch.get("submitted_ts") or now)
     try:
         status = provider.status(batch["provider_batch_id"])
     except Exception as exc:
         report.errors += 1
         logger.warning("provider status failed; will look again", extra={"error": type(exc).__name__})
-        deps.store.update(batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)})
+        batch = deps.store.update(
+            batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)}
+        )
+        if now - submitted > deps.settings.batch_timeout_seconds:
+            end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
+            report.timed_out += 1
         return
-    submitted = float(batch.get("submitted_ts") or now)
+    if not status.terminal and now - submitted > deps.settings.batch_timeout_seconds:
+        batch = deps.store.update(batch, {"provider_status": status.provider_status, **_next_due(deps, batch, now)})
+        end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
+        report.timed_out += 1
+        return
     if not status.terminal and now - submitted > STUCK_AFTER_SECONDS:
         report.stuck += 1
     changes: dict[str, Any] = {
@@ -128,54 +143,39 @@ def _next_due(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStat
     return due_fields(now + wait)
 
 
-def hand_over_if_done(deps: Deps, job_id: str) -> bool:
-    """Move a submitted job whose batches have all ended to `completing` and queue it, once.
-
-    Called by the poll when a batch ends, and by submit and resubmission right after they mark a
-    job submitted, in case its batches ended before that.
-    """
-    batches = deps.store.get_batches(job_id)
-    if not batches or any(b.get("status") not in m.TERMINAL_BATCH_STATES for b in batches):
-        return False
-    job = deps.store.get_job(job_id)
-    if job is None or job["status"] != m.JOB_SUBMITTED:
-        return False
-    now = deps.clock()
-    # The conditional transition is what makes the hand-over happen once, however many polls race.
-    try:
-        deps.store.update(
-            job,
-            {
-                "status": m.JOB_COMPLETING,
-                "ended_at": iso(now),
-                **due_fields(now + deps.settings.completion_grace_seconds),
-            },
-            when_status=(m.JOB_SUBMITTED,),
-        )
-    except Conflict:
-        return False
-    deps.checkpoint("after_handover")
-    deps.queue.send(job_id)
-    logger.info("job handed to completion", extra={"job_id": job_id})
-    return True
-
-
 def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     now = deps.clock()
-    if job["status"] == m.JOB_COMPLETING:
+    status = job["status"]
+    if job.get("timed_out") and status not in m.FINAL_JOB_STATES:
+        # The watchdog ended it but died before it was done: finish its steps.
+        end_stuck_job(deps, job["job_id"], str(job.get("stuck_at", "")), str(job.get("reason", "")))
+        report.timed_out += 1
+    elif status == m.JOB_COMPLETING:
+        job, stalls = stall(deps, job)
+        if stalls >= deps.settings.max_stalls:
+            reason = f"its completion was handed over {stalls} times without finishing" + _last_error(job, "completion")
+            end_stuck_job(deps, job["job_id"], "completion", reason)
+            report.timed_out += 1
+            return
         deps.store.update(
             job, due_fields(now + deps.settings.completion_grace_seconds), when_status=(m.JOB_COMPLETING,)
         )
         deps.queue.send(job["job_id"])
         report.handed_over.append(job["job_id"])
         logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})
-    elif job["status"] == m.JOB_SUBMITTED and job.get("cancel_requested") and not job.get("canceled"):
-        from batchdrop.cancel import carry_out
-
+    elif status == m.JOB_SUBMITTED and job.get("cancel_requested") and not job.get("canceled"):
         carry_out(deps, job)
-    elif job["status"] == m.JOB_SUBMITTING:
+    elif status == m.JOB_SUBMITTED:
+        _check_submitted(deps, job, report)
+    elif status == m.JOB_SUBMITTING:
         # Its submitter's lease ran out without a retry finishing the work: hand it back to the submit
         # function (through the segments queue, which it consumes), which has the grants for it.
+        job, stalls = stall(deps, job)
+        if stalls >= deps.settings.max_stalls:
+            reason = f"its submission stopped {stalls} times without finishing" + _last_error(job, "submit")
+            end_stuck_job(deps, job["job_id"], "submit", reason)
+            report.timed_out += 1
+            return
         logger.warning("submission stalled; handed back to submit", extra={"job_id": job["job_id"]})
         if deps.settings.submit_queue_url:
             deps.store.update(job, due_fields(now + deps.settings.lease_seconds), when_status=(m.JOB_SUBMITTING,))
@@ -187,3 +187,36 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     else:
         # Nothing else should be due; take it out of the index rather than look at it forever.
         deps.store.update(job, {}, remove=NOT_DUE)
+
+
+def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
+    """A submitted job's own periodic look, whatever its batches say: hand it over if every batch has
+    ended (a hand-over that was missed), end it if a batch has outlived its timeout, else look again
+    later. This is what bounds how long a submitted job can sit with nothing due."""
+    now = deps.clock()
+    batches = deps.store.get_batches(job["job_id"])
+    running = [b for b in batches if b.get("status") not in m.TERMINAL_BATCH_STATES]
+    if not running:
+        if hand_over_if_done(deps, job["job_id"]):
+            report.handed_over.append(job["job_id"])
+            logger.warning("a finished job had not been handed over; handed over now", extra={"job_id": job["job_id"]})
+        return
+    late = [b for b in running if now - float(b.get("submitted_ts") or now) > deps.settings.batch_timeout_seconds]
+    if late:
+        end_stuck_job(deps, job["job_id"], "provider", _late_reason(deps, late[0]))
+        report.timed_out += 1
+        return
+    deps.store.update(job, due_fields(now + deps.settings.job_check_seconds), when_status=(m.JOB_SUBMITTED,))
+
+
+def _late_reason(deps: Deps, batch: dict[str, Any]) -> str:
+    hours = deps.settings.batch_timeout_seconds / 3600
+    where = f"{batch['provider']} batch {batch.get('provider_batch_id') or batch['batch_key']}"
+    state = batch.get("provider_status") or batch.get("status")
+    last = f"; last error: {batch['last_error']}" if batch.get("last_error") else ""
+    return f"{where} had not ended {hours:g} h after it was submitted (last status: {state}{last})"
+
+
+def _last_error(job: dict[str, Any], stage: str) -> str:
+    error = job.get(f"{stage}_error")
+    return f"; last error: {error}" if error else ""

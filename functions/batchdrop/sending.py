@@ -12,6 +12,11 @@ recorded; the next attempt must adopt it, never create a second one.
 
 Every provider batch id we record is also claimed in a registry item, so one provider batch can
 never be adopted by two of our batches.
+
+A create that fails does not fail forever: the provider's own refusal (a 4xx, or a request that cannot
+be built) ends the batch at once as failed, with the provider's message; any other error is retried by
+the invocation's retry, and after `max_create_attempts` failures the batch ends the same way. So a
+batch, and its job, always ends.
 """
 
 from __future__ import annotations
@@ -39,17 +44,74 @@ class ProviderBusy(Exception):
     """The provider's create lock stayed taken; the invocation fails and is retried."""
 
 
+class CreateFailed(Exception):
+    """The provider's create raised; `permanent` when the provider will never take this batch."""
+
+    def __init__(self, cause: Exception, permanent: bool) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.permanent = permanent
+
+
 def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far."""
-    if batch.get("provider_batch_id"):
+    """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far.
+
+    Returns the batch as recorded: sent (with its provider batch id), or ended as failed when the
+    provider refused it or its creates kept failing.
+    """
+    if batch.get("provider_batch_id") or batch.get("status") in m.TERMINAL_BATCH_STATES:
         return batch
     provider = deps.provider(batch["provider"])
     if batch["status"] == m.PENDING:
         batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
-    if getattr(provider, "tags_batches", False):
-        batch_id = _find_tagged(deps, provider, _ref(batch)) or _create(deps, provider, batch)
-        return _record(deps, batch, batch_id)
-    return _submit_serialised(deps, provider, batch, owner)
+    try:
+        if getattr(provider, "tags_batches", False):
+            batch_id = _find_tagged(deps, provider, _ref(batch)) or _create(deps, provider, batch)
+            return _record(deps, batch, batch_id)
+        return _submit_serialised(deps, provider, batch, owner)
+    except CreateFailed as failure:
+        return _create_failed(deps, provider, batch, failure)
+
+
+def _create_failed(deps: Deps, provider: Provider, batch: dict[str, Any], failure: CreateFailed) -> dict[str, Any]:
+    """Count a failed create; end the batch as failed when the provider refused it for good or the
+    attempts are spent, and otherwise fail the invocation so that its retry tries again."""
+    fresh = _reload(deps.store, batch)
+    if fresh.get("provider_batch_id") or fresh.get("status") != m.SUBMITTING:
+        return fresh  # another invocation got further meanwhile
+    failures = int(fresh.get("create_failures", 0)) + 1
+    message = str(failure)[:2000]
+    if not failure.permanent and failures < deps.settings.max_create_attempts:
+        deps.store.update(fresh, {"create_failures": failures, "last_error": message})
+        logger.warning(
+            "provider create failed; the invocation's retry tries again",
+            extra={"batch_key": fresh["batch_key"], "failures": failures, "error": message[:300]},
+        )
+        raise failure
+    if not failure.permanent:
+        # The last attempt's answer may have been lost after the provider made the batch: look once more
+        # before giving up on it, so that nothing the provider bills goes untracked.
+        with contextlib.suppress(Exception):
+            found = provider.find(_ref(fresh), frozenset())
+            if found and claim_provider_batch(deps.store, provider.name, found, fresh):
+                return _record(deps, fresh, found)
+    why = "refused the batch" if failure.permanent else f"failed to create the batch {failures} times"
+    now = deps.clock()
+    ended = deps.store.update(
+        fresh,
+        {
+            "status": m.FAILED,
+            "create_failures": failures,
+            "create_refused": True,
+            "error": f"{provider.name} {why}: {message}",
+            "ended_at": iso(now),
+        },
+        when_status=(m.SUBMITTING,),
+    )
+    logger.warning(
+        "batch ended as failed at create",
+        extra={"batch_key": fresh["batch_key"], "permanent": failure.permanent, "failures": failures},
+    )
+    return ended
 
 
 def _ref(batch: dict[str, Any]) -> BatchRef:
@@ -75,7 +137,10 @@ def _create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str:
     os.close(fd)
     try:
         deps.objects.download(batch_data_key(batch["job_id"], batch["batch_key"]), path)
-        batch_id = provider.create(_ref(batch), path)
+        try:
+            batch_id = provider.create(_ref(batch), path)
+        except Exception as exc:
+            raise CreateFailed(exc, provider.refused(exc)) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

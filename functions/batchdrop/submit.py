@@ -8,6 +8,7 @@ submitting it twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 from collections.abc import Callable
@@ -20,9 +21,10 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
-from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, job_pk, release
+from batchdrop.adapters.store import Conflict, due_fields, job_pk, release
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
+from batchdrop.jobs import hand_over_if_done
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -38,7 +40,6 @@ from batchdrop.pipeline import (
     validation_errors_key,
 )
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
-from batchdrop.poll import hand_over_if_done
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import submit_batch
 from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
@@ -181,7 +182,7 @@ class _Submission:
             finish_job(self.deps, self.job_id, self.owner)
             return SubmitResult(self.job_id, "rejected", self.job.get("counts"))
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
-        submitted = [submit_batch(self.deps, self.job_id, b, self.owner) for b in batches]
+        submitted = [self._send(b) for b in batches]
         self._announce(submitted)
         return SubmitResult(self.job_id, "submitted", self.job.get("counts"))
 
@@ -293,6 +294,8 @@ class _Submission:
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "error_files": error_files,
+                    # A segment planned is progress: the watchdog counts stalls from here.
+                    "stalls": 0,
                 },
                 when_status=(m.JOB_SUBMITTING,),
             )
@@ -389,6 +392,18 @@ class _Submission:
 
     # -- submission: intent, create (or adopt), record ---------------------------------------------
 
+    def _send(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Send a batch, unless the job was canceled meanwhile and the batch never left: then it ends
+        canceled, unsent (a batch with an intent recorded may exist at the provider: it is sent or
+        adopted, and canceled with the others)."""
+        if batch["status"] == m.PENDING:
+            job = self.deps.store.get_job(self.job_id)
+            if job is not None and job.get("cancel_requested"):
+                return self.deps.store.update(
+                    batch, {"status": m.BATCH_CANCELED, "ended_at": iso(self.deps.clock())}, when_status=(m.PENDING,)
+                )
+        return submit_batch(self.deps, self.job_id, batch, self.owner)
+
     def _announce(self, batches: list[dict[str, Any]]) -> None:
         deps = self.deps
         now = deps.clock()
@@ -399,7 +414,7 @@ class _Submission:
             "input": self.obj.as_dict(),
             "counts": job.get("counts"),
             "batches": [
-                {"provider": b["provider"], "batch_id": b["provider_batch_id"], "requests": b["requests"]}
+                {"provider": b["provider"], "batch_id": b.get("provider_batch_id"), "requests": b["requests"]}
                 for b in batches
             ],
             "output_prefix": deps.objects.uri(job["output_prefix"]),
@@ -408,16 +423,22 @@ class _Submission:
         # than marking the job submitted and never telling anyone.
         deps.notifier.publish("submitted", self.job_id, job.get("providers", []), body)
         deps.checkpoint("after_publish")
+        # A submitted job stays in the poll's index, looked at as a whole now and then (the watchdog).
         updated = deps.store.update(
             job,
-            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now)},
-            remove=("lease_owner", "lease_until", *NOT_DUE),
+            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now), **due_fields(now + deps.settings.job_check_seconds)},
+            remove=("lease_owner", "lease_until"),
             when_status=(m.JOB_SUBMITTING,),
         )
         if updated.get("cancel_requested"):
-            # Canceled while it was being submitted: the poll cancels its batches now.
-            deps.store.update(updated, due_fields(now))
-        hand_over_if_done(deps, self.job_id)
+            # Canceled while it was being submitted: its batches are canceled now (the poll would only
+            # get to them on its next tick), so that the job ends `canceled` even if none was sent.
+            from batchdrop.cancel import carry_out
+
+            carry_out(deps, updated)
+        # A conflict leaves the hand-over to the poll's next look at the job.
+        with contextlib.suppress(Conflict):
+            hand_over_if_done(deps, self.job_id)
 
 
 def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:

@@ -11,7 +11,7 @@ import orjson
 from batchdrop import models as m
 from batchdrop.adapters.secrets import api_key
 from batchdrop.config import ProviderSettings
-from batchdrop.providers.base import BatchRef
+from batchdrop.providers.base import BUILD_ERRORS, REFUSED_HTTP, BatchRef
 
 # Error types worth a retry in a new batch; the rest say the request itself is wrong.
 RETRYABLE_TYPES = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
@@ -46,6 +46,13 @@ class AnthropicProvider:
         # and a blind retry would make a second one. The caller's retry looks for it first (`find`).
         created = self.client.with_options(max_retries=0).messages.batches.create(requests=requests)
         return created.id
+
+    def refused(self, exc: Exception) -> bool:
+        if isinstance(exc, anthropic.APIStatusError):
+            # anthropic.BadRequestError (400 invalid_request_error), NotFoundError (404),
+            # RequestTooLargeError (413), UnprocessableEntityError (422). A 429 (the queue limit) is "not now".
+            return exc.status_code in REFUSED_HTTP
+        return isinstance(exc, BUILD_ERRORS) and not isinstance(exc, anthropic.AnthropicError)
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """Anthropic batches carry no metadata: adopt the newest batch created after our intent with

@@ -8,6 +8,14 @@ from typing import Protocol
 
 from batchdrop.models import BatchStatus, Outcome
 
+# HTTP answers that say the batch itself is wrong, so that sending it again cannot succeed: 400 (a bad
+# request), 404 (no such model or path), 413 (too large), 422 (unprocessable). 401, 403, 408, 409, 429
+# and 5xx are worth another try: a key or grant an operator fixes, a quota that frees up, an outage.
+REFUSED_HTTP = frozenset({400, 404, 413, 422})
+# Raised while the request is built from the batch file, before or inside the SDK (a number orjson
+# cannot read, a name the SDK will not put in a URL): the same file fails the same way every time.
+BUILD_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, UnicodeError, RecursionError)
+
 
 @dataclass(frozen=True)
 class BatchRef:
@@ -27,6 +35,11 @@ class Provider(Protocol):
 
     def create(self, batch: BatchRef, path: str) -> str:
         """Send the batch whose provider-format lines are in `path`; return the provider's batch id."""
+        ...
+
+    def refused(self, exc: Exception) -> bool:
+        """True when `exc`, raised by `create`, says the provider will never take this batch (so it ends
+        now, as failed, with the provider's message); False when another attempt may succeed."""
         ...
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:

@@ -26,7 +26,7 @@ from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.config import ProviderSettings
 from batchdrop.pipeline import work_prefix
-from batchdrop.providers.base import BatchRef
+from batchdrop.providers.base import BUILD_ERRORS, BatchRef
 
 STATES = {
     "Submitted": m.VALIDATING,
@@ -43,6 +43,7 @@ STATES = {
     "Stopped": m.BATCH_CANCELED,
     "Expired": m.BATCH_EXPIRED,
 }
+REFUSED_CODES = frozenset({"ValidationException", "ResourceNotFoundException"})
 # Bedrock reports zero records until it has validated the input: those zeros are not counts.
 UNCOUNTED = frozenset({"Submitted", "Validating"})
 TAG_JOB = "batchdrop:job"
@@ -129,6 +130,17 @@ class BedrockProvider:
             tags=[{"key": TAG_JOB, "value": batch.job_id}, {"key": TAG_BATCH, "value": batch.key}],
         )
         return str(created["jobArn"])
+
+    def refused(self, exc: Exception) -> bool:
+        from botocore.exceptions import ClientError, ParamValidationError
+
+        if isinstance(exc, ClientError):
+            # botocore's service model for CreateModelInvocationJob: ValidationException (a model id or
+            # input Bedrock will not take) and ResourceNotFoundException are the request's fault;
+            # ThrottlingException, ServiceQuotaExceededException, InternalServerException pass.
+            return exc.response.get("Error", {}).get("Code") in REFUSED_CODES
+        # botocore checks parameters against the model (e.g. modelId's pattern) before sending.
+        return isinstance(exc, (ParamValidationError, *BUILD_ERRORS))
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         name = job_name(batch)

@@ -19,7 +19,7 @@ from google.genai import errors, types
 from batchdrop import models as m
 from batchdrop.adapters.secrets import api_key
 from batchdrop.config import ProviderSettings, tmpdir
-from batchdrop.providers.base import BatchRef
+from batchdrop.providers.base import BUILD_ERRORS, REFUSED_HTTP, BatchRef
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,19 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _url_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's refusal of a URL it cannot build (a model name too long or malformed for a path)."""
+    found: list[type[Exception]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(module).InvalidURL)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 TRANSPORT_ERRORS = _transport_errors()
+URL_ERRORS = _url_errors()
 RETRIED: tuple[type[Exception], ...] = (errors.APIError, *TRANSPORT_ERRORS)
 
 T = TypeVar("T")
@@ -124,6 +136,14 @@ class GeminiProvider:
         if not created.name:
             raise RuntimeError("Gemini accepted the batch but returned no name")
         return created.name
+
+    def refused(self, exc: Exception) -> bool:
+        if isinstance(exc, errors.APIError):
+            # errors.ClientError carries the HTTP code: 400 INVALID_ARGUMENT, 404 NOT_FOUND (no such model).
+            return exc.code in REFUSED_HTTP
+        # The SDK refuses a model name it will not put in `models/<name>:batchGenerateContent` (`..`, `?`)
+        # with a ValueError before sending; httpx refuses a URL it cannot build.
+        return isinstance(exc, (*BUILD_ERRORS, *URL_ERRORS))
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """The batch whose display name is ours. Gemini does not document the order of its list, so every

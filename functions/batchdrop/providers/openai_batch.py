@@ -11,7 +11,7 @@ import orjson
 from batchdrop import models as m
 from batchdrop.adapters.secrets import api_key
 from batchdrop.config import ProviderSettings
-from batchdrop.providers.base import BatchRef
+from batchdrop.providers.base import BUILD_ERRORS, REFUSED_HTTP, BatchRef
 
 STATES = {
     "validating": m.VALIDATING,
@@ -66,6 +66,13 @@ class OpenAIProvider:
             metadata={META_JOB: batch.job_id, META_BATCH: batch.key},
         )
         return created.id
+
+    def refused(self, exc: Exception) -> bool:
+        if isinstance(exc, openai.APIStatusError):
+            # openai.BadRequestError (400), NotFoundError (404), UnprocessableEntityError (422), and 413.
+            # Azure's fail-fast quota answer is a 400 with code token_limit_exceeded: "not now", not "never".
+            return exc.status_code in REFUSED_HTTP and getattr(exc, "code", None) != "token_limit_exceeded"
+        return isinstance(exc, BUILD_ERRORS) and not isinstance(exc, openai.OpenAIError)
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         for candidate in self.client.batches.list(limit=100):

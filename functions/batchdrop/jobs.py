@@ -1,0 +1,57 @@
+"""A job's hand-over from its batches to completion, shared by every stage that may end a job's last batch.
+
+Below the stages: submit, poll, complete and the watchdog import it; it imports none of them.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger
+
+from batchdrop import models as m
+from batchdrop.adapters.store import Conflict, due_fields
+from batchdrop.pipeline import Deps, iso
+
+logger = Logger(service="batchdrop")
+
+# How many times a hand-over re-reads a job that changed under it before leaving it to the next poll.
+HANDOVER_TRIES = 5
+
+
+def hand_over_if_done(deps: Deps, job_id: str) -> bool:
+    """Move a submitted job whose batches have all ended to `completing` and queue it, once.
+
+    Called by the poll when a batch ends, and by submit and resubmission right after they mark a
+    job submitted, in case its batches ended before that.
+    """
+    batches = deps.store.get_batches(job_id)
+    if not batches or any(b.get("status") not in m.TERMINAL_BATCH_STATES for b in batches):
+        return False
+    # The conditional transition is what makes the hand-over happen once, however many polls race. A
+    # conflict is not proof that someone else handed the job over (a cancel or a failure record also
+    # writes the job): the job is read again and the decision taken again, every time.
+    for _ in range(HANDOVER_TRIES):
+        job = deps.store.get_job(job_id)
+        if job is None or job["status"] != m.JOB_SUBMITTED:
+            return False
+        deps.checkpoint("before_handover")
+        now = deps.clock()
+        try:
+            deps.store.update(
+                job,
+                {
+                    "status": m.JOB_COMPLETING,
+                    "ended_at": iso(now),
+                    **due_fields(now + deps.settings.completion_grace_seconds),
+                },
+                when_status=(m.JOB_SUBMITTED,),
+            )
+            break
+        except Conflict:
+            continue
+    else:
+        # Still changing under us: the caller keeps its batch due, so the next poll decides again.
+        raise Conflict(f"job {job_id} kept changing during its hand-over")
+    deps.checkpoint("after_handover")
+    deps.queue.send(job_id)
+    logger.info("job handed to completion", extra={"job_id": job_id})
+    return True

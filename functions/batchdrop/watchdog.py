@@ -1,0 +1,114 @@
+"""The watchdog: every job ends, whatever wedges it (docs/guarantees.md, "Every job ends").
+
+Each stage keeps its own promises, and a stage that fails is retried. The watchdog is the bound on those
+retries: a job that stalls at the same step `max_stalls` times (its submission lease or completion grace
+ran out with no progress), or whose batch is still running `batch_timeout_seconds` after submission, is
+ended here as `failed`, with a job-level reason saying where it stuck, its outputs written with what is
+known, its notification sent and the `JobsTimedOut` metric raised (an alarm fires on it). So no bug,
+in our code or a provider's, can leave a job silently unfinished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from batchdrop import models as m
+from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields
+from batchdrop.complete import write_outputs
+from batchdrop.config import JOBS_TIMED_OUT
+from batchdrop.observability import metrics
+from batchdrop.pipeline import Deps, iso
+
+logger = Logger(service="batchdrop")
+
+OPEN_STATES = (m.JOB_SUBMITTING, m.JOB_SUBMITTED, m.JOB_COMPLETING)
+
+
+def stall(deps: Deps, job: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Count one more stall of the job in its current status; returns the job and the count so far."""
+    status = job["status"]
+    count = int(job.get("stalls", 0)) + 1 if job.get("stalled_in") == status else 1
+    updated = deps.store.update(job, {"stalls": count, "stalled_in": status}, when_status=(status,))
+    return updated, count
+
+
+def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | None:
+    """End a job that cannot end on its own: `failed`, with `reason`; returns its status, or None if it
+    had ended meanwhile. Safe to run again: a crash half-way leaves the job due, and the next poll
+    finishes the same steps."""
+    job = deps.store.get_job(job_id)
+    if job is None or job["status"] in m.FINAL_JOB_STATES:
+        return None
+    logger.append_keys(job_id=job_id)
+    if not job.get("timed_out"):
+        now = deps.clock()
+        job = deps.store.update(
+            job,
+            {
+                "status": m.JOB_COMPLETING,
+                "timed_out": True,
+                "stuck_at": stage,
+                "reason": f"batchdrop gave up on this job at its {stage} step: {reason}"[:2000],
+                # Due again soon, so a watchdog that dies here is followed by another.
+                **due_fields(now + deps.settings.completion_grace_seconds),
+            },
+            remove=("lease_owner", "lease_until"),
+            when_status=OPEN_STATES,
+        )
+        logger.error("job made no progress; the watchdog ends it", extra={"stage": stage, "reason": reason[:500]})
+        metrics.add_metric(name=JOBS_TIMED_OUT, unit="Count", value=1)
+    batches = deps.store.get_batches(job_id)
+    _cancel_running(deps, batches)
+    try:
+        summary = write_outputs(deps, job, batches)
+    except Exception as exc:  # the outputs are best effort here; the notification and the end are not
+        logger.exception("could not write the outputs of a job the watchdog ended", extra={"error": str(exc)})
+        summary = _bare_summary(deps, job, f"{job['reason']} (its outputs could not be written: {exc})"[:2000])
+        with contextlib.suppress(Exception):
+            deps.objects.put_json(f"{job['output_prefix']}summary.json", summary)
+    deps.notifier.publish(summary["status"], job_id, job.get("providers", []), summary)
+    deps.checkpoint("after_publish")
+    with contextlib.suppress(Conflict):
+        deps.store.update(
+            job,
+            {"status": summary["status"], "completed_at": summary["timings"]["completed_at"]},
+            remove=("lease_owner", "lease_until", *NOT_DUE),
+            when_status=(m.JOB_COMPLETING,),
+        )
+    return str(summary["status"])
+
+
+def _cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> None:
+    """Stop paying for batches whose results nobody will read."""
+    for batch in batches:
+        if batch.get("provider_batch_id") and batch.get("status") not in m.TERMINAL_BATCH_STATES:
+            try:
+                deps.provider(batch["provider"]).cancel(batch["provider_batch_id"])
+            except Exception as exc:
+                logger.warning("could not cancel a batch of an abandoned job", extra={"error": str(exc)[:300]})
+
+
+def _bare_summary(deps: Deps, job: dict[str, Any], reason: str) -> dict[str, Any]:
+    counts = dict(job.get("counts") or {})
+    prefix = job["output_prefix"]
+    return {
+        "job_id": job["job_id"],
+        "status": m.JOB_FAILED,
+        "input": job.get("input"),
+        "counts": {k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
+        "batches": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "cost_usd": {"batch": None, "realtime_equivalent": None, "saved": None},
+        "timings": {
+            "received_at": job.get("received_at"),
+            "submitted_at": job.get("submitted_at"),
+            "ended_at": None,
+            "completed_at": iso(deps.clock()),
+        },
+        "results": deps.objects.uri(f"{prefix}results.jsonl"),
+        "errors": deps.objects.uri(f"{prefix}errors.jsonl"),
+        "reason": reason,
+    }
