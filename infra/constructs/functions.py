@@ -68,7 +68,15 @@ WEBHOOK = FunctionSpec(
     "Receives OpenAI's signed batch webhooks and looks at the batch at once (the schedule is the safety net)",
     memory_mb=512,
     timeout=Duration.seconds(60),
+    # Its URL is open to anyone (OpenAI cannot sign AWS requests): a flood of anonymous requests gets
+    # these few executions and throttles beyond them, never the account's concurrency that the other
+    # functions (and the account's other workloads) need. OpenAI retries a throttled delivery.
+    reserved_concurrency=5,
 )
+# What the webhook's code path does to the table (look_at_provider_batch → look_at_batch →
+# hand_over_if_done): read the registry, the batch and the job, query one job's batches (on the
+# table, not its index), and make conditional updates. Never a put, a delete or a scan.
+WEBHOOK_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem")
 MALLOC_ARENA_MAX = "2"
 # SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
 COMPLETION_BATCH_SIZE = 1
@@ -225,11 +233,13 @@ class Functions(Construct):
             self.webhook = self._function(WEBHOOK)
             self.webhook.add_environment(config.ENV_OPENAI_WEBHOOK_SECRET_ARN, webhook_secret.secret_arn)
             self.webhook_url = self.webhook.add_function_url(auth_type=lambda_.FunctionUrlAuthType.NONE)
-            table.grant_read_write_data(self.webhook)
+            # A statement of its own rather than table.grant(...), which would add the index ARNs too.
+            self.webhook.add_to_role_policy(
+                iam.PolicyStatement(actions=list(WEBHOOK_TABLE_ACTIONS), resources=[table.table_arn])
+            )
             completion_queue.grant_send_messages(self.webhook)
             webhook_secret.grant_read(self.webhook)
             secrets["openai"].grant_read(self.webhook)
-            self._acknowledge(self.webhook, f"Resource::<{_logical_id(table)}.Arn>/index/*", reason=INDEX_REASON)
 
     @property
     def all(self) -> tuple[lambda_.Function, ...]:

@@ -166,6 +166,12 @@ def test_sizes_and_timeouts(stack: Synth) -> None:
     assert sizes["poll"][3] == 1, "one poll at a time"
 
 
+def test_the_public_webhook_function_has_a_small_reserved_concurrency(stack: Synth) -> None:
+    # Its URL is open to anyone: a flood may use these few executions, never the account's others.
+    props = stack.function("webhook")[1]["Properties"]
+    assert props["ReservedConcurrentExecutions"] == 5
+
+
 def test_environment_names_the_resources_and_the_settings(stack: Synth) -> None:
     for name in FUNCTIONS:
         env = stack.function(name)[1]["Properties"]["Environment"]["Variables"]

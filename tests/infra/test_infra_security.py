@@ -89,6 +89,20 @@ def test_the_webhook_function_is_public_but_checks_signatures_and_touches_no_obj
     assert "WebhookUrl" in stack.json["Outputs"]
 
 
+def test_the_webhook_function_may_only_read_and_update_table_items(stack: Synth) -> None:
+    # Its code path (look_at_provider_batch, look_at_batch, hand_over_if_done): GetItem, UpdateItem
+    # and a Query of one job's batches on the table itself, never its index.
+    table = arn(stack, "AWS::DynamoDB::Table")
+    dynamodb = [s for s in stack.statements("webhook") if any(a.startswith("dynamodb:") for a in s["Action"])]
+    assert [(sorted(s["Action"]), s["Resource"]) for s in dynamodb] == [
+        (["dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"], [table])
+    ]
+    assert not stack.allows("webhook", "dynamodb:PutItem", table)
+    assert not stack.allows("webhook", "dynamodb:DeleteItem", table)
+    assert not stack.allows("webhook", "dynamodb:Scan", table)
+    assert not stack.allows("webhook", "dynamodb:Query", f"{table}/index/*")
+
+
 def test_queues_poll_sends_complete_consumes_submit_dead_letters(stack: Synth) -> None:
     queues = stack.resources("AWS::SQS::Queue")
     completion = next(f"<{k}.Arn>" for k, q in queues.items() if "RedrivePolicy" in q["Properties"])
@@ -114,14 +128,14 @@ def test_no_data_action_on_every_resource(stack: Synth) -> None:
 
 
 def test_only_xray_has_a_wildcard_resource_in_our_roles(stack: Synth) -> None:
-    for name in ("submit", "poll", "complete"):
+    for name in ("submit", "poll", "complete", "webhook"):
         for statement in stack.statements(name):
             if "*" in statement["Resource"]:
                 assert sorted(statement["Action"]) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
 
 
 def test_functions_use_no_managed_policies(stack: Synth) -> None:
-    for name in ("submit", "poll", "complete"):
+    for name in ("submit", "poll", "complete", "webhook"):
         role = stack.function(name)[1]["Properties"]["Role"]["Fn::GetAtt"][0]
         assert "ManagedPolicyArns" not in stack.json["Resources"][role]["Properties"]
 
