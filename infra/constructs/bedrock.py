@@ -28,6 +28,9 @@ JOB_ACTIONS = (
     "bedrock:TagResource",
 )
 LIST_ACTION = "bedrock:ListModelInvocationJobs"
+# The service role's S3 access: a job reads its records and writes its results under work/.
+OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
+LIST_BUCKET = "s3:ListBucket"
 MODEL_REASON = (
     "Bedrock batch jobs may run any foundation model the user routes to (a model id per input line), and "
     "cross-region inference profiles invoke the model in other regions: the resources are foundation "
@@ -38,7 +41,10 @@ JOBS_REASON = (
     "ids are Bedrock's), and ListModelInvocationJobs supports no resource-level permission: it finds a job "
     "a crashed invocation created, by name, before the id was recorded."
 )
-WORK_REASON = "Bedrock reads a job's records from, and writes its results to, work/ in our bucket (CDK's grants)."
+WORK_REASON = (
+    "Bedrock reads a job's records from, and writes its results to, objects under work/ in our bucket "
+    "(s3:GetObject, s3:PutObject; listing only with an s3:prefix under work/)."
+)
 
 
 def model_arns() -> list[str]:
@@ -67,8 +73,19 @@ class BedrockBatch(Construct):
             max_session_duration=Duration.hours(12),
         )
         work = f"{config.WORK_PREFIX}*"
-        bucket.grant_read(self.service_role, work)
-        bucket.grant_put(self.service_role, work)
+        # What AWS documents for a batch inference service role, and no more: CDK's grant_read and
+        # grant_put would add s3:GetBucket*, s3:List* on the whole bucket and the object-lock and tagging
+        # puts. Listing is limited to keys under work/ (the job's input and output prefixes).
+        self.service_role.add_to_policy(
+            iam.PolicyStatement(actions=list(OBJECT_ACTIONS), resources=[bucket.arn_for_objects(work)])
+        )
+        self.service_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[LIST_BUCKET],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [work]}},
+            )
+        )
         self.service_role.add_to_policy(iam.PolicyStatement(actions=["bedrock:InvokeModel"], resources=model_arns()))
         acknowledge(
             self.service_role,
@@ -81,10 +98,6 @@ class BedrockBatch(Construct):
             self.service_role,
             "AwsSolutions-IAM5",
             WORK_REASON,
-            "Action::s3:GetBucket*",
-            "Action::s3:GetObject*",
-            "Action::s3:List*",
-            "Action::s3:Abort*",
             f"Resource::<{_bucket_id(bucket)}.Arn>/{work}",
         )
         self._job_arns = job_arns

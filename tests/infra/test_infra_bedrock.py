@@ -60,12 +60,24 @@ def test_the_service_role_reads_and_writes_work_only_and_invokes_models(stack: S
     bucket = stack.data_bucket
     object_resources = {r for s in statements for r in s["Resource"] if r.startswith(f"<{bucket}.Arn>/")}
     assert object_resources == {f"<{bucket}.Arn>/work/*"}
-    assert any("s3:GetObject*" in s["Action"] for s in statements)
+    assert any("s3:GetObject" in s["Action"] for s in statements)
     assert any("s3:PutObject" in s["Action"] for s in statements)
     assert not any(a.startswith("s3:DeleteObject") for s in statements for a in s["Action"])
     (invoke,) = [s for s in statements if "bedrock:InvokeModel" in s["Action"]]
     assert invoke["Action"] == ["bedrock:InvokeModel"]
     assert all(":foundation-model/" in r or ":inference-profile/" in r for r in invoke["Resource"])
+
+
+def test_the_service_role_gets_and_puts_work_objects_and_lists_only_under_work(stack: Synth) -> None:
+    # What Bedrock batch inference documents for its service role: GetObject, PutObject, ListBucket.
+    role_id, _ = service_role(stack)
+    bucket = stack.data_bucket
+    s3 = [s for s in role_statements(stack, role_id) if any(a.startswith("s3:") for a in s["Action"])]
+    found = sorted((sorted(s["Action"]), s["Resource"], s.get("Condition")) for s in s3)
+    assert found == [
+        (["s3:GetObject", "s3:PutObject"], [f"<{bucket}.Arn>/work/*"], None),
+        (["s3:ListBucket"], [f"<{bucket}.Arn>"], {"StringLike": {"s3:prefix": ["work/*"]}}),
+    ]
 
 
 @pytest.mark.parametrize("name", ["submit", "poll", "complete"])
