@@ -1,4 +1,5 @@
-"""Alarms on what needs a person: dead letters, function errors, poll throttles and stuck batches."""
+"""Alarms on what needs a person: dead letters, function errors, poll throttles, stuck batches and jobs
+the watchdog timed out."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class Monitoring(Construct):
             ),
             "Batches are still open past the provider's 24-hour window: see the poll function's log",
         )
+        self._alarm(
+            "JobsTimedOut",
+            ours(o.JOBS_TIMED_OUT),
+            "The watchdog ended a job as failed because it made no progress: batchdrop status JOB shows why; "
+            "see the poll function's log",
+        )
 
         self.dashboard = self._dashboard(functions, dead_letter_queues)
 
@@ -76,16 +83,6 @@ class Monitoring(Construct):
         self, functions: Iterable[lambda_.Function], dead_letter_queues: dict[str, sqs.IQueue]
     ) -> cloudwatch.Dashboard:
         """One page: requests and their outcomes, batches, cost saved, time to complete, and health."""
-
-        def ours(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace=names.METRICS_NAMESPACE,
-                metric_name=name,
-                dimensions_map={"service": names.SERVICE},
-                period=PERIOD,
-                statistic=statistic,
-            )
-
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{cdk.Stack.of(self).stack_name}-batchdrop")
         dashboard.add_widgets(
             cloudwatch.GraphWidget(
@@ -100,8 +97,13 @@ class Monitoring(Construct):
                 width=12,
             ),
             cloudwatch.GraphWidget(
-                title="Batches",
-                left=[ours(o.BATCHES_CHECKED), ours(o.BATCHES_ENDED), ours(o.STUCK_BATCHES, "Maximum")],
+                title="Batches, and jobs timed out",
+                left=[
+                    ours(o.BATCHES_CHECKED),
+                    ours(o.BATCHES_ENDED),
+                    ours(o.STUCK_BATCHES, "Maximum"),
+                    ours(o.JOBS_TIMED_OUT),
+                ],
                 width=12,
             ),
         )
@@ -142,3 +144,14 @@ class Monitoring(Construct):
         )
         alarm.add_alarm_action(self._action)
         self.alarms.append(alarm)
+
+
+def ours(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
+    """One of the metrics the handlers emit (Powertools adds the service dimension to each)."""
+    return cloudwatch.Metric(
+        namespace=names.METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={"service": names.SERVICE},
+        period=PERIOD,
+        statistic=statistic,
+    )

@@ -19,6 +19,7 @@ def test_the_dashboard_graphs_our_metrics_in_our_namespace() -> None:
         config.REQUESTS_EXPIRED,
         config.BATCHES_ENDED,
         config.STUCK_BATCHES,
+        config.JOBS_TIMED_OUT,
         config.COST_SAVED_USD,
         config.TIME_TO_COMPLETE,
     ):

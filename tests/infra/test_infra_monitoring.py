@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop import config
 from tests.infra.synth_support import Synth, synth
 
 
@@ -25,7 +26,7 @@ def alarms(stack: Synth) -> list[dict[str, Any]]:
 def test_every_alarm_notifies_the_alarm_topic_when_above_zero(stack: Synth) -> None:
     found = alarms(stack)
 
-    assert len(found) == 9
+    assert len(found) == 10
     for alarm in found:
         assert alarm["AlarmActions"] == [{"Ref": alarm_topic(stack)}]
         assert alarm["Threshold"] == 0
@@ -67,6 +68,19 @@ def test_function_errors_poll_throttles_and_stuck_batches_have_alarms(stack: Syn
     assert stuck[0]["Namespace"] == "batchdrop"
     # What Powertools' Metrics(service="batchdrop") emits: every metric carries the service dimension.
     assert stuck[0]["Dimensions"] == [{"Name": "service", "Value": "batchdrop"}]
+
+
+def test_jobs_the_watchdog_timed_out_have_an_alarm(stack: Synth) -> None:
+    (timed_out,) = [a for a in alarms(stack) if a.get("MetricName") == config.JOBS_TIMED_OUT]
+    assert timed_out["Namespace"] == "batchdrop"
+    assert timed_out["Dimensions"] == [{"Name": "service", "Value": "batchdrop"}]
+    # Any job timed out in a period: a count summed, above zero (so at least one).
+    assert timed_out["Statistic"] == "Sum"
+    assert timed_out["Period"] == 300
+    assert (timed_out["Threshold"], timed_out["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert timed_out["EvaluationPeriods"] == 1
+    assert timed_out["AlarmActions"] == [{"Ref": alarm_topic(stack)}]
+    assert "watchdog" in timed_out["AlarmDescription"]
 
 
 def test_alarm_email_subscribes_only_when_set(stack: Synth) -> None:
