@@ -109,15 +109,30 @@ DEFAULT_OUTPUT_CAP = 1024
 
 
 def estimate_tokens(provider: str, payload: bytes) -> tuple[int, int]:
-    """(input tokens ≈, output tokens ≤) of one request in its provider's batch-line format."""
-    line = orjson.loads(payload)
+    """(input tokens ≈, output tokens ≤) of one request in its provider's batch-line format.
+
+    Never raises: it is an estimate, made for `batchdrop validate` on whatever validation accepted
+    (fields it does not check may hold any JSON, nested as deep as orjson reads but deeper than it
+    writes)."""
+    try:
+        line = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return len(payload) // CHARS_PER_TOKEN + 1, DEFAULT_OUTPUT_CAP
+    if not isinstance(line, dict):
+        return len(payload) // CHARS_PER_TOKEN + 1, DEFAULT_OUTPUT_CAP
     body = line.get({"anthropic": "params", "gemini": "request", "bedrock": "modelInput"}.get(provider, "body"))
     body = body if isinstance(body, dict) else {}
     text = 0
     for key in ("system", "messages", "input", "prompt", "instructions", "tools", "contents", "systemInstruction"):
         if key in body:
-            text += len(orjson.dumps(body[key]))
-    caps = {**body, **(body.get("generationConfig") or {}), **(body.get("inferenceConfig") or {})}
+            try:
+                text += len(orjson.dumps(body[key]))
+            except TypeError:  # nested deeper than orjson writes: the whole line is an upper bound
+                text += len(payload)
+    caps = dict(body)
+    for config in ("generationConfig", "inferenceConfig"):
+        if isinstance(body.get(config), dict):
+            caps.update(body[config])
     cap = next(
         (
             caps[k]
@@ -129,7 +144,7 @@ def estimate_tokens(provider: str, payload: bytes) -> tuple[int, int]:
                 "maxTokens",
                 "max_gen_len",
             )
-            if isinstance(caps.get(k), int)
+            if isinstance(caps.get(k), int) and not isinstance(caps[k], bool) and caps[k] >= 0
         ),
         DEFAULT_OUTPUT_CAP,
     )

@@ -29,16 +29,64 @@ _IDS_OK = re.compile(r"(?:[A-Za-z0-9_-]{1,64}\n)*[A-Za-z0-9_-]{1,64}").fullmatch
 
 
 # The schemas of the fast path: only the fields we check, and the checks msgspec makes in C for free
-# while it decodes (methods, endpoints, non-empty models); it skips the rest (the prompt) while still
-# checking that it is well-formed JSON. The id pattern is checked in Python: msgspec's `pattern` costs
-# more than a compiled fullmatch.
+# while it decodes (methods, endpoints, non-empty models). Every value a schema admits is typed and
+# every object forbids fields it does not name: msgspec range-checks the numbers it decodes, but not
+# those it skips, so a skipped `1e999` (which orjson, the providers and our own sending refuse) would
+# pass. A line with any other field or shape (content blocks, tools, images) goes to the full check,
+# which is slower but sees everything. A byte-level pre-check for such numbers was measured instead: a
+# regex costs 10 to 50 times the whole validation of a 2 KB line, `bytes.translate` about as much as
+# the validation itself. Typed, nothing can nest deeper than a few levels, so msgspec never recurses
+# far. The id pattern is checked in Python: msgspec's `pattern` costs more than a compiled fullmatch.
 _Model = Annotated[str, msgspec.Meta(min_length=1)]
 _Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
+# The largest max_tokens (or max_completion_tokens, maxOutputTokens...) we pass: Gemini reads it as a
+# protobuf int32 (GenerationConfig.max_output_tokens), and no model's output cap comes near it. Larger
+# integers also lose their value in orjson beyond 64 bits (read as a float), which the provider refuses.
+MAX_TOKENS = 2**31 - 1
+_Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Strings = str | list[str]
 
 
-class _OpenAIBody(msgspec.Struct, gc=False):
+class _TextPart(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    type: Literal["text"]
+    text: str
+
+
+_Content = str | list[_TextPart]
+
+
+class _OpenAIMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    role: str
+    content: _Content | None = None
+    name: str | None = None
+
+
+class _OpenAIBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     model: _Model
     stream: bool | None = None
+    messages: list[_OpenAIMessage] | None = None
+    input: _Strings | None = None
+    prompt: _Strings | None = None
+    instructions: str | None = None
+    max_tokens: _Count | None = None
+    max_completion_tokens: _Count | None = None
+    max_output_tokens: _Count | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: _Count | None = None
+    seed: _Int | None = None
+    stop: _Strings | None = None
+    user: str | None = None
+    logprobs: bool | None = None
+    top_logprobs: _Int | None = None
+    store: bool | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    dimensions: _Count | None = None
+    encoding_format: str | None = None
 
 
 class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -48,16 +96,21 @@ class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     body: _OpenAIBody
 
 
-class _Message(msgspec.Struct, gc=False):
+class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     role: str
-    content: msgspec.Raw
+    content: _Content
 
 
-class _AnthropicParams(msgspec.Struct, gc=False):
+class _AnthropicParams(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     model: _Model
     messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens: _Count | None = None
     stream: bool | None = None
+    system: _Content | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: _Int | None = None
+    stop_sequences: list[str] | None = None
 
 
 class _AnthropicLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -93,6 +146,47 @@ NEUTRAL_KEYS = frozenset(
 ROLES = frozenset({"system", "user", "assistant"})
 # An input line longer than this cannot be a sensible request and is not held in memory.
 DEFAULT_MAX_LINE = 32 * 1024 * 1024
+# The deepest a line may nest arrays and objects. orjson reads 1023 levels, but writes only 254, and
+# we re-encode every line that is not passed through (and `batchdrop validate` measures them); the
+# providers' SDKs encode with the standard json module, which runs out of stack near 1,000. msgspec
+# raises RecursionError (not a MsgspecError) on such lines: caught wherever it decodes.
+MAX_DEPTH = 254
+
+# Model names go into URL paths (Gemini: the SDK builds `models/<name>:batchGenerateContent`),
+# DynamoDB items (400 KB at most) and job names, so each provider's are held to a length and a
+# character set before anything else sees them.
+# Bedrock: the `ModelId` shape of CreateModelInvocationJob in botocore's service model
+# (botocore/data/bedrock/2023-04-20/service-2.json: 1 to 2048 characters, this pattern).
+_BEDROCK_MODEL = re.compile(
+    r"(arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:(([0-9]{12}:custom-model/[a-z0-9-]{1,63}[.]{1}[a-z0-9-:]{1,63}"
+    r"/[a-z0-9]{12}$)|(:foundation-model/([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}([.]?[a-z0-9-]{1,63})"
+    r"([:][a-z0-9-]{1,63}){0,2})|(([0-9a-zA-Z][_-]?)+)$)|([0-9]{12}:(inference-profile|"
+    r"application-inference-profile)/[a-zA-Z0-9-:.]+$)))|([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}"
+    r"([.]?[a-z0-9-]{1,63})([:][a-z0-9-]{1,63}){0,2})|(([0-9a-zA-Z][_-]?)+)"
+).fullmatch
+# Gemini: google-genai's `t_model` (_transformers.py) refuses "..", "?" and "&", and puts the rest
+# into the URL path as `models/<name>`: a "/" would add path segments and a "#" cut the path there
+# (the request then runs the model named before it). Model ids are letters, digits, ".", "-", "_"
+# (gemini-2.5-flash-preview-05-20); the "models/" prefix is taken off before this check.
+_GEMINI_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}").fullmatch
+# OpenAI, Azure OpenAI, Anthropic: the name travels in the request body, never a path, so the rule is
+# only conservative: the characters real ids use (gpt-4o-mini, claude-3-5-haiku-20241022, fine-tunes
+# "ft:gpt-4o-mini:org:name:id", Azure deployment names of letters, digits, "-", "_" and "."), up to 256.
+_BODY_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}").fullmatch
+_MODEL_RULES: dict[str, tuple[Any, str]] = {
+    "bedrock": (
+        _BEDROCK_MODEL,
+        "a Bedrock model id, inference profile or model ARN of up to 2048 characters "
+        "(e.g. amazon.nova-lite-v1:0, us.anthropic.claude-3-5-haiku-20241022-v1:0)",
+    ),
+    "gemini": (
+        lambda name: ".." not in name and _GEMINI_MODEL(name.removeprefix("models/")),
+        'up to 128 letters, digits, ".", "-" and "_", after an optional "models/" (e.g. gemini-2.5-flash)',
+    ),
+}
+_BODY_RULE = (_BODY_MODEL, 'up to 256 letters, digits, ".", "-", "_", ":" and "/", starting with a letter or digit')
+# Names judged once per validator: a file repeats a handful of models.
+_MODEL_CACHE = 256
 
 
 @dataclass
@@ -117,6 +211,7 @@ class Validator:
         # os.urandom, not secrets: that module would load OpenSSL (4 MB) into `batchdrop validate`.
         self._marker_value = int.from_bytes(os.urandom(8), "big") >> 2 | (1 << 61)  # always 19 digits
         self._marker = b",%d," % self._marker_value
+        self._models_ok: dict[str, set[str]] = {}
 
     @property
     def openai_target(self) -> str:
@@ -150,6 +245,9 @@ class Validator:
                 m.NOT_AN_OBJECT,
                 f"expected a JSON object per line, got {_json_type(obj)}",
             )
+        # Only a line with more brackets than MAX_DEPTH can nest that deep: the others skip the probe.
+        if len(raw) > 2 * MAX_DEPTH and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(obj):
+            return m.Invalid(number, _line_id(obj), m.INVALID_JSON, _TOO_DEEP)
         try:
             if "body" in obj or "url" in obj or "method" in obj:
                 return self._openai_line(number, raw, obj)
@@ -162,8 +260,8 @@ class Validator:
             if "messages" in obj or "model" in obj:
                 return self._neutral_line(number, obj)
         except TypeError:
-            # orjson reads 1024 levels of nesting but writes only 254: a request we would have to
-            # re-encode that deep is one no provider takes either.
+            # A line within MAX_DEPTH that mapping to the provider's shape took past the 254 levels
+            # orjson writes (a neutral tool schema is 4 levels deeper in a Bedrock Nova body).
             custom_id = obj.get("custom_id")
             return m.Invalid(
                 number,
@@ -234,7 +332,7 @@ class Validator:
             return None
         try:
             items = decode(b"[" + joined + b"]")
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return None
         decoded = items[::2]
         # Every marker where it was put, none taken into a string, an array or an extra item: each
@@ -259,7 +357,7 @@ class Validator:
             return [check(number, raw) for number, raw in enumerate(lines, first)]
         decoded: list[Any] = []
         add = decoded.append
-        Error = msgspec.MsgspecError
+        Error = (msgspec.MsgspecError, RecursionError)
         for raw in lines:
             # msgspec does not check the UTF-8 of strings it skips; the providers would.
             if raw.__class__ is bytes and (raw.isascii() or _utf8(raw)):
@@ -286,13 +384,13 @@ class Validator:
         if b'"body"' in raw:
             try:
                 line = _OPENAI_LINE(raw)
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, RecursionError):
                 return None
             return self._openai_requests(number, [raw], [line], False, False)[0]  # type: ignore[return-value]
         if b'"params"' in raw:
             try:
                 a_line = _ANTHROPIC_LINE(raw)
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, RecursionError):
                 return None
             return self._anthropic_requests(number, [raw], [a_line], False, False)[0]  # type: ignore[return-value]
         return None
@@ -316,6 +414,7 @@ class Validator:
         every custom_id is known to match the pattern."""
         seen, remember, limit, target = self.seen, self._remember, self._openai_max, self._openai
         full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
+        models_ok, model_ok = self._models_ok.get(target) or set(), self._model_ok
         out: list[m.Request | m.Invalid | None] = []
         add = out.append
         for number, raw, line in zip(itertools.count(first), raws, lines):
@@ -328,6 +427,7 @@ class Validator:
                     and len(payload) <= limit
                     and (not remember or custom_id not in seen)
                     and (ids_ok or id_ok(custom_id))
+                    and (body.model in models_ok or model_ok(target, body.model))
                 ):
                     if remember:
                         seen.add(custom_id)
@@ -350,6 +450,7 @@ class Validator:
         """The requests of decoded Anthropic batch lines (as `_openai_requests`)."""
         seen, remember, limit = self.seen, self._remember, self._anthropic_max
         full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
+        models_ok, model_ok = self._models_ok.get("anthropic") or set(), self._model_ok
         out: list[m.Request | m.Invalid | None] = []
         add = out.append
         for number, raw, line in zip(itertools.count(first), raws, lines):
@@ -362,6 +463,7 @@ class Validator:
                     and len(payload) <= limit
                     and (not remember or custom_id not in seen)
                     and (ids_ok or id_ok(custom_id))
+                    and (params.model in models_ok or model_ok("anthropic", params.model))
                 ):
                     if remember:
                         seen.add(custom_id)
@@ -469,7 +571,7 @@ class Validator:
         if provider is None:
             raise _Reject(
                 m.UNKNOWN_PROVIDER,
-                f"no provider is known for model {model!r}; put the file under inputs/<provider>/ "
+                f"no provider is known for model {_shown(model)}; put the file under inputs/<provider>/ "
                 "or add a route (BATCHDROP_ROUTES=prefix=provider)",
             )
         provider = self._provider(provider, model)
@@ -523,9 +625,25 @@ class Validator:
             enabled = ", ".join(sorted(self.providers)) or "none"
             raise _Reject(
                 m.UNKNOWN_PROVIDER,
-                f"provider {provider!r} (for model {model!r}) is not enabled in this deployment (enabled: {enabled})",
+                f"provider {provider!r} (for model {_shown(model)}) is not enabled in this deployment "
+                f"(enabled: {enabled})",
+            )
+        if model not in self._models_ok.get(provider, ()) and not self._model_ok(provider, model):
+            rule = _MODEL_RULES.get(provider, _BODY_RULE)[1]
+            raise _Reject(
+                m.INVALID_REQUEST,
+                f"model name {_shown(model)} ({len(model):,} characters) is not one {provider} takes: use {rule}",
             )
         return provider
+
+    def _model_ok(self, provider: str, model: str) -> bool:
+        """Whether `model` is a name `provider` takes; a name found good is remembered."""
+        if not _MODEL_RULES.get(provider, _BODY_RULE)[0](model):
+            return False
+        ok = self._models_ok.setdefault(provider, set())
+        if len(ok) < _MODEL_CACHE:
+            ok.add(model)
+        return True
 
     def _request(self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes) -> m.Request:
         """A request of a payload without its newline."""
@@ -551,12 +669,37 @@ class Validator:
                 f"byte {err.start + 1} of the line is not valid UTF-8; save the file as UTF-8",
             )
         reason = str(exc).split(":", 1)[0]
+        if reason.startswith("number is infinity"):
+            return m.Invalid(
+                number,
+                None,
+                m.INVALID_JSON,
+                f"a number near character {exc.pos + 1} is too large for a 64-bit float (above about "
+                "1.8e308), which JSON parsers and the providers cannot represent; write it smaller or as a string",
+            )
+        if reason.startswith("depth limit exceeded"):
+            return m.Invalid(number, None, m.INVALID_JSON, _TOO_DEEP)
         return m.Invalid(
             number,
             None,
             m.INVALID_JSON,
             f"not valid JSON ({reason} at character {exc.pos + 1}); each line must be one complete JSON object",
         )
+
+
+_TOO_DEEP = (
+    f"not valid JSON for a request: arrays and objects nested more than {MAX_DEPTH} levels deep "
+    "(the depth limit); flatten the request"
+)
+
+
+def _too_deep(obj: Any) -> bool:
+    """Whether `obj` nests deeper than MAX_DEPTH: orjson writes exactly that deep and no deeper."""
+    try:
+        orjson.dumps(obj)
+    except TypeError:
+        return True
+    return False
 
 
 def _utf8(raw: bytes) -> bool:
@@ -629,8 +772,11 @@ def _check_messages(messages: Any, where: str) -> None:
 
 
 def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Reject(m.INVALID_REQUEST, f"{where} must be a whole number of at least 1, got {_short(value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+        raise _Reject(
+            m.INVALID_REQUEST,
+            f"{where} must be a whole number of at least 1 and at most {MAX_TOKENS:,}, got {_short(value)}",
+        )
     return value
 
 
@@ -864,7 +1010,8 @@ def _to_bedrock(
         return llama
     raise _Reject(
         m.INVALID_REQUEST,
-        f"neutral lines reach Bedrock for anthropic.claude-*, amazon.nova-* and meta.llama* models, not {model!r}; "
+        "neutral lines reach Bedrock for anthropic.claude-*, amazon.nova-* and meta.llama* models, "
+        f"not {_shown(model)}; "
         "write a Bedrock batch line {recordId, modelId, modelInput} for it",
     )
 
@@ -930,6 +1077,11 @@ def _short(value: Any) -> str:
     except TypeError:  # nested deeper than orjson writes (254 levels)
         text = f"{_json_type(value)} nested too deeply to show"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown(name: str) -> str:
+    """A model name for a message: a hostile one may be hundreds of KB."""
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 def _keys(obj: dict[str, Any]) -> str:

@@ -843,3 +843,59 @@ def test_lines_that_only_joined_make_a_well_formed_array_are_each_refused() -> N
     verdicts = validator(seen=NoIds()).check_block(1, lines)
     # Then no line is taken for a request: each is refused as the broken JSON it is
     assert [v.code if isinstance(v, m.Invalid) else v for v in verdicts] == [m.INVALID_JSON] * 3
+
+
+# -- hostile values (issue 13): the fast path and the block path agree with the full check -------
+
+_HOSTILE_NUMBERS = [b"64", b"1e999", b"-1E+400", b"1" + b"0" * 400, b"123456789012345678901234567890", b"2147483648"]
+_HOSTILE_MODELS = ["gpt-4o-mini", "claude-haiku-4-5", "gpt 4o", "gpt-4o#x", "x" * 300, "ft:gpt-4o-mini:org:n:1"]
+
+
+@st.composite
+def _hostile_line(draw: st.DrawFn) -> bytes:
+    """An OpenAI or Anthropic batch line with one hostile value (a number beyond a double or 64 bits,
+    nesting past the depth limit, an odd model name) where the fast paths look or where they skip."""
+    number = draw(st.sampled_from(_HOSTILE_NUMBERS))
+    model = draw(st.sampled_from(_HOSTILE_MODELS)).encode()
+    depth = draw(st.sampled_from([1, 250, 255, 1000, 1100]))
+    nest = b"[" * depth + b"]" * depth
+    where = draw(st.sampled_from(["max_tokens", "content", "unknown", "nested", "temperature"]))
+    custom_id = draw(st.sampled_from([b'"h1"', b'"h2"']))
+    if where == "max_tokens":
+        extra = b',"max_tokens":' + number
+    elif where == "temperature":
+        extra = b',"temperature":' + number
+    elif where == "unknown":
+        extra = b',"metadata":{"n":' + number + b"}"
+    elif where == "nested":
+        extra = b',"metadata":' + nest
+    else:
+        extra = b""
+    content = b'[{"type":"text","text":"x","n":' + number + b"}]" if where == "content" else b'"hi"'
+    messages = b'[{"role":"user","content":' + content + b"}]"
+    if draw(st.booleans()):
+        inner = b'{"model":"' + model + b'","max_tokens":5,"messages":' + messages + extra + b"}"
+        return (
+            b'{"custom_id":'
+            + custom_id
+            + b',"params":'
+            + inner.replace(b'"max_tokens":5,', b"", extra.startswith(b',"max_tokens"'))
+            + b"}"
+        )
+    body = b'{"model":"' + model + b'","messages":' + messages + extra + b"}"
+    return b'{"custom_id":' + custom_id + b',"method":"POST","url":"/v1/chat/completions","body":' + body + b"}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_hostile_line(), min_size=1, max_size=6), ending=st.sampled_from([b"", b"\n"]))
+def test_hostile_values_get_the_verdict_of_the_full_check_on_every_path(lines: list[bytes], ending: bytes) -> None:
+    raws: list[bytes | LineTooLong] = [raw + ending for raw in lines]
+    for raw in raws:
+        assert isinstance(raw, bytes)
+        fast = validator(seen=NoIds()).fast(5, raw)
+        full = validator(seen=NoIds()).full(5, raw)
+        if fast is not None:
+            assert fast == full, raw[:200]
+    expected = [validator(seen=NoIds()).full(n, raw) for n, raw in enumerate(raws, 1)]  # type: ignore[arg-type]
+    assert validator(seen=NoIds()).check_block(1, raws) == expected
+    assert validator(seen=NoIds())._each_line(1, raws) == expected
