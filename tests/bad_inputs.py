@@ -140,6 +140,14 @@ def _truncated_gzip() -> tuple[bytes, dict[int, str]]:
     return cut, lines
 
 
+def _gzip_bomb(head: bytes, newlines: int) -> bytes:
+    """`head`, a newline, then `newlines` more, gzipped as they are made (about 1,000x)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(head + b"\n")]
+    parts.extend(packer.compress(b"\n" * MB) for _ in range(newlines // MB))
+    return b"".join([*parts, packer.flush()])
+
+
 def _bad_checksum_gzip() -> bytes:
     packed = gzip.compress(join(oa("crc1"), b"", oa("crc2"), b"[]"), mtime=0)
     crc = packed[-8:-4]
@@ -282,6 +290,23 @@ CASES: list[Case] = [
         custom_ids={1: "r4"},
     ),
     Case("cr-only-line-endings", b"\r".join([oa("r5"), oa("r6")]) + b"\r", {1: E.INVALID_JSON}, "rejected"),
+    # Issue 13: the error of a file with CR-only line endings says so
+    Case(
+        "cr-only-line-endings-explained",
+        b"\r".join([oa("r7"), oa("r8"), oa("r9")]) + b"\r",
+        {1: E.INVALID_JSON},
+        "rejected",
+        messages={1: "3 carriage returns"},
+    ),
+    # Issue 13: line 3 has no custom_id and is given "line-3", which line 1 uses: the error says so
+    Case(
+        "generated-id-collides-with-a-custom-id",
+        join(ne(custom_id="line-3"), oa("gc2"), ne()),
+        {1: OK, 2: OK, 3: E.DUPLICATE_CUSTOM_ID},
+        "partial",
+        messages={3: "line 3 has no custom_id, so it was given 'line-3', which line 1 already uses"},
+        custom_ids={1: "line-3", 3: "line-3"},
+    ),
     # NUL bytes: raw ones are not JSON; an escaped one inside a string is data
     Case(
         "nul-bytes",
@@ -466,6 +491,25 @@ CASES: list[Case] = [
         "completed",
         suffix=".jsonl.gz",
     ),
+    # Issue 13: a gzip bomb (one request, then 80 MB of newlines in 80 KB) is refused by the default
+    # ratio bound once past 64 MB, in a second; no line is made up for its blank lines
+    Case(
+        "gzip-bomb-of-newlines",
+        lambda: _gzip_bomb(oa("bomb1"), 80 * MB),
+        {1: E.FILE_REJECTED},
+        "rejected",
+        suffix=".jsonl.gz",
+        reason="compression bomb",
+    ),
+    # Issue 13: all the data, but not the CRC32 and size that would prove it whole: each line once
+    Case(
+        "gzip-missing-its-trailer",
+        gzip.compress(join(oa("mt1"), b"", oa("mt2")), mtime=0)[:-8],
+        {1: E.FILE_REJECTED, 3: E.FILE_REJECTED},
+        "rejected",
+        suffix=".jsonl.gz",
+        reason="last 8 bytes",
+    ),
     # Files that are not JSONL at all
     Case(
         "csv-saved-as-jsonl",
@@ -630,6 +674,59 @@ CASES: list[Case] = [
         },
         "partial",
         messages={2: "llama-3-70b", 4: "stream"},
+    ),
+    # Issue 13: values a provider or our own sending would choke on after validation
+    Case(
+        "numbers-beyond-a-double-or-64-bits",
+        join(
+            raw_openai(
+                b'"nb1"',
+                b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":[{"type":"text",'
+                b'"text":"x","n":1e999}]}]}',
+            ),
+            raw_openai(b'"nb2"', b'{"model":"gpt-4o-mini","messages":' + MSGS + b',"logit_bias":{"1":-1E+400}}'),
+            b'{"custom_id":"nb3","params":{"model":"claude-haiku-4-5","max_tokens":123456789012345678901234567890,'
+            b'"messages":' + MSGS + b"}}",
+            b'{"model":"gpt-4o-mini","messages":' + MSGS + b',"temperature":1' + b"0" * 400 + b"}",
+            b'{"model":"claude-haiku-4-5","messages":' + MSGS + b',"max_tokens":99999999999999999999}',
+            oa("nb-ok"),
+        ),
+        {1: E.INVALID_JSON, 2: E.INVALID_JSON, 3: E.INVALID_REQUEST, 4: E.INVALID_JSON, 5: E.INVALID_REQUEST, 6: OK},
+        "partial",
+        messages={1: "64-bit float", 2: "64-bit float", 3: "params.max_tokens", 4: "64-bit float", 5: "at most"},
+        custom_ids={3: "nb3", 6: "nb-ok"},
+    ),
+    Case(
+        "nesting-past-the-depth-limit",
+        join(
+            b'{"custom_id":"dn1","model":"gpt-4o-mini","messages":' + b"[" * 1000 + b"]" * 1000 + b"}",
+            raw_openai(
+                b'"dn2"', b'{"model":"gpt-4o-mini","messages":' + MSGS + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+            ),
+            b'{"custom_id":"dn3","params":{"model":"claude-haiku-4-5","max_tokens":5,"messages":[{"role":"user",'
+            b'"content":' + b"[" * 300 + b"]" * 300 + b"}]}}",
+            oa("dn-ok"),
+        ),
+        {1: E.INVALID_JSON, 2: E.INVALID_JSON, 3: E.INVALID_JSON, 4: OK},
+        "partial",
+        messages={1: "254 levels", 2: "254 levels", 3: "254 levels"},
+    ),
+    Case(
+        "model-names-no-provider-takes",
+        join(
+            b'{"key":"mn1","request":{"model":"gemini-2.5-flash#x","contents":[{"role":"user","parts":[{"text":"hi"}]}]}}',
+            b'{"key":"mn2","request":{"model":"gemini-2.5-flash/x","contents":[{"role":"user","parts":[{"text":"hi"}]}]}}',
+            b'{"key":"mn3","request":{"model":"gemini?x=1","contents":[{"role":"user","parts":[{"text":"hi"}]}]}}',
+            b'{"key":"mn4","request":{"model":"../gemini","contents":[{"role":"user","parts":[{"text":"hi"}]}]}}',
+            b'{"recordId":"mn5","modelId":"not a bedrock model","modelInput":{"messages":[]}}',
+            ne("gpt-" + "x" * 300_000, custom_id="mn6"),
+            ne("gemini-2.5-flash#x", custom_id="mn7"),
+            oa("mn-ok"),
+        ),
+        {**{n: E.INVALID_REQUEST for n in range(1, 8)}, 8: OK},
+        "partial",
+        messages={1: "gemini takes", 5: "bedrock takes", 6: "300,004 characters", 7: "gemini takes"},
+        custom_ids={1: "mn1", 5: "mn5", 6: "mn6"},
     ),
     # on_invalid=reject: one bad line refuses the whole file, every valid line says why
     Case(
