@@ -12,7 +12,17 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from batchdrop.reader import BOM, LineTooLong, decompressed, iter_chunks, iter_line_blocks, iter_lines
+from batchdrop.reader import (
+    BOM,
+    GzipTruncated,
+    InflateLimit,
+    InputFileError,
+    LineTooLong,
+    decompressed,
+    iter_chunks,
+    iter_line_blocks,
+    iter_lines,
+)
 
 MB = 1024 * 1024
 
@@ -264,6 +274,77 @@ def assert_blocks_are_the_reference(
     assert position == [stopped]
 
 
+@settings(max_examples=400)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.sampled_from([b"", b"", b"", b" ", b"\r", b"\t \r", b"\x0b", b"\x0c"]).map(lambda b: b * 3),
+            st.sampled_from([b"", b" ", b"\r", b"ab\r", b'{"custom_id":"a"}', b" x ", b"y" * 40]),
+        ),
+        max_size=60,
+    ),
+    runs=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=4),
+    head=st.sampled_from([b"", BOM, b"\xef"]),
+    final_newline=st.booleans(),
+    max_line=st.sampled_from([3, 16, 1000]),
+    sizes=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=8),
+    first_number=st.sampled_from([1, 7]),
+    stop_at=st.one_of(st.none(), st.integers(min_value=0, max_value=2000)),
+)
+def test_skipping_blank_lines_leaves_out_exactly_the_blank_ones(
+    lines: list[bytes],
+    runs: list[int],
+    head: bytes,
+    final_newline: bool,
+    max_line: int,
+    sizes: list[int],
+    first_number: int,
+    stop_at: int | None,
+) -> None:
+    # Given any file with runs of blank lines (newlines alone, or spaces, CRs, tabs), cut anyhow
+    for i, run in enumerate(runs):
+        lines[i * len(lines) // len(runs) : i * len(lines) // len(runs)] = [b""] * run
+    data = head + b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    position = [0]
+    counted = [0]
+    # When it is read in blocks with blank lines skipped
+    got: list[tuple[int, bytes | tuple[str, int]]] = []
+    chunks = split_by(data, sizes)
+    for first, block in iter_line_blocks(chunks, max_line, first_number, stop_at, position, True, counted):
+        assert block, "a block is never empty"
+        got.extend(
+            (n, ("too long", x.size) if isinstance(x, LineTooLong) else x) for n, x in enumerate(block, start=first)
+        )
+    # Then they are the reference's lines, some blank ones left out, every other one kept, each with
+    # its own number; the last line read and where reading stopped are the reference's
+    expected, stopped = reference_lines(data, max_line, first_number, stop_at)
+    assert [x for x in got if not isinstance(x[1], bytes) or x[1].strip()] == [
+        x for x in expected if not isinstance(x[1], bytes) or x[1].strip()
+    ]
+    assert set(got) <= set(expected)
+    assert counted == [expected[-1][0] if expected else first_number - 1]
+    assert position == [stopped]
+
+
+def test_a_chunk_of_only_whitespace_is_counted_without_a_line_object() -> None:
+    data = b'{"a":1}\n' + b"\n" * (64 * MB) + b'{"b":2}\n'
+    counted = [0]
+    blocks = list(iter_line_blocks(iter_chunks(io.BytesIO(data)), 32 * MB, skip_blank=True, counted=counted))
+    assert blocks == [(1, [b'{"a":1}\n']), (64 * MB + 2, [b'{"b":2}\n'])]
+    assert counted == [64 * MB + 2]
+
+
+# -- CR-only line endings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [7, 1000, 1 << 20])
+def test_a_line_too_long_counts_the_carriage_returns_in_it(size: int) -> None:
+    data = b"\r".join([b'{"k":"' + b"v" * 50 + b'"}'] * 400)  # 23 KB, 399 CRs, no newline
+    [(number, line)] = list(iter_lines(split_by(data + b"\n{}", [size]), 1000))[:1]
+    assert isinstance(line, LineTooLong)
+    assert (number, line.crs, line.size) == (1, 399, len(data))
+
+
 # -- over-long lines ------------------------------------------------------------------------------
 
 
@@ -362,6 +443,58 @@ def test_corrupt_gzip_raises_zlib_error() -> None:
     data[12:20] = b"\xff" * 8
     with pytest.raises(zlib.error):
         b"".join(decompressed([bytes(data)]))
+
+
+def gzip_bomb(inflated: int, filler: bytes = b"\n") -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    piece = filler * (MB // len(filler))
+    return b"".join([*(packer.compress(piece) for _ in range(inflated // MB)), packer.flush()])
+
+
+def test_gzip_inflating_past_the_size_bound_is_refused_within_a_chunk_of_it() -> None:
+    handed_on: list[int] = []
+    with pytest.raises(InflateLimit) as refused:
+        handed_on.extend(map(len, decompressed(split_by(gzip_bomb(16 * MB), [4096]), max_inflated=4 * MB)))
+    assert sum(handed_on) <= 4 * MB < refused.value.inflated <= 5 * MB
+
+
+def test_gzip_inflating_past_the_ratio_bound_is_refused_only_past_its_first_bytes() -> None:
+    bomb = gzip_bomb(16 * MB)  # about 1,000x
+    assert b"".join(decompressed([bomb], max_ratio=500, ratio_after=32 * MB)) == b"\n" * (16 * MB)
+    with pytest.raises(InflateLimit) as refused:
+        b"".join(decompressed(split_by(bomb, [1000]), max_ratio=500, ratio_after=2 * MB))
+    assert 2 * MB < refused.value.inflated <= 3 * MB
+    assert refused.value.inflated > 500 * refused.value.compressed
+
+
+def test_gzip_within_its_bounds_is_read_whole() -> None:
+    text = b"".join(b'{"n":%d}\n' % i for i in range(200_000))
+    data = gzip.compress(text) + gzip.compress(text)
+    got = b"".join(decompressed(split_by(data, [5000]), max_inflated=2 * len(text), max_ratio=20, ratio_after=0))
+    assert got == text + text
+
+
+@pytest.mark.parametrize("missing", [8, 5, 4, 1])
+def test_gzip_missing_its_trailer_is_told_from_gzip_cut_in_its_data(missing: int) -> None:
+    data = gzip.compress(b"".join(b'{"n":%d}\n' % i for i in range(5000)))
+    with pytest.raises(GzipTruncated) as no_trailer:
+        b"".join(decompressed([data[:-missing]]))
+    assert no_trailer.value.trailer_only
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 9):
+        with pytest.raises(GzipTruncated) as truncated:
+            b"".join(decompressed([data[:cut]]))
+        assert not truncated.value.trailer_only
+
+
+def test_lines_read_from_a_cut_gzip_stop_with_the_last_whole_line_and_whether_a_part_followed() -> None:
+    whole = gzip.compress(b"one\ntwo\nthree\n")
+    with pytest.raises(InputFileError) as ended:
+        list(iter_lines(decompressed([whole[:-8]]), 100))
+    assert (ended.value.line, ended.value.partial) == (3, False)
+    unterminated = gzip.compress(b"one\ntwo\nthree")
+    with pytest.raises(InputFileError) as cut:
+        list(iter_lines(decompressed([unterminated[:-8]]), 100))
+    assert (cut.value.line, cut.value.partial) == (2, True)
 
 
 def test_gzip_lines_end_to_end_with_bom_and_crlf() -> None:
