@@ -306,7 +306,9 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
 
     Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
     """
-    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS
+    from rich.markup import escape
+
+    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS, ConfigError, gzip_bounds
     from batchdrop.outputs import validation_error
     from batchdrop.planner import BatchPlanner, PlannedBatch
     from batchdrop.pricing import CostMeter, estimate_tokens, price_table
@@ -314,6 +316,11 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     from batchdrop.scan import duplicate_error, scan
     from batchdrop.validation import NoIds, Validator
 
+    try:
+        # The deployment's bounds on a gzip file, from the same variables, so validate refuses what it would.
+        max_inflated, max_ratio = gzip_bounds()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     bad = False
     for path in files:
         if not os.path.isfile(path):
@@ -349,14 +356,15 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             errors.append(validation_error(invalid))
 
         with open(path, "rb") as f:
-            result = scan(iter_chunks(f), validator, plan, report)
+            result = scan(iter_chunks(f), validator, plan, report, max_inflated=max_inflated, max_ratio=max_ratio)
         planner.finish()
         for dup in result.duplicates:
             report(duplicate_error(dup))
         errors.sort(key=lambda e: e["line"])
         lines, invalid = result.lines, result.invalid + len(result.duplicates)
         valid = lines - invalid
-        rejected = valid == 0 or (invalid and on_invalid == "reject")
+        # As the submit function decides: a file that cannot be read to its end is rejected whole.
+        rejected = result.file_error is not None or valid == 0 or (invalid and on_invalid == "reject")
         bad = bad or bool(invalid) or bool(rejected)
         by_provider: dict[str, int] = {}
         for b in batches:
@@ -376,6 +384,8 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
             f"{verdict_text}\n  {estimate}"
         )
+        if result.file_error is not None:
+            console.print(f"  [red]file error[/]: {escape(result.file_error.message)}")
         for b in small:
             minimum = PROVIDER_DEFAULT_LIMITS[b.provider].min_requests
             console.print(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +207,62 @@ def test_local_run_with_a_file_per_provider_and_a_neutral_file_for_all_five(tmp_
         assert cost is None if key.startswith("inputs/azure/") else cost > 0
     assert {r["custom_id"] for r in by_key["inputs/bedrock.jsonl"][0]} == {"b0", "b1", "b2"}
     assert {r["custom_id"] for r in by_key["inputs/gemini.jsonl"][0]} == {"g1"}
+
+
+def test_validate_refuses_a_gzip_bomb_in_seconds(tmp_path: Path) -> None:
+    # Given 1 GiB of newlines in about 1 MB of gzip, written as it is compressed
+    bomb = tmp_path / "bomb.jsonl.gz"
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with bomb.open("wb") as out:
+        out.write(packer.compress(orjson.dumps(openai_line("first")) + b"\n"))
+        for _ in range(1024):
+            out.write(packer.compress(b"\n" * (1 << 20)))
+        out.write(packer.flush())
+    assert bomb.stat().st_size < 2 << 20
+    # When it is validated, with the deployment's default bounds
+    started = time.monotonic()
+    result = run("validate", str(bomb), timeout=60)
+    # Then it is refused as the pipeline would refuse it, in seconds, with no traceback
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "would be rejected" in result.stdout
+    assert "compression bomb" in result.stdout
+    assert "1 lines, 1 valid, 0 invalid" in result.stdout
+
+
+def test_validate_refuses_a_gzip_bomb_past_the_size_bound_set_in_the_environment(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.jsonl.gz"
+    bomb.write_bytes(gzip.compress(b"\n" * (8 << 20), mtime=0))
+    env = {**os.environ, "COLUMNS": "160", "BATCHDROP_MAX_INFLATED_BYTES": str(2 << 20)}
+    result = subprocess.run(
+        [*BATCHDROP, "validate", str(bomb)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert result.returncode == 1
+    assert "BATCHDROP_MAX_INFLATED_BYTES" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_rejects_a_truncated_gzip_as_the_pipeline_does(tmp_path: Path) -> None:
+    content = jsonl([openai_line(f"t{i}", text=f"request {i} of the file, {i * 7919 % 1000}") for i in range(400)])
+    cut = tmp_path / "cut.jsonl.gz"
+    packed = gzip.compress(content, mtime=0)
+    cut.write_bytes(packed[: len(packed) // 2])
+    result = run("validate", str(cut))
+    assert result.returncode == 1
+    assert "would be rejected" in result.stdout
+    assert "cannot be read past line" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_rejects_a_gzip_missing_its_trailer_and_counts_only_its_lines(tmp_path: Path) -> None:
+    content = jsonl([openai_line(f"t{i}") for i in range(50)])
+    short = tmp_path / "short.jsonl.gz"
+    short.write_bytes(gzip.compress(content, mtime=0)[:-8])
+    result = run("validate", "--json", str(short))
+    assert result.returncode == 1
+    assert [line for line in result.stdout.splitlines() if line.startswith("{")] == []
+    plain = run("validate", str(short))
+    assert "50 lines, 50 valid, 0 invalid" in plain.stdout
+    assert "would be rejected" in plain.stdout
+    assert "without its last 8 bytes" in plain.stdout
