@@ -140,6 +140,14 @@ def _truncated_gzip() -> tuple[bytes, dict[int, str]]:
     return cut, lines
 
 
+def _gzip_bomb(head: bytes, newlines: int) -> bytes:
+    """`head`, a newline, then `newlines` more, gzipped as they are made (about 1,000x)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(head + b"\n")]
+    parts.extend(packer.compress(b"\n" * MB) for _ in range(newlines // MB))
+    return b"".join([*parts, packer.flush()])
+
+
 def _bad_checksum_gzip() -> bytes:
     packed = gzip.compress(join(oa("crc1"), b"", oa("crc2"), b"[]"), mtime=0)
     crc = packed[-8:-4]
@@ -282,6 +290,23 @@ CASES: list[Case] = [
         custom_ids={1: "r4"},
     ),
     Case("cr-only-line-endings", b"\r".join([oa("r5"), oa("r6")]) + b"\r", {1: E.INVALID_JSON}, "rejected"),
+    # Issue 13: the error of a file with CR-only line endings says so
+    Case(
+        "cr-only-line-endings-explained",
+        b"\r".join([oa("r7"), oa("r8"), oa("r9")]) + b"\r",
+        {1: E.INVALID_JSON},
+        "rejected",
+        messages={1: "3 carriage returns"},
+    ),
+    # Issue 13: line 3 has no custom_id and is given "line-3", which line 1 uses: the error says so
+    Case(
+        "generated-id-collides-with-a-custom-id",
+        join(ne(custom_id="line-3"), oa("gc2"), ne()),
+        {1: OK, 2: OK, 3: E.DUPLICATE_CUSTOM_ID},
+        "partial",
+        messages={3: "line 3 has no custom_id, so it was given 'line-3', which line 1 already uses"},
+        custom_ids={1: "line-3", 3: "line-3"},
+    ),
     # NUL bytes: raw ones are not JSON; an escaped one inside a string is data
     Case(
         "nul-bytes",
@@ -465,6 +490,25 @@ CASES: list[Case] = [
         {1: OK, 3: OK},
         "completed",
         suffix=".jsonl.gz",
+    ),
+    # Issue 13: a gzip bomb (one request, then 80 MB of newlines in 80 KB) is refused by the default
+    # ratio bound once past 64 MB, in a second; no line is made up for its blank lines
+    Case(
+        "gzip-bomb-of-newlines",
+        lambda: _gzip_bomb(oa("bomb1"), 80 * MB),
+        {1: E.FILE_REJECTED},
+        "rejected",
+        suffix=".jsonl.gz",
+        reason="compression bomb",
+    ),
+    # Issue 13: all the data, but not the CRC32 and size that would prove it whole: each line once
+    Case(
+        "gzip-missing-its-trailer",
+        gzip.compress(join(oa("mt1"), b"", oa("mt2")), mtime=0)[:-8],
+        {1: E.FILE_REJECTED, 3: E.FILE_REJECTED},
+        "rejected",
+        suffix=".jsonl.gz",
+        reason="last 8 bytes",
     ),
     # Files that are not JSONL at all
     Case(
