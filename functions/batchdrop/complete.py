@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
 from batchdrop.config import tmpdir as spill_dir
-from batchdrop.jobs import hand_over_if_done
+from batchdrop.jobs import hand_over_if_done, notify_once
 from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import (
     Deps,
@@ -77,6 +77,12 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
     except Conflict:
         logger.info("another invocation is completing this job")
         return "busy"
+    if not job.get("timed_out"):
+        from batchdrop.watchdog import attempt
+
+        if attempt(deps, job, "completion", owner):
+            return "timed-out"
+        job = store.get_job(job_id) or job
     try:
         return _finish(deps, job, owner)
     except Exception as exc:
@@ -115,7 +121,7 @@ def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
         return "resubmitted"
     summary = write_outputs(deps, job, batches)
     status = summary["status"]
-    deps.notifier.publish(status, job_id, job.get("providers", []), summary)
+    notify_once(deps, job, status, summary)
     deps.last_summary = summary
     deps.checkpoint("after_publish")
     store.update(

@@ -195,7 +195,8 @@ class Settings:
     submit_queue_url: str | None = None
     segment_bytes: int = 2 * 1024 * MB
     max_create_attempts: int = 5
-    max_stalls: int = 5
+    # Above max_create_attempts: each failed create is one attempt at the submit step.
+    max_stalls: int = 8
     # The providers' 24 h window plus a day: Bedrock may take a little longer, and Azure's batches run
     # until they are cancelled.
     batch_timeout_seconds: int = 48 * 3600
@@ -301,7 +302,7 @@ class Settings:
             submit_queue_url=env.get(ENV_SUBMIT_QUEUE_URL) or None,
             segment_bytes=integer(ENV_SEGMENT_BYTES, 2 * 1024 * MB, minimum=1024),
             max_create_attempts=integer(ENV_MAX_CREATE_ATTEMPTS, 5),
-            max_stalls=integer(ENV_MAX_STALLS, 5),
+            max_stalls=integer(ENV_MAX_STALLS, 8),
             batch_timeout_seconds=integer(ENV_BATCH_TIMEOUT_SECONDS, 48 * 3600, minimum=60),
             job_check_seconds=integer(ENV_JOB_CHECK_SECONDS, 3600, minimum=1),
         )

@@ -1,14 +1,17 @@
-"""A job's hand-over from its batches to completion, shared by every stage that may end a job's last batch.
+"""What every stage does to a job the same way: hand it over to completion once its batches have all
+ended, and send its notifications once.
 
 Below the stages: submit, poll, complete and the watchdog import it; it imports none of them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, due_fields
+from batchdrop.adapters.store import Conflict, due_fields, set_flag
 from batchdrop.pipeline import Deps, iso
 
 logger = Logger(service="batchdrop")
@@ -55,3 +58,18 @@ def hand_over_if_done(deps: Deps, job_id: str) -> bool:
     deps.queue.send(job_id)
     logger.info("job handed to completion", extra={"job_id": job_id})
     return True
+
+
+def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any]) -> None:
+    """Publish the job's `event` notification unless an earlier run did and recorded it.
+
+    The record is written right after SNS accepts the message, so a re-run after a crash anywhere
+    later sends nothing again: a duplicate needs an invocation to die in the window between SNS's
+    answer and that one write, and each such death adds one (docs/guarantees.md).
+    """
+    flag = f"notified_{event}"
+    if job.get(flag):
+        logger.info("notification already sent", extra={"event": event})
+        return
+    deps.notifier.publish(event, job["job_id"], job.get("providers", []), body)
+    set_flag(deps.store, job, flag)

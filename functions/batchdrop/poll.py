@@ -53,8 +53,11 @@ def poll(deps: Deps) -> PollReport:
     return report
 
 
-def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
-    """Ask the provider about one batch, record what it says, and hand its job over if it ended."""
+def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdog: bool = True) -> None:
+    """Ask the provider about one batch, record what it says, and hand its job over if it ended.
+
+    `watchdog=False` (the webhook function, whose role cannot write outputs or publish) leaves a batch
+    past its timeout due, for the scheduled poll to end its job."""
     now = deps.clock()
     logger.append_keys(job_id=batch["job_id"], batch_id=batch.get("provider_batch_id"))
     if batch.get("status") in m.TERMINAL_BATCH_STATES:
@@ -71,11 +74,11 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport) -> None
         batch = deps.store.update(
             batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)}
         )
-        if now - submitted > deps.settings.batch_timeout_seconds:
+        if watchdog and now - submitted > deps.settings.batch_timeout_seconds:
             end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
             report.timed_out += 1
         return
-    if not status.terminal and now - submitted > deps.settings.batch_timeout_seconds:
+    if watchdog and not status.terminal and now - submitted > deps.settings.batch_timeout_seconds:
         batch = deps.store.update(batch, {"provider_status": status.provider_status, **_next_due(deps, batch, now)})
         end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
         report.timed_out += 1
@@ -123,7 +126,7 @@ def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollRepo
     if item is None or item["sk"]["S"] == JOB_SK:
         return None
     report = PollReport()
-    look_at_batch(deps, deserialize(item), report)
+    look_at_batch(deps, deserialize(item), report, watchdog=False)
     return report
 
 
@@ -151,7 +154,7 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         end_stuck_job(deps, job["job_id"], str(job.get("stuck_at", "")), str(job.get("reason", "")))
         report.timed_out += 1
     elif status == m.JOB_COMPLETING:
-        job, stalls = stall(deps, job)
+        job, stalls = stall(deps, job, "handbacks")
         if stalls >= deps.settings.max_stalls:
             reason = f"its completion was handed over {stalls} times without finishing" + _last_error(job, "completion")
             end_stuck_job(deps, job["job_id"], "completion", reason)
@@ -170,7 +173,7 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     elif status == m.JOB_SUBMITTING:
         # Its submitter's lease ran out without a retry finishing the work: hand it back to the submit
         # function (through the segments queue, which it consumes), which has the grants for it.
-        job, stalls = stall(deps, job)
+        job, stalls = stall(deps, job, "handbacks")
         if stalls >= deps.settings.max_stalls:
             reason = f"its submission stopped {stalls} times without finishing" + _last_error(job, "submit")
             end_stuck_job(deps, job["job_id"], "submit", reason)

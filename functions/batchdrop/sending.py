@@ -72,6 +72,20 @@ def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> 
         return _create_failed(deps, provider, batch, failure)
 
 
+def cancel_unsent(deps: Deps, batch: dict[str, Any]) -> dict[str, Any]:
+    """End a batch of a canceled job that was never recorded as sent. One whose create may have reached
+    the provider (an intent recorded) is looked for first and, when found, recorded instead, so that the
+    job's cancel reaches it rather than leaving it running unseen."""
+    if batch["status"] == m.SUBMITTING:
+        provider = deps.provider(batch["provider"])
+        found = provider.find(_ref(batch), frozenset())
+        if found and claim_provider_batch(deps.store, provider.name, found, batch):
+            return _record(deps, batch, found)
+    return deps.store.update(
+        batch, {"status": m.BATCH_CANCELED, "ended_at": iso(deps.clock())}, when_status=(m.PENDING, m.SUBMITTING)
+    )
+
+
 def _create_failed(deps: Deps, provider: Provider, batch: dict[str, Any], failure: CreateFailed) -> dict[str, Any]:
     """Count a failed create; end the batch as failed when the provider refused it for good or the
     attempts are spent, and otherwise fail the invocation so that its retry tries again."""

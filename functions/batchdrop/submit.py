@@ -21,10 +21,10 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
-from batchdrop.adapters.store import Conflict, due_fields, job_pk, release
+from batchdrop.adapters.store import Conflict, due_fields, job_pk, release, set_flag
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
-from batchdrop.jobs import hand_over_if_done
+from batchdrop.jobs import hand_over_if_done, notify_once
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -41,8 +41,9 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
 from batchdrop.scan import duplicate_error, scan
-from batchdrop.sending import submit_batch
+from batchdrop.sending import cancel_unsent, submit_batch
 from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
+from batchdrop.watchdog import attempt
 
 logger = Logger(service="batchdrop")
 
@@ -149,6 +150,9 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
     except Conflict:
         logger.info("another invocation is submitting this job")
         return SubmitResult(job_id, "busy")
+    if attempt(deps, current, "submit", owner):
+        return SubmitResult(job_id, "timed-out")
+    current = store.get_job(job_id) or current
     obj = obj or m.InputObject(**current["input"])
     try:
         return _Submission(deps, current, obj, owner).run()
@@ -182,7 +186,13 @@ class _Submission:
             finish_job(self.deps, self.job_id, self.owner)
             return SubmitResult(self.job_id, "rejected", self.job.get("counts"))
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
-        submitted = [self._send(b) for b in batches]
+        submitted = []
+        for batch in batches:
+            sent = self._send(batch)
+            if sent.get("status") != batch.get("status") and self.job.get("stalls"):
+                # A batch sent or ended is progress: the watchdog counts attempts from here.
+                set_flag(self.deps.store, self.job, "stalls", 0)
+            submitted.append(sent)
         self._announce(submitted)
         return SubmitResult(self.job_id, "submitted", self.job.get("counts"))
 
@@ -393,15 +403,12 @@ class _Submission:
     # -- submission: intent, create (or adopt), record ---------------------------------------------
 
     def _send(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Send a batch, unless the job was canceled meanwhile and the batch never left: then it ends
-        canceled, unsent (a batch with an intent recorded may exist at the provider: it is sent or
-        adopted, and canceled with the others)."""
-        if batch["status"] == m.PENDING:
+        """Send a batch, unless the job was canceled meanwhile and the batch has not been sent: then it
+        ends canceled (so a cancel ends a job whose creates keep failing)."""
+        if batch["status"] in (m.PENDING, m.SUBMITTING) and not batch.get("provider_batch_id"):
             job = self.deps.store.get_job(self.job_id)
             if job is not None and job.get("cancel_requested"):
-                return self.deps.store.update(
-                    batch, {"status": m.BATCH_CANCELED, "ended_at": iso(self.deps.clock())}, when_status=(m.PENDING,)
-                )
+                return cancel_unsent(self.deps, batch)
         return submit_batch(self.deps, self.job_id, batch, self.owner)
 
     def _announce(self, batches: list[dict[str, Any]]) -> None:
@@ -421,7 +428,7 @@ class _Submission:
         }
         # Publish first: a crash after it re-runs and re-publishes (same notification id) rather
         # than marking the job submitted and never telling anyone.
-        deps.notifier.publish("submitted", self.job_id, job.get("providers", []), body)
+        notify_once(deps, job, "submitted", body)
         deps.checkpoint("after_publish")
         # A submitted job stays in the poll's index, looked at as a whole now and then (the watchdog).
         updated = deps.store.update(

@@ -16,9 +16,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields
+from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
 from batchdrop.complete import write_outputs
 from batchdrop.config import JOBS_TIMED_OUT
+from batchdrop.jobs import notify_once
 from batchdrop.observability import metrics
 from batchdrop.pipeline import Deps, iso
 
@@ -27,12 +28,33 @@ logger = Logger(service="batchdrop")
 OPEN_STATES = (m.JOB_SUBMITTING, m.JOB_SUBMITTED, m.JOB_COMPLETING)
 
 
-def stall(deps: Deps, job: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """Count one more stall of the job in its current status; returns the job and the count so far."""
+def stall(deps: Deps, job: dict[str, Any], counter: str = "stalls") -> tuple[dict[str, Any], int]:
+    """Count one more stall of the job in its current status; returns the job and the count so far.
+
+    Two counters: "stalls", counted by the invocation that claims the job for its step, and
+    "handbacks", counted by the poll when the step's lease or grace ran out; each is bounded by
+    `max_stalls`, and each starts again when the job's status changes."""
     status = job["status"]
-    count = int(job.get("stalls", 0)) + 1 if job.get("stalled_in") == status else 1
-    updated = deps.store.update(job, {"stalls": count, "stalled_in": status}, when_status=(status,))
+    count = int(job.get(counter, 0)) + 1 if job.get(f"{counter}_in") == status else 1
+    updated = deps.store.update(job, {counter: count, f"{counter}_in": status}, when_status=(status,))
     return updated, count
+
+
+def attempt(deps: Deps, job: dict[str, Any], stage: str, owner: str) -> bool:
+    """Count an invocation's attempt at the job's current step, right after it claimed the job; True
+    (and the job ended as failed) when the step has been attempted `max_stalls` times already without
+    progress. Counted at the claim, not only by the poll, because retries that come faster than the
+    lease runs out keep the job from ever being due."""
+    job, count = stall(deps, job)
+    if count <= deps.settings.max_stalls:
+        return False
+    release(deps.store, job, owner)
+    last = job.get(f"{stage}_error")
+    reason = f"its {stage} was attempted {count - 1} times without finishing" + (
+        f"; last error: {last}" if last else ""
+    )
+    end_stuck_job(deps, job["job_id"], stage, reason)
+    return True
 
 
 def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | None:
@@ -69,7 +91,7 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
         summary = _bare_summary(deps, job, f"{job['reason']} (its outputs could not be written: {exc})"[:2000])
         with contextlib.suppress(Exception):
             deps.objects.put_json(f"{job['output_prefix']}summary.json", summary)
-    deps.notifier.publish(summary["status"], job_id, job.get("providers", []), summary)
+    notify_once(deps, job, summary["status"], summary)
     deps.checkpoint("after_publish")
     with contextlib.suppress(Conflict):
         deps.store.update(

@@ -238,6 +238,18 @@ class JobStore:
         return deserialize(out["Attributes"])
 
 
+def set_flag(store: JobStore, item: Mapping[str, Any], name: str, value: Any = True) -> None:
+    """Set `name` on the item without touching its version, so it never collides with the pipeline's
+    optimistic writes (like a cancel request)."""
+    store.ddb.update_item(
+        TableName=store.table,
+        Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
+        UpdateExpression="SET #f = :t",
+        ExpressionAttributeNames={"#f": name},
+        ExpressionAttributeValues=serialize({":t": value}),
+    )
+
+
 def release(store: JobStore, item: Mapping[str, Any], owner: str) -> None:
     """Give up our lease (after a failure) so a retry can take the work over at once."""
     with contextlib.suppress(store.ddb.exceptions.ConditionalCheckFailedException):

@@ -586,6 +586,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 _Route = tuple[str, re.Pattern[str], Callable[..., Response]]
 # The calls that create a batch: OpenAI and Azure, Anthropic, Gemini (Bedrock's are idempotent by token).
+# Bedrock's CreateModelInvocationJob (botocore's service model: POST /model-invocation-job).
+_BEDROCK_CREATE = "/model-invocation-job"
 _CREATES = re.compile(r"/v1/batches|/openai/batches|/v1/messages/batches|/v1beta/models/[^/]+:batchGenerateContent")
 
 
@@ -605,6 +607,12 @@ class ProviderEmulator:
     bedrock_min_records = 100
     # How many batch creates, from now on, succeed but answer 500, as if the answer were lost.
     lost_create_responses = 0
+    # How many batch creates, from now on, are refused with a 400 in the provider's own error shape (a
+    # batch the provider judges invalid: OpenAI's invalid_request_error, Anthropic's, Gemini's
+    # INVALID_ARGUMENT, Bedrock's ValidationException), and how many fail with a 500 without making the
+    # batch (an outage): what a create must end on at once, or retry within a bound.
+    refused_creates = 0
+    failed_creates = 0
 
     def __init__(
         self,
@@ -850,6 +858,8 @@ class ProviderEmulator:
             response = self._error(request, transient, message, headers={"retry-after-ms": "10"})
         elif not self._authorised(request, self._emulation_for(request.path)):
             response = self._error(request, 401, "Missing API key: send 'Authorization: Bearer' or 'x-api-key'.")
+        elif (injected := self._injected_create_error(request)) is not None:
+            response = injected
         else:
             response = self._route(request)
             if response.status_code == 200 and request.method == "POST" and _CREATES.fullmatch(request.path):
@@ -863,6 +873,20 @@ class ProviderEmulator:
         request_id = self._request_id(request)
         response.headers["request-id" if self._is_anthropic(request) else "x-request-id"] = request_id
         return response
+
+    def _injected_create_error(self, request: Request) -> Response | None:
+        if request.method != "POST" or not (_CREATES.fullmatch(request.path) or request.path == _BEDROCK_CREATE):
+            return None
+        with self._lock:
+            refuse = self.refused_creates > 0
+            fail = not refuse and self.failed_creates > 0
+            self.refused_creates -= refuse
+            self.failed_creates -= fail
+        if refuse:
+            return self._error(request, 400, "The batch was refused: its requests are invalid (emulated).")
+        if fail:
+            return self._error(request, 500, "Server error before the batch was created (emulated).")
+        return None
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
