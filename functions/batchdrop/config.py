@@ -37,8 +37,10 @@ ENV_SEGMENT_BYTES = "BATCHDROP_SEGMENT_BYTES"
 # bomb or as too large for one invocation, in seconds, instead of outlasting the function's timeout.
 ENV_MAX_INFLATED_BYTES = "BATCHDROP_MAX_INFLATED_BYTES"
 ENV_MAX_GZIP_RATIO = "BATCHDROP_MAX_GZIP_RATIO"
-# 32 GiB: about a minute of inflating and skipping blank lines at worst, and what one invocation can
-# hope to plan and upload in its 15 minutes. 500x: JSONL compresses 5-20x, and the most repetitive
+# 32 GiB: what one invocation can hope to plan and upload in its 15 minutes; whitespace is inflated
+# and skipped at 4-5 s/GiB (2.5 min), but 1 MB chunks each mixing a line into blank runs cost up to
+# 50 s/GiB, and tiny invalid lines about 1 hour/GiB (issue 13's report): this bound alone does not
+# make every file end in time. 500x: JSONL compresses 5-20x, and the most repetitive
 # honest file we could build (a 20 KB prompt sent 20,000 times verbatim) 320x; deflate's best is
 # 1,032x, where a bomb of newlines or `{}` sits.
 DEFAULT_MAX_INFLATED_BYTES = 32 * 1024 * MB
