@@ -70,6 +70,7 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
     submitted_by_id: dict[str, int] = {}
     totals = Counter[str]()
     terminal_ids: dict[str, set[str]] = {}
+    terminal_deliveries: Counter[str] = Counter()
     terminal_events: dict[str, set[str]] = {}
     submitted_notes: Counter[str] = Counter()
     for note in report.notifications:
@@ -80,6 +81,7 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
             submitted_notes[job_id] += 1
         else:
             terminal_ids.setdefault(job_id, set()).add(attrs["notification_id"])
+            terminal_deliveries[job_id] += 1
             terminal_events.setdefault(job_id, set()).add(attrs["event"])
 
     for job in report.jobs:
@@ -101,8 +103,11 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         # exactly one terminal notification per job after deduplication by its id, matching the summary
         assert len(terminal_ids.get(job.job_id, set())) == 1, (job.file, terminal_ids.get(job.job_id))
         assert terminal_events[job.job_id] == {summary["status"]}
+        # and sent once: a notification is recorded right after SNS accepts it, and chaos kills only
+        # at step boundaries, never inside that window (docs/guarantees.md)
+        assert terminal_deliveries[job.job_id] == 1, (job.file, terminal_deliveries[job.job_id])
         if summary["status"] != m.JOB_REJECTED:
-            assert submitted_notes[job.job_id] >= 1, f"{job.file}: no submitted notification"
+            assert submitted_notes[job.job_id] == 1, (job.file, submitted_notes[job.job_id])
         attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"]}
         batches_in_summaries += len(summary["batches"])
         for r in results:

@@ -219,7 +219,8 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         {
             "status": m.JOB_SUBMITTED,
             "attempt": attempt + 1,
-            **due_fields(deps.clock() + deps.settings.job_check_seconds),
+            # Looked at soon as a whole, in case this invocation dies before the hand-over below.
+            **due_fields(deps.clock() + deps.settings.poll_min_seconds),
         },
         remove=("lease_owner", "lease_until"),
         when_status=(m.JOB_COMPLETING,),

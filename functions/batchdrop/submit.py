@@ -253,6 +253,8 @@ class _Submission:
                 first_line=first_line,
                 stop_at=settings.segment_bytes if segmented else None,
                 finder=finder,
+                max_inflated=settings.max_inflated_bytes,
+                max_ratio=settings.max_gzip_ratio,
             )
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.
@@ -430,10 +432,12 @@ class _Submission:
         # than marking the job submitted and never telling anyone.
         notify_once(deps, job, "submitted", body)
         deps.checkpoint("after_publish")
-        # A submitted job stays in the poll's index, looked at as a whole now and then (the watchdog).
+        # A submitted job stays in the poll's index, looked at as a whole soon (its batches may all have
+        # ended already, and an invocation that dies before the hand-over below leaves it to that look),
+        # then now and then (the watchdog).
         updated = deps.store.update(
             job,
-            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now), **due_fields(now + deps.settings.job_check_seconds)},
+            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now), **due_fields(now + deps.settings.poll_min_seconds)},
             remove=("lease_owner", "lease_until"),
             when_status=(m.JOB_SUBMITTING,),
         )

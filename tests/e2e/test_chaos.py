@@ -50,6 +50,14 @@ def test_no_request_is_lost_or_paid_twice_under_chaos(tmp_path: Path, seed: int)
     assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
 
 
+def test_cancels_racing_hand_overs_leave_no_job_behind(tmp_path: Path) -> None:
+    # Cancels issued at the same moment as overlapping polls, with crashes: every job still ends, its
+    # lines accounted for, one terminal notification, nothing sent twice.
+    chaos = {**FULL_CHAOS, "cancel_rate": 0.15}
+    totals = chaos_run(tmp_path, seed=11, files=6, max_lines=12, chaos=chaos)
+    assert totals["jobs"] == 6
+
+
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 10_000),

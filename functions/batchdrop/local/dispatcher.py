@@ -65,6 +65,9 @@ class Chaos:
     duplicate_events: int = 1  # every S3 event delivered this many times, the first two at once
     overlapping_polls: int = 1  # poll invocations started together on each tick
     crash_rate: float = 0.0  # chance that an invocation dies at each step boundary it passes
+    # On each tick, the chance that each unfinished job is canceled, at the same moment as the polls
+    # (so cancels race hand-overs, as `batchdrop cancel` or a `cancel/` file can).
+    cancel_rate: float = 0.0
     seed: int = 0
 
 
@@ -191,8 +194,32 @@ class Dispatcher:
 
     def tick(self) -> Invocation:
         """One scheduled poll; with overlapping_polls > 1, that many at the same moment."""
-        invocations = self._parallel([self._poll_once] * max(1, self.chaos.overlapping_polls))
+        calls = [self._poll_once] * max(1, self.chaos.overlapping_polls)
+        if self.chaos.cancel_rate > 0:
+            calls.append(self._cancel_some)
+        invocations = self._parallel(calls)
         return invocations[0]
+
+    def _cancel_some(self) -> Invocation:
+        """Cancel each unfinished job with the chaos' cancel rate (what `batchdrop cancel` does)."""
+        from batchdrop.adapters.store import JobStore
+        from batchdrop.cancel import CancelError, request_cancel
+        from batchdrop.models import FINAL_JOB_STATES
+
+        store = JobStore(s.TABLE)
+        canceled = []
+        for job in store.list_jobs(limit=10_000):
+            if job["status"] in FINAL_JOB_STATES or job.get("cancel_requested"):
+                continue
+            with self._lock:
+                draw = self._rng.random()
+            if draw < self.chaos.cancel_rate:
+                try:
+                    request_cancel(store, job["job_id"], time.time())
+                    canceled.append(job["job_id"])
+                except CancelError:
+                    continue  # it moved on meanwhile
+        return Invocation("cancel", True, canceled)
 
     def _poll_once(self) -> Invocation:
         from batchdrop.handlers.poll import handler
