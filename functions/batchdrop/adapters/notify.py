@@ -122,17 +122,9 @@ def bounded_message(event: str, nid: str, body: dict[str, Any], summary_uri: str
     tail: dict[str, Any] = {"truncated": True, **({"summary": _location(summary)} if summary is not None else {})}
 
     rest = {key: value for key, value in body.items() if key not in head and key not in tail}
-    shortened: dict[str, Any] = {}
-    for key, value in rest.items():
-        if key in LOCATION_KEYS:
-            shortened[key] = _location(value)
-        elif isinstance(value, list) and len(value) > MAX_LIST_ITEMS:
-            shortened[key] = [_shorten(item) for item in value[:MAX_LIST_ITEMS]]
-            shortened[f"{key}_truncated"] = len(value) - MAX_LIST_ITEMS
-        else:
-            shortened[key] = _shorten(value)
-
-    compact: dict[str, Any] = {key: _location(rest[key]) for key in LOCATION_KEYS if key in rest}
+    locations = {key: _location(rest[key]) for key in LOCATION_KEYS if key in rest}
+    shortened: dict[str, Any] = {**_shorten({k: v for k, v in rest.items() if k not in locations}), **locations}
+    compact: dict[str, Any] = dict(locations)
     compact.update((key, _shorten(rest[key])) for key in COMPACT_KEYS if key in rest)
     if isinstance(rest.get("batches"), list):
         compact["batches_truncated"] = len(rest["batches"])
