@@ -2,9 +2,9 @@
 
 Every notification fits SNS's size limit by construction. A message SNS refuses fails each retry
 of the invocation that publishes it, and a completion that can never publish leaves its job
-`completing` forever. A body that fits is sent exactly as given; a larger one is cut down in
-steps (long strings and long lists first, then a compact body), and either way it carries `summary`,
-the S3 URI of the full data, with `truncated: true`.
+`completing` forever. A body that fits is sent exactly as given, because subscribers read its shape.
+A larger one is cut down in steps (long strings and long lists first, then a compact body, then only
+the identity and counts) and then carries `truncated: true` and `summary`, the S3 URI of the full data.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from batchdrop.adapters.aws import client
 # combined size of the message body and message attributes", where "all parts of the message
 # attribute, including name, type, and value, are included" (botocore's SNS model: Publish.Message
 # and MessageAttributeValue; https://docs.aws.amazon.com/sns/latest/api/API_Publish.html). A topic
-# may raise its MaximumMessageSize, but ours keeps the default, and an SQS subscriber has the same
-# 256 KiB default on its side.
+# may raise its MaximumMessageSize; ours keeps the default.
 SNS_MAX_MESSAGE_BYTES = 262_144
 
 # When a body does not fit: strings cut to this many characters (an error or provider message is
 # readable at that length; the whole of it is in summary.json and errors.jsonl), lists to this many
-# items (a hundred batches of such strings still fit, even in multibyte text).
+# items (a hundred batches with a cut error each are about 120 KB in ASCII; when that is still too
+# much, the compact body follows).
 MAX_STRING_CHARS = 1_000
 MAX_LIST_ITEMS = 100
 
