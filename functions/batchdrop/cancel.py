@@ -70,7 +70,10 @@ def carry_out(deps: Deps, job: dict[str, Any]) -> int:
         with contextlib.suppress(Conflict):
             deps.store.update(batch, due_fields(now))
     deps.store.update(
-        job, {"canceled": True, **due_fields(now + deps.settings.job_check_seconds)}, when_status=(m.JOB_SUBMITTED,)
+        # Looked at again soon as a whole: its batches end shortly, and a hand-over that dies is caught.
+        job,
+        {"canceled": True, **due_fields(now + deps.settings.poll_min_seconds)},
+        when_status=(m.JOB_SUBMITTED,),
     )
     logger.info("canceled provider batches", extra={"job_id": job["job_id"], "batches": asked})
     return asked

@@ -71,5 +71,13 @@ def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any
     if job.get(flag):
         logger.info("notification already sent", extra={"event": event})
         return
-    deps.notifier.publish(event, job["job_id"], job.get("providers", []), body)
+    if event in m.FINAL_JOB_STATES:
+        # Read again: the watchdog and a late completion must not each tell a different end.
+        fresh = deps.store.get_job(job["job_id"]) or job
+        if any(fresh.get(f"notified_{status}") for status in m.FINAL_JOB_STATES):
+            logger.warning("the job's end was already notified", extra={"event": event})
+            return
+    # A notification cut down to fit SNS's limit points at the whole summary on S3.
+    summary_uri = None if event == m.JOB_SUBMITTED else deps.objects.uri(f"{job['output_prefix']}summary.json")
+    deps.notifier.publish(event, job["job_id"], job.get("providers", []), body, summary_uri=summary_uri)
     set_flag(deps.store, job, flag)

@@ -65,6 +65,18 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
     if job is None or job["status"] in m.FINAL_JOB_STATES:
         return None
     logger.append_keys(job_id=job_id)
+    told = next((status for status in sorted(m.FINAL_JOB_STATES) if job.get(f"notified_{status}")), None)
+    if told is not None:
+        # Completion got as far as telling the user how the job ended (its outputs were written first):
+        # that is the job's end; only the final transition it died before is left to make.
+        with contextlib.suppress(Conflict):
+            deps.store.update(
+                job,
+                {"status": told, "completed_at": iso(deps.clock())},
+                remove=("lease_owner", "lease_until", *NOT_DUE),
+                when_status=OPEN_STATES,
+            )
+        return told
     if not job.get("timed_out"):
         now = deps.clock()
         job = deps.store.update(
