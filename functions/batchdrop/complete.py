@@ -1,14 +1,13 @@
 """Complete: a job whose batches have all ended → resubmission, or the outputs and the notification.
 
-Safe to run again from any point: outputs are written whole to fixed keys (summary.json last), the
-notification carries a stable id, and the final state transition is conditional, so a re-run after
-a crash rewrites the same files and sends at most one duplicate notification.
+Safe to run again from any point: outputs are written whole to fixed keys (summary.json last, by
+batchdrop.results), the notification is recorded once sent (batchdrop.jobs.notify_once), and the final
+state transition is conditional, so a re-run after a crash rewrites the same files and tells no one twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,27 +18,17 @@ from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.jobs import hand_over_if_done, notify_once
-from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import (
     Deps,
     batch_data_key,
     batch_index_key,
     invocation_id,
-    iso,
-    validation_errors_key,
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
-from batchdrop.pricing import CostMeter, price_table
+from batchdrop.results import outcomes_with_missing, write_outputs
+from batchdrop.watchdog import attempt
 
 logger = Logger(service="batchdrop")
-
-# What a request that has no result line gets, by how its batch ended.
-MISSING_BY_STATE = {
-    m.FAILED: m.BATCH_FAILED,
-    m.BATCH_EXPIRED: m.EXPIRED,
-    m.BATCH_CANCELED: m.CANCELED,
-    m.COMPLETED: m.SERVER_ERROR,
-}
 
 
 def complete_message(deps: Deps, body: str) -> str:
@@ -78,8 +67,6 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
         logger.info("another invocation is completing this job")
         return "busy"
     if not job.get("timed_out"):
-        from batchdrop.watchdog import attempt
-
         if attempt(deps, job, "completion", owner):
             return "timed-out"
         job = store.get_job(job_id) or job
@@ -235,220 +222,7 @@ def _retryable(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(custom_id, code) of the batch's requests worth another attempt."""
     if not batch.get("provider_batch_id"):
         return
-    outcomes = _outcomes_with_missing(deps, batch)
+    outcomes = outcomes_with_missing(deps, batch)
     for custom_id, _line, outcome in outcomes:
         if not outcome.ok and outcome.code in m.RETRYABLE_CODES:
             yield custom_id, outcome.code or ""
-
-
-# -- outputs --------------------------------------------------------------------------------------
-
-
-def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str, Any]:
-    job_id = job["job_id"]
-    prefix = job["output_prefix"]
-    counts = dict(job.get("counts") or {"lines": 0, "invalid": 0, "submitted": 0})
-    succeeded = failed = 0
-    tokens_in = tokens_out = 0
-    meter = CostMeter(price_table())
-    tmpdir = spill_dir()
-    # The watchdog's reason when it ended the job: then whatever cannot be read is reported, not raised.
-    given_up: str | None = job.get("reason") if job.get("timed_out") else None
-    with (
-        tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as results,
-        tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as errors,
-    ):
-        invalid_written = 0
-        for key in job.get("error_files") or [validation_errors_key(job_id)]:
-            for raw in deps.objects.lines(key):
-                errors.write(raw + b"\n")
-                invalid_written += 1
-        superseded: set[str] = set()
-        by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
-        current_attempt = None
-        later_ids: set[str] = set()
-        for batch in by_attempt:
-            attempt = int(batch.get("attempt", 1))
-            if attempt != current_attempt:
-                superseded |= later_ids
-                later_ids = set()
-                current_attempt = attempt
-            provider = batch["provider"]
-            batch_id = batch.get("provider_batch_id")
-            if job.get("rejected") or not batch_id:
-                if job.get("rejected"):
-                    stage, code = "validation", m.FILE_REJECTED
-                    reason = job.get("reason") or "the file was rejected"
-                elif batch.get("create_refused"):
-                    stage, code = "provider", m.BATCH_FAILED
-                    reason = batch.get("error") or "the provider refused the batch"
-                elif given_up:
-                    stage, code, reason = "provider", m.BATCH_FAILED, given_up
-                else:
-                    stage, code = "provider", m.CANCELED
-                    reason = "the job was canceled before this batch was sent"
-                for custom_id, line in _index(deps, job_id, batch["batch_key"]).items():
-                    if custom_id in superseded:
-                        continue
-                    if attempt > 1:
-                        later_ids.add(custom_id)
-                    if stage == "provider":
-                        failed += 1
-                    errors.write(
-                        orjson.dumps(
-                            error_line(
-                                custom_id=custom_id,
-                                line=line,
-                                stage=stage,
-                                code=code,
-                                message=f"not submitted: {reason}",
-                                provider=provider,
-                                attempts=attempt if stage == "provider" else 0,
-                            )
-                        )
-                        + b"\n"
-                    )
-                continue
-            for custom_id, line, outcome in _outcomes_or_given_up(deps, batch, given_up):
-                if custom_id in superseded:
-                    continue
-                if attempt > 1:
-                    later_ids.add(custom_id)
-                if outcome.ok:
-                    record, t_in, t_out = result_line(
-                        custom_id, line, provider, batch.get("model", ""), batch_id, outcome.response or {}
-                    )
-                    results.write(orjson.dumps(record) + b"\n")
-                    succeeded += 1
-                    tokens_in += t_in
-                    tokens_out += t_out
-                    meter.add(record["model"], t_in, t_out)
-                else:
-                    failed += 1
-                    errors.write(
-                        orjson.dumps(
-                            error_line(
-                                custom_id=custom_id,
-                                line=line,
-                                stage="provider",
-                                code=outcome.code or m.SERVER_ERROR,
-                                message=outcome.message or "",
-                                provider=provider,
-                                batch_id=batch_id,
-                                attempts=attempt,
-                                detail=outcome.detail,
-                            )
-                        )
-                        + b"\n"
-                    )
-        results.flush()
-        errors.flush()
-        deps.objects.upload_file(results.name, f"{prefix}results.jsonl")
-        deps.checkpoint("after_results")
-        deps.objects.upload_file(errors.name, f"{prefix}errors.jsonl")
-
-    if not job.get("counts"):
-        # Ended by the watchdog before its plan was stored: count what the outputs hold.
-        counts = {"lines": invalid_written + succeeded + failed, "invalid": invalid_written}
-        counts["submitted"] = succeeded + failed
-    counts.update({"succeeded": succeeded, "failed": failed})
-    now = deps.clock()
-    if job.get("rejected"):
-        status = m.JOB_REJECTED
-    elif given_up:
-        status = m.JOB_FAILED
-    elif job.get("canceled"):
-        status = m.JOB_CANCELED
-    elif succeeded == 0:
-        status = m.JOB_FAILED
-    elif failed == 0 and counts.get("invalid", 0) == 0:
-        status = m.JOB_COMPLETED
-    else:
-        status = m.JOB_PARTIAL
-    ended = [str(b["ended_at"]) for b in batches if b.get("ended_at")]
-    summary: dict[str, Any] = {
-        "job_id": job_id,
-        "status": status,
-        "input": job.get("input"),
-        "counts": {k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
-        "batches": [
-            {
-                "provider": b["provider"],
-                "batch_id": b.get("provider_batch_id"),
-                "requests": b["requests"],
-                "status": b.get("status"),
-                "attempt": int(b.get("attempt", 1)),
-                **({"error": b["error"]} if b.get("error") else {}),
-            }
-            for b in sorted(batches, key=lambda b: b["sk"])
-        ],
-        "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
-        "cost_usd": meter.summary(),
-        "timings": {
-            "received_at": job.get("received_at"),
-            "submitted_at": job.get("submitted_at"),
-            "ended_at": max(ended) if ended else None,
-            "completed_at": iso(now),
-        },
-        "results": deps.objects.uri(f"{prefix}results.jsonl"),
-        "errors": deps.objects.uri(f"{prefix}errors.jsonl"),
-    }
-    if job.get("reason"):
-        summary["reason"] = job["reason"]
-    deps.objects.put_json(f"{prefix}summary.json", summary)
-    return summary
-
-
-def _index(deps: Deps, job_id: str, batch_key: str) -> dict[str, int]:
-    index: dict[str, int] = {}
-    for raw in deps.objects.lines(batch_index_key(job_id, batch_key)):
-        custom_id, _, line = raw.partition(b"\t")
-        index[custom_id.decode()] = int(line)
-    return index
-
-
-def _outcomes_or_given_up(
-    deps: Deps, batch: dict[str, Any], given_up: str | None
-) -> Iterator[tuple[str, int, m.Outcome]]:
-    """The batch's outcomes; for a job the watchdog ended, a batch that has not ended, or whose results
-    cannot be read, reports its remaining requests as failed with the watchdog's reason."""
-    if given_up is None:
-        yield from _outcomes_with_missing(deps, batch)
-        return
-    seen: set[str] = set()
-    if batch.get("status") in m.TERMINAL_BATCH_STATES:
-        try:
-            for item in _outcomes_with_missing(deps, batch):
-                seen.add(item[0])
-                yield item
-            return
-        except Exception as exc:
-            logger.warning("could not read a batch's results", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-    for custom_id, line in _index(deps, batch["job_id"], batch["batch_key"]).items():
-        if custom_id not in seen:
-            yield custom_id, line, m.Outcome(custom_id, ok=False, code=m.BATCH_FAILED, message=f"no result: {given_up}")
-
-
-def _outcomes_with_missing(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, int, m.Outcome]]:
-    """Every request of the batch exactly once: the provider's answer, or an error for its silence."""
-    job_id = batch["job_id"]
-    index = _index(deps, job_id, batch["batch_key"])
-    provider = deps.provider(batch["provider"])
-    batch_id = batch["provider_batch_id"]
-    status = provider.status(batch_id)
-    for outcome in provider.outcomes(batch_id, status):
-        line = index.pop(outcome.custom_id, None)
-        if line is None:
-            # A result for an id we did not send, or a second one for the same id: never count it.
-            logger.warning("ignored an unexpected result line", extra={"batch_id": batch_id})
-            continue
-        yield outcome.custom_id, line, outcome
-    code = MISSING_BY_STATE.get(status.state, m.SERVER_ERROR)
-    reason = batch.get("error") or status.error
-    for custom_id, line in index.items():
-        message = {
-            m.BATCH_FAILED: f"the provider failed the whole batch: {reason or status.provider_status}",
-            m.EXPIRED: "the batch expired before this request ran",
-            m.CANCELED: "the batch was canceled before this request ran",
-        }.get(code, "the provider returned no result for this request")
-        yield custom_id, line, m.Outcome(custom_id, ok=False, code=code, message=message, detail=None)

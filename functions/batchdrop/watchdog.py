@@ -17,11 +17,11 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
-from batchdrop.complete import write_outputs
 from batchdrop.config import JOBS_TIMED_OUT
 from batchdrop.jobs import notify_once
 from batchdrop.observability import metrics
 from batchdrop.pipeline import Deps, iso
+from batchdrop.results import write_outputs
 
 logger = Logger(service="batchdrop")
 
