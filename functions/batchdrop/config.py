@@ -33,18 +33,28 @@ ENV_COMPLETION_QUEUE_URL = "BATCHDROP_COMPLETION_QUEUE_URL"
 ENV_SUBMIT_QUEUE_URL = "BATCHDROP_SUBMIT_QUEUE_URL"
 ENV_SEGMENT_BYTES = "BATCHDROP_SEGMENT_BYTES"
 # Bounds on a gzip upload, which one invocation reads whole: the bytes it may inflate to, and its
-# compression ratio (judged past its first 64 MB). Past either, the job is rejected as a compression
+# compression ratio (judged past its first 8 MB). Past either, the job is rejected as a compression
 # bomb or as too large for one invocation, in seconds, instead of outlasting the function's timeout.
 ENV_MAX_INFLATED_BYTES = "BATCHDROP_MAX_INFLATED_BYTES"
 ENV_MAX_GZIP_RATIO = "BATCHDROP_MAX_GZIP_RATIO"
 # 32 GiB: what one invocation can hope to plan and upload in its 15 minutes; whitespace is inflated
 # and skipped at 4-5 s/GiB (2.5 min), but 1 MB chunks each mixing a line into blank runs cost up to
 # 50 s/GiB, and tiny invalid lines about 1 hour/GiB (issue 13's report): this bound alone does not
-# make every file end in time. 500x: JSONL compresses 5-20x, and the most repetitive
-# honest file we could build (a 20 KB prompt sent 20,000 times verbatim) 320x; deflate's best is
-# 1,032x, where a bomb of newlines or `{}` sits.
+# make every file end in time (the cap on invalid lines below stops the last). 500x: JSONL compresses
+# 3-20x, and the most repetitive honest file we could build (a 20 KB prompt sent 20,000 times
+# verbatim) 320x, and 311x on its first 8 MB (a file's ratio grows as its first lines are paid off);
+# deflate's best is 1,032x, where a bomb of newlines or `{}` sits.
 DEFAULT_MAX_INFLATED_BYTES = 32 * 1024 * MB
 DEFAULT_MAX_GZIP_RATIO = 500
+# Invalid lines one file may hold: past them the scan stops and the file is refused as a whole (a
+# file of tiny invalid lines, plain or a gzip bomb, costs about 6.4 µs a line to check and report:
+# without a cap, 2 GiB of `x\n` outlasts an invocation and writes a billion error lines). Counted over
+# the whole file, across its segments. 1,000,000: far more than an honest file holds (a file with that
+# many bad lines is in the wrong format, and its first error lines say why; a good file with 1% bad
+# lines reaches it at 100 million lines), and few enough to check and report in
+# about 7 s, into an error file of about 270 MB.
+ENV_MAX_INVALID_LINES = "BATCHDROP_MAX_INVALID_LINES"
+DEFAULT_MAX_INVALID_LINES = 1_000_000
 # The secret holding the OpenAI webhook signing key ("whsec_..."), read by the webhook function.
 ENV_OPENAI_WEBHOOK_SECRET_ARN = "BATCHDROP_OPENAI_WEBHOOK_SECRET_ARN"  # noqa: S105 — a variable's name
 ENV_ON_INVALID = "BATCHDROP_ON_INVALID"
@@ -194,6 +204,7 @@ class Settings:
     create_lock_seconds: int = 5 * 60
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     max_gzip_ratio: int = DEFAULT_MAX_GZIP_RATIO
+    max_invalid_lines: int = DEFAULT_MAX_INVALID_LINES
     submit_queue_url: str | None = None
     segment_bytes: int = 2 * 1024 * MB
     max_create_attempts: int = 5
@@ -301,6 +312,7 @@ class Settings:
             create_lock_seconds=integer(ENV_CREATE_LOCK_SECONDS, 5 * 60),
             max_inflated_bytes=integer(ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
             max_gzip_ratio=integer(ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
+            max_invalid_lines=integer(ENV_MAX_INVALID_LINES, DEFAULT_MAX_INVALID_LINES),
             submit_queue_url=env.get(ENV_SUBMIT_QUEUE_URL) or None,
             segment_bytes=integer(ENV_SEGMENT_BYTES, 2 * 1024 * MB, minimum=1024),
             max_create_attempts=integer(ENV_MAX_CREATE_ATTEMPTS, 5),
@@ -326,20 +338,25 @@ def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
 
 def gzip_bounds(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(max inflated bytes, max gzip ratio), for `batchdrop validate`, which has no full Settings."""
+    return (
+        _whole_number(env, ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
+        _whole_number(env, ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
+    )
+
+
+def max_invalid_lines(env: Mapping[str, str] | None = None) -> int:
+    """The invalid lines a file may hold (BATCHDROP_MAX_INVALID_LINES), for `batchdrop validate`."""
+    return _whole_number(env, ENV_MAX_INVALID_LINES, DEFAULT_MAX_INVALID_LINES)
+
+
+def _whole_number(env: Mapping[str, str] | None, name: str, default: int) -> int:
     env = os.environ if env is None else env
-    bounds = []
-    for name, default in (
-        (ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
-        (ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
-    ):
-        raw = env.get(name, "").strip()
-        if not raw:
-            bounds.append(default)
-        elif not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(f"{name}={raw!r} must be a whole number, at least 1")
-        else:
-            bounds.append(int(raw))
-    return bounds[0], bounds[1]
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r} must be a whole number, at least 1")
+    return int(raw)
 
 
 def tmpdir() -> str | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from batchdrop import models as m
-from batchdrop.config import ENV_MAX_GZIP_RATIO, ENV_MAX_INFLATED_BYTES
+from batchdrop.config import ENV_MAX_GZIP_RATIO, ENV_MAX_INFLATED_BYTES, ENV_MAX_INVALID_LINES
 from batchdrop.dedup import Duplicate, DuplicateFinder
 from batchdrop.reader import (
     GZIP_MAGIC,
@@ -24,6 +24,10 @@ from batchdrop.reader import (
     iter_line_blocks,
 )
 from batchdrop.validation import DEFAULT_MAX_LINE, Validator
+
+_NO_CAP = 1 << 62
+# Lines checked at a time once a file nears its cap on invalid lines.
+_SLICE = 4096
 
 
 @dataclass
@@ -39,6 +43,9 @@ class ScanResult:
     last_line: int = 0  # the physical number of the last line read
     end_offset: int = 0  # bytes of the stream consumed, from where the scan started
     exhausted: bool = True  # False when it stopped at `stop_at` with more of the file to read
+    # Set when the scan stopped because more than `max_invalid` lines were invalid (then `file_error`
+    # says so, and `exhausted` is True: nothing more of the file is read).
+    capped: bool = False
     gzipped: bool = False
 
 
@@ -53,13 +60,21 @@ def scan(
     finder: DuplicateFinder | None = None,
     max_inflated: int | None = None,
     max_ratio: int | None = None,
+    max_invalid: int | None = None,
+    invalid_before: int = 0,
 ) -> ScanResult:
     """Scan from `first_line` on; with `stop_at`, stop after the line that passes that many bytes
     (a segment of a plain file: gzip cannot be entered half-way, so it is always read whole).
 
     A gzip file that inflates past `max_inflated` bytes, or past `max_ratio` times its compressed
-    size (judged after its first 64 MB), is refused as a whole (`file_error`), as is one cut short or
+    size (judged after its first 8 MB, reader.RATIO_AFTER), is refused as a whole (`file_error`), as is one cut short or
     corrupt; the callers pass the deployment's bounds (Settings.max_inflated_bytes, max_gzip_ratio).
+
+    A file with more than `max_invalid` invalid lines (Settings.max_invalid_lines; `invalid_before` of
+    them in earlier segments) is refused as a whole too: the scan stops at the line that passes the
+    cap, so a file of tiny invalid lines ends in seconds. As with a gzip file refused at a bound, the
+    lines read so far each have their verdict (that line too), the lines after it are not read, and
+    `file_error` is no line's error.
     """
     result = ScanResult()
     valid = 0
@@ -79,27 +94,55 @@ def scan(
         ids, numbers = finder.ids, finder.lines
         add_id, add_number = ids.append, numbers.append
         invalid = 0
+        # Invalid lines this scan may see before it stops; a file may hold `max_invalid` in all.
+        room = _NO_CAP if max_invalid is None else max_invalid - invalid_before
+        first_invalid: m.Invalid | None = None
+        stopped = 0  # the line past the cap, where the scan stopped
         source = decompressed(itertools.chain([head], it), max_inflated, max_ratio)
         blocks = iter_line_blocks(source, DEFAULT_MAX_LINE, first_line, stop_at, position, True, counted)
         try:
-            for block_first, block in blocks:
-                before = len(ids)
-                for verdict in check_block(block_first, block):
-                    if verdict.__class__ is Request:
-                        add_id(verdict.custom_id)
-                        add_number(verdict.line)
-                        on_request(verdict)
-                    elif verdict is not None:
-                        invalid += 1
-                        on_invalid(_explained(verdict, block[verdict.line - block_first]))  # type: ignore[arg-type]
-                # Counted a block at a time, not a line: the hot loop stays short.
-                valid += len(ids) - before
+            for whole_first, whole in blocks:
+                done, size = 0, len(whole)
+                while done < size:
+                    if done == 0 and size <= room - invalid:
+                        block_first, block, done = whole_first, whole, size
+                    else:
+                        # Near the cap, the block (up to a chunk's 500,000 lines) is checked in slices,
+                        # so that few lines past the cap are checked for nothing.
+                        end = done + max(room - invalid + 1, _SLICE)
+                        block_first, block, done = whole_first + done, whole[done:end], end
+                    before = len(ids)
+                    for verdict in check_block(block_first, block):
+                        if verdict.__class__ is Request:
+                            add_id(verdict.custom_id)
+                            add_number(verdict.line)
+                            on_request(verdict)
+                        elif verdict is not None:
+                            invalid += 1
+                            on_invalid(_explained(verdict, block[verdict.line - block_first]))  # type: ignore[arg-type]
+                            if first_invalid is None:
+                                first_invalid = verdict  # type: ignore[assignment]
+                            if invalid > room:
+                                stopped = verdict.line
+                                break  # the lines after this one, in this block or later, are not read
+                    # Counted a block at a time, not a line: the hot loop stays short.
+                    valid += len(ids) - before
+                    if stopped:
+                        break
+                if stopped:
+                    break
                 if len(ids) >= finder.spill_every:
                     finder.spill()
             lines = valid + invalid
             result.lines, result.valid, result.invalid = lines, valid, invalid
-            result.exhausted = stop_at is None or position[0] < stop_at
-            result.last_line = counted[0]
+            if first_invalid is not None and stopped:
+                result.capped = True
+                result.last_line = stopped
+                message = _too_many_invalid(max_invalid or 0, invalid_before, first_line, first_invalid, stopped)
+                result.file_error = m.Invalid(stopped, None, m.FILE_REJECTED, message)
+            else:
+                result.exhausted = stop_at is None or position[0] < stop_at
+                result.last_line = counted[0]
         except InputFileError as exc:
             result.lines, result.valid, result.invalid = valid + invalid, valid, invalid
             result.last_line = exc.line
@@ -118,6 +161,16 @@ def scan(
         if own:
             result.duplicates = finder.duplicates()
     return result
+
+
+def _too_many_invalid(cap: int, before: int, first_line: int, first: m.Invalid, stopped: int) -> str:
+    """Why a file with too many invalid lines is refused, and what to do about it."""
+    where = "first" if before == 0 else f"{before:,} in the lines before line {first_line:,}, then first"
+    return (
+        f"more than {cap:,} lines are invalid ({where}: line {first.line:,}, {first.code}); the file is "
+        f"refused as a whole, and was read no further than line {stopped:,}; fix the file's format, or "
+        f"raise {ENV_MAX_INVALID_LINES}"
+    )
 
 
 def _unreadable(exc: InputFileError, max_inflated: int | None) -> str:

@@ -255,6 +255,8 @@ class _Submission:
                 finder=finder,
                 max_inflated=settings.max_inflated_bytes,
                 max_ratio=settings.max_gzip_ratio,
+                max_invalid=settings.max_invalid_lines,
+                invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
             )
             # Even a file that cannot be read whole keeps its valid lines in batch files: they are
             # reported as not submitted, so no line goes unaccounted for.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from batchdrop.reader import (
     BOM,
+    RATIO_AFTER,
     GzipTruncated,
     InflateLimit,
     InputFileError,
@@ -465,6 +466,16 @@ def test_gzip_inflating_past_the_ratio_bound_is_refused_only_past_its_first_byte
         b"".join(decompressed(split_by(bomb, [1000]), max_ratio=500, ratio_after=2 * MB))
     assert 2 * MB < refused.value.inflated <= 3 * MB
     assert refused.value.inflated > 500 * refused.value.compressed
+
+
+def test_gzip_ratio_is_judged_by_default_past_the_first_8_mb() -> None:
+    # A bomb stops a second in, whatever it holds; an honest file's ratio is lower there than over
+    # the whole file (the measurements are in reader.RATIO_AFTER's comment)
+    assert RATIO_AFTER == 8 * MB
+    assert b"".join(decompressed([gzip_bomb(8 * MB)], max_ratio=500)) == b"\n" * (8 * MB)
+    with pytest.raises(InflateLimit) as refused:
+        b"".join(decompressed(split_by(gzip_bomb(16 * MB), [4096]), max_ratio=500))
+    assert 8 * MB < refused.value.inflated <= 9 * MB
 
 
 def test_gzip_within_its_bounds_is_read_whole() -> None:

@@ -1,5 +1,6 @@
 """Files that must end in bounded time with a clear verdict (issue 13): gzip bombs, a gzip file missing
-its trailer, floods of blank lines, CR-only line endings, a generated id that collides with a custom_id."""
+its trailer, floods of blank lines, floods of invalid lines, CR-only line endings, a generated id that
+collides with a custom_id."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import zlib
 from collections.abc import Iterator
 
 from batchdrop import models as m
+from batchdrop.config import DEFAULT_MAX_GZIP_RATIO, DEFAULT_MAX_INVALID_LINES
 from batchdrop.dedup import Duplicate
 from batchdrop.scan import ScanResult, duplicate_error, scan
 from batchdrop.validation import NoIds
@@ -60,16 +62,51 @@ def test_a_gzip_bomb_past_the_size_bound_is_refused_with_a_file_error_and_no_inv
 
 def test_a_gzip_bomb_past_the_ratio_bound_is_refused_as_a_compression_bomb() -> None:
     # Given the classic bomb, 128 MB of newlines in 128 KB of gzip (batchdrop validate takes 1 GiB)
-    # When it is scanned with the default bounds a deployment uses (500x, judged after 64 MB)
+    # When it is scanned with the default bounds a deployment uses (500x, judged after 8 MB)
     started = time.monotonic()
     result, requests, errors = scanned(list(gzip_stream(b"", b"\n", 128 * MB)), max_inflated=32 << 30, max_ratio=500)
-    # Then it is refused after its first 64 MB, in seconds, naming the ratio and the setting
-    assert time.monotonic() - started < 10
+    # Then it is refused after its first 8 MB, in a second, naming the ratio and the setting
+    assert time.monotonic() - started < 5
     assert result.file_error is not None
     assert "compression bomb" in result.file_error.message
     assert "BATCHDROP_MAX_GZIP_RATIO" in result.file_error.message
     assert (result.lines, requests, errors) == (0, [], [])
-    assert 60 * MB < result.last_line <= 64 * MB
+    assert 4 * MB < result.last_line <= 8 * MB
+
+
+def test_a_gzip_bomb_of_valid_requests_is_refused_past_its_first_8_mb() -> None:
+    # Given 256 MB of one neutral request of 10 KB without a custom_id (each line valid, each given
+    # its own id), about 860x
+    line = dumps(neutral_line(text="a" * 10_000)) + b"\n"
+    bomb = list(gzip_stream(b"", line, 256 * MB))
+    assert 256 * MB // sum(map(len, bomb)) > 800
+    # When it is scanned with the default ratio bound
+    started = time.monotonic()
+    result, requests, errors = scanned(bomb, max_ratio=DEFAULT_MAX_GZIP_RATIO)
+    # Then it is refused once past 8 MB, its lines read so far each valid (and the line cut where
+    # reading stopped, if any, blamed with the file's error), none after
+    assert time.monotonic() - started < 5
+    assert result.file_error is not None
+    assert "compression bomb" in result.file_error.message
+    assert [r.line for r in requests] == list(range(1, len(requests) + 1))
+    assert errors in ([], [result.file_error])
+    assert result.lines == result.last_line == len(requests) + len(errors)
+    assert 7 * MB < result.last_line * len(line) <= 9 * MB
+
+
+def test_a_file_starting_with_the_most_repetitive_honest_lines_passes_the_ratio_judged_from_8_mb() -> None:
+    # Given 16 MB of one 31 KB prompt (one sentence repeated) sent verbatim, gzipped at level 9: about
+    # 325x on its first 8 MB, as close to 500x as an honest file comes (a longer prompt falls out of
+    # deflate's 32 KB window, and its copies no longer compress against each other)
+    prompt = ("Summarise the following report in three sentences. " * 600)[:31_000]
+    lines = [dumps(openai_line(f"same-{i}", text=prompt)) for i in range(16 * MB // 31_000)]
+    data = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=9)
+    assert 300 < (len(lines) * 31_000) // len(data) < DEFAULT_MAX_GZIP_RATIO
+    # When it is scanned with the default bounds
+    result, requests, errors = scanned(in_chunks(data, MB), max_ratio=DEFAULT_MAX_GZIP_RATIO)
+    # Then every line is read
+    assert result.file_error is None
+    assert (len(requests), errors) == (len(lines), [])
 
 
 def test_an_honest_repetitive_gzip_file_passes_the_default_ratio_bound() -> None:
@@ -111,6 +148,95 @@ def test_blank_lines_between_requests_in_every_chunk_keep_the_numbers() -> None:
     assert [r.line for r in requests] == [8001 * (i + 1) for i in range(50)]
     assert [r.custom_id for r in requests] == [f"r{i}" for i in range(50)]
     assert (result.lines, result.last_line, errors) == (50, 50 * 8001, [])
+
+
+# -- floods of invalid lines -------------------------------------------------------------------------------
+
+
+def test_a_flood_of_invalid_lines_stops_past_the_cap_with_a_file_error_that_says_what_to_do() -> None:
+    # Given 4 million lines of `x` (8 MB): at about 6.4 µs a line, 26 s and 4 million error lines
+    data = b"x\n" * (4 * MB)
+    # When it is scanned with a cap of 1,000 invalid lines
+    started = time.monotonic()
+    result, requests, errors = scanned(in_chunks(data, MB), max_invalid=1000)
+    # Then it stops at the 1,001st, each line read has its own error line, and the file is refused
+    assert time.monotonic() - started < 2
+    assert requests == []
+    assert [e.line for e in errors] == list(range(1, 1002))
+    assert {e.code for e in errors} == {m.INVALID_JSON}
+    assert (result.lines, result.valid, result.invalid, result.last_line) == (1001, 0, 1001, 1001)
+    assert result.capped
+    assert result.exhausted
+    assert result.file_error is not None
+    assert result.file_error.message == (
+        "more than 1,000 lines are invalid (first: line 1, invalid_json); the file is refused as a whole, and "
+        "was read no further than line 1,001; fix the file's format, or raise BATCHDROP_MAX_INVALID_LINES"
+    )
+
+
+def test_a_file_with_exactly_the_cap_of_invalid_lines_is_read_to_its_end() -> None:
+    data = b"\n".join([dumps(openai_line("ok1")), b"x", b"[]", dumps(openai_line("ok2")), b"{"]) + b"\n"
+    result, requests, errors = scanned([data], max_invalid=3)
+    assert result.file_error is None
+    assert not result.capped
+    assert ([r.line for r in requests], [e.line for e in errors]) == ([1, 4], [2, 3, 5])
+    assert (result.lines, result.valid, result.invalid, result.last_line) == (5, 2, 3, 5)
+
+
+def test_the_cap_stops_inside_a_block_counting_each_line_read_once_and_none_after() -> None:
+    # Given valid and invalid lines mixed in one chunk (one block of verdicts), blank lines among them
+    rows = [dumps(openai_line("v1")), b"x", b"", dumps(openai_line("v2")), b"[1]", b"y", dumps(openai_line("v3"))]
+    rows += [b"z", dumps(openai_line("v4"))] * 1000
+    data = b"\n".join(rows) + b"\n"
+    # When it is scanned with a cap of 2: the third invalid line (line 6) passes it
+    result, requests, errors = scanned([data], max_invalid=2)
+    # Then lines 1 to 6 each have exactly one verdict, and nothing after line 6 is handed on
+    assert [r.line for r in requests] == [1, 4]
+    assert [(e.line, e.code) for e in errors] == [(2, m.INVALID_JSON), (5, m.NOT_AN_OBJECT), (6, m.INVALID_JSON)]
+    assert (result.lines, result.valid, result.invalid, result.last_line) == (5, 2, 3, 6)
+    assert result.file_error is not None
+    assert "(first: line 2, invalid_json)" in result.file_error.message
+    assert "no further than line 6" in result.file_error.message
+
+
+def test_a_segment_counts_the_invalid_lines_of_the_segments_before_it_against_the_cap() -> None:
+    # Given a segment of a plain file, from line 501, after segments that held 9 invalid lines
+    rows = [dumps(openai_line(f"s{i}")) for i in range(20)]
+    rows[3], rows[7], rows[12] = b"bad", b"bad", b"bad"
+    data = b"\n".join(rows) + b"\n"
+    # When it is scanned with a cap of 10 for the file, to a stop far past its end
+    result, requests, errors = scanned([data], first_line=501, stop_at=len(data) // 2, max_invalid=10, invalid_before=9)
+    # Then its second invalid line is the file's 11th: the scan stops there, and the job ends with this segment
+    assert [e.line for e in errors] == [504, 508]
+    assert [r.line for r in requests] == [501, 502, 503, 505, 506, 507]
+    assert (result.lines, result.invalid, result.last_line) == (8, 2, 508)
+    assert result.exhausted
+    assert result.file_error is not None
+    assert result.file_error.message.startswith(
+        "more than 10 lines are invalid (9 in the lines before line 501, then first: line 504, invalid_json)"
+    )
+
+
+def test_a_gzip_bomb_of_invalid_lines_stops_at_the_default_cap_in_seconds() -> None:
+    # Given a gzip bomb of `x` lines (256 MB in 256 KB; 1 GiB of it ran 3.5 minutes and wrote 33
+    # million error lines before the ratio bound stopped it)
+    bomb = list(gzip_stream(b"", b"x\n", 256 * MB))
+    count = [0]
+
+    def report(invalid: m.Invalid) -> None:
+        count[0] += 1
+
+    # When it is scanned with the default cap and ratio bound
+    started = time.monotonic()
+    result = scan(
+        bomb, validator(seen=NoIds()), lambda r: None, report, max_ratio=DEFAULT_MAX_GZIP_RATIO,
+        max_invalid=DEFAULT_MAX_INVALID_LINES,
+    )  # fmt: skip
+    # Then it stops at the cap (2 MB in, before the ratio is judged), in seconds
+    assert time.monotonic() - started < 30
+    assert count[0] == result.invalid == result.lines == DEFAULT_MAX_INVALID_LINES + 1
+    assert result.file_error is not None
+    assert "more than 1,000,000 lines are invalid" in result.file_error.message
 
 
 # -- gzip cut short ---------------------------------------------------------------------------------------
