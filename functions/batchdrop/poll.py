@@ -154,11 +154,7 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         end_stuck_job(deps, job["job_id"], str(job.get("stuck_at", "")), str(job.get("reason", "")))
         report.timed_out += 1
     elif status == m.JOB_COMPLETING:
-        job, stalls = stall(deps, job, "handbacks")
-        if stalls >= deps.settings.max_stalls:
-            reason = f"its completion was handed over {stalls} times without finishing" + _last_error(job, "completion")
-            end_stuck_job(deps, job["job_id"], "completion", reason)
-            report.timed_out += 1
+        if _handed_back_too_often(deps, job, "completion", report):
             return
         deps.store.update(
             job, due_fields(now + deps.settings.completion_grace_seconds), when_status=(m.JOB_COMPLETING,)
@@ -173,11 +169,7 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     elif status == m.JOB_SUBMITTING:
         # Its submitter's lease ran out without a retry finishing the work: hand it back to the submit
         # function (through the segments queue, which it consumes), which has the grants for it.
-        job, stalls = stall(deps, job, "handbacks")
-        if stalls >= deps.settings.max_stalls:
-            reason = f"its submission stopped {stalls} times without finishing" + _last_error(job, "submit")
-            end_stuck_job(deps, job["job_id"], "submit", reason)
-            report.timed_out += 1
+        if _handed_back_too_often(deps, job, "submit", report):
             return
         logger.warning("submission stalled; handed back to submit", extra={"job_id": job["job_id"]})
         if deps.settings.submit_queue_url:
@@ -190,6 +182,17 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     else:
         # Nothing else should be due; take it out of the index rather than look at it forever.
         deps.store.update(job, {}, remove=NOT_DUE)
+
+
+def _handed_back_too_often(deps: Deps, job: dict[str, Any], stage: str, report: PollReport) -> bool:
+    """Count a hand-back of the job's overdue step; past `max_stalls`, the watchdog ends the job."""
+    job, count = stall(deps, job, "handbacks")
+    if count < deps.settings.max_stalls:
+        return False
+    reason = f"its {stage} step was handed back {count} times without finishing" + _last_error(job, stage)
+    end_stuck_job(deps, job["job_id"], stage, reason)
+    report.timed_out += 1
+    return True
 
 
 def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> None:

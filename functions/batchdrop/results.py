@@ -61,48 +61,28 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 current_attempt = attempt
             provider = batch["provider"]
             batch_id = batch.get("provider_batch_id")
-            if job.get("rejected") or not batch_id:
-                if job.get("rejected"):
-                    stage, code = "validation", m.FILE_REJECTED
-                    reason = job.get("reason") or "the file was rejected"
-                elif batch.get("create_refused"):
-                    stage, code = "provider", m.BATCH_FAILED
-                    reason = batch.get("error") or "the provider refused the batch"
-                elif given_up:
-                    stage, code, reason = "provider", m.BATCH_FAILED, given_up
-                else:
-                    stage, code = "provider", m.CANCELED
-                    reason = "the job was canceled before this batch was sent"
+            if job.get("rejected"):
+                # Refused as a whole: its valid lines were never sent (validation stage, not failed).
+                reason = job.get("reason") or "the file was rejected"
                 for custom_id, line in _index(deps, job_id, batch["batch_key"]).items():
-                    if custom_id in superseded:
-                        continue
-                    if attempt > 1:
-                        later_ids.add(custom_id)
-                    if stage == "provider":
-                        failed += 1
-                    errors.write(
-                        orjson.dumps(
-                            error_line(
-                                custom_id=custom_id,
-                                line=line,
-                                stage=stage,
-                                code=code,
-                                message=f"not submitted: {reason}",
-                                provider=provider,
-                                attempts=attempt if stage == "provider" else 0,
-                            )
-                        )
-                        + b"\n"
+                    rejected = error_line(
+                        custom_id=custom_id,
+                        line=line,
+                        stage="validation",
+                        code=m.FILE_REJECTED,
+                        message=f"not submitted: {reason}",
+                        provider=provider,
                     )
+                    errors.write(orjson.dumps(rejected) + b"\n")
                 continue
-            for custom_id, line, outcome in _outcomes_or_given_up(deps, batch, given_up):
+            for custom_id, line, outcome in _outcomes(deps, batch, given_up):
                 if custom_id in superseded:
                     continue
                 if attempt > 1:
                     later_ids.add(custom_id)
                 if outcome.ok:
                     record, t_in, t_out = result_line(
-                        custom_id, line, provider, batch.get("model", ""), batch_id, outcome.response or {}
+                        custom_id, line, provider, batch.get("model", ""), batch_id or "", outcome.response or {}
                     )
                     results.write(orjson.dumps(record) + b"\n")
                     succeeded += 1
@@ -191,6 +171,21 @@ def _index(deps: Deps, job_id: str, batch_key: str) -> dict[str, int]:
         custom_id, _, line = raw.partition(b"\t")
         index[custom_id.decode()] = int(line)
     return index
+
+
+def _outcomes(deps: Deps, batch: dict[str, Any], given_up: str | None) -> Iterator[tuple[str, int, m.Outcome]]:
+    """Every request of the batch once: its outcome, or, for a batch never sent, why not."""
+    if batch.get("provider_batch_id"):
+        yield from _outcomes_or_given_up(deps, batch, given_up)
+        return
+    if batch.get("create_refused"):
+        code, reason = m.BATCH_FAILED, batch.get("error") or "the provider refused the batch"
+    elif given_up:
+        code, reason = m.BATCH_FAILED, given_up
+    else:
+        code, reason = m.CANCELED, "the job was canceled before this batch was sent"
+    for custom_id, line in _index(deps, batch["job_id"], batch["batch_key"]).items():
+        yield custom_id, line, m.Outcome(custom_id, ok=False, code=code, message=f"not submitted: {reason}")
 
 
 def _outcomes_or_given_up(

@@ -55,30 +55,21 @@ SKEW_SECONDS = 300
 LIST_PAGE_SIZE = 100
 
 
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """Connection failures and timeouts of the HTTP client under the SDK (httpx, or httpx2 in newer SDKs)."""
+def _http_errors(name: str) -> tuple[type[Exception], ...]:
+    """An exception class of the HTTP client under the SDK (httpx, or httpx2 in newer SDKs), by name."""
     found: list[type[Exception]] = []
     for module in ("httpx", "httpx2"):
         try:
-            found.append(importlib.import_module(module).TransportError)
+            found.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             continue
     return tuple(found)
 
 
-def _url_errors() -> tuple[type[Exception], ...]:
-    """The HTTP client's refusal of a URL it cannot build (a model name too long or malformed for a path)."""
-    found: list[type[Exception]] = []
-    for module in ("httpx", "httpx2"):
-        try:
-            found.append(importlib.import_module(module).InvalidURL)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-TRANSPORT_ERRORS = _transport_errors()
-URL_ERRORS = _url_errors()
+# Connection failures and timeouts; and the refusal of a URL the client cannot build (a model name too
+# long or malformed for a path).
+TRANSPORT_ERRORS = _http_errors("TransportError")
+URL_ERRORS = _http_errors("InvalidURL")
 RETRIED: tuple[type[Exception], ...] = (errors.APIError, *TRANSPORT_ERRORS)
 
 T = TypeVar("T")
