@@ -19,6 +19,9 @@ from batchdrop import models as m
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 130)
 err_console = Console(stderr=True, highlight=False)
 
+# Error lines `batchdrop validate` shows in its table (--json prints them all).
+SHOWN = 200
+
 KIND_STYLE = {
     "upload": "cyan",
     "job": "bold",
@@ -308,7 +311,7 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     """
     from rich.markup import escape
 
-    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS, ConfigError, gzip_bounds
+    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS, ConfigError, gzip_bounds, max_invalid_lines
     from batchdrop.outputs import validation_error
     from batchdrop.planner import BatchPlanner, PlannedBatch
     from batchdrop.pricing import CostMeter, estimate_tokens, price_table
@@ -317,8 +320,10 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     from batchdrop.validation import NoIds, Validator
 
     try:
-        # The deployment's bounds on a gzip file, from the same variables, so validate refuses what it would.
+        # The deployment's bounds on a gzip file and on invalid lines, from the same variables, so
+        # validate refuses what it would.
         max_inflated, max_ratio = gzip_bounds()
+        max_invalid = max_invalid_lines()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     bad = False
@@ -351,19 +356,40 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             meter.add(request.model, tokens_in, tokens_out)
 
         errors: list[dict[str, Any]] = []
+        # The table shows the first SHOWN errors: the scan reports them in line order, so those after
+        # the first SHOWN are only counted (a file may hold up to a million); --json prints them all.
+        keep_all = as_json
+        shown = [0]
 
-        def report(invalid: m.Invalid, errors: list[dict[str, Any]] = errors) -> None:
-            errors.append(validation_error(invalid))
+        def report(
+            invalid: m.Invalid,
+            errors: list[dict[str, Any]] = errors,
+            shown: list[int] = shown,
+            keep_all: bool = keep_all,
+        ) -> None:
+            shown[0] += 1
+            if keep_all or len(errors) < SHOWN:
+                errors.append(validation_error(invalid))
 
         with open(path, "rb") as f:
-            result = scan(iter_chunks(f), validator, plan, report, max_inflated=max_inflated, max_ratio=max_ratio)
+            result = scan(
+                iter_chunks(f),
+                validator,
+                plan,
+                report,
+                max_inflated=max_inflated,
+                max_ratio=max_ratio,
+                max_invalid=max_invalid,
+            )
         planner.finish()
         for dup in result.duplicates:
-            report(duplicate_error(dup))
+            errors.append(validation_error(duplicate_error(dup)))
         errors.sort(key=lambda e: e["line"])
+        error_count = shown[0] + len(result.duplicates)
         lines, invalid = result.lines, result.invalid + len(result.duplicates)
         valid = lines - invalid
-        # As the submit function decides: a file that cannot be read to its end is rejected whole.
+        # As the submit function decides: a file that cannot be read to its end, or that holds more
+        # invalid lines than the cap, is rejected whole.
         rejected = result.file_error is not None or valid == 0 or (invalid and on_invalid == "reject")
         bad = bad or bool(invalid) or bool(rejected)
         by_provider: dict[str, int] = {}
@@ -401,11 +427,11 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             table = Table(show_header=True)
             for column in ("line", "custom_id", "code", "message"):
                 table.add_column(column, overflow="fold")
-            for e in errors[:200]:
+            for e in errors[:SHOWN]:
                 table.add_row(str(e["line"]), e["custom_id"] or "", e["code"], e["message"])
             console.print(table)
-            if len(errors) > 200:
-                console.print(f"... and {len(errors) - 200} more (use --json for all)")
+            if error_count > SHOWN:
+                console.print(f"... and {error_count - SHOWN:,} more (use --json for all)")
     sys.exit(1 if bad else 0)
 
 

@@ -266,3 +266,85 @@ def test_validate_rejects_a_gzip_missing_its_trailer_and_counts_only_its_lines(t
     assert "50 lines, 50 valid, 0 invalid" in plain.stdout
     assert "would be rejected" in plain.stdout
     assert "without its last 8 bytes" in plain.stdout
+
+
+def test_validate_stops_a_gzip_bomb_of_invalid_lines_at_the_cap_in_seconds(tmp_path: Path) -> None:
+    # Given 256 MB of `x` lines in about 256 KB of gzip: 134 million invalid lines (1 GiB of them ran
+    # 3.5 minutes and wrote 33 million error lines before the ratio bound stopped it)
+    bomb = tmp_path / "x-bomb.jsonl.gz"
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with bomb.open("wb") as out:
+        for _ in range(256):
+            out.write(packer.compress(b"x\n" * (1 << 19)))
+        out.write(packer.flush())
+    # When it is validated, with the deployment's default cap on invalid lines
+    started = time.monotonic()
+    result = run("validate", str(bomb), timeout=120)
+    # Then it stops past the cap, in seconds, and is refused with what the pipeline would say
+    assert time.monotonic() - started < 40
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "1000001 lines, 0 valid, 1000001 invalid" in result.stdout
+    assert "would be rejected" in result.stdout
+    assert (
+        "more than 1,000,000 lines are invalid (first: line 1, invalid_json); the file is refused as a whole, and "
+        "was read no further than line 1,000,001; fix the file's format, or raise BATCHDROP_MAX_INVALID_LINES"
+    ) in result.stdout
+    assert "... and 999,801 more (use --json for all)" in result.stdout
+
+
+def capped_file(path: Path) -> Path:
+    """Valid and invalid lines, a blank one among them: with a cap of 2, reading stops at line 6."""
+    path.write_bytes(
+        jsonl([openai_line("a"), "x", "", openai_line("b"), "[]", "{", openai_line("c"), "y", anthropic_line("d")])
+    )
+    return path
+
+
+def test_validate_takes_the_cap_from_the_environment_and_counts_only_the_lines_read(tmp_path: Path) -> None:
+    path = capped_file(tmp_path / "mixed.jsonl")
+    env = {**os.environ, "COLUMNS": "160", "BATCHDROP_MAX_INVALID_LINES": "2"}
+    table = subprocess.run(
+        [*BATCHDROP, "validate", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert table.returncode == 1
+    assert "5 lines, 2 valid, 3 invalid" in table.stdout
+    assert "would be rejected" in table.stdout
+    assert "more than 2 lines are invalid (first: line 2, invalid_json)" in table.stdout
+    assert "read no further than line 6" in table.stdout
+    as_json = subprocess.run(
+        [*BATCHDROP, "validate", "--json", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert as_json.returncode == 1
+    errors = [orjson.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
+    assert [(e["line"], e["code"]) for e in errors] == [(2, "invalid_json"), (5, "not_an_object"), (6, "invalid_json")]
+    bad = {**env, "BATCHDROP_MAX_INVALID_LINES": "none"}
+    refused = subprocess.run(
+        [*BATCHDROP, "validate", str(path)], capture_output=True, text=True, timeout=60, env=bad, check=False
+    )
+    assert refused.returncode == 1
+    assert "BATCHDROP_MAX_INVALID_LINES='none' must be a whole number" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_validate_and_the_pipeline_refuse_a_file_past_the_cap_alike(tmp_path: Path) -> None:
+    # Given a file past a cap of 2 invalid lines, and that cap in the environment of both commands
+    path = capped_file(tmp_path / "mixed.jsonl")
+    env = {**os.environ, "COLUMNS": "160", "BATCHDROP_MAX_INVALID_LINES": "2"}
+    checked = subprocess.run(
+        [*BATCHDROP, "validate", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    out = tmp_path / "out"
+    ran = subprocess.run(
+        [*BATCHDROP, "local", "run", str(path), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    # Then the job is rejected with the very message validate printed
+    ((results, errors, summary),) = outputs(out)
+    assert summary["status"] == "rejected"
+    assert f"file error: {summary['reason']}" in checked.stdout
+    # and each non-blank line read has one output line: the valid ones file_rejected, none after line 6
+    assert_accounting({1, 2, 4, 5, 6}, results, errors, summary)
+    codes = {e["line"]: e["code"] for e in errors}
+    assert codes == {1: "file_rejected", 2: "invalid_json", 4: "file_rejected", 5: "not_an_object", 6: "invalid_json"}
