@@ -72,14 +72,16 @@ def calls_of_one_poll(stack: s.LocalStack, finished: int) -> tuple[Counter[str],
 
 def test_a_poll_makes_the_same_aws_calls_with_10_or_1000_finished_jobs(stack: s.LocalStack) -> None:
     few, report = calls_of_one_poll(stack, 10)
-    assert report["looked_at"] == 3
+    # the 3 active batches, and the 3 jobs just submitted, each looked at once as a whole soon after
+    assert report["looked_at"] == 6
     with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as other:
         many, report_many = calls_of_one_poll(other, 1000)
-    assert report_many["looked_at"] == 3
+    assert report_many["looked_at"] == 6
     assert many == few
-    # one query of the index, one conditional write per active batch, and never a scan
-    assert few["dynamodb.Query"] == 1
-    assert few["dynamodb.UpdateItem"] == 3
+    # one query of the index and one of each active job's batches, one conditional write per active
+    # batch and per active job (its next look), and never a scan
+    assert few["dynamodb.Query"] == 1 + 3
+    assert few["dynamodb.UpdateItem"] == 3 + 3
     assert "dynamodb.Scan" not in few
 
 
