@@ -492,7 +492,7 @@ CASES: list[Case] = [
         suffix=".jsonl.gz",
     ),
     # Issue 13: a gzip bomb (one request, then 80 MB of newlines in 80 KB) is refused by the default
-    # ratio bound once past 64 MB, in a second; no line is made up for its blank lines
+    # ratio bound once past 8 MB, in a second; no line is made up for its blank lines
     Case(
         "gzip-bomb-of-newlines",
         lambda: _gzip_bomb(oa("bomb1"), 80 * MB),
