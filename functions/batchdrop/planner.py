@@ -113,7 +113,7 @@ class BatchPlanner:
             return
         held = self._held.pop(slot, None)
         if last and held is not None and planned.requests < minimum:
-            _rebalance(held, planned, minimum, self.limits[batch.provider], self.tmpdir)
+            rebalance(held, planned, minimum, self.limits[batch.provider], self.tmpdir)
         if held is not None:
             self.on_batch(held)
         if last:
@@ -122,7 +122,7 @@ class BatchPlanner:
             self._held[slot] = planned
 
 
-def _rebalance(full: PlannedBatch, tail: PlannedBatch, minimum: int, limits: BatchLimits, tmpdir: str | None) -> None:
+def rebalance(full: PlannedBatch, tail: PlannedBatch, minimum: int, limits: BatchLimits, tmpdir: str | None) -> None:
     """Move requests from the end of `full` to `tail` until `tail` has `minimum` of them, if `full`
     keeps at least as many and `tail` stays within the byte limit; otherwise leave both alone.
     Streams the files: memory holds the moved requests only (fewer than `minimum`)."""

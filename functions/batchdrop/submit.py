@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict, due_fields, job_pk, release, set_flag
-from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, BatchLimits, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 from batchdrop.jobs import hand_over_if_done, notify_once
 from batchdrop.outputs import validation_error
@@ -39,7 +39,7 @@ from batchdrop.pipeline import (
     refused_key,
     validation_errors_key,
 )
-from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
+from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import cancel_unsent, submit_batch
 from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
@@ -282,14 +282,14 @@ class _Submission:
                     refused_lines.update(orjson.loads(b"".join(deps.objects.lines(refused_key(self.job_id, earlier)))))
                 duplicates = [d for d in duplicates if d.line not in refused_lines]
                 if duplicates:
-                    minimum = {name: p.limits.min_requests for name, p in settings.providers.items()}
-                    stored, shrunk = _drop_duplicates(deps, self.job_id, stored, duplicates, minimum)
+                    limits = {name: p.limits for name, p in settings.providers.items()}
+                    stored, shrunk = _drop_duplicates(deps, self.job_id, stored, duplicates, limits)
                     for dup in duplicates:
                         report(duplicate_error(dup))
                     totals["valid"] -= len(duplicates)
                     totals["invalid"] += len(duplicates)
-                    # A batch the duplicates took under its provider's minimum is dealt with like any
-                    # other too-small batch.
+                    # A batch the duplicates took under its provider's minimum, and that no batch of
+                    # the same model could lend requests to, is dealt with like any other too-small batch.
                     for batch in shrunk:
                         too_small = self._undersized(batch, store_batch, prefix, report)
                         totals["valid"] -= len(too_small)
@@ -479,56 +479,102 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
 
 
 def _drop_duplicates(
-    deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate], minimum: dict[str, int]
+    deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate], limits: dict[str, BatchLimits]
 ) -> tuple[list[str], list[PlannedBatch]]:
     """Take the duplicate lines out of the batches already planned (rare: only when a file repeats
     an id). Counts are recomputed from what is kept, so a re-run after a crash lands on the same state.
 
-    Returns the batches kept, and those the removal left under their provider's minimum (Bedrock's
-    records per job): their items are deleted and their requests handed back in local files.
+    A batch the removal leaves under its provider's minimum (Bedrock's records per job) borrows what it
+    lacks from another batch of the same model that can spare it, as the planner does for a last batch:
+    the plan is as if the duplicates had never been there. Returns the batches kept, and those still
+    too small: their items are deleted and their requests handed back in local files.
     """
     drop = {d.line for d in duplicates}
     items = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
     kept_keys: list[str] = []
-    shrunk: list[PlannedBatch] = []
+    short: list[PlannedBatch] = []
     for key in stored:
         index_key, data_key = batch_index_key(job_id, key), batch_data_key(job_id, key)
-        index_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
-        data_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
-        with index_out, data_out:
-            requests = removed = 0
-            size = ENVELOPE_BYTES  # counted as the planner counts a batch
-            for entry, payload in zip(deps.objects.lines(index_key), deps.objects.lines(data_key), strict=True):
-                if int(entry.rpartition(b"\t")[2]) in drop:
-                    removed += 1
-                    continue
-                index_out.write(entry + b"\n")
-                data_out.write(payload + b"\n")
-                requests += 1
-                size += len(payload) + 1
-        item = items[key]
-        planned = PlannedBatch(
-            key, item["provider"], item.get("group", ""), item.get("model", ""), requests, size,
-            data_out.name, index_out.name,
-        )  # fmt: skip
+        planned = _download_batch(deps, job_id, items[key], drop)
+        removed = int(items[key]["requests"]) - planned.requests
         if not removed:
             planned.discard()
             kept_keys.append(key)
-        elif requests == 0:
+        elif planned.requests == 0:
             planned.discard()
-            deps.store.delete(item)
-        elif requests < minimum.get(planned.provider, 1):
+            deps.store.delete(items[key])
+        elif planned.requests < limits[planned.provider].min_requests:
+            short.append(planned)
+        else:
+            _store_files(deps, planned, data_key, index_key)
+            deps.store.update(items[key], {"requests": planned.requests, "bytes": planned.bytes})
+            kept_keys.append(key)
+    shrunk: list[PlannedBatch] = []
+    for planned in short:
+        item = items[planned.key]
+        if _borrow(deps, job_id, planned, [items[k] for k in kept_keys], limits[planned.provider]):
+            deps.store.update(item, {"requests": planned.requests, "bytes": planned.bytes})
+            kept_keys.append(planned.key)
+        else:
             deps.store.delete(item)
             shrunk.append(planned)
-        else:
-            try:
-                deps.objects.upload_file(data_out.name, data_key)
-                deps.objects.upload_file(index_out.name, index_key, "text/plain")
-            finally:
-                planned.discard()
-            deps.store.update(item, {"requests": requests, "bytes": size})
-            kept_keys.append(key)
     return kept_keys, shrunk
+
+
+def _download_batch(deps: Deps, job_id: str, item: dict[str, Any], drop: set[int]) -> PlannedBatch:
+    """A stored batch in local files, without the lines in `drop`; sized as the planner sizes it."""
+    key = item["batch_key"]
+    index_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".idx", delete=False)  # noqa: SIM115
+    data_out = tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl", delete=False)  # noqa: SIM115
+    with index_out, data_out:
+        requests = 0
+        size = ENVELOPE_BYTES  # counted as the planner counts a batch
+        index_lines = deps.objects.lines(batch_index_key(job_id, key))
+        for entry, payload in zip(index_lines, deps.objects.lines(batch_data_key(job_id, key)), strict=True):
+            if int(entry.rpartition(b"\t")[2]) in drop:
+                continue
+            index_out.write(entry + b"\n")
+            data_out.write(payload + b"\n")
+            requests += 1
+            size += len(payload) + 1
+    return PlannedBatch(
+        key, item["provider"], item.get("group", ""), item.get("model", ""), requests, size,
+        data_out.name, index_out.name,
+    )  # fmt: skip
+
+
+def _store_files(deps: Deps, planned: PlannedBatch, data_key: str, index_key: str) -> None:
+    try:
+        deps.objects.upload_file(planned.path, data_key)
+        deps.objects.upload_file(planned.index_path, index_key, "text/plain")
+    finally:
+        planned.discard()
+
+
+def _borrow(deps: Deps, job_id: str, short: PlannedBatch, kept: list[dict[str, Any]], limits: BatchLimits) -> bool:
+    """Fill `short` up to the minimum from a kept batch of the same provider and model that stays at
+    the minimum itself; both are stored again. False (nothing changed) when no batch can lend."""
+    need = limits.min_requests - short.requests
+    for item in kept:
+        same = (item["provider"], item.get("group", ""), item.get("model", "")) == (
+            short.provider, short.group, short.model,
+        )  # fmt: skip
+        if not same or int(item["requests"]) - need < limits.min_requests:
+            continue
+        lender = _download_batch(deps, job_id, item, set())
+        rebalance(lender, short, limits.min_requests, limits, tmpdir())
+        if short.requests < limits.min_requests:  # over the byte limit: try another
+            lender.discard()
+            continue
+        # The borrower first: a crash before the lender is trimmed leaves the lines in both files, and
+        # the re-run, which plans this segment again, recomputes both from the plan.
+        data_key, index_key = batch_data_key(job_id, short.key), batch_index_key(job_id, short.key)
+        _store_files(deps, short, data_key, index_key)
+        _store_files(deps, lender, batch_data_key(job_id, lender.key), batch_index_key(job_id, lender.key))
+        deps.store.update(item, {"requests": lender.requests, "bytes": lender.bytes})
+        item["requests"], item["bytes"] = lender.requests, lender.bytes
+        return True
+    return False
 
 
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:

@@ -272,6 +272,21 @@ def test_a_bedrock_batch_that_duplicates_take_under_the_minimum_is_refused_not_s
     assert stack.emulator.stats()["batches_created"]["bedrock"] == 0
 
 
+@pytest.mark.parametrize("stack", [{"limits": {"bedrock": (8, 10_000_000)}}], indirect=True)
+def test_a_batch_that_a_duplicate_takes_under_the_minimum_borrows_from_its_sibling(stack: s.LocalStack) -> None:
+    # Given 12 Bedrock lines at 8 a batch (planned 7 + 5 around the minimum of 5) and a 13th that
+    # repeats an id of the second batch: once the duplicate is out, that batch holds 4
+    nova = lines_for("bedrock", 12, "b")
+    nova.append(neutral_line(MODELS["bedrock"], "again", custom_id="b-11"))
+    job, results, errors, _summary = run_file(stack, "inputs/borrow.jsonl", nova)
+    # Then it borrows one request from its sibling, as if the duplicate had never been planned: only
+    # the duplicate is refused, and every other request runs
+    assert [(e["line"], e["code"]) for e in errors] == [(13, m.DUPLICATE_CUSTOM_ID)]
+    assert len(results) == 12
+    assert job["status"] == m.JOB_PARTIAL
+    assert stack.emulator.stats()["batches_created"]["bedrock"] == 2
+
+
 @pytest.mark.parametrize("stack", [{"segment_bytes": 1024}], indirect=True)
 def test_a_line_refused_as_too_few_in_an_earlier_segment_is_not_also_a_duplicate(stack: s.LocalStack) -> None:
     # Given a file planned one line per segment: an OpenAI line "x", then a Bedrock line that repeats
