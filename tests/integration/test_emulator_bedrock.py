@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import boto3
+import botocore.session
 import orjson
 import pytest
 from botocore.config import Config
@@ -411,6 +412,7 @@ def test_bad_requests_and_inputs_are_validation_errors(bedrock: Any, s3: Any, em
         ({"input_uri": f"s3://{BUCKET}/nothing-here/"}, "No .jsonl input file was found"),
         ({"input_uri": good, "model": "cohere.command-r-v1:0"}, "The provided model identifier is invalid"),
         ({"input_uri": good, "name": "-starts-with-a-dash"}, "at 'jobName' failed to satisfy constraint"),
+        ({"input_uri": good, "model": "anthropic.claude/../x#y"}, "at 'modelId' failed to satisfy constraint"),
         ({"input_uri": good, "timeoutDurationInHours": 200}, "between 24 and 168"),
         ({"input_uri": good, "output_uri": "s3://Upper_Case/out/"}, "outputDataConfig.s3OutputDataConfig.s3Uri"),
     ]
@@ -813,3 +815,11 @@ def test_provider_streams_a_multipart_upload(provider: BedrockProvider, s3: Any,
     seen = {o.custom_id for o in provider.outcomes(arn, status) if o.ok}
     assert len(seen) == 9000
     assert custom_id(8999) in seen
+
+
+def test_the_model_id_pattern_is_botocores() -> None:
+    from batchdrop.local.emulator_bedrock import MODEL_ID
+
+    model = botocore.session.get_session().get_service_model("bedrock")
+    shape = model.operation_model("CreateModelInvocationJob").input_shape.members["modelId"]
+    assert MODEL_ID.pattern == shape.metadata["pattern"]

@@ -69,6 +69,14 @@ IDEMPOTENCY_TOKEN = re.compile(r"[a-zA-Z0-9]{1,256}(-*[a-zA-Z0-9]){0,256}")
 ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+")
 S3_URI = re.compile(r"s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](?:/[-!_*'().a-z0-9A-Z]+(?:/[-!_*'().a-z0-9A-Z]+)*)?/?")
 TAG_TEXT = re.compile(r"[a-zA-Z0-9\s._:/=+@-]*")
+# CreateModelInvocationJob's `ModelId` (1 to 2048 characters): a model id, an inference profile or an ARN.
+MODEL_ID = re.compile(
+    r"(arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:(([0-9]{12}:custom-model/[a-z0-9-]{1,63}[.]{1}[a-z0-9-:]{1,63}"
+    r"/[a-z0-9]{12}$)|(:foundation-model/([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}([.]?[a-z0-9-]{1,63})"
+    r"([:][a-z0-9-]{1,63}){0,2})|(([0-9a-zA-Z][_-]?)+)$)|([0-9]{12}:(inference-profile|"
+    r"application-inference-profile)/[a-zA-Z0-9-:.]+$)))|([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}"
+    r"([.]?[a-z0-9-]{1,63})([:][a-z0-9-]{1,63}){0,2})|(([0-9a-zA-Z][_-]?)+)"
+)
 STATUSES = (
     "Submitted",
     "InProgress",
@@ -456,7 +464,7 @@ class BedrockEmulation:
 
         name = string("jobName", payload.get("jobName"), JOB_NAME, 1, MAX_NAME)
         role_arn = string("roleArn", payload.get("roleArn"), ROLE_ARN, 0, 2048)
-        model_id = string("modelId", payload.get("modelId"), None, 1, 2048)
+        model_id = string("modelId", payload.get("modelId"), MODEL_ID, 1, 2048)
         token_value = payload.get("clientRequestToken")
         token = (
             string("clientRequestToken", token_value, IDEMPOTENCY_TOKEN, 1, 256)
