@@ -129,6 +129,9 @@ BLOCK_RETRY = 8
 # than the Python around it, and a line decodes while it is still in the CPU's cache (measured equal
 # or faster from 2 KB a line).
 BLOCK_MEAN_LINE = 1024
+# A block is judged in slices of about this many bytes (at least SLICE_LINES lines): see check_block.
+SLICE_BYTES = 64 * 1024
+SLICE_LINES = 16
 OPENAI_ENDPOINTS = frozenset(get_args(_Endpoint))
 ANTHROPIC_ENDPOINT = "/v1/messages"
 OPENAI_LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -287,7 +290,27 @@ class Validator:
         """The verdicts of `check` on consecutive lines numbered from `first`, found in the common
         case (a run of well-formed batch lines of one shape) by a loop that leaves per line only
         what msgspec cannot check: one decode for the whole block when lines are short, one per
-        line when they are long."""
+        line when they are long.
+
+        A block of short lines (a reader's chunk, about 1 MB) is judged a slice of about SLICE_BYTES
+        at a time: what a slice decodes to is freed before the next is decoded, so its memory is
+        reused while it is still in the CPU's cache, instead of a whole block's worth of objects
+        being allocated (fresh pages) and freed each time. Long lines, decoded one a line, measured
+        no faster sliced."""
+        try:
+            size = sum(map(len, lines))  # type: ignore[arg-type]
+        except TypeError:  # a LineTooLong
+            size = len(lines) * BLOCK_MEAN_LINE
+        step = max(SLICE_LINES, SLICE_BYTES * len(lines) // (size or 1))
+        if step >= len(lines) or size > BLOCK_MEAN_LINE * len(lines):
+            return self._slice(first, lines)
+        out: list[m.Request | m.Invalid | None] = []
+        for start in range(0, len(lines), step):
+            out += self._slice(first + start, lines[start : start + step])
+        return out
+
+    def _slice(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
+        """`check_block` on a slice of a block."""
         verdicts = None
         if self._block_skip:
             self._block_skip -= 1
@@ -315,14 +338,6 @@ class Validator:
             return None
         if size > BLOCK_MEAN_LINE * len(lines):
             return None
-        joined = self._marker.join(lines)  # type: ignore[arg-type]
-        if not joined.isascii():
-            # msgspec does not check the UTF-8 of strings it skips; the separators are ASCII, so the
-            # whole is valid exactly when every line is.
-            try:
-                joined.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
         head = lines[0]
         if b'"body"' in head:  # type: ignore[operator]
             decode, accept = _OPENAI_LINES, self._openai_requests
@@ -330,8 +345,20 @@ class Validator:
             decode, accept = _ANTHROPIC_LINES, self._anthropic_requests  # type: ignore[assignment]
         else:
             return None
+        # The brackets go on the end lines, not around the joined block: one copy of it, not two.
+        parts = list(lines)
+        parts[0] = b"[" + parts[0]  # type: ignore[operator]
+        parts[-1] += b"]"  # type: ignore[operator]
+        joined = self._marker.join(parts)  # type: ignore[arg-type]
+        if not joined.isascii():
+            # msgspec does not check the UTF-8 of strings it skips; the separators are ASCII, so the
+            # whole is valid exactly when every line is.
+            try:
+                joined.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
         try:
-            items = decode(b"[" + joined + b"]")
+            items = decode(joined)
         except (msgspec.MsgspecError, RecursionError):
             return None
         decoded = items[::2]

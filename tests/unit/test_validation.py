@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -843,6 +843,37 @@ def test_lines_that_only_joined_make_a_well_formed_array_are_each_refused() -> N
     verdicts = validator(seen=NoIds()).check_block(1, lines)
     # Then no line is taken for a request: each is refused as the broken JSON it is
     assert [v.code if isinstance(v, m.Invalid) else v for v in verdicts] == [m.INVALID_JSON] * 3
+
+
+@pytest.mark.parametrize("remember", [True, False])
+def test_a_block_judged_in_slices_gets_the_verdicts_of_its_lines_one_by_one(remember: bool) -> None:
+    # Given a reader's block of ~1 MB of short lines (many slices), with a broken line, a line of
+    # another shape, a line too long, and ids used again in a later slice
+    lines: list[bytes | LineTooLong] = [dumps(openai_line(f"r{i}", text="x" * 300)) + b"\n" for i in range(3000)]
+    lines[5] = b'{"custom_id":"r5","method":"POST"\n'
+    lines[1500] = dumps(openai_line("r7")) + b"\n"
+    lines[2000] = dumps(anthropic_line("a1")) + b"\n"
+    lines[2500] = LineTooLong(40_000_000)
+    lines[2999] = dumps(openai_line("r1")) + b"\n"
+    whole = validator(seen=set() if remember else NoIds())
+    slices: list[int] = []
+    judge = whole._slice
+
+    def counted(first: int, part: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
+        slices.append(len(part))
+        return judge(first, part)
+
+    whole._slice = counted  # type: ignore[method-assign,assignment]
+    # When it is checked as a block, and line by line
+    got = whole.check_block(1, lines)
+    alone = validator(seen=set() if remember else NoIds())
+    # Then the verdicts are the same (duplicates found across slices), in more than one slice
+    assert got == [alone.check(n, raw) for n, raw in enumerate(lines, 1)]
+    assert len(slices) > 1
+    assert sum(slices) == len(lines)
+    codes = [v.code for v in got if isinstance(v, m.Invalid)]
+    dup = [m.DUPLICATE_CUSTOM_ID] if remember else []
+    assert codes == [m.INVALID_JSON, *dup, m.REQUEST_TOO_LARGE, *dup]
 
 
 # -- hostile values (issue 13): the fast path and the block path agree with the full check -------
