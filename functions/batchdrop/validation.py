@@ -37,6 +37,9 @@ _IDS_OK = re.compile(r"(?:[A-Za-z0-9_-]{1,64}\n)*[A-Za-z0-9_-]{1,64}").fullmatch
 # regex costs 10 to 50 times the whole validation of a 2 KB line, `bytes.translate` about as much as
 # the validation itself. Typed, nothing can nest deeper than a few levels, so msgspec never recurses
 # far. The id pattern is checked in Python: msgspec's `pattern` costs more than a compiled fullmatch.
+# As nothing is skipped, msgspec also checks the UTF-8 of the whole line (it checks every string it
+# decodes; keys and literals must match ASCII names): the lines need no UTF-8 check of their own, a
+# pass over every byte (6% of the instructions on a 2 KB line, 2% on a 400-byte one, by cachegrind).
 _Model = Annotated[str, msgspec.Meta(min_length=1)]
 _Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 # The largest max_tokens (or max_completion_tokens, maxOutputTokens...) we pass: Gemini reads it as a
@@ -349,16 +352,8 @@ class Validator:
         parts = list(lines)
         parts[0] = b"[" + parts[0]  # type: ignore[operator]
         parts[-1] += b"]"  # type: ignore[operator]
-        joined = self._marker.join(parts)  # type: ignore[arg-type]
-        if not joined.isascii():
-            # msgspec does not check the UTF-8 of strings it skips; the separators are ASCII, so the
-            # whole is valid exactly when every line is.
-            try:
-                joined.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
         try:
-            items = decode(joined)
+            items = decode(self._marker.join(parts))  # type: ignore[arg-type]
         except (msgspec.MsgspecError, RecursionError):
             return None
         decoded = items[::2]
@@ -384,15 +379,11 @@ class Validator:
             return [check(number, raw) for number, raw in enumerate(lines, first)]
         decoded: list[Any] = []
         add = decoded.append
-        Error = (msgspec.MsgspecError, RecursionError)
+        Error = (msgspec.MsgspecError, RecursionError, TypeError)  # TypeError: a LineTooLong
         for raw in lines:
-            # msgspec does not check the UTF-8 of strings it skips; the providers would.
-            if raw.__class__ is bytes and (raw.isascii() or _utf8(raw)):
-                try:
-                    add(decode(raw))
-                except Error:
-                    add(None)
-            else:
+            try:
+                add(decode(raw))  # type: ignore[arg-type]
+            except Error:
                 add(None)
         try:
             ids_ok = _ids_ok([line.custom_id for line in decoded])
@@ -406,8 +397,6 @@ class Validator:
 
         Returns None at the first doubt; `check` then runs the full check and says what is wrong.
         """
-        if not (raw.isascii() or _utf8(raw)):
-            return None
         if b'"body"' in raw:
             try:
                 line = _OPENAI_LINE(raw)
@@ -727,14 +716,6 @@ def _too_deep(obj: Any) -> bool:
     except TypeError:
         return True
     return False
-
-
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _ids_ok(ids: list[str]) -> bool:

@@ -876,6 +876,48 @@ def test_a_block_judged_in_slices_gets_the_verdicts_of_its_lines_one_by_one(reme
     assert codes == [m.INVALID_JSON, *dup, m.REQUEST_TOO_LARGE, *dup]
 
 
+_BAD_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.sampled_from(["openai", "anthropic", "openai-parts", "anthropic-system"]),
+    text=st.sampled_from(["hi", "é" * 3, "long " * 300]),
+    bad=st.sampled_from(_BAD_UTF8),
+    where=st.floats(0, 1),
+    ending=st.sampled_from([b"", b"\n"]),
+)
+def test_invalid_utf8_anywhere_in_a_line_is_refused_on_every_path(
+    shape: str, text: str, bad: bytes, where: float, ending: bytes
+) -> None:
+    # Given a well-formed line, with bytes that are not UTF-8 put anywhere in it (in a string, a
+    # key, a value, between tokens): the fast paths no longer check the bytes themselves, msgspec
+    # checks every string it decodes, and the strict schemas skip nothing
+    if shape == "openai":
+        line = openai_line("u1", text=text)
+    elif shape == "openai-parts":
+        line = openai_line("u1", text=text)
+        line["body"]["messages"][0]["content"] = [{"type": "text", "text": text}]
+    elif shape == "anthropic":
+        line = anthropic_line("u1", text=text)
+    else:
+        line = anthropic_line("u1", text=text, system=text)
+    good = dumps(line)
+    at = int(where * len(good))
+    raw = good[:at] + bad + good[at:] + ending
+    # When every path judges it
+    full = validator(seen=NoIds()).full(2, raw)
+    # Then none passes it: it is refused as the full check refuses it
+    assert isinstance(full, m.Invalid)
+    assert validator(seen=NoIds()).fast(2, raw) is None
+    twin = (dumps(anthropic_line("t1")) if shape.startswith("anthropic") else dumps(openai_line("t1"))) + b"\n"
+    block: list[bytes | LineTooLong] = [twin, raw, twin.replace(b"t1", b"t2")]
+    expected = [validator(seen=NoIds()).check(n, r) for n, r in enumerate(block, 1)]
+    assert validator(seen=NoIds()).check_block(1, block) == expected
+    assert validator(seen=NoIds())._each_line(1, block) == expected
+    assert expected[1] == full
+
+
 # -- hostile values (issue 13): the fast path and the block path agree with the full check -------
 
 _HOSTILE_NUMBERS = [b"64", b"1e999", b"-1E+400", b"1" + b"0" * 400, b"123456789012345678901234567890", b"2147483648"]
