@@ -99,6 +99,26 @@ class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     body: _OpenAIBody
 
 
+class _OpenAIChat(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The fields of `_OpenAIBody` a chat line mostly sets, tried first by the block paths: msgspec
+    fills in and frees every field a struct has, set or not."""
+
+    model: _Model
+    stream: bool | None = None
+    messages: list[_OpenAIMessage] | None = None
+    max_tokens: _Count | None = None
+    max_completion_tokens: _Count | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+class _OpenAIChatLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    custom_id: str
+    method: Literal["POST"]
+    url: _Endpoint
+    body: _OpenAIChat
+
+
 class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     role: str
     content: _Content
@@ -124,6 +144,8 @@ class _AnthropicLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _OPENAI_LINE = msgspec.json.Decoder(_OpenAILine).decode
 _ANTHROPIC_LINE = msgspec.json.Decoder(_AnthropicLine).decode
 _OPENAI_LINES = msgspec.json.Decoder(list[_OpenAILine | int]).decode
+_CHAT_LINE = msgspec.json.Decoder(_OpenAIChatLine).decode
+_CHAT_LINES = msgspec.json.Decoder(list[_OpenAIChatLine | int]).decode
 _ANTHROPIC_LINES = msgspec.json.Decoder(list[_AnthropicLine | int]).decode
 # After a block that could not be decoded whole (a mixed or damaged file), this many blocks are
 # checked line by line before trying again: a failed try costs at most a partial decode.
@@ -214,6 +236,8 @@ class Validator:
         self._anthropic_max = _max_payload(self.providers.get("anthropic"))
         self._remember = not isinstance(self.seen, NoIds)
         self._block_skip = 0
+        # Slices left to decode OpenAI lines in the full schema first: set when a line needed it.
+        self._full_body = 0
         # os.urandom, not secrets: that module would load OpenSSL (4 MB) into `batchdrop validate`.
         self._marker_value = int.from_bytes(os.urandom(8), "big") >> 2 | (1 << 61)  # always 19 digits
         self._marker = b",%d," % self._marker_value
@@ -315,6 +339,8 @@ class Validator:
     def _slice(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
         """`check_block` on a slice of a block."""
         verdicts = None
+        if self._full_body:
+            self._full_body -= 1
         if self._block_skip:
             self._block_skip -= 1
         else:
@@ -343,7 +369,7 @@ class Validator:
             return None
         head = lines[0]
         if b'"body"' in head:  # type: ignore[operator]
-            decode, accept = _OPENAI_LINES, self._openai_requests
+            decode, accept = _OPENAI_LINES if self._full_body else _CHAT_LINES, self._openai_requests
         elif b'"params"' in head:  # type: ignore[operator]
             decode, accept = _ANTHROPIC_LINES, self._anthropic_requests  # type: ignore[assignment]
         else:
@@ -352,10 +378,17 @@ class Validator:
         parts = list(lines)
         parts[0] = b"[" + parts[0]  # type: ignore[operator]
         parts[-1] += b"]"  # type: ignore[operator]
+        joined = self._marker.join(parts)  # type: ignore[arg-type]
         try:
-            items = decode(self._marker.join(parts))  # type: ignore[arg-type]
+            items = decode(joined)
         except (msgspec.MsgspecError, RecursionError):
-            return None
+            if decode is not _CHAT_LINES:
+                return None
+            try:
+                items = _OPENAI_LINES(joined)
+            except (msgspec.MsgspecError, RecursionError):
+                return None
+            self._full_body = BLOCK_RETRY
         decoded = items[::2]
         # Every marker where it was put, none taken into a string, an array or an extra item: each
         # line is then exactly one item (a line cannot hold the marker, unknown to whoever wrote it).
@@ -370,8 +403,11 @@ class Validator:
     def _each_line(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
         """`check_block` with one decode a line, in the schema of the block's first line."""
         head = lines[0]
+        other = None  # the schema to try when `decode` fails
         if head.__class__ is bytes and b'"body"' in head:
             decode, accept = _OPENAI_LINE, self._openai_requests
+            if not self._full_body:
+                decode, other = _CHAT_LINE, _OPENAI_LINE  # type: ignore[assignment]
         elif head.__class__ is bytes and b'"params"' in head:
             decode, accept = _ANTHROPIC_LINE, self._anthropic_requests  # type: ignore[assignment]
         else:
@@ -384,7 +420,17 @@ class Validator:
             try:
                 add(decode(raw))  # type: ignore[arg-type]
             except Error:
-                add(None)
+                if other is None:
+                    add(None)
+                    continue
+                try:
+                    add(other(raw))  # type: ignore[arg-type]
+                except Error:
+                    add(None)
+                    continue
+                # A line with more fields: the next lines, likely the same, go to the full schema.
+                decode, other = other, None
+                self._full_body = BLOCK_RETRY
         try:
             ids_ok = _ids_ok([line.custom_id for line in decoded])
         except AttributeError:  # a line that did not decode: its id is checked on its own
@@ -419,7 +465,7 @@ class Validator:
         self,
         first: int,
         raws: Sequence[bytes],
-        lines: Sequence[_OpenAILine | None],
+        lines: Sequence[_OpenAILine | _OpenAIChatLine | None],
         ids_ok: bool,
         settle: bool,
     ) -> list[m.Request | m.Invalid | None]:

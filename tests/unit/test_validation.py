@@ -876,6 +876,42 @@ def test_a_block_judged_in_slices_gets_the_verdicts_of_its_lines_one_by_one(reme
     assert codes == [m.INVALID_JSON, *dup, m.REQUEST_TOO_LARGE, *dup]
 
 
+@pytest.mark.parametrize("text", ["short", "long " * 600])
+def test_lines_with_fields_beyond_the_chat_schema_get_the_verdicts_of_their_lines_one_by_one(text: str) -> None:
+    # Given blocks of OpenAI lines, some with only the fields most chat lines set, some with fields
+    # only the full schema names (valid or not), in runs and mixed
+    def one(i: int, **body: Any) -> bytes:
+        raw = dumps(openai_line(f"f{i}", text=text, **body)) + b"\n"
+        return raw.replace(b'"HUGE_INT"', b"18446744073709551616").replace(b'"HUGE"', b"1e999")
+
+    extras: list[dict[str, Any]] = [
+        {},
+        {"seed": 7, "user": "u"},
+        {"n": 2, "stop": ["x"]},
+        {"seed": "HUGE_INT"},
+        {"presence_penalty": "HUGE"},
+        {"max_tokens": 5, "temperature": 0.5},
+    ]
+    blocks = [
+        [one(i) for i in range(40)],
+        [one(100 + i, **extras[i % len(extras)]) for i in range(60)],
+        [one(200 + i, seed=i) for i in range(40)],
+        [one(300 + i) for i in range(40)],
+    ]
+    whole, alone = validator(seen=set()), validator(seen=set())
+    number = 1
+    for lines in blocks:
+        # When each block is checked as a block and its lines one by one
+        got = whole.check_block(number, lines)
+        expected = [alone.check(n, raw) for n, raw in enumerate(lines, number)]
+        # Then the verdicts are the same
+        assert got == expected
+        number += len(lines)
+    huge = alone.check(1, one(999, presence_penalty="HUGE"))
+    assert isinstance(huge, m.Invalid)
+    assert huge.code == m.INVALID_JSON
+
+
 _BAD_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80"]
 
 
@@ -932,12 +968,14 @@ def _hostile_line(draw: st.DrawFn) -> bytes:
     model = draw(st.sampled_from(_HOSTILE_MODELS)).encode()
     depth = draw(st.sampled_from([1, 250, 255, 1000, 1100]))
     nest = b"[" * depth + b"]" * depth
-    where = draw(st.sampled_from(["max_tokens", "content", "unknown", "nested", "temperature"]))
+    where = draw(st.sampled_from(["max_tokens", "content", "unknown", "nested", "temperature", "seed", "n"]))
     custom_id = draw(st.sampled_from([b'"h1"', b'"h2"']))
     if where == "max_tokens":
         extra = b',"max_tokens":' + number
     elif where == "temperature":
         extra = b',"temperature":' + number
+    elif where in ("seed", "n"):  # fields only the full OpenAI schema names
+        extra = b',"%s":' % where.encode() + number
     elif where == "unknown":
         extra = b',"metadata":{"n":' + number + b"}"
     elif where == "nested":
