@@ -9,6 +9,7 @@ step, or a batch that never ends, with nothing to end it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore
-from batchdrop.cancel import carry_out, request_cancel
+from batchdrop.cancel import CancelError, carry_out, request_cancel
 from batchdrop.config import Settings
 from batchdrop.handlers import use_deps
 from batchdrop.local import stack as s
@@ -188,6 +189,53 @@ def test_a_cancel_written_between_the_hand_overs_read_and_write_does_not_wedge_t
     assert job["status"] in m.FINAL_JOB_STATES
     assert len(results) == 3, "every request had finished before the cancel"
     assert len(terminal(notes)) == 1
+
+
+STEPS = [
+    "after_plan",
+    "after_create",
+    "after_record",
+    "after_batch_ended",
+    "before_handover",
+    "after_handover",
+    "after_resubmit_planned",
+    "after_results",
+    "after_publish",
+]
+
+
+@pytest.mark.parametrize("stack", [{"knobs": EmulatorKnobs(latency=0.0, expire_rate=1.0, seed=3)}], indirect=True)
+@pytest.mark.parametrize("step", STEPS)
+def test_a_job_written_by_someone_else_at_any_step_still_ends(stack: s.LocalStack, step: str) -> None:
+    # Given a checkpoint that, the first time the pipeline reaches `step`, writes the job as another
+    # invocation would: a cancel requested (and carried out if the job is submitted), and the job's
+    # version moved, so that whoever writes it next meets a conflict
+    store = JobStore(s.TABLE)
+    hit: list[str] = []
+
+    def checkpoint(name: str) -> None:
+        jobs = store.list_jobs()
+        if name != step or hit or not jobs or jobs[0]["status"] in m.FINAL_JOB_STATES:
+            return
+        hit.append(name)
+        job_id = jobs[0]["job_id"]
+        with contextlib.suppress(CancelError):
+            request_cancel(store, job_id, time.time())
+        job = store.get_job(job_id) or {}
+        if job.get("status") == m.JOB_SUBMITTED:
+            carry_out(deps, job)
+        else:
+            store.update(job, {})
+
+    deps = deps_with(checkpoint)
+    # When a file runs whose batch expires, so that it is resubmitted once (every step is reached)
+    job, _results, _errors, _summary, notes = run(stack, "inputs/f.jsonl", lines("openai"), timeout=60)
+    # Then the conflict was met, read again and decided again: the job ended, each line accounted for
+    # (run checks it), with one terminal notification
+    assert hit == [step]
+    assert job["status"] in m.FINAL_JOB_STATES
+    assert len(terminal(notes)) == 1
+    assert terminal(notes)[0]["attributes"]["event"] == job["status"]
 
 
 @pytest.mark.parametrize(
