@@ -172,6 +172,14 @@ def local() -> None:
     "redelivered the way Lambda and SQS would.",
 )
 @click.option(
+    "--cancel-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Chaos: on every tick, the chance that each unfinished job is canceled, at the same moment as the "
+    "polls (cancels racing hand-overs, as `batchdrop cancel` or a cancel/ file can).",
+)
+@click.option(
     "--webhooks",
     is_flag=True,
     help="Have the emulator send signed OpenAI webhooks to the local webhook function, so OpenAI batches "
@@ -211,6 +219,7 @@ def local_run(
     duplicate_events: int,
     overlapping_polls: int,
     crash_rate: float,
+    cancel_rate: float,
     webhooks: bool,
     bedrock_min_records: int,
     bedrock_fallback: str | None,
@@ -225,7 +234,11 @@ def local_run(
 
     knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
     chaos = Chaos(
-        duplicate_events=duplicate_events, overlapping_polls=overlapping_polls, crash_rate=crash_rate, seed=seed
+        duplicate_events=duplicate_events,
+        overlapping_polls=overlapping_polls,
+        crash_rate=crash_rate,
+        cancel_rate=cancel_rate,
+        seed=seed,
     )
     _run(
         list(files),
