@@ -821,5 +821,7 @@ def test_the_model_id_pattern_is_botocores() -> None:
     from batchdrop.local.emulator_bedrock import MODEL_ID
 
     model = botocore.session.get_session().get_service_model("bedrock")
-    shape = model.operation_model("CreateModelInvocationJob").input_shape.members["modelId"]
+    request = model.operation_model("CreateModelInvocationJob").input_shape
+    assert request is not None
+    shape = request.members["modelId"]
     assert MODEL_ID.pattern == shape.metadata["pattern"]
