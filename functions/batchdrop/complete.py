@@ -26,7 +26,7 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.results import outcomes_with_missing, write_outputs
-from batchdrop.watchdog import attempt
+from batchdrop.watchdog import attempts, over_attempts
 
 logger = Logger(service="batchdrop")
 
@@ -62,14 +62,12 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
     if job is None or job["status"] != m.JOB_COMPLETING:
         return "not-ready"
     try:
-        job = store.claim(job, owner, deps.settings.lease_seconds, (m.JOB_COMPLETING,))
+        job = store.claim(job, owner, deps.settings.lease_seconds, (m.JOB_COMPLETING,), count=attempts("completion"))
     except Conflict:
         logger.info("another invocation is completing this job")
         return "busy"
-    if not job.get("timed_out"):
-        if attempt(deps, job, "completion", owner):
-            return "timed-out"
-        job = store.get_job(job_id) or job
+    if not job.get("timed_out") and over_attempts(deps, job, "completion", owner):
+        return "timed-out"
     try:
         return _finish(deps, job, owner)
     except Exception as exc:
@@ -108,7 +106,9 @@ def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
         return "resubmitted"
     summary = write_outputs(deps, job, batches)
     status = summary["status"]
-    notify_once(deps, job, status, summary)
+    if not notify_once(deps, job, status, summary):
+        release(store, job, owner)
+        return "busy"
     deps.last_summary = summary
     deps.checkpoint("after_publish")
     store.update(
@@ -206,6 +206,8 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         {
             "status": m.JOB_SUBMITTED,
             "attempt": attempt + 1,
+            # A round resubmitted is progress: the next completion counts its attempts afresh.
+            attempts("completion"): 0,
             # Looked at soon as a whole, in case this invocation dies before the hand-over below.
             **due_fields(deps.clock() + deps.settings.poll_min_seconds),
         },

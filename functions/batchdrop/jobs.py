@@ -11,11 +11,14 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, due_fields, set_flag
+from batchdrop.adapters.store import Conflict, due_fields, reserve, set_flag
 from batchdrop.pipeline import Deps, iso
 
 logger = Logger(service="batchdrop")
 
+# How long one invocation may take to publish a notification before another may try (SNS answers in
+# well under a second; the SDK's retries take a few).
+PUBLISH_SECONDS = 60
 # How many times a hand-over re-reads a job that changed under it before leaving it to the next poll.
 HANDOVER_TRIES = 5
 
@@ -60,24 +63,25 @@ def hand_over_if_done(deps: Deps, job_id: str) -> bool:
     return True
 
 
-def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any]) -> None:
-    """Publish the job's `event` notification unless an earlier run did and recorded it.
+def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any]) -> bool:
+    """Publish the job's `event` notification unless it was sent already (or, for a job's end, any end
+    was): a short reservation taken with a conditional write lets one invocation publish at a time,
+    and the notification is recorded right after SNS accepts it. A duplicate needs an invocation to die
+    in the window between SNS's answer and that one write; each such death adds one (docs/guarantees.md).
 
-    The record is written right after SNS accepts the message, so a re-run after a crash anywhere
-    later sends nothing again: a duplicate needs an invocation to die in the window between SNS's
-    answer and that one write, and each such death adds one (docs/guarantees.md).
+    False while another invocation is publishing it: the caller then leaves the job's last step to that
+    one (or, if it dies, to a re-run once the reservation has run out).
     """
     flag = f"notified_{event}"
-    if job.get(flag):
-        logger.info("notification already sent", extra={"event": event})
-        return
-    if event in m.FINAL_JOB_STATES:
-        # Read again: the watchdog and a late completion must not each tell a different end.
-        fresh = deps.store.get_job(job["job_id"]) or job
-        if any(fresh.get(f"notified_{status}") for status in m.FINAL_JOB_STATES):
-            logger.warning("the job's end was already notified", extra={"event": event})
-            return
+    # The watchdog and a late completion must not each tell a different end: any end told is the end.
+    told = tuple(f"notified_{status}" for status in sorted(m.FINAL_JOB_STATES)) if event in m.FINAL_JOB_STATES else ()
+    if not reserve(deps.store, job, f"notifying_{event}", (flag, *told), PUBLISH_SECONDS):
+        fresh = deps.store.get_job(job["job_id"]) or {}
+        done = any(fresh.get(name) for name in (flag, *told))
+        logger.info("notification already sent" if done else "notification being sent", extra={"event": event})
+        return done
     # A notification cut down to fit SNS's limit points at the whole summary on S3.
     summary_uri = None if event == m.JOB_SUBMITTED else deps.objects.uri(f"{job['output_prefix']}summary.json")
     deps.notifier.publish(event, job["job_id"], job.get("providers", []), body, summary_uri=summary_uri)
     set_flag(deps.store, job, flag)
+    return True

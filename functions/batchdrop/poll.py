@@ -154,8 +154,10 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         end_stuck_job(deps, job["job_id"], str(job.get("stuck_at", "")), str(job.get("reason", "")))
         report.timed_out += 1
     elif status == m.JOB_COMPLETING:
-        if _handed_back_too_often(deps, job, "completion", report):
+        handed = _hand_back(deps, job, "completion", report)
+        if handed is None:
             return
+        job = handed
         deps.store.update(
             job, due_fields(now + deps.settings.completion_grace_seconds), when_status=(m.JOB_COMPLETING,)
         )
@@ -169,8 +171,10 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
     elif status == m.JOB_SUBMITTING:
         # Its submitter's lease ran out without a retry finishing the work: hand it back to the submit
         # function (through the segments queue, which it consumes), which has the grants for it.
-        if _handed_back_too_often(deps, job, "submit", report):
+        handed = _hand_back(deps, job, "submit", report)
+        if handed is None:
             return
+        job = handed
         logger.warning("submission stalled; handed back to submit", extra={"job_id": job["job_id"]})
         if deps.settings.submit_queue_url:
             deps.store.update(job, due_fields(now + deps.settings.lease_seconds), when_status=(m.JOB_SUBMITTING,))
@@ -184,15 +188,16 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         deps.store.update(job, {}, remove=NOT_DUE)
 
 
-def _handed_back_too_often(deps: Deps, job: dict[str, Any], stage: str, report: PollReport) -> bool:
-    """Count a hand-back of the job's overdue step; past `max_stalls`, the watchdog ends the job."""
-    job, count = stall(deps, job, "handbacks")
+def _hand_back(deps: Deps, job: dict[str, Any], stage: str, report: PollReport) -> dict[str, Any] | None:
+    """Count a hand-back of the job's overdue step; the job as now written, to hand back, or None when
+    it has been handed back too often and the watchdog ended it."""
+    job, count = stall(deps, job, stage)
     if count < deps.settings.max_stalls:
-        return False
+        return job
     reason = f"its {stage} step was handed back {count} times without finishing" + _last_error(job, stage)
     end_stuck_job(deps, job["job_id"], stage, reason)
     report.timed_out += 1
-    return True
+    return None
 
 
 def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> None:

@@ -43,7 +43,7 @@ from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebala
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import cancel_unsent, submit_batch
 from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
-from batchdrop.watchdog import attempt
+from batchdrop.watchdog import attempts, over_attempts
 
 logger = Logger(service="batchdrop")
 
@@ -146,13 +146,13 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
             deps.settings.lease_seconds,
             (m.JOB_SUBMITTING,),
             also=due_fields(deps.clock() + deps.settings.lease_seconds),
+            count=attempts("submit"),
         )
     except Conflict:
         logger.info("another invocation is submitting this job")
         return SubmitResult(job_id, "busy")
-    if attempt(deps, current, "submit", owner):
+    if over_attempts(deps, current, "submit", owner):
         return SubmitResult(job_id, "timed-out")
-    current = store.get_job(job_id) or current
     obj = obj or m.InputObject(**current["input"])
     try:
         return _Submission(deps, current, obj, owner).run()
@@ -189,9 +189,9 @@ class _Submission:
         submitted = []
         for batch in batches:
             sent = self._send(batch)
-            if sent.get("status") != batch.get("status") and self.job.get("stalls"):
+            if sent.get("status") != batch.get("status") and self.job.get(attempts("submit")):
                 # A batch sent or ended is progress: the watchdog counts attempts from here.
-                set_flag(self.deps.store, self.job, "stalls", 0)
+                set_flag(self.deps.store, self.job, attempts("submit"), 0)
             submitted.append(sent)
         self._announce(submitted)
         return SubmitResult(self.job_id, "submitted", self.job.get("counts"))
@@ -308,8 +308,8 @@ class _Submission:
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "error_files": error_files,
-                    # A segment planned is progress: the watchdog counts stalls from here.
-                    "stalls": 0,
+                    # A segment planned is progress: the watchdog counts attempts from here.
+                    attempts("submit"): 0,
                 },
                 when_status=(m.JOB_SUBMITTING,),
             )

@@ -28,24 +28,32 @@ logger = Logger(service="batchdrop")
 OPEN_STATES = (m.JOB_SUBMITTING, m.JOB_SUBMITTED, m.JOB_COMPLETING)
 
 
-def stall(deps: Deps, job: dict[str, Any], counter: str = "stalls") -> tuple[dict[str, Any], int]:
-    """Count one more stall of the job in its current status; returns the job and the count so far.
-
-    Two counters: "stalls", counted by the invocation that claims the job for its step, and
-    "handbacks", counted by the poll when the step's lease or grace ran out; each is bounded by
-    `max_stalls`, and each starts again when the job's status changes."""
+def stall(deps: Deps, job: dict[str, Any], stage: str) -> tuple[dict[str, Any], int]:
+    """Count one more hand-back of the job's step by the poll (its lease or grace ran out); returns the
+    job and the count so far. The count starts again when the job's status changes, or when the step
+    was taken up since the last hand-back (then the claims' own count bounds it): what it bounds is a
+    step nobody even starts, such as a function that fails before it claims."""
     status = job["status"]
-    count = int(job.get(counter, 0)) + 1 if job.get(f"{counter}_in") == status else 1
-    updated = deps.store.update(job, {counter: count, f"{counter}_in": status}, when_status=(status,))
+    tried = int(job.get(attempts(stage), 0))
+    same = job.get("handbacks_in") == status and int(job.get("handbacks_tried", -1)) == tried
+    count = int(job.get("handbacks", 0)) + 1 if same else 1
+    updated = deps.store.update(
+        job, {"handbacks": count, "handbacks_in": status, "handbacks_tried": tried}, when_status=(status,)
+    )
     return updated, count
 
 
-def attempt(deps: Deps, job: dict[str, Any], stage: str, owner: str) -> bool:
-    """Count an invocation's attempt at the job's current step, right after it claimed the job; True
-    (and the job ended as failed) when the step has been attempted `max_stalls` times already without
-    progress. Counted at the claim, not only by the poll, because retries that come faster than the
-    lease runs out keep the job from ever being due."""
-    job, count = stall(deps, job)
+def attempts(stage: str) -> str:
+    """The job attribute that counts the claims of a stage's step (JobStore.claim's `count`), set back
+    to 0 by the stage's progress."""
+    return f"{stage}_attempts"
+
+
+def over_attempts(deps: Deps, job: dict[str, Any], stage: str, owner: str) -> bool:
+    """After a claim that counted itself: True (and the job ended as failed) when the step has been
+    taken up more than `max_stalls` times without progress. Counted at the claim, not only by the
+    poll, because retries that come faster than the lease runs out keep the job from ever being due."""
+    count = int(job.get(attempts(stage), 0))
     if count <= deps.settings.max_stalls:
         return False
     release(deps.store, job, owner)
@@ -103,7 +111,8 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
         summary = _bare_summary(deps, job, f"{job['reason']} (its outputs could not be written: {exc})"[:2000])
         with contextlib.suppress(Exception):
             deps.objects.put_json(f"{job['output_prefix']}summary.json", summary)
-    notify_once(deps, job, summary["status"], summary)
+    if not notify_once(deps, job, summary["status"], summary):
+        return None  # a completion is telling the job's end right now; the next poll finishes
     deps.checkpoint("after_publish")
     with contextlib.suppress(Conflict):
         deps.store.update(

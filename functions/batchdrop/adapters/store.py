@@ -198,8 +198,10 @@ class JobStore:
         seconds: float,
         when_status: tuple[str, ...],
         also: Mapping[str, Any] | None = None,
+        count: str | None = None,
     ) -> dict[str, Any]:
-        """Take the item's lease for `seconds` unless someone else holds an unexpired one.
+        """Take the item's lease for `seconds` unless someone else holds an unexpired one, adding one to
+        the attribute `count` in the same write (how many times the step was taken up).
 
         A lease keeps two invocations (a duplicated event, an overlapping retry) from working on the
         same job at once; if its holder dies, the lease runs out and the work can be taken over.
@@ -217,6 +219,10 @@ class JobStore:
             names[f"#a{i}"] = k
             values[f":a{i}"] = v
             sets.append(f"#a{i} = :a{i}")
+        if count is not None:
+            names["#c"] = count
+            values[":zero"] = 0
+            sets.append("#c = if_not_exists(#c, :zero) + :one")
         placeholders = []
         for i, s in enumerate(when_status):
             values[f":s{i}"] = s
@@ -248,6 +254,29 @@ def set_flag(store: JobStore, item: Mapping[str, Any], name: str, value: Any = T
         ExpressionAttributeNames={"#f": name},
         ExpressionAttributeValues=serialize({":t": value}),
     )
+
+
+def reserve(store: JobStore, item: Mapping[str, Any], name: str, unless: tuple[str, ...], seconds: float) -> bool:
+    """Take a short, version-free reservation `name` on the item, unless one of the attributes `unless`
+    is set or someone else's reservation is still running; True if taken. What makes a one-off side
+    effect (a notification) happen once even when two invocations reach it together."""
+    now = time.time()
+    names = {"#r": name} | {f"#u{i}": flag for i, flag in enumerate(unless)}
+    condition = " AND ".join(
+        [*(f"attribute_not_exists(#u{i})" for i in range(len(unless))), "(attribute_not_exists(#r) OR #r < :now)"]
+    )
+    try:
+        store.ddb.update_item(
+            TableName=store.table,
+            Key=serialize({"pk": item["pk"], "sk": item["sk"]}),
+            UpdateExpression="SET #r = :until",
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=serialize({":now": Decimal(str(now)), ":until": Decimal(str(now + seconds))}),
+        )
+    except store.ddb.exceptions.ConditionalCheckFailedException:
+        return False
+    return True
 
 
 def release(store: JobStore, item: Mapping[str, Any], owner: str) -> None:
