@@ -55,9 +55,23 @@ def request_cancel(store: JobStore, job_id: str, now: float) -> str:
 
 def carry_out(deps: Deps, job: dict[str, Any]) -> int:
     """Cancel the job's running provider batches (from the poll); returns how many were asked."""
+    asked = cancel_running(deps, deps.store.get_batches(job["job_id"]))
+    deps.store.update(
+        # Looked at again soon as a whole: its batches end shortly, and a hand-over that dies is caught.
+        job,
+        {"canceled": True, **due_fields(deps.clock() + deps.settings.poll_min_seconds)},
+        when_status=(m.JOB_SUBMITTED,),
+    )
+    logger.info("canceled provider batches", extra={"job_id": job["job_id"], "batches": asked})
+    return asked
+
+
+def cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> int:
+    """Ask the provider to cancel each batch still running, and look at each soon; returns how many
+    were asked."""
     asked = 0
     now = deps.clock()
-    for batch in deps.store.get_batches(job["job_id"]):
+    for batch in batches:
         if batch.get("status") in m.TERMINAL_BATCH_STATES or not batch.get("provider_batch_id"):
             continue
         try:
@@ -69,11 +83,4 @@ def carry_out(deps: Deps, job: dict[str, Any]) -> int:
             )
         with contextlib.suppress(Conflict):
             deps.store.update(batch, due_fields(now))
-    deps.store.update(
-        # Looked at again soon as a whole: its batches end shortly, and a hand-over that dies is caught.
-        job,
-        {"canceled": True, **due_fields(now + deps.settings.poll_min_seconds)},
-        when_status=(m.JOB_SUBMITTED,),
-    )
-    logger.info("canceled provider batches", extra={"job_id": job["job_id"], "batches": asked})
     return asked

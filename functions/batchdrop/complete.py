@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
 from batchdrop.config import tmpdir as spill_dir
-from batchdrop.jobs import hand_over_if_done, notify_once
+from batchdrop.jobs import hand_over_if_done, notify_once, record_failure
 from batchdrop.pipeline import (
     Deps,
     batch_data_key,
@@ -26,6 +26,7 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.results import outcomes_with_missing, write_outputs
+from batchdrop.sending import record_batch, submit_batch
 from batchdrop.watchdog import attempts, over_attempts
 
 logger = Logger(service="batchdrop")
@@ -77,26 +78,6 @@ def finish_job(deps: Deps, job_id: str, owner: str) -> str:
         raise
 
 
-def record_failure(deps: Deps, job_id: str, exc: BaseException, stage: str = "completion") -> None:
-    """Keep why a stage failed on the job, for `batchdrop status` and whoever reads the DLQ.
-
-    Best effort and version-free (like a cancel request), so it never collides with the pipeline.
-    """
-    from batchdrop.adapters.store import job_pk, serialize
-
-    reason = f"{type(exc).__name__}: {exc}"[:1000]
-    logger.exception(f"{stage} failed", extra={"reason": reason})
-    try:
-        deps.store.ddb.update_item(
-            TableName=deps.store.table,
-            Key=serialize({"pk": job_pk(job_id), "sk": "JOB"}),
-            UpdateExpression=f"SET {stage}_error = :r, {stage}_failures = if_not_exists({stage}_failures, :z) + :one",
-            ExpressionAttributeValues=serialize({":r": reason, ":z": 0, ":one": 1}),
-        )
-    except Exception:
-        logger.warning("could not record the completion failure")
-
-
 def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
     store = deps.store
     job_id = job["job_id"]
@@ -133,9 +114,6 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
 
     True when there was anything to resubmit (the job goes back to `submitted`).
     """
-    from batchdrop.sending import submit_batch
-    from batchdrop.submit import record_batch
-
     attempt = int(job.get("attempt", 1))
     if attempt >= deps.settings.max_attempts:
         return False

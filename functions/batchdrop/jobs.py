@@ -11,7 +11,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, due_fields, reserve, set_flag
+from batchdrop.adapters.store import Conflict, due_fields, job_pk, reserve, serialize, set_flag
 from batchdrop.pipeline import Deps, iso
 
 logger = Logger(service="batchdrop")
@@ -85,3 +85,21 @@ def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any
     deps.notifier.publish(event, job["job_id"], job.get("providers", []), body, summary_uri=summary_uri)
     set_flag(deps.store, job, flag)
     return True
+
+
+def record_failure(deps: Deps, job_id: str, exc: BaseException, stage: str = "completion") -> None:
+    """Keep why a stage failed on the job, for `batchdrop status` and whoever reads the DLQ.
+
+    Best effort and version-free (like a cancel request), so it never collides with the pipeline.
+    """
+    reason = f"{type(exc).__name__}: {exc}"[:1000]
+    logger.exception(f"{stage} failed", extra={"reason": reason})
+    try:
+        deps.store.ddb.update_item(
+            TableName=deps.store.table,
+            Key=serialize({"pk": job_pk(job_id), "sk": "JOB"}),
+            UpdateExpression=f"SET {stage}_error = :r, {stage}_failures = if_not_exists({stage}_failures, :z) + :one",
+            ExpressionAttributeValues=serialize({":r": reason, ":z": 0, ":one": 1}),
+        )
+    except Exception:
+        logger.warning("could not record the completion failure")

@@ -1,4 +1,4 @@
-"""Sending one planned batch to its provider exactly once, whatever crashes in between.
+"""Recording a planned batch, and sending it to its provider exactly once, whatever crashes in between.
 
 The order is always: record the intent, create at the provider, record the provider's batch id. A
 crash between the last two leaves a batch the provider accepted (and will bill) that we have not
@@ -32,7 +32,8 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict, JobStore, deserialize, due_fields, job_pk, serialize
 from batchdrop.config import tmpdir
-from batchdrop.pipeline import Deps, batch_data_key, iso
+from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
+from batchdrop.planner import PlannedBatch
 from batchdrop.providers.base import BatchRef, Provider
 
 logger = Logger(service="batchdrop")
@@ -343,3 +344,27 @@ def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
     with contextlib.suppress(Conflict):
         _record(deps, target, candidate)
         logger.info("adopted a batch a crashed create left behind", extra={"batch_id": candidate})
+
+
+def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:
+    """Store a planned batch's files and its item (once: a re-run plans the same batch again)."""
+    try:
+        deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
+        deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
+    finally:
+        batch.discard()
+    deps.store.create(
+        {
+            "pk": job_pk(job_id),
+            "sk": f"BATCH#{batch.key}",
+            "job_id": job_id,
+            "batch_key": batch.key,
+            "provider": batch.provider,
+            "group": batch.group,
+            "model": batch.model,
+            "requests": batch.requests,
+            "bytes": batch.bytes,
+            "attempt": attempt,
+            "status": m.PENDING,
+        }
+    )

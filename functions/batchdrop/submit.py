@@ -22,9 +22,11 @@ from aws_lambda_powertools import Logger
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict, due_fields, job_pk, release, set_flag
+from batchdrop.cancel import CancelError, carry_out, request_cancel
+from batchdrop.complete import finish_job
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, BatchLimits, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
-from batchdrop.jobs import hand_over_if_done, notify_once
+from batchdrop.jobs import hand_over_if_done, notify_once, record_failure
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -41,7 +43,7 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
 from batchdrop.scan import duplicate_error, scan
-from batchdrop.sending import cancel_unsent, submit_batch
+from batchdrop.sending import cancel_unsent, record_batch, submit_batch
 from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
 from batchdrop.watchdog import attempts, over_attempts
 
@@ -120,8 +122,6 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
 
 def _cancel_by_file(deps: Deps, key: str) -> SubmitResult:
     """cancel/<job_id> in the bucket: the same as `batchdrop cancel`, for users with only S3 access."""
-    from batchdrop.cancel import CancelError, request_cancel
-
     job_id = key[len(CANCEL_PREFIX) :].strip("/")
     try:
         request_cancel(deps.store, job_id, deps.clock())
@@ -160,8 +160,6 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
         # An error we can see gives the job back at once; a crash (timeout, out of memory) cannot,
         # and the lease runs out instead.
         release(store, current, owner)
-        from batchdrop.complete import record_failure
-
         record_failure(deps, job_id, exc, stage="submit")
         raise
 
@@ -181,8 +179,6 @@ class _Submission:
                 return SubmitResult(self.job_id, "continued")
             self.deps.checkpoint("after_plan")
         if self.job.get("rejected"):
-            from batchdrop.complete import finish_job
-
             finish_job(self.deps, self.job_id, self.owner)
             return SubmitResult(self.job_id, "rejected", self.job.get("counts"))
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
@@ -446,36 +442,10 @@ class _Submission:
         if updated.get("cancel_requested"):
             # Canceled while it was being submitted: its batches are canceled now (the poll would only
             # get to them on its next tick), so that the job ends `canceled` even if none was sent.
-            from batchdrop.cancel import carry_out
-
             carry_out(deps, updated)
         # A conflict leaves the hand-over to the poll's next look at the job.
         with contextlib.suppress(Conflict):
             hand_over_if_done(deps, self.job_id)
-
-
-def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:
-    """Store a planned batch's files and its item (once: a re-run plans the same batch again)."""
-    try:
-        deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
-        deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
-    finally:
-        batch.discard()
-    deps.store.create(
-        {
-            "pk": job_pk(job_id),
-            "sk": f"BATCH#{batch.key}",
-            "job_id": job_id,
-            "batch_key": batch.key,
-            "provider": batch.provider,
-            "group": batch.group,
-            "model": batch.model,
-            "requests": batch.requests,
-            "bytes": batch.bytes,
-            "attempt": attempt,
-            "status": m.PENDING,
-        }
-    )
 
 
 def _drop_duplicates(

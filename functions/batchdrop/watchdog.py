@@ -17,6 +17,7 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
+from batchdrop.cancel import cancel_running
 from batchdrop.config import JOBS_TIMED_OUT
 from batchdrop.jobs import notify_once
 from batchdrop.observability import metrics
@@ -103,7 +104,7 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
         logger.error("job made no progress; the watchdog ends it", extra={"stage": stage, "reason": reason[:500]})
         metrics.add_metric(name=JOBS_TIMED_OUT, unit="Count", value=1)
     batches = deps.store.get_batches(job_id)
-    _cancel_running(deps, batches)
+    cancel_running(deps, batches)  # stop paying for batches whose results nobody will read
     try:
         summary = write_outputs(deps, job, batches)
     except Exception as exc:  # the outputs are best effort here; the notification and the end are not
@@ -122,16 +123,6 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
             when_status=(m.JOB_COMPLETING,),
         )
     return str(summary["status"])
-
-
-def _cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> None:
-    """Stop paying for batches whose results nobody will read."""
-    for batch in batches:
-        if batch.get("provider_batch_id") and batch.get("status") not in m.TERMINAL_BATCH_STATES:
-            try:
-                deps.provider(batch["provider"]).cancel(batch["provider_batch_id"])
-            except Exception as exc:
-                logger.warning("could not cancel a batch of an abandoned job", extra={"error": str(exc)[:300]})
 
 
 def _bare_summary(deps: Deps, job: dict[str, Any], reason: str) -> dict[str, Any]:

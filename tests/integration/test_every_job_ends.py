@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from batchdrop import models as m
-from batchdrop.adapters.store import JobStore
+from batchdrop.adapters.store import JobStore, reserve, set_flag
 from batchdrop.cancel import CancelError, carry_out, request_cancel
 from batchdrop.config import Settings
 from batchdrop.handlers import use_deps
+from batchdrop.jobs import notify_once
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LambdaCrash
 from batchdrop.local.emulator import EmulatorKnobs
@@ -334,3 +335,21 @@ def test_a_submitted_job_whose_batches_all_ended_is_handed_over_by_its_own_perio
     # Then the job's own look handed it over, and it completed
     (job,) = store.list_jobs()
     assert job["status"] == m.JOB_COMPLETED
+
+
+def test_two_invocations_reaching_one_notification_send_it_once(stack: s.LocalStack) -> None:
+    # Given a job whose end another invocation is publishing right now (its reservation taken)
+    store = JobStore(s.TABLE)
+    store.create({"pk": "JOB#job-x", "sk": "JOB", "job_id": "job-x", "status": m.JOB_COMPLETING, "output_prefix": "o/"})
+    job = store.get_job("job-x") or {}
+    deps = deps_with()
+    told = tuple(f"notified_{status}" for status in m.FINAL_JOB_STATES)
+    assert reserve(store, job, "notifying_completed", ("notified_completed", *told), 60)
+    body = {"job_id": "job-x", "status": m.JOB_COMPLETED, "counts": {}}
+    # When this invocation reaches it too, it sends nothing and says so (it leaves the end to the other)
+    assert notify_once(deps, job, m.JOB_COMPLETED, body) is False
+    # And once the other has recorded it, neither that end nor a different one is told again
+    set_flag(store, job, "notified_completed")
+    assert notify_once(deps, job, m.JOB_COMPLETED, body) is True
+    assert notify_once(deps, job, m.JOB_FAILED, {**body, "status": m.JOB_FAILED}) is True
+    assert all_notifications(Dispatcher(stack)) == []
