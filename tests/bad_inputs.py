@@ -1,4 +1,4 @@
-"""A catalogue of bad input lines and bad files, each with the exact outcome DESIGN.md promises for it.
+"""A catalogue of bad input lines and bad files, each with the exact outcome docs/contract.md promises for it.
 
 Each `Case` is one uploaded file: its bytes (built lazily when large), its key suffix, and for every
 non-blank physical line what must become of it: "ok" (a line of results.jsonl) or the error code of

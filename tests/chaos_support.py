@@ -1,4 +1,4 @@
-"""Generating input corpora and checking DESIGN.md's guarantees on the outputs of a local run."""
+"""Generating input corpora and checking docs/contract.md's guarantees on the outputs of a local run."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def non_blank_lines(path: str) -> set[int]:
 
 
 def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
-    """Assert every guarantee of DESIGN.md on a finished run; return a few totals for the caller."""
+    """Assert every guarantee of docs/contract.md on a finished run; return a few totals for the caller."""
     out = Path(report.out_dir)
     stats = report.provider_stats
     batches_in_summaries = 0

@@ -130,7 +130,7 @@ def outputs_of(
 def assert_accounting(
     non_blank_lines: set[int], results: list[dict[str, Any]], errors: list[dict[str, Any]], summary: dict[str, Any]
 ) -> None:
-    """DESIGN.md's guarantee: every non-blank line in exactly one output line, and the counts add up."""
+    """docs/contract.md's guarantee: every non-blank line in exactly one output line, and the counts add up."""
     seen = [r["line"] for r in results] + [e["line"] for e in errors]
     assert sorted(seen) == sorted(non_blank_lines), "each non-blank line must appear exactly once"
     c = summary["counts"]

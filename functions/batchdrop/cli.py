@@ -1,4 +1,4 @@
-"""The `batchdrop` command line (DESIGN.md "Command line")."""
+"""The `batchdrop` command line (docs/contract.md "Command line")."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ class BatchLimits:
     min_requests: int = 1
 
 
-# The providers' documented maxima (PROVIDERS.md). Anthropic's default byte limit is lower than its
+# The providers' documented maxima (docs/providers.md). Anthropic's default byte limit is lower than its
 # 256 MB maximum because its requests are sent inline: the SDK holds the whole batch as Python
 # objects while it serialises it, about 8x the JSON size, and 32 MB of JSON keeps that under 512 MB.
 PROVIDER_MAXIMA: dict[str, BatchLimits] = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-# Validation error codes (DESIGN.md "Input lines").
+# Validation error codes (docs/contract.md "Input lines").
 INVALID_ENCODING = "invalid_encoding"
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
@@ -24,7 +24,7 @@ UNKNOWN_PROVIDER = "unknown_provider"
 UNSUPPORTED_ENDPOINT = "unsupported_endpoint"
 INVALID_REQUEST = "invalid_request"
 REQUEST_TOO_LARGE = "request_too_large"
-# A valid line that was not sent because on_invalid=reject refused its file. DESIGN.md has no code
+# A valid line that was not sent because on_invalid=reject refused its file. docs/contract.md has no code
 # for it, yet every line must land in exactly one output file and `lines == invalid + submitted`.
 FILE_REJECTED = "file_rejected"
 # A valid line for a provider with a minimum batch size (Bedrock) whose file has too few such lines,
@@ -46,7 +46,7 @@ VALIDATION_CODES = (
     REQUEST_TOO_LARGE,
 )
 
-# Provider-stage error codes (DESIGN.md "Outputs").
+# Provider-stage error codes (docs/contract.md "Outputs").
 REQUEST_ERROR = "request_error"
 SERVER_ERROR = "server_error"
 EXPIRED = "expired"

@@ -1,4 +1,4 @@
-"""The output lines of DESIGN.md "Outputs", built in one place from provider answers."""
+"""The output lines of docs/contract.md "Outputs", built in one place from provider answers."""
 
 from __future__ import annotations
 

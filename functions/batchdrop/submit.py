@@ -1,4 +1,4 @@
-"""Submit: one uploaded file → a job with provider batches (DESIGN.md "Data flow" 1–2).
+"""Submit: one uploaded file → a job with provider batches (docs/contract.md "Data flow" 1–2).
 
 Every step is safe to run again: the job id comes from the object version, the plan is
 deterministic, items are created conditionally, and a batch's intent is recorded before the provider

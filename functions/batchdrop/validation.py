@@ -1,4 +1,4 @@
-"""Validating and normalising input lines: the contract of DESIGN.md "Input lines", in one place.
+"""Validating and normalising input lines: the contract of docs/contract.md "Input lines", in one place.
 
 Each non-blank line becomes a `Request` in its provider's own batch-line format, or an `Invalid`
 whose message says what is wrong and how to fix it. This is the hot path of submit: one orjson parse

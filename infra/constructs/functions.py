@@ -210,7 +210,7 @@ class Functions(Construct):
         self.complete = self._function(COMPLETE)
         self.complete.add_event_source(event_sources.SqsEventSource(completion_queue, batch_size=COMPLETION_BATCH_SIZE))
 
-        # What each function may do with objects, by prefix (DESIGN.md's layout): only submit reads
+        # What each function may do with objects, by prefix (docs/contract.md's layout): only submit reads
         # uploads; results are only ever added to outputs/, never read back or deleted.
         inputs, work, outputs = config.INPUT_PREFIX, config.WORK_PREFIX, config.OUTPUT_PREFIX
         self._grant_objects(self.submit, bucket, read=[inputs], read_write=[work], put=[outputs])

@@ -12,7 +12,7 @@ from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, WORK_PR
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
-# What batchdrop accepts in inputs/ (DESIGN.md, "Data flow").
+# What batchdrop accepts in inputs/ (docs/contract.md, "Data flow").
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # work/ holds batch files and line indexes only while a job runs (24 h at the provider, plus retries).
 WORK_EXPIRY = Duration.days(30)

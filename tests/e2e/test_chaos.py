@@ -1,4 +1,4 @@
-"""DESIGN.md's guarantees under injected faults: duplicate events, overlapping polls, crashes at every
+"""docs/contract.md's guarantees under injected faults: duplicate events, overlapping polls, crashes at every
 step boundary, and provider errors, expiries and transient failures, all at once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text and usage from every response body we support, and the output lines of DESIGN.md "Outputs"."""
+"""Text and usage from every response body we support, and the output lines of docs/contract.md "Outputs"."""
 
 from __future__ import annotations
 

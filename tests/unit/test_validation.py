@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md "Input lines": every validation code, the three shapes, neutral mapping, routing."""
+"""The contract of docs/contract.md "Input lines": every validation code, the three shapes, neutral mapping, routing."""
 
 from __future__ import annotations
 

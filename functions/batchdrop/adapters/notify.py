@@ -1,4 +1,4 @@
-"""SNS notifications: one message when a job is submitted and one when it ends (DESIGN.md).
+"""SNS notifications: one message when a job is submitted and one when it ends (docs/contract.md, "Notifications").
 
 Every notification fits SNS's size limit by construction. A message SNS refuses fails each retry
 of the invocation that publishes it, and a completion that can never publish leaves its job
