@@ -324,50 +324,24 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     """
     from rich.markup import escape
 
-    from batchdrop.config import DEFAULT_ROUTES, PROVIDER_DEFAULT_LIMITS, ConfigError, gzip_bounds, max_invalid_lines
+    from batchdrop.config import ConfigError, tmpdir
     from batchdrop.outputs import validation_error
-    from batchdrop.planner import BatchPlanner, PlannedBatch
-    from batchdrop.pricing import CostMeter, estimate_tokens, price_table
+    from batchdrop.planning import Estimate, LocalBatches, offline_settings, plan_segment, rejection, settle
+    from batchdrop.pricing import CostMeter, price_table
     from batchdrop.reader import iter_chunks
-    from batchdrop.scan import duplicate_error, scan
-    from batchdrop.validation import NoIds, Validator
 
     try:
-        # The deployment's bounds on a gzip file and on invalid lines, from the same variables, so
-        # validate refuses what it would.
-        max_inflated, max_ratio = gzip_bounds()
-        max_invalid = max_invalid_lines()
+        # The deployment's own settings, from the same variables (limits, minimums, fallbacks, bounds
+        # on a gzip file and on invalid lines), so validate plans what the submit function would.
+        settings = offline_settings(on_invalid=on_invalid)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    # Planned as if uploaded there: a folder named after a provider routes neutral lines to it.
+    key = f"inputs/{folder.strip('/')}/file.jsonl" if folder else "inputs/file.jsonl"
     bad = False
     for path in files:
         if not os.path.isfile(path):
             raise click.ClickException(f"{path}: no such file")
-        validator = Validator(
-            providers=dict(PROVIDER_DEFAULT_LIMITS),
-            routes=DEFAULT_ROUTES,
-            folder_provider=folder if folder in PROVIDER_DEFAULT_LIMITS else None,
-            seen=NoIds(),
-        )
-        batches: list[PlannedBatch] = []
-
-        def keep(batch: PlannedBatch, batches: list[PlannedBatch] = batches) -> None:
-            batch.discard()
-            batches.append(batch)
-
-        planner = BatchPlanner(limits=validator.providers, on_batch=keep)
-        meter = CostMeter(price_table())
-        tokens = [0, 0]
-
-        def plan(
-            request: m.Request, planner: BatchPlanner = planner, meter: CostMeter = meter, tokens: list[int] = tokens
-        ) -> None:
-            planner.add(request)
-            tokens_in, tokens_out = estimate_tokens(request.provider, request.payload)
-            tokens[0] += tokens_in
-            tokens[1] += tokens_out
-            meter.add(request.model, tokens_in, tokens_out)
-
         errors: list[dict[str, Any]] = []
         # The table shows the first SHOWN errors: the scan reports them in line order, so those after
         # the first SHOWN are only counted (a file may hold up to a million); --json prints them all.
@@ -384,55 +358,60 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             if keep_all or len(errors) < SHOWN:
                 errors.append(validation_error(invalid))
 
-        with open(path, "rb") as f:
-            result = scan(
-                iter_chunks(f),
-                validator,
-                plan,
-                report,
-                max_inflated=max_inflated,
-                max_ratio=max_ratio,
-                max_invalid=max_invalid,
+        batches = LocalBatches()
+        estimate = Estimate(CostMeter(price_table()))
+        try:
+            with open(path, "rb") as f:
+                plan = plan_segment(
+                    iter_chunks(f),
+                    settings,
+                    key=key,
+                    store_batch=batches.store,
+                    report=report,
+                    key_prefix="a1-",
+                    tmpdir=tmpdir(),
+                    estimate=estimate,
+                    dry=True,
+                )
+            result = plan.result
+            invalid = result.invalid + len(plan.refused)
+            refused = set(plan.refused)
+            duplicates = [d for d in result.duplicates if d.line not in refused]
+            _kept, more = settle(
+                batches, list(batches.order), duplicates, settings, batches.store, report, "a1-", tmpdir()
             )
-        planner.finish()
-        for dup in result.duplicates:
-            errors.append(validation_error(duplicate_error(dup)))
-        errors.sort(key=lambda e: e["line"])
-        error_count = shown[0] + len(result.duplicates)
-        lines, invalid = result.lines, result.invalid + len(result.duplicates)
+            invalid += more
+            by_provider: dict[str, int] = {}
+            for batch in batches.planned.values():
+                by_provider[batch.provider] = by_provider.get(batch.provider, 0) + 1
+        finally:
+            batches.close()
+        lines = result.lines
+        error_count = shown[0]
         valid = lines - invalid
-        # As the submit function decides: a file that cannot be read to its end, or that holds more
-        # invalid lines than the cap, is rejected whole.
-        rejected = result.file_error is not None or valid == 0 or (invalid and on_invalid == "reject")
+        # As the submit function decides: a file that cannot be read to its end, that holds more
+        # invalid lines than the cap, or nothing valid, is rejected whole (and with on_invalid=reject,
+        # one with any invalid line).
+        rejected = rejection(lines, invalid, result.file_error, settings.on_invalid) is not None
         bad = bad or bool(invalid) or bool(rejected)
-        by_provider: dict[str, int] = {}
-        for b in batches:
-            by_provider[b.provider] = by_provider.get(b.provider, 0) + 1
+        errors.sort(key=lambda e: e["line"])
         batch_plan = (
             ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
         )
-        small = [b for b in batches if b.requests < PROVIDER_DEFAULT_LIMITS[b.provider].min_requests]
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
-        cost = meter.summary()
+        cost = estimate.summary()
         if cost["batch"] is None:
-            priced = f"cost n/a (no price for {', '.join(sorted(meter.unknown))}; add it with BATCHDROP_PRICES)"
+            unknown = ", ".join(sorted(estimate.meter.unknown))
+            priced = f"cost n/a (no price for {unknown}; add it with BATCHDROP_PRICES)"
         else:
             priced = f"batch cost ≤ ${cost['batch']:.4f} (real-time ${cost['realtime_equivalent']:.4f})"
-        estimate = f"estimate: input ≈ {tokens[0]:,} tokens, output ≤ {tokens[1]:,} tokens, {priced}"
+        tokens = f"input ≈ {estimate.input_tokens:,} tokens, output ≤ {estimate.output_tokens:,} tokens"
         console.print(
             f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
-            f"{verdict_text}\n  {estimate}"
+            f"{verdict_text}\n  estimate: {tokens}, {priced}"
         )
         if result.file_error is not None:
             console.print(f"  [red]file error[/]: {escape(result.file_error.message)}")
-        for b in small:
-            minimum = PROVIDER_DEFAULT_LIMITS[b.provider].min_requests
-            console.print(
-                f"  [yellow]{b.provider}: {b.requests} requests for {b.model}, under its minimum of {minimum} per "
-                f"batch job[/]: refused as batch_too_small unless BATCHDROP_{b.provider.upper()}_FALLBACK=anthropic "
-                f"moves Claude requests to Anthropic (or your quota, BATCHDROP_{b.provider.upper()}_MIN_RECORDS, "
-                "is lower)"
-            )
         if as_json:
             for e in errors:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -46,7 +46,7 @@ class _Open:
     provider: str
     group: str
     model: str
-    data: IO[bytes]
+    data: IO[bytes] | None  # None: planned without the data (BatchPlanner.sizes_only)
     index: IO[bytes]
     requests: int = 0
     bytes: int = ENVELOPE_BYTES
@@ -58,6 +58,10 @@ class BatchPlanner:
     on_batch: Callable[[PlannedBatch], None]
     key_prefix: str = ""
     tmpdir: str | None = None
+    # Providers whose batches are planned without their data, for a plan that sends nothing (`batchdrop
+    # validate`): no request is written, only the index, each entry with the request's size in bytes
+    # as a third field; the batch's `path` is "". The batches are the same as with the data.
+    sizes_only: frozenset[str] = frozenset()
     _open: dict[tuple[str, str], _Open] = field(default_factory=dict)
     _count: dict[str, int] = field(default_factory=dict)
     # Per slot of a provider with a minimum batch size (Bedrock): the last batch closed, held back
@@ -77,13 +81,57 @@ class BatchPlanner:
                 request.provider,
                 request.group,
                 request.model,
-                tempfile.NamedTemporaryFile(dir=self.tmpdir, suffix=".jsonl", delete=False),  # noqa: SIM115
+                None
+                if request.provider in self.sizes_only
+                else tempfile.NamedTemporaryFile(dir=self.tmpdir, suffix=".jsonl", delete=False),  # noqa: SIM115
                 tempfile.NamedTemporaryFile(dir=self.tmpdir, suffix=".idx", delete=False),  # noqa: SIM115
             )
-        batch.data.write(request.payload)
-        batch.index.write(b"%s\t%d\n" % (request.custom_id.encode(), request.line))
+        if batch.data is None:
+            batch.index.write(b"%s\t%d\t%d\n" % (request.custom_id.encode(), request.line, size))
+        else:
+            batch.data.write(request.payload)
+            batch.index.write(b"%s\t%d\n" % (request.custom_id.encode(), request.line))
         batch.requests += 1
         batch.bytes += size
+
+    def add_many(self, requests: Sequence[Request]) -> None:
+        """`add` of each request in turn (the same batches, closed in the same order), with the
+        requests that go to one batch in a row written with one write each for data and index."""
+        i, n = 0, len(requests)
+        while i < n:
+            first = requests[i]
+            provider, group = first.provider, first.group
+            slot = (provider, group)
+            batch = self._open.get(slot)
+            if batch is None:
+                self.add(first)
+                i += 1
+                continue
+            limits = self.limits[provider]
+            room, space = limits.max_requests - batch.requests, limits.max_bytes - batch.bytes
+            j, size = i, 0
+            while j < n:
+                request = requests[j]
+                if request.provider != provider or request.group != group:
+                    break
+                length = len(request.payload)
+                if j - i >= room or size + length > space:
+                    break
+                size += length
+                j += 1
+            if j == i:  # the batch is full: `add` closes it and opens the next
+                self.add(first)
+                i += 1
+                continue
+            run = requests[i:j]
+            if batch.data is None:
+                batch.index.write("".join([f"{r.custom_id}\t{r.line}\t{len(r.payload)}\n" for r in run]).encode())
+            else:
+                batch.data.write(b"".join([r.payload for r in run]))
+                batch.index.write("".join([f"{r.custom_id}\t{r.line}\n" for r in run]).encode())
+            batch.requests += j - i
+            batch.bytes += size
+            i = j
 
     def finish(self) -> None:
         for slot in sorted(self._open):
@@ -93,7 +141,8 @@ class BatchPlanner:
 
     def _close(self, slot: tuple[str, str], last: bool = False) -> None:
         batch = self._open.pop(slot)
-        batch.data.close()
+        if batch.data is not None:
+            batch.data.close()
         batch.index.close()
         n = self._count.get(batch.provider, 0) + 1
         self._count[batch.provider] = n
@@ -104,7 +153,7 @@ class BatchPlanner:
             model=batch.model,
             requests=batch.requests,
             bytes=batch.bytes,
-            path=batch.data.name,
+            path="" if batch.data is None else batch.data.name,
             index_path=batch.index.name,
         )
         minimum = self.limits[batch.provider].min_requests

@@ -62,6 +62,7 @@ def scan(
     max_ratio: int | None = None,
     max_invalid: int | None = None,
     invalid_before: int = 0,
+    on_requests: Callable[[list[m.Request]], None] | None = None,
 ) -> ScanResult:
     """Scan from `first_line` on; with `stop_at`, stop after the line that passes that many bytes
     (a segment of a plain file: gzip cannot be entered half-way, so it is always read whole).
@@ -75,6 +76,9 @@ def scan(
     cap, so a file of tiny invalid lines ends in seconds. As with a gzip file refused at a bound, the
     lines read so far each have their verdict (that line too), the lines after it are not read, and
     `file_error` is no line's error.
+
+    With `on_requests`, the valid requests are handed on a block at a time (in line order) instead of
+    one at a time to `on_request`: what takes them then runs a loop of its own, not a call a line.
     """
     result = ScanResult()
     valid = 0
@@ -92,7 +96,7 @@ def scan(
         if finder is None:
             finder = stack.enter_context(DuplicateFinder(tmpdir=tmpdir))
         ids, numbers = finder.ids, finder.lines
-        add_id, add_number = ids.append, numbers.append
+        hand_on = on_requests or (lambda requests: [on_request(r) for r in requests])  # type: ignore[func-returns-value]
         invalid = 0
         # Invalid lines this scan may see before it stops; a file may hold `max_invalid` in all.
         room = _NO_CAP if max_invalid is None else max_invalid - invalid_before
@@ -111,12 +115,11 @@ def scan(
                         # so that few lines past the cap are checked for nothing.
                         end = done + max(room - invalid + 1, _SLICE)
                         block_first, block, done = whole_first + done, whole[done:end], end
-                    before = len(ids)
+                    requests: list[m.Request] = []
+                    take = requests.append
                     for verdict in check_block(block_first, block):
                         if verdict.__class__ is Request:
-                            add_id(verdict.custom_id)
-                            add_number(verdict.line)
-                            on_request(verdict)
+                            take(verdict)
                         elif verdict is not None:
                             invalid += 1
                             on_invalid(_explained(verdict, block[verdict.line - block_first]))  # type: ignore[arg-type]
@@ -125,8 +128,12 @@ def scan(
                             if invalid > room:
                                 stopped = verdict.line
                                 break  # the lines after this one, in this block or later, are not read
-                    # Counted a block at a time, not a line: the hot loop stays short.
-                    valid += len(ids) - before
+                    # Counted and handed on a block at a time, not a line: the hot loop stays short.
+                    if requests:
+                        ids += [r.custom_id for r in requests]
+                        numbers += [r.line for r in requests]
+                        valid += len(requests)
+                        hand_on(requests)
                     if stopped:
                         break
                 if stopped:

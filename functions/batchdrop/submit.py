@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -24,7 +23,7 @@ from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict, due_fields, job_pk, release, set_flag
 from batchdrop.cancel import CancelError, carry_out, request_cancel
 from batchdrop.complete import finish_job
-from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, BatchLimits, tmpdir
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 from batchdrop.jobs import hand_over_if_done, notify_once, record_failure
 from batchdrop.outputs import validation_error
@@ -41,10 +40,9 @@ from batchdrop.pipeline import (
     refused_key,
     validation_errors_key,
 )
-from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
-from batchdrop.scan import duplicate_error, scan
+from batchdrop.planner import ENVELOPE_BYTES, PlannedBatch
+from batchdrop.planning import plan_segment, rejection, settle
 from batchdrop.sending import cancel_unsent, record_batch, submit_batch
-from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
 from batchdrop.watchdog import attempts, over_attempts
 
 logger = Logger(service="batchdrop")
@@ -207,28 +205,15 @@ class _Submission:
         segment = int(job.get("segment", 0))
         start = int(job.get("next_offset", 0))
         first_line = int(job.get("next_line", 1))
-        validator = Validator(
-            providers={name: p.limits for name, p in settings.providers.items()},
-            routes=settings.routes,
-            folder_provider=_folder_provider(self.obj.key, settings.providers),
-            anthropic_default_max_tokens=settings.anthropic_default_max_tokens,
-            seen=NoIds(),
-        )
         stored: list[str] = list(job.get("batch_keys", []))
         models = {p: set(ms) for p, ms in (job.get("models_by_provider") or {}).items()}
 
-        undersized: list[PlannedBatch] = []
-
         def store_batch(batch: PlannedBatch) -> None:
-            if batch.requests < validator.providers[batch.provider].min_requests:
-                undersized.append(batch)  # dealt with once the segment is planned
-                return
             record_batch(deps, self.job_id, batch, attempt=1)
             stored.append(batch.key)
             models.setdefault(batch.provider, set()).add(batch.model)
 
         prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
-        planner = BatchPlanner(limits=validator.providers, on_batch=store_batch, key_prefix=prefix, tmpdir=tmpdir())
         segmented = bool(settings.submit_queue_url) and (segment > 0 or (self.obj.size or 0) > settings.segment_bytes)
         errors_key = validation_errors_key(self.job_id, segment)
         with (
@@ -239,27 +224,20 @@ class _Submission:
             def report(invalid: m.Invalid) -> None:
                 errors.write(orjson.dumps(validation_error(invalid)) + b"\n")
 
-            chunks = deps.objects.chunks(self.obj.key, self.obj.version_id, start=start)
-            result = scan(
-                chunks,
-                validator,
-                planner.add,
-                report,
+            plan = plan_segment(
+                deps.objects.chunks(self.obj.key, self.obj.version_id, start=start),
+                settings,
+                key=self.obj.key,
+                store_batch=store_batch,
+                report=report,
+                key_prefix=prefix,
                 tmpdir=tmpdir(),
                 first_line=first_line,
                 stop_at=settings.segment_bytes if segmented else None,
                 finder=finder,
-                max_inflated=settings.max_inflated_bytes,
-                max_ratio=settings.max_gzip_ratio,
-                max_invalid=settings.max_invalid_lines,
                 invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
             )
-            # Even a file that cannot be read whole keeps its valid lines in batch files: they are
-            # reported as not submitted, so no line goes unaccounted for.
-            planner.finish()
-            refused: list[int] = []
-            for batch in undersized:
-                refused.extend(self._undersized(batch, store_batch, prefix, report))
+            result, refused = plan.result, plan.refused
             last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
             totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
             totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
@@ -277,19 +255,12 @@ class _Submission:
                 for earlier in range(segment):
                     refused_lines.update(orjson.loads(b"".join(deps.objects.lines(refused_key(self.job_id, earlier)))))
                 duplicates = [d for d in duplicates if d.line not in refused_lines]
-                if duplicates:
-                    limits = {name: p.limits for name, p in settings.providers.items()}
-                    stored, shrunk = _drop_duplicates(deps, self.job_id, stored, duplicates, limits)
-                    for dup in duplicates:
-                        report(duplicate_error(dup))
-                    totals["valid"] -= len(duplicates)
-                    totals["invalid"] += len(duplicates)
-                    # A batch the duplicates took under its provider's minimum, and that no batch of
-                    # the same model could lend requests to, is dealt with like any other too-small batch.
-                    for batch in shrunk:
-                        too_small = self._undersized(batch, store_batch, prefix, report)
-                        totals["valid"] -= len(too_small)
-                        totals["invalid"] += len(too_small)
+                stored, more = settle(
+                    _StoredBatches(deps, self.job_id), stored, duplicates, settings, store_batch, report, prefix,
+                    tmpdir(),
+                )  # fmt: skip
+                totals["valid"] -= more
+                totals["invalid"] += more
             errors.flush()
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]
@@ -312,13 +283,7 @@ class _Submission:
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
         lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
-        reason = None
-        if result.file_error is not None:
-            reason = result.file_error.message
-        elif valid == 0:
-            reason = "no valid request in the file" if lines else "the file holds no request (it is empty)"
-        elif invalid and settings.on_invalid == "reject":
-            reason = f"{invalid} of {lines} lines are invalid and the on_invalid policy is reject"
+        reason = rejection(lines, invalid, result.file_error, settings.on_invalid)
         changes: dict[str, Any] = {
             "planned": True,
             "counts": {"lines": lines, "invalid": invalid, "submitted": 0 if reason else valid},
@@ -343,56 +308,6 @@ class _Submission:
             },
         )
         return True
-
-    def _undersized(
-        self,
-        batch: PlannedBatch,
-        store_batch: Callable[[PlannedBatch], None],
-        prefix: str,
-        report: Callable[[m.Invalid], None],
-    ) -> list[int]:
-        """A batch under its provider's minimum (Bedrock's records per job): its requests go to the
-        configured fallback provider where they can, and are refused with a clear error otherwise.
-        Returns the line numbers refused."""
-        settings = self.deps.settings.providers[batch.provider]
-        fallback = settings.fallback
-        refused: list[int] = []
-        planner = BatchPlanner(
-            limits={name: p.limits for name, p in self.deps.settings.providers.items()},
-            on_batch=store_batch,
-            key_prefix=f"{prefix}{batch.provider}-fallback-{batch.key.rsplit('-', 1)[-1]}-",
-            tmpdir=tmpdir(),
-        )
-        try:
-            with open(batch.path, "rb") as data, open(batch.index_path, "rb") as index:
-                for payload, entry in zip(data, index, strict=True):
-                    custom_id, _, line_text = entry.rstrip(b"\n").partition(b"\t")
-                    line = int(line_text)
-                    moved = bedrock_to_anthropic(payload.rstrip(b"\n"), batch.model) if fallback else None
-                    if moved is not None and fallback is not None:
-                        model, converted = moved
-                        planner.add(m.Request(line, custom_id.decode(), fallback, "", model, converted + b"\n"))
-                        continue
-                    refused.append(line)
-                    report(
-                        m.Invalid(
-                            line,
-                            custom_id.decode(),
-                            m.BATCH_TOO_SMALL,
-                            f"{batch.provider} runs a batch of at least {settings.limits.min_requests} records for "
-                            f"{batch.model}, and only {batch.requests} of this file's requests for it were left for "
-                            "one; add requests, lower "
-                            f"BATCHDROP_{batch.provider.upper()}_MIN_RECORDS if your account's quota allows, or "
-                            f"set BATCHDROP_{batch.provider.upper()}_FALLBACK=anthropic to send Claude requests to "
-                            "Anthropic instead",
-                        )
-                    )
-            planner.finish()
-        finally:
-            batch.discard()
-        if refused:
-            logger.warning("refused a batch under the provider's minimum", extra={"requests": len(refused)})
-        return refused
 
     def _hand_on(self) -> None:
         """Give the next segment to a fresh invocation, through the segments queue."""
@@ -448,47 +363,30 @@ class _Submission:
             hand_over_if_done(deps, self.job_id)
 
 
-def _drop_duplicates(
-    deps: Deps, job_id: str, stored: list[str], duplicates: list[Duplicate], limits: dict[str, BatchLimits]
-) -> tuple[list[str], list[PlannedBatch]]:
-    """Take the duplicate lines out of the batches already planned (rare: only when a file repeats
-    an id). Counts are recomputed from what is kept, so a re-run after a crash lands on the same state.
+class _StoredBatches:
+    """The batches of a job as the submit function keeps them: files on S3, an item each in DynamoDB."""
 
-    A batch the removal leaves under its provider's minimum (Bedrock's records per job) borrows what it
-    lacks from another batch of the same model that can spare it, as the planner does for a last batch:
-    the plan is as if the duplicates had never been there. Returns the batches kept, and those still
-    too small: their items are deleted and their requests handed back in local files.
-    """
-    drop = {d.line for d in duplicates}
-    items = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
-    kept_keys: list[str] = []
-    short: list[PlannedBatch] = []
-    for key in stored:
-        index_key, data_key = batch_index_key(job_id, key), batch_data_key(job_id, key)
-        planned = _download_batch(deps, job_id, items[key], drop)
-        removed = int(items[key]["requests"]) - planned.requests
-        if not removed:
-            planned.discard()
-            kept_keys.append(key)
-        elif planned.requests == 0:
-            planned.discard()
-            deps.store.delete(items[key])
-        elif planned.requests < limits[planned.provider].min_requests:
-            short.append(planned)
-        else:
-            _store_files(deps, planned, data_key, index_key)
-            deps.store.update(items[key], {"requests": planned.requests, "bytes": planned.bytes})
-            kept_keys.append(key)
-    shrunk: list[PlannedBatch] = []
-    for planned in short:
-        item = items[planned.key]
-        if _borrow(deps, job_id, planned, [items[k] for k in kept_keys], limits[planned.provider]):
-            deps.store.update(item, {"requests": planned.requests, "bytes": planned.bytes})
-            kept_keys.append(planned.key)
-        else:
-            deps.store.delete(item)
-            shrunk.append(planned)
-    return kept_keys, shrunk
+    def __init__(self, deps: Deps, job_id: str) -> None:
+        self.deps = deps
+        self.job_id = job_id
+        self._records: dict[str, dict[str, Any]] | None = None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        if self._records is None:
+            self._records = {b["batch_key"]: b for b in self.deps.store.get_batches(self.job_id)}
+        return self._records
+
+    def load(self, record: dict[str, Any], drop: set[int]) -> PlannedBatch:
+        return _download_batch(self.deps, self.job_id, record, drop)
+
+    def save(self, record: dict[str, Any], planned: PlannedBatch) -> None:
+        key = record["batch_key"]
+        _store_files(self.deps, planned, batch_data_key(self.job_id, key), batch_index_key(self.job_id, key))
+        self.deps.store.update(record, {"requests": planned.requests, "bytes": planned.bytes})
+        record["requests"], record["bytes"] = planned.requests, planned.bytes
+
+    def delete(self, record: dict[str, Any]) -> None:
+        self.deps.store.delete(record)
 
 
 def _download_batch(deps: Deps, job_id: str, item: dict[str, Any], drop: set[int]) -> PlannedBatch:
@@ -521,32 +419,6 @@ def _store_files(deps: Deps, planned: PlannedBatch, data_key: str, index_key: st
         planned.discard()
 
 
-def _borrow(deps: Deps, job_id: str, short: PlannedBatch, kept: list[dict[str, Any]], limits: BatchLimits) -> bool:
-    """Fill `short` up to the minimum from a kept batch of the same provider and model that stays at
-    the minimum itself; both are stored again. False (nothing changed) when no batch can lend."""
-    need = limits.min_requests - short.requests
-    for item in kept:
-        same = (item["provider"], item.get("group", ""), item.get("model", "")) == (
-            short.provider, short.group, short.model,
-        )  # fmt: skip
-        if not same or int(item["requests"]) - need < limits.min_requests:
-            continue
-        lender = _download_batch(deps, job_id, item, set())
-        rebalance(lender, short, limits.min_requests, limits, tmpdir())
-        if short.requests < limits.min_requests:  # over the byte limit: try another
-            lender.discard()
-            continue
-        # The borrower first: a crash before the lender is trimmed leaves the lines in both files, and
-        # the re-run, which plans this segment again, recomputes both from the plan.
-        data_key, index_key = batch_data_key(job_id, short.key), batch_index_key(job_id, short.key)
-        _store_files(deps, short, data_key, index_key)
-        _store_files(deps, lender, batch_data_key(job_id, lender.key), batch_index_key(job_id, lender.key))
-        deps.store.update(item, {"requests": lender.requests, "bytes": lender.bytes})
-        item["requests"], item["bytes"] = lender.requests, lender.bytes
-        return True
-    return False
-
-
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:
     with tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".ids") as export:
         finder.export(export.name)
@@ -557,14 +429,6 @@ def _all_duplicates(deps: Deps, job_id: str, last_segment: int) -> list[Duplicat
     """Duplicates across every segment's ids, one bucket at a time (flat memory, no disk)."""
     reads = [functools.partial(deps.objects.read_range, ids_key(job_id, s)) for s in range(last_segment + 1)]
     return duplicates_across(reads, DuplicateFinder.buckets)
-
-
-def _folder_provider(key: str, providers: Any) -> str | None:
-    """inputs/<provider>/... routes neutral lines to that provider."""
-    parts = key[len(INPUT_PREFIX) :].split("/")
-    if len(parts) > 1 and parts[0] in providers:
-        return parts[0]
-    return None
 
 
 def is_input_key(key: str) -> bool:

@@ -323,7 +323,7 @@ def test_validate_takes_the_cap_from_the_environment_and_counts_only_the_lines_r
         [*BATCHDROP, "validate", str(path)], capture_output=True, text=True, timeout=60, env=bad, check=False
     )
     assert refused.returncode == 1
-    assert "BATCHDROP_MAX_INVALID_LINES='none' must be a whole number" in refused.stderr
+    assert "BATCHDROP_MAX_INVALID_LINES='none' is not a whole number" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
