@@ -108,7 +108,7 @@ def compact(line: dict[str, Any]) -> bytes:
     return orjson.dumps(line) + b"\n"
 
 
-ESTIMATED = [
+ESTIMATED: list[tuple[str, dict[str, Any]]] = [
     ("openai", {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
                 "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}],
                          "max_tokens": 64}}),
