@@ -352,7 +352,53 @@ def bench_poll_calls(rows: list[dict[str, Any]]) -> None:
     )
 
 
-# -- 5. end to end -----------------------------------------------------------------------------------
+# -- 5. the commands users run, as whole processes ---------------------------------------------------
+
+
+def timed_process(args: list[str]) -> float:
+    """Wall seconds of one run of a command, its output thrown away."""
+    start = time.perf_counter()
+    subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def bench_commands(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
+    """`batchdrop validate` (cost estimate on) and the submit function's planning, each a whole process
+    (interpreter, imports, output) on a 100 MB file of chat requests, against a bare orjson line loop and
+    the naive json.loads + pydantic loop as processes on the same file; the runs take turns, and each
+    figure is the median of its runs."""
+    path = tmp / "commands-100.jsonl"
+    lines = generate(path, 100 * MB, 350)
+    python = sys.executable
+    commands = {
+        "validate": [python, "-m", "batchdrop.cli", "validate", str(path)],
+        "plan": [python, "-m", "benchmarks.peers", "plan", str(path)],
+        "orjson": [python, "-m", "benchmarks.peers", "orjson", str(path)],
+        "naive": [python, "-m", "benchmarks.peers", "naive", str(path)],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for name, args in commands.items():  # a warm-up each: the file and the modules in the page cache
+        timed_process(args)
+    for _ in range(3 if quick else 7):
+        for name, args in commands.items():
+            times[name].append(timed_process(args))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    for name, what in (
+        ("validate", "`batchdrop validate` (estimate on)"),
+        ("plan", "the submit function's planning"),
+    ):
+        rows.append(
+            {
+                "benchmark": f"{what}, whole process, 100 MB ({lines:,} chat requests)",
+                "batchdrop": f"{median[name]:.2f} s",
+                "baseline": f"orjson line loop {median['orjson']:.2f} s; json+pydantic loop {median['naive']:.2f} s",
+                "ratio": f"{median['orjson'] / median[name]:.2f}x orjson, {median['naive'] / median[name]:.1f}x naive",
+            }
+        )
+    path.unlink()
+
+
+# -- 6. end to end -----------------------------------------------------------------------------------
 
 
 def bench_end_to_end(rows: list[dict[str, Any]], tmp: Path) -> None:
@@ -399,6 +445,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="batchdrop-bench-") as tmp:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("validation", lambda: bench_validation(rows, args.quick)),
+            ("commands", lambda: bench_commands(rows, Path(tmp), args.quick)),
             ("imports", lambda: bench_imports(rows)),
             ("poll calls", lambda: bench_poll_calls(rows)),
             ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),

@@ -326,7 +326,16 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
 
     from batchdrop.config import ConfigError, tmpdir
     from batchdrop.outputs import validation_error
-    from batchdrop.planning import Estimate, LocalBatches, offline_settings, plan_segment, rejection, settle
+    from batchdrop.planning import (
+        EXACT_FIRST,
+        SAMPLE_EVERY,
+        Estimate,
+        LocalBatches,
+        offline_settings,
+        plan_segment,
+        rejection,
+        settle,
+    )
     from batchdrop.pricing import CostMeter, price_table
     from batchdrop.reader import iter_chunks
 
@@ -406,6 +415,8 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
         else:
             priced = f"batch cost ≤ ${cost['batch']:.4f} (real-time ${cost['realtime_equivalent']:.4f})"
         tokens = f"input ≈ {estimate.input_tokens:,} tokens, output ≤ {estimate.output_tokens:,} tokens"
+        if estimate.sampled:
+            tokens += f" (from the first {EXACT_FIRST:,} requests and 1 in {SAMPLE_EVERY} after them)"
         console.print(
             f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
             f"{verdict_text}\n  estimate: {tokens}, {priced}"

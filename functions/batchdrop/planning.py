@@ -397,6 +397,9 @@ class LocalBatches:
 
 # -- the token and cost estimate of `batchdrop validate` ---------------------------------------------
 
+# Requests counted one by one before the estimate samples, and the sampling rate past them.
+EXACT_FIRST = 20_000
+SAMPLE_EVERY = 8
 _TEXT_FIELDS = ("system", "messages", "input", "prompt", "instructions", "tools", "contents", "systemInstruction")
 _CAP_FIELDS = (
     "max_tokens",
@@ -490,13 +493,20 @@ class Estimate:
     CHARS_PER_TOKEN characters a token, and its own output cap), except that the JSON is measured as
     the line wrote it (spaces after `:` and `,` included), not written again compactly. The fields are
     read raw, by one decode of a block's requests of one provider and model, and summed by C loops
-    (map, Counter): no line is built into Python objects and no Python loop runs a line, so
-    `batchdrop validate` with the estimate on stays close to its speed without."""
+    (map, Counter): no line is built into Python objects and no Python loop runs a line.
 
-    def __init__(self, meter: CostMeter) -> None:
+    The first `exact_first` requests are each counted; past them, one request in SAMPLE_EVERY of each
+    block and model is, and the rest are taken to be like them: input in proportion to their bytes,
+    output caps in proportion to their number (`sampled` is then True). A file of a million requests is
+    estimated about as fast as it is validated; its figures are within a few percent of counting each,
+    well inside what four characters a token is worth."""
+
+    def __init__(self, meter: CostMeter, exact_first: int = EXACT_FIRST) -> None:
         self.meter = meter
         self.input_tokens = 0
         self.output_tokens = 0
+        self.sampled = False
+        self._exact_left = exact_first
         self._by_model: dict[str, list[int]] = {}
 
     def add_many(self, requests: Sequence[m.Request]) -> None:
@@ -512,6 +522,28 @@ class Estimate:
             self._add(provider, model, group)
 
     def _add(self, provider: str, model: str, requests: Sequence[m.Request]) -> None:
+        exact = min(self._exact_left, len(requests))
+        self._exact_left -= exact
+        tokens_in, tokens_out = self._each(provider, requests[:exact])
+        rest = requests[exact:]
+        if rest:
+            self.sampled = True
+            sample = rest[::SAMPLE_EVERY]
+            sample_in, sample_out = self._each(provider, sample)
+            sample_bytes = sum(map(len, map(_PAYLOAD, sample)))
+            rest_bytes = sum(map(len, map(_PAYLOAD, rest)))
+            tokens_in += round(sample_in * rest_bytes / sample_bytes)
+            tokens_out += round(sample_out * len(rest) / len(sample))
+        self.input_tokens += tokens_in
+        self.output_tokens += tokens_out
+        totals = self._by_model.setdefault(model, [0, 0])
+        totals[0] += tokens_in
+        totals[1] += tokens_out
+
+    def _each(self, provider: str, requests: Sequence[m.Request]) -> tuple[int, int]:
+        """(input, output) tokens of `requests`, each counted."""
+        if not requests:
+            return 0, 0
         shape = _SHAPES.get(provider)
         lines = None
         if shape is not None:
@@ -545,11 +577,7 @@ class Estimate:
             per_line = map(operator.floordiv, texts or (), itertools.repeat(CHARS_PER_TOKEN))
             tokens_in = sum(per_line) + len(bodies)
             tokens_out = _caps(lines, bodies)
-        self.input_tokens += tokens_in
-        self.output_tokens += tokens_out
-        totals = self._by_model.setdefault(model, [0, 0])
-        totals[0] += tokens_in
-        totals[1] += tokens_out
+        return tokens_in, tokens_out
 
     def summary(self) -> dict[str, float | None]:
         for model, (tokens_in, tokens_out) in self._by_model.items():
