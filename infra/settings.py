@@ -11,8 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchdrop.config import BEDROCK_FALLBACKS, ON_INVALID_CHOICES, PROVIDER_DEFAULT_LIMITS, PROVIDER_MAXIMA
+from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_DEFAULT_LIMITS, PROVIDER_MAXIMA
+from batchdrop.providers import SPECS
 from infra.names import DEFAULT_STACK_NAME
+
+BEDROCK_FALLBACKS = SPECS["bedrock"].fallbacks
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).
 LOG_RETENTION_DAYS = (

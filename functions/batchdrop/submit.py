@@ -42,9 +42,10 @@ from batchdrop.pipeline import (
     validation_errors_key,
 )
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
+from batchdrop.providers.bedrock import bedrock_to_anthropic
 from batchdrop.scan import duplicate_error, scan
 from batchdrop.sending import cancel_unsent, record_batch, submit_batch
-from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
+from batchdrop.validation import NoIds, Validator
 from batchdrop.watchdog import attempts, over_attempts
 
 logger = Logger(service="batchdrop")
