@@ -377,7 +377,7 @@ def bench_commands(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
         "naive": [python, "-m", "benchmarks.peers", "naive", str(path)],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
-    for name, args in commands.items():  # a warm-up each: the file and the modules in the page cache
+    for args in commands.values():  # a warm-up each: the file and the modules in the page cache
         timed_process(args)
     for _ in range(3 if quick else 7):
         for name, args in commands.items():

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchdrop.config import BEDROCK_FALLBACKS, ON_INVALID_CHOICES, PROVIDER_DEFAULT_LIMITS, PROVIDER_MAXIMA
+from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA
+from batchdrop.providers import SPECS
 from infra.names import DEFAULT_STACK_NAME
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).
@@ -19,31 +20,30 @@ LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
 )  # fmt: skip
 
-# The context keys a user sets; everything else in the context is CDK's own (feature flags).
-CONTEXT_KEYS = (
+# The context keys a user sets; everything else in the context is CDK's own (feature flags). Per
+# provider (from its spec): <name>_max_requests and <name>_max_bytes, and its options' keys.
+_GENERAL_KEYS = (
     "stack_name",
     "poll_rate_minutes",
     "providers",
     "on_invalid",
     "max_attempts",
-    "openai_max_requests",
-    "openai_max_bytes",
-    "anthropic_max_requests",
-    "anthropic_max_bytes",
     "output_retention_days",
     "alarm_email",
     "log_retention_days",
     "deep_tracing",
-    "azure_endpoint",
-    "azure_api_version",
-    "azure_max_requests",
-    "azure_max_bytes",
-    "gemini_max_requests",
-    "gemini_max_bytes",
-    "bedrock_max_requests",
-    "bedrock_max_bytes",
-    "bedrock_min_records",
-    "bedrock_fallback",
+)
+CONTEXT_KEYS = (
+    *_GENERAL_KEYS,
+    *(
+        key
+        for spec in SPECS.values()
+        for key in (
+            *(o.context for o in spec.options if o.context),
+            f"{spec.name}_max_requests",
+            f"{spec.name}_max_bytes",
+        )
+    ),
 )
 
 
@@ -74,13 +74,9 @@ class DeploySettings:
     # Powertools' Tracer (boto3 and provider calls as X-Ray subsegments) costs ~100 ms of every cold
     # start; Lambda's active tracing records each invocation without it.
     deep_tracing: bool = False
-    # Azure OpenAI (provider "azure"): the resource endpoint and the data-plane API version.
-    azure_endpoint: str | None = None
-    azure_api_version: str | None = None
-    # Bedrock (provider "bedrock"): the account's minimum records per job (None: Bedrock's usual 100),
-    # and the provider that takes a job's Claude requests when there are fewer ("anthropic" or None).
-    bedrock_min_records: int | None = None
-    bedrock_fallback: str | None = None
+    # Provider options set by context (each spec's `options`): provider → {WHAT: value}, for
+    # BATCHDROP_<NAME>_<WHAT> (Azure's endpoint and API version, Bedrock's minimum and fallback).
+    options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
@@ -139,34 +135,40 @@ class DeploySettings:
             allowed = ", ".join(map(str, LOG_RETENTION_DAYS))
             raise SettingsError(f"context log_retention_days={log_retention_days}: CloudWatch accepts {allowed}")
 
-        azure_endpoint = text("azure_endpoint")
-        if "azure" in providers and not (azure_endpoint or "").startswith("https://"):
-            raise SettingsError(
-                "context azure_endpoint must be the Azure OpenAI resource's https:// endpoint when providers "
-                "includes azure"
-            )
-
-        bedrock_min_records = whole("bedrock_min_records", 1, PROVIDER_MAXIMA["bedrock"].max_requests)
-        if "bedrock" in providers:
-            minimum = bedrock_min_records or PROVIDER_DEFAULT_LIMITS["bedrock"].min_requests
-            maximum = (
-                limits.get("bedrock", LimitOverride()).max_requests or PROVIDER_DEFAULT_LIMITS["bedrock"].max_requests
-            )
-            if minimum > maximum:
-                # The functions would refuse to start (batchdrop.config checks the same).
-                raise SettingsError(
-                    f"context bedrock_min_records ({minimum}) is more than bedrock_max_requests ({maximum}): "
-                    "no Bedrock job could be sent; lower the minimum or raise the maximum"
-                )
-
-        bedrock_fallback = text("bedrock_fallback")
-        if bedrock_fallback is not None and (
-            bedrock_fallback not in BEDROCK_FALLBACKS or bedrock_fallback not in providers
-        ):
-            raise SettingsError(
-                f"context bedrock_fallback={bedrock_fallback!r}: expected an enabled provider among "
-                f"{', '.join(BEDROCK_FALLBACKS)} (add it to providers), or nothing"
-            )
+        options: dict[str, dict[str, str]] = {}
+        for spec in SPECS.values():
+            for option in spec.options:
+                if option.context is None:
+                    continue
+                if option.whole:
+                    number = whole(option.context, 1, spec.maxima.max_requests)
+                    value = None if number is None else str(number)
+                else:
+                    value = text(option.context)
+                if option.starts_with and spec.name in providers and not (value or "").startswith(option.starts_with):
+                    raise SettingsError(
+                        f"context {option.context} must be {option.described} when providers includes {spec.name}"
+                    )
+                if option.what == "MIN_RECORDS" and spec.name in providers:
+                    minimum = int(value) if value else spec.defaults.min_requests
+                    maximum = limits.get(spec.name, LimitOverride()).max_requests or spec.defaults.max_requests
+                    if minimum > maximum:
+                        # The functions would refuse to start (batchdrop.config checks the same).
+                        raise SettingsError(
+                            f"context {option.context} ({minimum}) is more than {spec.name}_max_requests ({maximum}): "
+                            f"no {spec.title} job could be sent; lower the minimum or raise the maximum"
+                        )
+                if (
+                    option.what == "FALLBACK"
+                    and value is not None
+                    and (value not in spec.fallbacks or value not in providers)
+                ):
+                    raise SettingsError(
+                        f"context {option.context}={value!r}: expected an enabled provider among "
+                        f"{', '.join(spec.fallbacks)} (add it to providers), or nothing"
+                    )
+                if value is not None:
+                    options.setdefault(spec.name, {})[option.what] = value
 
         alarm_email = text("alarm_email")
         if alarm_email is not None and "@" not in alarm_email:
@@ -183,8 +185,5 @@ class DeploySettings:
             alarm_email=alarm_email,
             log_retention_days=log_retention_days,
             deep_tracing=(text("deep_tracing") or "false").lower() in ("1", "true", "yes"),
-            azure_endpoint=azure_endpoint,
-            azure_api_version=text("azure_api_version"),
-            bedrock_min_records=bedrock_min_records,
-            bedrock_fallback=bedrock_fallback,
+            options=options,
         )

@@ -43,7 +43,7 @@ class BatchdropStack(Stack):
             submit_dlq=self.messaging.submit_dlq,
             secrets=self.secrets.by_provider,
             webhook_secret=self.secrets.openai_webhook,
-            bedrock_role_arn=self.bedrock.service_role.role_arn if self.bedrock else None,
+            provider_values={"bedrock": {"ROLE_ARN": self.bedrock.service_role.role_arn}} if self.bedrock else None,
         )
         if self.bedrock is not None:
             # Submit creates jobs, poll looks at (and stops) them, complete resubmits what expired.

@@ -10,7 +10,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-MB = 1024 * 1024
+from batchdrop.providers import SPECS, spec
+from batchdrop.providers.spec import BatchLimits
+
+MB = spec.MB
 
 # The private prefix where batchdrop keeps what it needs between functions: the batch files it
 # planned, their line indexes and the validation errors. Users read outputs/, never this.
@@ -80,11 +83,9 @@ ENV_BATCH_TIMEOUT_SECONDS = "BATCHDROP_BATCH_TIMEOUT_SECONDS"
 ENV_JOB_CHECK_SECONDS = "BATCHDROP_JOB_CHECK_SECONDS"
 # Where submit and complete spill batch, id and output files (the system's temp folder if unset).
 ENV_TMPDIR = "BATCHDROP_TMPDIR"
-# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES (and _API_VERSION for Azure;
-# _ROLE_ARN, _MIN_RECORDS and _FALLBACK for Bedrock).
-# Providers that take OpenAI's batch-line format.
-OPENAI_COMPATIBLE = ("openai", "azure")
-ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
+# Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES, _MIN_RECORDS, and the
+# options its spec names (Azure's _API_VERSION; Bedrock's _ROLE_ARN and _FALLBACK).
+ENV_PROVIDER_TEMPLATE = spec.ENV_PROVIDER_TEMPLATE
 
 # Metric names (namespace and service "batchdrop"), emitted by the handlers and graphed and
 # alarmed on by infra/constructs/monitoring.py.
@@ -104,67 +105,13 @@ JOBS_TIMED_OUT = "JobsTimedOut"
 
 ON_INVALID_CHOICES = ("skip", "reject")
 
-# Model-name prefixes → provider. Users extend or override it with BATCHDROP_ROUTES
+# Model-name prefixes → provider, from the specs. Users extend or override it with BATCHDROP_ROUTES
 # ("prefix=provider,prefix=provider").
-DEFAULT_ROUTES: tuple[tuple[str, str], ...] = (
-    ("claude-", "anthropic"),
-    ("gpt-", "openai"),
-    ("o1", "openai"),
-    ("o3", "openai"),
-    ("o4", "openai"),
-    ("chatgpt-", "openai"),
-    ("text-embedding-", "openai"),
-    ("omni-moderation", "openai"),
-    ("gemini-", "gemini"),
-    ("models/gemini-", "gemini"),
-    # Bedrock model ids, and the cross-region inference profiles that prefix them with a geography.
-    ("anthropic.claude-", "bedrock"),
-    ("amazon.nova-", "bedrock"),
-    ("meta.llama", "bedrock"),
-    ("us.anthropic.claude-", "bedrock"),
-    ("eu.anthropic.claude-", "bedrock"),
-    ("apac.anthropic.claude-", "bedrock"),
-    ("global.anthropic.claude-", "bedrock"),
-    ("us.amazon.nova-", "bedrock"),
-    ("eu.amazon.nova-", "bedrock"),
-    ("apac.amazon.nova-", "bedrock"),
-    ("us.meta.llama", "bedrock"),
-)
+DEFAULT_ROUTES: tuple[tuple[str, str], ...] = tuple((prefix, s.name) for s in SPECS.values() for prefix in s.routes)
 
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """How large one provider batch may be; the planner closes a batch before either is passed."""
-
-    max_requests: int
-    max_bytes: int
-    # Bedrock refuses a job with fewer records than its per-model quota (100 by default).
-    min_requests: int = 1
-
-
-# The providers' documented maxima (docs/providers.md). Anthropic's default byte limit is lower than its
-# 256 MB maximum because its requests are sent inline: the SDK holds the whole batch as Python
-# objects while it serialises it, about 8x the JSON size, and 32 MB of JSON keeps that under 512 MB.
-PROVIDER_MAXIMA: dict[str, BatchLimits] = {
-    "openai": BatchLimits(max_requests=50_000, max_bytes=200 * MB),
-    # Azure OpenAI global batch: the OpenAI format, 100,000 requests and 200 MB per file.
-    "azure": BatchLimits(max_requests=100_000, max_bytes=200 * MB),
-    "anthropic": BatchLimits(max_requests=100_000, max_bytes=256 * MB),
-    # Gemini Batch Mode: a JSONL file of up to 2 GB; no documented request count, so we cap it.
-    "gemini": BatchLimits(max_requests=200_000, max_bytes=2048 * MB),
-    # Bedrock batch inference: 50,000 records and 1 GB per input file, at least 100 records per job.
-    "bedrock": BatchLimits(max_requests=50_000, max_bytes=1024 * MB, min_requests=100),
-}
-PROVIDER_DEFAULT_LIMITS: dict[str, BatchLimits] = {
-    "openai": BatchLimits(max_requests=50_000, max_bytes=190 * MB),
-    "azure": BatchLimits(max_requests=100_000, max_bytes=190 * MB),
-    "anthropic": BatchLimits(max_requests=100_000, max_bytes=32 * MB),
-    "gemini": BatchLimits(max_requests=100_000, max_bytes=190 * MB),
-    "bedrock": BatchLimits(max_requests=50_000, max_bytes=190 * MB, min_requests=100),
-}
-# Bedrock: where a job too small for Bedrock's minimum may go instead (BATCHDROP_BEDROCK_FALLBACK).
-# Only Claude has a request format both sides share.
-BEDROCK_FALLBACKS = ("anthropic",)
+# The providers' documented maxima (docs/providers.md), and what a deployment uses unless it sets less.
+PROVIDER_MAXIMA: dict[str, BatchLimits] = {s.name: s.maxima for s in SPECS.values()}
+PROVIDER_DEFAULT_LIMITS: dict[str, BatchLimits] = {s.name: s.defaults for s in SPECS.values()}
 
 
 class ConfigError(ValueError):
@@ -251,7 +198,7 @@ class Settings:
                 raise ConfigError(f"{ENV_PROVIDERS} names {name!r}: known providers are {known}")
 
             def var(what: str, name: str = name) -> str:
-                return ENV_PROVIDER_TEMPLATE.format(name=name.upper(), what=what)
+                return spec.env_var(name, what)
 
             maxima, defaults = PROVIDER_MAXIMA[name], PROVIDER_DEFAULT_LIMITS[name]
             limits = BatchLimits(
@@ -279,21 +226,17 @@ class Settings:
                 bucket=env.get(ENV_BUCKET) or None,
                 fallback=env.get(var("FALLBACK")) or None,
             )
-            if name == "azure" and not providers[name].base_url:
+            for option in SPECS[name].options:
+                if option.required and not env.get(var(option.what)):
+                    raise ConfigError(f"{var(option.what)} is not set: {option.required}")
+            fallbacks = SPECS[name].fallbacks
+            fallback = providers[name].fallback
+            if fallbacks and fallback is not None and (fallback not in fallbacks or fallback not in enabled):
+                none_enabled = f"({', '.join(fallbacks)}, not enabled)"
                 raise ConfigError(
-                    f"{var('BASE_URL')} is not set: Azure OpenAI needs its endpoint (https://NAME.openai.azure.com)"
+                    f"{var('FALLBACK')}={fallback!r}: expected one of the enabled providers "
+                    f"{', '.join(p for p in fallbacks if p in enabled) or none_enabled}"
                 )
-            if name == "bedrock":
-                if not providers[name].role_arn:
-                    raise ConfigError(
-                        f"{var('ROLE_ARN')} is not set: Bedrock batch jobs run as a service role (the stack creates it)"
-                    )
-                fallback = providers[name].fallback
-                if fallback is not None and (fallback not in BEDROCK_FALLBACKS or fallback not in enabled):
-                    raise ConfigError(
-                        f"{var('FALLBACK')}={fallback!r}: expected one of the enabled providers "
-                        f"{', '.join(p for p in BEDROCK_FALLBACKS if p in enabled) or '(anthropic, not enabled)'}"
-                    )
 
         return cls(
             bucket=need(ENV_BUCKET),

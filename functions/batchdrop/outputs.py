@@ -5,56 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from batchdrop import models as m
+from batchdrop.providers import SPECS
+
+# Each provider's readers of its response bodies, in the registry's order: the first that knows a
+# body reads it.
+_READERS = tuple(reader for spec in SPECS.values() for reader in spec.readers)
 
 
 def extract(body: dict[str, Any]) -> tuple[str | None, int, int]:
     """(generated text, input tokens, output tokens) from any response body we support."""
-    usage = body.get("usage") or {}
-    kind = body.get("object") or body.get("type")
-    text: str | None = None
-    if kind == "chat.completion":
-        choices = body.get("choices") or [{}]
-        content = (choices[0].get("message") or {}).get("content")
-        text = content if isinstance(content, str) else None
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    if kind == "text_completion":
-        choices = body.get("choices") or [{}]
-        text = choices[0].get("text")
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    if kind == "response":
-        parts = [
-            c.get("text", "")
-            for item in body.get("output") or []
-            if item.get("type") == "message"
-            for c in item.get("content") or []
-            if c.get("type") == "output_text"
-        ]
-        text = "".join(parts) if parts else None
-        return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-    if kind == "message":
-        parts = [c.get("text", "") for c in body.get("content") or [] if c.get("type") == "text"]
-        text = "".join(parts) if parts else None
-        return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-    if "candidates" in body or "usageMetadata" in body:  # Gemini GenerateContentResponse
-        meta = body.get("usageMetadata") or {}
-        candidates = body.get("candidates") or [{}]
-        parts = [p.get("text", "") for p in (candidates[0].get("content") or {}).get("parts") or [] if "text" in p]
-        text = "".join(parts) if parts else None
-        # Thinking tokens are billed as output.
-        output = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
-        return text, int(meta.get("promptTokenCount") or 0), output
-    if isinstance(body.get("output"), dict) and "message" in body["output"]:  # Bedrock: Amazon Nova
-        content = (body["output"]["message"] or {}).get("content") or []
-        parts = [c["text"] for c in content if isinstance(c.get("text"), str)]
-        text = "".join(parts) if parts else None
-        return text, int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
-    if "generation" in body:  # Bedrock: Meta Llama
-        return (
-            body.get("generation"),
-            int(body.get("prompt_token_count") or 0),
-            int(body.get("generation_token_count") or 0),
-        )
+    for read in _READERS:
+        found = read(body)
+        if found is not None:
+            return found
     # Embeddings ("list") and moderations: no text; embeddings report prompt tokens only.
+    usage = body.get("usage") or {}
     return None, int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0), 0
 
 

@@ -29,20 +29,28 @@ from batchdrop import models as m
 from batchdrop.config import (
     ENV_BUCKET,
     ENV_COMPLETION_QUEUE_URL,
-    ENV_PROVIDER_TEMPLATE,
+    ENV_ON_INVALID,
     ENV_PROVIDERS,
     ENV_TABLE,
     ENV_TOPIC_ARN,
     INPUT_PREFIX,
-    PROVIDER_MAXIMA,
     BatchLimits,
     Settings,
 )
 from batchdrop.dedup import Duplicate, DuplicateFinder
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
-from batchdrop.pricing import CHARS_PER_TOKEN, DEFAULT_OUTPUT_CAP, CostMeter, estimate_tokens
+from batchdrop.pricing import (
+    CAP_FIELDS,
+    CHARS_PER_TOKEN,
+    CONFIG_FIELDS,
+    DEFAULT_OUTPUT_CAP,
+    TEXT_FIELDS,
+    CostMeter,
+    estimate_tokens,
+)
+from batchdrop.providers import SPECS
 from batchdrop.scan import ScanResult, duplicate_error, scan
-from batchdrop.validation import NoIds, Validator, bedrock_to_anthropic
+from batchdrop.validation import NoIds, Validator
 
 Report = Callable[[m.Invalid], None]
 StoreBatch = Callable[[PlannedBatch], None]
@@ -149,6 +157,7 @@ def too_small(
     Returns the line numbers refused."""
     provider = settings.providers[batch.provider]
     fallback = provider.fallback
+    convert = SPECS[batch.provider].fallbacks.get(fallback) if fallback else None
     refused: list[int] = []
     planner = BatchPlanner(
         limits=limits_of(settings),
@@ -161,7 +170,7 @@ def too_small(
             for payload, entry in zip(data, index, strict=True):
                 custom_id, _, line_text = entry.rstrip(b"\n").partition(b"\t")
                 line = int(line_text)
-                moved = bedrock_to_anthropic(payload.rstrip(b"\n"), batch.model) if fallback else None
+                moved = convert(payload.rstrip(b"\n"), batch.model) if convert is not None else None
                 if moved is not None and fallback is not None:
                     model, converted = moved
                     planner.add(m.Request(line, custom_id.decode(), fallback, "", model, converted + b"\n"))
@@ -322,16 +331,15 @@ def offline_settings(env: Mapping[str, str] | None = None, on_invalid: str | Non
     the same variables read by the same code (limits, routes, minimums, fallbacks, bounds), every
     provider enabled unless BATCHDROP_PROVIDERS says otherwise, and what only AWS needs stood in for."""
     env = dict(os.environ if env is None else env)
-    env.setdefault(ENV_PROVIDERS, ",".join(PROVIDER_MAXIMA))
+    env.setdefault(ENV_PROVIDERS, ",".join(SPECS))
     for name in (ENV_BUCKET, ENV_TABLE, ENV_TOPIC_ARN, ENV_COMPLETION_QUEUE_URL):
         env.setdefault(name, "offline")
-    for provider, what, value in (
-        ("azure", "BASE_URL", "https://offline.invalid"),
-        ("bedrock", "ROLE_ARN", "arn:aws:iam::000000000000:role/offline"),
-    ):
-        env.setdefault(ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what), value)
+    for spec in SPECS.values():
+        for option in spec.options:
+            if option.required:  # what the stack would set: any value of the right form does to plan
+                env.setdefault(spec.env_var(option.what), f"{option.starts_with or ''}offline.invalid")
     if on_invalid is not None:
-        env["BATCHDROP_ON_INVALID"] = on_invalid
+        env[ENV_ON_INVALID] = on_invalid
     return Settings.from_env(env)
 
 
@@ -400,78 +408,36 @@ class LocalBatches:
 # Requests counted one by one before the estimate samples, and the sampling rate past them.
 EXACT_FIRST = 20_000
 SAMPLE_EVERY = 8
-_TEXT_FIELDS = ("system", "messages", "input", "prompt", "instructions", "tools", "contents", "systemInstruction")
-_CAP_FIELDS = (
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "maxOutputTokens",
-    "maxTokens",
-    "max_gen_len",
-)
-
 
 # What a field the line does not set reads as (an empty Raw: no JSON value is empty).
 _ABSENT = msgspec.Raw(b"")
+# The fields of a request the estimate reads (every provider's, from the specs), each as its raw JSON:
+# nothing under them is built into Python objects.
+_Body = msgspec.defstruct(
+    "_Body", [(name, msgspec.Raw, _ABSENT) for name in dict.fromkeys((*TEXT_FIELDS, *CAP_FIELDS, *CONFIG_FIELDS))]
+)
 
 
-class _Body(msgspec.Struct, gc=False):
-    """The fields of a request body the estimate reads, each as its raw JSON: nothing under them is built."""
-
-    system: msgspec.Raw = _ABSENT
-    messages: msgspec.Raw = _ABSENT
-    input: msgspec.Raw = _ABSENT
-    prompt: msgspec.Raw = _ABSENT
-    instructions: msgspec.Raw = _ABSENT
-    tools: msgspec.Raw = _ABSENT
-    contents: msgspec.Raw = _ABSENT
-    systemInstruction: msgspec.Raw = _ABSENT
-    max_tokens: msgspec.Raw = _ABSENT
-    max_completion_tokens: msgspec.Raw = _ABSENT
-    max_output_tokens: msgspec.Raw = _ABSENT
-    maxOutputTokens: msgspec.Raw = _ABSENT
-    maxTokens: msgspec.Raw = _ABSENT
-    max_gen_len: msgspec.Raw = _ABSENT
-    generationConfig: msgspec.Raw = _ABSENT
-    inferenceConfig: msgspec.Raw = _ABSENT
+def _lines_decoder(field_name: str) -> Callable[[bytes], Any]:
+    """A decoder of a JSON array of batch lines that hold their request in `field_name`."""
+    line = msgspec.defstruct(f"_Line_{field_name}", [(field_name, _Body), ("url", str, "")])
+    return msgspec.json.Decoder(list[line]).decode  # type: ignore[valid-type]
 
 
-class _OpenAIShape(msgspec.Struct, gc=False):
-    body: _Body
-    url: str = ""
+_SHAPES = {name: (_lines_decoder(spec.tokens.body), spec.tokens.body) for name, spec in SPECS.items()}
 
 
-class _AnthropicShape(msgspec.Struct, gc=False):
-    params: _Body
-
-
-class _GeminiShape(msgspec.Struct, gc=False):
-    request: _Body
-
-
-class _BedrockShape(msgspec.Struct, gc=False):
-    modelInput: _Body
-
-
-_SHAPES: dict[str, tuple[Callable[[bytes], Any], str]] = {
-    "openai": (msgspec.json.Decoder(list[_OpenAIShape]).decode, "body"),
-    "azure": (msgspec.json.Decoder(list[_OpenAIShape]).decode, "body"),
-    "anthropic": (msgspec.json.Decoder(list[_AnthropicShape]).decode, "params"),
-    "gemini": (msgspec.json.Decoder(list[_GeminiShape]).decode, "request"),
-    "bedrock": (msgspec.json.Decoder(list[_BedrockShape]).decode, "modelInput"),
-}
-
-
-def _cap(body: _Body) -> int:
-    """The request's own output cap, read as `pricing.estimate_tokens` reads it: a generation config's
-    value over the body's, the first of the cap fields that is a whole number, at least 0."""
+def _cap(body: Any) -> int:
+    """The request's own output cap, read as `pricing.estimate_tokens` reads it: a config object's
+    value over the body's (the last config over the others), the first of the cap fields that is a
+    whole number, at least 0."""
     configs = []
-    for raw in (body.inferenceConfig, body.generationConfig):
+    for raw in map(getattr, itertools.repeat(body), reversed(CONFIG_FIELDS)):
         if raw:
             config = orjson.loads(bytes(raw))
             if isinstance(config, dict):
                 configs.append(config)
-    for name in _CAP_FIELDS:
+    for name in CAP_FIELDS:
         for config in configs:
             if name in config:
                 value = config[name]
@@ -588,25 +554,25 @@ class Estimate:
 
 _PROVIDER_MODEL = operator.attrgetter("provider", "model")
 _PAYLOAD = operator.attrgetter("payload")
-_TEXT_GETTERS = [operator.attrgetter(name) for name in _TEXT_FIELDS]
-_MAX_TOKENS = operator.attrgetter("max_tokens")
-_GENERATION_CONFIG = operator.attrgetter("generationConfig")
-_INFERENCE_CONFIG = operator.attrgetter("inferenceConfig")
+_TEXT_GETTERS = [operator.attrgetter(name) for name in TEXT_FIELDS]
+_FIRST_CAP = operator.attrgetter(CAP_FIELDS[0])
+_CONFIG_GETTERS = [operator.attrgetter(name) for name in CONFIG_FIELDS]
 
 
-def _caps(lines: Sequence[Any], bodies: Sequence[_Body]) -> int:
-    """The sum of the requests' output caps (`_cap` of each), by distinct max_tokens in the common case."""
+def _caps(lines: Sequence[Any], bodies: Sequence[Any]) -> int:
+    """The sum of the requests' output caps (`_cap` of each), by distinct first cap field (max_tokens)
+    in the common case: no config object, no embeddings."""
     if any("embeddings" in url for url in {getattr(line, "url", "") for line in lines}):
         return sum(
             0 if "embeddings" in getattr(line, "url", "") else _cap(body)
             for line, body in zip(lines, bodies, strict=True)
         )
-    if any(map(len, map(_GENERATION_CONFIG, bodies))) or any(map(len, map(_INFERENCE_CONFIG, bodies))):
+    if any(any(map(len, map(getter, bodies))) for getter in _CONFIG_GETTERS):
         return sum(map(_cap, bodies))
     total = 0
-    for raw, count in Counter(map(bytes, map(_MAX_TOKENS, bodies))).items():
+    for raw, count in Counter(map(bytes, map(_FIRST_CAP, bodies))).items():
         if raw.isdigit():  # digits alone: a whole number, at least 0, and the first cap field
             total += int(raw) * count
         else:
-            total += sum(_cap(body) for body in bodies if bytes(body.max_tokens) == raw)
+            total += sum(_cap(body) for body in bodies if bytes(_FIRST_CAP(body)) == raw)
     return total

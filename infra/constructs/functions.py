@@ -19,9 +19,10 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
 from batchdrop import config
+from batchdrop.providers.spec import provider_env
 from infra import names
 from infra.bundling import function_code
-from infra.settings import DeploySettings
+from infra.settings import DeploySettings, LimitOverride
 from infra.suppressions import acknowledge
 
 # The newest Python runtime CDK offers (cdk-nag's L1 checks exactly this); the code supports 3.11+.
@@ -112,9 +113,12 @@ def environment(
     completion_queue: sqs.IQueue,
     segments_queue: sqs.IQueue,
     secrets: Mapping[str, secretsmanager.ISecret],
-    bedrock_role_arn: str | None = None,
+    provider_values: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
-    """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only."""
+    """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only.
+    `provider_values`: settings the stack's own resources give a provider ({WHAT: value}, e.g.
+    Bedrock's ROLE_ARN), set as BATCHDROP_<NAME>_<WHAT> by the mapping the local stack uses too."""
+    provider_values = provider_values or {}
     env = {
         config.ENV_BUCKET: bucket.bucket_name,
         config.ENV_TABLE: table.table_name,
@@ -135,27 +139,15 @@ def environment(
         "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
     }
     for provider in settings.providers:
-
-        def var(what: str, provider: str = provider) -> str:
-            return config.ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what)
-
-        if provider in secrets:
-            env[var("SECRET_ARN")] = secrets[provider].secret_arn
-        if provider == "azure":
-            env[var("BASE_URL")] = settings.azure_endpoint or ""
-            if settings.azure_api_version:
-                env[var("API_VERSION")] = settings.azure_api_version
-        if provider == "bedrock":
-            env[var("ROLE_ARN")] = bedrock_role_arn or ""
-            if settings.bedrock_min_records is not None:
-                env[var("MIN_RECORDS")] = str(settings.bedrock_min_records)
-            if settings.bedrock_fallback:
-                env[var("FALLBACK")] = settings.bedrock_fallback
-        limits = settings.limits.get(provider)
-        if limits is not None and limits.max_requests is not None:
-            env[var("MAX_REQUESTS")] = str(limits.max_requests)
-        if limits is not None and limits.max_bytes is not None:
-            env[var("MAX_BYTES")] = str(limits.max_bytes)
+        limits = settings.limits.get(provider, LimitOverride())
+        values = {
+            "SECRET_ARN": secrets[provider].secret_arn if provider in secrets else None,
+            **provider_values.get(provider, {}),
+            **settings.options.get(provider, {}),
+            "MAX_REQUESTS": None if limits.max_requests is None else str(limits.max_requests),
+            "MAX_BYTES": None if limits.max_bytes is None else str(limits.max_bytes),
+        }
+        env.update(provider_env(provider, values))
     return env
 
 
@@ -174,7 +166,7 @@ class Functions(Construct):
         submit_dlq: sqs.IQueue,
         secrets: Mapping[str, secretsmanager.ISecret],
         webhook_secret: secretsmanager.ISecret | None = None,
-        bedrock_role_arn: str | None = None,
+        provider_values: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.webhook: lambda_.Function | None = None
@@ -189,7 +181,7 @@ class Functions(Construct):
             completion_queue=completion_queue,
             segments_queue=segments_queue,
             secrets=secrets,
-            bedrock_role_arn=bedrock_role_arn,
+            provider_values=provider_values,
         )
 
         self.submit = self._function(SUBMIT)

@@ -7,19 +7,18 @@ import json
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from batchdrop.providers import SPECS
 from infra.names import secret_name
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
-
-KEYLESS = ("bedrock",)
 
 
 class Secrets(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, settings: DeploySettings) -> None:
         super().__init__(scope, construct_id)
         self.by_provider: dict[str, secretsmanager.Secret] = {}
-        # Bedrock takes no API key: its calls are signed with the functions' own IAM roles.
-        for provider in (p for p in settings.providers if p not in KEYLESS):
+        # A provider whose spec needs no key (Bedrock) signs its calls with the functions' own IAM roles.
+        for provider in (p for p in settings.providers if SPECS[p].needs_key):
             secret = secretsmanager.Secret(
                 self,
                 provider.capitalize(),

@@ -30,7 +30,7 @@ from batchdrop.config import BatchLimits, ProviderSettings
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 from batchdrop.local.emulator_bedrock import BedrockEmulation
 from batchdrop.providers.base import BatchRef
-from batchdrop.providers.bedrock_batch import BedrockProvider, job_name, record_id
+from batchdrop.providers.bedrock.client import BedrockProvider, job_name, record_id
 from tests.helpers import LATENCY, START, FakeClock
 
 BUCKET = "bedrock-batch"

@@ -26,7 +26,7 @@ from batchdrop import models as m
 from batchdrop.config import PROVIDER_MAXIMA, ProviderSettings
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, _tokens
 from batchdrop.providers.base import BatchRef
-from batchdrop.providers.gemini_batch import GeminiProvider, batch_display_name
+from batchdrop.providers.gemini.client import GeminiProvider, batch_display_name
 from tests.helpers import LATENCY, START, FakeClock
 
 MODEL = "gemini-2.5-flash"
@@ -629,7 +629,7 @@ def test_provider_survives_transient_errors(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="batchdrop.providers.gemini_batch")
+    caplog.set_level(logging.INFO, logger="batchdrop.providers.gemini.client")
     monkeypatch.setattr(_api_client, "INITIAL_RETRY_DELAY", 0.001)
     emulator.knobs = EmulatorKnobs(latency=0, transient_error_rate=0.3, seed=8)
     provider = GeminiProvider(settings(emulator), client=make_client(emulator, attempts=10))

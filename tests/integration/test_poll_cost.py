@@ -94,7 +94,7 @@ with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs())) as local:
     from batchdrop.local.dispatcher import LocalContext
     report = handler({"detail-type": "Scheduled Event"}, LocalContext("poll"))
     assert report["looked_at"] == 0, report
-    sdks = ("openai", "anthropic", "google.genai", "batchdrop.providers.bedrock_batch")
+    sdks = ("openai", "anthropic", "google.genai", "batchdrop.providers.bedrock.client")
     print(sorted(m for m in sdks if m in sys.modules))
 """
 

@@ -10,7 +10,8 @@ import pytest
 
 from batchdrop import models as m
 from batchdrop.outputs import extract
-from batchdrop.validation import BEDROCK_ANTHROPIC_VERSION, bedrock_to_anthropic
+from batchdrop.providers.bedrock import ANTHROPIC_VERSION as BEDROCK_ANTHROPIC_VERSION
+from batchdrop.providers.bedrock import bedrock_to_anthropic
 from tests.unit.lines import accept, neutral_line, reject, validator
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from batchdrop import models as m
-from batchdrop.providers.gemini_batch import STATES, _count, _job_state, _outcome
+from batchdrop.providers.gemini.client import STATES, _count, _job_state, _outcome
 
 
 def test_a_response_line_is_a_success_with_the_response_as_written() -> None:

@@ -25,6 +25,8 @@ import orjson
 from batchdrop import config as c
 from batchdrop.adapters import aws
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
+from batchdrop.providers import SPECS
+from batchdrop.providers.spec import provider_env
 
 REGION = "us-east-1"
 BUCKET = "batchdrop-local"
@@ -39,8 +41,6 @@ MAX_RECEIVE_COUNT = 3
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
 LOCAL_API_KEY = "local-emulator-key"
-# The role the local Bedrock jobs run as (the CDK stack creates the real one).
-BEDROCK_ROLE_ARN = "arn:aws:iam::123456789012:role/batchdrop-bedrock-batch"
 
 
 @dataclass
@@ -223,8 +223,8 @@ class LocalStack:
             Endpoint=self.queue_arn(NOTIFICATIONS_QUEUE),
             Attributes={"RawMessageDelivery": "true"},
         )
-        # Bedrock needs no key: its jobs run as a service role (the emulator checks only that one is given).
-        for provider in (p for p in self.options.providers if p != "bedrock"):
+        # A provider that needs no key (Bedrock) runs as a service role (the emulator checks only that one is given).
+        for provider in (p for p in self.options.providers if SPECS[p].needs_key):
             self.secret_arns[provider] = sm.create_secret(
                 Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
             )["ARN"]
@@ -262,33 +262,30 @@ class LocalStack:
             "MALLOC_ARENA_MAX": "2",
         }
         base = (self.options.external_emulator or self.emulator.base_url).rstrip("/")
-        base_urls = {
-            "openai": f"{base}/v1",
-            "anthropic": base,
-            # AzureOpenAI takes the resource endpoint and adds /openai/ itself.
-            "azure": base,
-            "gemini": base,
-        }
         for provider in o.providers:
-            name = provider.upper()
-            if provider == "bedrock":
-                # boto3 itself: the service-specific endpoint wins over AWS_ENDPOINT_URL (moto).
-                env["AWS_ENDPOINT_URL_BEDROCK"] = base
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="ROLE_ARN")] = BEDROCK_ROLE_ARN
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MIN_RECORDS")] = str(o.bedrock_min_records)
-                if o.bedrock_fallback:
-                    env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="FALLBACK")] = o.bedrock_fallback
-            else:
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="SECRET_ARN")] = self.secret_arns[provider]
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="BASE_URL")] = base_urls[provider]
-            if provider in o.limits:
-                requests, size = o.limits[provider]
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_REQUESTS")] = str(requests)
-                env[c.ENV_PROVIDER_TEMPLATE.format(name=name, what="MAX_BYTES")] = str(size)
+            local = SPECS[provider].local
+            if local.endpoint_env:
+                env[local.endpoint_env] = base
+            limits = o.limits.get(provider)
+            values = {
+                "SECRET_ARN": self.secret_arns.get(provider),
+                "BASE_URL": None if local.base_path is None else base + local.base_path,
+                **local.values,
+                **self._settings(provider),
+                "MAX_REQUESTS": None if limits is None else str(limits[0]),
+                "MAX_BYTES": None if limits is None else str(limits[1]),
+            }
+            env.update(provider_env(provider, values))
         if o.segment_bytes is not None:
             env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
         env.update(o.extra_env)
         return env
+
+    def _settings(self, provider: str) -> dict[str, str | None]:
+        """The options the local stack sets for a provider beyond its spec's local values."""
+        if provider == "bedrock":
+            return {"MIN_RECORDS": str(self.options.bedrock_min_records), "FALLBACK": self.options.bedrock_fallback}
+        return {}
 
     # -- conveniences for the CLI and tests -----------------------------------------------------
 

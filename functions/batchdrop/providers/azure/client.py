@@ -12,7 +12,7 @@ import openai
 
 from batchdrop.adapters.secrets import api_key
 from batchdrop.providers.base import BatchRef
-from batchdrop.providers.openai_batch import META_BATCH, META_JOB, SKEW_SECONDS, OpenAIProvider
+from batchdrop.providers.openai.client import META_BATCH, META_JOB, SKEW_SECONDS, OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"
 

@@ -1,0 +1,166 @@
+"""OpenAI: the Batch API (Files and Batches). Azure OpenAI takes the same line shape (providers/azure).
+
+Facts: docs/providers.md ("OpenAI"); the line format: docs/contract.md ("Input lines").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+import orjson
+
+from batchdrop import models as m
+from batchdrop.providers.lines import (
+    BODY_RULE,
+    ROLES,
+    Reject,
+    json_type,
+    model_name,
+    names,
+    number,
+    positive_int,
+    short,
+    stop_list,
+    text_content,
+    tools,
+)
+from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, ProviderSpec, TokenFields
+
+# The batch endpoints we take (also the fast path's schema in batchdrop.validation).
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
+ENDPOINTS = frozenset(get_args(Endpoint))
+LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+CHAT_URL = "/v1/chat/completions"
+
+
+def to_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    out_messages: list[dict[str, Any]] = []
+    if obj.get("system") is not None:
+        out_messages.append({"role": "system", "content": text_content(obj["system"], '"system"')})
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if role not in ROLES:
+            raise Reject(m.INVALID_REQUEST, f'"messages"[{i}].role {role!r} must be system, user or assistant')
+        out_messages.append({"role": role, "content": text_content(msg["content"], f'"messages"[{i}].content')})
+    body: dict[str, Any] = {"model": obj["model"], "messages": out_messages}
+    if obj.get("max_tokens") is not None:
+        body["max_completion_tokens"] = positive_int(obj["max_tokens"], '"max_tokens"')
+    for key in ("temperature", "top_p"):
+        if obj.get(key) is not None:
+            body[key] = number(obj[key], key, 0, 2 if key == "temperature" else 1)
+    if obj.get("stop") is not None:
+        body["stop"] = stop_list(obj["stop"])
+    if obj.get("tools") is not None:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t["name"], "description": t["description"], "parameters": t["schema"]},
+            }
+            for t in tools(obj["tools"])
+        ]
+    return body
+
+
+def check_line(v: LineChecks, number: int, raw: bytes, obj: dict[str, Any], target: str) -> m.Request:
+    custom_id = v.take_id(obj, number, required=True)
+    extra = obj.keys() - LINE_KEYS
+    if extra:
+        raise Reject(m.INVALID_REQUEST, f"unexpected field(s) {names(extra)} in an OpenAI batch line")
+    if obj.get("method") != "POST":
+        raise Reject(m.INVALID_REQUEST, f'"method" must be "POST", got {short(obj.get("method"))}')
+    url = obj.get("url")
+    if url not in ENDPOINTS:
+        raise Reject(
+            m.UNSUPPORTED_ENDPOINT,
+            f'"url" {short(url)} is not a batch endpoint we support; use one of ' + ", ".join(sorted(ENDPOINTS)),
+        )
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise Reject(m.INVALID_REQUEST, f'"body" must be a JSON object, got {json_type(body)}')
+    model = model_name(body.get("model"), '"body.model"')
+    if body.get("stream"):
+        raise Reject(m.INVALID_REQUEST, '"body.stream" must be false: batch requests cannot stream')
+    provider = v.enabled(target, model)
+    payload = raw.strip()
+    return v.request(number, custom_id, provider, f"{url} {model}", model, payload)
+
+
+def translate(
+    obj: dict[str, Any], messages: list[dict[str, Any]], custom_id: str, model: str, default_max_tokens: int
+) -> tuple[str, str, bytes]:
+    """A neutral line as a chat-completions batch line."""
+    line = {"custom_id": custom_id, "method": "POST", "url": CHAT_URL, "body": to_chat(obj, messages)}
+    return f"{CHAT_URL} {model}", model, orjson.dumps(line)
+
+
+def read_chat(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+    """Chat completions, completions and Responses bodies."""
+    usage = body.get("usage") or {}
+    kind = body.get("object") or body.get("type")
+    text: str | None = None
+    if kind == "chat.completion":
+        choices = body.get("choices") or [{}]
+        content = (choices[0].get("message") or {}).get("content")
+        text = content if isinstance(content, str) else None
+        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    if kind == "text_completion":
+        choices = body.get("choices") or [{}]
+        text = choices[0].get("text")
+        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    if kind == "response":
+        parts = [
+            c.get("text", "")
+            for item in body.get("output") or []
+            if item.get("type") == "message"
+            for c in item.get("content") or []
+            if c.get("type") == "output_text"
+        ]
+        text = "".join(parts) if parts else None
+        return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    return None
+
+
+SPEC = ProviderSpec(
+    name="openai",
+    title="OpenAI",
+    client="batchdrop.providers.openai.client:OpenAIProvider",
+    emulator="batchdrop.local.emulator.openai",
+    maxima=BatchLimits(max_requests=50_000, max_bytes=200 * MB),
+    defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB),
+    routes=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation"),
+    # Real-time list prices (input, output) per million tokens, late 2026.
+    prices={
+        "gpt-4o-mini": (0.15, 0.60),
+        "gpt-4o": (2.50, 10.00),
+        "gpt-4.1-nano": (0.10, 0.40),
+        "gpt-4.1-mini": (0.40, 1.60),
+        "gpt-4.1": (2.00, 8.00),
+        "gpt-5-nano": (0.05, 0.40),
+        "gpt-5-mini": (0.25, 2.00),
+        "gpt-5": (1.25, 10.00),
+        "o4-mini": (1.10, 4.40),
+        "o3-mini": (1.10, 4.40),
+        "o3": (2.00, 8.00),
+        "text-embedding-3-small": (0.02, 0.0),
+        "text-embedding-3-large": (0.13, 0.0),
+    },
+    line=LineShape(
+        keys=LINE_KEYS,
+        markers=frozenset({"body", "url", "method"}),
+        id_field="custom_id",
+        described="an OpenAI batch line {custom_id, method, url, body}",
+        check=check_line,
+    ),
+    shape="openai",
+    translate=translate,
+    model_rule=BODY_RULE,
+    readers=(read_chat,),
+    tokens=TokenFields(
+        body="body",
+        text=("system", "messages", "input", "prompt", "instructions", "tools"),
+        caps=("max_tokens", "max_completion_tokens", "max_output_tokens"),
+    ),
+    # Batches carry our job id and batch key in metadata, so an orphan is found by its tag.
+    tags_batches=True,
+    local=LocalEnv(base_path="/v1"),
+)

@@ -1,0 +1,164 @@
+"""What batchdrop knows of one provider, in one frozen value: `ProviderSpec`.
+
+Each provider's folder (`batchdrop/providers/<name>/`) defines its `SPEC` in `__init__.py` and its
+client, the module that calls the provider's SDK, in `client.py`, imported only when a batch is sent
+or looked at. Everything else (validation's dispatch, routing, the planner's limits, pricing, the
+stack's settings and secrets, the local stack's environment) loops over the registered specs
+(`batchdrop.providers.SPECS`). Nothing here, nor in a spec module, imports an SDK, batchdrop.config
+or batchdrop.validation: config and validation import the specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from batchdrop import models as m
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How large one provider batch may be; the planner closes a batch before either is passed."""
+
+    max_requests: int
+    max_bytes: int
+    # Bedrock refuses a job with fewer records than its per-model quota (100 by default).
+    min_requests: int = 1
+
+
+class LineChecks(Protocol):
+    """What a provider's line check needs of the validator (batchdrop.validation.Validator)."""
+
+    anthropic_default_max_tokens: int
+
+    def take_id(self, obj: dict[str, Any], number: int, required: bool, field: str = "custom_id") -> str: ...
+
+    def enabled(self, provider: str, model: str) -> str: ...
+
+    def request(
+        self, number: int, custom_id: str, provider: str, group: str, model: str, payload: bytes
+    ) -> m.Request: ...
+
+
+@dataclass(frozen=True)
+class LineShape:
+    """A provider's own batch line, which validation passes to the provider (or to a provider that
+    shares the shape, by the file's folder)."""
+
+    # The line's fields; a line with any of `markers` is taken for this shape (shapes are tried in
+    # the registry's order, the neutral line last).
+    keys: frozenset[str]
+    markers: frozenset[str]
+    # The field that holds the line's id.
+    id_field: str
+    # How the unknown-format message names it: "an OpenAI batch line {custom_id, method, url, body}".
+    described: str
+    # (validator, line number, raw line, parsed line, provider it goes to) → the request, or raises
+    # batchdrop.providers.lines.Reject.
+    check: Callable[[LineChecks, int, bytes, dict[str, Any], str], m.Request]
+
+
+# A neutral line as the provider's batch line: (line, messages, custom_id, model, default max_tokens)
+# → (batch group, model, payload without its newline).
+Translate = Callable[[dict[str, Any], list[dict[str, Any]], str, str, int], tuple[str, str, bytes]]
+# A response body → (text, input tokens, output tokens), or None when the body is not of this shape.
+Reader = Callable[[dict[str, Any]], "tuple[str | None, int, int] | None"]
+
+
+@dataclass(frozen=True)
+class TokenFields:
+    """Where `batchdrop validate`'s estimate finds a request's text and output cap in the line."""
+
+    body: str  # the field of the line that holds the request
+    text: tuple[str, ...] = ()  # fields of the request whose JSON counts as input
+    configs: tuple[str, ...] = ()  # nested objects that hold sampling settings
+    caps: tuple[str, ...] = ()  # the names of the output cap, in the order they are looked for
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting the provider reads from BATCHDROP_<NAME>_<WHAT>, and how a deployment sets it."""
+
+    what: str
+    # The cdk.json context key that sets it (None: the stack sets it, or only the environment does).
+    context: str | None = None
+    # A whole number from 1 to the provider's maximum requests, rather than text.
+    whole: bool = False
+    # Text the value must start with when the provider is enabled, and how the error names the value.
+    starts_with: str | None = None
+    described: str = ""
+    # Why the functions refuse to start without it (None: optional).
+    required: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalEnv:
+    """How the local stack points the provider at the emulator."""
+
+    # What BASE_URL is the emulator's address plus (None: no BASE_URL).
+    base_path: str | None = ""
+    # An environment variable that takes the emulator's address itself (boto3's service endpoint).
+    endpoint_env: str | None = None
+    # Other settings, as the stack would set them (BATCHDROP_<NAME>_<WHAT>).
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    title: str  # as messages name it: "Bedrock"
+    # "module:Class" of the client (batchdrop.providers.base.Provider), imported when it is used.
+    client: str
+    # The module of the emulator's plugin for this provider.
+    emulator: str
+    # The documented maxima (docs/providers.md) and what a deployment uses unless it sets less.
+    maxima: BatchLimits
+    defaults: BatchLimits
+    # Model-name prefixes that route a neutral line here.
+    routes: tuple[str, ...] = ()
+    # Real-time list prices (input, output) per million tokens, by model-name prefix.
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # A model name as the price table names it (a prefix or a region taken off), or None.
+    price_model: Callable[[str], str] | None = None
+    # Its own line shape; None for a provider that takes another's (`shape`).
+    line: LineShape | None = None
+    # The provider whose line shape it takes (itself when it has its own).
+    shape: str = ""
+    # Neutral line → its batch line.
+    translate: Translate | None = None
+    # (check, what the message says it expects) for model names; None: the body rule.
+    model_rule: tuple[Callable[[str], Any], str] | None = None
+    # Readers of its response bodies (tried in the registry's order).
+    readers: tuple[Reader, ...] = ()
+    tokens: TokenFields = field(default_factory=lambda: TokenFields(body="body"))
+    # Whether it needs an API key (a secret per deployment), or signs with the functions' IAM role.
+    needs_key: bool = True
+    # Whether its batches carry our job id and batch key, so an orphan is found by its tag.
+    tags_batches: bool = True
+    options: tuple[Option, ...] = ()
+    # Providers that may take its batches under its minimum (BATCHDROP_<NAME>_FALLBACK).
+    # A converter per provider: (its batch line, its model) → (the other's model, its batch line), or
+    # None for a request it cannot carry over.
+    fallbacks: Mapping[str, Callable[[bytes, str], tuple[str, bytes] | None]] = field(default_factory=dict)
+    local: LocalEnv = field(default_factory=LocalEnv)
+
+    def env_var(self, what: str) -> str:
+        return env_var(self.name, what)
+
+
+ENV_PROVIDER_TEMPLATE = "BATCHDROP_{name}_{what}"
+
+
+def env_var(provider: str, what: str) -> str:
+    """BATCHDROP_<NAME>_<WHAT>: the per-provider variables batchdrop.config reads."""
+    return ENV_PROVIDER_TEMPLATE.format(name=provider.upper(), what=what)
+
+
+def provider_env(provider: str, values: Mapping[str, str | None]) -> dict[str, str]:
+    """The environment for one provider's settings ({WHAT: value}; unset values left out): the one
+    mapping the CDK stack (infra/constructs/functions.py) and the local stack both use."""
+    return {env_var(provider, what): value for what, value in values.items() if value}
