@@ -279,29 +279,6 @@ def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
     return (*extra, *DEFAULT_ROUTES)
 
 
-def gzip_bounds(env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(max inflated bytes, max gzip ratio), for `batchdrop validate`, which has no full Settings."""
-    return (
-        _whole_number(env, ENV_MAX_INFLATED_BYTES, DEFAULT_MAX_INFLATED_BYTES),
-        _whole_number(env, ENV_MAX_GZIP_RATIO, DEFAULT_MAX_GZIP_RATIO),
-    )
-
-
-def max_invalid_lines(env: Mapping[str, str] | None = None) -> int:
-    """The invalid lines a file may hold (BATCHDROP_MAX_INVALID_LINES), for `batchdrop validate`."""
-    return _whole_number(env, ENV_MAX_INVALID_LINES, DEFAULT_MAX_INVALID_LINES)
-
-
-def _whole_number(env: Mapping[str, str] | None, name: str, default: int) -> int:
-    env = os.environ if env is None else env
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name}={raw!r} must be a whole number, at least 1")
-    return int(raw)
-
-
 def tmpdir() -> str | None:
     """The folder for spill files: BATCHDROP_TMPDIR, or None for the system's temp folder."""
     return os.environ.get(ENV_TMPDIR) or None
