@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,7 +16,7 @@ from werkzeug.wrappers import Request, Response
 
 from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, anthropic_message, hex_id, iso
-from batchdrop.local.emulator.core import Emulator, Route
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
 from batchdrop.local.emulator.web import (
     MB,
     ClientError,
@@ -42,18 +41,16 @@ _ERROR_TYPES = {
 }
 
 
-class AnthropicEmulation:
+class AnthropicEmulation(Plugin):
     """Anthropic's Message Batches API (see the module)."""
 
     provider = "anthropic"
     prefixes = ("/v1/messages",)
-    aliases: tuple[tuple[str, str], ...] = ()
     creates = re.compile(r"/v1/messages/batches")
-    loses_create_answers = True
     request_id_header = "request-id"
 
     def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+        super().__init__(emulator)
         # Anthropic's limits, as instance attributes so tests can lower them.
         self.max_requests = 100_000
         self.max_bytes = 256 * MB
@@ -72,20 +69,9 @@ class AnthropicEmulation:
     def authorised(self, request: Request) -> bool:
         return has_api_key(request)
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        error = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
-        return json_response({"type": "error", "error": error}, status, headers)
-
-    def workers(self) -> list[Callable[[], None]]:
-        return []
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        error = {"type": _ERROR_TYPES.get(problem.status, "api_error"), "message": problem.message}
+        return json_response({"type": "error", "error": error}, problem.status, headers)
 
     # -- message batches --------------------------------------------------------------------------
 

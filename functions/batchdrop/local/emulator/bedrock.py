@@ -74,7 +74,7 @@ from batchdrop.local.emulator.canned import (
     tokens,
     unit,
 )
-from batchdrop.local.emulator.core import Emulator, Route
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
 from batchdrop.local.emulator.web import MB, ClientError
 
 # Patterns and bounds from botocore's service model (bedrock 2023-04-20).
@@ -234,20 +234,18 @@ def _timestamp(raw: str, name: str) -> float:
     return parsed.timestamp()
 
 
-class BedrockEmulation:
+class BedrockEmulation(Plugin):
     """Bedrock's batch inference control plane, served by the provider emulator (see the module)."""
 
     provider = "bedrock"
     prefixes = ("/model-invocation-job",)
-    aliases: tuple[tuple[str, str], ...] = ()
     # CreateModelInvocationJob (botocore's service model: POST /model-invocation-job). Its answer is
     # never lost: Bedrock's creates are idempotent by token.
     creates = re.compile(r"/model-invocation-job")
     loses_create_answers = False
-    request_id_header = "x-request-id"
 
     def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+        super().__init__(emulator)
         # Bedrock's per-model quota of records per job (the local stack sets it with the functions').
         self.min_records = 100
         # Bedrock's quotas and rules, as instance attributes so tests and the local stack can change them.
@@ -280,24 +278,14 @@ class BedrockEmulation:
             return True
         return authorization.startswith("Bearer ") and bool(authorization[len("Bearer ") :].strip())
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status, message = problem.status, problem.message
         code = _ERROR_TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException")
         if status == 401:
             # AWS answers a missing or bad signature with 403.
             status = 403
             message = "Missing Authentication Token: sign the request with SigV4 (any credentials pass here)."
         return self._aws_error(code, message, status, headers)
-
-    def workers(self) -> list[Callable[[], None]]:
-        return []
 
     def write_results(self, batch: Batch) -> None:
         """Write the output of a job that has ended to S3: one .out file per input file, and the manifest."""
@@ -377,7 +365,7 @@ class BedrockEmulation:
             except _AwsError as exc:
                 return self._aws_error(exc.code, exc.message, exc.status)
             except ClientError as exc:  # raised by the shared state machine
-                return self.error(exc.status, exc.message)
+                return self.error(exc)
 
         return run
 

@@ -16,9 +16,10 @@ import logging
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -55,8 +56,8 @@ class EmulatorKnobs:
     seed: int = 0
 
 
-class Plugin(Protocol):
-    """One provider's API, served by the emulator.
+class Plugin(ABC):
+    """One provider's API, served by the emulator: a subclass per provider sets these and serves them.
 
     provider: its name, which its batches carry (`Batch.provider`) and the stats count by.
     prefixes: the paths it owns: errors on them (transient, authentication, unknown route) take its
@@ -67,44 +68,33 @@ class Plugin(Protocol):
     request_id_header: the header the core puts each answer's request id in.
     """
 
-    # Read-only (a class attribute is enough).
-    @property
-    def provider(self) -> str: ...
+    provider: str
+    prefixes: tuple[str, ...]
+    aliases: tuple[tuple[str, str], ...] = ()
+    creates: re.Pattern[str]
+    loses_create_answers = True
+    request_id_header = "x-request-id"
 
-    @property
-    def prefixes(self) -> tuple[str, ...]: ...
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
 
-    @property
-    def aliases(self) -> tuple[tuple[str, str], ...]: ...
-
-    @property
-    def creates(self) -> re.Pattern[str]: ...
-
-    @property
-    def loses_create_answers(self) -> bool: ...
-
-    @property
-    def request_id_header(self) -> str: ...
-
+    @abstractmethod
     def routes(self) -> list[Route]: ...
 
+    @abstractmethod
     def authorised(self, request: Request) -> bool: ...
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response: ...
+    @abstractmethod
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        """The problem in the provider's error shape."""
 
+    @abstractmethod
     def write_results(self, batch: Batch) -> None:
         """Called once a batch has ended with its outcomes drawn (never for a failed batch)."""
 
     def workers(self) -> list[Callable[[], None]]:
         """What runs on background threads once the emulator `start`s (each returns when it stops serving)."""
+        return []
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -345,7 +335,7 @@ class Emulator:
         headers: dict[str, str] | None = None,
     ) -> Response:
         """An error in the shape of the provider the path belongs to."""
-        return self.plugin_for(request.path).error(status, message, kind=kind, param=param, headers=headers)
+        return self.plugin_for(request.path).error(ClientError(status, message, param, kind), headers)
 
     def _dispatch(self, request: Request) -> Response:
         plugin = self.plugin_for(request.path)
@@ -396,7 +386,7 @@ class Emulator:
             try:
                 return handler(request, **match.groupdict())
             except ClientError as exc:
-                return self._error(request, exc.status, exc.message, exc.kind, exc.param)
+                return self.plugin_for(request.path).error(exc)
         if path_matched:
             return self._error(request, 405, f"Method {request.method} is not allowed on {path}.")
         return self._error(request, 404, f"Unknown path: {request.method} {path}.")

@@ -36,7 +36,6 @@ import base64
 import hashlib
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +53,7 @@ from batchdrop.local.emulator.canned import (
     text_of,
     tokens,
 )
-from batchdrop.local.emulator.core import Emulator, Route
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
 from batchdrop.local.emulator.web import ClientError, json_response, parse_json_body, stream
 
 API_VERSION = "v1beta"
@@ -155,18 +154,15 @@ class _Lines:
     line_count: int = 0
 
 
-class GeminiEmulation:
+class GeminiEmulation(Plugin):
     """The Gemini Files API and Batch Mode, served by the emulator and sharing its batches."""
 
     provider = "gemini"
     prefixes = _PREFIXES
-    aliases: tuple[tuple[str, str], ...] = ()
     creates = re.compile(rf"/{API_VERSION}/models/[^/]+:batchGenerateContent")
-    loses_create_answers = True
-    request_id_header = "x-request-id"
 
     def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+        super().__init__(emulator)
         self.max_file_bytes = MAX_FILE_BYTES
         self._files: dict[str, _GeminiFile] = {}  # in creation order
         self._uploads: dict[str, _Upload] = {}
@@ -198,23 +194,13 @@ class GeminiEmulation:
             return True
         return bool(request.headers.get("x-goog-api-key", "").strip() or request.args.get("key", "").strip())
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status, message = problem.status, problem.message
         if status == 401:
             # Google answers a call without an API key with 403 PERMISSION_DENIED.
             status, message = 403, _UNREGISTERED
         body = {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
         return json_response(body, status, headers)
-
-    def workers(self) -> list[Callable[[], None]]:
-        return []
 
     def write_results(self, batch: Batch) -> None:
         """The responses file: a line per request that ran, shuffled."""
@@ -334,7 +320,7 @@ class GeminiEmulation:
 
     def _upload_error(self, status: int, message: str) -> Response:
         # `final`: the SDK retries chunk requests that carry no upload status, so a refusal carries one.
-        response = self.error(status, message)
+        response = self.error(ClientError(status, message))
         response.headers["x-goog-upload-status"] = "final"
         return response
 

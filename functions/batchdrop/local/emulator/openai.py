@@ -39,7 +39,7 @@ from batchdrop.local.emulator.canned import (
     tokens,
     unit,
 )
-from batchdrop.local.emulator.core import Emulator, Route
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
 from batchdrop.local.emulator.web import (
     MB,
     ClientError,
@@ -295,7 +295,7 @@ class _File:
         }
 
 
-class OpenAIEmulation:
+class OpenAIEmulation(Plugin):
     """OpenAI's Files and Batches API (also as Azure OpenAI), and its webhooks (see the module)."""
 
     provider = "openai"
@@ -304,11 +304,9 @@ class OpenAIEmulation:
     # Azure OpenAI serves the same Files and Batches API under /openai/ (with ?api-version=...).
     aliases = (("/openai/", "/v1/"),)
     creates = re.compile(r"/v1/batches")
-    loses_create_answers = True
-    request_id_header = "x-request-id"
 
     def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+        super().__init__(emulator)
         # OpenAI's limits, as instance attributes so tests can lower them.
         self.max_requests = 50_000
         self.max_file_bytes = 200 * MB
@@ -338,19 +336,13 @@ class OpenAIEmulation:
     def authorised(self, request: Request) -> bool:
         return has_api_key(request)
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status = problem.status
         kinds = {401: "invalid_request_error", 429: "requests", 500: "server_error"}
         codes = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
         type_ = kinds.get(status, "invalid_request_error")
-        error = {"message": message, "type": type_, "param": param, "code": kind or codes.get(status)}
+        code = problem.kind or codes.get(status)
+        error = {"message": problem.message, "type": type_, "param": problem.param, "code": code}
         return json_response({"error": error}, status, headers)
 
     def workers(self) -> list[Callable[[], None]]:
