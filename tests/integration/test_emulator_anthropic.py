@@ -251,10 +251,10 @@ def test_create_validates_synchronously(emulator: ProviderEmulator, client: anth
         assert body["error"]["type"] == "invalid_request_error"
         assert body["error"]["message"]
 
-    emulator.anthropic_max_requests = 3
+    emulator.anthropic.max_requests = 3
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.create(requests=[request(f"r{i}", "hi") for i in range(4)])  # type: ignore[misc]
-    emulator.anthropic_max_bytes = 1000
+    emulator.anthropic.max_bytes = 1000
     with pytest.raises(anthropic.APIStatusError) as too_large:
         client.messages.batches.create(requests=[request("big", "x" * 2000)])  # type: ignore[list-item]
     assert too_large.value.status_code == 413

@@ -28,7 +28,7 @@ from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.config import BatchLimits, ProviderSettings
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
-from batchdrop.local.emulator_bedrock import BedrockEmulation
+from batchdrop.local.emulator.bedrock import BedrockEmulation
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.bedrock.client import BedrockProvider, job_name, record_id
 from tests.helpers import LATENCY, START, FakeClock
@@ -91,7 +91,7 @@ def bedrock(emulator: ProviderEmulator) -> Any:
 
 
 def emulation(emulator: ProviderEmulator) -> BedrockEmulation:
-    found = next(e for e in emulator._emulations if e.provider == "bedrock")
+    found = next(e for e in emulator.plugins if e.provider == "bedrock")
     assert isinstance(found, BedrockEmulation)
     return found
 
@@ -818,7 +818,7 @@ def test_provider_streams_a_multipart_upload(provider: BedrockProvider, s3: Any,
 
 
 def test_the_model_id_pattern_is_botocores() -> None:
-    from batchdrop.local.emulator_bedrock import MODEL_ID
+    from batchdrop.local.emulator.bedrock import MODEL_ID
 
     model = botocore.session.get_session().get_service_model("bedrock")
     request = model.operation_model("CreateModelInvocationJob").input_shape

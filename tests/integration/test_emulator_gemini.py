@@ -24,7 +24,8 @@ from google.genai.batches import _BatchJob_from_mldev
 
 from batchdrop import models as m
 from batchdrop.config import PROVIDER_MAXIMA, ProviderSettings
-from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator, _tokens
+from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
+from batchdrop.local.emulator.canned import tokens as _tokens
 from batchdrop.providers.base import BatchRef
 from batchdrop.providers.gemini.client import GeminiProvider, batch_display_name
 from tests.helpers import LATENCY, START, FakeClock
@@ -474,7 +475,7 @@ def test_same_seed_same_submissions_same_outcomes(clock: FakeClock) -> None:
         with ProviderEmulator(EmulatorKnobs(latency=10, failure_rate=0.4, seed=5), clock=FakeClock()) as emu:
             c = make_client(emu)
             name = create(c, [line(f"r{i}", f"q{i}") for i in range(10)])
-            emu._clock.advance(10)  # type: ignore[attr-defined]
+            emu.clock.advance(10)  # type: ignore[attr-defined]
             job = c.batches.get(name=name)
             assert job.dest is not None
             assert job.dest.file_name
@@ -652,7 +653,7 @@ def test_provider_survives_transient_errors(
         assert sorted(o.custom_id for o in outcomes) == [f"r{i}" for i in range(5)]
         assert all(o.ok for o in outcomes)
     # Each run makes 5 calls (upload start and data, create, get, download); the rest were retries
-    assert emulator._counters["transient"] > 3 * 5
+    assert emulator.counters["transient"] > 3 * 5
     # and some were ours: the SDK does not retry a download
     assert any("retrying a Gemini call" in r.message for r in caplog.records)
     # and however often a create failed, each batch was made once

@@ -438,7 +438,7 @@ def test_invalid_input_file_fails_the_batch_with_line_errors(client: openai.Open
 
 def test_too_many_requests_and_empty_files_fail_the_batch(emulator: ProviderEmulator, client: openai.OpenAI) -> None:
     emulator.knobs = EmulatorKnobs(latency=0)
-    emulator.openai_max_requests = 5
+    emulator.openai.max_requests = 5
     too_many = retrieve(client, create_batch(client, [chat_line(f"r{i}", "hi") for i in range(6)]))
     empty = retrieve(client, create_batch(client, ["", "  "]))
     assert too_many["status"] == empty["status"] == "failed"

@@ -223,7 +223,7 @@ def test_expired_requests_are_resubmitted_in_a_new_batch(stack: s.LocalStack, pr
     indirect=True,
 )
 def test_a_retry_under_bedrocks_minimum_is_not_sent_and_keeps_its_error(stack: s.LocalStack) -> None:
-    bedrock = next(e for e in stack.emulator._emulations if e.provider == "bedrock")
+    bedrock = next(e for e in stack.emulator.plugins if e.provider == "bedrock")
     bedrock.expire_before_start_rate = 0.0  # type: ignore[attr-defined]  # the job runs, then times out
     _job, results, errors, _summary = run_file(stack, "inputs/bedrock.jsonl", lines_for("bedrock", 20, "u"))
     assert results

@@ -49,7 +49,7 @@ def test_a_signed_webhook_completes_the_job_without_a_poll(stack: s.LocalStack) 
             dispatcher.deliver_completions()
             time.sleep(0.1)
         assert not [i for i in dispatcher.invocations if i.function == "poll"]
-        assert stack.emulator.webhooks_sent >= 1
+        assert stack.emulator.openai.webhooks_sent >= 1
         assert any(i.function == "webhook" and i.ok for i in dispatcher.invocations)
         results, _errors, summary = outputs_of(stack, store.list_jobs()[0])
         assert len(results) == 5

@@ -143,7 +143,7 @@ class Dispatcher:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self._webhook_server = server
         url = f"http://127.0.0.1:{server.server_port}/"
-        self.stack.emulator.webhook_url = url
+        self.stack.emulator.openai.webhook_url = url
         return url
 
     # -- the three event sources ----------------------------------------------------------------

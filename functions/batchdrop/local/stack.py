@@ -73,7 +73,7 @@ class LocalStack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
         self.emulator = ProviderEmulator(self.options.knobs, clock=self.options.clock)
-        self.emulator.bedrock_min_records = self.options.bedrock_min_records
+        self.emulator.bedrock.min_records = self.options.bedrock_min_records
         self._moto: Any = None
         self._saved_env: dict[str, str | None] = {}
         self.endpoint = ""
@@ -231,7 +231,7 @@ class LocalStack:
         # The signing key of OpenAI webhooks, shared by the emulator (which signs) and the webhook
         # function (which checks), as a real project's webhook secret is.
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        self.emulator.webhook_secret = self.webhook_secret
+        self.emulator.openai.webhook_secret = self.webhook_secret
         self.secret_arns["openai-webhook"] = sm.create_secret(
             Name="batchdrop/openai-webhook-secret", SecretString=self.webhook_secret
         )["ARN"]

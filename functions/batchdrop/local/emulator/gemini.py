@@ -27,7 +27,7 @@ batch never ran (expired, cancelled) get no line. The reference says lines are "
 requests", but users report otherwise (googleapis/python-genai#1909), so they are shuffled deterministically:
 readers must match on ``key``.
 
-`batchdrop.local.emulator` registers it at its end; the two modules import each other, in either order.
+It is one of the emulator's plugins (`batchdrop.local.emulator.core.Plugin`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,24 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from werkzeug.wrappers import Request, Response
 
-if TYPE_CHECKING:
-    from batchdrop.local.emulator import ProviderEmulator
+from batchdrop.local.emulator.batches import Batch
+from batchdrop.local.emulator.canned import (
+    REFUSED,
+    SERVER_ERROR,
+    echo,
+    hex_id,
+    iso,
+    positive,
+    text_of,
+    tokens,
+)
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.web import ClientError, json_response, parse_json_body, stream
 
 API_VERSION = "v1beta"
 _PREFIXES = (f"/{API_VERSION}/", f"/upload/{API_VERSION}/", f"/download/{API_VERSION}/")
@@ -110,9 +121,9 @@ class _GeminiFile:
             "name": self.name,
             "mimeType": self.mime_type,
             "sizeBytes": str(len(self.data)),
-            "createTime": _iso(self.created),
-            "updateTime": _iso(self.created),
-            "expirationTime": _iso(self.created + FILE_TTL_SECONDS),
+            "createTime": iso(self.created),
+            "updateTime": iso(self.created),
+            "expirationTime": iso(self.created + FILE_TTL_SECONDS),
             "sha256Hash": base64.b64encode(hashlib.sha256(self.data).hexdigest().encode()).decode(),
             "uri": f"{base}/{API_VERSION}/files/{self.id}",
             "state": "ACTIVE",
@@ -143,21 +154,23 @@ class _Lines:
     line_count: int = 0
 
 
-class GeminiEmulation:
-    """The Gemini Files API and Batch Mode, served by a `ProviderEmulator` and sharing its state machine."""
+class GeminiEmulation(Plugin):
+    """The Gemini Files API and Batch Mode, served by the emulator and sharing its batches."""
 
     provider = "gemini"
+    prefixes = _PREFIXES
+    creates = re.compile(rf"/{API_VERSION}/models/[^/]+:batchGenerateContent")
 
-    def __init__(self, emulator: ProviderEmulator) -> None:
-        self.emulator = emulator
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(emulator)
         self.max_file_bytes = MAX_FILE_BYTES
         self._files: dict[str, _GeminiFile] = {}  # in creation order
         self._uploads: dict[str, _Upload] = {}
         self._deleted_batches: set[str] = set()
 
-    # -- the Emulation protocol -------------------------------------------------------------------
+    # -- the plugin -----------------------------------------------------------------------------
 
-    def routes(self) -> list[_Route]:
+    def routes(self) -> list[Route]:
         v = API_VERSION
         file_id = r"(?P<file_id>[a-z0-9-]+)"
         batch_id = r"(?P<batch_id>[a-z0-9-]+)"
@@ -175,24 +188,22 @@ class GeminiEmulation:
             ("POST", re.compile(rf"/{v}/batches/{batch_id}:cancel"), self._cancel_batch),
         ]
 
-    def owns(self, path: str) -> bool:
-        return path.startswith(_PREFIXES)
-
     def authorised(self, request: Request) -> bool:
         # The upload URL carries the session (`upload_id`): the SDK sends the chunks without the key.
         if request.path.startswith(f"/upload/{API_VERSION}/files") and request.args.get("upload_id"):
             return True
         return bool(request.headers.get("x-goog-api-key", "").strip() or request.args.get("key", "").strip())
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status, message = problem.status, problem.message
         if status == 401:
             # Google answers a call without an API key with 403 PERMISSION_DENIED.
             status, message = 403, _UNREGISTERED
         body = {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
-        return _json(body, status, headers)
+        return json_response(body, status, headers)
 
-    def write_results(self, batch: _Batch) -> None:
-        """Called by the emulator's `_end` once `batch.outcomes` are drawn (never for a failed batch)."""
+    def write_results(self, batch: Batch) -> None:
+        """The responses file: a line per request that ran, shuffled."""
         lines: list[bytes] = []
         in_total = out_total = 0
         for request in batch.requests:
@@ -213,11 +224,11 @@ class GeminiEmulation:
             else:
                 continue  # expired or cancelled before it ran: Gemini writes nothing for it
             lines.append(orjson.dumps(line))
-        random.Random(_hex(batch.id, "shuffle")).shuffle(lines)
+        random.Random(hex_id(batch.id, "shuffle")).shuffle(lines)
         batch.usage = (in_total, out_total)
         if lines:
             file = _GeminiFile(
-                id=self.emulator._next_id("gemini-file", 16),
+                id=self.emulator.next_id("gemini-file", 16),
                 mime_type="application/jsonl",
                 created=batch.ended_at or batch.created,
                 data=b"".join(line + b"\n" for line in lines),
@@ -234,16 +245,16 @@ class GeminiEmulation:
         if upload_id:
             return self._upload_chunk(request, upload_id)
         if request.headers.get("X-Goog-Upload-Protocol", "").lower() != "resumable":
-            raise _ClientError(400, "The emulator supports only the resumable upload protocol.")
+            raise ClientError(400, "The emulator supports only the resumable upload protocol.")
         if request.headers.get("X-Goog-Upload-Command", "").lower() != "start":
-            raise _ClientError(400, "A resumable upload starts with 'X-Goog-Upload-Command: start'.")
+            raise ClientError(400, "A resumable upload starts with 'X-Goog-Upload-Command: start'.")
         try:
             size = int(request.headers.get("X-Goog-Upload-Header-Content-Length", ""))
         except ValueError:
-            raise _ClientError(400, "Missing or invalid X-Goog-Upload-Header-Content-Length.") from None
+            raise ClientError(400, "Missing or invalid X-Goog-Upload-Header-Content-Length.") from None
         if size > self.max_file_bytes:
-            raise _ClientError(400, f"File is too large: {size} bytes; the limit is {self.max_file_bytes} bytes.")
-        body = _parse_json_body(request) if request.get_data() else {}
+            raise ClientError(400, f"File is too large: {size} bytes; the limit is {self.max_file_bytes} bytes.")
+        body = parse_json_body(request) if request.get_data() else {}
         given = body.get("file")
         meta: dict[str, Any] = given if isinstance(given, dict) else {}
         mime_type = (
@@ -253,9 +264,9 @@ class GeminiEmulation:
             or "application/octet-stream"
         )
         display_name = meta.get("displayName") or meta.get("display_name")
-        with self.emulator._lock:
+        with self.emulator.lock:
             upload = _Upload(
-                id=self.emulator._next_id("gemini-upload", 32),
+                id=self.emulator.next_id("gemini-upload", 32),
                 size=size,
                 mime_type=str(mime_type),
                 display_name=str(display_name) if display_name else None,
@@ -272,7 +283,7 @@ class GeminiEmulation:
     def _upload_chunk(self, request: Request, upload_id: str) -> Response:
         command = {part.strip().lower() for part in request.headers.get("X-Goog-Upload-Command", "").split(",")}
         data = request.get_data()
-        with self.emulator._lock:
+        with self.emulator.lock:
             upload = self._uploads.get(upload_id)
             if upload is None:
                 return self._upload_error(404, f"No upload session {upload_id!r}.")
@@ -295,77 +306,77 @@ class GeminiEmulation:
                 )
             del self._uploads[upload_id]
             file = _GeminiFile(
-                id=self.emulator._next_id("gemini-file", 16),
+                id=self.emulator.next_id("gemini-file", 16),
                 mime_type=upload.mime_type,
-                created=self.emulator._now(),
+                created=self.emulator.now(),
                 data=bytes(upload.received),
                 source="UPLOADED",
                 display_name=upload.display_name,
             )
             self._files[file.id] = file
-        response = _json({"file": file.to_json(request.host_url)})
+        response = json_response({"file": file.to_json(request.host_url)})
         response.headers["x-goog-upload-status"] = "final"
         return response
 
     def _upload_error(self, status: int, message: str) -> Response:
         # `final`: the SDK retries chunk requests that carry no upload status, so a refusal carries one.
-        response = self.error(status, message)
+        response = self.error(ClientError(status, message))
         response.headers["x-goog-upload-status"] = "final"
         return response
 
     def _file(self, file_id: str) -> _GeminiFile:
-        with self.emulator._lock:
+        with self.emulator.lock:
             file = self._files.get(file_id)
         if file is None:
-            raise _ClientError(403, f"You do not have permission to access the File {file_id} or it may not exist.")
+            raise ClientError(403, f"You do not have permission to access the File {file_id} or it may not exist.")
         return file
 
     def _list_files(self, request: Request) -> Response:
         size = _page_size(request, FILES_PAGE_DEFAULT, FILES_PAGE_MAX)
-        with self.emulator._lock:
+        with self.emulator.lock:
             files = list(reversed(self._files.values()))
         start = _page_start(request, [f.id for f in files])
         page = files[start : start + size]
         body: dict[str, Any] = {"files": [f.to_json(request.host_url) for f in page]}
         if start + size < len(files):
             body["nextPageToken"] = _token(files[start + size].id)
-        return _json(body)
+        return json_response(body)
 
     def _get_file(self, request: Request, file_id: str) -> Response:
-        return _json(self._file(file_id).to_json(request.host_url))
+        return json_response(self._file(file_id).to_json(request.host_url))
 
     def _delete_file(self, request: Request, file_id: str) -> Response:
         file = self._file(file_id)
-        with self.emulator._lock:
+        with self.emulator.lock:
             self._files.pop(file.id, None)
-        return _json({})
+        return json_response({})
 
     def _download(self, request: Request, file_id: str) -> Response:
         file = self._file(file_id)
         if file.source != "GENERATED":
-            raise _ClientError(400, f"Only generated files can be downloaded; {file.name} was uploaded.")
-        return _stream(file.data, "application/octet-stream")
+            raise ClientError(400, f"Only generated files can be downloaded; {file.name} was uploaded.")
+        return stream(file.data, "application/octet-stream")
 
     # -- batches ----------------------------------------------------------------------------------
 
     def _create_batch(self, request: Request, model: str) -> Response:
-        payload = _parse_json_body(request)
+        payload = parse_json_body(request)
         spec = payload.get("batch")
         if not isinstance(spec, dict):
-            raise _ClientError(400, "batch: field is required and must be an object.")
+            raise ClientError(400, "batch: field is required and must be an object.")
         display_name = spec.get("displayName", spec.get("display_name"))
         if not isinstance(display_name, str) or not display_name.strip():
-            raise _ClientError(400, "batch.display_name: field is required.")
+            raise ClientError(400, "batch.display_name: field is required.")
         if len(display_name) > MAX_DISPLAY_NAME:
-            raise _ClientError(400, f"batch.display_name: must be at most {MAX_DISPLAY_NAME} characters.")
+            raise ClientError(400, f"batch.display_name: must be at most {MAX_DISPLAY_NAME} characters.")
         config = spec.get("inputConfig", spec.get("input_config"))
         if not isinstance(config, dict):
-            raise _ClientError(400, "batch.input_config: field is required.")
+            raise ClientError(400, "batch.input_config: field is required.")
         if "requests" in config:
-            raise _ClientError(400, "The emulator does not run inlined requests: upload a JSONL file instead.")
+            raise ClientError(400, "The emulator does not run inlined requests: upload a JSONL file instead.")
         file_name = config.get("fileName", config.get("file_name"))
         if not isinstance(file_name, str) or not file_name.startswith("files/"):
-            raise _ClientError(400, "batch.input_config.file_name: must be a file name like 'files/abc'.")
+            raise ClientError(400, "batch.input_config.file_name: must be a file name like 'files/abc'.")
         file = self._file(file_name.removeprefix("files/"))
         model_name = f"models/{model.removeprefix('models/')}"
         lines = _read_lines(file.data)
@@ -379,22 +390,11 @@ class GeminiEmulation:
                 },
             )
         emulator = self.emulator
-        with emulator._lock:
-            knobs = emulator.knobs
-            batch_id = emulator._next_id("gemini-batch", 32)
-            requests: list[_Request] = []
-            if not lines.errors:
-                for key, body, valid in lines.requests:
-                    outcome = draw_request_outcome(knobs.seed, batch_id, key, knobs.failure_rate)
-                    failure = outcome.failure if valid else REFUSED
-                    requests.append(_Request(key, body, outcome.finish_fraction, failure))
-            batch = _Batch(
-                provider="gemini",
-                id=batch_id,
-                created=emulator._now(),
-                latency=max(0.0, knobs.latency),
-                expires=draw_batch_expires(knobs.seed, batch_id, knobs.expire_rate),
-                requests=requests,
+        with emulator.lock:
+            batch = emulator.create_batch(
+                self.provider,
+                emulator.next_id("gemini-batch", 32),
+                [] if lines.errors else [(key, body) for key, body, _ in lines.requests],
                 custom_ids=[key for key, _, _ in lines.requests],
                 line_count=lines.line_count,
                 metadata={"displayName": display_name},
@@ -402,58 +402,56 @@ class GeminiEmulation:
                 model=model_name,
                 errors=lines.errors,
             )
-            emulator._register(batch)
-            return _json(self._operation(batch, batch.created, creating=True))
+            for item, (_, _, valid) in zip(batch.requests, lines.requests, strict=False):
+                if not valid:
+                    item.failure = REFUSED  # Gemini refuses it, whatever was drawn
+            return json_response(self._operation(batch, batch.created, creating=True))
 
-    def _batch(self, batch_id: str) -> _Batch:
+    def _batch(self, batch_id: str) -> Batch:
         """The batch, under the emulator's lock."""
-        batch = self.emulator._batches.get(batch_id)
+        batch = self.emulator.find_batch(batch_id)
         if batch is None or batch.provider != self.provider or batch_id in self._deleted_batches:
-            raise _ClientError(404, f"Batch batches/{batch_id} not found.")
+            raise ClientError(404, f"Batch batches/{batch_id} not found.")
         return batch
 
     def _get_batch_route(self, request: Request, batch_id: str) -> Response:
-        with self.emulator._lock:
+        with self.emulator.lock:
             batch = self._batch(batch_id)
-            now = self.emulator._now()
-            self.emulator._advance(batch, now)
-            return _json(self._operation(batch, now))
+            now = self.emulator.now()
+            self.emulator.advance(batch, now)
+            return json_response(self._operation(batch, now))
 
     def _list_batches(self, request: Request) -> Response:
         size = _page_size(request, BATCHES_PAGE_DEFAULT, BATCHES_PAGE_MAX)
         emulator = self.emulator
-        with emulator._lock:
-            batches = [
-                b
-                for b in reversed(emulator._batches.values())
-                if b.provider == self.provider and b.id not in self._deleted_batches
-            ]
+        with emulator.lock:
+            batches = [b for b in emulator.batches(self.provider) if b.id not in self._deleted_batches]
             start = _page_start(request, [b.id for b in batches])
             page = batches[start : start + size]
-            now = emulator._now()
+            now = emulator.now()
             operations = []
             for batch in page:
-                emulator._advance(batch, now)
+                emulator.advance(batch, now)
                 operations.append(self._operation(batch, now))
             body: dict[str, Any] = {"operations": operations}
             if start + size < len(batches):
                 body["nextPageToken"] = _token(batches[start + size].id)
-        return _json(body)
+        return json_response(body)
 
     def _cancel_batch(self, request: Request, batch_id: str) -> Response:
-        with self.emulator._lock:
+        with self.emulator.lock:
             batch = self._batch(batch_id)
-            self.emulator._cancel(batch, self.emulator._now())
-        return _json({})  # google.protobuf.Empty
+            self.emulator.cancel(batch, self.emulator.now())
+        return json_response({})  # google.protobuf.Empty
 
     def _delete_batch(self, request: Request, batch_id: str) -> Response:
         # Like Google's: the client loses interest in the operation; deleting does not cancel it.
-        with self.emulator._lock:
+        with self.emulator.lock:
             self._batch(batch_id)
             self._deleted_batches.add(batch_id)
-        return _json({})
+        return json_response({})
 
-    def _operation(self, batch: _Batch, now: float, creating: bool = False) -> dict[str, Any]:
+    def _operation(self, batch: Batch, now: float, creating: bool = False) -> dict[str, Any]:
         """The batch as Google's long-running Operation, with a GenerateContentBatch as its metadata."""
         name = f"batches/{batch.id}"
         kind = batch.end_kind
@@ -471,14 +469,14 @@ class GeminiEmulation:
             "model": batch.model,
             "displayName": (batch.metadata or {}).get("displayName", ""),
             "inputConfig": {"fileName": batch.input_file_id},
-            "createTime": _iso(batch.created),
-            "updateTime": _iso(updated),
+            "createTime": iso(batch.created),
+            "updateTime": iso(updated),
             "batchStats": self._stats(batch, now, creating),
             "state": state,
             "name": name,
         }
         if batch.ended_at is not None:
-            metadata["endTime"] = _iso(batch.ended_at)
+            metadata["endTime"] = iso(batch.ended_at)
         if batch.output_file_id:
             metadata["output"] = {"responsesFile": batch.output_file_id}
         operation: dict[str, Any] = {"name": name, "metadata": metadata}
@@ -494,7 +492,7 @@ class GeminiEmulation:
         return operation
 
     @staticmethod
-    def _stats(batch: _Batch, now: float, creating: bool) -> dict[str, str]:
+    def _stats(batch: Batch, now: float, creating: bool) -> dict[str, str]:
         total = len(batch.requests) if not batch.errors else batch.line_count
         succeeded = failed = 0
         if batch.end_kind is not None and batch.end_kind != "failed":
@@ -556,7 +554,7 @@ def _read_lines(data: bytes) -> _Lines:
     return result
 
 
-def _failure_message(batch: _Batch) -> str:
+def _failure_message(batch: Batch) -> str:
     errors = batch.errors
     shown = "; ".join(
         (f"line {e['line']}: " if e.get("line") else "") + str(e["message"]) for e in errors[:_MAX_REPORTED_ERRORS]
@@ -584,18 +582,18 @@ def _generate_content_response(request: dict[str, Any], key: str, model: str) ->
     for content in contents:
         if not isinstance(content, dict):
             continue
-        text = _text_of(content.get("parts"))
+        text = text_of(content.get("parts"))
         chars += len(text)
         if content.get("role", "user") == "user":
             user_text = text
     system = request.get("systemInstruction", request.get("system_instruction"))
     if isinstance(system, dict):
-        chars += len(_text_of(system.get("parts")))
+        chars += len(text_of(system.get("parts")))
     config = request.get("generationConfig", request.get("generation_config"))
     config = config if isinstance(config, dict) else {}
-    text, out_tokens, cut = _echo(user_text, _cap(config, "maxOutputTokens", "max_output_tokens"))
-    n = min(_cap(config, "candidateCount", "candidate_count") or 1, 8)
-    in_tokens = _tokens(chars)
+    text, out_tokens, cut = echo(user_text, positive(config, "maxOutputTokens", "max_output_tokens"))
+    n = min(positive(config, "candidateCount", "candidate_count") or 1, 8)
+    in_tokens = tokens(chars)
     response = {
         "candidates": [
             {
@@ -612,7 +610,7 @@ def _generate_content_response(request: dict[str, Any], key: str, model: str) ->
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": in_tokens}],
         },
         "modelVersion": model.removeprefix("models/"),
-        "responseId": _hex(key, "gemini-response", length=24),
+        "responseId": hex_id(key, "gemini-response", length=24),
     }
     return response, in_tokens, out_tokens * n
 
@@ -628,9 +626,9 @@ def _page_size(request: Request, default: int, maximum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise _ClientError(400, f"Invalid page_size {raw!r}.") from None
+        raise ClientError(400, f"Invalid page_size {raw!r}.") from None
     if value < 0:
-        raise _ClientError(400, "page_size must not be negative.")
+        raise ClientError(400, "page_size must not be negative.")
     return min(value, maximum) if value else default
 
 
@@ -646,30 +644,7 @@ def _page_start(request: Request, ids: list[str]) -> int:
     try:
         item_id = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, UnicodeDecodeError):
-        raise _ClientError(400, "Invalid page_token.") from None
+        raise ClientError(400, "Invalid page_token.") from None
     if item_id not in ids:
-        raise _ClientError(400, "Invalid page_token.")
+        raise ClientError(400, "Invalid page_token.")
     return ids.index(item_id)
-
-
-# Imported last: the emulator module registers GeminiEmulation at its own end, so whichever of the two
-# modules is imported first, the other finds everything it needs already defined.
-from batchdrop.local.emulator import (  # noqa: E402
-    REFUSED,
-    SERVER_ERROR,
-    _Batch,
-    _cap,
-    _ClientError,
-    _echo,
-    _hex,
-    _iso,
-    _json,
-    _parse_json_body,
-    _Request,
-    _Route,
-    _stream,
-    _text_of,
-    _tokens,
-    draw_batch_expires,
-    draw_request_outcome,
-)

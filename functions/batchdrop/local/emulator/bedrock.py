@@ -8,7 +8,7 @@ the job is created and the output (``<output uri>/<job id>/<input file>.out`` an
 ``manifest.json.out``) is written to S3 when it ends, through a boto3 S3 client built from the
 environment (``AWS_ENDPOINT_URL`` points it at moto's server locally).
 
-Jobs run on the emulator's shared `_Batch` state machine, so the clock, the knobs (latency,
+Jobs run on the emulator's shared `Batch` state machine, so the clock, the knobs (latency,
 failure_rate, expire_rate, transient_error_rate, seed) and the deterministic draws behave as for the
 other providers. How the lifecycle maps onto Bedrock's statuses, over the latency L:
 
@@ -40,25 +40,42 @@ record, failure_rate gives output lines with ``error: {errorCode: 400|500, error
 
 Quotas and switches are attributes of the `BedrockEmulation` instance (``min_records``,
 ``max_records``, ``max_file_bytes``, ``validate_at_create``, ``expire_before_start_rate``,
-``stopping_seconds``), found in ``emulator._emulations`` by ``provider == "bedrock"``.
+``stopping_seconds``), the ``bedrock`` of a `ProviderEmulator`. It is one of the emulator's plugins
+(`batchdrop.local.emulator.core.Plugin`).
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import random
 import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import boto3
 import orjson
 from werkzeug.wrappers import Request, Response
 
-if TYPE_CHECKING:
-    from batchdrop.local.emulator import ProviderEmulator
+from batchdrop.local.emulator.batches import Batch, BatchRequest
+from batchdrop.local.emulator.canned import (
+    REFUSED,
+    SERVER_ERROR,
+    anthropic_message,
+    echo,
+    hex_id,
+    iso,
+    messages_text,
+    positive,
+    text_of,
+    tokens,
+    unit,
+)
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.web import MB, ClientError
 
 # Patterns and bounds from botocore's service model (bedrock 2023-04-20).
 JOB_NAME = re.compile(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}")
@@ -150,7 +167,7 @@ class _InputFile:
 class _Job:
     """What Bedrock keeps of a job beyond the shared batch state."""
 
-    batch: _Batch
+    batch: Batch
     arn: str
     name: str
     token: str
@@ -200,7 +217,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 def _record_id(seed: str, n: int) -> str:
     """An 11-character id for a record that came without one (Bedrock adds its own)."""
-    return _hex(seed, "record", n, length=11).upper()
+    return hex_id(seed, "record", n, length=11).upper()
 
 
 def _timestamp(raw: str, name: str) -> float:
@@ -217,13 +234,20 @@ def _timestamp(raw: str, name: str) -> float:
     return parsed.timestamp()
 
 
-class BedrockEmulation:
+class BedrockEmulation(Plugin):
     """Bedrock's batch inference control plane, served by the provider emulator (see the module)."""
 
     provider = "bedrock"
+    prefixes = ("/model-invocation-job",)
+    # CreateModelInvocationJob (botocore's service model: POST /model-invocation-job). Its answer is
+    # never lost: Bedrock's creates are idempotent by token.
+    creates = re.compile(r"/model-invocation-job")
+    loses_create_answers = False
 
-    def __init__(self, emulator: ProviderEmulator) -> None:
-        self.emulator = emulator
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(emulator)
+        # Bedrock's per-model quota of records per job (the local stack sets it with the functions').
+        self.min_records = 100
         # Bedrock's quotas and rules, as instance attributes so tests and the local stack can change them.
         self.max_records = 50_000
         self.max_file_bytes = 1024 * MB
@@ -237,27 +261,15 @@ class BedrockEmulation:
         self._s3_lock = threading.Lock()
         self._s3_clients: dict[tuple[str | None, ...], Any] = {}
 
-    @property
-    def min_records(self) -> int:
-        """The per-model minimum of records per job; the emulator's, which the local stack sets."""
-        return self.emulator.bedrock_min_records
+    # -- the plugin -----------------------------------------------------------------------------
 
-    @min_records.setter
-    def min_records(self, value: int) -> None:
-        self.emulator.bedrock_min_records = value
-
-    # -- the Emulation protocol -------------------------------------------------------------------
-
-    def routes(self) -> list[_Route]:
+    def routes(self) -> list[Route]:
         return [
             ("POST", re.compile(r"/model-invocation-job"), self._handled(self._create)),
             ("GET", re.compile(r"/model-invocation-jobs"), self._handled(self._list)),
             ("POST", re.compile(r"/model-invocation-job/(?P<identifier>.+)/stop"), self._handled(self._stop)),
             ("GET", re.compile(r"/model-invocation-job/(?P<identifier>.+)"), self._handled(self._get)),
         ]
-
-    def owns(self, path: str) -> bool:
-        return path.startswith("/model-invocation-job")
 
     def authorised(self, request: Request) -> bool:
         """boto3 signs with SigV4 (any signature passes), or sends a Bedrock API key as a bearer token."""
@@ -266,7 +278,8 @@ class BedrockEmulation:
             return True
         return authorization.startswith("Bearer ") and bool(authorization[len("Bearer ") :].strip())
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status, message = problem.status, problem.message
         code = _ERROR_TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException")
         if status == 401:
             # AWS answers a missing or bad signature with 403.
@@ -274,7 +287,7 @@ class BedrockEmulation:
             message = "Missing Authentication Token: sign the request with SigV4 (any credentials pass here)."
         return self._aws_error(code, message, status, headers)
 
-    def write_results(self, batch: _Batch) -> None:
+    def write_results(self, batch: Batch) -> None:
         """Write the output of a job that has ended to S3: one .out file per input file, and the manifest."""
         job = self._jobs[batch.id]
         if job.never_starts:
@@ -316,7 +329,7 @@ class BedrockEmulation:
             s3 = self._s3()
             for number, (file, lines) in enumerate(zip(job.files, per_file, strict=True)):
                 # Bedrock does not keep the input order: shuffle deterministically.
-                random.Random(_hex(job.id, "shuffle", number)).shuffle(lines)
+                random.Random(hex_id(job.id, "shuffle", number)).shuffle(lines)
                 body = b"".join(line + b"\n" for line in lines)
                 s3.put_object(Bucket=bucket, Key=f"{prefix}{file.name}.out", Body=body)
             s3.put_object(Bucket=bucket, Key=f"{prefix}manifest.json.out", Body=orjson.dumps(manifest))
@@ -341,8 +354,8 @@ class BedrockEmulation:
         return response
 
     def _request_id(self) -> str:
-        with self.emulator._lock:
-            raw = self.emulator._next_id("bedrock-request", 32)
+        with self.emulator.lock:
+            raw = self.emulator.next_id("bedrock-request", 32)
         return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}"
 
     def _handled(self, handler: Callable[..., Response]) -> Callable[..., Response]:
@@ -351,17 +364,13 @@ class BedrockEmulation:
                 return handler(request, **groups)
             except _AwsError as exc:
                 return self._aws_error(exc.code, exc.message, exc.status)
-            except _ClientError as exc:  # raised by the shared state machine
-                return self.error(exc.status, exc.message)
+            except ClientError as exc:  # raised by the shared state machine
+                return self.error(exc)
 
         return run
 
     def _s3(self) -> Any:
         """A boto3 S3 client from the environment (AWS_ENDPOINT_URL: moto's server locally)."""
-        import os
-
-        import boto3
-
         key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID"))
         with self._s3_lock:
             client = self._s3_clients.get(key)
@@ -381,7 +390,7 @@ class BedrockEmulation:
             raise _AwsError("SerializationException", "The request body must be a JSON object.")
         params = self._check_params(payload)
         token = params["token"]
-        with self.emulator._lock:
+        with self.emulator.lock:
             known = self._by_token.get(token)
             if known is not None:
                 # Idempotent: the same token is the same job, whatever else the request says.
@@ -393,28 +402,19 @@ class BedrockEmulation:
             raise _validation(problem)
         submitted_ids = self._submitted_ids(records)
         region = self._region(request)
-        with self.emulator._lock:
+        with self.emulator.lock:
             known = self._by_token.get(token)
             if known is not None:
                 return self._ok({"jobArn": self._jobs[known].arn})
             self._check_name_free(params["name"])
             emulator = self.emulator
-            knobs = emulator.knobs
-            job_id = emulator._next_id("bedrock-job", 12)
-            requests: list[_Request] = []
-            if problem is None:
-                for n, (record_id, line, _) in enumerate(records.records):
-                    key = f"{n}:{record_id}"
-                    outcome = draw_request_outcome(knobs.seed, job_id, key, knobs.failure_rate)
-                    requests.append(_Request(key, line, outcome.finish_fraction, outcome.failure))
-            expires = draw_batch_expires(knobs.seed, job_id, knobs.expire_rate)
-            batch = _Batch(
-                provider=self.provider,
-                id=job_id,
-                created=emulator._now(),
-                latency=max(0.0, knobs.latency),
-                expires=expires,
-                requests=requests,
+            job_id = emulator.next_id("bedrock-job", 12)
+            batch = emulator.create_batch(
+                self.provider,
+                job_id,
+                [(f"{n}:{record_id}", line) for n, (record_id, line, _) in enumerate(records.records)]
+                if problem is None
+                else [],
                 custom_ids=submitted_ids,
                 line_count=len(records.records),
                 metadata={tag["key"]: tag["value"] for tag in params["tags"]} or None,
@@ -436,11 +436,11 @@ class BedrockEmulation:
                 tags=params["tags"],
                 files=records.files,
                 record_files=[file for _, _, file in records.records] if problem is None else [],
-                never_starts=expires and _unit(knobs.seed, job_id, "never-starts") < self.expire_before_start_rate,
+                never_starts=batch.expires
+                and unit(emulator.knobs.seed, job_id, "never-starts") < self.expire_before_start_rate,
             )
             self._jobs[job_id] = job
             self._by_token[token] = job_id
-            emulator._register(batch)
             return self._ok({"jobArn": job.arn})
 
     def _check_params(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -469,7 +469,7 @@ class BedrockEmulation:
         token = (
             string("clientRequestToken", token_value, IDEMPOTENCY_TOKEN, 1, 256)
             if token_value is not None
-            else _hex("bedrock-token", len(self._by_token), self.emulator._now(), length=32)
+            else hex_id("bedrock-token", len(self._by_token), self.emulator.now(), length=32)
         )
         input_config = payload.get("inputDataConfig")
         output_config = payload.get("outputDataConfig")
@@ -682,19 +682,19 @@ class BedrockEmulation:
         cancel_at = job.batch.cancel_at
         if cancel_at is not None and job.batch.end_kind is None and now < cancel_at + self.stopping_seconds:
             return
-        self.emulator._advance(job.batch, now)
+        self.emulator.advance(job.batch, now)
 
     def _get(self, request: Request, identifier: str) -> Response:
-        with self.emulator._lock:
+        with self.emulator.lock:
             job = self._job(identifier)
-            now = self.emulator._now()
+            now = self.emulator.now()
             self._advance(job, now)
             return self._ok(self._job_json(job, now))
 
     def _stop(self, request: Request, identifier: str) -> Response:
-        with self.emulator._lock:
+        with self.emulator.lock:
             job = self._job(identifier)
-            now = self.emulator._now()
+            now = self.emulator.now()
             self._advance(job, now)
             if job.batch.cancel_at is not None:
                 return self._ok({})  # already stopping
@@ -702,7 +702,7 @@ class BedrockEmulation:
                 raise _validation(
                     f"The batch inference job {job.arn} cannot be stopped: it is {self._status(job, now)}."
                 )
-            self.emulator._cancel(job.batch, now)
+            self.emulator.cancel(job.batch, now)
             return self._ok({})
 
     def _list(self, request: Request) -> Response:
@@ -739,10 +739,10 @@ class BedrockEmulation:
                 start = int(offset)
             except ValueError:
                 raise _validation("The nextToken is not valid.") from None
-            if signature != _hex("list", query, length=16):
+            if signature != hex_id("list", query, length=16):
                 raise _validation("The nextToken does not belong to this query.")
-        with self.emulator._lock:
-            now = self.emulator._now()
+        with self.emulator.lock:
+            now = self.emulator.now()
             jobs = list(self._jobs.values())
             if sort_order == "Descending":
                 jobs.reverse()
@@ -761,7 +761,7 @@ class BedrockEmulation:
             page = matched[start : start + max_results]
             payload: dict[str, Any] = {"invocationJobSummaries": [self._job_json(job, now) for job in page]}
         if start + max_results < len(matched):
-            raw = f"{start + max_results}:{_hex('list', query, length=16)}"
+            raw = f"{start + max_results}:{hex_id('list', query, length=16)}"
             payload["nextToken"] = base64.urlsafe_b64encode(raw.encode()).decode()
         return self._ok(payload)
 
@@ -827,19 +827,19 @@ class BedrockEmulation:
             "clientRequestToken": job.token,
             "roleArn": job.role_arn,
             "status": status,
-            "submitTime": _iso(batch.created),
-            "lastModifiedTime": _iso(self._last_modified(job, now, status)),
+            "submitTime": iso(batch.created),
+            "lastModifiedTime": iso(self._last_modified(job, now, status)),
             "inputDataConfig": job.input_config,
             "outputDataConfig": job.output_config,
             "timeoutDurationInHours": job.timeout_hours,
-            "jobExpirationTime": _iso(batch.created + job.timeout_hours * 3600),
+            "jobExpirationTime": iso(batch.created + job.timeout_hours * 3600),
             **self._counts(job, now, status),
         }
         if status == "Failed" and batch.errors:
             message = "; ".join(str(e.get("message")) for e in batch.errors)
             payload["message"] = message[:_MAX_MESSAGE]
         if batch.end_kind is not None:
-            payload["endTime"] = _iso(batch.ended_at)
+            payload["endTime"] = iso(batch.ended_at)
         if job.invocation_type is not None:
             payload["modelInvocationType"] = job.invocation_type
         if job.vpc_config is not None:
@@ -848,7 +848,7 @@ class BedrockEmulation:
 
     # -- model outputs ----------------------------------------------------------------------------
 
-    def _model_output(self, job: _Job, request: _Request) -> tuple[dict[str, Any], int, int]:
+    def _model_output(self, job: _Job, request: BatchRequest) -> tuple[dict[str, Any], int, int]:
         """The InvokeModel (or Converse) response body of the job's model for one record."""
         body = request.body["modelInput"]
         key = f"{job.id}/{request.custom_id}"
@@ -858,7 +858,7 @@ class BedrockEmulation:
         family = MODEL_FAMILY.match(name)
         kind = family.group(1) if family else ""
         if kind == "anthropic.claude-":
-            message, in_tokens, out_tokens = _anthropic_message(body, key)
+            message, in_tokens, out_tokens = anthropic_message(body, key)
             message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
             message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]
             for part in message["content"]:
@@ -880,9 +880,9 @@ def _s3_reason(exc: Exception) -> str:
 
 def _converse_text(body: dict[str, Any]) -> tuple[str, int]:
     """The last user text of a Converse/Nova body, and the characters of every message and system part."""
-    user_text, chars = _messages_text(body.get("messages"))
+    user_text, chars = messages_text(body.get("messages"))
     system = body.get("system")
-    chars += len(_text_of(system)) if isinstance(system, list) else len(system) if isinstance(system, str) else 0
+    chars += len(text_of(system)) if isinstance(system, list) else len(system) if isinstance(system, str) else 0
     return user_text, chars
 
 
@@ -890,8 +890,8 @@ def _converse_output(body: dict[str, Any], key: str, nova: bool = False) -> tupl
     """Nova's InvokeModel body, which is also the Converse API's response shape."""
     user_text, chars = _converse_text(body)
     config = body.get("inferenceConfig") if isinstance(body.get("inferenceConfig"), dict) else {}
-    text, out_tokens, cut = _echo(user_text, _cap(config or {}, "maxTokens", "max_new_tokens"))
-    in_tokens = _tokens(chars)
+    text, out_tokens, cut = echo(user_text, positive(config or {}, "maxTokens", "max_new_tokens"))
+    in_tokens = tokens(chars)
     usage: dict[str, Any] = {
         "inputTokens": in_tokens,
         "outputTokens": out_tokens,
@@ -905,7 +905,7 @@ def _converse_output(body: dict[str, Any], key: str, nova: bool = False) -> tupl
         "usage": usage,
     }
     if not nova:
-        output["metrics"] = {"latencyMs": 100 + int(_unit(key, "latency") * 900)}
+        output["metrics"] = {"latencyMs": 100 + int(unit(key, "latency") * 900)}
     return output, in_tokens, out_tokens
 
 
@@ -914,8 +914,8 @@ def _llama_output(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     assert isinstance(prompt, str)
     turns = _LLAMA_USER_TURN.findall(prompt)
     user_text = turns[-1].strip() if turns else prompt
-    text, out_tokens, cut = _echo(user_text, _cap(body, "max_gen_len"))
-    in_tokens = _tokens(len(prompt))
+    text, out_tokens, cut = echo(user_text, positive(body, "max_gen_len"))
+    in_tokens = tokens(len(prompt))
     output = {
         "generation": text,
         "prompt_token_count": in_tokens,
@@ -923,27 +923,3 @@ def _llama_output(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
         "stop_reason": "length" if cut else "stop",
     }
     return output, in_tokens, out_tokens
-
-
-# Imported last: the emulator module registers BedrockEmulation at its own end, so whichever of the two
-# modules is imported first, the other finds everything it needs already defined.
-from batchdrop.local.emulator import (  # noqa: E402
-    MB,
-    REFUSED,
-    SERVER_ERROR,
-    _anthropic_message,
-    _Batch,
-    _cap,
-    _ClientError,
-    _echo,
-    _hex,
-    _iso,
-    _messages_text,
-    _Request,
-    _Route,
-    _text_of,
-    _tokens,
-    _unit,
-    draw_batch_expires,
-    draw_request_outcome,
-)

@@ -1,0 +1,227 @@
+"""The Anthropic Message Batches API.
+
+The official ``anthropic`` SDK talks to it through ``base_url`` (the emulator's root):
+``/v1/messages/batches`` to create, list, retrieve and cancel, and ``.../results`` for the results
+(JSONL, not in input order), each an echo in the Messages API's shape.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from batchdrop.local.emulator.batches import Batch
+from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, anthropic_message, hex_id, iso
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.web import (
+    MB,
+    ClientError,
+    has_api_key,
+    json_response,
+    page_limit,
+    parse_json_body,
+    stream,
+)
+
+DAY = 24 * 3600
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# HTTP status → the error type Anthropic puts in its error bodies.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+}
+
+
+class AnthropicEmulation(Plugin):
+    """Anthropic's Message Batches API (see the module)."""
+
+    provider = "anthropic"
+    prefixes = ("/v1/messages",)
+    creates = re.compile(r"/v1/messages/batches")
+    request_id_header = "request-id"
+
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(emulator)
+        # Anthropic's limits, as instance attributes so tests can lower them.
+        self.max_requests = 100_000
+        self.max_bytes = 256 * MB
+
+    # -- the plugin ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [
+            ("POST", re.compile(r"/v1/messages/batches"), self._create_batch),
+            ("GET", re.compile(r"/v1/messages/batches"), self._list_batches),
+            ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
+            ("POST", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
+            ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/results"), self._results),
+        ]
+
+    def authorised(self, request: Request) -> bool:
+        return has_api_key(request)
+
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        error = {"type": _ERROR_TYPES.get(problem.status, "api_error"), "message": problem.message}
+        return json_response({"type": "error", "error": error}, problem.status, headers)
+
+    # -- message batches --------------------------------------------------------------------------
+
+    def _create_batch(self, request: Request) -> Response:
+        if (request.content_length or 0) > self.max_bytes:
+            raise ClientError(413, f"Request exceeds the maximum size of {self.max_bytes} bytes.")
+        payload = parse_json_body(request)
+        if len(request.get_data()) > self.max_bytes:
+            raise ClientError(413, f"Request exceeds the maximum size of {self.max_bytes} bytes.")
+        requests = payload.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise ClientError(400, "requests: Field required and must be a non-empty list.")
+        if len(requests) > self.max_requests:
+            raise ClientError(
+                400,
+                f"requests: a batch holds at most {self.max_requests} requests, got {len(requests)}.",
+            )
+        seen: set[str] = set()
+        accepted: list[tuple[str, dict[str, Any]]] = []
+        for index, item in enumerate(requests):
+            where = f"requests.{index}"
+            if not isinstance(item, dict):
+                raise ClientError(400, f"{where}: Input should be an object.")
+            custom_id = item.get("custom_id")
+            params = item.get("params")
+            if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
+                raise ClientError(400, f"{where}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'.")
+            if custom_id in seen:
+                raise ClientError(400, f"{where}.custom_id: duplicate custom_id {custom_id!r} within the batch.")
+            seen.add(custom_id)
+            if not isinstance(params, dict):
+                raise ClientError(400, f"{where}.params: Field required.")
+            if not isinstance(params.get("model"), str) or not params["model"]:
+                raise ClientError(400, f"{where}.params.model: Field required.")
+            max_tokens = params.get("max_tokens")
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+                raise ClientError(400, f"{where}.params.max_tokens: Input should be an integer >= 1.")
+            messages = params.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise ClientError(400, f"{where}.params.messages: Field required and must be a non-empty list.")
+            accepted.append((custom_id, params))
+        with self.emulator.lock:
+            batch = self.emulator.create_batch(
+                self.provider,
+                f"msgbatch_{self.emulator.next_id('anthropic-batch')}",
+                accepted,
+                custom_ids=[custom_id for custom_id, _ in accepted],
+                line_count=len(accepted),
+            )
+            return json_response(self._batch_json(batch, request))
+
+    def _retrieve_batch(self, request: Request, batch_id: str) -> Response:
+        with self.emulator.lock:
+            batch = self.emulator.batch(self.provider, batch_id)
+            self.emulator.advance(batch, self.emulator.now())
+            return json_response(self._batch_json(batch, request))
+
+    def _list_batches(self, request: Request) -> Response:
+        limit = page_limit(request, 20, 1000)
+        after_id = request.args.get("after_id")
+        before_id = request.args.get("before_id")
+        with self.emulator.lock:
+            batches = self.emulator.batches(self.provider)
+            ids = [b.id for b in batches]
+            if before_id is not None:
+                end = ids.index(before_id) if before_id in ids else 0
+                start = max(0, end - limit)
+                page, has_more = batches[start:end], start > 0
+            else:
+                start = ids.index(after_id) + 1 if after_id in ids else (0 if after_id is None else len(ids))
+                page, has_more = batches[start : start + limit], len(batches) > start + limit
+            now = self.emulator.now()
+            data = []
+            for batch in page:
+                self.emulator.advance(batch, now)
+                data.append(self._batch_json(batch, request))
+        return json_response(
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+            }
+        )
+
+    def _cancel_batch(self, request: Request, batch_id: str) -> Response:
+        with self.emulator.lock:
+            batch = self.emulator.batch(self.provider, batch_id)
+            self.emulator.cancel(batch, self.emulator.now())
+            return json_response(self._batch_json(batch, request))
+
+    def _results(self, request: Request, batch_id: str) -> Response:
+        with self.emulator.lock:
+            batch = self.emulator.batch(self.provider, batch_id)
+            self.emulator.advance(batch, self.emulator.now())
+            if batch.end_kind is None:
+                status = "canceling" if batch.cancel_at is not None else "in_progress"
+                raise ClientError(404, f"Results for batch {batch_id} are not available yet: it is {status}.")
+            data = batch.results
+        return stream(data, "application/binary")
+
+    def write_results(self, batch: Batch) -> None:
+        """The results file: one line per request, shuffled."""
+        lines: list[bytes] = []
+        for request in batch.requests:
+            outcome = batch.outcomes[request.custom_id]
+            key = f"{batch.id}/{request.custom_id}"
+            result: dict[str, Any]
+            if outcome == "succeeded":
+                message, _, _ = anthropic_message(request.body, key)
+                result = {"type": "succeeded", "message": message}
+            elif outcome in (REFUSED, SERVER_ERROR):
+                type_, message_text = (
+                    ("invalid_request_error", "The request was refused (emulated failure).")
+                    if outcome == REFUSED
+                    else ("api_error", "Internal server error (emulated failure).")
+                )
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": type_, "message": message_text}},
+                }
+            else:
+                result = {"type": outcome}
+            lines.append(orjson.dumps({"custom_id": request.custom_id, "result": result}))
+        # Results are not in input order (as with the real API): shuffle deterministically.
+        random.Random(hex_id(batch.id, "shuffle")).shuffle(lines)
+        batch.results = b"".join(line + b"\n" for line in lines)
+
+    def _batch_json(self, batch: Batch, request: Request) -> dict[str, Any]:
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if batch.end_kind is None:
+            status = "canceling" if batch.cancel_at is not None else "in_progress"
+            counts["processing"] = len(batch.requests)
+        else:
+            status = "ended"
+            for outcome in batch.outcomes.values():
+                name = "errored" if outcome in (REFUSED, SERVER_ERROR) else outcome
+                counts[name] += 1
+        results_url = None
+        if status == "ended":
+            results_url = f"{request.host_url.rstrip('/')}/v1/messages/batches/{batch.id}/results"
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": counts,
+            "ended_at": iso(batch.ended_at),
+            "created_at": iso(batch.created),
+            "expires_at": iso(batch.created + DAY),
+            "archived_at": None,
+            "cancel_initiated_at": iso(batch.cancel_at),
+            "results_url": results_url,
+        }

@@ -1,0 +1,788 @@
+"""The OpenAI Batch API (and Azure OpenAI's, the same API under ``/openai/``), with OpenAI's webhooks.
+
+The official ``openai`` SDK talks to it through ``base_url`` (the emulator's ``/v1``), and
+``AzureOpenAI`` through ``azure_endpoint`` (paths under ``/openai/``, with ``?api-version=...``): the
+Files endpoints (``/v1/files``) and the Batches endpoints (``/v1/batches``). An input file is validated
+the way OpenAI does while the batch is ``validating``; a batch with invalid lines ends ``failed`` with
+their errors. Each line's answer is an echo in the shape of its endpoint (chat completion, response,
+completion, embeddings, moderation), written to an output file and an error file when the batch ends.
+
+When ``webhook_url`` and ``webhook_secret`` are set, a batch that ends is announced with a signed
+``batch.<status>`` event (Standard Webhooks), as a project's webhook endpoint receives it at OpenAI.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import struct
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from batchdrop.local.emulator.batches import Batch
+from batchdrop.local.emulator.canned import (
+    REFUSED,
+    SERVER_ERROR,
+    echo,
+    hex_id,
+    messages_text,
+    positive,
+    text_of,
+    tokens,
+    unit,
+)
+from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.web import (
+    MB,
+    ClientError,
+    has_api_key,
+    json_response,
+    page_limit,
+    parse_json_body,
+    stream,
+)
+
+DAY = 24 * 3600
+ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+)
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+_MAX_REPORTED_ERRORS = 1000
+_EMBEDDING_DIMENSIONS = 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# Echo-like answers, one per endpoint
+
+
+def _chat_completion(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
+    user_text, chars = messages_text(body.get("messages"))
+    text, out_tokens, cut = echo(user_text, positive(body, "max_completion_tokens", "max_tokens"))
+    n = min(positive(body, "n") or 1, 8)
+    in_tokens = tokens(chars)
+    choices: list[dict[str, Any]] = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+            "logprobs": None,
+            "finish_reason": "length" if cut else "stop",
+        }
+        for i in range(n)
+    ]
+    usage = {
+        "prompt_tokens": in_tokens,
+        "completion_tokens": out_tokens * n,
+        "total_tokens": in_tokens + out_tokens * n,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+    reply = {
+        "id": f"chatcmpl-{hex_id(key, 'chat')}",
+        "object": "chat.completion",
+        "created": created,
+        "model": body.get("model"),
+        "choices": choices,
+        "usage": usage,
+        "service_tier": "default",
+        "system_fingerprint": "fp_emulator",
+    }
+    return reply, in_tokens, out_tokens * n
+
+
+def _response(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
+    given = body.get("input")
+    if isinstance(given, str):
+        user_text, chars = given, len(given)
+    else:
+        user_text, chars = messages_text(given)
+    instructions = body.get("instructions") if isinstance(body.get("instructions"), str) else None
+    chars += len(instructions or "")
+    max_output = positive(body, "max_output_tokens")
+    text, out_tokens, cut = echo(user_text, max_output)
+    in_tokens = tokens(chars)
+    status = "incomplete" if cut else "completed"
+    reply = {
+        "id": f"resp_{hex_id(key, 'response', length=32)}",
+        "object": "response",
+        "created_at": created,
+        "completed_at": created,
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": instructions,
+        "max_output_tokens": max_output,
+        "model": body.get("model"),
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{hex_id(key, 'response-message', length=32)}",
+                "status": status,
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": in_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": out_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": in_tokens + out_tokens,
+        },
+        "user": None,
+        "metadata": {},
+    }
+    return reply, in_tokens, out_tokens
+
+
+def _completion(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
+    prompt = body.get("prompt")
+    prompts = [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else [text_of(prompt)]
+    prompts = prompts or [""]
+    cap = positive(body, "max_tokens")
+    choices = []
+    out_total = 0
+    for index, text_in in enumerate(prompts):
+        text, out_tokens, cut = echo(text_in, cap)
+        out_total += out_tokens
+        choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": "length" if cut else "stop"})
+    in_tokens = sum(tokens(len(p)) for p in prompts)
+    reply = {
+        "id": f"cmpl-{hex_id(key, 'completion')}",
+        "object": "text_completion",
+        "created": created,
+        "model": body.get("model"),
+        "choices": choices,
+        "system_fingerprint": "fp_emulator",
+        "usage": {
+            "prompt_tokens": in_tokens,
+            "completion_tokens": out_total,
+            "total_tokens": in_tokens + out_total,
+        },
+    }
+    return reply, in_tokens, out_total
+
+
+def _embedding_inputs(given: Any) -> list[int]:
+    """The token count of each input (a string, a token list, or a list of either)."""
+    if isinstance(given, str):
+        return [tokens(len(given))]
+    if isinstance(given, list):
+        if given and all(isinstance(item, int) for item in given):
+            return [len(given)]
+        return [
+            tokens(len(item)) if isinstance(item, str) else len(item) if isinstance(item, list) else 1 for item in given
+        ] or [1]
+    return [1]
+
+
+def _embeddings(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
+    dims = positive(body, "dimensions") or _EMBEDDING_DIMENSIONS
+    dims = min(dims, 64)
+    counts = _embedding_inputs(body.get("input"))
+    data = []
+    for index in range(len(counts)):
+        vector = [round(unit(key, index, d) * 2 - 1, 6) for d in range(dims)]
+        embedding: list[float] | str = vector
+        if body.get("encoding_format") == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    in_tokens = sum(counts)
+    reply = {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": in_tokens, "total_tokens": in_tokens},
+    }
+    return reply, in_tokens, 0
+
+
+_MODERATION_CATEGORIES = (
+    ("harassment", ["text"]),
+    ("harassment/threatening", ["text"]),
+    ("hate", ["text"]),
+    ("hate/threatening", ["text"]),
+    ("illicit", ["text"]),
+    ("illicit/violent", ["text"]),
+    ("self-harm", ["text"]),
+    ("self-harm/intent", ["text"]),
+    ("self-harm/instructions", ["text"]),
+    ("sexual", ["text"]),
+    ("sexual/minors", ["text"]),
+    ("violence", ["text"]),
+    ("violence/graphic", ["text"]),
+)
+
+
+def _moderations(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
+    given = body.get("input")
+    count = len(given) if isinstance(given, list) and given and not isinstance(given[0], dict) else 1
+    results = [
+        {
+            "flagged": False,
+            "categories": {name: False for name, _ in _MODERATION_CATEGORIES},
+            "category_scores": {name: round(unit(key, index, name) / 1000, 8) for name, _ in _MODERATION_CATEGORIES},
+            "category_applied_input_types": {name: list(types) for name, types in _MODERATION_CATEGORIES},
+        }
+        for index in range(count)
+    ]
+    reply = {"id": f"modr-{hex_id(key, 'moderation')}", "model": body.get("model"), "results": results}
+    return reply, 0, 0
+
+
+_ANSWERS: dict[str, Callable[[dict[str, Any], str, int], tuple[dict[str, Any], int, int]]] = {
+    "/v1/chat/completions": _chat_completion,
+    "/v1/responses": _response,
+    "/v1/completions": _completion,
+    "/v1/embeddings": _embeddings,
+    "/v1/moderations": _moderations,
+}
+
+
+@dataclass
+class _Lines:
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    custom_ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    line_count: int = 0
+
+
+@dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    created_at: int
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+            "expires_at": None,
+        }
+
+
+class OpenAIEmulation(Plugin):
+    """OpenAI's Files and Batches API (also as Azure OpenAI), and its webhooks (see the module)."""
+
+    provider = "openai"
+    # Every /v1/ path but Anthropic's; a path no provider owns is answered in OpenAI's shape too.
+    prefixes = ("/v1/",)
+    # Azure OpenAI serves the same Files and Batches API under /openai/ (with ?api-version=...).
+    aliases = (("/openai/", "/v1/"),)
+    creates = re.compile(r"/v1/batches")
+
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(emulator)
+        # OpenAI's limits, as instance attributes so tests can lower them.
+        self.max_requests = 50_000
+        self.max_file_bytes = 200 * MB
+        # OpenAI webhooks (batch.completed, ...): where to send them and the signing secret
+        # ("whsec_" + base64), as a project's webhook endpoint is configured at OpenAI.
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.webhooks_sent = 0
+        self._notified: set[str] = set()  # the batches whose end was announced
+        self._files: dict[str, _File] = {}
+
+    # -- the plugin ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [
+            ("POST", re.compile(r"/v1/files"), self._create_file),
+            ("GET", re.compile(r"/v1/files"), self._list_files),
+            ("GET", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._retrieve_file),
+            ("DELETE", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._delete_file),
+            ("GET", re.compile(r"/v1/files/(?P<file_id>[^/]+)/content"), self._file_content),
+            ("POST", re.compile(r"/v1/batches"), self._create_batch),
+            ("GET", re.compile(r"/v1/batches"), self._list_batches),
+            ("GET", re.compile(r"/v1/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
+            ("POST", re.compile(r"/v1/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
+        ]
+
+    def authorised(self, request: Request) -> bool:
+        return has_api_key(request)
+
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        status = problem.status
+        kinds = {401: "invalid_request_error", 429: "requests", 500: "server_error"}
+        codes = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+        type_ = kinds.get(status, "invalid_request_error")
+        code = problem.kind or codes.get(status)
+        error = {"message": problem.message, "type": type_, "param": problem.param, "code": code}
+        return json_response({"error": error}, status, headers)
+
+    def workers(self) -> list[Callable[[], None]]:
+        return [self._send_webhooks]
+
+    # -- webhooks -----------------------------------------------------------------------------------
+
+    def _send_webhooks(self) -> None:
+        """When a batch ends, POST a signed event to `webhook_url` (Standard Webhooks)."""
+        emulator = self.emulator
+        while emulator.is_serving():
+            time.sleep(0.05)
+            if not self.webhook_url or not self.webhook_secret:
+                continue
+            events = []
+            with emulator.lock:
+                now = emulator.now()
+                for batch in reversed(emulator.batches(self.provider)):
+                    if batch.id in self._notified:
+                        continue
+                    emulator.advance(batch, now)
+                    if batch.end_kind is not None:
+                        self._notified.add(batch.id)
+                        events.append((batch.id, batch.end_kind, int(now)))
+            secret = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+            for batch_id, kind, at in events:
+                event_id = "evt_" + hex_id("webhook", batch_id, length=24)
+                body = orjson.dumps(
+                    {
+                        "id": event_id,
+                        "object": "event",
+                        "created_at": at,
+                        "type": f"batch.{kind}",
+                        "data": {"id": batch_id},
+                    }
+                )
+                signature = base64.b64encode(
+                    hmac.new(secret, f"{event_id}.{at}.".encode() + body, hashlib.sha256).digest()
+                ).decode()
+                request = urllib.request.Request(  # noqa: S310 — the local stack's own receiver
+                    self.webhook_url,
+                    data=body,
+                    method="POST",
+                    headers={
+                        "content-type": "application/json",
+                        "webhook-id": event_id,
+                        "webhook-timestamp": str(at),
+                        "webhook-signature": f"v1,{signature}",
+                    },
+                )
+                try:
+                    urllib.request.urlopen(request, timeout=30).close()  # noqa: S310
+                    self.webhooks_sent += 1
+                except OSError:
+                    pass  # like OpenAI's, a failed delivery is not retried here; the poll still finds the batch
+
+    # -- OpenAI files -----------------------------------------------------------------------------
+
+    def _create_file(self, request: Request) -> Response:
+        purpose = request.form.get("purpose")
+        upload = request.files.get("file")
+        if upload is None:
+            raise ClientError(400, "Missing required parameter: 'file'.", "file")
+        if purpose not in FILE_PURPOSES:
+            raise ClientError(400, f"Invalid value for 'purpose': {purpose!r}.", "purpose")
+        data = upload.read()
+        if purpose == "batch" and len(data) > self.max_file_bytes:
+            raise ClientError(400, "File is too large: batch input files are limited to 200 MB.", "file")
+        with self.emulator.lock:
+            file = _File(
+                id=f"file-{self.emulator.next_id('file')}",
+                filename=upload.filename or "upload.jsonl",
+                purpose=purpose,
+                created_at=int(self.emulator.now()),
+                data=data,
+            )
+            self._files[file.id] = file
+        return json_response(file.to_json())
+
+    def _get_file(self, file_id: str) -> _File:
+        with self.emulator.lock:
+            file = self._files.get(file_id)
+        if file is None:
+            raise ClientError(404, f"No such File object: {file_id}", "id")
+        return file
+
+    def _list_files(self, request: Request) -> Response:
+        limit = page_limit(request, 10_000, 10_000)
+        purpose = request.args.get("purpose")
+        with self.emulator.lock:
+            files = [f for f in reversed(self._files.values()) if purpose is None or f.purpose == purpose]
+        return self._cursor_page(request, [f.to_json() for f in files], limit)
+
+    def _retrieve_file(self, request: Request, file_id: str) -> Response:
+        return json_response(self._get_file(file_id).to_json())
+
+    def _delete_file(self, request: Request, file_id: str) -> Response:
+        file = self._get_file(file_id)
+        with self.emulator.lock:
+            self._files.pop(file.id, None)
+        return json_response({"id": file.id, "object": "file", "deleted": True})
+
+    def _file_content(self, request: Request, file_id: str) -> Response:
+        file = self._get_file(file_id)
+        return stream(file.data, "application/octet-stream")
+
+    @staticmethod
+    def _cursor_page(request: Request, items: list[dict[str, Any]], limit: int) -> Response:
+        after = request.args.get("after")
+        if after is not None:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        page = items[:limit]
+        return json_response(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > limit,
+            }
+        )
+
+    # -- OpenAI batches ---------------------------------------------------------------------------
+
+    def _create_batch(self, request: Request) -> Response:
+        payload = parse_json_body(request)
+        input_file_id = payload.get("input_file_id")
+        endpoint = payload.get("endpoint")
+        window = payload.get("completion_window")
+        metadata = payload.get("metadata")
+        if not isinstance(input_file_id, str) or not input_file_id:
+            raise ClientError(400, "Missing required parameter: 'input_file_id'.", "input_file_id")
+        if endpoint not in ENDPOINTS:
+            raise ClientError(
+                400,
+                f"Invalid value for 'endpoint': {endpoint!r}. Supported: {', '.join(ENDPOINTS)}.",
+                "endpoint",
+            )
+        if window != "24h":
+            raise ClientError(
+                400,
+                f"Invalid value for 'completion_window': {window!r}. Supported: '24h'.",
+                "completion_window",
+            )
+        self._check_metadata(metadata)
+        with self.emulator.lock:
+            file = self._files.get(input_file_id)
+        if file is None:
+            raise ClientError(400, f"Invalid 'input_file_id': {input_file_id!r}. No such file.", "input_file_id")
+        if file.purpose != "batch":
+            raise ClientError(
+                400,
+                f"Invalid 'input_file_id': the file's purpose is {file.purpose!r}, not 'batch'.",
+                "input_file_id",
+            )
+        lines = self._read_lines(file.data, str(endpoint))
+        with self.emulator.lock:
+            batch = self.emulator.create_batch(
+                self.provider,
+                f"batch_{self.emulator.next_id('openai-batch', 32)}",
+                [] if lines.errors else lines.requests,
+                custom_ids=lines.custom_ids,
+                line_count=lines.line_count,
+                metadata=dict(metadata) if metadata is not None else None,
+                endpoint=str(endpoint),
+                input_file_id=input_file_id,
+                model=lines.model,
+                errors=lines.errors,
+            )
+            return json_response(self._batch_json(batch, batch.created, creating=True))
+
+    @staticmethod
+    def _check_metadata(metadata: Any) -> None:
+        if metadata is None:
+            return
+        if not isinstance(metadata, dict):
+            raise ClientError(400, "Invalid 'metadata': expected an object.", "metadata")
+        if len(metadata) > 16:
+            raise ClientError(400, "Invalid 'metadata': at most 16 key-value pairs.", "metadata")
+        for key, value in metadata.items():
+            if len(key) > 64:
+                raise ClientError(400, f"Invalid 'metadata': key {key[:20]!r}... is over 64 characters.", "metadata")
+            if not isinstance(value, str) or len(value) > 512:
+                raise ClientError(
+                    400,
+                    f"Invalid 'metadata': the value of {key!r} must be a string of at most 512 characters.",
+                    "metadata",
+                )
+
+    def _read_lines(self, data: bytes, endpoint: str) -> _Lines:
+        """Validate an input file the way OpenAI does while the batch is `validating`."""
+        result = _Lines()
+        seen: set[str] = set()
+
+        def fail(code: str, line: int | None, message: str, param: str | None = None) -> None:
+            if len(result.errors) < _MAX_REPORTED_ERRORS:
+                result.errors.append({"code": code, "line": line, "message": message, "param": param})
+
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            result.line_count += 1
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                fail("invalid_json_line", number, "This line is not parseable as valid JSON.")
+                continue
+            if not isinstance(line, dict):
+                fail("invalid_json_line", number, "This line is not a JSON object.")
+                continue
+            custom_id = line.get("custom_id")
+            if not isinstance(custom_id, str) or not custom_id:
+                fail(
+                    "missing_required_parameter",
+                    number,
+                    "Missing required parameter: 'custom_id'.",
+                    "custom_id",
+                )
+                continue
+            result.custom_ids.append(custom_id)
+            body = line.get("body")
+            if line.get("method") != "POST":
+                fail("invalid_value", number, "Invalid value for 'method': only 'POST' is supported.", "method")
+            elif line.get("url") != endpoint:
+                fail(
+                    "url_mismatch",
+                    number,
+                    f"The provided URL {line.get('url')!r} does not match the batch's endpoint {endpoint!r}.",
+                    "url",
+                )
+            elif not isinstance(body, dict):
+                fail("missing_required_parameter", number, "Missing required parameter: 'body'.", "body")
+            elif not isinstance(body.get("model"), str) or not body["model"]:
+                fail(
+                    "missing_required_parameter",
+                    number,
+                    "Missing required parameter: 'body.model'.",
+                    "body.model",
+                )
+            elif result.model is not None and body["model"] != result.model:
+                fail(
+                    "model_mismatch",
+                    number,
+                    f"The model {body['model']!r} differs from {result.model!r}: one model per batch.",
+                    "body.model",
+                )
+            elif custom_id in seen:
+                fail(
+                    "duplicate_custom_id",
+                    number,
+                    "The custom_id for this request is a duplicate of another request. "
+                    "The custom_id parameter must be unique for each request in a batch.",
+                    "custom_id",
+                )
+            else:
+                seen.add(custom_id)
+                result.model = result.model or body["model"]
+                result.requests.append((custom_id, body))
+        if result.line_count == 0:
+            fail("empty_file", None, "The input file is empty.")
+        elif result.line_count > self.max_requests:
+            fail(
+                "too_many_tasks",
+                None,
+                f"The input file has {result.line_count} requests; a batch holds at most {self.max_requests}.",
+            )
+        return result
+
+    def _retrieve_batch(self, request: Request, batch_id: str) -> Response:
+        with self.emulator.lock:
+            batch = self.emulator.batch(self.provider, batch_id)
+            now = self.emulator.now()
+            self.emulator.advance(batch, now)
+            return json_response(self._batch_json(batch, now))
+
+    def _list_batches(self, request: Request) -> Response:
+        limit = page_limit(request, 20, 100)
+        after = request.args.get("after")
+        with self.emulator.lock:
+            batches = self.emulator.batches(self.provider)
+            if after is not None:
+                ids = [b.id for b in batches]
+                batches = batches[ids.index(after) + 1 :] if after in ids else []
+            page = batches[:limit]
+            now = self.emulator.now()
+            data = []
+            for batch in page:
+                self.emulator.advance(batch, now)
+                data.append(self._batch_json(batch, now))
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(batches) > limit,
+            }
+        )
+
+    def _cancel_batch(self, request: Request, batch_id: str) -> Response:
+        with self.emulator.lock:
+            batch = self.emulator.batch(self.provider, batch_id)
+            now = self.emulator.now()
+            self.emulator.cancel(batch, now)
+            return json_response(self._batch_json(batch, now))
+
+    def write_results(self, batch: Batch) -> None:
+        """The output file (successes) and the error file (failures, then the unfinished), by finish time."""
+        answer = _ANSWERS[batch.endpoint]
+        output: list[bytes] = []
+        errors: list[bytes] = []
+        unfinished: list[bytes] = []
+        in_total = out_total = 0
+        for request in sorted(batch.requests, key=lambda r: r.finish_fraction):
+            outcome = batch.outcomes[request.custom_id]
+            key = f"{batch.id}/{request.custom_id}"
+            line: dict[str, Any] = {
+                "id": f"batch_req_{hex_id(key, 'line', length=32)}",
+                "custom_id": request.custom_id,
+            }
+            request_id = hex_id(key, "request", length=32)
+            if outcome == "succeeded":
+                body, in_tokens, out_tokens = answer(request.body, key, int(batch.finish_time(request)))
+                in_total += in_tokens
+                out_total += out_tokens
+                line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
+                line["error"] = None
+                output.append(orjson.dumps(line))
+            elif outcome in (REFUSED, SERVER_ERROR):
+                status, type_, message = (
+                    (400, "invalid_request_error", "The request was refused (emulated failure).")
+                    if outcome == REFUSED
+                    else (500, "server_error", "The server had an error processing the request (emulated).")
+                )
+                error_body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+                line["response"] = {"status_code": status, "request_id": request_id, "body": error_body}
+                line["error"] = None
+                errors.append(orjson.dumps(line))
+            else:
+                code, message = (
+                    (
+                        "batch_expired",
+                        "This request could not be executed before the completion window expired.",
+                    )
+                    if outcome == "expired"
+                    else ("batch_cancelled", "This request was not executed because the batch was cancelled.")
+                )
+                line["response"] = None
+                line["error"] = {"code": code, "message": message}
+                unfinished.append(orjson.dumps(line))
+        errors.extend(unfinished)
+        batch.usage = (in_total, out_total)
+        created = int(batch.ended_at or batch.created)
+        if output:
+            batch.output_file_id = self._store_file(f"{batch.id}_output.jsonl", output, created)
+        if errors:
+            batch.error_file_id = self._store_file(f"{batch.id}_error.jsonl", errors, created)
+
+    def _store_file(self, filename: str, lines: list[bytes], created: int) -> str:
+        file = _File(
+            id=f"file-{self.emulator.next_id('file')}",
+            filename=filename,
+            purpose="batch_output",
+            created_at=created,
+            data=b"\n".join(lines) + b"\n",
+        )
+        self._files[file.id] = file
+        return file.id
+
+    def _batch_json(self, batch: Batch, now: float, creating: bool = False) -> dict[str, Any]:
+        stamps: dict[str, float | None] = dict.fromkeys(
+            (
+                "in_progress_at",
+                "finalizing_at",
+                "completed_at",
+                "failed_at",
+                "expired_at",
+                "cancelling_at",
+                "cancelled_at",
+            )
+        )
+        total = len(batch.requests)
+        completed = failed = 0
+        kind = batch.end_kind
+        if creating:
+            status = "validating"
+        elif kind is not None:
+            status = kind
+            if kind == "failed":
+                stamps["failed_at"] = batch.ended_at
+            else:
+                reached = batch.cancel_at if kind == "cancelled" else batch.ended_at
+                assert reached is not None
+                if reached >= batch.phase_time(0.1):
+                    stamps["in_progress_at"] = batch.phase_time(0.1)
+                if kind != "expired" and reached >= batch.phase_time(0.9) and not batch.expires:
+                    stamps["finalizing_at"] = batch.phase_time(0.9)
+                stamps[f"{kind}_at"] = batch.ended_at
+                stamps["cancelling_at"] = batch.cancel_at
+                completed = sum(1 for outcome in batch.outcomes.values() if outcome == "succeeded")
+                failed = total - completed
+        else:
+            at = now if batch.cancel_at is None else batch.cancel_at
+            if batch.cancel_at is not None:
+                status = "cancelling"
+                stamps["cancelling_at"] = batch.cancel_at
+            elif at < batch.phase_time(0.1):
+                status = "validating"
+            elif at < batch.phase_time(0.9) or batch.expires:
+                status = "in_progress"
+            else:
+                status = "finalizing"
+            if at >= batch.phase_time(0.1) and not batch.errors:
+                stamps["in_progress_at"] = batch.phase_time(0.1)
+            if at >= batch.phase_time(0.9) and not batch.expires and not batch.errors:
+                stamps["finalizing_at"] = batch.phase_time(0.9)
+            completed, failed = batch.finished(at)
+        in_tokens, out_tokens = batch.usage
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "model": batch.model,
+            "errors": {"object": "list", "data": batch.errors} if batch.errors and status == "failed" else None,
+            "input_file_id": batch.input_file_id,
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "created_at": int(batch.created),
+            "expires_at": int(batch.created + DAY),
+            **{name: None if value is None else int(value) for name, value in stamps.items()},
+            "request_counts": {"total": total, "completed": completed, "failed": failed},
+            "usage": {
+                "input_tokens": in_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": out_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": in_tokens + out_tokens,
+            },
+            "metadata": batch.metadata,
+        }
