@@ -113,7 +113,7 @@ class ProviderSpec:
     title: str  # as messages name it: "Bedrock"
     # "module:Class" of the client (batchdrop.providers.base.Provider), imported when it is used.
     client: str
-    # The module of the emulator's plugin for this provider.
+    # "module:Class" of the emulator's plugin for this provider (batchdrop.local.emulator.Plugin).
     emulator: str
     # The documented maxima (docs/providers.md) and what a deployment uses unless it sets less.
     maxima: BatchLimits

@@ -8,17 +8,18 @@ of (seed, batch id, custom_id), so the same seed and the same submissions give t
 
 The package is a core (`core`: the server, routing, the lock, the clock, ids and fault injection), the
 pieces every provider shares (`batches`, `canned`, `web`), and one plugin per provider (`openai`,
-`anthropic`, `bedrock`, `gemini`). `ProviderEmulator` assembles them.
+`anthropic`, `bedrock`, `gemini`). `ProviderEmulator` installs the plugin each registered provider's
+spec names (batchdrop.providers.SPECS), so a new provider's plugin needs no line here.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
+from typing import Any
 
-from batchdrop.local.emulator.anthropic import AnthropicEmulation
 from batchdrop.local.emulator.batches import Batch, BatchRequest
-from batchdrop.local.emulator.bedrock import BedrockEmulation
 from batchdrop.local.emulator.canned import (
     REFUSED,
     SERVER_ERROR,
@@ -27,20 +28,15 @@ from batchdrop.local.emulator.canned import (
     draw_request_outcome,
 )
 from batchdrop.local.emulator.core import Emulator, EmulatorKnobs, Plugin, Route
-from batchdrop.local.emulator.gemini import GeminiEmulation
-from batchdrop.local.emulator.openai import OpenAIEmulation
+from batchdrop.providers import SPECS
 
 __all__ = [
     "REFUSED",
     "SERVER_ERROR",
-    "AnthropicEmulation",
     "Batch",
     "BatchRequest",
-    "BedrockEmulation",
     "Emulator",
     "EmulatorKnobs",
-    "GeminiEmulation",
-    "OpenAIEmulation",
     "Plugin",
     "ProviderEmulator",
     "RequestOutcome",
@@ -52,7 +48,8 @@ __all__ = [
 
 
 class ProviderEmulator(Emulator):
-    """The OpenAI, Anthropic, Bedrock and Gemini batch APIs, emulated over HTTP on a background thread."""
+    """Every registered provider's batch API, emulated over HTTP on a background thread; a provider's
+    plugin is the attribute of its name (`emulator.openai`, `emulator.bedrock`)."""
 
     def __init__(
         self,
@@ -62,13 +59,17 @@ class ProviderEmulator(Emulator):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(knobs, host, port, clock)
-        self.openai = OpenAIEmulation(self)
-        self.anthropic = AnthropicEmulation(self)
-        self.bedrock = BedrockEmulation(self)
-        self.gemini = GeminiEmulation(self)
-        # OpenAI first: a path no provider owns is answered in its shape.
-        for plugin in (self.openai, self.anthropic, self.bedrock, self.gemini):
-            self.install(plugin)
+        # Each spec's plugin once (Azure's is OpenAI's), in the registry's order: a path no plugin owns
+        # is answered in the first one's shape (OpenAI's).
+        for path in dict.fromkeys(spec.emulator for spec in SPECS.values()):
+            module, _, name = path.partition(":")
+            self.install(getattr(importlib.import_module(module), name)(self))
+
+    def __getattr__(self, name: str) -> Any:
+        for plugin in self.__dict__.get("plugins", ()):
+            if plugin.provider == name:
+                return plugin
+        raise AttributeError(f"{type(self).__name__} has no attribute or provider plugin {name!r}")
 
     @property
     def openai_base_url(self) -> str:

@@ -115,7 +115,7 @@ SPEC = ProviderSpec(
     name="anthropic",
     title="Anthropic",
     client="batchdrop.providers.anthropic.client:AnthropicProvider",
-    emulator="batchdrop.local.emulator.anthropic",
+    emulator="batchdrop.local.emulator.anthropic:AnthropicEmulation",
     maxima=BatchLimits(max_requests=100_000, max_bytes=256 * MB),
     # Lower than the 256 MB maximum because requests are sent inline: the SDK holds the whole batch as
     # Python objects while it serialises it, about 8x the JSON size, and 32 MB of JSON keeps that

@@ -14,7 +14,7 @@ SPEC = ProviderSpec(
     title="Azure OpenAI",
     client="batchdrop.providers.azure.client:AzureOpenAIProvider",
     # A mode of the OpenAI emulator (Files and Batches under /openai/).
-    emulator="batchdrop.local.emulator.openai",
+    emulator="batchdrop.local.emulator.openai:OpenAIEmulation",
     # The OpenAI format, 100,000 requests and 200 MB per file.
     maxima=BatchLimits(max_requests=100_000, max_bytes=200 * MB),
     defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB),

@@ -89,7 +89,7 @@ SPEC = ProviderSpec(
     name="gemini",
     title="Gemini",
     client="batchdrop.providers.gemini.client:GeminiProvider",
-    emulator="batchdrop.local.emulator.gemini",
+    emulator="batchdrop.local.emulator.gemini:GeminiEmulation",
     # A JSONL file of up to 2 GB; no documented request count, so we cap it.
     maxima=BatchLimits(max_requests=200_000, max_bytes=2048 * MB),
     defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB),

@@ -124,7 +124,7 @@ SPEC = ProviderSpec(
     name="openai",
     title="OpenAI",
     client="batchdrop.providers.openai.client:OpenAIProvider",
-    emulator="batchdrop.local.emulator.openai",
+    emulator="batchdrop.local.emulator.openai:OpenAIEmulation",
     maxima=BatchLimits(max_requests=50_000, max_bytes=200 * MB),
     defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB),
     routes=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation"),
