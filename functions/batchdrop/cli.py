@@ -17,7 +17,6 @@ from batchdrop import models as m
 
 # Progress lines are log lines: never wrapped, so they read the same in a terminal and in CI.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 130)
-err_console = Console(stderr=True, highlight=False)
 
 # Error lines `batchdrop validate` shows in its table (--json prints them all).
 SHOWN = 200

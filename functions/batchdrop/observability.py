@@ -9,7 +9,6 @@ invocation either way.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -58,7 +57,6 @@ def _tracer() -> Any:
 
 
 tracer: Any = _tracer()
-capture: Callable[..., Any] = tracer.capture_method
 
 __all__ = [
     "BATCHES_CHECKED",

@@ -295,7 +295,7 @@ class Validator:
             _UNKNOWN_FORMAT + _keys(obj),
         )
 
-    # -- the three shapes -------------------------------------------------------------------------
+    # -- the fast path: blocks of provider batch lines --------------------------------------------
 
     def check_block(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
         """The verdicts of `check` on consecutive lines numbered from `first`, found in the common

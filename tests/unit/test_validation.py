@@ -1,4 +1,4 @@
-"""The contract of docs/contract.md "Input lines": every validation code, the three shapes, neutral mapping, routing."""
+"""The contract of docs/contract.md "Input lines": every validation code, the line shapes, neutral mapping, routing."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def checked(
     return [verdict for number, raw in lines if (verdict := v.check(number, raw)) is not None]
 
 
-# -- the three shapes, valid ----------------------------------------------------------------------
+# -- the line shapes, valid ------------------------------------------------------------------------
 
 
 def test_openai_line_passes_through_byte_identical() -> None:
