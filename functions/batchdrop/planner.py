@@ -9,8 +9,11 @@ give the same batches with the same keys, which is what lets a retried submit fi
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import os
 import tempfile
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -20,6 +23,11 @@ from batchdrop.models import Request
 
 # Room for the envelope a provider wraps around the lines (Anthropic: {"requests": [...]}).
 ENVELOPE_BYTES = 64
+# The index of a batch planned without its data: (line number, size in bytes) of each request.
+SIZES_INDEX = "I"
+
+_LINE = operator.attrgetter("line")
+_PAYLOAD = operator.attrgetter("payload")
 
 
 @dataclass
@@ -59,8 +67,9 @@ class BatchPlanner:
     key_prefix: str = ""
     tmpdir: str | None = None
     # Providers whose batches are planned without their data, for a plan that sends nothing (`batchdrop
-    # validate`): no request is written, only the index, each entry with the request's size in bytes
-    # as a third field; the batch's `path` is "". The batches are the same as with the data.
+    # validate`): no request is written, and the index holds each request's line number and size in
+    # bytes as two 4-byte integers (SIZES_INDEX), no custom_id; the batch's `path` is "". The batches
+    # are the same as with the data.
     sizes_only: frozenset[str] = frozenset()
     _open: dict[tuple[str, str], _Open] = field(default_factory=dict)
     _count: dict[str, int] = field(default_factory=dict)
@@ -87,7 +96,7 @@ class BatchPlanner:
                 tempfile.NamedTemporaryFile(dir=self.tmpdir, suffix=".idx", delete=False),  # noqa: SIM115
             )
         if batch.data is None:
-            batch.index.write(b"%s\t%d\t%d\n" % (request.custom_id.encode(), request.line, size))
+            batch.index.write(array(SIZES_INDEX, (request.line, size)).tobytes())
         else:
             batch.data.write(request.payload)
             batch.index.write(b"%s\t%d\n" % (request.custom_id.encode(), request.line))
@@ -125,9 +134,10 @@ class BatchPlanner:
                 continue
             run = requests[i:j]
             if batch.data is None:
-                batch.index.write("".join([f"{r.custom_id}\t{r.line}\t{len(r.payload)}\n" for r in run]).encode())
+                pairs = zip(map(_LINE, run), map(len, map(_PAYLOAD, run)), strict=True)
+                batch.index.write(array(SIZES_INDEX, itertools.chain.from_iterable(pairs)).tobytes())
             else:
-                batch.data.write(b"".join([r.payload for r in run]))
+                batch.data.write(b"".join(map(_PAYLOAD, run)))
                 batch.index.write("".join([f"{r.custom_id}\t{r.line}\n" for r in run]).encode())
             batch.requests += j - i
             batch.bytes += size

@@ -17,6 +17,7 @@ import itertools
 import operator
 import os
 import tempfile
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from batchdrop.config import (
     Settings,
 )
 from batchdrop.dedup import Duplicate, DuplicateFinder
-from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch, rebalance
+from batchdrop.planner import ENVELOPE_BYTES, SIZES_INDEX, BatchPlanner, PlannedBatch, rebalance
 from batchdrop.pricing import (
     CAP_FIELDS,
     CHARS_PER_TOKEN,
@@ -365,14 +366,17 @@ class LocalBatches:
         folder = os.path.dirname(batch.index_path)
         index_out = tempfile.NamedTemporaryFile(dir=folder, suffix=".idx", delete=False)  # noqa: SIM115
         requests, size = 0, ENVELOPE_BYTES
-        if not batch.path:  # planned dry: the sizes are in the index
-            with open(batch.index_path, "rb") as index, index_out:
-                for entry in index:
-                    _custom_id, line, length = entry.rstrip(b"\n").split(b"\t")
-                    if int(line) not in drop:
-                        index_out.write(entry)
-                        requests += 1
-                        size += int(length)
+        if not batch.path:  # planned dry: (line, size) pairs in the index
+            with open(batch.index_path, "rb") as index:
+                pairs = array(SIZES_INDEX, index.read())
+            kept = array(SIZES_INDEX)
+            for line, length in zip(pairs[::2], pairs[1::2], strict=True):
+                if line not in drop:
+                    kept.extend((line, length))
+                    requests += 1
+                    size += length
+            with index_out:
+                index_out.write(kept.tobytes())
             return PlannedBatch(batch.key, batch.provider, batch.group, batch.model, requests, size, "", index_out.name)
         data_out = tempfile.NamedTemporaryFile(dir=folder, suffix=".jsonl", delete=False)  # noqa: SIM115
         with open(batch.path, "rb") as data, open(batch.index_path, "rb") as index, data_out, index_out:
@@ -406,8 +410,8 @@ class LocalBatches:
 # -- the token and cost estimate of `batchdrop validate` ---------------------------------------------
 
 # Requests counted one by one before the estimate samples, and the sampling rate past them.
-EXACT_FIRST = 20_000
-SAMPLE_EVERY = 8
+EXACT_FIRST = 10_000
+SAMPLE_EVERY = 32
 
 # What a field the line does not set reads as (an empty Raw: no JSON value is empty).
 _ABSENT = msgspec.Raw(b"")
