@@ -14,8 +14,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from batchdrop import jobs
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, JobStore, due_fields, job_pk, serialize
+from batchdrop.adapters.store import Conflict, JobStore
+from batchdrop.batches import look_soon
 from batchdrop.pipeline import Deps
 
 logger = Logger(service="batchdrop")
@@ -33,22 +35,8 @@ def request_cancel(store: JobStore, job_id: str, now: float) -> str:
     status = job["status"]
     if status in m.FINAL_JOB_STATES or status == m.JOB_COMPLETING:
         raise CancelError(f"job {job_id} is {status}: its batches have all ended, nothing is left to cancel")
-    sets = {"cancel_requested": True}
-    if status == m.JOB_SUBMITTED:
-        sets.update(due_fields(now))
-    names = {f"#k{i}": k for i, k in enumerate(sets)} | {"#st": "status"}
-    values = {f":v{i}": v for i, v in enumerate(sets.values())} | {":st": status}
-    try:
-        store.ddb.update_item(
-            TableName=store.table,
-            Key=serialize({"pk": job_pk(job_id), "sk": "JOB"}),
-            UpdateExpression="SET " + ", ".join(f"#k{i} = :v{i}" for i in range(len(sets))),
-            ConditionExpression="#st = :st",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=serialize(values),
-        )
-    except store.ddb.exceptions.ConditionalCheckFailedException:
-        raise CancelError(f"job {job_id} changed state while canceling; run the command again") from None
+    if not jobs.ask_cancel(store, job, now):
+        raise CancelError(f"job {job_id} changed state while canceling; run the command again")
     logger.info("cancel requested", extra={"job_id": job_id, "status": status})
     return str(status)
 
@@ -56,12 +44,7 @@ def request_cancel(store: JobStore, job_id: str, now: float) -> str:
 def carry_out(deps: Deps, job: dict[str, Any]) -> int:
     """Cancel the job's running provider batches (from the poll); returns how many were asked."""
     asked = cancel_running(deps, deps.store.get_batches(job["job_id"]))
-    deps.store.update(
-        # Looked at again soon as a whole: its batches end shortly, and a hand-over that dies is caught.
-        job,
-        {"canceled": True, **due_fields(deps.clock() + deps.settings.poll_min_seconds)},
-        when_status=(m.JOB_SUBMITTED,),
-    )
+    jobs.mark_canceled(deps, job)
     logger.info("canceled provider batches", extra={"job_id": job["job_id"], "batches": asked})
     return asked
 
@@ -82,5 +65,5 @@ def cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> int:
                 "provider refused the cancel", extra={"batch_id": batch["provider_batch_id"], "error": str(exc)}
             )
         with contextlib.suppress(Conflict):
-            deps.store.update(batch, due_fields(now))
+            look_soon(deps, batch, now)
     return asked

@@ -3,21 +3,28 @@
 Safe to run again from any point: outputs are written whole to fixed keys (summary.json last, by
 batchdrop.results), the notification is recorded once sent (batchdrop.jobs.notify_once), and the final
 state transition is conditional, so a re-run after a crash rewrites the same files and tells no one twice.
+
+Its steps: `complete_message` reads a completion-queue message; `complete_job` checks that the job is
+waiting for completion; `run_completion` takes the job's completion lease and runs it (submit calls it
+too, for a file rejected as a whole); `_resubmit_or_end` resubmits what is worth another attempt, or
+writes the outputs, tells the job's end and ends it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aws_lambda_powertools import Logger
 
+from batchdrop import jobs
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
+from batchdrop.adapters.store import Conflict
+from batchdrop.batches import record_batch, send_batch
 from batchdrop.config import tmpdir as spill_dir
-from batchdrop.jobs import hand_over_if_done, notify_once, record_failure
 from batchdrop.pipeline import (
     Deps,
     batch_data_key,
@@ -26,84 +33,82 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.results import outcomes_with_missing, write_outputs
-from batchdrop.sending import record_batch, submit_batch
-from batchdrop.watchdog import attempts, over_attempts
+from batchdrop.watchdog import over_attempts
 
 logger = Logger(service="batchdrop")
 
 
-def complete_message(deps: Deps, body: str) -> str:
+@dataclass(frozen=True)
+class Completion:
+    """What a completion did (`outcome`), and the summary of the job it ended, if it ended one (for the
+    handler's metrics)."""
+
+    outcome: str
+    summary: dict[str, Any] | None = None
+
+
+def complete_message(deps: Deps, body: str) -> Completion:
     """One completion-queue message: {"job_id": ...}."""
     try:
         job_id = orjson.loads(body)["job_id"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         logger.error("a completion message without a job id was dropped", extra={"body_size": len(body)})
-        return "malformed"
+        return Completion("malformed")
     return complete_job(deps, str(job_id))
 
 
-def complete_job(deps: Deps, job_id: str) -> str:
+def complete_job(deps: Deps, job_id: str) -> Completion:
+    """Complete a job handed over through the queue, if it is still waiting for completion."""
     logger.append_keys(job_id=job_id)
     job = deps.store.get_job(job_id)
     if job is None:
         logger.warning("completion asked for an unknown job")
-        return "unknown"
+        return Completion("unknown")
     if job["status"] in m.FINAL_JOB_STATES:
         logger.info("job already complete (duplicate message)")
-        return "duplicate"
+        return Completion("duplicate")
     if job["status"] != m.JOB_COMPLETING:
         logger.info("job is not ready for completion", extra={"status": job["status"]})
-        return "not-ready"
-    return finish_job(deps, job_id, invocation_id())
+        return Completion("not-ready")
+    return run_completion(deps, job_id, invocation_id())
 
 
-def finish_job(deps: Deps, job_id: str, owner: str) -> str:
-    store = deps.store
-    job = store.get_job(job_id)
+def run_completion(deps: Deps, job_id: str, owner: str) -> Completion:
+    """Take the job's completion lease as `owner` and complete it; whatever fails gives the lease back."""
+    job = deps.store.get_job(job_id)
     if job is None or job["status"] != m.JOB_COMPLETING:
-        return "not-ready"
+        return Completion("not-ready")
     try:
-        job = store.claim(job, owner, deps.settings.lease_seconds, (m.JOB_COMPLETING,), count=attempts("completion"))
+        job = jobs.claim_completion(deps, job, owner)
     except Conflict:
         logger.info("another invocation is completing this job")
-        return "busy"
+        return Completion("busy")
     if not job.get("timed_out") and over_attempts(deps, job, "completion", owner):
-        return "timed-out"
+        return Completion("timed-out")
     try:
-        return _finish(deps, job, owner)
+        return _resubmit_or_end(deps, job, owner)
     except Exception as exc:
         # A crash cannot release; then the lease runs out and the poll hands the job over again.
-        release(store, job, owner)
-        record_failure(deps, job_id, exc)
+        jobs.release(deps, job, owner)
+        jobs.record_failure(deps, job_id, exc)
         raise
 
 
-def _finish(deps: Deps, job: dict[str, Any], owner: str) -> str:
-    store = deps.store
+def _resubmit_or_end(deps: Deps, job: dict[str, Any], owner: str) -> Completion:
     job_id = job["job_id"]
-    batches = store.get_batches(job_id)
+    batches = deps.store.get_batches(job_id)
     ended_early = job.get("rejected") or job.get("canceled") or job.get("timed_out")
     if not ended_early and _resubmit(deps, job, batches):
-        return "resubmitted"
+        return Completion("resubmitted")
     summary = write_outputs(deps, job, batches)
     status = summary["status"]
-    if not notify_once(deps, job, status, summary):
-        release(store, job, owner)
-        return "busy"
-    deps.last_summary = summary
+    if not jobs.notify_once(deps, job, status, summary):
+        jobs.release(deps, job, owner)
+        return Completion("busy")
     deps.checkpoint("after_publish")
-    store.update(
-        job,
-        {
-            "status": status,
-            "completed_at": summary["timings"]["completed_at"],
-            "summary_counts": summary["counts"],
-        },
-        remove=("lease_owner", "lease_until", *NOT_DUE),
-        when_status=(m.JOB_COMPLETING,),
-    )
+    jobs.end(deps, job, status, summary["timings"]["completed_at"], counts=summary["counts"])
     logger.info("job complete", extra={"status": status, "counts": summary["counts"]})
-    return status
+    return Completion(status, summary)
 
 
 # -- resubmission ---------------------------------------------------------------------------------
@@ -172,29 +177,17 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         planner.finish()
         if not planned:
             return False
-        job = deps.store.update(job, {"resubmit_planned": attempt + 1}, when_status=(m.JOB_COMPLETING,))
+        job = jobs.plan_resubmission(deps, job, attempt + 1)
         deps.checkpoint("after_resubmit_planned")
         logger.info("resubmitting", extra={"attempt": attempt + 1, "batches": len(planned)})
     batches = deps.store.get_batches(job_id)
     retries = sorted((b for b in batches if int(b.get("attempt", 1)) == attempt + 1), key=lambda b: b["sk"])
     for batch in retries:
-        submit_batch(deps, job_id, batch, job.get("lease_owner", ""))
-    deps.store.update(
-        job,
-        {
-            "status": m.JOB_SUBMITTED,
-            "attempt": attempt + 1,
-            # A round resubmitted is progress: the next completion counts its attempts afresh.
-            attempts("completion"): 0,
-            # Looked at soon as a whole, in case this invocation dies before the hand-over below.
-            **due_fields(deps.clock() + deps.settings.poll_min_seconds),
-        },
-        remove=("lease_owner", "lease_until"),
-        when_status=(m.JOB_COMPLETING,),
-    )
+        send_batch(deps, job_id, batch, job.get("lease_owner", ""))
+    jobs.resubmit(deps, job, attempt + 1)
     # A conflict leaves the hand-over to the poll's next look at the job.
     with contextlib.suppress(Conflict):
-        hand_over_if_done(deps, job_id)
+        jobs.hand_over_if_done(deps, job_id)
     return True
 
 

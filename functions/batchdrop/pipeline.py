@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from batchdrop.adapters.notify import Notifier
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.queue import JobQueue
 from batchdrop.adapters.store import JobStore
-from batchdrop.config import INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX, Settings
+from batchdrop.config import ENV_SUBMIT_QUEUE_URL, INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX, ConfigError, Settings
 from batchdrop.models import InputObject
 
 if TYPE_CHECKING:
@@ -32,25 +32,27 @@ class Deps:
     store: JobStore
     notifier: Notifier
     queue: JobQueue
+    # The submit function's own queue: a large file's next segment, a stalled submission handed back.
     segments: JobQueue
     provider_factory: Callable[[str], Provider] | None = None
     clock: Callable[[], float] = time.time
     # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
     checkpoint: Callable[[str], None] = lambda step: None
     _providers: dict[str, Provider] = field(default_factory=dict)
-    # The summary of the last job this container completed, for the handler's metrics.
-    last_summary: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deps:
+        if not settings.submit_queue_url:
+            # Both stacks (CDK and local) set it: a large file is planned a segment per invocation through
+            # it, and the poll hands a stalled submission back to the submit function through it.
+            raise ConfigError(f"{ENV_SUBMIT_QUEUE_URL} is not set: the deployment (CDK stack or local stack) sets it")
         return cls(
             settings=settings,
             objects=ObjectStore(settings.bucket),
             store=JobStore(settings.table),
             notifier=Notifier(settings.topic_arn),
             queue=JobQueue(settings.completion_queue_url),
-            # Without a segments queue a file is planned in one invocation, whatever its size.
-            segments=JobQueue(settings.submit_queue_url or settings.completion_queue_url),
+            segments=JobQueue(settings.submit_queue_url),
         )
 
     def provider(self, name: str) -> Provider:

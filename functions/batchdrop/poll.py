@@ -12,12 +12,20 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from batchdrop import jobs
 from batchdrop import models as m
-from batchdrop.adapters.store import JOB_SK, NOT_DUE, Conflict, deserialize, due_fields, job_pk
+from batchdrop.adapters.store import JOB_SK, Conflict
+from batchdrop.batches import (
+    leave_due,
+    record_ended,
+    record_error,
+    record_provider_status,
+    record_running,
+    recorded_batch,
+)
 from batchdrop.cancel import carry_out
-from batchdrop.jobs import hand_over_if_done
-from batchdrop.pipeline import Deps, iso
-from batchdrop.watchdog import end_stuck_job, stall
+from batchdrop.pipeline import Deps
+from batchdrop.watchdog import end_stuck_job
 
 logger = Logger(service="batchdrop")
 
@@ -71,37 +79,26 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
     except Exception as exc:
         report.errors += 1
         logger.warning("provider status failed; will look again", extra={"error": type(exc).__name__})
-        batch = deps.store.update(
-            batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **_next_due(deps, batch, now)}
-        )
+        batch = record_error(deps, batch, exc, _next_look(deps, batch, now))
         if watchdog and now - submitted > deps.settings.batch_timeout_seconds:
             end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
             report.timed_out += 1
         return
     if watchdog and not status.terminal and now - submitted > deps.settings.batch_timeout_seconds:
-        batch = deps.store.update(batch, {"provider_status": status.provider_status, **_next_due(deps, batch, now)})
+        batch = record_provider_status(deps, batch, status, _next_look(deps, batch, now))
         end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
         report.timed_out += 1
         return
     if not status.terminal and now - submitted > STUCK_AFTER_SECONDS:
         report.stuck += 1
-    changes: dict[str, Any] = {
-        "status": status.state,
-        "provider_status": status.provider_status,
-        "progress": {"total": status.total, "done": status.done, "failed": status.failed},
-        "checks": int(batch.get("checks", 0)) + 1,
-    }
-    if status.error:
-        changes["error"] = status.error
     if not status.terminal:
         if status.state != batch.get("status") or status.done != (batch.get("progress") or {}).get("done"):
             report.changed += 1
-        deps.store.update(batch, {**changes, **_next_due(deps, batch, now, status)})
+        record_running(deps, batch, status, _next_look(deps, batch, now, status))
         return
-    changes["ended_at"] = iso(now)
     # The batch stays in the index until its job has been looked at for hand-over, so a poll that
     # dies in between leaves the step for the next one rather than losing it.
-    batch = deps.store.update(batch, changes)
+    batch = record_ended(deps, batch, status, now)
     report.changed += 1
     report.ended += 1
     logger.info("batch ended", extra={"state": status.state})
@@ -112,38 +109,33 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
 def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollReport | None:
     """Look at once at the batch a provider event names (an OpenAI webhook, a Bedrock state change);
     None if it is not one of ours, or not recorded yet (the schedule finds it then)."""
-    ddb, table = deps.store.ddb, deps.store.table
-    owner = ddb.get_item(
-        TableName=table, Key={"pk": {"S": f"PBATCH#{provider}#{batch_id}"}, "sk": {"S": "PBATCH"}}, ConsistentRead=True
-    ).get("Item")
-    if owner is None:
+    ours = recorded_batch(deps.store, provider, batch_id)
+    if ours is None:
         return None
-    job_id, _, batch_key = owner["owner"]["S"].partition("/")
+    job_id, batch_key = ours
     logger.append_keys(job_id=job_id, batch_id=batch_id)
-    item = ddb.get_item(
-        TableName=table, Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": f"BATCH#{batch_key}"}}, ConsistentRead=True
-    ).get("Item")
-    if item is None or item["sk"]["S"] == JOB_SK:
+    batch = deps.store.get_batch(job_id, batch_key)
+    if batch is None:
         return None
     report = PollReport()
-    look_at_batch(deps, deserialize(item), report, watchdog=False)
+    look_at_batch(deps, batch, report, watchdog=False)
     return report
 
 
 def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
-    if hand_over_if_done(deps, batch["job_id"]):
+    if jobs.hand_over_if_done(deps, batch["job_id"]):
         report.handed_over.append(batch["job_id"])
-    deps.store.update(batch, {}, remove=NOT_DUE)
+    leave_due(deps, batch)
 
 
-def _next_due(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> dict[str, Any]:
+def _next_look(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> float:
     """Back off with the batch's age; look sooner once it is finalizing or has moved."""
     settings = deps.settings
     age = now - float(batch.get("submitted_ts") or now)
     wait = min(settings.poll_max_seconds, max(settings.poll_min_seconds, age / 4))
     if status is not None and (status.state in (m.FINALIZING, m.CANCELLING)):
         wait = settings.poll_min_seconds
-    return due_fields(now + wait)
+    return now + wait
 
 
 def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
@@ -158,10 +150,7 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
         if handed is None:
             return
         job = handed
-        deps.store.update(
-            job, due_fields(now + deps.settings.completion_grace_seconds), when_status=(m.JOB_COMPLETING,)
-        )
-        deps.queue.send(job["job_id"])
+        jobs.hand_over_again(deps, job, now)
         report.handed_over.append(job["job_id"])
         logger.warning("completion overdue; handed over again", extra={"job_id": job["job_id"]})
     elif status == m.JOB_SUBMITTED and job.get("cancel_requested") and not job.get("canceled"):
@@ -176,22 +165,16 @@ def _job_due(deps: Deps, job: dict[str, Any], report: PollReport) -> None:
             return
         job = handed
         logger.warning("submission stalled; handed back to submit", extra={"job_id": job["job_id"]})
-        if deps.settings.submit_queue_url:
-            deps.store.update(job, due_fields(now + deps.settings.lease_seconds), when_status=(m.JOB_SUBMITTING,))
-            deps.segments.send(job["job_id"])
-        else:
-            from batchdrop.submit import resume_submission
-
-            resume_submission(deps, job["job_id"])
+        jobs.hand_back_to_submit(deps, job, now)
     else:
         # Nothing else should be due; take it out of the index rather than look at it forever.
-        deps.store.update(job, {}, remove=NOT_DUE)
+        jobs.leave_due(deps, job)
 
 
 def _hand_back(deps: Deps, job: dict[str, Any], stage: str, report: PollReport) -> dict[str, Any] | None:
     """Count a hand-back of the job's overdue step; the job as now written, to hand back, or None when
     it has been handed back too often and the watchdog ended it."""
-    job, count = stall(deps, job, stage)
+    job, count = jobs.count_handback(deps, job, stage)
     if count < deps.settings.max_stalls:
         return job
     reason = f"its {stage} step was handed back {count} times without finishing" + _last_error(job, stage)
@@ -208,7 +191,7 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
     batches = deps.store.get_batches(job["job_id"])
     running = [b for b in batches if b.get("status") not in m.TERMINAL_BATCH_STATES]
     if not running:
-        if hand_over_if_done(deps, job["job_id"]):
+        if jobs.hand_over_if_done(deps, job["job_id"]):
             report.handed_over.append(job["job_id"])
             logger.warning("a finished job had not been handed over; handed over now", extra={"job_id": job["job_id"]})
         return
@@ -217,7 +200,7 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
         end_stuck_job(deps, job["job_id"], "provider", _late_reason(deps, late[0]))
         report.timed_out += 1
         return
-    deps.store.update(job, due_fields(now + deps.settings.job_check_seconds), when_status=(m.JOB_SUBMITTED,))
+    jobs.look_again(deps, job, now + deps.settings.job_check_seconds)
 
 
 def _late_reason(deps: Deps, batch: dict[str, Any]) -> str:

@@ -18,14 +18,15 @@ from urllib.parse import unquote_plus
 import orjson
 from aws_lambda_powertools import Logger
 
+from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
-from batchdrop.adapters.store import Conflict, due_fields, job_pk, release, set_flag
+from batchdrop.adapters.store import Conflict
+from batchdrop.batches import cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
 from batchdrop.cancel import CancelError, carry_out, request_cancel
-from batchdrop.complete import finish_job
+from batchdrop.complete import run_completion
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
-from batchdrop.jobs import hand_over_if_done, notify_once, record_failure
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -34,7 +35,6 @@ from batchdrop.pipeline import (
     batch_index_key,
     ids_key,
     invocation_id,
-    iso,
     job_id_for,
     output_prefix,
     refused_key,
@@ -42,8 +42,7 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import ENVELOPE_BYTES, PlannedBatch
 from batchdrop.planning import plan_segment, rejection, settle
-from batchdrop.sending import cancel_unsent, record_batch, submit_batch
-from batchdrop.watchdog import attempts, over_attempts
+from batchdrop.watchdog import over_attempts
 
 logger = Logger(service="batchdrop")
 
@@ -100,21 +99,7 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
         return SubmitResult(None, "ignored")
     job_id = job_id_for(obj)
     logger.append_keys(job_id=job_id)
-    store = deps.store
-    now = deps.clock()
-    job = {
-        "pk": job_pk(job_id),
-        "sk": "JOB",
-        "job_id": job_id,
-        "status": m.JOB_SUBMITTING,
-        "input": obj.as_dict(),
-        "output_prefix": output_prefix(key, job_id),
-        "received_at": iso(now),
-        "attempt": 1,
-    }
-    # While submitting, the job sits in the poll's index, due when its lease would run out: if this
-    # invocation dies without a retry (a timeout, say), the poll takes the submission over.
-    store.create({**job, **due_fields(now + deps.settings.lease_seconds)})
+    jobs.create(deps, job_id, obj, output_prefix(key, job_id))
     return resume_submission(deps, job_id, obj)
 
 
@@ -138,14 +123,7 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
         return SubmitResult(job_id, "duplicate")
     owner = invocation_id()
     try:
-        current = store.claim(
-            job,
-            owner,
-            deps.settings.lease_seconds,
-            (m.JOB_SUBMITTING,),
-            also=due_fields(deps.clock() + deps.settings.lease_seconds),
-            count=attempts("submit"),
-        )
+        current = jobs.claim_submission(deps, job, owner)
     except Conflict:
         logger.info("another invocation is submitting this job")
         return SubmitResult(job_id, "busy")
@@ -157,8 +135,8 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
     except Exception as exc:
         # An error we can see gives the job back at once; a crash (timeout, out of memory) cannot,
         # and the lease runs out instead.
-        release(store, current, owner)
-        record_failure(deps, job_id, exc, stage="submit")
+        jobs.release(deps, current, owner)
+        jobs.record_failure(deps, job_id, exc, stage="submit")
         raise
 
 
@@ -177,15 +155,15 @@ class _Submission:
                 return SubmitResult(self.job_id, "continued")
             self.deps.checkpoint("after_plan")
         if self.job.get("rejected"):
-            finish_job(self.deps, self.job_id, self.owner)
+            run_completion(self.deps, self.job_id, self.owner)
             return SubmitResult(self.job_id, "rejected", self.job.get("counts"))
         batches = sorted(self.deps.store.get_batches(self.job_id), key=lambda b: b["sk"])
         submitted = []
         for batch in batches:
             sent = self._send(batch)
-            if sent.get("status") != batch.get("status") and self.job.get(attempts("submit")):
+            if sent.get("status") != batch.get("status") and self.job.get(jobs.attempts("submit")):
                 # A batch sent or ended is progress: the watchdog counts attempts from here.
-                set_flag(self.deps.store, self.job, attempts("submit"), 0)
+                jobs.made_progress(self.deps, self.job, "submit")
             submitted.append(sent)
         self._announce(submitted)
         return SubmitResult(self.job_id, "submitted", self.job.get("counts"))
@@ -214,7 +192,7 @@ class _Submission:
             models.setdefault(batch.provider, set()).add(batch.model)
 
         prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
-        segmented = bool(settings.submit_queue_url) and (segment > 0 or (self.obj.size or 0) > settings.segment_bytes)
+        segmented = segment > 0 or (self.obj.size or 0) > settings.segment_bytes
         errors_key = validation_errors_key(self.job_id, segment)
         with (
             tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl") as errors,
@@ -238,6 +216,8 @@ class _Submission:
                 invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
             )
             result, refused = plan.result, plan.refused
+            if refused:
+                logger.warning("refused a batch under the provider's minimum", extra={"requests": len(refused)})
             last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
             totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
             totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
@@ -265,7 +245,8 @@ class _Submission:
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]
         if not last:
-            self.job = deps.store.update(
+            self.job = jobs.save_segment(
+                deps,
                 job,
                 {
                     "segment": segment + 1,
@@ -275,10 +256,7 @@ class _Submission:
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "error_files": error_files,
-                    # A segment planned is progress: the watchdog counts attempts from here.
-                    attempts("submit"): 0,
                 },
-                when_status=(m.JOB_SUBMITTING,),
             )
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
@@ -293,10 +271,9 @@ class _Submission:
             "error_files": error_files,
         }
         if reason:
-            # Stays in "submitting" only as long as it takes to write the outputs just below.
-            changes.update({"rejected": True, "reason": reason, "status": m.JOB_COMPLETING})
             changes["counts"] = {"lines": lines, "invalid": lines, "submitted": 0}
-        self.job = deps.store.update(job, changes, remove=("batch_keys",), when_status=(m.JOB_SUBMITTING,))
+        # A rejected file is `completing` only as long as it takes to write its outputs (run() does).
+        self.job = jobs.record_plan(deps, job, changes, rejected=reason)
         logger.info(
             "planned",
             extra={
@@ -311,7 +288,7 @@ class _Submission:
 
     def _hand_on(self) -> None:
         """Give the next segment to a fresh invocation, through the segments queue."""
-        release(self.deps.store, self.job, self.owner)
+        jobs.release(self.deps, self.job, self.owner)
         self.deps.checkpoint("before_hand_on")
         self.deps.segments.send(self.job_id)
 
@@ -324,7 +301,7 @@ class _Submission:
             job = self.deps.store.get_job(self.job_id)
             if job is not None and job.get("cancel_requested"):
                 return cancel_unsent(self.deps, batch)
-        return submit_batch(self.deps, self.job_id, batch, self.owner)
+        return send_batch(self.deps, self.job_id, batch, self.owner)
 
     def _announce(self, batches: list[dict[str, Any]]) -> None:
         deps = self.deps
@@ -343,24 +320,16 @@ class _Submission:
         }
         # Publish first: a crash after it re-runs and re-publishes (same notification id) rather
         # than marking the job submitted and never telling anyone.
-        notify_once(deps, job, "submitted", body)
+        jobs.notify_once(deps, job, "submitted", body)
         deps.checkpoint("after_publish")
-        # A submitted job stays in the poll's index, looked at as a whole soon (its batches may all have
-        # ended already, and an invocation that dies before the hand-over below leaves it to that look),
-        # then now and then (the watchdog).
-        updated = deps.store.update(
-            job,
-            {"status": m.JOB_SUBMITTED, "submitted_at": iso(now), **due_fields(now + deps.settings.poll_min_seconds)},
-            remove=("lease_owner", "lease_until"),
-            when_status=(m.JOB_SUBMITTING,),
-        )
+        updated = jobs.mark_submitted(deps, job, now)
         if updated.get("cancel_requested"):
             # Canceled while it was being submitted: its batches are canceled now (the poll would only
             # get to them on its next tick), so that the job ends `canceled` even if none was sent.
             carry_out(deps, updated)
         # A conflict leaves the hand-over to the poll's next look at the job.
         with contextlib.suppress(Conflict):
-            hand_over_if_done(deps, self.job_id)
+            jobs.hand_over_if_done(deps, self.job_id)
 
 
 class _StoredBatches:
@@ -382,11 +351,10 @@ class _StoredBatches:
     def save(self, record: dict[str, Any], planned: PlannedBatch) -> None:
         key = record["batch_key"]
         _store_files(self.deps, planned, batch_data_key(self.job_id, key), batch_index_key(self.job_id, key))
-        self.deps.store.update(record, {"requests": planned.requests, "bytes": planned.bytes})
-        record["requests"], record["bytes"] = planned.requests, planned.bytes
+        record.update(resize_batch(self.deps, record, planned))
 
     def delete(self, record: dict[str, Any]) -> None:
-        self.deps.store.delete(record)
+        drop_batch(self.deps, record)
 
 
 def _download_batch(deps: Deps, job_id: str, item: dict[str, Any], drop: set[int]) -> PlannedBatch:

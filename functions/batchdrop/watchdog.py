@@ -15,49 +15,26 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from batchdrop import jobs
 from batchdrop import models as m
-from batchdrop.adapters.store import NOT_DUE, Conflict, due_fields, release
+from batchdrop.adapters.store import Conflict
 from batchdrop.cancel import cancel_running
 from batchdrop.config import JOBS_TIMED_OUT
-from batchdrop.jobs import notify_once
 from batchdrop.observability import metrics
 from batchdrop.pipeline import Deps, iso
 from batchdrop.results import write_outputs
 
 logger = Logger(service="batchdrop")
 
-OPEN_STATES = (m.JOB_SUBMITTING, m.JOB_SUBMITTED, m.JOB_COMPLETING)
-
-
-def stall(deps: Deps, job: dict[str, Any], stage: str) -> tuple[dict[str, Any], int]:
-    """Count one more hand-back of the job's step by the poll (its lease or grace ran out); returns the
-    job and the count so far. The count starts again when the job's status changes, or when the step
-    was taken up since the last hand-back (then the claims' own count bounds it): what it bounds is a
-    step nobody even starts, such as a function that fails before it claims."""
-    status = job["status"]
-    tried = int(job.get(attempts(stage), 0))
-    same = job.get("handbacks_in") == status and int(job.get("handbacks_tried", -1)) == tried
-    count = int(job.get("handbacks", 0)) + 1 if same else 1
-    updated = deps.store.update(
-        job, {"handbacks": count, "handbacks_in": status, "handbacks_tried": tried}, when_status=(status,)
-    )
-    return updated, count
-
-
-def attempts(stage: str) -> str:
-    """The job attribute that counts the claims of a stage's step (JobStore.claim's `count`), set back
-    to 0 by the stage's progress."""
-    return f"{stage}_attempts"
-
 
 def over_attempts(deps: Deps, job: dict[str, Any], stage: str, owner: str) -> bool:
     """After a claim that counted itself: True (and the job ended as failed) when the step has been
     taken up more than `max_stalls` times without progress. Counted at the claim, not only by the
     poll, because retries that come faster than the lease runs out keep the job from ever being due."""
-    count = int(job.get(attempts(stage), 0))
+    count = int(job.get(jobs.attempts(stage), 0))
     if count <= deps.settings.max_stalls:
         return False
-    release(deps.store, job, owner)
+    jobs.release(deps, job, owner)
     last = job.get(f"{stage}_error")
     reason = f"its {stage} was attempted {count - 1} times without finishing" + (
         f"; last error: {last}" if last else ""
@@ -74,33 +51,15 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
     if job is None or job["status"] in m.FINAL_JOB_STATES:
         return None
     logger.append_keys(job_id=job_id)
-    told = next((status for status in sorted(m.FINAL_JOB_STATES) if job.get(f"notified_{status}")), None)
+    told = jobs.told_end(job)
     if told is not None:
         # Completion got as far as telling the user how the job ended (its outputs were written first):
         # that is the job's end; only the final transition it died before is left to make.
         with contextlib.suppress(Conflict):
-            deps.store.update(
-                job,
-                {"status": told, "completed_at": iso(deps.clock())},
-                remove=("lease_owner", "lease_until", *NOT_DUE),
-                when_status=OPEN_STATES,
-            )
+            jobs.end(deps, job, told, iso(deps.clock()), when=jobs.OPEN_STATES)
         return told
     if not job.get("timed_out"):
-        now = deps.clock()
-        job = deps.store.update(
-            job,
-            {
-                "status": m.JOB_COMPLETING,
-                "timed_out": True,
-                "stuck_at": stage,
-                "reason": f"batchdrop gave up on this job at its {stage} step: {reason}"[:2000],
-                # Due again soon, so a watchdog that dies here is followed by another.
-                **due_fields(now + deps.settings.completion_grace_seconds),
-            },
-            remove=("lease_owner", "lease_until"),
-            when_status=OPEN_STATES,
-        )
+        job = jobs.give_up(deps, job, stage, reason)
         logger.error("job made no progress; the watchdog ends it", extra={"stage": stage, "reason": reason[:500]})
         metrics.add_metric(name=JOBS_TIMED_OUT, unit="Count", value=1)
     batches = deps.store.get_batches(job_id)
@@ -112,16 +71,11 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
         summary = _bare_summary(deps, job, f"{job['reason']} (its outputs could not be written: {exc})"[:2000])
         with contextlib.suppress(Exception):
             deps.objects.put_json(f"{job['output_prefix']}summary.json", summary)
-    if not notify_once(deps, job, summary["status"], summary):
+    if not jobs.notify_once(deps, job, summary["status"], summary):
         return None  # a completion is telling the job's end right now; the next poll finishes
     deps.checkpoint("after_publish")
     with contextlib.suppress(Conflict):
-        deps.store.update(
-            job,
-            {"status": summary["status"], "completed_at": summary["timings"]["completed_at"]},
-            remove=("lease_owner", "lease_until", *NOT_DUE),
-            when_status=(m.JOB_COMPLETING,),
-        )
+        jobs.end(deps, job, summary["status"], summary["timings"]["completed_at"])
     return str(summary["status"])
 
 

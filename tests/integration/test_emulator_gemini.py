@@ -638,7 +638,7 @@ def test_provider_survives_transient_errors(
     path = batch_file(tmp_path, [line(f"r{i}", f"q{i}") for i in range(5)])
     for i in range(3):
         # A failed create is not retried by the SDK (it might have made the batch): the pipeline looks
-        # for the batch, then creates again, as sending.submit_batch does.
+        # for the batch, then creates again, as batches.send_batch does.
         batch_id = None
         while batch_id is None:
             try:

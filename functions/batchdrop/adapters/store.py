@@ -2,7 +2,12 @@
 
 One table. A job is `pk=JOB#<id>, sk=JOB`; its batches are `pk=JOB#<id>, sk=BATCH#<key>`. Items that
 need the poll function's attention carry `due_pk`/`due_at`, which puts them in the sparse `due` index;
-an item leaves the index by losing those attributes, so the poll never reads finished work.
+an item leaves the index by losing those attributes, so the poll never reads finished work. Beside them:
+the registry of provider batch ids we recorded (`pk=PBATCH#<provider>#<id>`), and the create locks of
+providers that do not tag their batches (`pk=LOCK#create#<provider>`).
+
+The only module that talks to DynamoDB: the stages go through batchdrop.jobs and batchdrop.batches,
+which call this.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class Conflict(Exception):
 
 def job_pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def provider_batch_pk(provider: str, batch_id: str) -> str:
+    """The registry item that says which of our batches a provider batch id belongs to."""
+    return f"PBATCH#{provider}#{batch_id}"
+
+
+def create_lock_pk(provider: str) -> str:
+    return f"LOCK#create#{provider}"
 
 
 def _to_ddb(value: Any) -> Any:
@@ -79,6 +93,23 @@ class JobStore:
             TableName=self.table, Key=serialize({"pk": job_pk(job_id), "sk": JOB_SK}), ConsistentRead=True
         )
         return deserialize(out["Item"]) if "Item" in out else None
+
+    def get_batch(self, job_id: str, batch_key: str) -> dict[str, Any] | None:
+        out = self.ddb.get_item(
+            TableName=self.table,
+            Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": f"{BATCH_SK}{batch_key}"}},
+            ConsistentRead=True,
+        )
+        return deserialize(out["Item"]) if "Item" in out else None
+
+    def provider_batch_owner(self, provider: str, batch_id: str) -> str | None:
+        """`<job_id>/<batch_key>` of the batch that recorded this provider batch id, if any."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key={"pk": {"S": provider_batch_pk(provider, batch_id)}, "sk": {"S": "PBATCH"}},
+            ConsistentRead=True,
+        ).get("Item")
+        return None if item is None else str(item["owner"]["S"])
 
     def get_batches(self, job_id: str) -> list[dict[str, Any]]:
         return list(
@@ -133,6 +164,20 @@ class JobStore:
                 TableName=self.table,
                 Item=serialize(item),
                 ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def register_provider_batch(self, provider: str, batch_id: str, owner: str) -> bool:
+        """Register `batch_id` as `owner`'s (`<job_id>/<batch_key>`); False if another owner has it."""
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={"pk": {"S": provider_batch_pk(provider, batch_id)}, "sk": {"S": "PBATCH"}, "owner": {"S": owner}},
+                ConditionExpression="attribute_not_exists(pk) OR #o = :o",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":o": {"S": owner}},
             )
         except self.ddb.exceptions.ConditionalCheckFailedException:
             return False
@@ -242,6 +287,87 @@ class JobStore:
         except self.ddb.exceptions.ConditionalCheckFailedException:
             raise Conflict(f"{item['pk']} is leased by another invocation or not in {when_status}") from None
         return deserialize(out["Attributes"])
+
+    # -- version-free writes: they never collide with the pipeline's optimistic ones ------------------
+
+    def add_failure(self, job_id: str, stage: str, reason: str) -> None:
+        """Keep `reason` as the job's `<stage>_error` and count it in `<stage>_failures`."""
+        self.ddb.update_item(
+            TableName=self.table,
+            Key=serialize({"pk": job_pk(job_id), "sk": JOB_SK}),
+            UpdateExpression=f"SET {stage}_error = :r, {stage}_failures = if_not_exists({stage}_failures, :z) + :one",
+            ExpressionAttributeValues=serialize({":r": reason, ":z": 0, ":one": 1}),
+        )
+
+    def set_if_status(self, job_id: str, sets: Mapping[str, Any], status: str) -> bool:
+        """Set `sets` on the job if it is still in `status`; False (nothing written) if not."""
+        names = {f"#k{i}": k for i, k in enumerate(sets)} | {"#st": "status"}
+        values = {f":v{i}": v for i, v in enumerate(sets.values())} | {":st": status}
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=serialize({"pk": job_pk(job_id), "sk": JOB_SK}),
+                UpdateExpression="SET " + ", ".join(f"#k{i} = :v{i}" for i in range(len(sets))),
+                ConditionExpression="#st = :st",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=serialize(values),
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # -- a provider's create lock (batchdrop.batches serialises creates with it) ----------------------
+
+    def take_lock(self, pk: str, owner: str, seconds: float) -> dict[str, Any]:
+        """Take the lock item `pk` unless someone else holds an unexpired one (Conflict); returns what it
+        held before (a dead holder's `intent`, if it left one)."""
+        now = time.time()
+        try:
+            out = self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": pk}, "sk": {"S": "LOCK"}},
+                UpdateExpression="SET #o = :me, #l = :until",
+                ConditionExpression="attribute_not_exists(#o) OR #l < :now OR #o = :me",
+                ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":until": {"N": str(now + seconds)},
+                    ":now": {"N": str(now)},
+                },
+                ReturnValues="ALL_OLD",
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            raise Conflict(f"{pk} is held by another invocation") from None
+        return deserialize(out.get("Attributes") or {})
+
+    def set_lock_intent(self, pk: str, owner: str, intent: Mapping[str, Any]) -> None:
+        """Keep the intent of a create in the lock we hold (fails if we no longer hold it)."""
+        self.ddb.update_item(
+            TableName=self.table,
+            Key={"pk": {"S": pk}, "sk": {"S": "LOCK"}},
+            UpdateExpression="SET intent = :i",
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues=serialize({":i": intent, ":me": owner}),
+        )
+
+    def clear_lock_intent(self, pk: str, owner: str) -> None:
+        self._if_lock_owner(pk, owner, "REMOVE intent", {})
+
+    def release_lock(self, pk: str, owner: str) -> None:
+        """Give the lock up if we hold it; its intent, if any, stays for the next holder."""
+        self._if_lock_owner(pk, owner, "REMOVE #o, #l", {"#l": "lease_until"})
+
+    def _if_lock_owner(self, pk: str, owner: str, expression: str, names: dict[str, str]) -> None:
+        with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": pk}, "sk": {"S": "LOCK"}},
+                UpdateExpression=expression,
+                ConditionExpression="#o = :me",
+                ExpressionAttributeNames={"#o": "owner", **names},
+                ExpressionAttributeValues={":me": {"S": owner}},
+            )
 
 
 def set_flag(store: JobStore, item: Mapping[str, Any], name: str, value: Any = True) -> None:

@@ -19,13 +19,10 @@ from batchdrop.observability import logger, metrics, tracer
 
 
 def _record(body: str) -> str:
-    wiring = deps()
-    wiring.last_summary = None
-    outcome = complete_message(wiring, body)
-    summary = wiring.last_summary
-    if summary is not None:
-        record_job_metrics(summary)
-    return outcome
+    done = complete_message(deps(), body)
+    if done.summary is not None:
+        record_job_metrics(done.summary)
+    return done.outcome
 
 
 def record_job_metrics(summary: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from batchdrop import observability as o
 from batchdrop.handlers import deps
 from batchdrop.observability import logger, metrics, tracer
 from batchdrop.poll import poll
+from batchdrop.webhook import bedrock_state_change
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -20,8 +21,6 @@ from batchdrop.poll import poll
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if event.get("source") == "aws.bedrock":
         # A Bedrock job changed state (EventBridge rule): look at that job now, not at everything due.
-        from batchdrop.webhook import bedrock_state_change
-
         return {"bedrock_event": bedrock_state_change(deps(), event)}
     report = poll(deps())
     metrics.add_metric(name=o.BATCHES_CHECKED, unit=MetricUnit.Count, value=report.looked_at)

@@ -1,4 +1,8 @@
-"""Recording a planned batch, and sending it to its provider exactly once, whatever crashes in between.
+"""A batch's records: its item (created when planned, then every state it is recorded in), the registry
+of provider batch ids, and sending it to its provider exactly once, whatever crashes in between.
+
+The stages (submit, poll, complete, cancel) decide; this module writes, through the store
+(batchdrop.adapters.store), and is the only place that writes a batch's item. It imports no stage.
 
 The order is always: record the intent, create at the provider, record the provider's batch id. A
 crash between the last two leaves a batch the provider accepted (and will bill) that we have not
@@ -30,7 +34,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import Conflict, JobStore, deserialize, due_fields, job_pk, serialize
+from batchdrop.adapters.store import (
+    BATCH_SK,
+    NOT_DUE,
+    Conflict,
+    JobStore,
+    create_lock_pk,
+    due_fields,
+    job_pk,
+)
 from batchdrop.config import tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
 from batchdrop.planner import PlannedBatch
@@ -53,7 +65,7 @@ class CreateFailed(Exception):
         self.permanent = permanent
 
 
-def submit_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> dict[str, Any]:
+def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> dict[str, Any]:
     """Send one planned batch, or adopt the provider's copy if an earlier attempt got that far.
 
     Returns the batch as recorded: sent (with its provider batch id), or ended as failed when the
@@ -184,18 +196,16 @@ def _record(deps: Deps, batch: dict[str, Any], batch_id: str) -> dict[str, Any]:
 
 def claim_provider_batch(store: JobStore, provider: str, batch_id: str, batch: dict[str, Any]) -> bool:
     """Register `batch_id` as ours for this batch; False if another of our batches has it already."""
-    owner = f"{batch['job_id']}/{batch['batch_key']}"
-    try:
-        store.ddb.put_item(
-            TableName=store.table,
-            Item={"pk": {"S": f"PBATCH#{provider}#{batch_id}"}, "sk": {"S": "PBATCH"}, "owner": {"S": owner}},
-            ConditionExpression="attribute_not_exists(pk) OR #o = :o",
-            ExpressionAttributeNames={"#o": "owner"},
-            ExpressionAttributeValues={":o": {"S": owner}},
-        )
-    except store.ddb.exceptions.ConditionalCheckFailedException:
-        return False
-    return True
+    return store.register_provider_batch(provider, batch_id, f"{batch['job_id']}/{batch['batch_key']}")
+
+
+def recorded_batch(store: JobStore, provider: str, batch_id: str) -> tuple[str, str] | None:
+    """(job id, batch key) of our batch that recorded this provider batch id, or None if none has."""
+    owner = store.provider_batch_owner(provider, batch_id)
+    if owner is None:
+        return None
+    job_id, _, batch_key = owner.partition("/")
+    return job_id, batch_key
 
 
 # -- providers without tags: one create at a time, with the intent in the lock ----------------------
@@ -203,8 +213,8 @@ def claim_provider_batch(store: JobStore, provider: str, batch_id: str, batch: d
 
 def _submit_serialised(deps: Deps, provider: Provider, batch: dict[str, Any], owner: str) -> dict[str, Any]:
     store = deps.store
-    lock_key = {"pk": {"S": f"LOCK#create#{provider.name}"}, "sk": {"S": "LOCK"}}
-    previous = _acquire(deps, lock_key, owner)
+    lock = create_lock_pk(provider.name)
+    previous = _acquire(deps, lock, owner)
     # No `finally`: an invocation that dies (a timeout) cannot release anything either, and the lock
     # simply runs out; an error we can see releases it at once. The intent outlives both.
     try:
@@ -212,126 +222,63 @@ def _submit_serialised(deps: Deps, provider: Provider, batch: dict[str, Any], ow
             _adopt_for(deps, provider, previous)
         fresh = _reload(store, batch)
         if fresh.get("provider_batch_id"):
-            _release(deps, lock_key, owner)
+            store.release_lock(lock, owner)
             return fresh
-        _set_intent(deps, lock_key, owner, _ref(fresh))
+        _set_intent(deps, lock, owner, _ref(fresh))
         batch_id = _create(deps, provider, fresh)
         recorded = _record(deps, fresh, batch_id)
-        _clear_intent(deps, lock_key, owner)
+        store.clear_lock_intent(lock, owner)
     except Exception:
-        _release(deps, lock_key, owner)
+        store.release_lock(lock, owner)
         raise
-    _release(deps, lock_key, owner)
+    store.release_lock(lock, owner)
     return recorded
 
 
 def _reload(store: JobStore, batch: dict[str, Any]) -> dict[str, Any]:
-    out = store.ddb.get_item(
-        TableName=store.table,
-        Key={"pk": {"S": job_pk(batch["job_id"])}, "sk": {"S": batch["sk"]}},
-        ConsistentRead=True,
-    )
-    return deserialize(out["Item"])
+    fresh = store.get_batch(batch["job_id"], batch["batch_key"])
+    if fresh is None:
+        raise KeyError(f"batch {batch['sk']} of job {batch['job_id']} is gone")
+    return fresh
 
 
-def _acquire(deps: Deps, key: dict[str, Any], owner: str) -> dict[str, Any] | None:
+def _acquire(deps: Deps, lock: str, owner: str) -> dict[str, Any] | None:
     """Take the lock, waiting for a live holder; return the intent a dead holder left behind."""
-    store = deps.store
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     delay = 0.05
     while True:
-        now = time.time()
         try:
-            out = store.ddb.update_item(
-                TableName=store.table,
-                Key=key,
-                UpdateExpression="SET #o = :me, #l = :until",
-                ConditionExpression="attribute_not_exists(#o) OR #l < :now OR #o = :me",
-                ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
-                ExpressionAttributeValues={
-                    ":me": {"S": owner},
-                    ":until": {"N": str(now + deps.settings.create_lock_seconds)},
-                    ":now": {"N": str(now)},
-                },
-                ReturnValues="ALL_OLD",
-            )
-        except store.ddb.exceptions.ConditionalCheckFailedException:
+            old = deps.store.take_lock(lock, owner, deps.settings.create_lock_seconds)
+        except Conflict:
             if time.monotonic() > deadline:
                 raise ProviderBusy("another invocation has held the provider's create lock too long") from None
             time.sleep(delay)
             delay = min(1.0, delay * 2)
             continue
-        old = out.get("Attributes") or {}
-        if "intent" in old:
-            intent: dict[str, Any] = deserialize({"intent": old["intent"]})["intent"]
-            return intent
-        return None
+        intent: dict[str, Any] | None = old.get("intent")
+        return intent
 
 
-def _set_intent(deps: Deps, key: dict[str, Any], owner: str, ref: BatchRef) -> None:
+def _set_intent(deps: Deps, lock: str, owner: str, ref: BatchRef) -> None:
     intent = {
         "job_id": ref.job_id,
         "batch_key": ref.key,
         "requests": ref.requests,
         "intent_at": str(deps.clock()),
     }
-    deps.store.ddb.update_item(
-        TableName=deps.store.table,
-        Key=key,
-        UpdateExpression="SET intent = :i",
-        ConditionExpression="#o = :me",
-        ExpressionAttributeNames={"#o": "owner"},
-        ExpressionAttributeValues=serialize({":i": intent, ":me": owner}),
-    )
-
-
-def _clear_intent(deps: Deps, key: dict[str, Any], owner: str) -> None:
-    with contextlib.suppress(deps.store.ddb.exceptions.ConditionalCheckFailedException):
-        deps.store.ddb.update_item(
-            TableName=deps.store.table,
-            Key=key,
-            UpdateExpression="REMOVE intent",
-            ConditionExpression="#o = :me",
-            ExpressionAttributeNames={"#o": "owner"},
-            ExpressionAttributeValues={":me": {"S": owner}},
-        )
-
-
-def _release(deps: Deps, key: dict[str, Any], owner: str) -> None:
-    # The intent stays if the create may have happened: the next holder resolves it.
-    with contextlib.suppress(deps.store.ddb.exceptions.ConditionalCheckFailedException):
-        deps.store.ddb.update_item(
-            TableName=deps.store.table,
-            Key=key,
-            UpdateExpression="REMOVE #o, #l",
-            ConditionExpression="#o = :me",
-            ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
-            ExpressionAttributeValues={":me": {"S": owner}},
-        )
+    deps.store.set_lock_intent(lock, owner, intent)
 
 
 def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
     """A holder died between create and record: find its batch and record it where it belongs."""
     store = deps.store
-    sk = f"BATCH#{intent['batch_key']}"
-    out = store.ddb.get_item(
-        TableName=store.table,
-        Key={"pk": {"S": job_pk(intent["job_id"])}, "sk": {"S": sk}},
-        ConsistentRead=True,
-    )
-    if "Item" not in out:
+    target = store.get_batch(intent["job_id"], intent["batch_key"])
+    if target is None:
         return
-    target = deserialize(out["Item"])
     if target.get("provider_batch_id") or target.get("status") != m.SUBMITTING:
         return
-    ref = BatchRef(
-        job_id=intent["job_id"],
-        key=intent["batch_key"],
-        group=target.get("group", ""),
-        model=target.get("model", ""),
-        requests=int(intent["requests"]),
-        intent_at=float(intent["intent_at"]),
-    )
+    # What the dead holder was creating: the batch, as its intent described it.
+    ref = _ref({**target, "requests": intent["requests"], "intent_at": intent["intent_at"]})
     exclude: set[str] = set()
     while True:
         candidate = provider.find(ref, frozenset(exclude))
@@ -346,6 +293,9 @@ def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
         logger.info("adopted a batch a crashed create left behind", extra={"batch_id": candidate})
 
 
+# -- a batch's item --------------------------------------------------------------------------------
+
+
 def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:
     """Store a planned batch's files and its item (once: a re-run plans the same batch again)."""
     try:
@@ -356,7 +306,7 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
     deps.store.create(
         {
             "pk": job_pk(job_id),
-            "sk": f"BATCH#{batch.key}",
+            "sk": f"{BATCH_SK}{batch.key}",
             "job_id": job_id,
             "batch_key": batch.key,
             "provider": batch.provider,
@@ -368,3 +318,58 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
             "status": m.PENDING,
         }
     )
+
+
+def resize_batch(deps: Deps, item: dict[str, Any], planned: PlannedBatch) -> dict[str, Any]:
+    """A planned batch whose files were stored again with other requests (duplicates taken out, some
+    lent or borrowed): its item counts what they hold."""
+    return deps.store.update(item, {"requests": planned.requests, "bytes": planned.bytes})
+
+
+def drop_batch(deps: Deps, item: dict[str, Any]) -> None:
+    """A planned batch left with no request to send (its requests were refused or moved)."""
+    deps.store.delete(item)
+
+
+def record_error(deps: Deps, batch: dict[str, Any], exc: Exception, look_at: float) -> dict[str, Any]:
+    """The provider could not say how the batch is: keep why, and look again at `look_at`."""
+    return deps.store.update(batch, {"last_error": f"{type(exc).__name__}: {exc}"[:500], **due_fields(look_at)})
+
+
+def record_provider_status(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, look_at: float) -> dict[str, Any]:
+    """Only the provider's own word for the batch's state (a batch past its timeout, whose job the
+    watchdog ends), and look again at `look_at`."""
+    return deps.store.update(batch, {"provider_status": status.provider_status, **due_fields(look_at)})
+
+
+def record_running(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, look_at: float) -> dict[str, Any]:
+    """What the provider says of a batch still running, and look again at `look_at`."""
+    return deps.store.update(batch, {**_status_changes(batch, status), **due_fields(look_at)})
+
+
+def record_ended(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> dict[str, Any]:
+    """The batch ended. It stays in the poll's index until its job has been looked at for hand-over
+    (then `leave_due`), so a poll that dies in between leaves the step for the next one."""
+    return deps.store.update(batch, {**_status_changes(batch, status), "ended_at": iso(now)})
+
+
+def _status_changes(batch: dict[str, Any], status: m.BatchStatus) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "status": status.state,
+        "provider_status": status.provider_status,
+        "progress": {"total": status.total, "done": status.done, "failed": status.failed},
+        "checks": int(batch.get("checks", 0)) + 1,
+    }
+    if status.error:
+        changes["error"] = status.error
+    return changes
+
+
+def look_soon(deps: Deps, batch: dict[str, Any], at: float) -> None:
+    """Due for the poll's look at `at` (a cancel was asked for)."""
+    deps.store.update(batch, due_fields(at))
+
+
+def leave_due(deps: Deps, batch: dict[str, Any]) -> None:
+    """Out of the poll's index: the batch ended and its job was looked at for hand-over."""
+    deps.store.update(batch, {}, remove=NOT_DUE)
