@@ -1,7 +1,8 @@
-"""Shared test helpers: line builders and a driver for the embedded stack."""
+"""Shared test helpers: the embedded stack on the session's moto server, and a driver for it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,6 +17,43 @@ from batchdrop.local.dispatcher import Dispatcher
 # The emulator tests' clock: a fixed start, moved on by hand; and their batches' processing time.
 START = 1_750_000_000.0
 LATENCY = 100.0
+
+
+_moto: Any = None
+
+
+def shared_moto_endpoint() -> str:
+    """One moto server for the whole test process, started on first use.
+
+    moto keeps its accounts per process, not per server, so a second server would add nothing but
+    its start and its half-second stop: every stack's start empties the account (moto-api/reset).
+    """
+    global _moto
+    if _moto is None:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        _moto = server
+    host, port = _moto.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+def stop_shared_moto() -> None:
+    global _moto
+    if _moto is not None:
+        _moto.stop()
+        _moto = None
+
+
+def local_stack(options: s.StackOptions | None = None) -> s.LocalStack:
+    """A `LocalStack` on the session's moto server, cleaned as it starts: an empty account with the
+    resources created anew, a new emulator (its own state and knobs), and the environment set from
+    these options and put back as it stops. One stack at a time, as before: moto's state is per process."""
+    options = options or s.StackOptions()
+    if options.external_aws is None:
+        options = dataclasses.replace(options, external_aws=shared_moto_endpoint())
+    return s.LocalStack(options)
 
 
 class FakeClock:
