@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,6 +13,13 @@ from batchdrop import models as m
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
+
+# The line builders and file writers live in tests/lines.py; named here too, as the stack tests import them.
+from tests.lines import anthropic_line as anthropic_line
+from tests.lines import jsonl as jsonl
+from tests.lines import neutral_line as neutral_line
+from tests.lines import openai_line as openai_line
+from tests.lines import read_jsonl
 
 # The emulator tests' clock: a fixed start, moved on by hand; and their batches' processing time.
 START = 1_750_000_000.0
@@ -65,44 +72,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def openai_line(custom_id: str, model: str = "gpt-4o-mini", text: str = "hello", **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
-    }
-
-
-def anthropic_line(
-    custom_id: str, model: str = "claude-haiku-4-5", text: str = "hello", **params: Any
-) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "params": {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}], **params},
-    }
-
-
-def neutral_line(model: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-
-def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
-    out = []
-    for line in lines:
-        if isinstance(line, bytes):
-            out.append(line)
-        elif isinstance(line, str):
-            out.append(line.encode())
-        else:
-            out.append(orjson.dumps(line))
-    return b"\n".join(out) + b"\n"
-
-
-def read_jsonl(data: bytes) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def drive(

@@ -11,7 +11,7 @@ import pytest
 from batchdrop import models as m
 from batchdrop.outputs import extract
 from batchdrop.validation import BEDROCK_ANTHROPIC_VERSION, bedrock_to_anthropic
-from tests.unit.lines import accept, neutral_line, reject, validator
+from tests.lines import accept, neutral_line, reject, validator
 
 
 def body_of(request: m.Request) -> dict[str, Any]:
