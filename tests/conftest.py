@@ -27,7 +27,9 @@ TESTS = Path(__file__).parent
 TIERS = ("unit", "emulator", "integration", "infra", "e2e")
 
 
-def tier_of(path: Path) -> str:
+def tier_of(path: Path) -> str | None:
+    if not path.is_relative_to(TESTS):
+        return None  # collected from elsewhere on the command line: no tier
     folder = path.relative_to(TESTS).parts[0]
     if folder == "integration" and path.name.startswith("test_emulator_"):
         return "emulator"
@@ -38,7 +40,9 @@ def tier_of(path: Path) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(tier_of(Path(str(item.path))))
+        tier = tier_of(Path(item.path))
+        if tier is not None:
+            item.add_marker(tier)
 
 
 # -- botocore's service data, parsed once per test process -------------------------------------------
