@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION = 20
 
-.PHONY: demo test lint types unit synth bench clean
+.PHONY: demo test lint types unit emulator integration infra e2e synth bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,21 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
+# One target per test tier (markers given in tests/conftest.py by folder); `make test` runs them all.
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m unit tests/unit
+
+emulator: $(STAMP)
+	$(BIN)/pytest -q -m emulator tests/integration
+
+integration: $(STAMP)
+	$(BIN)/pytest -q -m integration tests/integration
+
+infra: $(STAMP)
+	$(BIN)/pytest -q -m infra tests/infra
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q -m e2e tests/e2e
 
 test: lint types
 	$(BIN)/pytest -q

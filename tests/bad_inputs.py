@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from batchdrop import models as m
-from tests.helpers import anthropic_line, neutral_line, openai_line
+from tests.lines import anthropic_line, neutral_line, openai_line
 
 OK = "ok"
 MB = 1024 * 1024

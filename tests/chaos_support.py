@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from batchdrop import models as m
 from batchdrop.local.run import RunReport
-from tests.helpers import read_jsonl
+from tests.lines import anthropic_line, neutral_line, openai_line, read_jsonl
 
 
 def write_corpus(folder: Path, files: int, max_lines: int, seed: int, bad_rate: float = 0.1) -> list[str]:
@@ -25,27 +24,12 @@ def write_corpus(folder: Path, files: int, max_lines: int, seed: int, bad_rate: 
         for i in range(rng.randint(1, max_lines)):
             cid = f"s{seed}-f{f}-r{i}"
             if kind == "openai":
-                line: dict[str, Any] = {
-                    "custom_id": cid,
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]},
-                }
+                line = openai_line(cid, text=f"q{i}")
             elif kind == "anthropic":
-                line = {
-                    "custom_id": cid,
-                    "params": {
-                        "model": "claude-haiku-4-5",
-                        "max_tokens": 32,
-                        "messages": [{"role": "user", "content": f"q{i}"}],
-                    },
-                }
+                line = anthropic_line(cid, text=f"q{i}", max_tokens=32)
             else:
-                line = {
-                    "custom_id": cid,
-                    "model": rng.choice(["gpt-4o-mini", "gpt-4.1-nano", "claude-haiku-4-5"]),
-                    "messages": [{"role": "user", "content": f"q{i}"}],
-                }
+                model = rng.choice(["gpt-4o-mini", "gpt-4.1-nano", "claude-haiku-4-5"])
+                line = neutral_line(model, f"q{i}", custom_id=cid)
             roll = rng.random()
             if roll < bad_rate / 2:
                 lines.append(b"{not json")

@@ -1,9 +1,10 @@
-"""Shared test helpers: line builders and a driver for the embedded stack."""
+"""Shared test helpers: the embedded stack on the session's moto server, and a driver for it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,9 +14,53 @@ from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 
+# The line builders and file writers live in tests/lines.py; named here too, as the stack tests import them.
+from tests.lines import anthropic_line as anthropic_line
+from tests.lines import jsonl as jsonl
+from tests.lines import neutral_line as neutral_line
+from tests.lines import openai_line as openai_line
+from tests.lines import read_jsonl
+
 # The emulator tests' clock: a fixed start, moved on by hand; and their batches' processing time.
 START = 1_750_000_000.0
 LATENCY = 100.0
+
+
+_moto: Any = None
+
+
+def shared_moto_endpoint() -> str:
+    """One moto server for the whole test process, started on first use.
+
+    moto keeps its accounts per process, not per server, so a second server would add nothing but
+    its start and its half-second stop: every stack's start empties the account (moto-api/reset).
+    """
+    global _moto
+    if _moto is None:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        _moto = server
+    host, port = _moto.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+def stop_shared_moto() -> None:
+    global _moto
+    if _moto is not None:
+        _moto.stop()
+        _moto = None
+
+
+def local_stack(options: s.StackOptions | None = None) -> s.LocalStack:
+    """A `LocalStack` on the session's moto server, cleaned as it starts: an empty account with the
+    resources created anew, a new emulator (its own state and knobs), and the environment set from
+    these options and put back as it stops. One stack at a time, as before: moto's state is per process."""
+    options = options or s.StackOptions()
+    if options.external_aws is None:
+        options = dataclasses.replace(options, external_aws=shared_moto_endpoint())
+    return s.LocalStack(options)
 
 
 class FakeClock:
@@ -27,44 +72,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def openai_line(custom_id: str, model: str = "gpt-4o-mini", text: str = "hello", **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
-    }
-
-
-def anthropic_line(
-    custom_id: str, model: str = "claude-haiku-4-5", text: str = "hello", **params: Any
-) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "params": {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}], **params},
-    }
-
-
-def neutral_line(model: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-
-def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
-    out = []
-    for line in lines:
-        if isinstance(line, bytes):
-            out.append(line)
-        elif isinstance(line, str):
-            out.append(line.encode())
-        else:
-            out.append(orjson.dumps(line))
-    return b"\n".join(out) + b"\n"
-
-
-def read_jsonl(data: bytes) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def drive(

@@ -14,13 +14,22 @@ from batchdrop.handlers.submit import handler as submit_handler
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
-from tests.helpers import all_jobs_final, assert_accounting, drive, jsonl, neutral_line, openai_line, outputs_of
+from tests.helpers import (
+    all_jobs_final,
+    assert_accounting,
+    drive,
+    jsonl,
+    local_stack,
+    neutral_line,
+    openai_line,
+    outputs_of,
+)
 from tests.integration.test_pipeline import Crash, crash_once_at, only_job, s3_event_bodies
 
 
 @pytest.fixture
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
     use_deps(None)
 

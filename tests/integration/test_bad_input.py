@@ -26,7 +26,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, Invocation
 from batchdrop.local.emulator import EmulatorKnobs
 from tests.bad_inputs import CASES, OK, Case, Outcome, join, oa
-from tests.helpers import all_notifications, assert_accounting, drive, ended, jobs_by_key, outputs_of
+from tests.helpers import all_notifications, assert_accounting, drive, ended, jobs_by_key, local_stack, outputs_of
 
 STAGE_VALIDATION = {*m.VALIDATION_CODES, m.FILE_REJECTED}
 
@@ -39,7 +39,7 @@ class Corpus:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
     use_deps(None)
 

@@ -44,17 +44,6 @@ JOB_ARN = re.compile(r"arn:aws:bedrock:us-east-1:123456789012:model-invocation-j
 # -- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An empty moto account with our bucket; boto3 (and the emulator's S3 client) point at it."""

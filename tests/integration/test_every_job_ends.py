@@ -26,7 +26,16 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LambdaCrash
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
-from tests.helpers import all_jobs_final, all_notifications, assert_accounting, drive, jsonl, neutral_line, outputs_of
+from tests.helpers import (
+    all_jobs_final,
+    all_notifications,
+    assert_accounting,
+    drive,
+    jsonl,
+    local_stack,
+    neutral_line,
+    outputs_of,
+)
 
 MODELS = {
     "openai": "gpt-4o-mini",
@@ -41,7 +50,7 @@ MIN_RECORDS = 2
 
 def make_stack(knobs: EmulatorKnobs | None = None, **options: Any) -> s.LocalStack:
     options.setdefault("bedrock_min_records", MIN_RECORDS)
-    return s.LocalStack(s.StackOptions(knobs=knobs or EmulatorKnobs(latency=0.0), **options))
+    return local_stack(s.StackOptions(knobs=knobs or EmulatorKnobs(latency=0.0), **options))
 
 
 @pytest.fixture

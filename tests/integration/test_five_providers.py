@@ -25,6 +25,7 @@ from tests.helpers import (
     ended,
     jobs_by_key,
     jsonl,
+    local_stack,
     neutral_line,
     outputs_of,
 )
@@ -43,7 +44,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
     options: dict[str, Any] = dict(getattr(request, "param", {}))
     knobs = options.pop("knobs", EmulatorKnobs(latency=0.0))
     options.setdefault("bedrock_min_records", MIN_RECORDS)
-    with s.LocalStack(s.StackOptions(knobs=knobs, **options)) as local:
+    with local_stack(s.StackOptions(knobs=knobs, **options)) as local:
         yield local
     use_deps(None)
 

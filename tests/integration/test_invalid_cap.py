@@ -13,7 +13,7 @@ from batchdrop.config import ENV_MAX_INVALID_LINES
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
-from tests.helpers import all_jobs_final, assert_accounting, drive, jsonl, openai_line, outputs_of
+from tests.helpers import all_jobs_final, assert_accounting, drive, jsonl, local_stack, openai_line, outputs_of
 
 SEGMENT = 2048  # bytes: about 20 lines a segment
 
@@ -23,7 +23,7 @@ def stack() -> Iterator[s.LocalStack]:
     options = s.StackOptions(
         knobs=EmulatorKnobs(latency=0.0), segment_bytes=SEGMENT, extra_env={ENV_MAX_INVALID_LINES: "5"}
     )
-    with s.LocalStack(options) as local:
+    with local_stack(options) as local:
         yield local
 
 

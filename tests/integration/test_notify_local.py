@@ -17,12 +17,13 @@ from batchdrop.adapters.notify import Notifier
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
+from tests.helpers import local_stack
 from tests.unit.test_notify import JOB_ID, SNS_LIMIT, SUMMARY_URI, batch, sns_size, summary
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
 
 

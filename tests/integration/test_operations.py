@@ -22,6 +22,7 @@ from tests.helpers import (
     assert_accounting,
     drive,
     jsonl,
+    local_stack,
     openai_line,
     outputs_of,
     read_jsonl,
@@ -39,7 +40,7 @@ def clock() -> FakeClock:
 def stack(clock: FakeClock) -> Iterator[s.LocalStack]:
     # The emulator's batches run on a clock the tests move, so a cancel lands while some requests
     # have finished and others have not, however busy the machine is.
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=LATENCY, seed=3), clock=clock)) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=LATENCY, seed=3), clock=clock)) as local:
         yield local
 
 

@@ -29,6 +29,7 @@ from tests.helpers import (
     assert_accounting,
     drive,
     jsonl,
+    local_stack,
     neutral_line,
     openai_line,
     outputs_of,
@@ -38,7 +39,7 @@ from tests.helpers import (
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
     options = getattr(request, "param", None) or s.StackOptions(knobs=EmulatorKnobs(latency=0.0))
-    with s.LocalStack(options) as local:
+    with local_stack(options) as local:
         yield local
     use_deps(None)
 
@@ -450,7 +451,7 @@ def test_a_submit_killed_without_a_retry_is_finished_by_the_poll(stack: s.LocalS
 def test_anthropic_errored_and_expired_results_land_in_errors_with_their_codes(
     knobs: EmulatorKnobs, codes: set[str]
 ) -> None:
-    with s.LocalStack(s.StackOptions(knobs=knobs, max_attempts=1)) as stack:
+    with local_stack(s.StackOptions(knobs=knobs, max_attempts=1)) as stack:
         stack.put("inputs/claude.jsonl", jsonl([anthropic_line(f"c{i}") for i in range(12)]))
         store = JobStore(s.TABLE)
         drive(Dispatcher(stack), all_jobs_final(store, 1))
@@ -467,7 +468,7 @@ def test_a_canceled_anthropic_job_reports_canceled_requests() -> None:
 
     # The emulator's clock stands still: no request can finish before the cancel, however slow the run.
     clock = FakeClock(time.time())
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=30.0), clock=clock)) as stack:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=30.0), clock=clock)) as stack:
         stack.put("inputs/claude-cancel.jsonl", jsonl([anthropic_line(f"c{i}") for i in range(6)]))
         dispatcher = Dispatcher(stack)
         dispatcher.deliver_uploads()

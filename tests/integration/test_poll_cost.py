@@ -17,13 +17,13 @@ from batchdrop.handlers.poll import handler as poll_handler
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
-from tests.helpers import jsonl, openai_line
+from tests.helpers import jsonl, local_stack, openai_line
 
 
 @pytest.fixture
 def stack() -> Iterator[s.LocalStack]:
     # Batches that stay in progress for the whole test
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as local:
         yield local
 
 
@@ -74,7 +74,7 @@ def test_a_poll_makes_the_same_aws_calls_with_10_or_1000_finished_jobs(stack: s.
     few, report = calls_of_one_poll(stack, 10)
     # the 3 active batches, and the 3 jobs just submitted, each looked at once as a whole soon after
     assert report["looked_at"] == 6
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as other:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=3600))) as other:
         many, report_many = calls_of_one_poll(other, 1000)
     assert report_many["looked_at"] == 6
     assert many == few

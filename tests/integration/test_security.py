@@ -37,6 +37,7 @@ from tests.helpers import (
     ended,
     jobs_by_key,
     jsonl,
+    local_stack,
     neutral_line,
     openai_line,
     outputs_of,
@@ -51,7 +52,7 @@ def stack() -> Iterator[s.LocalStack]:
     # functions' environment, as the CDK stack would.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("POWERTOOLS_LOG_LEVEL", "DEBUG")
-        with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+        with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
             yield local
     use_deps(None)
 

@@ -14,7 +14,16 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
 from tests.chaos_support import non_blank_lines
-from tests.helpers import all_jobs_final, anthropic_line, assert_accounting, drive, jsonl, openai_line, outputs_of
+from tests.helpers import (
+    all_jobs_final,
+    anthropic_line,
+    assert_accounting,
+    drive,
+    jsonl,
+    local_stack,
+    openai_line,
+    outputs_of,
+)
 
 SEGMENT = 2048  # bytes: a 20 kB file is planned in about ten invocations
 
@@ -32,7 +41,7 @@ def options(lease_seconds: int = 30) -> s.StackOptions:
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[s.LocalStack]:
-    with s.LocalStack(getattr(request, "param", None) or options()) as local:
+    with local_stack(getattr(request, "param", None) or options()) as local:
         yield local
 
 

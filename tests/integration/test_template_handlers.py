@@ -17,6 +17,7 @@ from batchdrop.config import Settings
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
+from tests.helpers import local_stack
 from tests.infra.synth_support import synth
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -34,7 +35,7 @@ def functions() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
 
 

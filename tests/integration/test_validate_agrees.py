@@ -26,7 +26,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
 from tests.bad_inputs import CASES
-from tests.helpers import jobs_by_key, read_jsonl
+from tests.helpers import jobs_by_key, local_stack, read_jsonl
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 COUNTS = re.compile(r"(\d+) lines, (\d+) valid, (\d+) invalid")
@@ -41,7 +41,7 @@ def corpus() -> list[tuple[str, str, bytes]]:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=0.0))) as local:
         yield local
     use_deps(None)
 

@@ -26,12 +26,12 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LocalContext
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
-from tests.helpers import jsonl, openai_line, outputs_of
+from tests.helpers import jsonl, local_stack, openai_line, outputs_of
 
 
 @pytest.fixture
 def stack() -> Iterator[s.LocalStack]:
-    with s.LocalStack(s.StackOptions(knobs=EmulatorKnobs(latency=1.0))) as local:
+    with local_stack(s.StackOptions(knobs=EmulatorKnobs(latency=1.0))) as local:
         yield local
 
 

@@ -12,7 +12,7 @@ from batchdrop import models as m
 from batchdrop.outputs import extract
 from batchdrop.providers.bedrock import ANTHROPIC_VERSION as BEDROCK_ANTHROPIC_VERSION
 from batchdrop.providers.bedrock import bedrock_to_anthropic
-from tests.unit.lines import accept, neutral_line, reject, validator
+from tests.lines import accept, neutral_line, reject, validator
 
 
 def body_of(request: m.Request) -> dict[str, Any]:

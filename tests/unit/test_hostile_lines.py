@@ -16,7 +16,7 @@ from batchdrop import models as m
 from batchdrop.pricing import estimate_tokens
 from batchdrop.scan import scan
 from batchdrop.validation import MAX_DEPTH, MAX_TOKENS, NoIds, Validator
-from tests.unit.lines import anthropic_line, dumps, neutral_line, openai_line, reject, validator
+from tests.lines import anthropic_line, dumps, neutral_line, openai_line, reject, validator
 
 MSGS = b'[{"role":"user","content":"hi"}]'
 

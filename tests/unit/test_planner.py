@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from batchdrop import models as m
 from batchdrop.config import BatchLimits
 from batchdrop.planner import ENVELOPE_BYTES, BatchPlanner, PlannedBatch
-from tests.unit.lines import anthropic_line, neutral_line, openai_line, validator
+from tests.lines import anthropic_line, neutral_line, openai_line, validator
 
 
 def openai_request(n: int, model: str = "gpt-4o-mini", url: str = "/v1/chat/completions", size: int = 0) -> m.Request:

@@ -12,7 +12,7 @@ from batchdrop import models as m
 from batchdrop.dedup import Duplicate, DuplicateFinder
 from batchdrop.scan import scan
 from batchdrop.validation import NoIds
-from tests.unit.lines import anthropic_line, dumps, openai_line, validator
+from tests.lines import anthropic_line, dumps, openai_line, validator
 
 _LINES = [
     *(dumps(openai_line(f"o{i}")) for i in range(6)),

@@ -14,7 +14,7 @@ from batchdrop.config import DEFAULT_MAX_GZIP_RATIO, DEFAULT_MAX_INVALID_LINES
 from batchdrop.dedup import Duplicate
 from batchdrop.scan import ScanResult, duplicate_error, scan
 from batchdrop.validation import NoIds
-from tests.unit.lines import dumps, neutral_line, openai_line, validator
+from tests.lines import dumps, neutral_line, openai_line, validator
 
 MB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from batchdrop.config import PROVIDER_DEFAULT_LIMITS, BatchLimits, parse_routes
 from batchdrop.planner import ENVELOPE_BYTES
 from batchdrop.reader import BOM, LineTooLong, iter_lines
 from batchdrop.validation import NoIds, Validator
-from tests.unit.lines import accept, anthropic_line, dumps, neutral_line, openai_line, payload, reject, validator
+from tests.lines import accept, anthropic_line, dumps, neutral_line, openai_line, payload, reject, validator
 
 MB = 1024 * 1024
 

@@ -1,8 +1,13 @@
-"""Builders of realistic input lines and a validator with the documented provider limits."""
+"""The one set of input-line builders and file writers the tests use, and verdicts on single lines.
+
+Builders return a line as a dict (a test can still break it); `jsonl` writes lines as a file's bytes.
+Tests of one provider's own shapes (tests/unit/test_gemini_bedrock_lines.py, the emulator contract
+tests) spell their lines out where the shape is what they test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -11,6 +16,8 @@ from batchdrop import models as m
 from batchdrop.config import PROVIDER_DEFAULT_LIMITS, BatchLimits
 from batchdrop.reader import LineTooLong
 from batchdrop.validation import Validator
+
+# -- builders ---------------------------------------------------------------------------------------
 
 
 def openai_line(
@@ -37,8 +44,31 @@ def neutral_line(model: str = "gpt-4o-mini", text: str = "hello", **extra: Any) 
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
+# -- files ------------------------------------------------------------------------------------------
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
+    """A JSONL file: dicts serialised, str and bytes lines written as they are, each ended by a newline."""
+    out = []
+    for line in lines:
+        if isinstance(line, bytes):
+            out.append(line)
+        elif isinstance(line, str):
+            out.append(line.encode())
+        else:
+            out.append(orjson.dumps(line))
+    return b"\n".join(out) + b"\n"
+
+
+def read_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+# -- verdicts on one line ---------------------------------------------------------------------------
 
 
 def validator(
@@ -46,6 +76,7 @@ def validator(
     folder_provider: str | None = None,
     **kwargs: Any,
 ) -> Validator:
+    """A validator with the documented provider limits."""
     return Validator(
         providers=dict(PROVIDER_DEFAULT_LIMITS if providers is None else providers),
         folder_provider=folder_provider,
