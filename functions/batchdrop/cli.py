@@ -450,20 +450,17 @@ def emulator(
     transient_error_rate: float,
     seed: int,
 ) -> None:
-    """Serve the provider emulator alone: OpenAI Files/Batches (also as Azure OpenAI), Anthropic Message
-    Batches, Gemini Batch Mode and Bedrock batch inference's control plane."""
+    """Serve the provider emulator alone: every provider's batch API (OpenAI's also as Azure OpenAI's),
+    as the official SDKs call it."""
     from batchdrop.local.emulator import ProviderEmulator
 
     knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
     emu = ProviderEmulator(knobs, host=host, port=port).start()
-    console.print(f"OpenAI base URL:    [bold]{emu.openai_base_url}[/]")
-    console.print(f"Anthropic base URL: [bold]{emu.anthropic_base_url}[/]")
-    console.print(f"Azure endpoint:     [bold]{emu.base_url}[/] (AzureOpenAI(azure_endpoint=...))")
-    console.print(f"Gemini base URL:    [bold]{emu.base_url}[/] (genai.Client(http_options={{'base_url': ...}}))")
-    console.print(
-        f"Bedrock endpoint:   [bold]{emu.base_url}[/] (AWS_ENDPOINT_URL_BEDROCK; job files go to the S3 "
-        "that AWS_ENDPOINT_URL names)"
-    )
+    reach = [line for plugin in emu.plugins for line in plugin.reach(emu.base_url)]
+    width = max(len(what) for what, _ in reach) + 2
+    for what, how in reach:
+        base, _, note = how.partition(" ")
+        console.print(f"{what + ':':<{width}}[bold]{base}[/]" + (f" {note}" if note else ""))
     console.print("Any non-empty API key is accepted. Ctrl-C to stop.")
     try:
         while True:

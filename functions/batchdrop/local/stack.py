@@ -48,7 +48,7 @@ class StackOptions:
     knobs: EmulatorKnobs = field(default_factory=EmulatorKnobs)
     on_invalid: str = "skip"
     max_attempts: int = 2
-    providers: tuple[str, ...] = ("openai", "anthropic", "azure", "gemini", "bedrock")
+    providers: tuple[str, ...] = tuple(SPECS)
     # Bedrock's minimum records per job, for the emulator and the functions alike (AWS: 100 by default).
     bedrock_min_records: int = 100
     bedrock_fallback: str | None = None

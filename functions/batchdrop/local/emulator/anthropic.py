@@ -66,6 +66,9 @@ class AnthropicEmulation(Plugin):
             ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/results"), self._results),
         ]
 
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        return [("Anthropic base URL", base_url)]
+
     def authorised(self, request: Request) -> bool:
         return has_api_key(request)
 

@@ -271,6 +271,14 @@ class BedrockEmulation(Plugin):
             ("GET", re.compile(r"/model-invocation-job/(?P<identifier>.+)"), self._handled(self._get)),
         ]
 
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        return [
+            (
+                "Bedrock endpoint",
+                f"{base_url} (AWS_ENDPOINT_URL_BEDROCK; job files go to the S3 that AWS_ENDPOINT_URL names)",
+            )
+        ]
+
     def authorised(self, request: Request) -> bool:
         """boto3 signs with SigV4 (any signature passes), or sends a Bedrock API key as a bearer token."""
         authorization = request.headers.get("Authorization", "")

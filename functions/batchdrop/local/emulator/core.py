@@ -92,6 +92,10 @@ class Plugin(ABC):
     def write_results(self, batch: Batch) -> None:
         """Called once a batch has ended with its outcomes drawn (never for a failed batch)."""
 
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        """How a client points at this plugin, for the `batchdrop emulator` command: (what, how)."""
+        return []
+
     def workers(self) -> list[Callable[[], None]]:
         """What runs on background threads once the emulator `start`s (each returns when it stops serving)."""
         return []

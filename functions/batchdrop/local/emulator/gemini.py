@@ -188,6 +188,9 @@ class GeminiEmulation(Plugin):
             ("POST", re.compile(rf"/{v}/batches/{batch_id}:cancel"), self._cancel_batch),
         ]
 
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        return [("Gemini base URL", f"{base_url} (genai.Client(http_options={{'base_url': ...}}))")]
+
     def authorised(self, request: Request) -> bool:
         # The upload URL carries the session (`upload_id`): the SDK sends the chunks without the key.
         if request.path.startswith(f"/upload/{API_VERSION}/files") and request.args.get("upload_id"):

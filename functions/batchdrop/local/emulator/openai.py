@@ -333,6 +333,12 @@ class OpenAIEmulation(Plugin):
             ("POST", re.compile(r"/v1/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
         ]
 
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        return [
+            ("OpenAI base URL", f"{base_url}/v1"),
+            ("Azure endpoint", f"{base_url} (AzureOpenAI(azure_endpoint=...))"),
+        ]
+
     def authorised(self, request: Request) -> bool:
         return has_api_key(request)
 
