@@ -42,11 +42,6 @@ class _NoTracer:
             return lambda h: h
         return handler
 
-    def capture_method(self, method: Any = None, **_: Any) -> Any:
-        if method is None:
-            return lambda f: f
-        return method
-
 
 def _tracer() -> Any:
     if os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() in ("1", "true", "yes"):
