@@ -324,17 +324,9 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
     from rich.markup import escape
 
     from batchdrop.config import ConfigError, tmpdir
+    from batchdrop.estimate import EXACT_FIRST, SAMPLE_EVERY, Estimate
     from batchdrop.outputs import validation_error
-    from batchdrop.planning import (
-        EXACT_FIRST,
-        SAMPLE_EVERY,
-        Estimate,
-        LocalBatches,
-        offline_settings,
-        plan_segment,
-        rejection,
-        settle,
-    )
+    from batchdrop.planning import LocalBatches, offline_settings, plan_segment, rejection, settle
     from batchdrop.pricing import CostMeter, price_table
     from batchdrop.reader import iter_chunks
 

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from batchdrop import models as m
 from batchdrop.config import BatchLimits
+from batchdrop.estimate import Estimate
 from batchdrop.planner import SIZES_INDEX, BatchPlanner, PlannedBatch
-from batchdrop.planning import Estimate, LocalBatches, offline_settings, plan_segment, settle
+from batchdrop.planning import LocalBatches, offline_settings, plan_segment, settle
 from batchdrop.pricing import CostMeter, estimate_tokens, price_table
 from batchdrop.scan import ScanResult
 
@@ -163,3 +164,22 @@ def test_the_estimate_prices_each_model_once_and_is_null_for_an_unknown_one() ->
     unknown = Estimate(CostMeter(price_table({})))
     unknown.add_many([m.Request(1, "a", "openai", "", "no-such-model", compact(line))])
     assert unknown.summary()["batch"] is None
+
+
+def test_past_its_first_requests_the_estimate_samples_and_says_so() -> None:
+    lines = [
+        compact({"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": "gpt-4o-mini", "max_tokens": 50,
+                          "messages": [{"role": "user", "content": "q" * (100 + n % 7)}]}})
+        for n in range(2000)
+    ]  # fmt: skip
+    requests = [m.Request(n, f"r{n}", "openai", "", "gpt-4o-mini", line) for n, line in enumerate(lines, 1)]
+    exact = Estimate(CostMeter(price_table({})), exact_first=len(requests))
+    sampled = Estimate(CostMeter(price_table({})), exact_first=100)
+    for start in range(0, len(requests), 500):
+        exact.add_many(requests[start : start + 500])
+        sampled.add_many(requests[start : start + 500])
+    assert not exact.sampled
+    assert sampled.sampled
+    assert sampled.output_tokens == exact.output_tokens == 50 * len(requests)
+    assert abs(sampled.input_tokens - exact.input_tokens) <= exact.input_tokens * 0.01
