@@ -17,7 +17,7 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchdrop import models as m
 from batchdrop.config import (
@@ -32,11 +32,13 @@ from batchdrop.config import (
     Settings,
 )
 from batchdrop.dedup import Duplicate, DuplicateFinder
-from batchdrop.estimate import Estimate
 from batchdrop.planner import ENVELOPE_BYTES, SIZES_INDEX, BatchPlanner, PlannedBatch, rebalance
 from batchdrop.providers import SPECS
 from batchdrop.scan import ScanResult, duplicate_error, scan
 from batchdrop.validation import NoIds, Validator
+
+if TYPE_CHECKING:  # only `batchdrop validate` estimates: the submit function never loads it
+    from batchdrop.estimate import Estimate
 
 Report = Callable[[m.Invalid], None]
 StoreBatch = Callable[[PlannedBatch], None]
