@@ -7,12 +7,11 @@ per line, no model objects, and a line already in its provider's format is passe
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
@@ -23,7 +22,7 @@ from batchdrop.planner import ENVELOPE_BYTES
 from batchdrop.providers import SPECS
 from batchdrop.providers.lines import (
     BODY_RULE,
-    MAX_TOKENS,
+    CUSTOM_ID,
     Reject,
     check_messages,
     json_type,
@@ -32,133 +31,10 @@ from batchdrop.providers.lines import (
     short,
     shown,
 )
-from batchdrop.providers.openai import Endpoint as _Endpoint
 from batchdrop.reader import LineTooLong
 
-CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ID_OK = CUSTOM_ID.fullmatch
 # A block's custom_ids joined by newlines, checked in one match instead of one per line.
-_IDS_OK = re.compile(r"(?:[A-Za-z0-9_-]{1,64}\n)*[A-Za-z0-9_-]{1,64}").fullmatch
-
-
-# The schemas of the fast path: only the fields we check, and the checks msgspec makes in C for free
-# while it decodes (methods, endpoints, non-empty models). Every value a schema admits is typed and
-# every object forbids fields it does not name: msgspec range-checks the numbers it decodes, but not
-# those it skips, so a skipped `1e999` (which orjson, the providers and our own sending refuse) would
-# pass. A line with any other field or shape (content blocks, tools, images) goes to the full check,
-# which is slower but sees everything. A byte-level pre-check for such numbers was measured instead: a
-# regex costs 10 to 50 times the whole validation of a 2 KB line, `bytes.translate` about as much as
-# the validation itself. Typed, nothing can nest deeper than a few levels, so msgspec never recurses
-# far. The id pattern is checked in Python: msgspec's `pattern` costs more than a compiled fullmatch.
-# As nothing is skipped, msgspec also checks the UTF-8 of the whole line (it checks every string it
-# decodes; keys and literals must match ASCII names): the lines need no UTF-8 check of their own, a
-# pass over every byte (6% of the instructions on a 2 KB line, 2% on a 400-byte one, by cachegrind).
-# A prompt is decoded into a str. Held as msgspec.Raw instead (not copied), with a check that it starts
-# with a quote (a JSON string hides no number), it cost more than it saved: the str of a 2 KB prompt
-# costs about 425 instructions, reading the first byte of a Raw (struct.unpack_from, memoryview) 600
-# to 1,400 a message.
-_Model = Annotated[str, msgspec.Meta(min_length=1)]
-_Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
-_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-_Strings = str | list[str]
-
-
-class _TextPart(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    type: Literal["text"]
-    text: str
-
-
-_Content = str | list[_TextPart]
-
-
-class _OpenAIMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    role: str
-    content: _Content | None = None
-    name: str | None = None
-
-
-class _OpenAIBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    model: _Model
-    stream: bool | None = None
-    messages: list[_OpenAIMessage] | None = None
-    input: _Strings | None = None
-    prompt: _Strings | None = None
-    instructions: str | None = None
-    max_tokens: _Count | None = None
-    max_completion_tokens: _Count | None = None
-    max_output_tokens: _Count | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: _Count | None = None
-    seed: _Int | None = None
-    stop: _Strings | None = None
-    user: str | None = None
-    logprobs: bool | None = None
-    top_logprobs: _Int | None = None
-    store: bool | None = None
-    reasoning_effort: str | None = None
-    service_tier: str | None = None
-    dimensions: _Count | None = None
-    encoding_format: str | None = None
-
-
-class _OpenAILine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    custom_id: str
-    method: Literal["POST"]
-    url: _Endpoint
-    body: _OpenAIBody
-
-
-class _OpenAIChat(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The fields of `_OpenAIBody` a chat line mostly sets, tried first by the block paths: msgspec
-    fills in and frees every field a struct has, set or not."""
-
-    model: _Model
-    stream: bool | None = None
-    messages: list[_OpenAIMessage] | None = None
-    max_tokens: _Count | None = None
-    max_completion_tokens: _Count | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-
-
-class _OpenAIChatLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    custom_id: str
-    method: Literal["POST"]
-    url: _Endpoint
-    body: _OpenAIChat
-
-
-class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    role: str
-    content: _Content
-
-
-class _AnthropicParams(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    model: _Model
-    messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
-    max_tokens: _Count | None = None
-    stream: bool | None = None
-    system: _Content | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: _Int | None = None
-    stop_sequences: list[str] | None = None
-
-
-class _AnthropicLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    custom_id: str
-    params: _AnthropicParams
-
-
-_OPENAI_LINE = msgspec.json.Decoder(_OpenAILine).decode
-_ANTHROPIC_LINE = msgspec.json.Decoder(_AnthropicLine).decode
-_OPENAI_LINES = msgspec.json.Decoder(list[_OpenAILine | int]).decode
-_CHAT_LINE = msgspec.json.Decoder(_OpenAIChatLine).decode
-_CHAT_LINES = msgspec.json.Decoder(list[_OpenAIChatLine | int]).decode
-_ANTHROPIC_LINES = msgspec.json.Decoder(list[_AnthropicLine | int]).decode
+_IDS_OK = re.compile(rf"(?:{CUSTOM_ID.pattern}\n)*{CUSTOM_ID.pattern}").fullmatch
 # After a block that could not be decoded whole (a mixed or damaged file), this many blocks are
 # checked line by line before trying again: a failed try costs at most a partial decode.
 BLOCK_RETRY = 8
@@ -198,6 +74,8 @@ _ID_FIELDS = tuple(dict.fromkeys(("custom_id", *(s.line.id_field for s in SPECS.
 _MODEL_CACHE = 256
 # A neutral line's translation into each provider's line.
 _TRANSLATE = {s.name: s.translate for s in SPECS.values() if s.translate is not None}
+# The line shapes with a fast path, in the registry's order: (its owner, its fast path).
+_FAST = tuple((s.name, s.fast) for s in SPECS.values() if s.fast is not None)
 
 
 @dataclass
@@ -215,22 +93,21 @@ class Validator:
     def __post_init__(self) -> None:
         # Read once per file rather than per line: the fast path runs a million times on a large one.
         self._targets = {owner: self._target(owner) for _, owner, _ in _SHAPES}
-        self._openai = self.openai_target
-        self._openai_max = _max_payload(self.providers.get(self._openai))
-        self._anthropic_max = _max_payload(self.providers.get("anthropic"))
-        self._remember = not isinstance(self.seen, NoIds)
+        # Each fast path: (its marker, itself, where its lines go, the longest payload it may pass).
+        self._fast = tuple(
+            (fast.marker, fast, target, _max_payload(self.providers.get(target)))
+            for owner, fast in _FAST
+            for target in (self._target(owner),)
+        )
+        # Whether `seen` remembers ids (read by the fast paths, as `models_ok` and `model_ok`).
+        self.remember = not isinstance(self.seen, NoIds)
         self._block_skip = 0
-        # Slices left to decode OpenAI lines in the full schema first: set when a line needed it.
+        # Slices left to decode lines in a fast path's full schema first: set when a line needed it.
         self._full_body = 0
         # os.urandom, not secrets: that module would load OpenSSL (4 MB) into `batchdrop validate`.
         self._marker_value = int.from_bytes(os.urandom(8), "big") >> 2 | (1 << 61)  # always 19 digits
         self._marker = b",%d," % self._marker_value
-        self._models_ok: dict[str, set[str]] = {}
-
-    @property
-    def openai_target(self) -> str:
-        """Where OpenAI batch lines go: OpenAI, or Azure OpenAI for files under inputs/azure/."""
-        return self._targets["openai"]
+        self.models_ok: dict[str, set[str]] = {}
 
     def _target(self, shape: str) -> str:
         """Where lines of a provider's shape go: that provider, or the folder's provider when it
@@ -352,12 +229,13 @@ class Validator:
         if size > BLOCK_MEAN_LINE * len(lines):
             return None
         head = lines[0]
-        if b'"body"' in head:  # type: ignore[operator]
-            decode, accept = _OPENAI_LINES if self._full_body else _CHAT_LINES, self._openai_requests
-        elif b'"params"' in head:  # type: ignore[operator]
-            decode, accept = _ANTHROPIC_LINES, self._anthropic_requests  # type: ignore[assignment]
+        for lane in self._fast:
+            if lane[0] in head:  # type: ignore[operator]
+                _, fast, target, limit = lane
+                break
         else:
             return None
+        decode = fast.lines if self._full_body or fast.narrow_lines is None else fast.narrow_lines
         # The brackets go on the end lines, not around the joined block: one copy of it, not two.
         parts = list(lines)
         parts[0] = b"[" + parts[0]  # type: ignore[operator]
@@ -366,10 +244,10 @@ class Validator:
         try:
             items = decode(joined)
         except (msgspec.MsgspecError, RecursionError):
-            if decode is not _CHAT_LINES:
+            if decode is fast.lines:
                 return None
             try:
-                items = _OPENAI_LINES(joined)
+                items = fast.lines(joined)
             except (msgspec.MsgspecError, RecursionError):
                 return None
             self._full_body = BLOCK_RETRY
@@ -379,24 +257,24 @@ class Validator:
         if len(items) != 2 * len(lines) - 1 or items.count(self._marker_value) != len(lines) - 1:
             return None
         try:
-            ids_ok = _ids_ok([line.custom_id for line in decoded])  # type: ignore[union-attr]
+            ids_ok = _ids_ok([line.custom_id for line in decoded])
         except AttributeError:  # a line that is a number
             return None
-        return accept(first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
+        return fast.accept(self, target, limit, first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
 
     def _each_line(self, first: int, lines: Sequence[bytes | LineTooLong]) -> list[m.Request | m.Invalid | None]:
         """`check_block` with one decode a line, in the schema of the block's first line."""
         head = lines[0]
-        other = None  # the schema to try when `decode` fails
-        if head.__class__ is bytes and b'"body"' in head:
-            decode, accept = _OPENAI_LINE, self._openai_requests
-            if not self._full_body:
-                decode, other = _CHAT_LINE, _OPENAI_LINE  # type: ignore[assignment]
-        elif head.__class__ is bytes and b'"params"' in head:
-            decode, accept = _ANTHROPIC_LINE, self._anthropic_requests  # type: ignore[assignment]
+        for lane in self._fast if head.__class__ is bytes else ():
+            if lane[0] in head:  # type: ignore[operator]
+                _, fast, target, limit = lane
+                break
         else:
             check = self.check
             return [check(number, raw) for number, raw in enumerate(lines, first)]
+        decode, other = fast.line, None  # other: the schema to try when `decode` fails
+        if not self._full_body and fast.narrow_line is not None:
+            decode, other = fast.narrow_line, fast.line
         decoded: list[Any] = []
         add = decoded.append
         Error = (msgspec.MsgspecError, RecursionError, TypeError)  # TypeError: a LineTooLong
@@ -419,106 +297,23 @@ class Validator:
             ids_ok = _ids_ok([line.custom_id for line in decoded])
         except AttributeError:  # a line that did not decode: its id is checked on its own
             ids_ok = False
-        return accept(first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
+        return fast.accept(self, target, limit, first, lines, decoded, ids_ok, True)  # type: ignore[arg-type]
 
     def fast(self, number: int, raw: bytes) -> m.Request | None:
         """The common case, a well-formed provider batch line, checked by msgspec against a strict
-        schema in one pass (in the full OpenAI schema: the block paths try the chat one first).
+        schema in one pass (in the full schema: the block paths try a narrower one first, as the
+        chat schema of OpenAI lines).
 
         Returns None at the first doubt; `check` then runs the full check and says what is wrong.
         """
-        if b'"body"' in raw:
-            try:
-                line = _OPENAI_LINE(raw)
-            except (msgspec.MsgspecError, RecursionError):
-                return None
-            return self._openai_requests(number, [raw], [line], False, False)[0]  # type: ignore[return-value]
-        if b'"params"' in raw:
-            try:
-                a_line = _ANTHROPIC_LINE(raw)
-            except (msgspec.MsgspecError, RecursionError):
-                return None
-            return self._anthropic_requests(number, [raw], [a_line], False, False)[0]  # type: ignore[return-value]
+        for marker, fast, target, limit in self._fast:
+            if marker in raw:
+                try:
+                    line = fast.line(raw)
+                except (msgspec.MsgspecError, RecursionError):
+                    return None
+                return fast.accept(self, target, limit, number, [raw], [line], False, False)[0]  # type: ignore[return-value]
         return None
-
-    # The two loops below run once for every line of a file, the hot path of submit: what they use is
-    # bound to locals first, and each shape has its own loop rather than one loop calling a
-    # per-shape function a line (a call costs a tenth of what a line may take).
-
-    def _openai_requests(
-        self,
-        first: int,
-        raws: Sequence[bytes],
-        lines: Sequence[_OpenAILine | _OpenAIChatLine | None],
-        ids_ok: bool,
-        settle: bool,
-    ) -> list[m.Request | m.Invalid | None]:
-        """The requests of decoded OpenAI batch lines (None: did not decode), numbered from `first`.
-
-        A line that fails a check msgspec cannot make gets None, or with `settle` the verdict of the
-        full check (of `check` for a line that did not decode: it may be of another shape). `ids_ok`:
-        every custom_id is known to match the pattern."""
-        seen, remember, limit, target = self.seen, self._remember, self._openai_max, self._openai
-        full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
-        models_ok, model_ok = self._models_ok.get(target) or set(), self._model_ok
-        out: list[m.Request | m.Invalid | None] = []
-        add = out.append
-        for number, raw, line in zip(itertools.count(first), raws, lines):
-            if line is not None:
-                custom_id, body = line.custom_id, line.body
-                # The payload is the line as it came, "{...}\n", unless it has other whitespace around.
-                payload = raw if raw[-1] == 10 and raw[-2] == 125 and raw[0] == 123 else raw.strip() + b"\n"
-                if (
-                    not body.stream
-                    and len(payload) <= limit
-                    and (not remember or custom_id not in seen)
-                    and (ids_ok or id_ok(custom_id))
-                    and (body.model in models_ok or model_ok(target, body.model))
-                ):
-                    if remember:
-                        seen.add(custom_id)
-                    model = body.model
-                    add(Request(number, custom_id, target, f"{line.url} {model}", model, payload))
-                    continue
-                add(full(number, raw) if settle else None)
-            else:
-                add(check(number, raw) if settle else None)
-        return out
-
-    def _anthropic_requests(
-        self,
-        first: int,
-        raws: Sequence[bytes],
-        lines: Sequence[_AnthropicLine | None],
-        ids_ok: bool,
-        settle: bool,
-    ) -> list[m.Request | m.Invalid | None]:
-        """The requests of decoded Anthropic batch lines (as `_openai_requests`)."""
-        seen, remember, limit = self.seen, self._remember, self._anthropic_max
-        full, check, Request, id_ok = self.full, self.check, m.Request, _ID_OK
-        models_ok, model_ok = self._models_ok.get("anthropic") or set(), self._model_ok
-        out: list[m.Request | m.Invalid | None] = []
-        add = out.append
-        for number, raw, line in zip(itertools.count(first), raws, lines):
-            if line is not None:
-                custom_id, params = line.custom_id, line.params
-                payload = raw if raw[-1] == 10 and raw[-2] == 125 and raw[0] == 123 else raw.strip() + b"\n"
-                if (
-                    params.max_tokens is not None
-                    and not params.stream
-                    and len(payload) <= limit
-                    and (not remember or custom_id not in seen)
-                    and (ids_ok or id_ok(custom_id))
-                    and (params.model in models_ok or model_ok("anthropic", params.model))
-                ):
-                    if remember:
-                        seen.add(custom_id)
-                    add(Request(number, custom_id, "anthropic", "", params.model, payload))
-                    continue
-                add(full(number, raw) if settle else None)
-            else:
-                add(check(number, raw) if settle else None)
-        return out
 
     def _neutral_line(self, number: int, obj: dict[str, Any]) -> m.Request:
         custom_id = self.take_id(obj, number, required=False)
@@ -577,7 +372,7 @@ class Validator:
                 f"provider {provider!r} (for model {shown(model)}) is not enabled in this deployment "
                 f"(enabled: {enabled})",
             )
-        if model not in self._models_ok.get(provider, ()) and not self._model_ok(provider, model):
+        if model not in self.models_ok.get(provider, ()) and not self.model_ok(provider, model):
             rule = _MODEL_RULES.get(provider, BODY_RULE)[1]
             raise Reject(
                 m.INVALID_REQUEST,
@@ -585,11 +380,11 @@ class Validator:
             )
         return provider
 
-    def _model_ok(self, provider: str, model: str) -> bool:
+    def model_ok(self, provider: str, model: str) -> bool:
         """Whether `model` is a name `provider` takes; a name found good is remembered."""
         if not _MODEL_RULES.get(provider, BODY_RULE)[0](model):
             return False
-        ok = self._models_ok.setdefault(provider, set())
+        ok = self.models_ok.setdefault(provider, set())
         if len(ok) < _MODEL_CACHE:
             ok.add(model)
         return True

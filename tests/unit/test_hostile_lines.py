@@ -14,8 +14,9 @@ import pytest
 
 from batchdrop import models as m
 from batchdrop.pricing import estimate_tokens
+from batchdrop.providers.lines import MAX_TOKENS
 from batchdrop.scan import scan
-from batchdrop.validation import MAX_DEPTH, MAX_TOKENS, NoIds, Validator
+from batchdrop.validation import MAX_DEPTH, NoIds, Validator
 from tests.lines import anthropic_line, dumps, neutral_line, openai_line, reject, validator
 
 MSGS = b'[{"role":"user","content":"hi"}]'

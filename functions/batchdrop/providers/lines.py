@@ -24,6 +24,8 @@ ROLES = frozenset({"system", "user", "assistant"})
 # "ft:gpt-4o-mini:org:name:id", Azure deployment names of letters, digits, "-", "_" and "."), up to 256.
 BODY_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}").fullmatch
 BODY_RULE = (BODY_MODEL, 'up to 256 letters, digits, ".", "-", "_", ":" and "/", starting with a letter or digit')
+# A line's id, in every format: held to the strictest provider's rule, so that a line can go anywhere.
+CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Reject(Exception):

@@ -10,12 +10,13 @@ or batchdrop.validation: config and validation import the specs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from batchdrop import models as m
+    from batchdrop.reader import LineTooLong
 
 MB = 1024 * 1024
 
@@ -60,6 +61,59 @@ class LineShape:
     # (validator, line number, raw line, parsed line, provider it goes to) → the request, or raises
     # batchdrop.providers.lines.Reject.
     check: Callable[[LineChecks, int, bytes, dict[str, Any], str], m.Request]
+
+
+class FastChecks(Protocol):
+    """What a provider's fast path needs of the validator (batchdrop.validation.Validator), read once
+    a block."""
+
+    # The ids met so far; `remember` is False when it is a `NoIds` (duplicates are left to dedup).
+    seen: set[str]
+    remember: bool
+    # The model names found good, by provider: a file repeats a handful.
+    models_ok: dict[str, set[str]]
+
+    def model_ok(self, provider: str, model: str) -> bool: ...
+
+    def full(self, number: int, raw: bytes) -> m.Request | m.Invalid | None: ...
+
+    def check(self, number: int, raw: bytes | LineTooLong) -> m.Request | m.Invalid | None: ...
+
+
+# The requests of decoded batch lines: (validator, provider they go to, longest payload it may pass
+# with its newline (-1: the provider is not enabled), number of the first line, raw lines, decoded
+# lines (None: did not decode), every custom_id known to match the pattern, settle) → a verdict a line.
+# A line that fails a check msgspec cannot make gets None, or with `settle` the verdict of the full
+# check (of `check` for a line that did not decode: it may be of another shape).
+#
+# It runs once for every line of a file, the hot path of submit: what it uses is bound to locals
+# first, and each shape has its own loop rather than one loop calling a per-shape function a line (a
+# call costs a tenth of what a line may take). The validator calls it once a block.
+Accept = Callable[
+    [FastChecks, str, int, int, Sequence[bytes], Sequence[Any], bool, bool], "list[m.Request | m.Invalid | None]"
+]
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """A line shape's fast path: the common case, a well-formed batch line, checked by msgspec against
+    a strict schema in one pass (batchdrop.providers.fast), then by the shape's own loop for what
+    msgspec cannot check. Validation decodes a whole block of short lines as one JSON array, a long
+    line at a time, and a line on its own in the full schema; at the first doubt the full check
+    says what is wrong."""
+
+    # Bytes only a line of the shape holds (a key, quoted): a line, or a block by its first line,
+    # with them goes to this fast path, the first in the registry's order that matches, and no other.
+    marker: bytes
+    # The strict schema's decoders: a line, and a block (a list of lines with numbers between them).
+    line: Callable[[bytes], Any]
+    lines: Callable[[bytes], list[Any]]
+    accept: Accept
+    # A schema of fewer fields the block paths try first, as `line` and `lines` (None: none): msgspec
+    # fills in and frees every field a struct has, set or not. When a line needs the full schema, the
+    # block paths try the full one first for a few blocks.
+    narrow_line: Callable[[bytes], Any] | None = None
+    narrow_lines: Callable[[bytes], list[Any]] | None = None
 
 
 # A neutral line as the provider's batch line: (line, messages, custom_id, model, default max_tokens)
@@ -126,6 +180,8 @@ class ProviderSpec:
     price_model: Callable[[str], str] | None = None
     # Its own line shape; None for a provider that takes another's (`shape`).
     line: LineShape | None = None
+    # Its line shape's fast path (None: every line of it gets the full check), with its own line shape.
+    fast: FastPath | None = None
     # The provider whose line shape it takes (itself when it has its own).
     shape: str = ""
     # Neutral line → its batch line.

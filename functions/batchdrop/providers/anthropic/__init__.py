@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from batchdrop import models as m
+from batchdrop.providers.anthropic.fast import FAST
 from batchdrop.providers.lines import (
     BODY_RULE,
     Reject,
@@ -136,6 +137,7 @@ SPEC = ProviderSpec(
         described="an Anthropic batch line {custom_id, params}",
         check=check_line,
     ),
+    fast=FAST,
     shape="anthropic",
     translate=translate,
     model_rule=BODY_RULE,
