@@ -99,6 +99,10 @@ class Validator:
             for owner, fast in _FAST
             for target in (self._target(owner),)
         )
+        # The same for one line at a time, with what `fast` calls taken out: it may run once a line.
+        self._fast_line = tuple(
+            (marker, fast.line, fast.accept, target, limit) for marker, fast, target, limit in self._fast
+        )
         # Whether `seen` remembers ids (read by the fast paths, as `models_ok` and `model_ok`).
         self.remember = not isinstance(self.seen, NoIds)
         self._block_skip = 0
@@ -306,13 +310,13 @@ class Validator:
 
         Returns None at the first doubt; `check` then runs the full check and says what is wrong.
         """
-        for marker, fast, target, limit in self._fast:
+        for marker, decode, accept, target, limit in self._fast_line:
             if marker in raw:
                 try:
-                    line = fast.line(raw)
+                    line = decode(raw)
                 except (msgspec.MsgspecError, RecursionError):
                     return None
-                return fast.accept(self, target, limit, number, [raw], [line], False, False)[0]  # type: ignore[return-value]
+                return accept(self, target, limit, number, [raw], [line], False, False)[0]  # type: ignore[return-value]
         return None
 
     def _neutral_line(self, number: int, obj: dict[str, Any]) -> m.Request:

@@ -15,6 +15,8 @@ from batchdrop.providers.fast import Content, Count, Int, Model
 from batchdrop.providers.lines import CUSTOM_ID
 from batchdrop.providers.spec import FastChecks, FastPath
 
+_ID_OK = CUSTOM_ID.fullmatch
+
 
 class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     role: str
@@ -51,7 +53,7 @@ def requests(
     """The requests of decoded Anthropic batch lines (None: did not decode), numbered from `first`, to
     `target` (as `Accept` in batchdrop.providers.spec, which says why the loop is written as it is)."""
     seen, remember = v.seen, v.remember
-    full, check, Request, id_ok = v.full, v.check, m.Request, CUSTOM_ID.fullmatch
+    full, check, Request, id_ok = v.full, v.check, m.Request, _ID_OK
     models_ok, model_ok = v.models_ok.get(target) or set(), v.model_ok
     out: list[m.Request | m.Invalid | None] = []
     add = out.append

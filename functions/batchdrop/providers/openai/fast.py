@@ -16,6 +16,8 @@ from batchdrop.providers.fast import Content, Count, Int, Model, Strings
 from batchdrop.providers.lines import CUSTOM_ID
 from batchdrop.providers.spec import FastChecks, FastPath
 
+_ID_OK = CUSTOM_ID.fullmatch
+
 # The batch endpoints we take: the schema's `url`, and the full check's (ENDPOINTS).
 Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 
@@ -94,7 +96,7 @@ def requests(
     `target`: OpenAI, or Azure OpenAI for files under inputs/azure/ (as `Accept` in
     batchdrop.providers.spec, which says why the loop is written as it is)."""
     seen, remember = v.seen, v.remember
-    full, check, Request, id_ok = v.full, v.check, m.Request, CUSTOM_ID.fullmatch
+    full, check, Request, id_ok = v.full, v.check, m.Request, _ID_OK
     models_ok, model_ok = v.models_ok.get(target) or set(), v.model_ok
     out: list[m.Request | m.Invalid | None] = []
     add = out.append
