@@ -46,6 +46,34 @@ def non_blank_lines(path: str) -> set[int]:
     return {i + 1 for i, line in enumerate(data.split(b"\n")) if line.strip()}
 
 
+def _paid_once(report: RunReport) -> None:
+    """Nothing paid for twice: every batch the provider made is recorded by exactly one planned batch of
+    one job's summary, and every batch a summary lists as sent was made. A planned batch that was never
+    sent (canceled before its create, or refused at it) lists no id; the provider made nothing for it."""
+    made = {b["id"]: b for b in report.provider_stats["batches"]}
+    assert len(made) == sum(report.provider_stats["batches_created"].values())
+    recorded: Counter[str] = Counter()
+    problems = []
+    for job in report.jobs:
+        for b in (job.summary or {}).get("batches", []):
+            if b["batch_id"] is None:
+                if b["status"] not in (m.BATCH_CANCELED, m.FAILED):
+                    problems.append(f"  {job.job_id} ({Path(job.file).name}): a batch never sent ended {b}")
+                continue
+            recorded[b["batch_id"]] += 1
+            if b["batch_id"] not in made:
+                problems.append(f"  {job.job_id} ({Path(job.file).name}): {b} was never made by the provider")
+    for batch_id, batch in made.items():
+        if recorded[batch_id] != 1:
+            problems.append(
+                f"  {batch['provider']} {batch_id} made at {batch['created_at']:.3f}, {batch['request_count']} "
+                f"requests ({batch['custom_ids'][:3]}...; metadata {batch['metadata']}), is in {recorded[batch_id]} "
+                "summaries"
+            )
+    problems += [f"  {bid} is in {n} summaries" for bid, n in recorded.items() if n > 1 and bid not in made]
+    assert not problems, "provider batches made vs recorded:\n" + "\n".join(problems)
+
+
 def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
     """Assert every guarantee of docs/contract.md on a finished run; return a few totals for the caller."""
     out = Path(report.out_dir)
@@ -94,19 +122,24 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         if summary["status"] != m.JOB_REJECTED and not gave_up_submitting:
             assert submitted_notes[job.job_id] == 1, (job.file, submitted_notes[job.job_id])
         assert submitted_notes[job.job_id] <= 1, (job.file, submitted_notes[job.job_id])
-        attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"]}
-        batches_in_summaries += len(summary["batches"])
+        attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"] if b["batch_id"]}
+        batches_in_summaries += len(attempt_of)
         for r in results:
             submitted_by_id[r["custom_id"]] = attempt_of[r["batch_id"]]
         for e in errors:
             if e["stage"] == "provider":
-                submitted_by_id[e["custom_id"]] = e["attempts"]
+                # A request whose last batch was never sent (canceled before its create) was sent in the
+                # attempts before that one only.
+                sends = e["attempts"] if e["batch_id"] else e["attempts"] - 1
+                if sends:
+                    submitted_by_id[e["custom_id"]] = sends
         totals["jobs"] += 1
         totals["lines"] += c["lines"]
         totals["succeeded"] += c["succeeded"]
         totals["failed"] += c["failed"]
         totals["invalid"] += c["invalid"]
-    # nothing paid for twice: one provider batch per planned batch and attempt...
+    # nothing paid for twice: one provider batch per planned batch and attempt that was sent...
+    _paid_once(report)
     assert sum(stats["batches_created"].values()) == batches_in_summaries
     # ...and each request sent once per attempt it was part of, never more than max_attempts
     sent = stats["requests_submitted"]

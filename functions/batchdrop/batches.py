@@ -17,6 +17,11 @@ recorded; the next attempt must adopt it, never create a second one.
 Every provider batch id we record is also claimed in a registry item, so one provider batch can
 never be adopted by two of our batches.
 
+A lease or lock can run out while its holder's create is still on its way (a slow provider, a busy
+machine), and then another invocation reaches the same batch and finds nothing yet. So each create is
+first marked on the batch (who, when): the other invocation waits the create out instead of making a
+second one, and the batch's next attempt looks for what an earlier create made before it creates.
+
 A create that fails does not fail forever: the provider's own refusal (a 4xx, or a request that cannot
 be built) ends the batch at once as failed, with the provider's message; any other error is retried by
 the invocation's retry, and after `max_create_attempts` failures the batch ends the same way. So a
@@ -78,22 +83,27 @@ def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> di
         batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
     try:
         if getattr(provider, "tags_batches", False):
-            batch_id = _find_tagged(deps, provider, _ref(batch)) or _create(deps, provider, batch)
+            batch_id = _find_tagged(deps, provider, _ref(batch))
+            if batch_id is None:
+                batch = _start_create(deps, batch, owner)
+                batch_id = _create(deps, provider, batch)
             return _record(deps, batch, batch_id)
         return _submit_serialised(deps, provider, batch, owner)
     except CreateFailed as failure:
         return _create_failed(deps, provider, batch, failure)
 
 
-def cancel_unsent(deps: Deps, batch: dict[str, Any]) -> dict[str, Any]:
+def cancel_unsent(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, Any]:
     """End a batch of a canceled job that was never recorded as sent. One whose create may have reached
     the provider (an intent recorded) is looked for first and, when found, recorded instead, so that the
-    job's cancel reaches it rather than leaving it running unseen."""
+    job's cancel reaches it rather than leaving it running unseen; one whose create may still be under
+    way in another invocation is left to it (ProviderBusy), not ended under a batch it would make."""
     if batch["status"] == m.SUBMITTING:
         provider = deps.provider(batch["provider"])
         found = provider.find(_ref(batch), frozenset())
         if found and claim_provider_batch(deps.store, provider.name, found, batch):
             return _record(deps, batch, found)
+        _check_no_create_under_way(deps, batch, owner)
     return deps.store.update(
         batch, {"status": m.BATCH_CANCELED, "ended_at": iso(deps.clock())}, when_status=(m.PENDING, m.SUBMITTING)
     )
@@ -108,7 +118,8 @@ def _create_failed(deps: Deps, provider: Provider, batch: dict[str, Any], failur
     failures = int(fresh.get("create_failures", 0)) + 1
     message = str(failure)[:2000]
     if not failure.permanent and failures < deps.settings.max_create_attempts:
-        deps.store.update(fresh, {"create_failures": failures, "last_error": message})
+        # Our create is over (it failed): the next attempt need not wait for it, only look for it.
+        deps.store.update(fresh, {"create_failures": failures, "last_error": message, "create_owner": None})
         logger.warning(
             "provider create failed; the invocation's retry tries again",
             extra={"batch_key": fresh["batch_key"], "failures": failures, "error": message[:300]},
@@ -175,13 +186,58 @@ def _create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str:
     return batch_id
 
 
+def _start_create(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Mark on the batch that `owner` is about to create it, unless another invocation's create of it
+    may still be under way (ProviderBusy: the invocation fails and its retry looks again).
+
+    A create can outlive the lease or lock it started under (a slow provider, a busy machine): then a
+    second invocation can reach the same batch while the first create is still on its way, find
+    nothing yet, and create it again. The mark is what it sees instead: it waits out the longer of the
+    create lock and the job's lease (a crashed create's retry comes after the lease anyway), after which
+    the batch is there to be found, and adopted, if it was made. A create that failed clears the mark
+    (its retry need not wait, only look). The write is conditional on the version read, so two
+    invocations cannot both start a create."""
+    _check_no_create_under_way(deps, batch, owner)
+    return deps.store.update(
+        batch, {"create_started_at": deps.clock(), "create_owner": owner}, when_status=(m.SUBMITTING,)
+    )
+
+
+def _check_no_create_under_way(deps: Deps, batch: dict[str, Any], owner: str) -> None:
+    started = batch.get("create_started_at")
+    other = batch.get("create_owner")
+    under_way = max(deps.settings.create_lock_seconds, deps.settings.lease_seconds)
+    if other and other != owner and started is not None and deps.clock() - float(started) < under_way:
+        raise ProviderBusy(f"another invocation's create of batch {batch['batch_key']} may still be under way")
+
+
+def _earlier_create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str | None:
+    """The provider batch an earlier create of this batch made, if one did and nobody recorded it (its
+    invocation died before the record, after its create lock ran out and another holder replaced the
+    intent it left there); claimed for this batch."""
+    started = batch.get("create_started_at")
+    if started is None:
+        return None
+    ref = _ref({**batch, "intent_at": started})
+    exclude: set[str] = set()
+    while (candidate := provider.find(ref, frozenset(exclude))) is not None:
+        if claim_provider_batch(deps.store, provider.name, candidate, batch):
+            logger.info("adopted a batch an earlier create made", extra={"batch_id": candidate})
+            return candidate
+        exclude.add(candidate)
+    return None
+
+
 def _record(deps: Deps, batch: dict[str, Any], batch_id: str) -> dict[str, Any]:
-    claim_provider_batch(deps.store, batch["provider"], batch_id, batch)
+    if not claim_provider_batch(deps.store, batch["provider"], batch_id, batch):
+        # Another of our batches recorded this provider batch (an ambiguous adoption): never two.
+        raise Conflict(f"provider batch {batch_id} is recorded by another batch")
     now = deps.clock()
     updated = deps.store.update(
         batch,
         {
             "provider_batch_id": batch_id,
+            "create_owner": None,
             "status": m.VALIDATING,
             "submitted_at": iso(now),
             "submitted_ts": now,
@@ -221,10 +277,16 @@ def _submit_serialised(deps: Deps, provider: Provider, batch: dict[str, Any], ow
         if previous:
             _adopt_for(deps, provider, previous)
         fresh = _reload(store, batch)
-        if fresh.get("provider_batch_id"):
+        if fresh.get("provider_batch_id") or fresh.get("status") != m.SUBMITTING:
             store.release_lock(lock, owner)
             return fresh
+        found = _earlier_create(deps, provider, fresh)
+        if found is not None:
+            recorded = _record(deps, fresh, found)
+            store.release_lock(lock, owner)
+            return recorded
         _set_intent(deps, lock, owner, _ref(fresh))
+        fresh = _start_create(deps, fresh, owner)
         batch_id = _create(deps, provider, fresh)
         recorded = _record(deps, fresh, batch_id)
         store.clear_lock_intent(lock, owner)
@@ -266,7 +328,7 @@ def _set_intent(deps: Deps, lock: str, owner: str, ref: BatchRef) -> None:
         "requests": ref.requests,
         "intent_at": str(deps.clock()),
     }
-    deps.store.set_lock_intent(lock, owner, intent)
+    deps.store.set_lock_intent(lock, owner, intent, deps.settings.create_lock_seconds)
 
 
 def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:

@@ -300,7 +300,7 @@ class _Submission:
         if batch["status"] in (m.PENDING, m.SUBMITTING) and not batch.get("provider_batch_id"):
             job = self.deps.store.get_job(self.job_id)
             if job is not None and job.get("cancel_requested"):
-                return cancel_unsent(self.deps, batch)
+                return cancel_unsent(self.deps, batch, self.owner)
         return send_batch(self.deps, self.job_id, batch, self.owner)
 
     def _announce(self, batches: list[dict[str, Any]]) -> None:

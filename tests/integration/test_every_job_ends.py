@@ -26,6 +26,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher, LambdaCrash
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
+from batchdrop.submit import submit_object
 from tests.helpers import (
     all_jobs_final,
     all_notifications,
@@ -270,6 +271,102 @@ def test_a_terminal_notification_is_sent_once_however_often_completion_dies_afte
     assert len(deaths) == 3
     assert job["status"] == m.JOB_COMPLETED
     assert [n["attributes"]["event"] for n in terminal(notes)] == [m.JOB_COMPLETED]
+
+
+def slow_first_create(monkeypatch: pytest.MonkeyPatch, provider: type[Any], meanwhile: Callable[[], object]) -> None:
+    """The provider's first create takes 1.2 s before it reaches the provider, and `meanwhile` runs in that
+    time (as another invocation would); then that first invocation dies once its create has returned,
+    before it records the batch."""
+    real_create = provider.create
+    slow: list[str] = []
+    during: list[str] = []
+
+    def create(self: Any, batch: Any, path: str) -> str:
+        if not slow:
+            slow.append(batch.job_id)
+            time.sleep(1.2)
+            during.append("meanwhile")
+            with contextlib.suppress(Exception):  # another invocation: its failure is its own
+                meanwhile()
+            during.clear()
+        return real_create(self, batch, path)
+
+    def checkpoint(step: str) -> None:
+        if step == "after_create" and slow and not during and slow[0] != "died":
+            slow[0] = "died"
+            raise LambdaCrash(step)
+
+    monkeypatch.setattr(provider, "create", create)
+    deps_with(checkpoint)
+
+
+def made_once_each(stack: s.LocalStack, store: JobStore, jobs: int) -> None:
+    """Every provider batch made is the one batch a summary lists; every job completed."""
+    made = stack.emulator.stats()["batches"]
+    summaries = [outputs_of(stack, job)[2] for job in store.list_jobs()]
+    recorded = sorted(b["batch_id"] for summary in summaries for b in summary["batches"])
+    assert sorted(b["id"] for b in made) == recorded, f"{len(made)} batches made for {jobs} planned"
+    assert [job["status"] for job in store.list_jobs()] == [m.JOB_COMPLETED] * jobs
+
+
+@pytest.mark.parametrize("stack", [{"create_lock_seconds": 1}], indirect=True)
+def test_a_create_that_outlives_the_create_lock_and_dies_before_its_record_is_not_sent_again(
+    stack: s.LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two Anthropic files (of different sizes: adoption is never ambiguous), and a first create
+    # that outlives the create lock (1 s): while it is on its way, the other file's submission takes
+    # the lock that ran out, finds no batch for the intent left there (not made yet), puts its own
+    # intent in its place and sends its batch; then the first invocation dies before its record
+    from batchdrop.providers.anthropic.client import AnthropicProvider
+
+    keys = ["inputs/x.jsonl", "inputs/y.jsonl"]
+    stack.put(keys[0], jsonl(lines("anthropic", 3)))
+    stack.put(keys[1], jsonl([{**row, "custom_id": f"y-{i}"} for i, row in enumerate(lines("anthropic", 2))]))
+    deps = Deps.from_settings(Settings.from_env())  # the other invocation (its own lease holds the first off)
+
+    def other_file() -> None:
+        for key in keys:  # the first file's own submission is busy: its lease (30 s) is held
+            submit_object(deps, key)
+
+    slow_first_create(monkeypatch, AnthropicProvider, other_file)
+    # When both files run to the end
+    store = JobStore(s.TABLE)
+    drive(Dispatcher(stack), all_jobs_final(store, 2), timeout=60)
+    # Then the provider made one batch per file: the dead create's batch was found and recorded when
+    # its job's submission came back, not sent a second time
+    made_once_each(stack, store, 2)
+
+
+@pytest.mark.parametrize("stack", [{"lease_seconds": 1, "create_lock_seconds": 5}], indirect=True)
+@pytest.mark.parametrize("canceled", [False, True], ids=["resubmitted", "canceled"])
+def test_a_create_that_outlives_the_job_lease_is_not_sent_again_by_the_next_invocation(
+    stack: s.LocalStack, monkeypatch: pytest.MonkeyPatch, canceled: bool
+) -> None:
+    # Given an OpenAI file whose first create outlives the job's lease (1 s): while it is on its way,
+    # another invocation of the same upload takes the lease that ran out and reaches the same batch,
+    # which the provider does not have yet (and the job may have been canceled meanwhile); then the
+    # first invocation dies before its record
+    from batchdrop.providers.openai.client import OpenAIProvider
+
+    stack.put("inputs/x.jsonl", jsonl(lines("openai", 3)))
+    store = JobStore(s.TABLE)
+    deps = Deps.from_settings(Settings.from_env())
+
+    def other_invocation() -> None:
+        if canceled:
+            request_cancel(store, store.list_jobs()[0]["job_id"], time.time())
+        submit_object(deps, "inputs/x.jsonl")
+
+    slow_first_create(monkeypatch, OpenAIProvider, other_invocation)
+    # When the file runs to the end
+    drive(Dispatcher(stack), all_jobs_final(store, 1), timeout=60)
+    # Then the second invocation left the create under way alone (neither made another nor ended the
+    # batch under it), and the batch it made was found and recorded: one batch made, in the summary
+    made = stack.emulator.stats()["batches"]
+    (job,) = store.list_jobs()
+    summary = outputs_of(stack, job)[2]
+    assert [b["id"] for b in made] == [b["batch_id"] for b in summary["batches"]], f"{len(made)} made for 1"
+    assert job["status"] == (m.JOB_CANCELED if canceled else m.JOB_COMPLETED)
 
 
 # -- the watchdog ---------------------------------------------------------------------------------------

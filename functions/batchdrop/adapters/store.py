@@ -340,15 +340,18 @@ class JobStore:
             raise Conflict(f"{pk} is held by another invocation") from None
         return deserialize(out.get("Attributes") or {})
 
-    def set_lock_intent(self, pk: str, owner: str, intent: Mapping[str, Any]) -> None:
-        """Keep the intent of a create in the lock we hold (fails if we no longer hold it)."""
+    def set_lock_intent(self, pk: str, owner: str, intent: Mapping[str, Any], seconds: float) -> None:
+        """Keep the intent of a create in the lock we hold, which runs `seconds` from now (the create's
+        own time, whatever waiting and adopting took before it); fails if we no longer hold it."""
         self.ddb.update_item(
             TableName=self.table,
             Key={"pk": {"S": pk}, "sk": {"S": "LOCK"}},
-            UpdateExpression="SET intent = :i",
+            UpdateExpression="SET intent = :i, #l = :until",
             ConditionExpression="#o = :me",
-            ExpressionAttributeNames={"#o": "owner"},
-            ExpressionAttributeValues=serialize({":i": intent, ":me": owner}),
+            ExpressionAttributeNames={"#o": "owner", "#l": "lease_until"},
+            ExpressionAttributeValues=serialize(
+                {":i": intent, ":me": owner, ":until": Decimal(str(time.time() + seconds))}
+            ),
         )
 
     def clear_lock_intent(self, pk: str, owner: str) -> None:
