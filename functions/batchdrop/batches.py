@@ -34,7 +34,7 @@ import contextlib
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
@@ -50,8 +50,10 @@ from batchdrop.adapters.store import (
 )
 from batchdrop.config import tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
-from batchdrop.planner import PlannedBatch
 from batchdrop.providers.base import BatchRef, Provider
+
+if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
+    from batchdrop.planner import PlannedBatch
 
 logger = Logger(service="batchdrop")
 

@@ -7,6 +7,7 @@ per line, no model objects, and a line already in its provider's format is passe
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from batchdrop.providers.lines import (
     short,
     shown,
 )
+from batchdrop.providers.spec import FastPath
 from batchdrop.reader import LineTooLong
 
 # A block's custom_ids joined by newlines, checked in one match instead of one per line.
@@ -68,6 +70,15 @@ _UNKNOWN_FORMAT = (
     + ", ".join(s.line.described for s in SPECS.values() if s.line is not None)
     + " or a neutral line {model, messages}; keys found: "
 )
+
+
+def _load(path: str) -> FastPath:
+    """A spec's fast path, named as "module:NAME" (so that only the code that validates builds it)."""
+    module, _, name = path.partition(":")
+    fast: FastPath = getattr(importlib.import_module(module), name)
+    return fast
+
+
 # The fields a line may give itself an id in: ours, then each provider shape's.
 _ID_FIELDS = tuple(dict.fromkeys(("custom_id", *(s.line.id_field for s in SPECS.values() if s.line is not None))))
 # Names judged once per validator: a file repeats a handful of models.
@@ -75,7 +86,7 @@ _MODEL_CACHE = 256
 # A neutral line's translation into each provider's line.
 _TRANSLATE = {s.name: s.translate for s in SPECS.values() if s.translate is not None}
 # The line shapes with a fast path, in the registry's order: (its owner, its fast path).
-_FAST = tuple((s.name, s.fast) for s in SPECS.values() if s.fast is not None)
+_FAST: tuple[tuple[str, FastPath], ...] = tuple((s.name, _load(s.fast)) for s in SPECS.values() if s.fast is not None)
 
 
 @dataclass

@@ -10,6 +10,7 @@ handler, the job's counts and validation error files read back from DynamoDB and
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tests.helpers import jobs_by_key, local_stack, read_jsonl
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 COUNTS = re.compile(r"(\d+) lines, (\d+) valid, (\d+) invalid")
+BATCHES = re.compile(r"(\d+) (\w+) batch")
 
 
 def corpus() -> list[tuple[str, str, bytes]]:
@@ -71,32 +73,36 @@ def submitted(stack: s.LocalStack, files: list[tuple[str, str, bytes]]) -> dict[
     return jobs_by_key(store)
 
 
-Verdict = tuple[tuple[int, int, int], bool, list[dict[str, Any]]]
+Verdict = tuple[tuple[int, int, int], bool, list[dict[str, Any]], dict[str, int]]
 
 
 def validated(tmp: Path, policy: str, key: str, content: bytes) -> Verdict:
-    """(lines, valid, invalid), whether the file would be rejected, and the error lines, from `batchdrop
-    validate --json` run as the user runs it, on a local copy of the file, as if uploaded at `key`."""
+    """(lines, valid, invalid), whether the file would be rejected, the error lines and the batches per
+    provider, from `batchdrop validate --json` run as the user runs it, on a local copy of the file, as if
+    uploaded at `key`."""
     path = tmp / key.rsplit("/", 1)[1]
     path.write_bytes(content)
-    folder = key.removeprefix("inputs/").rsplit("/", 1)[0]
-    out = CliRunner().invoke(main, ["validate", "--json", "--on-invalid", policy, "--folder", folder, str(path)])
+    folder = key.removeprefix("inputs/").rpartition("/")[0]
+    options = ["--folder", folder] if folder else []
+    out = CliRunner().invoke(main, ["validate", "--json", "--on-invalid", policy, *options, str(path)])
     assert out.exit_code in (0, 1), out.output
     lines = out.stdout.splitlines()
     found = COUNTS.search(lines[0])
     assert found, lines[0]
     errors = [orjson.loads(line) for line in lines if line.startswith('{"')]
     counts = (int(found[1]), int(found[2]), int(found[3]))
-    return counts, "would be rejected" in lines[0], errors
+    batches = {provider: int(n) for n, provider in BATCHES.findall(lines[0].partition("batches:")[2])}
+    return counts, "would be rejected" in lines[0], errors, batches
 
 
 def test_validate_and_the_submit_function_agree_on_every_file(stack: s.LocalStack, tmp_path: Path) -> None:
     files = corpus()
     jobs = submitted(stack, files)
+    store = JobStore(s.TABLE)
     checked = 0
     for policy, key, content in files:
         job = jobs[key]
-        (lines, valid, invalid), rejected, errors = validated(tmp_path, policy, key, content)
+        (lines, valid, invalid), rejected, errors, batches = validated(tmp_path, policy, key, content)
         their_errors = [e for error_file in job["error_files"] for e in read_jsonl(stack.get(error_file))]
         by_line = sorted(their_errors, key=lambda e: (e["line"], e["code"]))
         assert sorted(errors, key=lambda e: (e["line"], e["code"])) == by_line, key
@@ -105,5 +111,7 @@ def test_validate_and_the_submit_function_agree_on_every_file(stack: s.LocalStac
         # A rejected job counts every line invalid; validate says how many are invalid on their own.
         assert job["counts"]["invalid"] == (lines if rejected else invalid), key
         assert valid == lines - invalid
+        if not rejected:  # the same batches: as many per provider
+            assert Counter(b["provider"] for b in store.get_batches(job["job_id"])) == batches, key
         checked += 1
     assert checked == len(files) > 40

@@ -180,8 +180,9 @@ class ProviderSpec:
     price_model: Callable[[str], str] | None = None
     # Its own line shape; None for a provider that takes another's (`shape`).
     line: LineShape | None = None
-    # Its line shape's fast path (None: every line of it gets the full check), with its own line shape.
-    fast: FastPath | None = None
+    # "module:NAME" of its line shape's FastPath (None: every line of it gets the full check), loaded by
+    # validation only: the functions that never validate a line (poll, complete) never build its schemas.
+    fast: str | None = None
     # The provider whose line shape it takes (itself when it has its own).
     shape: str = ""
     # Neutral line → its batch line.

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 from batchdrop import models as m
-from batchdrop.providers.anthropic.fast import FAST
 from batchdrop.providers.lines import (
     BODY_RULE,
     Reject,
@@ -137,7 +136,7 @@ SPEC = ProviderSpec(
         described="an Anthropic batch line {custom_id, params}",
         check=check_line,
     ),
-    fast=FAST,
+    fast="batchdrop.providers.anthropic.fast:FAST",
     shape="anthropic",
     translate=translate,
     model_rule=BODY_RULE,

@@ -5,7 +5,7 @@ Facts: docs/providers.md ("OpenAI"); the line format: docs/contract.md ("Input l
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import orjson
 
@@ -24,9 +24,10 @@ from batchdrop.providers.lines import (
     text_content,
     tools,
 )
-from batchdrop.providers.openai.fast import FAST, Endpoint
 from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, ProviderSpec, TokenFields
 
+# The batch endpoints we take: the schema's `url`, and the full check's (ENDPOINTS).
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 ENDPOINTS = frozenset(get_args(Endpoint))
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 CHAT_URL = "/v1/chat/completions"
@@ -150,7 +151,7 @@ SPEC = ProviderSpec(
         described="an OpenAI batch line {custom_id, method, url, body}",
         check=check_line,
     ),
-    fast=FAST,
+    fast="batchdrop.providers.openai.fast:FAST",
     shape="openai",
     translate=translate,
     model_rule=BODY_RULE,

@@ -14,12 +14,10 @@ import msgspec
 from batchdrop import models as m
 from batchdrop.providers.fast import Content, Count, Int, Model, Strings
 from batchdrop.providers.lines import CUSTOM_ID
+from batchdrop.providers.openai import Endpoint
 from batchdrop.providers.spec import FastChecks, FastPath
 
 _ID_OK = CUSTOM_ID.fullmatch
-
-# The batch endpoints we take: the schema's `url`, and the full check's (ENDPOINTS).
-Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 
 
 class _OpenAIMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
