@@ -131,6 +131,25 @@ class ProviderSettings:
     bucket: str | None = None
     # Bedrock: the provider that takes a batch under the minimum record count, if the user chose one.
     fallback: str | None = None
+    # How long the provider lets a batch run (its spec's window, or BATCHDROP_<NAME>_WINDOW_HOURS; for
+    # a provider whose batches run until cancelled, 24 h unless set).
+    window_hours: float = 24
+    # The most a deployment keeps enqueued at the provider, in the spec's quota unit: by model, and
+    # under "" for every model without its own entry, together (BATCHDROP_<NAME>_MAX_ENQUEUED). Empty:
+    # no cap of ours; the provider's own "not now" still holds a batch.
+    max_enqueued: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_hours * 3600
+
+    def quota_pool(self, model: str) -> tuple[str, int] | None:
+        """(pool, cap) that a batch for `model` counts against, or None when nothing caps it."""
+        if model in self.max_enqueued:
+            return model, self.max_enqueued[model]
+        if "" in self.max_enqueued:
+            return "", self.max_enqueued[""]
+        return None
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,8 @@ class Settings:
                 role_arn=env.get(var("ROLE_ARN")) or None,
                 bucket=env.get(ENV_BUCKET) or None,
                 fallback=env.get(var("FALLBACK")) or None,
+                window_hours=_hours(env, var("WINDOW_HOURS"), SPECS[name].window_hours or 24),
+                max_enqueued=parse_enqueued(var("MAX_ENQUEUED"), env.get(var("MAX_ENQUEUED"), "")),
             )
             for option in SPECS[name].options:
                 if option.required and not env.get(var(option.what)):
@@ -277,6 +298,41 @@ def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{ENV_ROUTES}: {part!r} is not of the form model-prefix=provider")
         extra.append((prefix.strip(), provider.strip()))
     return (*extra, *DEFAULT_ROUTES)
+
+
+def parse_enqueued(name: str, raw: str) -> dict[str, int]:
+    """BATCHDROP_<NAME>_MAX_ENQUEUED: "N" (every model together), "model=N" (one model on its own), or
+    several, comma-separated: "gpt-4o=90000,2000000"."""
+    caps: dict[str, int] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        model, sep, number = part.rpartition("=")
+        model = model.strip()
+        if sep and not model:
+            raise ConfigError(f"{name}: {part!r} names no model (expected model=N, or N for every model)")
+        try:
+            value = int(number.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is not of the form model=N or N (a whole number)") from None
+        if value < 1:
+            raise ConfigError(f"{name}: {part!r} must be at least 1")
+        caps[model] = value
+    return caps
+
+
+def _hours(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of hours") from None
+    if not 0 < value <= 24 * 30:
+        raise ConfigError(f"{name}={raw!r}: expected more than 0 and at most 720 hours")
+    return value
 
 
 def tmpdir() -> str | None:

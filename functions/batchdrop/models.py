@@ -82,6 +82,10 @@ class Invalid:
 # Batch states, normalised across providers.
 PENDING = "pending"  # planned and stored, not yet sent
 SUBMITTING = "submitting"  # intent recorded; the provider may or may not have it
+# Planned, and waiting for room in the provider's queue: our cap on what is enqueued at the provider
+# was full, or the provider answered "not now" (an enqueued-token or queue quota). The poll offers it
+# to the submit function again with backoff; it is never failed for that.
+HELD = "held"
 VALIDATING = "validating"
 IN_PROGRESS = "in_progress"
 FINALIZING = "finalizing"
@@ -116,6 +120,10 @@ class BatchStatus:
     # The provider's own reason when the whole batch failed, e.g. OpenAI's errors.data.
     error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    # The provider ended the batch without running it because a queue quota was full (OpenAI's
+    # `failed` with errors.data[].code "token_limit_exceeded"): not a failure, the batch is held and
+    # created again later.
+    over_quota: bool = False
 
     @property
     def terminal(self) -> bool:

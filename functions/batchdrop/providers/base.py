@@ -42,6 +42,12 @@ class Provider(Protocol):
         now, as failed, with the provider's message); False when another attempt may succeed."""
         ...
 
+    def over_quota(self, exc: Exception) -> bool:
+        """True when `exc`, raised by `create`, says "not now": the provider's queue for the model is full
+        (an enqueued-token or queue-size quota) or an input it needs is not ready yet. The batch is held
+        and created again later; it is never ended as failed for that."""
+        ...
+
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """The id of a batch this provider accepted for `batch` before we could record it, if any."""
         ...
@@ -53,3 +59,9 @@ class Provider(Protocol):
         ...
 
     def cancel(self, batch_id: str) -> None: ...
+
+    def cleanup(self, batch_id: str, status: BatchStatus) -> None:
+        """Delete (or set to expire) what the provider keeps for an ended batch whose outputs we have
+        written (input, output and error files; Bedrock's records under work/), so that a long-lived
+        stack never reaches a file or storage cap. Best effort: the caller logs what it raises."""
+        ...

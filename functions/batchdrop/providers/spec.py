@@ -202,6 +202,14 @@ class ProviderSpec:
     # None for a request it cannot carry over.
     fallbacks: Mapping[str, Callable[[bytes, str], tuple[str, bytes] | None]] = field(default_factory=dict)
     local: LocalEnv = field(default_factory=LocalEnv)
+    # How long the provider lets a batch run before it expires it (None: until it is cancelled, as
+    # Azure's). BATCHDROP_<NAME>_WINDOW_HOURS overrides it; past it and a grace, batchdrop cancels the
+    # batch, keeps what it finished and sends the rest again.
+    window_hours: float | None = 24
+    # What the provider's queue quota counts (BATCHDROP_<NAME>_MAX_ENQUEUED is in this unit): input
+    # "tokens" enqueued (OpenAI, Azure, Gemini), "requests" waiting (Anthropic), or "batches" in
+    # progress (Bedrock's concurrent jobs).
+    quota_unit: str = "requests"
 
     def env_var(self, what: str) -> str:
         return env_var(self.name, what)

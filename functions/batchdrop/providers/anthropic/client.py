@@ -54,6 +54,14 @@ class AnthropicProvider:
             return exc.status_code in REFUSED_HTTP
         return isinstance(exc, BUILD_ERRORS) and not isinstance(exc, anthropic.AnthropicError)
 
+    def over_quota(self, exc: Exception) -> bool:
+        # A 429 at create: the requests waiting in the organisation's batches are at the queue limit
+        # (docs.anthropic.com/en/api/rate-limits, "Message Batches API").
+        return isinstance(exc, anthropic.RateLimitError)
+
+    def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
+        return None
+
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """Anthropic batches carry no metadata: adopt the newest batch created after our intent with
         our request count that no other batch of ours has claimed."""

@@ -25,6 +25,9 @@ SPEC = ProviderSpec(
     # Whether Azure keeps batch metadata is not documented clearly: creates are serialised like
     # Anthropic's and matched by time and request count (providers/azure/client.py).
     tags_batches=False,
+    # Azure's global batches run until they are cancelled: BATCHDROP_AZURE_WINDOW_HOURS bounds them.
+    window_hours=None,
+    quota_unit="tokens",
     options=(
         Option(
             "BASE_URL",

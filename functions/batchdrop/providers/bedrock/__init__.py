@@ -246,6 +246,7 @@ SPEC = ProviderSpec(
     # Jobs carry a name (and tags) derived from our job id and batch key, and creates are idempotent
     # through clientRequestToken: an orphan is found by its name.
     tags_batches=True,
+    quota_unit="batches",
     options=(
         # The service role its jobs run as (the stack creates it).
         Option("ROLE_ARN", required="Bedrock batch jobs run as a service role (the stack creates it)"),

@@ -142,6 +142,12 @@ class BedrockProvider:
         # botocore checks parameters against the model (e.g. modelId's pattern) before sending.
         return isinstance(exc, (ParamValidationError, *BUILD_ERRORS))
 
+    def over_quota(self, exc: Exception) -> bool:
+        return False
+
+    def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
+        return None
+
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         name = job_name(batch)
         paginator = self.bedrock.get_paginator("list_model_invocation_jobs")

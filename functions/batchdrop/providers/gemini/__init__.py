@@ -124,4 +124,7 @@ SPEC = ProviderSpec(
     ),
     # Batches carry a display name naming our job and batch, so an orphan is found by its name.
     tags_batches=True,
+    # "Batch jobs ... expire after 48 hours" (ai.google.dev/gemini-api/docs/batch-mode).
+    window_hours=48,
+    quota_unit="tokens",
 )

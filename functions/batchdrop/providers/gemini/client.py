@@ -136,6 +136,12 @@ class GeminiProvider:
         # with a ValueError before sending; httpx refuses a URL it cannot build.
         return isinstance(exc, (*BUILD_ERRORS, *URL_ERRORS))
 
+    def over_quota(self, exc: Exception) -> bool:
+        return False
+
+    def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
+        return None
+
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """The batch whose display name is ours. Gemini does not document the order of its list, so every
         page is read (batches created well before our intent are skipped, not taken as the end)."""

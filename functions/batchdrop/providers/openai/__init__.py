@@ -163,5 +163,6 @@ SPEC = ProviderSpec(
     ),
     # Batches carry our job id and batch key in metadata, so an orphan is found by its tag.
     tags_batches=True,
+    quota_unit="tokens",
     local=LocalEnv(base_path="/v1"),
 )

@@ -74,6 +74,14 @@ class OpenAIProvider:
             return exc.status_code in REFUSED_HTTP and getattr(exc, "code", None) != "token_limit_exceeded"
         return isinstance(exc, BUILD_ERRORS) and not isinstance(exc, openai.OpenAIError)
 
+    def over_quota(self, exc: Exception) -> bool:
+        # Azure's fail-fast regions answer a create over the enqueued-token quota with 400
+        # token_limit_exceeded (learn.microsoft.com/azure/ai-foundry/openai/how-to/batch, "Batch limits").
+        return isinstance(exc, openai.APIStatusError) and getattr(exc, "code", None) == "token_limit_exceeded"
+
+    def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
+        return None
+
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         for candidate in self.client.batches.list(limit=100):
             if candidate.created_at < batch.intent_at - SKEW_SECONDS:
