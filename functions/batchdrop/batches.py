@@ -26,6 +26,14 @@ A create that fails does not fail forever: the provider's own refusal (a 4xx, or
 be built) ends the batch at once as failed, with the provider's message; any other error is retried by
 the invocation's retry, and after `max_create_attempts` failures the batch ends the same way. So a
 batch, and its job, always ends.
+
+A provider's "not now" is neither: its queue for the model is full (an enqueued-token or queue quota,
+refused at create, or OpenAI's batch `failed` with token_limit_exceeded). The batch is *held*: due
+for the poll again after a backoff, which offers it to the submit function when there is room, and
+it is created again then, as often as it takes. Our own cap keeps most batches from being refused at
+all: each batch takes its share (tokens, requests or one batch, in the provider's quota unit) of a
+pool (BATCHDROP_<NAME>_MAX_ENQUEUED) before it is created, and gives it back when it ends, so a huge
+file goes out in waves that fit.
 """
 
 from __future__ import annotations
@@ -47,9 +55,11 @@ from batchdrop.adapters.store import (
     create_lock_pk,
     due_fields,
     job_pk,
+    quota_pk,
 )
-from batchdrop.config import tmpdir
+from batchdrop.config import BYTES_PER_TOKEN, Settings, tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
+from batchdrop.providers import SPECS
 from batchdrop.providers.base import BatchRef, Provider
 
 if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
@@ -58,6 +68,8 @@ if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
 logger = Logger(service="batchdrop")
 
 LOCK_WAIT_SECONDS = 120
+# States a batch can be held from: before any create, or after one the provider refused for now.
+HOLDABLE = (m.PENDING, m.SUBMITTING, m.HELD)
 
 
 class ProviderBusy(Exception):
@@ -65,11 +77,13 @@ class ProviderBusy(Exception):
 
 
 class CreateFailed(Exception):
-    """The provider's create raised; `permanent` when the provider will never take this batch."""
+    """The provider's create raised; `permanent` when the provider will never take this batch, `quota`
+    when it will later (its queue is full now)."""
 
-    def __init__(self, cause: Exception, permanent: bool) -> None:
+    def __init__(self, cause: Exception, permanent: bool, quota: bool = False) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
-        self.permanent = permanent
+        self.permanent = permanent and not quota
+        self.quota = quota
 
 
 def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> dict[str, Any]:
@@ -81,18 +95,171 @@ def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> di
     if batch.get("provider_batch_id") or batch.get("status") in m.TERMINAL_BATCH_STATES:
         return batch
     provider = deps.provider(batch["provider"])
-    if batch["status"] == m.PENDING:
-        batch = deps.store.update(batch, {"status": m.SUBMITTING, "intent_at": deps.clock()})
+    if batch["status"] in (m.PENDING, m.HELD):
+        if not _take_room(deps, batch):
+            return _hold(deps, batch, f"{_cap_name(batch)} is full: waiting for batches to end", refused=False)
+        batch = deps.store.update(
+            batch, {"status": m.SUBMITTING, "intent_at": deps.clock()}, when_status=(m.PENDING, m.HELD)
+        )
     try:
         if getattr(provider, "tags_batches", False):
-            batch_id = _find_tagged(deps, provider, _ref(batch))
+            batch_id = _find_tagged(deps, provider, _ref(batch), frozenset(batch.get("quota_refused_ids") or ()))
             if batch_id is None:
                 batch = _start_create(deps, batch, owner)
                 batch_id = _create(deps, provider, batch)
             return _record(deps, batch, batch_id)
         return _submit_serialised(deps, provider, batch, owner)
     except CreateFailed as failure:
+        if failure.quota:
+            return _hold(deps, batch, f"{provider.name} said not now: {failure}", refused=True)
         return _create_failed(deps, provider, batch, failure)
+
+
+# -- held batches: a pool of what is enqueued, and "not now" ---------------------------------------
+
+
+def quota_share(batch: dict[str, Any]) -> int:
+    """What the batch counts for in its provider's quota unit."""
+    unit = SPECS[batch["provider"]].quota_unit
+    if unit == "tokens":
+        return max(1, -(-int(batch.get("bytes", 0)) // BYTES_PER_TOKEN))
+    if unit == "batches":
+        return 1
+    return int(batch["requests"])
+
+
+def _pool(settings: Settings, batch: dict[str, Any]) -> tuple[str, int] | None:
+    provider = settings.providers.get(batch["provider"])
+    found = None if provider is None else provider.quota_pool(batch.get("model", ""))
+    if found is None:
+        return None
+    pool, cap = found
+    return quota_pk(batch["provider"], pool), cap
+
+
+def _holder(batch: dict[str, Any]) -> str:
+    return f"{batch['job_id']}/{batch['batch_key']}"
+
+
+def _cap_name(batch: dict[str, Any]) -> str:
+    return f"BATCHDROP_{batch['provider'].upper()}_MAX_ENQUEUED ({batch.get('model', '')})"
+
+
+def _take_room(deps: Deps, batch: dict[str, Any]) -> bool:
+    pool = _pool(deps.settings, batch)
+    if pool is None:
+        return True
+    pk, cap = pool
+    share = quota_share(batch)
+    if deps.store.take_quota(pk, _holder(batch), share, cap):
+        return True
+    # A full pool may hold shares its batches never gave back (their job was ended by the watchdog, or
+    # a crash came between their end and the give-back): take those out, then try once more.
+    if _prune(deps, pk):
+        return deps.store.take_quota(pk, _holder(batch), share, cap)
+    return False
+
+
+def _prune(deps: Deps, pk: str) -> bool:
+    pruned = False
+    for holder in deps.store.quota(pk)["holders"]:
+        job_id, _, key = holder.partition("/")
+        held_by = deps.store.get_batch(job_id, key)
+        if held_by is None or held_by.get("status") in m.TERMINAL_BATCH_STATES:
+            deps.store.give_back_quota(pk, holder)
+            pruned = True
+    return pruned
+
+
+def has_room(deps: Deps, batch: dict[str, Any]) -> bool:
+    """Whether the batch's share fits its pool now (a read: the poll asks before waking the submit
+    function); True when no cap of ours applies."""
+    pool = _pool(deps.settings, batch)
+    if pool is None:
+        return True
+    pk, cap = pool
+    now = deps.store.quota(pk)
+    return now["total"] == 0 or now["total"] + quota_share(batch) <= cap or _holder(batch) in now["holders"]
+
+
+def give_back_room(deps: Deps, batch: dict[str, Any]) -> None:
+    """The batch no longer counts against its pool (it ended, or the provider did not take it)."""
+    pool = _pool(deps.settings, batch)
+    if pool is not None:
+        deps.store.give_back_quota(pool[0], _holder(batch))
+
+
+def hold_wait(settings: Settings, refusals: int) -> float:
+    """How long a held batch waits before it is offered again: doubling with the provider's refusals,
+    from the poll's shortest wait to its longest."""
+    return float(min(settings.poll_max_seconds, max(settings.poll_min_seconds, 1) * 2 ** min(refusals, 16)))
+
+
+def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict[str, Any]:
+    """Hold a batch that cannot be created now; `refused` when the provider said so (its share is given
+    back, and its refusals count towards the backoff). A batch the provider has refused for longer than
+    its window and the watchdog's grace together ends as expired, never sent: its requests are sent
+    again in the job's next attempt (within BATCHDROP_MAX_ATTEMPTS), and its job ends."""
+    fresh = _reload(deps.store, batch)
+    if fresh.get("provider_batch_id") or fresh.get("status") not in HOLDABLE:
+        return fresh  # another invocation got further meanwhile
+    now = deps.clock()
+    refusals = int(fresh.get("refusals", 0)) + refused
+    changes: dict[str, Any] = {
+        "status": m.HELD,
+        "hold_reason": reason[:500],
+        "held_since": fresh.get("held_since") or now,
+        "create_owner": None,
+        "create_started_at": None,
+        **due_fields(now + hold_wait(deps.settings, refusals)),
+    }
+    if refused:
+        changes["refusals"] = refusals
+        changes["refused_since"] = fresh.get("refused_since") or now
+        limit = _window(deps.settings, fresh) + deps.settings.batch_timeout_seconds
+        if now - float(changes["refused_since"]) > limit:
+            ended = deps.store.update(
+                fresh,
+                {
+                    "status": m.BATCH_EXPIRED,
+                    "never_sent": True,
+                    "error": f"{fresh['provider']} refused the batch for now {refusals} times over "
+                    f"{limit / 3600:g} h (its queue quota stayed full): {reason}"[:2000],
+                    "ended_at": iso(now),
+                    "create_owner": None,
+                },
+                when_status=HOLDABLE,
+            )
+            give_back_room(deps, ended)
+            logger.warning(
+                "a batch the provider kept refusing for now ends as expired", extra={"batch_key": fresh["batch_key"]}
+            )
+            return ended
+    held = deps.store.update(fresh, changes, when_status=HOLDABLE)
+    if refused:
+        give_back_room(deps, held)
+    logger.info("batch held", extra={"batch_key": fresh["batch_key"], "reason": reason[:300], "refusals": refusals})
+    return held
+
+
+def hold_over_quota(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> dict[str, Any]:
+    """The provider ended a batch unrun because its queue quota was full (OpenAI's `failed` with
+    token_limit_exceeded): forget that provider batch (kept aside, so that a search by tag never adopts
+    it again) and hold the batch to be created again."""
+    refused_ids = [*(batch.get("quota_refused_ids") or []), batch["provider_batch_id"]]
+    moved = deps.store.update(
+        batch,
+        {"provider_batch_id": None, "quota_refused_ids": refused_ids, "status": m.SUBMITTING},
+        when_status=(m.VALIDATING, m.IN_PROGRESS, m.FINALIZING, m.CANCELLING),
+    )
+    return _hold(
+        deps, moved, f"{batch['provider']} said not now: {status.error or status.provider_status}", refused=True
+    )
+
+
+def _window(settings: Settings, batch: dict[str, Any]) -> float:
+    provider = settings.providers.get(batch["provider"])
+    return provider.window_seconds if provider is not None else 24 * 3600.0
 
 
 def cancel_unsent(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, Any]:
@@ -106,9 +273,9 @@ def cancel_unsent(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, An
         if found and claim_provider_batch(deps.store, provider.name, found, batch):
             return _record(deps, batch, found)
         _check_no_create_under_way(deps, batch, owner)
-    return deps.store.update(
-        batch, {"status": m.BATCH_CANCELED, "ended_at": iso(deps.clock())}, when_status=(m.PENDING, m.SUBMITTING)
-    )
+    ended = deps.store.update(batch, {"status": m.BATCH_CANCELED, "ended_at": iso(deps.clock())}, when_status=HOLDABLE)
+    give_back_room(deps, ended)
+    return ended
 
 
 def _create_failed(deps: Deps, provider: Provider, batch: dict[str, Any], failure: CreateFailed) -> dict[str, Any]:
@@ -147,6 +314,7 @@ def _create_failed(deps: Deps, provider: Provider, batch: dict[str, Any], failur
         },
         when_status=(m.SUBMITTING,),
     )
+    give_back_room(deps, ended)
     logger.warning(
         "batch ended as failed at create",
         extra={"batch_key": fresh["batch_key"], "permanent": failure.permanent, "failures": failures},
@@ -165,8 +333,8 @@ def _ref(batch: dict[str, Any]) -> BatchRef:
     )
 
 
-def _find_tagged(deps: Deps, provider: Provider, ref: BatchRef) -> str | None:
-    batch_id = provider.find(ref, frozenset())
+def _find_tagged(deps: Deps, provider: Provider, ref: BatchRef, exclude: frozenset[str]) -> str | None:
+    batch_id = provider.find(ref, exclude)
     if batch_id:
         logger.info("adopted a batch the provider accepted before a crash", extra={"batch_id": batch_id})
     return batch_id
@@ -180,7 +348,7 @@ def _create(deps: Deps, provider: Provider, batch: dict[str, Any]) -> str:
         try:
             batch_id = provider.create(_ref(batch), path)
         except Exception as exc:
-            raise CreateFailed(exc, provider.refused(exc)) from exc
+            raise CreateFailed(exc, provider.refused(exc), quota=provider.over_quota(exc)) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -414,7 +582,9 @@ def record_running(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, loo
 def record_ended(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> dict[str, Any]:
     """The batch ended. It stays in the poll's index until its job has been looked at for hand-over
     (then `leave_due`), so a poll that dies in between leaves the step for the next one."""
-    return deps.store.update(batch, {**_status_changes(batch, status), "ended_at": iso(now)})
+    ended = deps.store.update(batch, {**_status_changes(batch, status), "ended_at": iso(now)})
+    give_back_room(deps, ended)
+    return ended
 
 
 def _status_changes(batch: dict[str, Any], status: m.BatchStatus) -> dict[str, Any]:
@@ -427,6 +597,29 @@ def _status_changes(batch: dict[str, Any], status: m.BatchStatus) -> dict[str, A
     if status.error:
         changes["error"] = status.error
     return changes
+
+
+def clean_up(deps: Deps, batches: list[dict[str, Any]]) -> None:
+    """Delete what the providers keep of a job's ended batches (files, records) once its outputs are
+    written and it has ended, so that a long-lived stack never reaches a provider's file or storage
+    cap. Best effort: what is left behind expires on the provider's own terms."""
+    for batch in batches:
+        batch_id = batch.get("provider_batch_id")
+        if not batch_id or batch.get("status") not in m.TERMINAL_BATCH_STATES:
+            continue
+        try:
+            provider = deps.provider(batch["provider"])
+            provider.cleanup(batch_id, provider.status(batch_id))
+        except Exception as exc:
+            logger.warning(
+                "could not delete a batch's provider files",
+                extra={"batch_id": batch_id, "error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+
+
+def mark_overdue(deps: Deps, batch: dict[str, Any], reason: str) -> dict[str, Any]:
+    """batchdrop canceled the batch past its provider's window: its unrun requests are `expired`."""
+    return deps.store.update(batch, {"overdue": reason, **due_fields(deps.clock() + deps.settings.poll_min_seconds)})
 
 
 def look_soon(deps: Deps, batch: dict[str, Any], at: float) -> None:

@@ -23,7 +23,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict
-from batchdrop.batches import record_batch, send_batch
+from batchdrop.batches import clean_up, record_batch, send_batch
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.pipeline import (
     Deps,
@@ -108,6 +108,8 @@ def _resubmit_or_end(deps: Deps, job: dict[str, Any], owner: str) -> Completion:
     deps.checkpoint("after_publish")
     jobs.end(deps, job, status, summary["timings"]["completed_at"], counts=summary["counts"])
     logger.info("job complete", extra={"status": status, "counts": summary["counts"]})
+    # Only now: until the job has ended, a re-run of this step reads the results from the provider again.
+    clean_up(deps, batches)
     return Completion(status, summary)
 
 
@@ -193,6 +195,11 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
 
 def _retryable(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(custom_id, code) of the batch's requests worth another attempt."""
+    if batch.get("never_sent"):
+        # Held until its bound ran out (the provider's queue quota stayed full): every request again.
+        for entry in deps.objects.lines(batch_index_key(batch["job_id"], batch["batch_key"])):
+            yield entry.partition(b"\t")[0].decode(), m.EXPIRED
+        return
     if not batch.get("provider_batch_id"):
         return
     outcomes = outcomes_with_missing(deps, batch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchdrop.providers import SPECS, spec
 from batchdrop.providers.spec import BatchLimits
@@ -76,7 +76,7 @@ ENV_CREATE_LOCK_SECONDS = "BATCHDROP_CREATE_LOCK_SECONDS"
 # How many times a batch's create may fail with an error worth another try before the batch ends as
 # failed; and the watchdog: how many times a job may stall at the same step (a lease or a completion
 # grace run out with no progress), and how long after submission a batch may still be running,
-# before the job is ended as failed (docs/guarantees.md, "Every job ends").
+# past its provider's window, before the job is ended as failed (docs/guarantees.md, "Every job ends").
 ENV_MAX_CREATE_ATTEMPTS = "BATCHDROP_MAX_CREATE_ATTEMPTS"
 ENV_MAX_STALLS = "BATCHDROP_MAX_STALLS"
 ENV_BATCH_TIMEOUT_SECONDS = "BATCHDROP_BATCH_TIMEOUT_SECONDS"
@@ -104,6 +104,11 @@ JOBS_ENDED = "JobsEnded"
 JOBS_TIMED_OUT = "JobsTimedOut"
 
 ON_INVALID_CHOICES = ("skip", "reject")
+
+# How a batch's input tokens are counted against a token quota (BATCHDROP_<NAME>_MAX_ENQUEUED): its
+# bytes over 4. An upper bound in practice: JSON's keys, quotes and escapes count as text, and English
+# runs about 4 characters a token.
+BYTES_PER_TOKEN = 4
 
 # Model-name prefixes → provider, from the specs. Users extend or override it with BATCHDROP_ROUTES
 # ("prefix=provider,prefix=provider").
@@ -176,9 +181,10 @@ class Settings:
     max_create_attempts: int = 5
     # Above max_create_attempts: each failed create is one attempt at the submit step.
     max_stalls: int = 8
-    # The providers' 24 h window plus a day: Bedrock may take a little longer, and Azure's batches run
-    # until they are cancelled.
-    batch_timeout_seconds: int = 48 * 3600
+    # How long past its provider's window (ProviderSettings.window_hours) a batch may still be unended
+    # before the watchdog ends its job: a day (batchdrop cancels it an hour past the window; the
+    # provider normally expires it first).
+    batch_timeout_seconds: int = 24 * 3600
     # How often a submitted job is looked at as a whole, whatever its batches say (hand-over missed, a
     # batch lost): the bound on how long a job can sit with nothing left to do.
     job_check_seconds: int = 3600
@@ -220,11 +226,13 @@ class Settings:
                 return spec.env_var(name, what)
 
             maxima, defaults = PROVIDER_MAXIMA[name], PROVIDER_DEFAULT_LIMITS[name]
+            max_enqueued = parse_enqueued(var("MAX_ENQUEUED"), env.get(var("MAX_ENQUEUED"), ""))
             limits = BatchLimits(
                 max_requests=integer(var("MAX_REQUESTS"), defaults.max_requests),
                 max_bytes=integer(var("MAX_BYTES"), defaults.max_bytes, minimum=1024),
                 min_requests=integer(var("MIN_RECORDS"), defaults.min_requests),
             )
+            limits = _within_quota(limits, SPECS[name].quota_unit, max_enqueued)
             if limits.min_requests > limits.max_requests:
                 raise ConfigError(
                     f"{var('MIN_RECORDS')}={limits.min_requests} is more than {var('MAX_REQUESTS')}="
@@ -245,7 +253,7 @@ class Settings:
                 bucket=env.get(ENV_BUCKET) or None,
                 fallback=env.get(var("FALLBACK")) or None,
                 window_hours=_hours(env, var("WINDOW_HOURS"), SPECS[name].window_hours or 24),
-                max_enqueued=parse_enqueued(var("MAX_ENQUEUED"), env.get(var("MAX_ENQUEUED"), "")),
+                max_enqueued=max_enqueued,
             )
             for option in SPECS[name].options:
                 if option.required and not env.get(var(option.what)):
@@ -281,7 +289,7 @@ class Settings:
             segment_bytes=integer(ENV_SEGMENT_BYTES, 2 * 1024 * MB, minimum=1024),
             max_create_attempts=integer(ENV_MAX_CREATE_ATTEMPTS, 5),
             max_stalls=integer(ENV_MAX_STALLS, 8),
-            batch_timeout_seconds=integer(ENV_BATCH_TIMEOUT_SECONDS, 48 * 3600, minimum=60),
+            batch_timeout_seconds=integer(ENV_BATCH_TIMEOUT_SECONDS, 24 * 3600, minimum=60),
             job_check_seconds=integer(ENV_JOB_CHECK_SECONDS, 3600, minimum=1),
         )
 
@@ -320,6 +328,19 @@ def parse_enqueued(name: str, raw: str) -> dict[str, int]:
             raise ConfigError(f"{name}: {part!r} must be at least 1")
         caps[model] = value
     return caps
+
+
+def _within_quota(limits: BatchLimits, unit: str, caps: Mapping[str, int]) -> BatchLimits:
+    """Limits under which one batch fits the smallest pool of the provider's quota on its own: a batch
+    larger than the quota would be refused "for now" every time, and so never run."""
+    if not caps:
+        return limits
+    smallest = min(caps.values())
+    if unit == "tokens":
+        return replace(limits, max_bytes=max(1024, min(limits.max_bytes, smallest * BYTES_PER_TOKEN)))
+    if unit == "requests":
+        return replace(limits, max_requests=max(limits.min_requests, min(limits.max_requests, smallest)))
+    return limits
 
 
 def _hours(env: Mapping[str, str], name: str, default: float) -> float:

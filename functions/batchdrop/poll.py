@@ -16,7 +16,13 @@ from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import JOB_SK, Conflict
 from batchdrop.batches import (
+    cancel_unsent,
+    has_room,
+    hold_over_quota,
+    hold_wait,
     leave_due,
+    look_soon,
+    mark_overdue,
     record_ended,
     record_error,
     record_provider_status,
@@ -29,8 +35,9 @@ from batchdrop.watchdog import end_stuck_job
 
 logger = Logger(service="batchdrop")
 
-# A batch still running this long after submission has outlived the providers' 24 h window.
-STUCK_AFTER_SECONDS = 25 * 3600
+# How long past its provider's window a batch may still be running before batchdrop cancels it (its
+# finished requests are kept, the rest sent again): the provider's own expiry normally comes first.
+OVERDUE_GRACE_SECONDS = 3600
 
 
 @dataclass
@@ -72,25 +79,38 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
         # Recorded as ended by a poll that died before handing its job over: finish that step.
         _after_end(deps, batch, report)
         return
+    if batch.get("status") == m.HELD:
+        if watchdog:
+            _offer_held(deps, batch, report)
+        return
     provider = deps.provider(batch["provider"])
     submitted = float(batch.get("submitted_ts") or now)
+    late = now - submitted > _late_after(deps, batch)
     try:
         status = provider.status(batch["provider_batch_id"])
     except Exception as exc:
         report.errors += 1
         logger.warning("provider status failed; will look again", extra={"error": type(exc).__name__})
         batch = record_error(deps, batch, exc, _next_look(deps, batch, now))
-        if watchdog and now - submitted > deps.settings.batch_timeout_seconds:
+        if watchdog and late:
             end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
             report.timed_out += 1
         return
-    if watchdog and not status.terminal and now - submitted > deps.settings.batch_timeout_seconds:
+    if watchdog and not status.terminal and late:
         batch = record_provider_status(deps, batch, status, _next_look(deps, batch, now))
         end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
         report.timed_out += 1
         return
-    if not status.terminal and now - submitted > STUCK_AFTER_SECONDS:
+    overdue = now - submitted > _window(deps, batch) + OVERDUE_GRACE_SECONDS
+    if not status.terminal and overdue:
         report.stuck += 1
+        if watchdog and not batch.get("overdue"):
+            batch = _cancel_overdue(deps, provider, batch, now)
+    if status.terminal and status.over_quota:
+        # Refused for now by the provider's queue quota: not a failed batch; created again later.
+        hold_over_quota(deps, batch, status)
+        report.changed += 1
+        return
     if not status.terminal:
         if status.state != batch.get("status") or status.done != (batch.get("progress") or {}).get("done"):
             report.changed += 1
@@ -115,7 +135,8 @@ def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollRepo
     job_id, batch_key = ours
     logger.append_keys(job_id=job_id, batch_id=batch_id)
     batch = deps.store.get_batch(job_id, batch_key)
-    if batch is None:
+    if batch is None or batch.get("provider_batch_id") != batch_id:
+        # Not (or no longer) the batch's provider copy: one its provider refused for now, held since.
         return None
     report = PollReport()
     look_at_batch(deps, batch, report, watchdog=False)
@@ -126,6 +147,48 @@ def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     if jobs.hand_over_if_done(deps, batch["job_id"]):
         report.handed_over.append(batch["job_id"])
     leave_due(deps, batch)
+
+
+def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+    """A held batch is due: end it if its job will never send it; else, when its share fits its pool,
+    offer it to the submit function (which has the grants to create it) through the segments queue,
+    and look again after the backoff in case that offer is lost or the pool fills first."""
+    now = deps.clock()
+    job = deps.store.get_job(batch["job_id"])
+    if job is None or job["status"] in m.FINAL_JOB_STATES or job.get("cancel_requested") or job.get("timed_out"):
+        ended = cancel_unsent(deps, batch, "poll")
+        report.changed += 1
+        _after_end(deps, ended, report)
+        return
+    if job["status"] == m.JOB_SUBMITTED and has_room(deps, batch):
+        deps.segments.send(batch["job_id"], held=True)
+        logger.info("offered a held batch to the submit function", extra={"batch_key": batch["batch_key"]})
+    look_soon(deps, batch, now + hold_wait(deps.settings, int(batch.get("refusals", 0))))
+
+
+def _cancel_overdue(deps: Deps, provider: Any, batch: dict[str, Any], now: float) -> dict[str, Any]:
+    """Cancel a batch past its provider's window: what it finished is kept, and its unfinished requests
+    are reported `expired` (so they are sent again within BATCHDROP_MAX_ATTEMPTS), not `canceled`."""
+    try:
+        provider.cancel(batch["provider_batch_id"])
+    except Exception as exc:  # it may have ended meanwhile; its state says so at the next look
+        logger.info("provider refused the cancel of an overdue batch", extra={"error": str(exc)[:300]})
+    hours = (now - float(batch.get("submitted_ts") or now)) / 3600
+    logger.warning("canceled a batch past its provider's window", extra={"hours": round(hours, 1)})
+    return mark_overdue(
+        deps, batch, f"canceled by batchdrop {hours:.1f} h after submission, past {batch['provider']}'s window"
+    )
+
+
+def _window(deps: Deps, batch: dict[str, Any]) -> float:
+    provider = deps.settings.providers.get(batch["provider"])
+    return provider.window_seconds if provider is not None else 24 * 3600.0
+
+
+def _late_after(deps: Deps, batch: dict[str, Any]) -> float:
+    """How long after submission a batch may be unended before the watchdog ends its job: its provider's
+    window and BATCHDROP_BATCH_TIMEOUT_SECONDS more (the overdue cancel comes an hour into those)."""
+    return _window(deps, batch) + deps.settings.batch_timeout_seconds
 
 
 def _next_look(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> float:
@@ -195,7 +258,7 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
             report.handed_over.append(job["job_id"])
             logger.warning("a finished job had not been handed over; handed over now", extra={"job_id": job["job_id"]})
         return
-    late = [b for b in running if now - float(b.get("submitted_ts") or now) > deps.settings.batch_timeout_seconds]
+    late = [b for b in running if now - float(b.get("submitted_ts") or now) > _late_after(deps, b)]
     if late:
         end_stuck_job(deps, job["job_id"], "provider", _late_reason(deps, late[0]))
         report.timed_out += 1
@@ -204,7 +267,7 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
 
 
 def _late_reason(deps: Deps, batch: dict[str, Any]) -> str:
-    hours = deps.settings.batch_timeout_seconds / 3600
+    hours = _late_after(deps, batch) / 3600
     where = f"{batch['provider']} batch {batch.get('provider_batch_id') or batch['batch_key']}"
     state = batch.get("provider_status") or batch.get("status")
     last = f"; last error: {batch['last_error']}" if batch.get("last_error") else ""

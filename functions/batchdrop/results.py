@@ -180,6 +180,9 @@ def _outcomes(deps: Deps, batch: dict[str, Any], given_up: str | None) -> Iterat
         return
     if batch.get("create_refused"):
         code, reason = m.BATCH_FAILED, batch.get("error") or "the provider refused the batch"
+    elif batch.get("never_sent"):
+        # Held past its bound by a provider whose queue quota stayed full: not run in time.
+        code, reason = m.EXPIRED, batch.get("error") or "the provider's queue quota stayed full"
     elif given_up:
         code, reason = m.BATCH_FAILED, given_up
     else:
@@ -217,14 +220,22 @@ def outcomes_with_missing(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[s
     provider = deps.provider(batch["provider"])
     batch_id = batch["provider_batch_id"]
     status = provider.status(batch_id)
+    overdue = batch.get("overdue")
     for outcome in provider.outcomes(batch_id, status):
         line = index.pop(outcome.custom_id, None)
         if line is None:
             # A result for an id we did not send, or a second one for the same id: never count it.
             logger.warning("ignored an unexpected result line", extra={"batch_id": batch_id})
             continue
+        if overdue and outcome.code == m.CANCELED:
+            # Canceled by us past the provider's window: not the user's cancel, so sent again.
+            outcome = m.Outcome(
+                outcome.custom_id, ok=False, code=m.EXPIRED, message=str(overdue), detail=outcome.detail
+            )
         yield outcome.custom_id, line, outcome
     code = MISSING_BY_STATE.get(status.state, m.SERVER_ERROR)
+    if overdue and code == m.CANCELED:
+        code = m.EXPIRED
     reason = batch.get("error") or status.error
     for custom_id, line in index.items():
         message = {

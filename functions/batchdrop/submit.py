@@ -50,7 +50,7 @@ logger = Logger(service="batchdrop")
 @dataclass
 class SubmitResult:
     job_id: str | None
-    outcome: str  # submitted | rejected | duplicate | busy | ignored | cancel-requested
+    outcome: str  # submitted | rejected | duplicate | busy | ignored | cancel-requested | held-sent
     counts: dict[str, int] | None = None  # lines, invalid, submitted: for this invocation's metrics
 
 
@@ -79,9 +79,13 @@ def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
         return []
     records = event.get("Records") or []
     if records and records[0].get("eventSource") == "aws:sqs":
-        # The next segment of a large file (the segments queue); an error fails the record, and SQS
-        # redelivers it.
-        return [resume_submission(deps, str(orjson.loads(r["body"])["job_id"])) for r in records]
+        # The next segment of a large file, or held batches the poll found room for (the segments
+        # queue); an error fails the record, and SQS redelivers it.
+        bodies = [orjson.loads(r["body"]) for r in records]
+        return [
+            send_held(deps, str(body["job_id"])) if body.get("held") else resume_submission(deps, str(body["job_id"]))
+            for body in bodies
+        ]
     return [submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)]
 
 
@@ -138,6 +142,28 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
         jobs.release(deps, current, owner)
         jobs.record_failure(deps, job_id, exc, stage="submit")
         raise
+
+
+def send_held(deps: Deps, job_id: str) -> SubmitResult:
+    """Send the job's held batches that fit their pools now (the poll offered them); those that do not
+    stay held. Each batch's own conditional writes keep two invocations from sending it twice."""
+    job = deps.store.get_job(job_id)
+    if job is None or job["status"] != m.JOB_SUBMITTED or job.get("cancel_requested"):
+        # Submitting: its submission sends them; ended or being canceled: the poll ends them.
+        return SubmitResult(job_id, "ignored")
+    owner = invocation_id()
+    sent = 0
+    for batch in sorted(deps.store.get_batches(job_id), key=lambda b: b["sk"]):
+        if batch.get("status") != m.HELD:
+            continue
+        with contextlib.suppress(Conflict):
+            after = send_batch(deps, job_id, batch, owner)
+            sent += after.get("status") != m.HELD
+    if sent:
+        with contextlib.suppress(Conflict):
+            jobs.hand_over_if_done(deps, job_id)  # a batch may have ended at its create
+    logger.info("sent held batches", extra={"sent": sent})
+    return SubmitResult(job_id, "held-sent")
 
 
 class _Submission:
@@ -314,6 +340,7 @@ class _Submission:
             "counts": job.get("counts"),
             "batches": [
                 {"provider": b["provider"], "batch_id": b.get("provider_batch_id"), "requests": b["requests"]}
+                | ({"held": True} if b.get("status") == m.HELD else {})
                 for b in batches
             ],
             "output_prefix": deps.objects.uri(job["output_prefix"]),

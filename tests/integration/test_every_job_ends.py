@@ -395,8 +395,8 @@ def test_the_watchdog_ends_a_submission_that_keeps_stalling(stack: s.LocalStack)
 
 
 def test_the_watchdog_ends_a_job_whose_batch_outlives_its_timeout() -> None:
-    # Given a batch that runs for a day, and a watchdog that allows it a minute
-    env = {"BATCHDROP_BATCH_TIMEOUT_SECONDS": "60"}
+    # Given a batch that runs for a day, and a watchdog that allows it a minute past Anthropic's window
+    env = {"BATCHDROP_BATCH_TIMEOUT_SECONDS": "60", "BATCHDROP_ANTHROPIC_WINDOW_HOURS": "1"}
     with make_stack(EmulatorKnobs(latency=86_400.0), extra_env=env) as stack:
         offset = [0.0]
         deps_with(clock=lambda: time.time() + offset[0])
@@ -406,8 +406,8 @@ def test_the_watchdog_ends_a_job_whose_batch_outlives_its_timeout() -> None:
         drive(dispatcher, lambda: [j["status"] for j in store.list_jobs()] == [m.JOB_SUBMITTED])
         dispatcher.tick()
         assert store.list_jobs()[0]["status"] == m.JOB_SUBMITTED, "not ended before its timeout"
-        # When two minutes pass
-        offset[0] = 120.0
+        # When the window and two minutes pass
+        offset[0] = 3600 + 120.0
         drive(dispatcher, all_jobs_final(store, 1))
         # Then the job ends failed, its batch canceled at the provider, every line reported
         (job,) = store.list_jobs()

@@ -19,5 +19,5 @@ class JobQueue:
         if self.sqs is None:
             self.sqs = client("sqs")
 
-    def send(self, job_id: str) -> None:
-        self.sqs.send_message(QueueUrl=self.url, MessageBody=orjson.dumps({"job_id": job_id}).decode())
+    def send(self, job_id: str, **more: Any) -> None:
+        self.sqs.send_message(QueueUrl=self.url, MessageBody=orjson.dumps({"job_id": job_id, **more}).decode())

@@ -4,7 +4,8 @@ One table. A job is `pk=JOB#<id>, sk=JOB`; its batches are `pk=JOB#<id>, sk=BATC
 need the poll function's attention carry `due_pk`/`due_at`, which puts them in the sparse `due` index;
 an item leaves the index by losing those attributes, so the poll never reads finished work. Beside them:
 the registry of provider batch ids we recorded (`pk=PBATCH#<provider>#<id>`), and the create locks of
-providers that do not tag their batches (`pk=LOCK#create#<provider>`).
+providers that do not tag their batches (`pk=LOCK#create#<provider>`), and the quota pools that count
+what is enqueued at a provider (`pk=QUOTA#<provider>#<pool>`: a total, and each holder's share).
 
 The only module that talks to DynamoDB: the stages go through batchdrop.jobs and batchdrop.batches,
 which call this.
@@ -47,6 +48,13 @@ def provider_batch_pk(provider: str, batch_id: str) -> str:
 
 def create_lock_pk(provider: str) -> str:
     return f"LOCK#create#{provider}"
+
+
+def quota_pk(provider: str, pool: str) -> str:
+    return f"QUOTA#{provider}#{pool or '*'}"
+
+
+QUOTA_SK = "QUOTA"
 
 
 def _to_ddb(value: Any) -> Any:
@@ -360,6 +368,65 @@ class JobStore:
     def release_lock(self, pk: str, owner: str) -> None:
         """Give the lock up if we hold it; its intent, if any, stays for the next holder."""
         self._if_lock_owner(pk, owner, "REMOVE #o, #l", {"#l": "lease_until"})
+
+    # -- quota pools: what is enqueued at a provider, by holder ----------------------------------------
+
+    def quota(self, pk: str) -> dict[str, Any]:
+        """A pool as it is now: {"total": n, "holders": {holder: share}} (empty when nothing holds it)."""
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}}, ConsistentRead=True
+        ).get("Item")
+        pool = deserialize(item) if item else {}
+        return {"total": int(pool.get("total", 0)), "holders": {k: int(v) for k, v in pool.get("holders", {}).items()}}
+
+    def take_quota(self, pk: str, holder: str, share: int, cap: int) -> bool:
+        """Add `holder`'s `share` to the pool if it stays within `cap` (or the pool is empty: a share
+        larger than the cap goes alone); True if taken, or if `holder` already holds its share (a
+        retry). One conditional write: two takers can never both pass the cap."""
+        for _ in range(2):
+            try:
+                self.ddb.update_item(
+                    TableName=self.table,
+                    Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}},
+                    UpdateExpression="SET holders.#h = :s ADD #t :s",
+                    ConditionExpression="attribute_not_exists(holders.#h) AND (#t = :zero OR #t <= :room)",
+                    ExpressionAttributeNames={"#h": holder, "#t": "total"},
+                    ExpressionAttributeValues={
+                        ":s": {"N": str(share)},
+                        ":zero": {"N": "0"},
+                        ":room": {"N": str(cap - share)},
+                    },
+                )
+                return True
+            except self.ddb.exceptions.ConditionalCheckFailedException:
+                item = self.ddb.get_item(
+                    TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}}, ConsistentRead=True
+                ).get("Item")
+                if item is not None:
+                    return holder in (item.get("holders") or {}).get("M", {})
+                # The pool's first taker: its item (a total and an empty map to put shares in) first.
+                with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+                    self.ddb.put_item(
+                        TableName=self.table,
+                        Item={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}, "total": {"N": "0"}, "holders": {"M": {}}},
+                        ConditionExpression="attribute_not_exists(pk)",
+                    )
+        return False
+
+    def give_back_quota(self, pk: str, holder: str) -> None:
+        """Take `holder`'s share out of the pool; nothing if it holds none (given back already)."""
+        share = self.quota(pk)["holders"].get(holder)
+        if share is None:
+            return
+        with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}},
+                UpdateExpression="REMOVE holders.#h ADD #t :minus",
+                ConditionExpression="holders.#h = :s",
+                ExpressionAttributeNames={"#h": holder, "#t": "total"},
+                ExpressionAttributeValues={":s": {"N": str(share)}, ":minus": {"N": str(-share)}},
+            )
 
     def _if_lock_owner(self, pk: str, owner: str, expression: str, names: dict[str, str]) -> None:
         with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):

@@ -1,0 +1,161 @@
+"""Quotas and held batches (docs/guarantees.md, "Provider quotas"): a file larger than what a provider
+lets one organisation enqueue goes out in waves, every line finishes, no batch is created twice, and a
+quota refusal is never reported as a failed batch.
+
+Our own cap (BATCHDROP_<NAME>_MAX_ENQUEUED) keeps the waves within the quota; the provider's "not now"
+(OpenAI's token_limit_exceeded, Anthropic's 429, Azure's fail-fast 400) holds a batch that passed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from batchdrop import models as m
+from batchdrop.adapters.store import JobStore, quota_pk
+from batchdrop.cancel import request_cancel
+from batchdrop.config import BYTES_PER_TOKEN
+from batchdrop.handlers import use_deps
+from batchdrop.local import stack as s
+from batchdrop.local.dispatcher import Dispatcher
+from batchdrop.local.emulator import EmulatorKnobs
+from tests.helpers import all_jobs_final, all_notifications, assert_accounting, drive, jsonl, local_stack, neutral_line
+from tests.helpers import outputs_of as outputs
+from tests.lines import validator
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+PER_BATCH = 4
+
+
+def rows(provider: str, n: int) -> list[dict[str, Any]]:
+    # Lines of one length, so that every batch counts the same against a token cap.
+    return [neutral_line(MODELS[provider], f"question {i:04d}", custom_id=f"r-{i:04d}") for i in range(n)]
+
+
+@pytest.fixture
+def use_own_deps() -> Iterator[None]:
+    yield
+    use_deps(None)
+
+
+def stack_with(provider: str, env: dict[str, str], latency: float = 1.5) -> s.LocalStack:
+    return local_stack(
+        s.StackOptions(
+            knobs=EmulatorKnobs(latency=latency),
+            providers=("openai", "anthropic"),
+            limits={provider: (PER_BATCH, 10 * 1024 * 1024)},
+            extra_env=env,
+        )
+    )
+
+
+def most_in_flight(batches: list[dict[str, Any]], ended: dict[str, float]) -> int:
+    """The most provider batches that were running at once (created, not yet seen ended)."""
+    starts = sorted(b["created_at"] for b in batches)
+    return max(sum(1 for b in batches if b["created_at"] <= t < ended.get(b["id"], float("inf"))) for t in starts)
+
+
+def run_to_end(stack: s.LocalStack, provider: str, n: int, timeout: float = 90.0) -> dict[str, Any]:
+    stack.put("inputs/f.jsonl", jsonl(rows(provider, n)))
+    store = JobStore(s.TABLE)
+    dispatcher = Dispatcher(stack)
+    ended: dict[str, float] = {}
+
+    def tick(d: Dispatcher) -> None:
+        d.tick()
+        for batch in stack.emulator.batches(provider):
+            if batch.ended_at is not None:
+                ended.setdefault(batch.id, time.time())
+
+    drive(dispatcher, all_jobs_final(store, 1), timeout=timeout, tick=tick)
+    (job,) = store.list_jobs()
+    results, errors, summary = outputs(stack, job)
+    assert_accounting(set(range(1, n + 1)), results, errors, summary)
+    stats = stack.emulator.stats()
+    return {
+        "job": job,
+        "results": results,
+        "errors": errors,
+        "summary": summary,
+        "stats": stats,
+        "store": store,
+        "ended": ended,
+        "notes": all_notifications(dispatcher),
+    }
+
+
+def batch_share(provider: str) -> int:
+    """What one planned batch of PER_BATCH lines counts against a token cap: its provider-format bytes
+    over BYTES_PER_TOKEN, as batchdrop counts it."""
+    payloads = [validator().check(i + 1, orjson.dumps(row)) for i, row in enumerate(rows(provider, PER_BATCH))]
+    assert all(isinstance(p, m.Request) for p in payloads)
+    return -(-sum(len(p.payload) for p in payloads if isinstance(p, m.Request)) // BYTES_PER_TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("provider", "unit"),
+    [("openai", "tokens"), ("anthropic", "requests")],
+)
+def test_a_file_larger_than_our_cap_goes_out_in_waves_and_every_line_finishes(
+    provider: str, unit: str, use_own_deps: None
+) -> None:
+    # Given a cap that fits two batches at a time (in the provider's quota unit), and a file of six
+    # (tokens: room for two batches, not three)
+    cap = 2 * PER_BATCH if unit == "requests" else batch_share(provider) * 5 // 2
+    env = {f"BATCHDROP_{provider.upper()}_MAX_ENQUEUED": str(cap)}
+    with stack_with(provider, env) as stack:
+        out = run_to_end(stack, provider, 6 * PER_BATCH)
+        store: JobStore = out["store"]
+        batches = store.get_batches(out["job"]["job_id"])
+        # Then every line succeeded, each batch was created once, and never more than two ran at once
+        assert out["job"]["status"] == m.JOB_COMPLETED
+        assert len(out["results"]) == 6 * PER_BATCH
+        assert not out["errors"]
+        assert out["stats"]["batches_created"][provider] == len(batches) == 6
+        assert all(count == 1 for count in out["stats"]["requests_submitted"].values())
+        assert most_in_flight(out["stats"]["batches"], out["ended"]) <= 2
+        # And some batches waited (the waves), and the pool is empty again
+        assert any(b.get("held_since") for b in batches), "some batches were held for room"
+        assert store.quota(quota_pk(provider, ""))["total"] == 0
+        submitted = [n for n in out["notes"] if n["attributes"]["event"] == "submitted"]
+        assert sum(1 for b in submitted[0]["message"]["batches"] if b.get("held")) >= 4
+
+
+def test_a_per_model_cap_applies_to_its_model_only(use_own_deps: None) -> None:
+    # Given a cap of one batch's requests for another model, and none for this one
+    env = {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": f"claude-opus-4-1={PER_BATCH}"}
+    with stack_with("anthropic", env) as stack:
+        out = run_to_end(stack, "anthropic", 3 * PER_BATCH)
+        batches = out["store"].get_batches(out["job"]["job_id"])
+        # Then nothing waited
+        assert out["job"]["status"] == m.JOB_COMPLETED
+        assert not any(b.get("held_since") for b in batches)
+
+
+def test_a_canceled_job_ends_its_held_batches_without_sending_them(use_own_deps: None) -> None:
+    # Given a job whose batches wait for room behind a long first wave
+    env = {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": str(PER_BATCH)}
+    with stack_with("anthropic", env, latency=3600.0) as stack:
+        stack.put("inputs/f.jsonl", jsonl(rows("anthropic", 3 * PER_BATCH)))
+        store = JobStore(s.TABLE)
+        dispatcher = Dispatcher(stack)
+        drive(dispatcher, lambda: [j["status"] for j in store.list_jobs()] == [m.JOB_SUBMITTED])
+        (job,) = store.list_jobs()
+        states = sorted(b["status"] for b in store.get_batches(job["job_id"]))
+        assert states.count(m.HELD) == 2, states
+        # When the user cancels it
+        request_cancel(store, job["job_id"], time.time())
+        drive(dispatcher, all_jobs_final(store, 1))
+        # Then it ends canceled, its held batches never reached the provider, and the pool is empty
+        (job,) = store.list_jobs()
+        assert job["status"] == m.JOB_CANCELED
+        assert stack.emulator.stats()["batches_created"]["anthropic"] == 1
+        assert {b["status"] for b in store.get_batches(job["job_id"])} == {m.BATCH_CANCELED}
+        assert store.quota(quota_pk("anthropic", ""))["total"] == 0
+        results, errors, summary = outputs(stack, job)
+        assert_accounting(set(range(1, 3 * PER_BATCH + 1)), results, errors, summary)
+        assert {e["code"] for e in errors} == {m.CANCELED}
