@@ -18,11 +18,13 @@ import pytest
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore, quota_pk
 from batchdrop.cancel import request_cancel
-from batchdrop.config import BYTES_PER_TOKEN
+from batchdrop.config import BYTES_PER_TOKEN, Settings
 from batchdrop.handlers import use_deps
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
+from batchdrop.pipeline import Deps
+from batchdrop.poll import OVERDUE_GRACE_SECONDS
 from tests.helpers import all_jobs_final, all_notifications, assert_accounting, drive, jsonl, local_stack, neutral_line
 from tests.helpers import outputs_of as outputs
 from tests.lines import validator
@@ -159,3 +161,38 @@ def test_a_canceled_job_ends_its_held_batches_without_sending_them(use_own_deps:
         results, errors, summary = outputs(stack, job)
         assert_accounting(set(range(1, 3 * PER_BATCH + 1)), results, errors, summary)
         assert {e["code"] for e in errors} == {m.CANCELED}
+
+
+def test_a_batch_past_its_providers_window_is_canceled_and_its_unfinished_requests_sent_again(
+    use_own_deps: None,
+) -> None:
+    # Given a provider whose batch never ends (a Gemini job left PENDING for days), with a window of an hour
+    env = {"BATCHDROP_OPENAI_WINDOW_HOURS": "1", "BATCHDROP_MAX_ATTEMPTS": "2"}
+    with stack_with("openai", env, latency=10 * 86_400.0) as stack:
+        offset = [0.0]
+        deps = Deps.from_settings(Settings.from_env())
+        deps.clock = lambda: time.time() + offset[0]
+        use_deps(lambda: deps)
+        store = JobStore(s.TABLE)
+        dispatcher = Dispatcher(stack)
+        stack.put("inputs/f.jsonl", jsonl(rows("openai", PER_BATCH)))
+        drive(dispatcher, lambda: [j["status"] for j in store.list_jobs()] == [m.JOB_SUBMITTED])
+        dispatcher.tick()
+        (first,) = stack.emulator.batches("openai")
+        assert first.ended_at is None, "not canceled within its window"
+        # When the window and its grace pass (and the provider would now run a batch promptly)
+        offset[0] = 3600 + OVERDUE_GRACE_SECONDS + 60
+        stack.emulator.knobs = EmulatorKnobs(latency=0.5)
+        drive(dispatcher, all_jobs_final(store, 1))
+        # Then batchdrop canceled it, and its requests ran in a second batch: every line succeeded
+        (job,) = store.list_jobs()
+        results, errors, summary = outputs(stack, job)
+        assert_accounting(set(range(1, PER_BATCH + 1)), results, errors, summary)
+        assert first.end_kind == "cancelled"
+        assert job["status"] == m.JOB_COMPLETED
+        assert len(results) == PER_BATCH
+        assert not job.get("timed_out"), "the watchdog did not end it"
+        assert stack.emulator.stats()["batches_created"]["openai"] == 2
+        overdue = [b for b in store.get_batches(job["job_id"]) if b.get("overdue")]
+        assert len(overdue) == 1
+        assert "past openai's window" in overdue[0]["overdue"]

@@ -181,3 +181,39 @@ def test_spill_files_go_where_batchdrop_tmpdir_says(monkeypatch: pytest.MonkeyPa
     assert config.tmpdir() is None, "empty means the system's temp folder"
     monkeypatch.delenv(config.ENV_TMPDIR)
     assert config.tmpdir() is None
+
+
+def test_enqueued_caps_are_read_by_model_and_for_every_model_together() -> None:
+    s = settings(BATCHDROP_OPENAI_MAX_ENQUEUED="gpt-4o=90000, 2000000", BATCHDROP_ANTHROPIC_MAX_ENQUEUED="100000")
+    openai, anthropic = s.providers["openai"], s.providers["anthropic"]
+    assert openai.quota_pool("gpt-4o") == ("gpt-4o", 90_000)
+    assert openai.quota_pool("gpt-4o-mini") == ("", 2_000_000)
+    assert anthropic.quota_pool("claude-haiku-4-5") == ("", 100_000)
+    assert settings().providers["openai"].quota_pool("gpt-4o") is None
+
+
+def test_a_batch_fits_the_smallest_pool_on_its_own() -> None:
+    # A batch larger than the quota would be refused "for now" every time: the planner's limits shrink.
+    s = settings(BATCHDROP_OPENAI_MAX_ENQUEUED="gpt-4o=90000,2000000", BATCHDROP_ANTHROPIC_MAX_ENQUEUED="500")
+    assert s.providers["openai"].limits.max_bytes == 90_000 * config.BYTES_PER_TOKEN
+    assert s.providers["anthropic"].limits.max_requests == 500
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("gpt-4o=lots", "model=N or N"), ("=5", "names no model"), ("0", "at least 1"), ("1e6", "model=N or N")],
+)
+def test_a_malformed_cap_names_the_variable_and_the_form(value: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="BATCHDROP_OPENAI_MAX_ENQUEUED") as info:
+        settings(BATCHDROP_OPENAI_MAX_ENQUEUED=value)
+    assert words in str(info.value)
+
+
+def test_windows_follow_each_provider_and_can_be_set() -> None:
+    azure = {"BATCHDROP_AZURE_BASE_URL": "https://x.openai.azure.com", "BATCHDROP_AZURE_API_VERSION": "2024-10-21"}
+    s = settings(BATCHDROP_PROVIDERS="openai,azure,gemini", BATCHDROP_AZURE_WINDOW_HOURS="72", **azure)
+    assert s.providers["openai"].window_hours == 24
+    assert s.providers["gemini"].window_hours == 48
+    assert s.providers["azure"].window_hours == 72
+    with pytest.raises(ConfigError, match="BATCHDROP_OPENAI_WINDOW_HOURS='soon'"):
+        settings(BATCHDROP_OPENAI_WINDOW_HOURS="soon")
