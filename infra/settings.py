@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA
+from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA, ConfigError, parse_enqueued, parse_hours
 from batchdrop.providers import SPECS
+from batchdrop.providers.spec import env_var
 from infra.names import DEFAULT_STACK_NAME
 
 # The retention periods CloudWatch Logs accepts (RetentionInDays).
@@ -42,6 +43,8 @@ CONTEXT_KEYS = (
             *(o.context for o in spec.options if o.context),
             f"{spec.name}_max_requests",
             f"{spec.name}_max_bytes",
+            f"{spec.name}_max_enqueued",
+            f"{spec.name}_window_hours",
         )
     ),
 )
@@ -169,6 +172,20 @@ class DeploySettings:
                     )
                 if value is not None:
                     options.setdefault(spec.name, {})[option.what] = value
+
+        for name in providers:
+            # What the functions read as BATCHDROP_<NAME>_MAX_ENQUEUED and _WINDOW_HOURS, checked as they do.
+            for what in ("MAX_ENQUEUED", "WINDOW_HOURS"):
+                key = f"{name}_{what.lower()}"
+                value = text(key)
+                if value is None:
+                    continue
+                try:
+                    check = parse_enqueued if what == "MAX_ENQUEUED" else parse_hours
+                    check(env_var(name, what), value)
+                except ConfigError as exc:
+                    raise SettingsError(f"context {key}={value!r}: {exc}") from None
+                options.setdefault(name, {})[what] = value
 
         alarm_email = text("alarm_email")
         if alarm_email is not None and "@" not in alarm_email:

@@ -252,7 +252,9 @@ class Settings:
                 role_arn=env.get(var("ROLE_ARN")) or None,
                 bucket=env.get(ENV_BUCKET) or None,
                 fallback=env.get(var("FALLBACK")) or None,
-                window_hours=_hours(env, var("WINDOW_HOURS"), SPECS[name].window_hours or 24),
+                window_hours=parse_hours(var("WINDOW_HOURS"), env.get(var("WINDOW_HOURS"), ""))
+                or SPECS[name].window_hours
+                or 24,
                 max_enqueued=max_enqueued,
             )
             for option in SPECS[name].options:
@@ -343,10 +345,11 @@ def _within_quota(limits: BatchLimits, unit: str, caps: Mapping[str, int]) -> Ba
     return limits
 
 
-def _hours(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
+def parse_hours(name: str, raw: str) -> float | None:
+    """BATCHDROP_<NAME>_WINDOW_HOURS: hours, more than 0 and at most 30 days; None when unset."""
+    raw = raw.strip()
     if not raw:
-        return float(default)
+        return None
     try:
         value = float(raw)
     except ValueError:

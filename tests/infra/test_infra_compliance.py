@@ -98,3 +98,11 @@ def test_azure_without_an_endpoint_is_refused() -> None:
 
     with pytest.raises(SettingsError, match="azure_endpoint"):
         build_app({"providers": "azure", "aws:cdk:bundling-stacks": []})
+
+
+def test_quota_caps_and_windows_reach_the_functions_checked_as_the_functions_check_them() -> None:
+    settings = DeploySettings.from_context({"anthropic_max_enqueued": "100000", "openai_window_hours": "12"}.get)
+    assert settings.options["anthropic"]["MAX_ENQUEUED"] == "100000"
+    assert settings.options["openai"]["WINDOW_HOURS"] == "12"
+    with pytest.raises(SettingsError, match=r"openai_max_enqueued='lots'.*model=N or N"):
+        DeploySettings.from_context({"openai_max_enqueued": "lots"}.get)
