@@ -91,6 +91,7 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         assert note["message"]["notification_id"] == attrs["notification_id"]
         if attrs["event"] == "submitted":
             submitted_notes[job_id] += 1
+            totals["held"] += sum(1 for b in note["message"]["batches"] if b.get("held"))
         else:
             terminal_ids.setdefault(job_id, set()).add(attrs["notification_id"])
             terminal_deliveries[job_id] += 1

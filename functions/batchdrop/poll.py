@@ -79,7 +79,9 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
         # Recorded as ended by a poll that died before handing its job over: finish that step.
         _after_end(deps, batch, report)
         return
-    if batch.get("status") == m.HELD:
+    if not batch.get("provider_batch_id"):
+        # Held, or a held batch whose send died half-way (its job is submitted, so no submission will
+        # take it up): offered to the submit function again.
         if watchdog:
             _offer_held(deps, batch, report)
         return
@@ -150,9 +152,9 @@ def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
 
 
 def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
-    """A held batch is due: end it if its job will never send it; else, when its share fits its pool,
-    offer it to the submit function (which has the grants to create it) through the segments queue,
-    and look again after the backoff in case that offer is lost or the pool fills first."""
+    """A held (or half-sent) batch is due: end it if its job will never send it; else, when its share
+    fits its pool, offer it to the submit function (which has the grants to create it) through the
+    segments queue, and look again after the backoff in case that offer is lost or the pool fills."""
     now = deps.clock()
     job = deps.store.get_job(batch["job_id"])
     if job is None or job["status"] in m.FINAL_JOB_STATES or job.get("cancel_requested") or job.get("timed_out"):

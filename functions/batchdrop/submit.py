@@ -145,8 +145,9 @@ def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None)
 
 
 def send_held(deps: Deps, job_id: str) -> SubmitResult:
-    """Send the job's held batches that fit their pools now (the poll offered them); those that do not
-    stay held. Each batch's own conditional writes keep two invocations from sending it twice."""
+    """Send the job's held batches that fit their pools now (the poll offered them), and finish any whose
+    send died half-way; those that do not fit stay held. Each batch's own conditional writes and create
+    mark keep two invocations from sending it twice."""
     job = deps.store.get_job(job_id)
     if job is None or job["status"] != m.JOB_SUBMITTED or job.get("cancel_requested"):
         # Submitting: its submission sends them; ended or being canceled: the poll ends them.
@@ -154,7 +155,7 @@ def send_held(deps: Deps, job_id: str) -> SubmitResult:
     owner = invocation_id()
     sent = 0
     for batch in sorted(deps.store.get_batches(job_id), key=lambda b: b["sk"]):
-        if batch.get("status") != m.HELD:
+        if batch.get("provider_batch_id") or batch.get("status") not in (m.HELD, m.PENDING, m.SUBMITTING):
             continue
         with contextlib.suppress(Conflict):
             after = send_batch(deps, job_id, batch, owner)

@@ -30,13 +30,21 @@ def chaos_run(
     max_attempts: int = 2,
     chaos: dict[str, float] | None = None,
     faults: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+    limits: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, int]:
     inputs = tmp / "in"
     inputs.mkdir()
     paths = write_corpus(inputs, files=files, max_lines=max_lines, seed=seed)
     knobs = EmulatorKnobs(latency=0.3, seed=seed, **(PROVIDER_FAULTS if faults is None else faults))
     options = StackOptions(
-        knobs=knobs, max_attempts=max_attempts, lease_seconds=3, completion_grace_seconds=2, create_lock_seconds=2
+        knobs=knobs,
+        max_attempts=max_attempts,
+        lease_seconds=3,
+        completion_grace_seconds=2,
+        create_lock_seconds=2,
+        extra_env=env or {},
+        limits=limits or {},
     )
     chaos_knobs = Chaos(seed=seed, **(FULL_CHAOS if chaos is None else chaos))  # type: ignore[arg-type]
     report = run_files(paths, str(tmp / "out"), options, chaos=chaos_knobs, tick_seconds=0.1, timeout=240)
@@ -47,6 +55,23 @@ def chaos_run(
 def test_no_request_is_lost_or_paid_twice_under_chaos(tmp_path: Path, seed: int) -> None:
     totals = chaos_run(tmp_path, seed, files=6, max_lines=12)
     assert totals["jobs"] == 6
+    assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
+
+
+def test_no_request_is_lost_or_paid_twice_under_chaos_with_quotas_on(tmp_path: Path) -> None:
+    # Small batches and caps of two batches at a time: most batches are held and sent in waves, with
+    # every fault of the chaos profile at once.
+    limits = {p: (3, 10 * 1024 * 1024) for p in ("openai", "anthropic", "azure", "gemini")}
+    env = {
+        "BATCHDROP_OPENAI_MAX_ENQUEUED": "600",
+        "BATCHDROP_AZURE_MAX_ENQUEUED": "600",
+        "BATCHDROP_GEMINI_MAX_ENQUEUED": "600",
+        "BATCHDROP_ANTHROPIC_MAX_ENQUEUED": "6",
+        "BATCHDROP_BEDROCK_MAX_ENQUEUED": "2",
+    }
+    totals = chaos_run(tmp_path, seed=23, files=6, max_lines=12, env=env, limits=limits)
+    assert totals["jobs"] == 6
+    assert totals["held"] > 0, "batches waited for room"
     assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
 
 
