@@ -69,6 +69,10 @@ class Request(msgspec.Struct, gc=False):
     group: str
     model: str
     payload: bytes
+    # The embedding inputs it carries, which OpenAI limits per batch as well as requests (an OpenAI
+    # /v1/embeddings line: one per string or token array of body.input); 0 for any other request.
+    # The planner closes a batch before they would pass the provider's limit.
+    inputs: int = 0
 
 
 @dataclass(slots=True)

@@ -2,7 +2,8 @@
 
 Requests are spilled to one temporary file per open batch, so memory stays flat whatever the input
 size: a batch is closed (and handed to `on_batch`) when the next request would pass its request or
-byte limit, and the rest are closed at the end. The plan is deterministic: the same file and limits
+byte limit, or the embedding inputs the provider counts (`Request.inputs`, `max_inputs`), and the
+rest are closed at the end. The plan is deterministic: the same file and limits
 give the same batches with the same keys, which is what lets a retried submit find its own work.
 """
 
@@ -20,6 +21,7 @@ from typing import IO
 
 from batchdrop.config import BatchLimits
 from batchdrop.models import Request
+from batchdrop.providers.openai import EMBEDDINGS_URL, MAX_EMBEDDING_INPUTS, line_inputs
 
 # Room for the envelope a provider wraps around the lines (Anthropic: {"requests": [...]}).
 ENVELOPE_BYTES = 64
@@ -28,6 +30,17 @@ SIZES_INDEX = "I"
 
 _LINE = operator.attrgetter("line")
 _PAYLOAD = operator.attrgetter("payload")
+# The embedding inputs a batch may hold, by provider (what OpenAI's Batch API counts besides requests).
+MAX_INPUTS: Mapping[str, int] = {"openai": MAX_EMBEDDING_INPUTS, "azure": MAX_EMBEDDING_INPUTS}
+_EMBEDDINGS_GROUP = EMBEDDINGS_URL + " "
+
+
+def _inputs(request: Request) -> int:
+    """The request's embedding inputs; counted from its line when whoever made it did not (a request
+    sent again from a stored batch, or converted for a fallback provider)."""
+    if request.inputs or not request.group.startswith(_EMBEDDINGS_GROUP):
+        return request.inputs
+    return line_inputs(request.payload)
 
 
 @dataclass
@@ -58,6 +71,7 @@ class _Open:
     index: IO[bytes]
     requests: int = 0
     bytes: int = ENVELOPE_BYTES
+    inputs: int = 0
 
 
 @dataclass
@@ -71,6 +85,8 @@ class BatchPlanner:
     # bytes as two 4-byte integers (SIZES_INDEX), no custom_id; the batch's `path` is "". The batches
     # are the same as with the data.
     sizes_only: frozenset[str] = frozenset()
+    # The embedding inputs one batch may hold, by provider (none for a provider not named).
+    max_inputs: Mapping[str, int] = field(default_factory=lambda: dict(MAX_INPUTS))
     _open: dict[tuple[str, str], _Open] = field(default_factory=dict)
     _count: dict[str, int] = field(default_factory=dict)
     # Per slot of a provider with a minimum batch size (Bedrock): the last batch closed, held back
@@ -82,7 +98,12 @@ class BatchPlanner:
         slot = (request.provider, request.group)
         batch = self._open.get(slot)
         size = len(request.payload)
-        if batch is not None and (batch.requests + 1 > limits.max_requests or batch.bytes + size > limits.max_bytes):
+        inputs = _inputs(request)
+        if batch is not None and (
+            batch.requests + 1 > limits.max_requests
+            or batch.bytes + size > limits.max_bytes
+            or (inputs and batch.inputs + inputs > self.max_inputs.get(request.provider, inputs))
+        ):
             self._close(slot)
             batch = None
         if batch is None:
@@ -102,6 +123,7 @@ class BatchPlanner:
             batch.index.write(b"%s\t%d\n" % (request.custom_id.encode(), request.line))
         batch.requests += 1
         batch.bytes += size
+        batch.inputs += inputs
 
     def add_many(self, requests: Sequence[Request]) -> None:
         """`add` of each request in turn (the same batches, closed in the same order), with the
@@ -118,7 +140,11 @@ class BatchPlanner:
                 continue
             limits = self.limits[provider]
             room, space = limits.max_requests - batch.requests, limits.max_bytes - batch.bytes
-            j, size = i, 0
+            # Only an embeddings group carries inputs: other runs skip the count.
+            most = self.max_inputs.get(provider)
+            counted = most is not None and group.startswith(_EMBEDDINGS_GROUP)
+            inputs_room = (most or 0) - batch.inputs
+            j, size, inputs = i, 0, 0
             while j < n:
                 request = requests[j]
                 if request.provider != provider or request.group != group:
@@ -126,6 +152,11 @@ class BatchPlanner:
                 length = len(request.payload)
                 if j - i >= room or size + length > space:
                     break
+                if counted:
+                    weight = _inputs(request)
+                    if inputs + weight > inputs_room:
+                        break
+                    inputs += weight
                 size += length
                 j += 1
             if j == i:  # the batch is full: `add` closes it and opens the next
@@ -141,6 +172,7 @@ class BatchPlanner:
                 batch.index.write("".join([f"{r.custom_id}\t{r.line}\n" for r in run]).encode())
             batch.requests += j - i
             batch.bytes += size
+            batch.inputs += inputs
             i = j
 
     def finish(self) -> None:

@@ -1,11 +1,18 @@
-"""The OpenAI Batch API (and Azure OpenAI's, the same API under ``/openai/``), with OpenAI's webhooks.
+"""The OpenAI Batch API, with OpenAI's webhooks, and Azure OpenAI's (`AzureOpenAIEmulation`: the same
+API under ``/openai/``, with Azure's own limits and behaviours, and its own files and batches).
 
 The official ``openai`` SDK talks to it through ``base_url`` (the emulator's ``/v1``), and
 ``AzureOpenAI`` through ``azure_endpoint`` (paths under ``/openai/``, with ``?api-version=...``): the
 Files endpoints (``/v1/files``) and the Batches endpoints (``/v1/batches``). An input file is validated
 the way OpenAI does while the batch is ``validating``; a batch with invalid lines ends ``failed`` with
 their errors. Each line's answer is an echo in the shape of its endpoint (chat completion, response,
-completion, embeddings, moderation), written to an output file and an error file when the batch ends.
+completion, embeddings, moderation), written to an output file and an error file when the batch ends;
+a request whose body the service would refuse gets a 400 in the error file instead.
+
+Queue quotas (off unless a limit is set): a batch's input tokens are counted as the canned usage counts
+them (one token per four characters of the text the answer echoes, `canned.tokens`), and a batch that
+would take the model's enqueued tokens past the limit ends ``failed`` with ``token_limit_exceeded``
+(OpenAI) or is refused at create with a 400 of that code (Azure's "fail fast").
 
 When ``webhook_url`` and ``webhook_secret`` are set, a batch that ends is announced with a signed
 ``batch.<status>`` event (Standard Webhooks), as a project's webhook endpoint receives it at OpenAI.
@@ -33,6 +40,7 @@ from batchdrop.local.emulator.canned import (
     SERVER_ERROR,
     echo,
     hex_id,
+    iso,
     messages_text,
     positive,
     text_of,
@@ -59,6 +67,20 @@ ENDPOINTS = (
     "/v1/moderations",
 )
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# openai-python types/file_create_params.py and batch_create_params.py (ExpiresAfter, OutputExpiresAfter):
+# "Must be between 3600 (1 hour) and 2592000 (30 days)"; the anchor is always "created_at".
+OPENAI_EXPIRY_SECONDS = (3600, 2_592_000)
+# Azure's batch-python.md (MicrosoftDocs azure-ai-docs): "a number between 1209600-2592000" (14-30 days).
+AZURE_EXPIRY_SECONDS = (1_209_600, 2_592_000)
+# OpenAI docs, "Batch API", rate limits: "/v1/embeddings batches are also restricted to a maximum of
+# 50,000 embedding inputs across all requests in the batch" (also openai-python batch_create_params.py).
+MAX_EMBEDDING_INPUTS = 50_000
+# The embeddings API's own cap on one request's input array (Azure OpenAI quotas and limits: "Max number
+# of inputs in array with /embeddings: 2048"; OpenAI's API reference says the same).
+MAX_INPUTS_PER_REQUEST = 2048
+# openai-python types/chat/chat_completion_message_param.py: the roles a chat message may take.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+INVALID_BODY = "invalid_body"  # a request failure of ours: its body is one the service refuses
 _MAX_REPORTED_ERRORS = 1000
 _EMBEDDING_DIMENSIONS = 8
 
@@ -255,6 +277,78 @@ def _moderations(body: dict[str, Any], key: str, created: int) -> tuple[dict[str
     return reply, 0, 0
 
 
+def _refusal(message: str, param: str, code: str) -> dict[str, Any]:
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+
+
+def body_error(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The error the service answers a request body with, as its API would (None: it runs).
+
+    OpenAI checks a batch's lines while it is `validating` (custom_id, method, url, model) but each
+    body only when it runs it, so a body the API refuses comes back in the error file as a 400 with the
+    API's error object (OpenAI docs, "Batch API": the error file holds "requests that failed"). The
+    messages and codes are the Chat Completions API's for the same mistakes.
+    """
+    if endpoint == "/v1/chat/completions":
+        messages = body.get("messages")
+        if messages is None:
+            return _refusal("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+        if not isinstance(messages, list):
+            return _refusal("Invalid type for 'messages': expected an array.", "messages", "invalid_type")
+        if not messages:
+            return _refusal(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                "but got an empty array instead.",
+                "messages",
+                "empty_array",
+            )
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                return _refusal(
+                    f"Invalid type for 'messages[{i}]': expected an object.", f"messages[{i}]", "invalid_type"
+                )
+            role = message.get("role")
+            if role is None:
+                return _refusal(
+                    f"Missing required parameter: 'messages[{i}].role'.",
+                    f"messages[{i}].role",
+                    "missing_required_parameter",
+                )
+            if role not in CHAT_ROLES:
+                return _refusal(
+                    f"Invalid value: {str(role)[:40]!r}. Supported values are: 'system', 'assistant', 'user', "
+                    "'function', 'tool', and 'developer'.",
+                    f"messages[{i}].role",
+                    "invalid_value",
+                )
+            if role in ("system", "developer", "user", "tool") and "content" not in message:
+                return _refusal(
+                    f"Missing required parameter: 'messages[{i}].content'.",
+                    f"messages[{i}].content",
+                    "missing_required_parameter",
+                )
+    elif endpoint in ("/v1/embeddings", "/v1/moderations"):
+        given = body.get("input")
+        if given is None:
+            return _refusal("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+        if endpoint == "/v1/embeddings" and embedding_inputs(given) > MAX_INPUTS_PER_REQUEST:
+            return _refusal(
+                f"Invalid 'input': array too long. Expected an array with maximum length "
+                f"{MAX_INPUTS_PER_REQUEST}, but got an array with length {len(given)} instead.",
+                "input",
+                "array_above_max_length",
+            )
+    return None
+
+
+def embedding_inputs(given: Any) -> int:
+    """How many inputs a /v1/embeddings body's `input` holds, as OpenAI counts them for its batch limit:
+    a string or one token array is one input; a list of strings or of token arrays is one per item."""
+    if isinstance(given, list) and given and not isinstance(given[0], int):
+        return len(given)
+    return 1
+
+
 _ANSWERS: dict[str, Callable[[dict[str, Any], str, int], tuple[dict[str, Any], int, int]]] = {
     "/v1/chat/completions": _chat_completion,
     "/v1/responses": _response,
@@ -280,8 +374,14 @@ class _File:
     purpose: str
     created_at: int
     data: bytes
+    # Azure: the file is `pending` until then (its import runs after the upload has answered).
+    ready_at: float = 0.0
+    expires_at: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def ready(self, now: float) -> bool:
+        return now >= self.ready_at
+
+    def to_json(self, now: float) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "file",
@@ -289,9 +389,9 @@ class _File:
             "created_at": self.created_at,
             "filename": self.filename,
             "purpose": self.purpose,
-            "status": "processed",
+            "status": "processed" if self.ready(now) else "pending",
             "status_details": None,
-            "expires_at": None,
+            "expires_at": self.expires_at,
         }
 
 
@@ -299,17 +399,32 @@ class OpenAIEmulation(Plugin):
     """OpenAI's Files and Batches API (also as Azure OpenAI), and its webhooks (see the module)."""
 
     provider = "openai"
+    # Where its Files and Batches paths start.
+    root = "/v1"
     # Every /v1/ path but Anthropic's; a path no provider owns is answered in OpenAI's shape too.
     prefixes = ("/v1/",)
-    # Azure OpenAI serves the same Files and Batches API under /openai/ (with ?api-version=...).
-    aliases = (("/openai/", "/v1/"),)
     creates = re.compile(r"/v1/batches")
+    # The range `expires_after.seconds` and `output_expires_after.seconds` must be in.
+    expiry_seconds = OPENAI_EXPIRY_SECONDS
 
     def __init__(self, emulator: Emulator) -> None:
         super().__init__(emulator)
         # OpenAI's limits, as instance attributes so tests can lower them.
         self.max_requests = 50_000
         self.max_file_bytes = 200 * MB
+        self.max_embedding_inputs = MAX_EMBEDDING_INPUTS
+        # The enqueued-token quota: input tokens of a model's batches that are validating, in progress
+        # or finalizing, per model name (or deployment, for Azure), else `enqueued_token_limit` for
+        # every model; None: no quota.
+        self.enqueued_token_limits: dict[str, int] = {}
+        self.enqueued_token_limit: int | None = None
+        # Files a resource may hold at once (None: no cap): Azure's.
+        self.max_files: int | None = None
+        self.max_files_with_expiry: int | None = None
+        # Seconds an uploaded file stays `pending` (Azure's import).
+        self.file_processing_seconds = 0.0
+        self._tokens: dict[str, int] = {}  # batch id → input tokens it enqueued
+        self._output_expiry: dict[str, int] = {}  # batch id → output_expires_after.seconds
         # OpenAI webhooks (batch.completed, ...): where to send them and the signing secret
         # ("whsec_" + base64), as a project's webhook endpoint is configured at OpenAI.
         self.webhook_url: str | None = None
@@ -321,16 +436,17 @@ class OpenAIEmulation(Plugin):
     # -- the plugin ---------------------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
+        root = self.root
         return [
-            ("POST", re.compile(r"/v1/files"), self._create_file),
-            ("GET", re.compile(r"/v1/files"), self._list_files),
-            ("GET", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._retrieve_file),
-            ("DELETE", re.compile(r"/v1/files/(?P<file_id>[^/]+)"), self._delete_file),
-            ("GET", re.compile(r"/v1/files/(?P<file_id>[^/]+)/content"), self._file_content),
-            ("POST", re.compile(r"/v1/batches"), self._create_batch),
-            ("GET", re.compile(r"/v1/batches"), self._list_batches),
-            ("GET", re.compile(r"/v1/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
-            ("POST", re.compile(r"/v1/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
+            ("POST", re.compile(rf"{root}/files"), self._create_file),
+            ("GET", re.compile(rf"{root}/files"), self._list_files),
+            ("GET", re.compile(rf"{root}/files/(?P<file_id>[^/]+)"), self._retrieve_file),
+            ("DELETE", re.compile(rf"{root}/files/(?P<file_id>[^/]+)"), self._delete_file),
+            ("GET", re.compile(rf"{root}/files/(?P<file_id>[^/]+)/content"), self._file_content),
+            ("POST", re.compile(rf"{root}/batches"), self._create_batch),
+            ("GET", re.compile(rf"{root}/batches"), self._list_batches),
+            ("GET", re.compile(rf"{root}/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
+            ("POST", re.compile(rf"{root}/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
         ]
 
     def reach(self, base_url: str) -> list[tuple[str, str]]:
@@ -414,22 +530,67 @@ class OpenAIEmulation(Plugin):
             raise ClientError(400, "Missing required parameter: 'file'.", "file")
         if purpose not in FILE_PURPOSES:
             raise ClientError(400, f"Invalid value for 'purpose': {purpose!r}.", "purpose")
+        anchor, seconds = request.form.get("expires_after[anchor]"), request.form.get("expires_after[seconds]")
+        expires = None
+        if anchor is not None or seconds is not None:
+            expires = self._expiry({"anchor": anchor, "seconds": seconds}, "expires_after")
         data = upload.read()
         if purpose == "batch" and len(data) > self.max_file_bytes:
             raise ClientError(400, "File is too large: batch input files are limited to 200 MB.", "file")
         with self.emulator.lock:
+            now = self.emulator.now()
+            self._check_file_cap(now, expires is not None)
             file = _File(
                 id=f"file-{self.emulator.next_id('file')}",
                 filename=upload.filename or "upload.jsonl",
                 purpose=purpose,
-                created_at=int(self.emulator.now()),
+                created_at=int(now),
                 data=data,
+                ready_at=now + self.file_processing_seconds,
+                expires_at=None if expires is None else int(now) + expires,
             )
             self._files[file.id] = file
-        return json_response(file.to_json())
+            return json_response(file.to_json(now))
+
+    def _expiry(self, given: Any, param: str) -> int:
+        """`expires_after` / `output_expires_after`: {anchor: "created_at", seconds} → seconds."""
+        low, high = self.expiry_seconds
+        if not isinstance(given, dict) or given.get("anchor") != "created_at":
+            raise ClientError(400, f"Invalid '{param}.anchor': expected 'created_at'.", f"{param}.anchor")
+        try:
+            seconds = int(given.get("seconds"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ClientError(400, f"Invalid '{param}.seconds': expected an integer.", f"{param}.seconds") from None
+        if not low <= seconds <= high:
+            raise ClientError(
+                400,
+                f"Invalid '{param}.seconds': {seconds}. It must be between {low} and {high}.",
+                f"{param}.seconds",
+            )
+        return seconds
+
+    def _purge_expired(self, now: float) -> None:
+        for file in [f for f in self._files.values() if f.expires_at is not None and f.expires_at <= now]:
+            del self._files[file.id]
+
+    def _check_file_cap(self, now: float, expires: bool) -> None:
+        """Azure's cap on the files a resource holds (see AzureOpenAIEmulation); none for OpenAI."""
+        cap = self.max_files_with_expiry if expires else self.max_files
+        if cap is None:
+            return
+        self._purge_expired(now)
+        if len(self._files) >= cap:
+            raise ClientError(
+                400,
+                f"The number of files in this resource has reached the limit of {cap}. Delete files, "
+                "or set an expiry on them (expires_after), and try again.",
+                "file",
+                "quota_exceeded",
+            )
 
     def _get_file(self, file_id: str) -> _File:
         with self.emulator.lock:
+            self._purge_expired(self.emulator.now())
             file = self._files.get(file_id)
         if file is None:
             raise ClientError(404, f"No such File object: {file_id}", "id")
@@ -439,11 +600,13 @@ class OpenAIEmulation(Plugin):
         limit = page_limit(request, 10_000, 10_000)
         purpose = request.args.get("purpose")
         with self.emulator.lock:
+            now = self.emulator.now()
+            self._purge_expired(now)
             files = [f for f in reversed(self._files.values()) if purpose is None or f.purpose == purpose]
-        return self._cursor_page(request, [f.to_json() for f in files], limit)
+        return self._cursor_page(request, [f.to_json(now) for f in files], limit)
 
     def _retrieve_file(self, request: Request, file_id: str) -> Response:
-        return json_response(self._get_file(file_id).to_json())
+        return json_response(self._get_file(file_id).to_json(self.emulator.now()))
 
     def _delete_file(self, request: Request, file_id: str) -> Response:
         file = self._get_file(file_id)
@@ -495,7 +658,12 @@ class OpenAIEmulation(Plugin):
                 "completion_window",
             )
         self._check_metadata(metadata)
+        output_expiry = None
+        if payload.get("output_expires_after") is not None:
+            output_expiry = self._expiry(payload["output_expires_after"], "output_expires_after")
         with self.emulator.lock:
+            now = self.emulator.now()
+            self._purge_expired(now)
             file = self._files.get(input_file_id)
         if file is None:
             raise ClientError(400, f"Invalid 'input_file_id': {input_file_id!r}. No such file.", "input_file_id")
@@ -505,8 +673,23 @@ class OpenAIEmulation(Plugin):
                 f"Invalid 'input_file_id': the file's purpose is {file.purpose!r}, not 'batch'.",
                 "input_file_id",
             )
+        if not file.ready(now):
+            # Azure: "wait until the file's status is processed" before creating the batch (batch-python.md,
+            # MicrosoftDocs azure-ai-docs); the error it answers is not documented: this is its 400
+            # invalid_request_error shape with a message that names the file's status.
+            raise ClientError(
+                400,
+                f"The input file {input_file_id} is not ready for batch processing: its status is 'pending'. "
+                "Wait until its status is 'processed'.",
+                "input_file_id",
+                "invalid_request_error",
+            )
         lines = self._read_lines(file.data, str(endpoint))
+        answer = _ANSWERS[str(endpoint)]
+        enqueued = 0 if lines.errors else sum(answer(body, "", 0)[1] for _, body in lines.requests)
         with self.emulator.lock:
+            if not lines.errors and lines.model is not None:
+                self._check_quota(lines, enqueued, now)
             batch = self.emulator.create_batch(
                 self.provider,
                 f"batch_{self.emulator.next_id('openai-batch', 32)}",
@@ -519,7 +702,48 @@ class OpenAIEmulation(Plugin):
                 model=lines.model,
                 errors=lines.errors,
             )
+            if not batch.errors:
+                self._tokens[batch.id] = enqueued
+            for queued in batch.requests:
+                if body_error(batch.endpoint, queued.body) is not None:
+                    queued.failure = INVALID_BODY
+            if output_expiry is not None:
+                self._output_expiry[batch.id] = output_expiry
+            self.created(batch)
             return json_response(self._batch_json(batch, batch.created, creating=True))
+
+    def created(self, batch: Batch) -> None:
+        """What the provider does to a batch it has just made, beyond OpenAI's (Azure's: no expiry)."""
+        return
+
+    def _check_quota(self, lines: _Lines, tokens: int, now: float) -> None:
+        """The model's enqueued-token quota: what its unfinished batches hold, plus this batch."""
+        model = str(lines.model)
+        limit = self.enqueued_token_limits.get(model, self.enqueued_token_limit)
+        if limit is None:
+            return
+        held = 0
+        for other in self.emulator.batches(self.provider):
+            if other.model != model or other.id not in self._tokens:
+                continue
+            self.emulator.advance(other, now)
+            if other.end_kind is None and other.cancel_at is None:
+                held += self._tokens[other.id]
+        if held + tokens > limit:
+            self.over_quota(lines, model, limit)
+
+    def over_quota(self, lines: _Lines, model: str, limit: int) -> None:
+        """OpenAI takes the batch and fails it while it validates, with errors.data[].code
+        token_limit_exceeded (openai/openai-python issue 2084; the message is the one accounts see)."""
+        lines.errors.append(
+            {
+                "code": "token_limit_exceeded",
+                "line": None,
+                "message": f"Enqueued token limit reached for {model} in organization org-emulator. "
+                f"Limit: {limit:,} enqueued tokens. Please try submitting your batch again later.",
+                "param": None,
+            }
+        )
 
     @staticmethod
     def _check_metadata(metadata: Any) -> None:
@@ -543,6 +767,7 @@ class OpenAIEmulation(Plugin):
         """Validate an input file the way OpenAI does while the batch is `validating`."""
         result = _Lines()
         seen: set[str] = set()
+        inputs = 0
 
         def fail(code: str, line: int | None, message: str, param: str | None = None) -> None:
             if len(result.errors) < _MAX_REPORTED_ERRORS:
@@ -608,6 +833,17 @@ class OpenAIEmulation(Plugin):
                 seen.add(custom_id)
                 result.model = result.model or body["model"]
                 result.requests.append((custom_id, body))
+                if endpoint == "/v1/embeddings":
+                    inputs += embedding_inputs(body.get("input"))
+        if inputs > self.max_embedding_inputs:
+            # The limit is documented (MAX_EMBEDDING_INPUTS); the code and message are modelled on
+            # too_many_tasks, the batch's other size check while it validates.
+            fail(
+                "too_many_embedding_inputs",
+                None,
+                f"The batch has {inputs:,} embedding inputs; /v1/embeddings batches are limited to "
+                f"{self.max_embedding_inputs:,} embedding inputs across all requests.",
+            )
         if result.line_count == 0:
             fail("empty_file", None, "The input file is empty.")
         elif result.line_count > self.max_requests:
@@ -678,13 +914,16 @@ class OpenAIEmulation(Plugin):
                 line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
                 line["error"] = None
                 output.append(orjson.dumps(line))
-            elif outcome in (REFUSED, SERVER_ERROR):
+            elif outcome in (REFUSED, SERVER_ERROR, INVALID_BODY):
                 status, type_, message = (
                     (400, "invalid_request_error", "The request was refused (emulated failure).")
                     if outcome == REFUSED
                     else (500, "server_error", "The server had an error processing the request (emulated).")
                 )
-                error_body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+                error: dict[str, Any] | None = {"message": message, "type": type_, "param": None, "code": None}
+                if outcome == INVALID_BODY:
+                    status, error = 400, body_error(batch.endpoint, request.body)
+                error_body = {"error": error}
                 line["response"] = {"status_code": status, "request_id": request_id, "body": error_body}
                 line["error"] = None
                 errors.append(orjson.dumps(line))
@@ -703,18 +942,21 @@ class OpenAIEmulation(Plugin):
         errors.extend(unfinished)
         batch.usage = (in_total, out_total)
         created = int(batch.ended_at or batch.created)
+        expiry = self._output_expiry.get(batch.id)
+        expires = None if expiry is None else created + expiry
         if output:
-            batch.output_file_id = self._store_file(f"{batch.id}_output.jsonl", output, created)
+            batch.output_file_id = self._store_file(f"{batch.id}_output.jsonl", output, created, expires)
         if errors:
-            batch.error_file_id = self._store_file(f"{batch.id}_error.jsonl", errors, created)
+            batch.error_file_id = self._store_file(f"{batch.id}_error.jsonl", errors, created, expires)
 
-    def _store_file(self, filename: str, lines: list[bytes], created: int) -> str:
+    def _store_file(self, filename: str, lines: list[bytes], created: int, expires: int | None = None) -> str:
         file = _File(
             id=f"file-{self.emulator.next_id('file')}",
             filename=filename,
             purpose="batch_output",
             created_at=created,
             data=b"\n".join(lines) + b"\n",
+            expires_at=expires,
         )
         self._files[file.id] = file
         return file.id
@@ -779,7 +1021,7 @@ class OpenAIEmulation(Plugin):
             "status": status,
             "output_file_id": batch.output_file_id,
             "error_file_id": batch.error_file_id,
-            "created_at": int(batch.created),
+            "created_at": self.created_at(batch.created),
             "expires_at": int(batch.created + DAY),
             **{name: None if value is None else int(value) for name, value in stamps.items()},
             "request_counts": {"total": total, "completed": completed, "failed": failed},
@@ -792,3 +1034,63 @@ class OpenAIEmulation(Plugin):
             },
             "metadata": batch.metadata,
         }
+
+    def created_at(self, at: float) -> int | str:
+        return int(at)
+
+
+class AzureOpenAIEmulation(OpenAIEmulation):
+    """Azure OpenAI's global batch: OpenAI's API under ``/openai/`` (``AzureOpenAI`` adds the prefix and
+    ``?api-version=``), with the behaviours that set it apart (MicrosoftDocs azure-ai-docs,
+    articles/ai-foundry/openai/how-to/batch.md and includes/batch/batch-python.md, "Batch limits"):
+
+    - an uploaded file is `pending` until Azure has imported it, and a batch cannot be made of it before
+      it is `processed` (`file_processing_seconds`);
+    - at most 500 files per resource, input and output files counted, or 10,000 when the files are
+      given an expiry ("There is a max limit of 500 batch files per resource when no expiration is set.
+      By setting a value for expiration the number of batch files per resource is increased to 10,000");
+      the expiry is 1209600 to 2592000 seconds, on input files (`expires_after`) and on a batch's output
+      (`output_expires_after`); past the cap an upload is refused (the error body is not documented:
+      a 400 whose message says what the cap is);
+    - 100,000 requests per file, not 50,000;
+    - "we do not expire the jobs that take longer" than 24 h: a batch runs until it completes or is
+      cancelled;
+    - over the enqueued-token quota, "fail fast" regions refuse `batches.create` with a 400
+      `token_limit_exceeded` (Microsoft Q&A 2285577 quotes the message);
+    - some API versions' samples show `created_at` as an ISO 8601 string (`iso_created_at`).
+    """
+
+    provider = "azure"
+    root = "/openai"
+    prefixes = ("/openai/",)
+    creates = re.compile(r"/openai/batches")
+    expiry_seconds = AZURE_EXPIRY_SECONDS
+
+    def __init__(self, emulator: Emulator) -> None:
+        super().__init__(emulator)
+        self.max_requests = 100_000
+        self.max_files = 500
+        self.max_files_with_expiry = 10_000
+        self.iso_created_at = False
+
+    def reach(self, base_url: str) -> list[tuple[str, str]]:
+        return [("Azure endpoint", f"{base_url} (AzureOpenAI(azure_endpoint=...))")]
+
+    def workers(self) -> list[Callable[[], None]]:
+        return []  # Azure's batches send no webhooks
+
+    def created(self, batch: Batch) -> None:
+        batch.expires = False
+
+    def over_quota(self, lines: _Lines, model: str, limit: int) -> None:
+        raise ClientError(
+            400,
+            f"The number of enqueued tokens has surpassed the configured limit of {limit:,} for the "
+            f"deployment '{model}'. Please either increase the limit or try again once the current jobs "
+            "have finished.",
+            None,
+            "token_limit_exceeded",
+        )
+
+    def created_at(self, at: float) -> int | str:
+        return iso(at) or "" if self.iso_created_at else int(at)

@@ -13,9 +13,10 @@ SPEC = ProviderSpec(
     name="azure",
     title="Azure OpenAI",
     client="batchdrop.providers.azure.client:AzureOpenAIProvider",
-    # A mode of the OpenAI emulator (Files and Batches under /openai/).
-    emulator="batchdrop.local.emulator.openai:OpenAIEmulation",
-    # The OpenAI format, 100,000 requests and 200 MB per file.
+    # OpenAI's emulator with Azure's limits and behaviours (Files and Batches under /openai/).
+    emulator="batchdrop.local.emulator.openai:AzureOpenAIEmulation",
+    # The OpenAI format, 100,000 requests and 200 MB per file (Azure's "Batch limits": "Max requests per
+    # file: 100,000", "Max input file size: 200 MB"), not OpenAI's 50,000.
     maxima=BatchLimits(max_requests=100_000, max_bytes=200 * MB),
     defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB),
     shape="openai",

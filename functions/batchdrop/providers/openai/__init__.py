@@ -31,6 +31,28 @@ Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/
 ENDPOINTS = frozenset(get_args(Endpoint))
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 CHAT_URL = "/v1/chat/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+# OpenAI docs, "Batch API", rate limits: "/v1/embeddings batches are also restricted to a maximum of
+# 50,000 embedding inputs across all requests in the batch". Azure documents no such limit for its
+# batches; the planner holds its batches to OpenAI's, which costs nothing but a smaller batch.
+MAX_EMBEDDING_INPUTS = 50_000
+
+
+def embedding_inputs(given: Any) -> int:
+    """How many inputs an embeddings body's `input` holds, as OpenAI counts them: a string or one token
+    array is one; a list of strings or of token arrays, one per item."""
+    if isinstance(given, list) and given and not isinstance(given[0], int):
+        return len(given)
+    return 1
+
+
+def line_inputs(payload: bytes) -> int:
+    """The embedding inputs of an OpenAI batch line (for a request whose count was not kept)."""
+    try:
+        line = orjson.loads(payload)
+        return embedding_inputs(line["body"].get("input")) if line.get("url") == EMBEDDINGS_URL else 0
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return 0
 
 
 def to_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,7 +104,10 @@ def check_line(v: LineChecks, number: int, raw: bytes, obj: dict[str, Any], targ
         raise Reject(m.INVALID_REQUEST, '"body.stream" must be false: batch requests cannot stream')
     provider = v.enabled(target, model)
     payload = raw.strip()
-    return v.request(number, custom_id, provider, f"{url} {model}", model, payload)
+    request = v.request(number, custom_id, provider, f"{url} {model}", model, payload)
+    if url == EMBEDDINGS_URL:
+        request.inputs = embedding_inputs(body.get("input"))
+    return request
 
 
 def translate(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -29,6 +31,9 @@ META_JOB = "batchdrop_job_id"
 META_BATCH = "batchdrop_batch_key"
 # How far before our recorded intent a provider-side creation time may fall (clock skew).
 SKEW_SECONDS = 300
+# The errors.data code of a batch OpenAI took and then failed because the model's enqueued tokens were
+# over the organisation's limit (openai/openai-python issue 2084), and of Azure's refused create.
+OVER_QUOTA = "token_limit_exceeded"
 
 
 class OpenAIProvider:
@@ -71,23 +76,37 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIStatusError):
             # openai.BadRequestError (400), NotFoundError (404), UnprocessableEntityError (422), and 413.
             # Azure's fail-fast quota answer is a 400 with code token_limit_exceeded: "not now", not "never".
-            return exc.status_code in REFUSED_HTTP and getattr(exc, "code", None) != "token_limit_exceeded"
+            return exc.status_code in REFUSED_HTTP and getattr(exc, "code", None) != OVER_QUOTA
         return isinstance(exc, BUILD_ERRORS) and not isinstance(exc, openai.OpenAIError)
 
     def over_quota(self, exc: Exception) -> bool:
         # Azure's fail-fast regions answer a create over the enqueued-token quota with 400
         # token_limit_exceeded (learn.microsoft.com/azure/ai-foundry/openai/how-to/batch, "Batch limits").
-        return isinstance(exc, openai.APIStatusError) and getattr(exc, "code", None) == "token_limit_exceeded"
+        return isinstance(exc, openai.APIStatusError) and getattr(exc, "code", None) == OVER_QUOTA
 
     def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
-        return None
+        """Delete the batch's input, output and error files: OpenAI keeps them (a batch input file for
+        30 days, file_create_params.py) and Azure counts them against its 500-file cap."""
+        raw = status.raw
+        if "input_file_id" not in raw:  # a status recorded before it carried the input file
+            raw = self.status(batch_id).raw
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            file_id = raw.get(key)
+            if file_id:
+                with contextlib.suppress(openai.NotFoundError):  # already deleted, or expired
+                    self.client.files.delete(file_id)
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         for candidate in self.client.batches.list(limit=100):
-            if candidate.created_at < batch.intent_at - SKEW_SECONDS:
+            if created_at(candidate.created_at) < batch.intent_at - SKEW_SECONDS:
                 return None  # newest first: everything further is older than our intent
             meta = candidate.metadata or {}
-            if meta.get(META_JOB) == batch.job_id and meta.get(META_BATCH) == batch.key and candidate.id not in exclude:
+            if (
+                meta.get(META_JOB) == batch.job_id
+                and meta.get(META_BATCH) == batch.key
+                and candidate.id not in exclude
+                and not over_quota(candidate)
+            ):
                 return candidate.id
         return None
 
@@ -104,7 +123,12 @@ class OpenAIProvider:
             done=counts.completed if counts else None,
             failed=counts.failed if counts else None,
             error=error,
-            raw={"output_file_id": b.output_file_id, "error_file_id": b.error_file_id},
+            raw={
+                "input_file_id": b.input_file_id,
+                "output_file_id": b.output_file_id,
+                "error_file_id": b.error_file_id,
+            },
+            over_quota=b.status == "failed" and over_quota(b),
         )
 
     def outcomes(self, batch_id: str, status: m.BatchStatus) -> Iterator[m.Outcome]:
@@ -127,6 +151,23 @@ class OpenAIProvider:
                 yield from (p for p in parts if p.strip())
             if rest.strip():
                 yield rest
+
+
+def over_quota(batch: openai.types.Batch) -> bool:
+    """The batch failed, without running, because the model's enqueued-token quota was full: it is
+    created again later under the same tags, so it is never the batch `find` looks for."""
+    return bool(batch.errors and batch.errors.data and any(e.code == OVER_QUOTA for e in batch.errors.data))
+
+
+def created_at(value: int | float | str) -> float:
+    """A batch's created_at as epoch seconds: an integer, or (some Azure API versions) an ISO 8601 string."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return float(value)
 
 
 def _outcome(line: dict[str, Any]) -> m.Outcome:

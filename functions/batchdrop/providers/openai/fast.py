@@ -14,7 +14,7 @@ import msgspec
 from batchdrop import models as m
 from batchdrop.providers.fast import Content, Count, Int, Model, Strings
 from batchdrop.providers.lines import CUSTOM_ID
-from batchdrop.providers.openai import Endpoint
+from batchdrop.providers.openai import EMBEDDINGS_URL, Endpoint
 from batchdrop.providers.spec import FastChecks, FastPath
 
 _ID_OK = CUSTOM_ID.fullmatch
@@ -112,8 +112,14 @@ def requests(
             ):
                 if remember:
                     seen.add(custom_id)
-                model = body.model
-                add(Request(number, custom_id, target, f"{line.url} {model}", model, payload))
+                model, url = body.model, line.url
+                if url != EMBEDDINGS_URL:
+                    add(Request(number, custom_id, target, f"{url} {model}", model, payload))
+                else:
+                    # Only the full body has `input`: a line with it never decodes as the narrow one.
+                    given = body.input  # type: ignore[union-attr]
+                    inputs = len(given) if isinstance(given, list) and given else 1
+                    add(Request(number, custom_id, target, f"{url} {model}", model, payload, inputs))
                 continue
             add(full(number, raw) if settle else None)
         else:
