@@ -63,6 +63,7 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     aws.reset()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
+    grant_role(ROLE, f"arn:aws:s3:::{BUCKET}/*")
     yield client
     aws.reset()
 
@@ -91,6 +92,26 @@ def bedrock_client(emulator: ProviderEmulator, attempts: int) -> Any:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+def grant_role(role_arn: str, *resources: str) -> None:
+    """The service role in moto's IAM, allowed s3:GetObject and s3:PutObject on the resources: the
+    emulator reads a job's input as its role, as Bedrock does."""
+    iam = boto3.client("iam")
+    name = role_arn.rsplit("/", 1)[-1]
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "bedrock.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=orjson.dumps(trust).decode())
+    if resources:
+        grant = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": list(resources)}],
+        }
+        iam.put_role_policy(RoleName=name, PolicyName="io", PolicyDocument=orjson.dumps(grant).decode())
 
 
 def claude_input(text: str, max_tokens: int = 256, **extra: Any) -> dict[str, Any]:
@@ -376,6 +397,7 @@ def test_record_counts_outside_the_quotas_are_refused_at_create(
     bedrock: Any, s3: Any, emulator: ProviderEmulator
 ) -> None:
     bedrock_emulation = emulation(emulator)
+    bedrock_emulation.validate_at_create = True  # the switch: Validating's checks answered at create
     bedrock_emulation.min_records = 3
     bedrock_emulation.max_records = 4
     code, message = error_of(create_job, bedrock, put_records(s3, "in/two.jsonl", records(2)))
@@ -389,6 +411,7 @@ def test_record_counts_outside_the_quotas_are_refused_at_create(
 
 
 def test_bad_requests_and_inputs_are_validation_errors(bedrock: Any, s3: Any, emulator: ProviderEmulator) -> None:
+    emulation(emulator).validate_at_create = True  # the switch: Validating's checks answered at create
     good = put_records(s3, "in/good.jsonl", records(3))
     bad_lines = put_records(
         s3,
@@ -774,6 +797,7 @@ def test_provider_cancel_and_terminal_states(
 
 
 def test_provider_create_surfaces_a_refusal(provider: BedrockProvider, emulator: ProviderEmulator) -> None:
+    emulation(emulator).validate_at_create = True  # the switch: Validating's checks answered at create
     emulation(emulator).min_records = 100
     path = batch_file(5)
     try:
