@@ -141,7 +141,8 @@ def test_anthropic_queue_limit_is_a_quick_429_that_is_over_quota_not_refused(
     assert time.monotonic() - started < 2
     assert emulator.counters["request"] - answers == 1
     body = raised.value.body
-    assert isinstance(body, dict) and body["type"] == "error"
+    assert isinstance(body, dict)
+    assert body["type"] == "error"
     assert body["error"]["type"] == "rate_limit_error"
     assert "limit of 5" in body["error"]["message"]
     assert provider.over_quota(raised.value)
