@@ -406,7 +406,7 @@ class BedrockEmulation(Plugin):
         with self._s3_lock:
             client = self._s3_clients.get(key)
             if client is None:
-                client = boto3.session.Session().client(service)
+                client = boto3.session.Session().client(service)  # type: ignore[call-overload]
                 self._s3_clients[key] = client
             return client
 
