@@ -6,6 +6,7 @@ itself only parses them. Then `BedrockProvider` runs end to end against the same
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -63,6 +64,7 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     aws.reset()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
+    grant_role(ROLE, f"arn:aws:s3:::{BUCKET}/*")
     yield client
     aws.reset()
 
@@ -91,6 +93,26 @@ def bedrock_client(emulator: ProviderEmulator, attempts: int) -> Any:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+
+def grant_role(role_arn: str, *resources: str) -> None:
+    """The service role in moto's IAM, allowed s3:GetObject and s3:PutObject on the resources: the
+    emulator reads a job's input as its role, as Bedrock does."""
+    iam = boto3.client("iam")
+    name = role_arn.rsplit("/", 1)[-1]
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "bedrock.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=orjson.dumps(trust).decode())
+    if resources:
+        grant = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": list(resources)}],
+        }
+        iam.put_role_policy(RoleName=name, PolicyName="io", PolicyDocument=orjson.dumps(grant).decode())
 
 
 def claude_input(text: str, max_tokens: int = 256, **extra: Any) -> dict[str, Any]:
@@ -376,6 +398,7 @@ def test_record_counts_outside_the_quotas_are_refused_at_create(
     bedrock: Any, s3: Any, emulator: ProviderEmulator
 ) -> None:
     bedrock_emulation = emulation(emulator)
+    bedrock_emulation.validate_at_create = True  # the switch: Validating's checks answered at create
     bedrock_emulation.min_records = 3
     bedrock_emulation.max_records = 4
     code, message = error_of(create_job, bedrock, put_records(s3, "in/two.jsonl", records(2)))
@@ -389,6 +412,7 @@ def test_record_counts_outside_the_quotas_are_refused_at_create(
 
 
 def test_bad_requests_and_inputs_are_validation_errors(bedrock: Any, s3: Any, emulator: ProviderEmulator) -> None:
+    emulation(emulator).validate_at_create = True  # the switch: Validating's checks answered at create
     good = put_records(s3, "in/good.jsonl", records(3))
     bad_lines = put_records(
         s3,
@@ -774,6 +798,7 @@ def test_provider_cancel_and_terminal_states(
 
 
 def test_provider_create_surfaces_a_refusal(provider: BedrockProvider, emulator: ProviderEmulator) -> None:
+    emulation(emulator).validate_at_create = True  # the switch: Validating's checks answered at create
     emulation(emulator).min_records = 100
     path = batch_file(5)
     try:
@@ -814,3 +839,142 @@ def test_the_model_id_pattern_is_botocores() -> None:
     assert request is not None
     shape = request.members["modelId"]
     assert MODEL_ID.pattern == shape.metadata["pattern"]
+
+
+# -- production truths (issue 15) -------------------------------------------------------------------
+
+
+def test_record_counts_fail_the_job_while_validating_by_default(
+    bedrock: Any, s3: Any, clock: FakeClock, emulator: ProviderEmulator
+) -> None:
+    emulation(emulator).min_records = 3  # validate_at_create left as the emulator has it
+    arn = create_job(bedrock, put_records(s3, "in/two.jsonl", records(2)))
+    assert get(bedrock, arn)["status"] == "Submitted"
+    clock.advance(LATENCY * 0.1)
+    job = get(bedrock, arn)
+    assert job["status"] == "Failed"
+    assert "2 records, fewer than the minimum of 3 records" in job["message"]
+
+
+def test_the_input_is_read_as_the_jobs_role(
+    bedrock: Any, s3: Any, clock: FakeClock, emulator: ProviderEmulator, provider: BedrockProvider
+) -> None:
+    uri = put_records(s3, "in/records.jsonl", records(3))
+    # A role that exists but may read only another prefix; and a role that does not exist.
+    narrow = "arn:aws:iam::123456789012:role/narrow"
+    grant_role(narrow, f"arn:aws:s3:::{BUCKET}/other/*")
+    missing = "arn:aws:iam::123456789012:role/missing"
+    for name, role in (("narrow", narrow), ("missing", missing)):
+        arn = bedrock.create_model_invocation_job(
+            jobName=name,
+            roleArn=role,
+            modelId=CLAUDE,
+            inputDataConfig={"s3InputDataConfig": {"s3Uri": uri}},
+            outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{BUCKET}/out/"}},
+        )["jobArn"]
+        clock.advance(LATENCY * 0.1)
+        status = provider.status(arn)
+        assert (status.state, status.provider_status) == (m.FAILED, "Failed")
+        assert status.error is not None
+        assert "Access denied" in status.error
+        assert role in status.error
+    # An explicit Deny wins over the Allow.
+    iam = boto3.client("iam")
+    deny = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": f"arn:aws:s3:::{BUCKET}/in/*"}],
+    }
+    iam.put_role_policy(RoleName="bedrock-batch", PolicyName="deny", PolicyDocument=orjson.dumps(deny).decode())
+    arn = create_job(bedrock, uri, name="denied")
+    clock.advance(LATENCY * 0.1)
+    assert "Access denied" in get(bedrock, arn)["message"]
+    iam.delete_role_policy(RoleName="bedrock-batch", PolicyName="deny")
+    arn = create_job(bedrock, uri, name="allowed")
+    clock.advance(LATENCY)
+    assert get(bedrock, arn)["status"] == "Completed"
+
+
+def test_concurrent_jobs_quota_is_over_quota_not_refused(
+    s3: Any, clock: FakeClock, emulator: ProviderEmulator, provider: BedrockProvider
+) -> None:
+    emulation(emulator).max_concurrent_jobs = 1
+    paths = [batch_file(3) for _ in range(3)]
+    try:
+        provider.create(ref(key="one", n=3), paths[0])
+        with pytest.raises(ClientError) as caught:
+            provider.create(ref(key="two", n=3), paths[1])
+        assert caught.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert provider.over_quota(caught.value)
+        assert not provider.refused(caught.value)
+        # The quota is per model.
+        provider.create(BatchRef("job-0123456789abcdef0123", "nova", NOVA, NOVA, 3, START), batch_file(3, nova_input))
+        clock.advance(LATENCY)
+        provider.create(ref(key="two", n=3), paths[1])
+    finally:
+        for path in paths:
+            os.unlink(path)
+    throttled = ClientError(
+        {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "CreateModelInvocationJob"
+    )
+    assert provider.over_quota(throttled)
+    assert not provider.refused(throttled)
+
+
+@pytest.mark.parametrize(("window", "hours"), [(24, 24), (48, 48), (36.5, 37), (6, 24), (500, 168)])
+def test_the_window_is_the_jobs_timeout_within_bedrocks_range(
+    provider: BedrockProvider, window: float, hours: int
+) -> None:
+    provider.settings = dataclasses.replace(provider.settings, window_hours=window)
+    path = batch_file(3)
+    try:
+        arn = provider.create(ref(key="w", n=3), path)
+    finally:
+        os.unlink(path)
+    assert provider.bedrock.get_model_invocation_job(jobIdentifier=arn)["timeoutDurationInHours"] == hours
+
+
+def test_cleanup_deletes_the_batch_records_under_work(s3: Any, clock: FakeClock, provider: BedrockProvider) -> None:
+    paths = [batch_file(3), batch_file(3)]
+    try:
+        arn = provider.create(ref(key="gone", n=3), paths[0])
+        provider.create(ref(key="kept", n=3), paths[1])
+    finally:
+        for path in paths:
+            os.unlink(path)
+    clock.advance(LATENCY)
+    status = provider.status(arn)
+    assert len(list(provider.outcomes(arn, status))) == 3
+    prefix = "work/job-0123456789abcdef0123/bedrock/"
+    before = output_keys(s3, prefix)
+    assert len([k for k in before if "/gone/" in k]) == 4  # records, ids, the .out and the manifest
+    provider.cleanup(arn, status)
+    after = output_keys(s3, prefix)
+    assert after == [k for k in before if "/gone/" not in k]
+    assert after
+    provider.cleanup(arn, status)  # twice: nothing left, no error
+
+
+def test_state_changes_are_events_in_the_documented_shape(
+    bedrock: Any, s3: Any, clock: FakeClock, emulator: ProviderEmulator
+) -> None:
+    arn = create_job(bedrock, put_records(s3, "in/records.jsonl", records(3)))
+    (event,) = emulation(emulator).state_changes()
+    assert {k: event[k] for k in ("version", "source", "detail-type", "account", "region", "resources")} == {
+        "version": "0",
+        "source": "aws.bedrock",
+        "detail-type": "Batch Inference Job State Change",
+        "account": "123456789012",
+        "region": "us-east-1",
+        "resources": [arn],
+    }
+    assert event["detail"]["batchJobArn"] == arn
+    assert event["detail"]["batchJobName"] == "job-1"
+    assert event["detail"]["batchModelId"] == CLAUDE
+    assert event["detail"]["status"] == "Submitted"
+    assert emulation(emulator).state_changes() == []  # nothing changed since
+    clock.advance(LATENCY)
+    (ended,) = emulation(emulator).state_changes()
+    assert ended["detail"]["status"] == "Completed"
+    assert (ended["detail"]["processedRecordCount"], ended["detail"]["successRecordCount"]) == (3, 3)
+    assert ended["id"] != event["id"]

@@ -330,9 +330,14 @@ def test_the_provider_folder_routes_neutral_lines(stack: s.LocalStack) -> None:
     stack.put("inputs/anthropic/folder.jsonl", jsonl([neutral_line("my-fine-tune", "hi")]))
     store = JobStore(s.TABLE)
     drive(Dispatcher(stack), all_jobs_final(store, 1))
-    results, _errors, summary = outputs_of(stack, only_job(store))
-    assert [r["provider"] for r in results] == ["anthropic"]
-    assert summary["cost_usd"] == {"batch": None, "realtime_equivalent": None, "saved": None}
+    results, errors, summary = outputs_of(stack, only_job(store))
+    # Sent to Anthropic by its folder; Anthropic serves no such model, and says so in the request's
+    # result (it validates params after the batch is accepted).
+    assert results == []
+    assert [(e["provider"], e["code"], e["message"]) for e in errors] == [
+        ("anthropic", m.REQUEST_ERROR, "model: my-fine-tune")
+    ]
+    assert summary["cost_usd"] == {"batch": 0.0, "realtime_equivalent": 0.0, "saved": 0.0}
 
 
 @pytest.mark.parametrize(

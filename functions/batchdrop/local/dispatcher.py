@@ -6,6 +6,8 @@
 - The completion queue: drained into the complete handler as Lambda's SQS event source mapping
   does (batches of records; the records the handler reports as failed are left for redelivery, and
   SQS's redrive policy parks a poison message in the dead-letter queue).
+- Bedrock's job state changes: the events the emulator's Bedrock puts on the default bus, matched
+  against the deployed rule's pattern (`BEDROCK_RULE`) and delivered to the function it targets (poll).
 """
 
 from __future__ import annotations
@@ -26,6 +28,30 @@ from batchdrop.adapters import aws
 from batchdrop.local import stack as s
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+# The deployed EventBridge rule for Bedrock's job state changes (infra/constructs/bedrock.py,
+# BedrockBatch.on_state_change): its event pattern, and the function it targets. The infra tests check
+# the synthesized rule against these, so the local route cannot drift from the deployed one.
+BEDROCK_RULE_PATTERN: dict[str, Any] = {"source": ["aws.bedrock"], "detail-type": ["Batch Inference Job State Change"]}
+BEDROCK_RULE_TARGET = "poll"
+
+
+def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """EventBridge's match of an event against a pattern of exact values: each field of the pattern is
+    in the event, with one of the listed values (a nested object is matched the same way, field by
+    field). Content filters (prefix, numeric, exists) are not needed by our rules and never match."""
+    for name, wanted in pattern.items():
+        if name not in event:
+            return False
+        value = event[name]
+        if isinstance(wanted, dict):
+            if not isinstance(value, dict) or not matches(wanted, value):
+                return False
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not any(v == w for v in values for w in wanted if not isinstance(w, dict)):
+            return False
+    return True
 
 
 class LocalContext:
@@ -255,6 +281,20 @@ class Dispatcher:
             if message["MessageId"] not in failed:
                 self._delete(s.COMPLETION_QUEUE, message)
         return len(messages)
+
+    def deliver_bedrock_events(self) -> int:
+        """The Bedrock job state changes since the last call, each delivered to the rule's target when
+        it matches the rule's pattern, as EventBridge's default bus does; returns events delivered."""
+        from batchdrop.handlers.poll import handler
+
+        if "bedrock" not in self.stack.options.providers:
+            return 0
+        delivered = 0
+        for event in self.stack.emulator.bedrock.state_changes():
+            if matches(BEDROCK_RULE_PATTERN, event):
+                self._invoke(BEDROCK_RULE_TARGET, handler, event)
+                delivered += 1
+        return delivered
 
     def notifications(self) -> list[dict[str, Any]]:
         """Drain the SNS capture queue: each message's event, attributes and parsed body."""

@@ -223,7 +223,9 @@ class LocalStack:
             Endpoint=self.queue_arn(NOTIFICATIONS_QUEUE),
             Attributes={"RawMessageDelivery": "true"},
         )
-        # A provider that needs no key (Bedrock) runs as a service role (the emulator checks only that one is given).
+        if "bedrock" in self.options.providers:
+            self._create_bedrock_role()
+        # A provider that needs no key (Bedrock) runs as a service role.
         for provider in (p for p in self.options.providers if SPECS[p].needs_key):
             self.secret_arns[provider] = sm.create_secret(
                 Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
@@ -235,6 +237,31 @@ class LocalStack:
         self.secret_arns["openai-webhook"] = sm.create_secret(
             Name="batchdrop/openai-webhook-secret", SecretString=self.webhook_secret
         )["ARN"]
+
+    def _create_bedrock_role(self) -> None:
+        """Bedrock's service role with the object grant the deployed stack gives it (infra/constructs/
+        bedrock.py): the emulator reads a job's input as this role, so a missing grant fails locally too."""
+        arn = SPECS["bedrock"].local.values["ROLE_ARN"]
+        name = arn.rsplit("/", 1)[-1]
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "bedrock.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        grant = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:PutObject"],
+                    "Resource": f"arn:aws:s3:::{BUCKET}/{c.WORK_PREFIX}*",
+                }
+            ],
+        }
+        iam = aws.client("iam")
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=orjson.dumps(trust).decode())
+        iam.put_role_policy(RoleName=name, PolicyName="work", PolicyDocument=orjson.dumps(grant).decode())
 
     def queue_arn(self, name: str) -> str:
         return f"arn:aws:sqs:{REGION}:123456789012:{name}"

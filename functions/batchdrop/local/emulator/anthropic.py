@@ -1,8 +1,20 @@
 """The Anthropic Message Batches API.
 
 The official ``anthropic`` SDK talks to it through ``base_url`` (the emulator's root):
-``/v1/messages/batches`` to create, list, retrieve and cancel, and ``.../results`` for the results
-(JSONL, not in input order), each an echo in the Messages API's shape.
+``/v1/messages/batches`` to create, list, retrieve, cancel and delete, and ``.../results`` for the
+results (JSONL, not in input order), each an echo in the Messages API's shape.
+
+Validation is split as Anthropic splits it (docs.anthropic.com/en/docs/build-with-claude/batch-processing:
+"Validation of the params object for each message request is performed asynchronously, and validation
+errors are returned when processing of the entire batch has ended"): the batch's own shape (its list of
+requests, custom_id patterns, duplicates, sizes) is refused at create with a 400, while a request whose
+params are wrong (an unknown model, no max_tokens, no messages, a role other than user or assistant)
+is accepted and comes back as an ``errored`` result carrying an ``invalid_request_error``.
+
+The queue limit (docs.anthropic.com/en/api/rate-limits, "Message Batches API": a maximum of batch
+requests in the processing queue, across the organisation's batches) is ``max_queued_requests``: a
+create that would put more requests in progress than that is a 429 ``rate_limit_error``. Off (None)
+unless a test or the local stack sets it; Anthropic's Tier 1 limit is 100,000.
 """
 
 from __future__ import annotations
@@ -28,6 +40,10 @@ from batchdrop.local.emulator.web import (
 )
 
 DAY = 24 * 3600
+# The models the emulator runs: any Claude model name. Any other is refused per request, in the results.
+KNOWN_MODEL = re.compile(r"claude-[a-z0-9][a-z0-9.-]*")
+# The Messages API's roles (anthropic/types/message_param.py: Literal["user", "assistant"]).
+ROLES = ("user", "assistant")
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # HTTP status → the error type Anthropic puts in its error bodies.
 _ERROR_TYPES = {
@@ -54,6 +70,9 @@ class AnthropicEmulation(Plugin):
         # Anthropic's limits, as instance attributes so tests can lower them.
         self.max_requests = 100_000
         self.max_bytes = 256 * MB
+        # Requests that may wait in the organisation's unended batches (None: no limit).
+        self.max_queued_requests: int | None = None
+        self._deleted: set[str] = set()
 
     # -- the plugin ---------------------------------------------------------------------------------
 
@@ -62,6 +81,7 @@ class AnthropicEmulation(Plugin):
             ("POST", re.compile(r"/v1/messages/batches"), self._create_batch),
             ("GET", re.compile(r"/v1/messages/batches"), self._list_batches),
             ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
+            ("DELETE", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)"), self._delete_batch),
             ("POST", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
             ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/results"), self._results),
         ]
@@ -107,16 +127,9 @@ class AnthropicEmulation(Plugin):
             seen.add(custom_id)
             if not isinstance(params, dict):
                 raise ClientError(400, f"{where}.params: Field required.")
-            if not isinstance(params.get("model"), str) or not params["model"]:
-                raise ClientError(400, f"{where}.params.model: Field required.")
-            max_tokens = params.get("max_tokens")
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-                raise ClientError(400, f"{where}.params.max_tokens: Input should be an integer >= 1.")
-            messages = params.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ClientError(400, f"{where}.params.messages: Field required and must be a non-empty list.")
             accepted.append((custom_id, params))
         with self.emulator.lock:
+            self._check_queue(len(accepted))
             batch = self.emulator.create_batch(
                 self.provider,
                 f"msgbatch_{self.emulator.next_id('anthropic-batch')}",
@@ -124,11 +137,48 @@ class AnthropicEmulation(Plugin):
                 custom_ids=[custom_id for custom_id, _ in accepted],
                 line_count=len(accepted),
             )
+            for item in batch.requests:
+                if params_problem(item.body) is not None:
+                    item.failure = REFUSED  # refused whatever was drawn: its params are wrong
             return json_response(self._batch_json(batch, request))
+
+    def _check_queue(self, adding: int) -> None:
+        """A 429 when the organisation's unended batches and this one would pass the queue limit."""
+        limit = self.max_queued_requests
+        if limit is None:
+            return
+        now = self.emulator.now()
+        queued = 0
+        for batch in self.emulator.batches(self.provider):
+            self.emulator.advance(batch, now)
+            if batch.end_kind is None:
+                queued += len(batch.requests)
+        if queued + adding > limit:
+            raise ClientError(
+                429,
+                f"Number of batch requests in the processing queue ({queued} + {adding}) would exceed your "
+                f"organization's limit of {limit}. Wait for batches to finish, or lower the batch size.",
+            )
+
+    def _batch(self, batch_id: str) -> Batch:
+        if batch_id in self._deleted:
+            raise ClientError(404, f"Message batch {batch_id} not found.")
+        return self.emulator.batch(self.provider, batch_id)
+
+    def _delete_batch(self, request: Request, batch_id: str) -> Response:
+        # "Message Batches can only be deleted once they've finished processing. If you'd like to delete
+        # an in-progress batch, you must first cancel it." (anthropic SDK, messages.batches.delete)
+        with self.emulator.lock:
+            batch = self._batch(batch_id)
+            self.emulator.advance(batch, self.emulator.now())
+            if batch.end_kind is None:
+                raise ClientError(400, f"Batch {batch_id} cannot be deleted while it is still processing.")
+            self._deleted.add(batch_id)
+        return json_response({"id": batch_id, "type": "message_batch_deleted"})
 
     def _retrieve_batch(self, request: Request, batch_id: str) -> Response:
         with self.emulator.lock:
-            batch = self.emulator.batch(self.provider, batch_id)
+            batch = self._batch(batch_id)
             self.emulator.advance(batch, self.emulator.now())
             return json_response(self._batch_json(batch, request))
 
@@ -137,7 +187,7 @@ class AnthropicEmulation(Plugin):
         after_id = request.args.get("after_id")
         before_id = request.args.get("before_id")
         with self.emulator.lock:
-            batches = self.emulator.batches(self.provider)
+            batches = [b for b in self.emulator.batches(self.provider) if b.id not in self._deleted]
             ids = [b.id for b in batches]
             if before_id is not None:
                 end = ids.index(before_id) if before_id in ids else 0
@@ -162,13 +212,13 @@ class AnthropicEmulation(Plugin):
 
     def _cancel_batch(self, request: Request, batch_id: str) -> Response:
         with self.emulator.lock:
-            batch = self.emulator.batch(self.provider, batch_id)
+            batch = self._batch(batch_id)
             self.emulator.cancel(batch, self.emulator.now())
             return json_response(self._batch_json(batch, request))
 
     def _results(self, request: Request, batch_id: str) -> Response:
         with self.emulator.lock:
-            batch = self.emulator.batch(self.provider, batch_id)
+            batch = self._batch(batch_id)
             self.emulator.advance(batch, self.emulator.now())
             if batch.end_kind is None:
                 status = "canceling" if batch.cancel_at is not None else "in_progress"
@@ -188,7 +238,10 @@ class AnthropicEmulation(Plugin):
                 result = {"type": "succeeded", "message": message}
             elif outcome in (REFUSED, SERVER_ERROR):
                 type_, message_text = (
-                    ("invalid_request_error", "The request was refused (emulated failure).")
+                    (
+                        "invalid_request_error",
+                        params_problem(request.body) or "The request was refused (emulated failure).",
+                    )
                     if outcome == REFUSED
                     else ("api_error", "Internal server error (emulated failure).")
                 )
@@ -228,3 +281,31 @@ class AnthropicEmulation(Plugin):
             "cancel_initiated_at": iso(batch.cancel_at),
             "results_url": results_url,
         }
+
+
+def params_problem(params: dict[str, Any]) -> str | None:
+    """Why Anthropic's asynchronous validation would refuse a request's params, worded as its
+    invalid_request_error messages are (the field's path, then what is wrong), or None."""
+    model = params.get("model")
+    if not isinstance(model, str) or not model:
+        return "model: Field required"
+    if not KNOWN_MODEL.fullmatch(model):
+        return f"model: {model}"
+    max_tokens = params.get("max_tokens")
+    if max_tokens is None:
+        return "max_tokens: Field required"
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "max_tokens: Input should be greater than or equal to 1"
+    messages = params.get("messages")
+    if not isinstance(messages, list):
+        return "messages: Field required"
+    if not messages:
+        return "messages: List should have at least 1 item after validation, not 0"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{index}: Input should be a valid dictionary"
+        if message.get("role") not in ROLES:
+            return f"messages.{index}.role: Input should be 'user' or 'assistant'"
+        if "content" not in message:
+            return f"messages.{index}.content: Field required"
+    return None

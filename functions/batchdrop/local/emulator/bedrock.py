@@ -27,12 +27,25 @@ other providers. How the lifecycle maps onto Bedrock's statuses, over the latenc
 - ``Failed`` with a ``message`` when the input does not pass validation (see below), or when the
   output cannot be written to S3.
 
-Validation. The user guide says the ``Validating`` status checks the S3 access, the JSONL format of
-each record, the file sizes and the record counts. By default (``validate_at_create``) the emulator
-checks all of that when the job is created and answers a ValidationException with a message that
-names the problem, which is the more useful signal locally; with ``validate_at_create = False`` the
-job is accepted and ends ``Failed`` with the same message while ``Validating``, as Bedrock reports
-it. Request parameters (names, ARNs, URIs, model id, timeout, tags) are always checked at create.
+Validation. The user guide says the ``Validating`` status checks "Your IAM service role has access to
+the Amazon S3 buckets containing your files", the JSONL format of each record, the file sizes and the
+record counts (GetModelInvocationJob's `status` in botocore's model). So by default the job is
+accepted and ends ``Failed`` with a ``message`` naming the problem while ``Validating``; with
+``validate_at_create = True`` the same checks answer a ValidationException at create instead. The input
+is read as the job's service role would read it: the role must exist in IAM (moto's, locally) and a
+policy of it must allow s3:GetObject on each input object (``check_role``), or the job fails with an
+access-denied message. Request parameters (names, ARNs, URIs, model id, timeout, tags) are always
+checked at create.
+
+Quota. ``max_concurrent_jobs`` (None: no limit) is the per-model quota of batch inference jobs in
+progress (Submitted to InProgress, and Stopping): a create past it answers
+ServiceQuotaExceededException, the error botocore's model lists for CreateModelInvocationJob.
+
+Events. Bedrock publishes each job state change to EventBridge's default bus (source aws.bedrock,
+detail-type "Batch Inference Job State Change"; docs.aws.amazon.com/bedrock/latest/userguide/
+monitoring-eventbridge-how-it-works.html). `state_changes()` returns those events for the jobs whose
+status changed since it was last called (the latest status of each, as a look at that moment sees
+it), for the local dispatcher to route as the deployed rule would.
 
 Creates are idempotent by ``clientRequestToken`` (the same token returns the same job ARN, whatever
 else the request says); a new token with a job name already in use is a ConflictException. Per
@@ -47,10 +60,12 @@ Quotas and switches are attributes of the `BedrockEmulation` instance (``min_rec
 from __future__ import annotations
 
 import base64
+import fnmatch
 import os
 import random
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -182,6 +197,8 @@ class _Job:
     files: list[_InputFile]
     record_files: list[int]  # per request, its index in `files`
     never_starts: bool  # an expiring job that times out before it leaves the queue
+    # The status the last state-change event carried (None: none sent yet).
+    announced: str | None = None
     # Filled when the job ends.
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -251,7 +268,9 @@ class BedrockEmulation(Plugin):
         # Bedrock's quotas and rules, as instance attributes so tests and the local stack can change them.
         self.max_records = 50_000
         self.max_file_bytes = 1024 * MB
-        self.validate_at_create = True
+        self.validate_at_create = False
+        self.check_role = True
+        self.max_concurrent_jobs: int | None = None
         self.expire_before_start_rate = 0.5
         # How long a stopped job shows `Stopping` before it is `Stopped` (in the emulator's clock).
         self.stopping_seconds = 1.0
@@ -379,13 +398,58 @@ class BedrockEmulation(Plugin):
 
     def _s3(self) -> Any:
         """A boto3 S3 client from the environment (AWS_ENDPOINT_URL: moto's server locally)."""
-        key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID"))
+        return self._client("s3")
+
+    def _client(self, service: str) -> Any:
+        names = ("AWS_ENDPOINT_URL", f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ACCESS_KEY_ID")
+        key = (service, *(os.environ.get(name) for name in names))
         with self._s3_lock:
             client = self._s3_clients.get(key)
             if client is None:
-                client = boto3.session.Session().client("s3")
+                client = boto3.session.Session().client(service)  # type: ignore[call-overload]
                 self._s3_clients[key] = client
             return client
+
+    def state_changes(self) -> list[dict[str, Any]]:
+        """The "Batch Inference Job State Change" events of every job whose status changed since the last
+        call, in the shape AWS documents (monitoring-eventbridge-how-it-works, its batch inference sample)."""
+        events: list[dict[str, Any]] = []
+        with self.emulator.lock:
+            now = self.emulator.now()
+            for job in self._jobs.values():
+                self._advance(job, now)
+                status = self._status(job, now)
+                if status == job.announced:
+                    continue
+                job.announced = status
+                counts = self._counts(job, now, status)
+                message = "; ".join(str(e.get("message")) for e in job.batch.errors) if status == "Failed" else ""
+                region = job.arn.split(":")[3]
+                events.append(
+                    {
+                        "version": "0",
+                        "id": str(uuid.UUID(hex_id("bedrock-event", job.id, status, length=32))),
+                        "detail-type": "Batch Inference Job State Change",
+                        "source": "aws.bedrock",
+                        "account": self.account_id,
+                        "time": datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "region": region,
+                        "resources": [job.arn],
+                        "detail": {
+                            "version": "0.0",
+                            "accountId": self.account_id,
+                            "batchJobName": job.name,
+                            "batchJobArn": job.arn,
+                            "batchModelId": job.model_id,
+                            "status": status,
+                            "failureMessage": message[:_MAX_MESSAGE],
+                            "processedRecordCount": counts["processedRecordCount"],
+                            "successRecordCount": counts["successRecordCount"],
+                            "errorRecordCount": counts["errorRecordCount"],
+                        },
+                    }
+                )
+        return events
 
     # -- CreateModelInvocationJob -----------------------------------------------------------------
 
@@ -404,7 +468,7 @@ class BedrockEmulation(Plugin):
                 # Idempotent: the same token is the same job, whatever else the request says.
                 return self._ok({"jobArn": self._jobs[known].arn})
             self._check_name_free(params["name"])
-        records = self._read_input(params["input_uri"])
+        records = self._read_input(params["input_uri"], params["role_arn"])
         problem = self._problem(records)
         if problem is not None and self.validate_at_create:
             raise _validation(problem)
@@ -415,6 +479,7 @@ class BedrockEmulation(Plugin):
             if known is not None:
                 return self._ok({"jobArn": self._jobs[known].arn})
             self._check_name_free(params["name"])
+            self._check_quota(params["model_id"])
             emulator = self.emulator
             job_id = emulator.next_id("bedrock-job", 12)
             batch = emulator.create_batch(
@@ -554,6 +619,57 @@ class BedrockEmulation(Plugin):
             "tags": [{"key": t["key"], "value": t["value"]} for t in tags],
         }
 
+    def _check_quota(self, model_id: str) -> None:
+        limit = self.max_concurrent_jobs
+        if limit is None:
+            return
+        now = self.emulator.now()
+        running = 0
+        for job in self._jobs.values():
+            self._advance(job, now)
+            if job.model_id == model_id and job.batch.end_kind is None:
+                running += 1
+        if running >= limit:
+            raise _AwsError(
+                "ServiceQuotaExceededException",
+                f"The number of batch inference jobs in progress for {model_id} ({running}) is at your "
+                f"account's quota of {limit}. Resubmit the job when one has ended.",
+            )
+
+    def _role_denial(self, role_arn: str, bucket: str, keys: list[str]) -> str | None:
+        """Why the service role may not read the input objects, or None: the role must exist and a policy
+        of it allow s3:GetObject on each (an explicit Deny wins), as IAM evaluates a role's policies."""
+        if not self.check_role:
+            return None
+        name = role_arn.rsplit("/", 1)[-1]
+        try:
+            documents = self._role_policies(name)
+        except Exception as exc:
+            return f"Access denied: the service role {role_arn} cannot be assumed ({_s3_reason(exc)})."
+        for key in keys:
+            resource = f"arn:aws:s3:::{bucket}/{key}"
+            verdicts = [
+                _statement_verdict(st, "s3:GetObject", resource) for doc in documents for st in _statements(doc)
+            ]
+            if "Deny" in verdicts or "Allow" not in verdicts:
+                return (
+                    f"Access denied: the service role {role_arn} is not allowed s3:GetObject on s3://{bucket}/{key}. "
+                    "Grant the role read access to the input."
+                )
+        return None
+
+    def _role_policies(self, name: str) -> list[Any]:
+        iam = self._client("iam")
+        iam.get_role(RoleName=name)
+        documents: list[Any] = []
+        for policy in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+            documents.append(iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"])
+        for attached in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+            arn = attached["PolicyArn"]
+            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+            documents.append(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"])
+        return documents
+
     def _check_name_free(self, name: str) -> None:
         if any(job.name == name for job in self._jobs.values()):
             raise _AwsError(
@@ -571,7 +687,7 @@ class BedrockEmulation(Plugin):
         match = _CREDENTIAL_REGION.search(request.headers.get("Authorization", ""))
         return match.group(1) if match else DEFAULT_REGION
 
-    def _read_input(self, uri: str) -> _Records:
+    def _read_input(self, uri: str, role_arn: str) -> _Records:
         """Read every record of the input: one .jsonl object, or every .jsonl object under a prefix."""
         result = _Records()
         bucket, key = _parse_s3_uri(uri)
@@ -592,6 +708,10 @@ class BedrockEmulation(Plugin):
             return result
         if not objects:
             result.problems.append(f"No .jsonl input file was found at {uri}.")
+            return result
+        denial = self._role_denial(role_arn, bucket, [object_key for object_key, _ in objects])
+        if denial is not None:
+            result.problems.append(denial)
             return result
         for object_key, size in objects:
             if size > self.max_file_bytes:
@@ -876,6 +996,32 @@ class BedrockEmulation(Plugin):
         if kind == "amazon.nova-":
             return _converse_output(body, key, nova=True)
         return _llama_output(body)
+
+
+def _statements(document: Any) -> list[dict[str, Any]]:
+    if isinstance(document, str):
+        document = orjson.loads(document)
+    found = document.get("Statement", []) if isinstance(document, dict) else []
+    return [found] if isinstance(found, dict) else [st for st in found if isinstance(st, dict)]
+
+
+def _statement_verdict(statement: dict[str, Any], action: str, resource: str) -> str | None:
+    """ "Allow" or "Deny" when the statement covers the action on the resource, else None. A conditional
+    Allow is not counted (the emulator cannot tell whether its condition holds): stricter, never looser."""
+
+    def listed(value: Any) -> list[str]:
+        return [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+
+    actions = listed(statement.get("Action"))
+    resources = listed(statement.get("Resource"))
+    if not any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions):
+        return None
+    if not any(fnmatch.fnmatchcase(resource, r) for r in resources):
+        return None
+    effect = statement.get("Effect")
+    if effect == "Allow" and statement.get("Condition"):
+        return None
+    return effect if effect in ("Allow", "Deny") else None
 
 
 def _s3_reason(exc: Exception) -> str:

@@ -27,6 +27,18 @@ batch never ran (expired, cancelled) get no line. The reference says lines are "
 requests", but users report otherwise (googleapis/python-genai#1909), so they are shuffled deterministically:
 readers must match on ``key``.
 
+Quotas and the window, as Google documents them (ai.google.dev/gemini-api/docs/batch-mode,
+ai.google.dev/gemini-api/docs/rate-limits, ai.google.dev/gemini-api/docs/files):
+
+- ``window_seconds``: "Batch jobs ... expire after 48 hours": a batch still pending or running 48 h
+  after its creation (the emulator's clock) ends BATCH_STATE_EXPIRED with no responses file at all.
+  (The ``expire_rate`` knob still models an expiry at the latency that keeps what finished.)
+- ``max_enqueued_tokens``: the per-model "Batch Enqueued Tokens" limit: a create whose input would
+  put the model's unended batches past it is a 429 RESOURCE_EXHAUSTED. Off (None) unless set; its
+  value depends on the project's tier.
+- ``max_storage_bytes``: "You can store up to 20 GB of files per project": an upload that would pass
+  it is a 429 RESOURCE_EXHAUSTED until files are deleted (uploaded and generated files both count).
+
 It is one of the emulator's plugins (`batchdrop.local.emulator.core.Plugin`).
 """
 
@@ -63,6 +75,8 @@ KNOWN_MODEL = re.compile(r"gemini-[a-z0-9][a-z0-9.-]*")
 # Not documented by Google; our provider keeps display names within it.
 MAX_DISPLAY_NAME = 128
 MAX_FILE_BYTES = 2 * 1024**3  # Batch Mode input files: up to 2 GB
+MAX_STORAGE_BYTES = 20 * 1024**3  # Files API: up to 20 GB per project
+WINDOW_SECONDS = 48 * 3600  # Batch Mode: jobs pending or running for 48 hours expire
 FILE_TTL_SECONDS = 48 * 3600  # Files API: files are deleted after 48 hours (not enforced here)
 FILES_PAGE_DEFAULT, FILES_PAGE_MAX = 10, 100
 BATCHES_PAGE_DEFAULT, BATCHES_PAGE_MAX = 50, 1000
@@ -164,6 +178,11 @@ class GeminiEmulation(Plugin):
     def __init__(self, emulator: Emulator) -> None:
         super().__init__(emulator)
         self.max_file_bytes = MAX_FILE_BYTES
+        self.max_storage_bytes = MAX_STORAGE_BYTES
+        self.window_seconds = WINDOW_SECONDS
+        # A model's unended batches may hold this many input tokens (None: no limit).
+        self.max_enqueued_tokens: int | None = None
+        self._tokens: dict[str, int] = {}  # batch id → the input tokens it enqueued
         self._files: dict[str, _GeminiFile] = {}  # in creation order
         self._uploads: dict[str, _Upload] = {}
         self._deleted_batches: set[str] = set()
@@ -257,6 +276,14 @@ class GeminiEmulation(Plugin):
             raise ClientError(400, "Missing or invalid X-Goog-Upload-Header-Content-Length.") from None
         if size > self.max_file_bytes:
             raise ClientError(400, f"File is too large: {size} bytes; the limit is {self.max_file_bytes} bytes.")
+        with self.emulator.lock:
+            stored = self.stored_bytes()
+        if stored + size > self.max_storage_bytes:
+            raise ClientError(
+                429,
+                f"Resource has been exhausted: the project stores {stored} bytes of files and this upload of "
+                f"{size} bytes would pass the limit of {self.max_storage_bytes} bytes. Delete files first.",
+            )
         body = parse_json_body(request) if request.get_data() else {}
         given = body.get("file")
         meta: dict[str, Any] = given if isinstance(given, dict) else {}
@@ -320,6 +347,15 @@ class GeminiEmulation(Plugin):
         response = json_response({"file": file.to_json(request.host_url)})
         response.headers["x-goog-upload-status"] = "final"
         return response
+
+    def stored_bytes(self) -> int:
+        """What the project's files hold, the uploaded and the generated (under the emulator's lock)."""
+        return sum(len(f.data) for f in self._files.values())
+
+    def file_names(self) -> list[str]:
+        """The project's files (`files/…`), oldest first."""
+        with self.emulator.lock:
+            return [f.name for f in self._files.values()]
 
     def _upload_error(self, status: int, message: str) -> Response:
         # `final`: the SDK retries chunk requests that carry no upload status, so a refusal carries one.
@@ -394,6 +430,8 @@ class GeminiEmulation(Plugin):
             )
         emulator = self.emulator
         with emulator.lock:
+            enqueued = tokens(len(file.data))
+            self._check_enqueued(model_name, enqueued)
             batch = emulator.create_batch(
                 self.provider,
                 emulator.next_id("gemini-batch", 32),
@@ -405,10 +443,41 @@ class GeminiEmulation(Plugin):
                 model=model_name,
                 errors=lines.errors,
             )
+            self._tokens[batch.id] = enqueued
             for item, (_, _, valid) in zip(batch.requests, lines.requests, strict=False):
                 if not valid:
                     item.failure = REFUSED  # Gemini refuses it, whatever was drawn
             return json_response(self._operation(batch, batch.created, creating=True))
+
+    def _check_enqueued(self, model: str, adding: int) -> None:
+        """A 429 when the model's unended batches and this one would hold more input tokens than allowed."""
+        limit = self.max_enqueued_tokens
+        if limit is None:
+            return
+        now = self.emulator.now()
+        enqueued = 0
+        for batch in self.emulator.batches(self.provider):
+            self._advance(batch, now)
+            if batch.model == model and batch.end_kind is None:
+                enqueued += self._tokens.get(batch.id, 0)
+        if enqueued + adding > limit:
+            raise ClientError(
+                429,
+                f"You exceeded your current quota: batch enqueued tokens for {model} ({enqueued} enqueued, "
+                f"{adding} more) would pass the limit of {limit}. Wait for batches to finish.",
+            )
+
+    def _advance(self, batch: Batch, now: float) -> None:
+        """Move the batch on; one still pending or running at the end of its window expires, unanswered."""
+        deadline = batch.created + self.window_seconds
+        ends_at = batch.phase_time(0.1 if batch.errors else 1.0)
+        if batch.end_kind is None and batch.cancel_at is None and now >= deadline and ends_at > deadline:
+            # Whatever had run is dropped with it: an expired job has no responses file.
+            batch.end_kind = "expired"
+            batch.ended_at = deadline
+            batch.outcomes = {request.custom_id: "expired" for request in batch.requests}
+            return
+        self.emulator.advance(batch, now)
 
     def _batch(self, batch_id: str) -> Batch:
         """The batch, under the emulator's lock."""
@@ -421,7 +490,7 @@ class GeminiEmulation(Plugin):
         with self.emulator.lock:
             batch = self._batch(batch_id)
             now = self.emulator.now()
-            self.emulator.advance(batch, now)
+            self._advance(batch, now)
             return json_response(self._operation(batch, now))
 
     def _list_batches(self, request: Request) -> Response:
@@ -434,7 +503,7 @@ class GeminiEmulation(Plugin):
             now = emulator.now()
             operations = []
             for batch in page:
-                emulator.advance(batch, now)
+                self._advance(batch, now)
                 operations.append(self._operation(batch, now))
             body: dict[str, Any] = {"operations": operations}
             if start + size < len(batches):
@@ -444,7 +513,9 @@ class GeminiEmulation(Plugin):
     def _cancel_batch(self, request: Request, batch_id: str) -> Response:
         with self.emulator.lock:
             batch = self._batch(batch_id)
-            self.emulator.cancel(batch, self.emulator.now())
+            now = self.emulator.now()
+            self._advance(batch, now)
+            self.emulator.cancel(batch, now)
         return json_response({})  # google.protobuf.Empty
 
     def _delete_batch(self, request: Request, batch_id: str) -> Response:

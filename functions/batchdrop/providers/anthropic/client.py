@@ -60,7 +60,15 @@ class AnthropicProvider:
         return isinstance(exc, anthropic.RateLimitError)
 
     def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
-        return None
+        """Delete the ended batch: Anthropic keeps nothing else of it (its requests were inline) and would
+        otherwise keep its results for 29 days. Only an ended batch can be deleted (the SDK's
+        messages.batches.delete: "If you'd like to delete an in-progress batch, you must first cancel it")."""
+        if not status.terminal:
+            return
+        try:
+            self.client.messages.batches.delete(batch_id)
+        except anthropic.NotFoundError:
+            return  # deleted already (a cleanup that ran twice)
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """Anthropic batches carry no metadata: adopt the newest batch created after our intent with

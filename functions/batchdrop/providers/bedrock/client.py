@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ import orjson
 
 from batchdrop import models as m
 from batchdrop.adapters import aws
-from batchdrop.config import ProviderSettings
+from batchdrop.config import WORK_PREFIX, ProviderSettings
 from batchdrop.pipeline import work_prefix
 from batchdrop.providers.base import BUILD_ERRORS, BatchRef
 
@@ -44,12 +45,24 @@ STATES = {
     "Expired": m.BATCH_EXPIRED,
 }
 REFUSED_CODES = frozenset({"ValidationException", "ResourceNotFoundException"})
+# "Not now": the model's in-progress jobs are at the account's quota, or the control plane throttles
+# (botocore's model for CreateModelInvocationJob: both say "Resubmit your request later").
+OVER_QUOTA_CODES = frozenset({"ServiceQuotaExceededException", "ThrottlingException"})
 # Bedrock reports zero records until it has validated the input: those zeros are not counts.
 UNCOUNTED = frozenset({"Submitted", "Validating"})
 TAG_JOB = "batchdrop:job"
 TAG_BATCH = "batchdrop:batch"
-# Hours before Bedrock times a job out (24 to 168): our batches are planned for a day, like the others.
-TIMEOUT_HOURS = 24
+# CreateModelInvocationJob's timeoutDurationInHours: 24 to 168 in botocore's model
+# (ModelInvocationJobTimeoutDurationInHours), 24 when it is not given (the Bedrock user guide).
+MIN_TIMEOUT_HOURS, MAX_TIMEOUT_HOURS = 24, 168
+
+
+def timeout_hours(window_hours: float) -> int:
+    """Our window as Bedrock's timeout: whole hours, rounded up so that Bedrock never stops a job
+    before we would, within Bedrock's range."""
+    return min(MAX_TIMEOUT_HOURS, max(MIN_TIMEOUT_HOURS, math.ceil(window_hours)))
+
+
 RECORD_PREFIX = "R"
 MANIFEST = "manifest.json.out"
 _CHUNK = 1 << 20
@@ -126,7 +139,7 @@ class BedrockProvider:
             modelId=batch.model,
             inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{prefix}records.jsonl"}},
             outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{prefix}out/"}},
-            timeoutDurationInHours=TIMEOUT_HOURS,
+            timeoutDurationInHours=timeout_hours(self.settings.window_hours),
             tags=[{"key": TAG_JOB, "value": batch.job_id}, {"key": TAG_BATCH, "value": batch.key}],
         )
         return str(created["jobArn"])
@@ -143,10 +156,23 @@ class BedrockProvider:
         return isinstance(exc, (ParamValidationError, *BUILD_ERRORS))
 
     def over_quota(self, exc: Exception) -> bool:
-        return False
+        from botocore.exceptions import ClientError
+
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in OVER_QUOTA_CODES
 
     def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
-        return None
+        """Delete the batch's records under work/: the input and ids we wrote and the output Bedrock
+        wrote, all under the batch's prefix (the folder of its input)."""
+        input_uri = status.raw.get("input_uri") or self.status(batch_id).raw["input_uri"]
+        bucket, key = _split(input_uri)
+        prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        if not prefix.startswith(WORK_PREFIX):
+            raise ValueError(f"not one of our batch prefixes: s3://{bucket}/{prefix}")
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         name = job_name(batch)

@@ -137,10 +137,27 @@ class GeminiProvider:
         return isinstance(exc, (*BUILD_ERRORS, *URL_ERRORS))
 
     def over_quota(self, exc: Exception) -> bool:
-        return False
+        # 429 RESOURCE_EXHAUSTED: the model's "Batch Enqueued Tokens" are at the project's limit
+        # (ai.google.dev/gemini-api/docs/rate-limits), or the project's files fill its 20 GB
+        # (ai.google.dev/gemini-api/docs/files): both free up as batches end and files are deleted.
+        return isinstance(exc, errors.APIError) and (exc.code == 429 or exc.status == "RESOURCE_EXHAUSTED")
 
     def cleanup(self, batch_id: str, status: m.BatchStatus) -> None:
-        return None
+        """Delete the batch's uploaded input and its responses file: the project's files count against its
+        20 GB until Google deletes them after 48 hours, and a busy stack would reach that first."""
+        raw = status.raw
+        if "input_file" not in raw:
+            raw = self.status(batch_id).raw
+        for name in (raw.get("input_file"), raw.get("responses_file")):
+            if not name:
+                continue
+            try:
+                self.client.files.delete(name=str(name))
+            except errors.ClientError as exc:
+                # Gone already (a cleanup that ran twice, or Google's 48-hour expiry): Google answers a
+                # missing file with 403 PERMISSION_DENIED ("or it may not exist") or 404.
+                if exc.code not in (403, 404):
+                    raise
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """The batch whose display name is ours. Gemini does not document the order of its list, so every
@@ -176,7 +193,10 @@ class GeminiProvider:
             done=succeeded + failed if total is not None else None,
             failed=failed if total is not None else None,
             error=error,
-            raw={"responses_file": output.get("responsesFile")},
+            raw={
+                "responses_file": output.get("responsesFile"),
+                "input_file": (meta.get("inputConfig") or {}).get("fileName"),
+            },
         )
 
     def outcomes(self, batch_id: str, status: m.BatchStatus) -> Iterator[m.Outcome]:
