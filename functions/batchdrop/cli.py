@@ -65,14 +65,44 @@ def _knob_options(f: Any) -> Any:
             help="Share of provider HTTP calls answered 429 or 500 (the SDKs retry them).",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random draw."),
+        click.option(
+            "--queue-limit",
+            "queue_limits",
+            multiple=True,
+            callback=_provider_numbers,
+            metavar="PROVIDER=N",
+            help="The emulated provider's queue quota, in its unit (OpenAI, Azure, Gemini: input tokens "
+            "enqueued per model; Anthropic: requests waiting; Bedrock: jobs per model). Repeatable.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def _provider_numbers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    """PROVIDER=N options as {provider: N}, or a usage error that says which one is wrong and why."""
+    from batchdrop.providers import SPECS
+
+    out: dict[str, int] = {}
+    for value in values:
+        provider, _, number = value.partition("=")
+        if provider not in SPECS or not number.strip().isdigit() or int(number) < 1:
+            raise click.BadParameter(
+                f"{value!r}: expected PROVIDER=N, with PROVIDER one of {', '.join(SPECS)} and N a whole number "
+                "of at least 1"
+            )
+        out[provider] = int(number)
+    return out
+
+
 def _knobs(
-    provider_latency: float, failure_rate: float, expire_rate: float, transient_error_rate: float, seed: int
+    provider_latency: float,
+    failure_rate: float,
+    expire_rate: float,
+    transient_error_rate: float,
+    seed: int,
+    queue_limits: dict[str, int] | None = None,
 ) -> Any:
     from batchdrop.local.emulator import EmulatorKnobs
 
@@ -82,6 +112,7 @@ def _knobs(
         expire_rate=expire_rate,
         transient_error_rate=transient_error_rate,
         seed=seed,
+        queue_limits=queue_limits or {},
     )
 
 
@@ -198,6 +229,15 @@ def local() -> None:
     help="Send the Claude requests of a Bedrock job under the minimum to Anthropic instead of refusing them.",
 )
 @click.option(
+    "--max-enqueued",
+    "max_enqueued",
+    multiple=True,
+    callback=_provider_numbers,
+    metavar="PROVIDER=N",
+    help="batchdrop's own cap on what it keeps enqueued at the provider (BATCHDROP_<NAME>_MAX_ENQUEUED), "
+    "in the provider's quota unit; batches past it wait and go out in waves. Repeatable.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=600,
@@ -212,6 +252,8 @@ def local_run(
     expire_rate: float,
     transient_error_rate: float,
     seed: int,
+    queue_limits: dict[str, int],
+    max_enqueued: dict[str, int],
     folder: str | None,
     on_invalid: str,
     max_attempts: int,
@@ -231,7 +273,7 @@ def local_run(
     """
     from batchdrop.local.dispatcher import Chaos
 
-    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
+    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed, queue_limits)
     chaos = Chaos(
         duplicate_events=duplicate_events,
         overlapping_polls=overlapping_polls,
@@ -251,6 +293,7 @@ def local_run(
         webhooks=webhooks,
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
+        env={f"BATCHDROP_{p.upper()}_MAX_ENQUEUED": str(n) for p, n in max_enqueued.items()},
     )
 
 
@@ -266,6 +309,7 @@ def _run(
     webhooks: bool = False,
     bedrock_min_records: int = 100,
     bedrock_fallback: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
@@ -276,6 +320,7 @@ def _run(
         max_attempts=max_attempts,
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
+        extra_env=env or {},
     )
     if chaos is not None and chaos.crash_rate > 0:
         # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
@@ -441,12 +486,13 @@ def emulator(
     expire_rate: float,
     transient_error_rate: float,
     seed: int,
+    queue_limits: dict[str, int],
 ) -> None:
     """Serve the provider emulator alone: every provider's batch API (OpenAI's also as Azure OpenAI's),
     as the official SDKs call it."""
     from batchdrop.local.emulator import ProviderEmulator
 
-    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed)
+    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed, queue_limits)
     emu = ProviderEmulator(knobs, host=host, port=port).start()
     reach = [line for plugin in emu.plugins for line in plugin.reach(emu.base_url)]
     width = max(len(what) for what, _ in reach) + 2

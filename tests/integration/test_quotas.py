@@ -196,3 +196,63 @@ def test_a_batch_past_its_providers_window_is_canceled_and_its_unfinished_reques
         overdue = [b for b in store.get_batches(job["job_id"]) if b.get("overdue")]
         assert len(overdue) == 1
         assert "past openai's window" in overdue[0]["overdue"]
+
+
+# -- the provider's own "not now" -----------------------------------------------------------------------
+
+ALL_MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "azure": "my-deployment",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "amazon.nova-lite-v1:0",
+}
+# Room for two batches of PER_BATCH long prompts at a time, not three, in each provider's own unit: input
+# tokens (about 110 a request, by the emulators' counts), requests, or jobs.
+QUEUE_LIMITS = {"openai": 1100, "azure": 1100, "gemini": 1100, "anthropic": 2 * PER_BATCH, "bedrock": 2}
+
+
+def long_rows(provider: str, n: int) -> list[dict[str, Any]]:
+    return [neutral_line(ALL_MODELS[provider], f"{i:04d} " + "x" * 400, custom_id=f"r-{i:04d}") for i in range(n)]
+
+
+def ran_once(stack: s.LocalStack, provider: str) -> None:
+    """Nothing paid for twice: each request is in exactly one provider batch that ran (a batch the
+    provider refused for its quota ran nothing)."""
+    ran: dict[str, int] = {}
+    for batch in stack.emulator.batches(provider):
+        if any(e.get("code") == "token_limit_exceeded" for e in batch.errors):
+            continue
+        for custom_id in batch.custom_ids:
+            ran[custom_id] = ran.get(custom_id, 0) + 1
+    assert ran, "batches ran"
+    assert set(ran.values()) == {1}, {k: v for k, v in ran.items() if v != 1}
+
+
+@pytest.mark.parametrize("provider", list(ALL_MODELS))
+def test_a_file_larger_than_the_providers_queue_quota_finishes_in_waves_with_no_batch_failed(
+    provider: str, use_own_deps: None
+) -> None:
+    # Given a provider whose queue takes two batches at a time, no cap of ours, and a file of six batches
+    n = 6 * PER_BATCH
+    options = s.StackOptions(
+        knobs=EmulatorKnobs(latency=1.0, queue_limits={provider: QUEUE_LIMITS[provider]}),
+        providers=tuple(ALL_MODELS),
+        limits={provider: (PER_BATCH, 10 * 1024 * 1024)},
+        bedrock_min_records=2,
+    )
+    with local_stack(options) as stack:
+        key = "inputs/azure/f.jsonl" if provider == "azure" else "inputs/f.jsonl"
+        stack.put(key, jsonl(long_rows(provider, n)))
+        store = JobStore(s.TABLE)
+        drive(Dispatcher(stack), all_jobs_final(store, 1), timeout=120)
+        (job,) = store.list_jobs()
+        results, errors, summary = outputs(stack, job)
+        assert_accounting(set(range(1, n + 1)), results, errors, summary)
+        # Then every line succeeded (no batch_failed), each request ran once, and the provider said "not now"
+        assert job["status"] == m.JOB_COMPLETED, [e["message"] for e in errors][:3]
+        assert len(results) == n
+        ran_once(stack, provider)
+        batches = store.get_batches(job["job_id"])
+        assert len(batches) == 6
+        assert any(int(b.get("refusals", 0)) > 0 for b in batches), "the provider refused some batches for now"

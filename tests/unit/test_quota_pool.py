@@ -1,10 +1,11 @@
 """The quota pool (adapters/store.py): what is enqueued at a provider, counted by holder, never past
-its cap, each holder counted once however often it retries."""
+its cap, each holder counted once however often it retries. Two takers at the same moment are kept
+apart by DynamoDB's conditional write itself, which neither moto's mock nor its server makes atomic
+across threads, so that is not tested here."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -19,9 +20,15 @@ POOL = quota_pk("openai", "gpt-4o")
 def store() -> Iterator[JobStore]:
     with mock_aws():
         ddb = boto3.client("dynamodb", region_name="us-east-1")
-        keys = [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
-        types = [{"AttributeName": k, "AttributeType": "S"} for k in ("pk", "sk")]
-        ddb.create_table(TableName="t", KeySchema=keys, AttributeDefinitions=types, BillingMode="PAY_PER_REQUEST")
+        ddb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
         yield JobStore("t", ddb)
 
 
@@ -45,10 +52,3 @@ def test_a_retry_of_a_holder_is_not_counted_twice(store: JobStore) -> None:
 def test_a_share_larger_than_the_cap_goes_alone(store: JobStore) -> None:
     assert store.take_quota(POOL, "j/big", 500, 100)
     assert not store.take_quota(POOL, "j/small", 1, 100)
-
-
-def test_takers_at_once_never_pass_the_cap(store: JobStore) -> None:
-    with ThreadPoolExecutor(8) as pool:
-        taken = list(pool.map(lambda i: store.take_quota(POOL, f"j/{i}", 10, 55), range(20)))
-    assert sum(taken) == 5
-    assert store.quota(POOL)["total"] == 50

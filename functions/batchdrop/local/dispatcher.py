@@ -219,11 +219,15 @@ class Dispatcher:
         return [r for r in results if r is not None]
 
     def tick(self) -> Invocation:
-        """One scheduled poll; with overlapping_polls > 1, that many at the same moment."""
+        """One scheduled poll; with overlapping_polls > 1, that many at the same moment. Then the Bedrock
+        state changes since the last tick, through the deployed rule's route, as the default bus sends
+        them alongside the schedule."""
         calls = [self._poll_once] * max(1, self.chaos.overlapping_polls)
         if self.chaos.cancel_rate > 0:
             calls.append(self._cancel_some)
         invocations = self._parallel(calls)
+        if self.stack.options.external_emulator is None:
+            self.deliver_bedrock_events()
         return invocations[0]
 
     def _cancel_some(self) -> Invocation:

@@ -146,6 +146,8 @@ class AnthropicEmulation(Plugin):
         """A 429 when the organisation's unended batches and this one would pass the queue limit."""
         limit = self.max_queued_requests
         if limit is None:
+            limit = self.emulator.knobs.queue_limits.get("anthropic")
+        if limit is None:
             return
         now = self.emulator.now()
         queued = 0

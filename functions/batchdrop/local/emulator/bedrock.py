@@ -622,6 +622,8 @@ class BedrockEmulation(Plugin):
     def _check_quota(self, model_id: str) -> None:
         limit = self.max_concurrent_jobs
         if limit is None:
+            limit = self.emulator.knobs.queue_limits.get("bedrock")
+        if limit is None:
             return
         now = self.emulator.now()
         running = 0

@@ -17,8 +17,8 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -47,6 +47,9 @@ class EmulatorKnobs:
     transient_error_rate: per HTTP request, the probability of a 429 or 500 answered before doing
         anything (the SDKs retry these).
     seed: seeds every draw.
+    queue_limits: by provider, its queue quota in its own unit (OpenAI, Azure, Gemini: input tokens
+        enqueued per model; Anthropic: requests waiting; Bedrock: jobs in progress per model), for each
+        plugin whose own quota setting is unset; a provider not named has none.
     """
 
     latency: float = 0.0
@@ -54,6 +57,7 @@ class EmulatorKnobs:
     expire_rate: float = 0.0
     transient_error_rate: float = 0.0
     seed: int = 0
+    queue_limits: Mapping[str, int] = field(default_factory=dict)
 
 
 class Plugin(ABC):

@@ -453,6 +453,8 @@ class GeminiEmulation(Plugin):
         """A 429 when the model's unended batches and this one would hold more input tokens than allowed."""
         limit = self.max_enqueued_tokens
         if limit is None:
+            limit = self.emulator.knobs.queue_limits.get("gemini")
+        if limit is None:
             return
         now = self.emulator.now()
         enqueued = 0

@@ -721,6 +721,8 @@ class OpenAIEmulation(Plugin):
         model = str(lines.model)
         limit = self.enqueued_token_limits.get(model, self.enqueued_token_limit)
         if limit is None:
+            limit = self.emulator.knobs.queue_limits.get(self.provider)
+        if limit is None:
             return
         held = 0
         for other in self.emulator.batches(self.provider):
