@@ -50,14 +50,16 @@ def _paid_once(report: RunReport) -> None:
     """Nothing paid for twice: every batch the provider made is recorded by exactly one planned batch of
     one job's summary, and every batch a summary lists as sent was made. A planned batch that was never
     sent (canceled before its create, or refused at it) lists no id; the provider made nothing for it."""
-    made = {b["id"]: b for b in report.provider_stats["batches"]}
-    assert len(made) == sum(report.provider_stats["batches_created"].values())
+    every = report.provider_stats["batches"]
+    assert len(every) == sum(report.provider_stats["batches_created"].values())
+    # A batch the provider failed unrun for its quota ran nothing and is billed nothing: it is not counted.
+    made = {b["id"]: b for b in every if not b.get("quota_refused")}
     recorded: Counter[str] = Counter()
     problems = []
     for job in report.jobs:
         for b in (job.summary or {}).get("batches", []):
             if b["batch_id"] is None:
-                if b["status"] not in (m.BATCH_CANCELED, m.FAILED):
+                if b["status"] not in (m.BATCH_CANCELED, m.FAILED, m.BATCH_EXPIRED):
                     problems.append(f"  {job.job_id} ({Path(job.file).name}): a batch never sent ended {b}")
                 continue
             recorded[b["batch_id"]] += 1
@@ -141,11 +143,13 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         totals["invalid"] += c["invalid"]
     # nothing paid for twice: one provider batch per planned batch and attempt that was sent...
     _paid_once(report)
-    assert sum(stats["batches_created"].values()) == batches_in_summaries
+    ran = [b for b in stats["batches"] if not b.get("quota_refused")]
+    assert len(ran) == batches_in_summaries
     # ...and each request sent once per attempt it was part of, never more than max_attempts
-    sent = stats["requests_submitted"]
+    sent = Counter(custom_id for b in ran for custom_id in b["custom_ids"])
     assert set(sent) == set(submitted_by_id)
     for custom_id, attempts in submitted_by_id.items():
         assert sent[custom_id] == attempts <= max_attempts, (custom_id, sent[custom_id], attempts)
     totals["batches"] = batches_in_summaries
+    totals["quota_refused"] = len(stats["batches"]) - len(ran)
     return dict(totals)

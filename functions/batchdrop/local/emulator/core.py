@@ -228,6 +228,8 @@ class Emulator:
                         "custom_ids": list(batch.custom_ids),
                         "metadata": dict(batch.metadata) if batch.metadata is not None else None,
                         "created_at": batch.created,
+                        # Failed unrun because the model's enqueued-token quota was full (OpenAI): not billed.
+                        "quota_refused": any(e.get("code") == "token_limit_exceeded" for e in batch.errors),
                     }
                     for batch in self._batches.values()
                 ],
