@@ -68,6 +68,9 @@ if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
 logger = Logger(service="batchdrop")
 
 LOCK_WAIT_SECONDS = 120
+# After this many "not now" answers for one batch, its hold reason and log say how a batch too large
+# for the quota is fixed.
+REFUSALS_BEFORE_HINT = 5
 # States a batch can be held from: before any create, or after one the provider refused for now.
 HOLDABLE = (m.PENDING, m.SUBMITTING, m.HELD)
 
@@ -205,9 +208,16 @@ def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict
         return fresh  # another invocation got further meanwhile
     now = deps.clock()
     refusals = int(fresh.get("refusals", 0)) + refused
+    if refusals >= REFUSALS_BEFORE_HINT:
+        # A batch refused again and again may be larger on its own than the provider's quota, which no
+        # wait frees: only batches planned to fit it (our cap) will run.
+        reason += (
+            f" (refused {refusals} times: if this batch alone is more than {fresh['provider']}'s queue quota, "
+            f"set {_cap_name(fresh).split(' ')[0]} to that quota, so that batches are planned to fit it)"
+        )
     changes: dict[str, Any] = {
         "status": m.HELD,
-        "hold_reason": reason[:500],
+        "hold_reason": reason[:1000],
         "held_since": fresh.get("held_since") or now,
         "create_owner": None,
         "create_started_at": None,
@@ -238,7 +248,8 @@ def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict
     held = deps.store.update(fresh, changes, when_status=HOLDABLE)
     if refused:
         give_back_room(deps, held)
-    logger.info("batch held", extra={"batch_key": fresh["batch_key"], "reason": reason[:300], "refusals": refusals})
+    log = logger.warning if refusals >= REFUSALS_BEFORE_HINT else logger.info
+    log("batch held", extra={"batch_key": fresh["batch_key"], "reason": reason[:600], "refusals": refusals})
     return held
 
 

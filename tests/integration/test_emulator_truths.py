@@ -251,6 +251,12 @@ def test_gemini_storage_quota_refuses_uploads_until_files_are_cleaned_up(
     size = Path(path).stat().st_size
     emulator.gemini.max_storage_bytes = size + size // 2
     batch_id = provider.create(ref("gemini", GEMINI, "a", 5), path)
+    # Our create gives the full project back at once as "not now", neither retried for minutes nor refused
+    started = time.monotonic()
+    with pytest.raises(errors.ClientError) as ours:
+        provider.create(ref("gemini", GEMINI, "b", 5), path)
+    assert time.monotonic() - started < 2
+    assert provider.over_quota(ours.value)
     client = gemini_client(emulator)
     with pytest.raises(errors.ClientError) as raised:
         client.files.upload(file=path, config=types.UploadFileConfig(mime_type="jsonl"))

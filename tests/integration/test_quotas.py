@@ -256,3 +256,42 @@ def test_a_file_larger_than_the_providers_queue_quota_finishes_in_waves_with_no_
         batches = store.get_batches(job["job_id"])
         assert len(batches) == 6
         assert any(int(b.get("refusals", 0)) > 0 for b in batches), "the provider refused some batches for now"
+
+
+def test_a_batch_the_provider_refuses_for_now_without_end_ends_expired_and_says_how_to_fix_it(
+    use_own_deps: None,
+) -> None:
+    # Given a batch larger on its own than Anthropic's queue, no cap of ours, and one attempt per request
+    env = {"BATCHDROP_ANTHROPIC_WINDOW_HOURS": "1", "BATCHDROP_BATCH_TIMEOUT_SECONDS": "60"}
+    options = s.StackOptions(
+        knobs=EmulatorKnobs(latency=1.0, queue_limits={"anthropic": PER_BATCH - 1}),
+        providers=("openai", "anthropic"),
+        limits={"anthropic": (PER_BATCH, 10 * 1024 * 1024)},
+        max_attempts=1,
+        extra_env=env,
+    )
+    with local_stack(options) as stack:
+        offset = [0.0]
+        deps = Deps.from_settings(Settings.from_env())
+        deps.clock = lambda: time.time() + offset[0]
+        use_deps(lambda: deps)
+        store = JobStore(s.TABLE)
+        dispatcher = Dispatcher(stack)
+        stack.put("inputs/f.jsonl", jsonl(rows("anthropic", PER_BATCH)))
+        drive(dispatcher, lambda: any(int(b.get("refusals", 0)) >= 5 for j in store.list_jobs()
+                                      for b in store.get_batches(j["job_id"])))  # fmt: skip
+        (job,) = store.list_jobs()
+        (batch,) = store.get_batches(job["job_id"])
+        assert batch["status"] == m.HELD
+        assert "set BATCHDROP_ANTHROPIC_MAX_ENQUEUED to that quota" in batch["hold_reason"]
+        # When it has been refused for longer than the window and the timeout
+        offset[0] = 3600 + 61
+        drive(dispatcher, all_jobs_final(store, 1))
+        # Then it ended, never sent: its requests expired, saying why, and the job ended
+        (job,) = store.list_jobs()
+        results, errors, summary = outputs(stack, job)
+        assert_accounting(set(range(1, PER_BATCH + 1)), results, errors, summary)
+        assert job["status"] == m.JOB_FAILED
+        assert {e["code"] for e in errors} == {m.EXPIRED}
+        assert "queue quota stayed full" in errors[0]["message"]
+        assert stack.emulator.stats()["batches_created"]["anthropic"] == 0

@@ -109,9 +109,25 @@ class GeminiProvider:
 
     def create(self, batch: BatchRef, path: str) -> str:
         display_name = batch_display_name(batch)
-        upload = types.UploadFileConfig(display_name=f"{display_name}.jsonl", mime_type=MIME_TYPE)
+        upload = types.UploadFileConfig(
+            display_name=f"{display_name}.jsonl",
+            mime_type=MIME_TYPE,
+            # Not 429: a full project (its 20 GB of files) stays full until batches end and their files are
+            # deleted, minutes or hours away; retrying it here would hold the invocation for minutes
+            # before the batch is held (over_quota) and offered again later.
+            http_options=types.HttpOptions(
+                retry_options=types.HttpRetryOptions(
+                    attempts=6,
+                    initial_delay=1.0,
+                    max_delay=60.0,
+                    exp_base=2.0,
+                    jitter=1.0,
+                    http_status_codes=[code for code in RETRYABLE_HTTP if code != 429],
+                )
+            ),
+        )
         # A failed upload leaves no batch behind, so it is safe to send again.
-        uploaded = self._retrying(lambda: self.client.files.upload(file=path, config=upload))
+        uploaded = self._retrying(lambda: self.client.files.upload(file=path, config=upload), quota_final=True)
         if not uploaded.name:
             raise RuntimeError("Gemini accepted the upload but returned no file name")
         created = self.client.batches.create(
@@ -239,13 +255,17 @@ class GeminiProvider:
 
         self._retrying(attempt)
 
-    def _retrying(self, call: Callable[[], T]) -> T:
+    def _retrying(self, call: Callable[[], T], quota_final: bool = False) -> T:
+        """`call`, again after a transient error; with `quota_final`, a quota's 429 is given to the caller
+        at once (the batch is held, not retried here)."""
         delay = self.retry_initial_delay
         for attempt in range(1, self.retry_attempts + 1):
             try:
                 return call()
             except RETRIED as exc:
                 transient = not isinstance(exc, errors.APIError) or exc.code in RETRYABLE_HTTP
+                if quota_final and self.over_quota(exc):
+                    raise
                 if not transient or attempt == self.retry_attempts:
                     raise
                 logger.info("retrying a Gemini call after %s", type(exc).__name__, extra={"attempt": attempt})
