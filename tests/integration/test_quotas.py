@@ -25,7 +25,16 @@ from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.pipeline import Deps
 from batchdrop.poll import OVERDUE_GRACE_SECONDS
-from tests.helpers import all_jobs_final, all_notifications, assert_accounting, drive, jsonl, local_stack, neutral_line
+from tests.helpers import (
+    FakeClock,
+    all_jobs_final,
+    all_notifications,
+    assert_accounting,
+    drive,
+    jsonl,
+    local_stack,
+    neutral_line,
+)
 from tests.helpers import outputs_of as outputs
 from tests.lines import validator
 
@@ -295,3 +304,27 @@ def test_a_batch_the_provider_refuses_for_now_without_end_ends_expired_and_says_
         assert {e["code"] for e in errors} == {m.EXPIRED}
         assert "queue quota stayed full" in errors[0]["message"]
         assert stack.emulator.stats()["batches_created"]["anthropic"] == 0
+
+
+def test_a_gemini_job_left_pending_past_48_hours_has_every_request_sent_again(use_own_deps: None) -> None:
+    # Given a Gemini job that would take days, on an emulator clock the test moves
+    clock = FakeClock(time.time())
+    options = s.StackOptions(knobs=EmulatorKnobs(latency=100 * 3600.0), providers=("openai", "gemini"), clock=clock)
+    with local_stack(options) as stack:
+        store = JobStore(s.TABLE)
+        dispatcher = Dispatcher(stack)
+        stack.put("inputs/f.jsonl", jsonl([neutral_line("gemini-2.5-flash", f"q {i}", custom_id=f"g-{i}")
+                                           for i in range(3)]))  # fmt: skip
+        drive(dispatcher, lambda: [j["status"] for j in store.list_jobs()] == [m.JOB_SUBMITTED])
+        # When 48 hours pass at Gemini (which now runs batches promptly)
+        clock.advance(48 * 3600 + 1)
+        stack.emulator.knobs = EmulatorKnobs(latency=0.0)
+        drive(dispatcher, all_jobs_final(store, 1))
+        # Then its batch expired with no responses file, and every request ran in the second attempt
+        (job,) = store.list_jobs()
+        results, errors, summary = outputs(stack, job)
+        assert_accounting({1, 2, 3}, results, errors, summary)
+        assert job["status"] == m.JOB_COMPLETED
+        assert {r["custom_id"] for r in results} == {"g-0", "g-1", "g-2"}
+        assert sorted(b["status"] for b in summary["batches"]) == [m.COMPLETED, m.BATCH_EXPIRED]
+        assert stack.emulator.stats()["batches_created"]["gemini"] == 2
