@@ -53,6 +53,16 @@ def use_own_deps() -> Iterator[None]:
     use_deps(None)
 
 
+def handlers_clock_offset() -> list[float]:
+    """The handlers' own Deps with a clock `offset[0]` seconds ahead of the real one (the emulator keeps
+    real time), for time to pass at batchdrop only."""
+    offset = [0.0]
+    deps = Deps.from_settings(Settings.from_env())
+    deps.clock = lambda: time.time() + offset[0]
+    use_deps(lambda: deps)
+    return offset
+
+
 def stack_with(provider: str, env: dict[str, str], latency: float = 1.5) -> s.LocalStack:
     return local_stack(
         s.StackOptions(
@@ -178,10 +188,7 @@ def test_a_batch_past_its_providers_window_is_canceled_and_its_unfinished_reques
     # Given a provider whose batch never ends (a Gemini job left PENDING for days), with a window of an hour
     env = {"BATCHDROP_OPENAI_WINDOW_HOURS": "1", "BATCHDROP_MAX_ATTEMPTS": "2"}
     with stack_with("openai", env, latency=10 * 86_400.0) as stack:
-        offset = [0.0]
-        deps = Deps.from_settings(Settings.from_env())
-        deps.clock = lambda: time.time() + offset[0]
-        use_deps(lambda: deps)
+        offset = handlers_clock_offset()
         store = JobStore(s.TABLE)
         dispatcher = Dispatcher(stack)
         stack.put("inputs/f.jsonl", jsonl(rows("openai", PER_BATCH)))
@@ -280,10 +287,7 @@ def test_a_batch_the_provider_refuses_for_now_without_end_ends_expired_and_says_
         extra_env=env,
     )
     with local_stack(options) as stack:
-        offset = [0.0]
-        deps = Deps.from_settings(Settings.from_env())
-        deps.clock = lambda: time.time() + offset[0]
-        use_deps(lambda: deps)
+        offset = handlers_clock_offset()
         store = JobStore(s.TABLE)
         dispatcher = Dispatcher(stack)
         stack.put("inputs/f.jsonl", jsonl(rows("anthropic", PER_BATCH)))

@@ -144,9 +144,7 @@ class AnthropicEmulation(Plugin):
 
     def _check_queue(self, adding: int) -> None:
         """A 429 when the organisation's unended batches and this one would pass the queue limit."""
-        limit = self.max_queued_requests
-        if limit is None:
-            limit = self.emulator.knobs.queue_limits.get("anthropic")
+        limit = self.queue_limit(self.max_queued_requests)
         if limit is None:
             return
         now = self.emulator.now()

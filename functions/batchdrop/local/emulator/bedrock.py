@@ -620,9 +620,7 @@ class BedrockEmulation(Plugin):
         }
 
     def _check_quota(self, model_id: str) -> None:
-        limit = self.max_concurrent_jobs
-        if limit is None:
-            limit = self.emulator.knobs.queue_limits.get("bedrock")
+        limit = self.queue_limit(self.max_concurrent_jobs)
         if limit is None:
             return
         now = self.emulator.now()

@@ -104,6 +104,11 @@ class Plugin(ABC):
         """What runs on background threads once the emulator `start`s (each returns when it stops serving)."""
         return []
 
+    def queue_limit(self, own: int | None) -> int | None:
+        """The provider's queue quota: the plugin's own setting, else the knob's for its provider (None:
+        no quota)."""
+        return own if own is not None else self.emulator.knobs.queue_limits.get(self.provider)
+
 
 class _QuietHandler(WSGIRequestHandler):
     """Serves without writing a line per request to stderr."""

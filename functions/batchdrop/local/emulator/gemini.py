@@ -451,9 +451,7 @@ class GeminiEmulation(Plugin):
 
     def _check_enqueued(self, model: str, adding: int) -> None:
         """A 429 when the model's unended batches and this one would hold more input tokens than allowed."""
-        limit = self.max_enqueued_tokens
-        if limit is None:
-            limit = self.emulator.knobs.queue_limits.get("gemini")
+        limit = self.queue_limit(self.max_enqueued_tokens)
         if limit is None:
             return
         now = self.emulator.now()

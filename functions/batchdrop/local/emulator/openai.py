@@ -719,9 +719,7 @@ class OpenAIEmulation(Plugin):
     def _check_quota(self, lines: _Lines, tokens: int, now: float) -> None:
         """The model's enqueued-token quota: what its unfinished batches hold, plus this batch."""
         model = str(lines.model)
-        limit = self.enqueued_token_limits.get(model, self.enqueued_token_limit)
-        if limit is None:
-            limit = self.emulator.knobs.queue_limits.get(self.provider)
+        limit = self.queue_limit(self.enqueued_token_limits.get(model, self.enqueued_token_limit))
         if limit is None:
             return
         held = 0
