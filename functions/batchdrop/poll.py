@@ -16,6 +16,7 @@ from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import JOB_SK, Conflict
 from batchdrop.batches import (
+    ProviderBusy,
     cancel_unsent,
     has_room,
     hold_over_quota,
@@ -158,7 +159,12 @@ def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     now = deps.clock()
     job = deps.store.get_job(batch["job_id"])
     if job is None or job["status"] in m.FINAL_JOB_STATES or job.get("cancel_requested") or job.get("timed_out"):
-        ended = cancel_unsent(deps, batch, "poll")
+        try:
+            ended = cancel_unsent(deps, batch, "poll")
+        except ProviderBusy:
+            # A create of it may still be under way: looked at again once that has had its time.
+            look_soon(deps, batch, now + deps.settings.create_lock_seconds)
+            return
         report.changed += 1
         _after_end(deps, ended, report)
         return

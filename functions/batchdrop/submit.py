@@ -22,7 +22,7 @@ from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict
-from batchdrop.batches import cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
+from batchdrop.batches import ProviderBusy, cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
 from batchdrop.cancel import CancelError, carry_out, request_cancel
 from batchdrop.complete import run_completion
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
@@ -157,7 +157,9 @@ def send_held(deps: Deps, job_id: str) -> SubmitResult:
     for batch in sorted(deps.store.get_batches(job_id), key=lambda b: b["sk"]):
         if batch.get("provider_batch_id") or batch.get("status") not in (m.HELD, m.PENDING, m.SUBMITTING):
             continue
-        with contextlib.suppress(Conflict):
+        # Another invocation got to it first, or its create may still be under way elsewhere: the poll
+        # offers it again after the backoff, so neither is worth failing this message over.
+        with contextlib.suppress(Conflict, ProviderBusy):
             after = send_batch(deps, job_id, batch, owner)
             sent += after.get("status") != m.HELD
     if sent:

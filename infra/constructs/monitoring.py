@@ -68,7 +68,7 @@ class Monitoring(Construct):
                 period=PERIOD,
                 statistic="Maximum",
             ),
-            "Batches are still open past the provider's 24-hour window: see the poll function's log",
+            "Batches are still open an hour past their provider's window (batchdrop cancels them): see the poll's log",
         )
         self._alarm(
             "JobsTimedOut",
