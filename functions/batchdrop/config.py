@@ -231,6 +231,7 @@ class Settings:
                 max_requests=integer(var("MAX_REQUESTS"), defaults.max_requests),
                 max_bytes=integer(var("MAX_BYTES"), defaults.max_bytes, minimum=1024),
                 min_requests=integer(var("MIN_RECORDS"), defaults.min_requests),
+                max_inputs=defaults.max_inputs,
             )
             limits = _within_quota(limits, SPECS[name].quota_unit, max_enqueued)
             if limits.min_requests > limits.max_requests:

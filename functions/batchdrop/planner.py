@@ -21,7 +21,7 @@ from typing import IO
 
 from batchdrop.config import BatchLimits
 from batchdrop.models import Request
-from batchdrop.providers.openai import EMBEDDINGS_URL, MAX_EMBEDDING_INPUTS, line_inputs
+from batchdrop.providers import SPECS
 
 # Room for the envelope a provider wraps around the lines (Anthropic: {"requests": [...]}).
 ENVELOPE_BYTES = 64
@@ -30,17 +30,17 @@ SIZES_INDEX = "I"
 
 _LINE = operator.attrgetter("line")
 _PAYLOAD = operator.attrgetter("payload")
-# The embedding inputs a batch may hold, by provider (what OpenAI's Batch API counts besides requests).
-MAX_INPUTS: Mapping[str, int] = {"openai": MAX_EMBEDDING_INPUTS, "azure": MAX_EMBEDDING_INPUTS}
-_EMBEDDINGS_GROUP = EMBEDDINGS_URL + " "
+# What carries the inputs a provider counts besides requests (ProviderSpec.inputs), by provider.
+_INPUTS = {s.name: s.inputs for s in SPECS.values() if s.inputs is not None}
 
 
 def _inputs(request: Request) -> int:
     """The request's embedding inputs; counted from its line when whoever made it did not (a request
     sent again from a stored batch, or converted for a fallback provider)."""
-    if request.inputs or not request.group.startswith(_EMBEDDINGS_GROUP):
+    carried = _INPUTS.get(request.provider)
+    if request.inputs or carried is None or not request.group.startswith(carried[0]):
         return request.inputs
-    return line_inputs(request.payload)
+    return carried[1](request.payload)
 
 
 @dataclass
@@ -85,8 +85,6 @@ class BatchPlanner:
     # bytes as two 4-byte integers (SIZES_INDEX), no custom_id; the batch's `path` is "". The batches
     # are the same as with the data.
     sizes_only: frozenset[str] = frozenset()
-    # The embedding inputs one batch may hold, by provider (none for a provider not named).
-    max_inputs: Mapping[str, int] = field(default_factory=lambda: dict(MAX_INPUTS))
     _open: dict[tuple[str, str], _Open] = field(default_factory=dict)
     _count: dict[str, int] = field(default_factory=dict)
     # Per slot of a provider with a minimum batch size (Bedrock): the last batch closed, held back
@@ -102,7 +100,7 @@ class BatchPlanner:
         if batch is not None and (
             batch.requests + 1 > limits.max_requests
             or batch.bytes + size > limits.max_bytes
-            or (inputs and batch.inputs + inputs > self.max_inputs.get(request.provider, inputs))
+            or (inputs and batch.inputs + inputs > (limits.max_inputs or inputs))
         ):
             self._close(slot)
             batch = None
@@ -141,8 +139,9 @@ class BatchPlanner:
             limits = self.limits[provider]
             room, space = limits.max_requests - batch.requests, limits.max_bytes - batch.bytes
             # Only an embeddings group carries inputs: other runs skip the count.
-            most = self.max_inputs.get(provider)
-            counted = most is not None and group.startswith(_EMBEDDINGS_GROUP)
+            most = limits.max_inputs
+            carried = _INPUTS.get(provider)
+            counted = most is not None and carried is not None and group.startswith(carried[0])
             inputs_room = (most or 0) - batch.inputs
             j, size, inputs = i, 0, 0
             while j < n:

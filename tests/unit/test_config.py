@@ -138,7 +138,7 @@ def test_limits_above_the_providers_maxima_are_refused(name: str, value: str) ->
 
 def test_limits_can_be_set_lower() -> None:
     s = settings(BATCHDROP_OPENAI_MAX_REQUESTS="10", BATCHDROP_OPENAI_MAX_BYTES="4096")
-    assert s.providers["openai"].limits == BatchLimits(max_requests=10, max_bytes=4096)
+    assert s.providers["openai"].limits == BatchLimits(max_requests=10, max_bytes=4096, max_inputs=50_000)
     assert s.providers["anthropic"].limits == PROVIDER_DEFAULT_LIMITS["anthropic"]
 
 

@@ -4,6 +4,7 @@ before they would pass the limit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from batchdrop import models as m
 from batchdrop.config import BatchLimits
-from batchdrop.planner import MAX_INPUTS, BatchPlanner, PlannedBatch
+from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.providers.openai import MAX_EMBEDDING_INPUTS
 from tests.lines import accept, openai_line, validator
 
@@ -54,12 +55,13 @@ def request(n: int, inputs: int, count: bool = True) -> m.Request:
     return m.Request(n, f"r{n}", "openai", GROUP, MODEL, payload, inputs if count else 0)
 
 
-LIMITS = {"openai": BatchLimits(max_requests=50_000, max_bytes=10**9)}
+LIMITS = {"openai": BatchLimits(max_requests=50_000, max_bytes=10**9, max_inputs=MAX_EMBEDDING_INPUTS)}
 
 
-def plan(tmp: Path, requests: list[m.Request], many: bool, **kwargs: Any) -> list[PlannedBatch]:
+def plan(tmp: Path, requests: list[m.Request], many: bool, max_inputs: int | None = None) -> list[PlannedBatch]:
     batches: list[PlannedBatch] = []
-    planner = BatchPlanner(limits=LIMITS, on_batch=batches.append, tmpdir=str(tmp), **kwargs)
+    limits = LIMITS if max_inputs is None else {"openai": replace(LIMITS["openai"], max_inputs=max_inputs)}
+    planner = BatchPlanner(limits=limits, on_batch=batches.append, tmpdir=str(tmp))
     if many:
         planner.add_many(requests)
     else:
@@ -71,7 +73,7 @@ def plan(tmp: Path, requests: list[m.Request], many: bool, **kwargs: Any) -> lis
 
 @pytest.mark.parametrize("many", [False, True])
 def test_a_batch_closes_before_its_inputs_pass_the_limit(tmp_path: Path, many: bool) -> None:
-    assert MAX_INPUTS["openai"] == MAX_EMBEDDING_INPUTS == 50_000
+    assert LIMITS["openai"].max_inputs == MAX_EMBEDDING_INPUTS == 50_000
     # 600 requests of 100 inputs: 60,000 inputs, far under 50,000 requests.
     batches = plan(tmp_path, [request(n, 100) for n in range(1, 601)], many)
     assert [b.requests for b in batches] == [500, 100]
@@ -79,14 +81,14 @@ def test_a_batch_closes_before_its_inputs_pass_the_limit(tmp_path: Path, many: b
 
 @pytest.mark.parametrize("many", [False, True])
 def test_the_limit_is_the_planners_to_lower(tmp_path: Path, many: bool) -> None:
-    batches = plan(tmp_path, [request(n, 3) for n in range(1, 11)], many, max_inputs={"openai": 10})
+    batches = plan(tmp_path, [request(n, 3) for n in range(1, 11)], many, max_inputs=10)
     assert [b.requests for b in batches] == [3, 3, 3, 1]
 
 
 @pytest.mark.parametrize("many", [False, True])
 def test_a_request_sent_again_without_its_count_is_counted_from_its_line(tmp_path: Path, many: bool) -> None:
     # Requests made from a stored batch (complete's retries, fallbacks) carry no count.
-    batches = plan(tmp_path, [request(n, 3, count=False) for n in range(1, 11)], many, max_inputs={"openai": 10})
+    batches = plan(tmp_path, [request(n, 3, count=False) for n in range(1, 11)], many, max_inputs=10)
     assert [b.requests for b in batches] == [3, 3, 3, 1]
 
 
@@ -96,4 +98,4 @@ def test_chat_requests_are_not_held_to_the_inputs_limit(tmp_path: Path, many: bo
         m.Request(n, f"c{n}", "openai", "/v1/chat/completions gpt-4o-mini", "gpt-4o-mini", b"{}\n")
         for n in range(1, 21)
     ]
-    assert [b.requests for b in plan(tmp_path, chat, many, max_inputs={"openai": 10})] == [20]
+    assert [b.requests for b in plan(tmp_path, chat, many, max_inputs=10)] == [20]

@@ -29,6 +29,8 @@ class BatchLimits:
     max_bytes: int
     # Bedrock refuses a job with fewer records than its per-model quota (100 by default).
     min_requests: int = 1
+    # The embedding inputs one batch may hold, which OpenAI counts besides requests (None: not counted).
+    max_inputs: int | None = None
 
 
 class LineChecks(Protocol):
@@ -202,6 +204,10 @@ class ProviderSpec:
     # None for a request it cannot carry over.
     fallbacks: Mapping[str, Callable[[bytes, str], tuple[str, bytes] | None]] = field(default_factory=dict)
     local: LocalEnv = field(default_factory=LocalEnv)
+    # What carries the inputs `max_inputs` counts: (the batch group's prefix, its batch line → its inputs),
+    # for a request whose count validation did not keep (sent again from a stored batch, or converted
+    # for a fallback); None: the provider counts none.
+    inputs: tuple[str, Callable[[bytes], int]] | None = None
     # How long the provider lets a batch run before it expires it (None: until it is cancelled, as
     # Azure's). BATCHDROP_<NAME>_WINDOW_HOURS overrides it; past it and a grace, batchdrop cancels the
     # batch, keeps what it finished and sends the rest again.

@@ -17,8 +17,11 @@ SPEC = ProviderSpec(
     emulator="batchdrop.local.emulator.openai:AzureOpenAIEmulation",
     # The OpenAI format, 100,000 requests and 200 MB per file (Azure's "Batch limits": "Max requests per
     # file: 100,000", "Max input file size: 200 MB"), not OpenAI's 50,000.
-    maxima=BatchLimits(max_requests=100_000, max_bytes=200 * MB),
-    defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB),
+    # Azure documents no embedding-input limit for its batches: held to OpenAI's, which costs nothing
+    # but a smaller batch.
+    maxima=BatchLimits(max_requests=100_000, max_bytes=200 * MB, max_inputs=openai.MAX_EMBEDDING_INPUTS),
+    defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB, max_inputs=openai.MAX_EMBEDDING_INPUTS),
+    inputs=openai.SPEC.inputs,
     shape="openai",
     translate=openai.translate,
     model_rule=openai.SPEC.model_rule,

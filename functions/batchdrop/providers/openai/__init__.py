@@ -150,8 +150,9 @@ SPEC = ProviderSpec(
     title="OpenAI",
     client="batchdrop.providers.openai.client:OpenAIProvider",
     emulator="batchdrop.local.emulator.openai:OpenAIEmulation",
-    maxima=BatchLimits(max_requests=50_000, max_bytes=200 * MB),
-    defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB),
+    maxima=BatchLimits(max_requests=50_000, max_bytes=200 * MB, max_inputs=MAX_EMBEDDING_INPUTS),
+    defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB, max_inputs=MAX_EMBEDDING_INPUTS),
+    inputs=(EMBEDDINGS_URL + " ", line_inputs),
     routes=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation"),
     # Real-time list prices (input, output) per million tokens, late 2026.
     prices={
