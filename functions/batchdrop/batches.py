@@ -192,10 +192,26 @@ def give_back_room(deps: Deps, batch: dict[str, Any]) -> None:
         deps.store.give_back_quota(pool[0], _holder(batch))
 
 
-def hold_wait(settings: Settings, refusals: int) -> float:
-    """How long a held batch waits before it is offered again: doubling with the provider's refusals,
-    from the poll's shortest wait to its longest."""
-    return float(min(settings.poll_max_seconds, max(settings.poll_min_seconds, 1) * 2 ** min(refusals, 16)))
+# A batch waiting for room in our own pool is looked at less often the longer it waits, up to this
+# many doublings of the poll's shortest wait (8 min by default): a wave starts soon after room frees,
+# and a file of thousands of waiting batches does not fill every poll with looks at full pools.
+WAIT_DOUBLINGS = 4
+
+
+def hold_wait(settings: Settings, batch: dict[str, Any]) -> float:
+    """How long a held batch waits before it is offered again: doubling with the provider's refusals
+    (and, a few times, with the looks that found its pool full), from the poll's shortest wait to its
+    longest."""
+    doublings = int(batch.get("refusals", 0)) + min(int(batch.get("waits", 0)), WAIT_DOUBLINGS)
+    return float(min(settings.poll_max_seconds, max(settings.poll_min_seconds, 1) * 2 ** min(doublings, 16)))
+
+
+def wait_for_room(deps: Deps, batch: dict[str, Any], offered: bool) -> None:
+    """The poll looked at a held batch: offered to the submit function (due again after the backoff, in
+    case the offer is lost), or its pool still full (one more wait counted)."""
+    waits = int(batch.get("waits", 0)) + (not offered)
+    at = deps.clock() + hold_wait(deps.settings, {**batch, "waits": waits})
+    deps.store.update(batch, {"waits": waits, **due_fields(at)})
 
 
 def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict[str, Any]:
@@ -221,7 +237,7 @@ def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict
         "held_since": fresh.get("held_since") or now,
         "create_owner": None,
         "create_started_at": None,
-        **due_fields(now + hold_wait(deps.settings, refusals)),
+        **due_fields(now + hold_wait(deps.settings, {**fresh, "refusals": refusals})),
     }
     if refused:
         changes["refusals"] = refusals

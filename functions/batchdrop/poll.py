@@ -20,7 +20,6 @@ from batchdrop.batches import (
     cancel_unsent,
     has_room,
     hold_over_quota,
-    hold_wait,
     leave_due,
     look_soon,
     mark_overdue,
@@ -29,6 +28,7 @@ from batchdrop.batches import (
     record_provider_status,
     record_running,
     recorded_batch,
+    wait_for_room,
 )
 from batchdrop.cancel import carry_out
 from batchdrop.pipeline import Deps
@@ -168,10 +168,11 @@ def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
         report.changed += 1
         _after_end(deps, ended, report)
         return
-    if job["status"] == m.JOB_SUBMITTED and has_room(deps, batch):
+    offered = job["status"] == m.JOB_SUBMITTED and has_room(deps, batch)
+    if offered:
         deps.segments.send(batch["job_id"], held=True)
         logger.info("offered a held batch to the submit function", extra={"batch_key": batch["batch_key"]})
-    look_soon(deps, batch, now + hold_wait(deps.settings, int(batch.get("refusals", 0))))
+    wait_for_room(deps, batch, offered)
 
 
 def _cancel_overdue(deps: Deps, provider: Any, batch: dict[str, Any], now: float) -> dict[str, Any]:
