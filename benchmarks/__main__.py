@@ -352,6 +352,42 @@ def bench_poll_calls(rows: list[dict[str, Any]]) -> None:
     )
 
 
+def bench_held_calls(rows: list[dict[str, Any]]) -> None:
+    """What a held batch costs the poll: the AWS calls of one poll over 20 batches waiting for room in a
+    full pool (BATCHDROP_ANTHROPIC_MAX_ENQUEUED), per batch, against a poll over 20 running batches."""
+    from batchdrop.handlers import use_deps
+    from batchdrop.handlers.poll import handler as poll_handler
+    from batchdrop.local import stack as s
+    from batchdrop.local.dispatcher import Dispatcher, LocalContext
+    from batchdrop.local.emulator import EmulatorKnobs
+    from tests.helpers import jsonl, neutral_line
+    from tests.integration.test_poll_cost import count_aws_calls
+
+    per_batch = {}
+    for case, env in (("held", {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": "1"}), ("running", {})):
+        options = s.StackOptions(
+            knobs=EmulatorKnobs(latency=3600), limits={"anthropic": (1, 10 * MB)}, extra_env=env, lease_seconds=30
+        )
+        with s.LocalStack(options) as local:
+            rows_in = [neutral_line("claude-haiku-4-5", f"q{i}", custom_id=f"r{i}") for i in range(21)]
+            local.put("inputs/f.jsonl", jsonl(rows_in))
+            Dispatcher(local).deliver_uploads()
+            time.sleep(1.2)  # the held batches' first wait, on the local clock
+            calls = count_aws_calls()
+            report = poll_handler({"detail-type": "Scheduled Event"}, LocalContext("poll"))
+            looked = report["looked_at"] - 1  # the job's own look
+            per_batch[case] = (sum(calls.values()) - 1) / looked
+            use_deps(None)
+    rows.append(
+        {
+            "benchmark": "AWS calls per batch in one poll, 20 batches held for room in a full pool",
+            "batchdrop": f"{per_batch['held']:.1f} calls",
+            "baseline": f"20 running batches {per_batch['running']:.1f} calls (and a provider call each)",
+            "ratio": f"{per_batch['held'] / per_batch['running']:.2f}x",
+        }
+    )
+
+
 # -- 5. the commands users run, as whole processes ---------------------------------------------------
 
 
@@ -448,6 +484,7 @@ def main() -> None:
             ("commands", lambda: bench_commands(rows, Path(tmp), args.quick)),
             ("imports", lambda: bench_imports(rows)),
             ("poll calls", lambda: bench_poll_calls(rows)),
+            ("held calls", lambda: bench_held_calls(rows)),
             ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),
             ("submit memory", lambda: bench_submit_memory(rows, Path(tmp), args.quick)),
         ]
