@@ -68,6 +68,8 @@ if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
 logger = Logger(service="batchdrop")
 
 LOCK_WAIT_SECONDS = 120
+# How often a full pool is checked for shares left behind (a read of each holder's batch and job).
+PRUNE_SECONDS = 600
 # After this many "not now" answers for one batch, its hold reason and log say how a batch too large
 # for the quota is fixed.
 REFUSALS_BEFORE_HINT = 5
@@ -100,10 +102,14 @@ def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> di
     provider = deps.provider(batch["provider"])
     if batch["status"] in (m.PENDING, m.HELD):
         if not _take_room(deps, batch):
-            return _hold(deps, batch, f"{_cap_name(batch)} is full: waiting for batches to end", refused=False)
-        batch = deps.store.update(
-            batch, {"status": m.SUBMITTING, "intent_at": deps.clock()}, when_status=(m.PENDING, m.HELD)
-        )
+            return _hold(deps, batch, f"{_cap_name(batch)} is full: waiting for batches to end", owner, refused=False)
+        now = deps.clock()
+        changes: dict[str, Any] = {"status": m.SUBMITTING, "intent_at": now}
+        if batch["status"] == m.HELD:
+            # Still due (a send that dies is offered again by the poll), but not before this create has
+            # had its time: a look while it is under way would only offer it again and move its version.
+            changes.update(due_fields(now + _create_time(deps.settings)))
+        batch = deps.store.update(batch, changes, when_status=(m.PENDING, m.HELD))
     try:
         if getattr(provider, "tags_batches", False):
             batch_id = _find_tagged(deps, provider, _ref(batch), frozenset(batch.get("quota_refused_ids") or ()))
@@ -114,7 +120,7 @@ def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> di
         return _submit_serialised(deps, provider, batch, owner)
     except CreateFailed as failure:
         if failure.quota:
-            return _hold(deps, batch, f"{provider.name} said not now: {failure}", refused=True)
+            return _hold(deps, batch, f"{provider.name} said not now: {failure}", owner, refused=True)
         return _create_failed(deps, provider, batch, failure)
 
 
@@ -156,21 +162,32 @@ def _take_room(deps: Deps, batch: dict[str, Any]) -> bool:
     share = quota_share(batch)
     if deps.store.take_quota(pk, _holder(batch), share, cap):
         return True
-    # A full pool may hold shares its batches never gave back (their job was ended by the watchdog, or
-    # a crash came between their end and the give-back): take those out, then try once more.
-    if _prune(deps, pk):
+    if prune(deps, batch):
         return deps.store.take_quota(pk, _holder(batch), share, cap)
     return False
 
 
-def _prune(deps: Deps, pk: str) -> bool:
+def prune(deps: Deps, batch: dict[str, Any]) -> bool:
+    """Give back the shares in the batch's pool whose batches will never give them back themselves: a
+    batch ended (a crash came between its end and its give-back) or gone, or a job ended (the watchdog
+    ends a job whose batches may never be looked at again). At most once per PRUNE_SECONDS a pool, so a
+    full pool costs a read per holder only that often; True if any share was given back."""
+    pool = _pool(deps.settings, batch)
+    if pool is None or not deps.store.start_prune(pool[0], deps.clock(), PRUNE_SECONDS):
+        return False
     pruned = False
-    for holder in deps.store.quota(pk)["holders"]:
+    ended_jobs: dict[str, bool] = {}
+    for holder in deps.store.quota(pool[0])["holders"]:
         job_id, _, key = holder.partition("/")
         held_by = deps.store.get_batch(job_id, key)
-        if held_by is None or held_by.get("status") in m.TERMINAL_BATCH_STATES:
-            deps.store.give_back_quota(pk, holder)
+        if job_id not in ended_jobs:
+            job = deps.store.get_job(job_id)
+            ended_jobs[job_id] = job is None or job["status"] in m.FINAL_JOB_STATES or bool(job.get("timed_out"))
+        if held_by is None or held_by.get("status") in m.TERMINAL_BATCH_STATES or ended_jobs[job_id]:
+            deps.store.give_back_quota(pool[0], holder)
             pruned = True
+    if pruned:
+        logger.warning("gave back shares of a quota pool that their batches left behind", extra={"pool": pool[0]})
     return pruned
 
 
@@ -214,14 +231,17 @@ def wait_for_room(deps: Deps, batch: dict[str, Any], offered: bool) -> None:
     deps.store.update(batch, {"waits": waits, **due_fields(at)})
 
 
-def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict[str, Any]:
+def _hold(deps: Deps, batch: dict[str, Any], reason: str, owner: str, refused: bool) -> dict[str, Any]:
     """Hold a batch that cannot be created now; `refused` when the provider said so (its share is given
-    back, and its refusals count towards the backoff). A batch the provider has refused for longer than
-    its window and the watchdog's grace together ends as expired, never sent: its requests are sent
-    again in the job's next attempt (within BATCHDROP_MAX_ATTEMPTS), and its job ends."""
+    back, and its refusals count towards the backoff). A batch held for longer than its window and the
+    watchdog's grace together ends as expired, never sent (`expire_held`)."""
     fresh = _reload(deps.store, batch)
     if fresh.get("provider_batch_id") or fresh.get("status") not in HOLDABLE:
         return fresh  # another invocation got further meanwhile
+    other = fresh.get("create_owner")
+    started = fresh.get("create_started_at")
+    if other and other != owner and started is not None and deps.clock() - float(started) < _create_time(deps.settings):
+        return fresh  # another invocation's create of it may be under way: never undo its mark
     now = deps.clock()
     refusals = int(fresh.get("refusals", 0)) + refused
     if refusals >= REFUSALS_BEFORE_HINT:
@@ -242,31 +262,58 @@ def _hold(deps: Deps, batch: dict[str, Any], reason: str, refused: bool) -> dict
     if refused:
         changes["refusals"] = refusals
         changes["refused_since"] = fresh.get("refused_since") or now
-        limit = _window(deps.settings, fresh) + deps.settings.batch_timeout_seconds
-        if now - float(changes["refused_since"]) > limit:
-            ended = deps.store.update(
-                fresh,
-                {
-                    "status": m.BATCH_EXPIRED,
-                    "never_sent": True,
-                    "error": f"{fresh['provider']} refused the batch for now {refusals} times over "
-                    f"{limit / 3600:g} h (its queue quota stayed full): {reason}"[:2000],
-                    "ended_at": iso(now),
-                    "create_owner": None,
-                },
-                when_status=HOLDABLE,
-            )
-            give_back_room(deps, ended)
-            logger.warning(
-                "a batch the provider kept refusing for now ends as expired", extra={"batch_key": fresh["batch_key"]}
-            )
-            return ended
+    expired = expire_held(deps, {**fresh, **changes}, reason, base=fresh)
+    if expired is not None:
+        return expired
     held = deps.store.update(fresh, changes, when_status=HOLDABLE)
     if refused:
         give_back_room(deps, held)
     log = logger.warning if refusals >= REFUSALS_BEFORE_HINT else logger.info
     log("batch held", extra={"batch_key": fresh["batch_key"], "reason": reason[:600], "refusals": refusals})
     return held
+
+
+def expire_held(
+    deps: Deps, batch: dict[str, Any], reason: str, base: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """End a batch held for longer than its provider's window and BATCHDROP_BATCH_TIMEOUT_SECONDS
+    together (the provider kept refusing it for now, or our pool never had room for it) as expired,
+    never sent: its requests are sent again in the job's next attempt (within BATCHDROP_MAX_ATTEMPTS),
+    and its job ends. Returns it ended, or None while it is within the bound. `base` is the item as
+    read, when `batch` carries changes not written yet."""
+    since = batch.get("refused_since") or batch.get("held_since")
+    limit = _window(deps.settings, batch) + deps.settings.batch_timeout_seconds
+    now = deps.clock()
+    if batch.get("status") != m.HELD or since is None or now - float(since) <= limit:
+        # Only a batch held (no create of it under way, none that reached the provider unrecorded).
+        return None
+    refusals = int(batch.get("refusals", 0))
+    why = (
+        f"{batch['provider']} refused the batch for now {refusals} times over {limit / 3600:g} h (its queue quota "
+        "stayed full)"
+        if refusals
+        else f"it waited {limit / 3600:g} h for room under {_cap_name(batch)}"
+    )
+    ended = deps.store.update(
+        base or batch,
+        {
+            "status": m.BATCH_EXPIRED,
+            "never_sent": True,
+            "error": f"{why}: {reason}"[:2000],
+            "ended_at": iso(now),
+            "create_owner": None,
+            "refusals": refusals,
+        },
+        when_status=HOLDABLE,
+    )
+    give_back_room(deps, ended)
+    logger.warning("a batch held past its bound ends as expired, never sent", extra={"batch_key": batch["batch_key"]})
+    return ended
+
+
+def _create_time(settings: Settings) -> float:
+    """How long a create may still be under way after it started (its lock, or its invocation's lease)."""
+    return float(max(settings.create_lock_seconds, settings.lease_seconds))
 
 
 def hold_over_quota(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> dict[str, Any]:
@@ -276,11 +323,13 @@ def hold_over_quota(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) ->
     refused_ids = [*(batch.get("quota_refused_ids") or []), batch["provider_batch_id"]]
     moved = deps.store.update(
         batch,
-        {"provider_batch_id": None, "quota_refused_ids": refused_ids, "status": m.SUBMITTING},
+        # Not sent any more: its submission time goes with the provider batch (the watchdog bounds a
+        # batch sent from its submission, and a held one from when it was first held).
+        {"provider_batch_id": None, "quota_refused_ids": refused_ids, "status": m.SUBMITTING, "submitted_ts": None},
         when_status=(m.VALIDATING, m.IN_PROGRESS, m.FINALIZING, m.CANCELLING),
     )
     return _hold(
-        deps, moved, f"{batch['provider']} said not now: {status.error or status.provider_status}", refused=True
+        deps, moved, f"{batch['provider']} said not now: {status.error or status.provider_status}", "", refused=True
     )
 
 
@@ -403,7 +452,7 @@ def _start_create(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, An
 def _check_no_create_under_way(deps: Deps, batch: dict[str, Any], owner: str) -> None:
     started = batch.get("create_started_at")
     other = batch.get("create_owner")
-    under_way = max(deps.settings.create_lock_seconds, deps.settings.lease_seconds)
+    under_way = _create_time(deps.settings)
     if other and other != owner and started is not None and deps.clock() - float(started) < under_way:
         raise ProviderBusy(f"another invocation's create of batch {batch['batch_key']} may still be under way")
 
@@ -631,17 +680,20 @@ def clean_up(deps: Deps, batches: list[dict[str, Any]]) -> None:
     written and it has ended, so that a long-lived stack never reaches a provider's file or storage
     cap. Best effort: what is left behind expires on the provider's own terms."""
     for batch in batches:
-        batch_id = batch.get("provider_batch_id")
-        if not batch_id or batch.get("status") not in m.TERMINAL_BATCH_STATES:
+        if batch.get("status") not in m.TERMINAL_BATCH_STATES:
             continue
-        try:
-            provider = deps.provider(batch["provider"])
-            provider.cleanup(batch_id, provider.status(batch_id))
-        except Exception as exc:
-            logger.warning(
-                "could not delete a batch's provider files",
-                extra={"batch_id": batch_id, "error": f"{type(exc).__name__}: {exc}"[:300]},
-            )
+        # Its provider copy, and those the provider failed unrun for its quota (their input files).
+        for batch_id in [*(batch.get("quota_refused_ids") or []), batch.get("provider_batch_id")]:
+            if not batch_id:
+                continue
+            try:
+                provider = deps.provider(batch["provider"])
+                provider.cleanup(batch_id, provider.status(batch_id))
+            except Exception as exc:
+                logger.warning(
+                    "could not delete a batch's provider files",
+                    extra={"batch_id": batch_id, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
 
 
 def mark_overdue(deps: Deps, batch: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -334,11 +334,13 @@ def parse_enqueued(name: str, raw: str) -> dict[str, int]:
 
 
 def _within_quota(limits: BatchLimits, unit: str, caps: Mapping[str, int]) -> BatchLimits:
-    """Limits under which one batch fits the smallest pool of the provider's quota on its own: a batch
-    larger than the quota would be refused "for now" every time, and so never run."""
+    """Limits under which two batches fit the smallest pool of the provider's quota at once: a batch
+    larger than the quota would be refused "for now" every time, and so never run; and one as large as
+    the quota would wait for the pool to be empty, which the small batches of other jobs can keep it
+    from ever being."""
     if not caps:
         return limits
-    smallest = min(caps.values())
+    smallest = max(1, min(caps.values()) // 2)
     if unit == "tokens":
         return replace(limits, max_bytes=max(1024, min(limits.max_bytes, smallest * BYTES_PER_TOKEN)))
     if unit == "requests":

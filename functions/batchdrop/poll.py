@@ -7,6 +7,7 @@ and move a job to `completing` exactly once.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +19,13 @@ from batchdrop.adapters.store import JOB_SK, Conflict
 from batchdrop.batches import (
     ProviderBusy,
     cancel_unsent,
+    expire_held,
     has_room,
     hold_over_quota,
     leave_due,
     look_soon,
     mark_overdue,
+    prune,
     record_ended,
     record_error,
     record_provider_status,
@@ -30,7 +33,7 @@ from batchdrop.batches import (
     recorded_batch,
     wait_for_room,
 )
-from batchdrop.cancel import carry_out
+from batchdrop.cancel import cancel_running, carry_out
 from batchdrop.pipeline import Deps
 from batchdrop.watchdog import end_stuck_job
 
@@ -51,6 +54,9 @@ class PollReport:
     errors: int = 0
     # Jobs the watchdog ended (JobsTimedOut).
     timed_out: int = 0
+    # Jobs whose held batches were offered to the submit function in this run (once a job: its
+    # invocation sends every held batch of the job that fits).
+    offered: list[str] = field(default_factory=list)
 
 
 def poll(deps: Deps) -> PollReport:
@@ -66,6 +72,14 @@ def poll(deps: Deps) -> PollReport:
         except Conflict:
             # Another poll got there first; it has recorded the change.
             continue
+        except Exception:
+            # One item a provider or a bug keeps failing must not stop the poll for every other: it is
+            # logged, and a batch is looked at again later rather than first in the next run.
+            report.errors += 1
+            logger.exception("could not look at a due item; looking at the others", extra={"sk": item["sk"]})
+            if item["sk"] != JOB_SK:
+                with contextlib.suppress(Exception):
+                    look_soon(deps, item, now + max(deps.settings.poll_min_seconds, 60))
     return report
 
 
@@ -107,7 +121,7 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
     overdue = now - submitted > _window(deps, batch) + OVERDUE_GRACE_SECONDS
     if not status.terminal and overdue:
         report.stuck += 1
-        if watchdog and not batch.get("overdue"):
+        if watchdog and status.state != m.CANCELLING:
             batch = _cancel_overdue(deps, provider, batch, now)
     if status.terminal and status.over_quota:
         # Refused for now by the provider's queue quota: not a failed batch; created again later.
@@ -166,27 +180,45 @@ def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
             look_soon(deps, batch, now + deps.settings.create_lock_seconds)
             return
         report.changed += 1
-        _after_end(deps, ended, report)
+        if ended.get("status") in m.TERMINAL_BATCH_STATES:
+            _after_end(deps, ended, report)
+        else:
+            # Its create had reached the provider after all (found and recorded): cancel it there, and
+            # watch it to its end like any other.
+            cancel_running(deps, [ended])
         return
-    offered = job["status"] == m.JOB_SUBMITTED and has_room(deps, batch)
+    if expire_held(deps, batch, str(batch.get("hold_reason", ""))) is not None:
+        report.changed += 1
+        report.ended += 1
+        with contextlib.suppress(Conflict):
+            if jobs.hand_over_if_done(deps, batch["job_id"]):
+                report.handed_over.append(batch["job_id"])
+        return
+    room = job["status"] == m.JOB_SUBMITTED and (has_room(deps, batch) or prune(deps, batch))
+    offered = room and batch["job_id"] not in report.offered
     if offered:
         deps.segments.send(batch["job_id"], held=True)
-        logger.info("offered a held batch to the submit function", extra={"batch_key": batch["batch_key"]})
-    wait_for_room(deps, batch, offered)
+        report.offered.append(batch["job_id"])
+        logger.info("offered a job's held batches to the submit function", extra={"batch_key": batch["batch_key"]})
+    wait_for_room(deps, batch, room)
 
 
 def _cancel_overdue(deps: Deps, provider: Any, batch: dict[str, Any], now: float) -> dict[str, Any]:
     """Cancel a batch past its provider's window: what it finished is kept, and its unfinished requests
-    are reported `expired` (so they are sent again within BATCHDROP_MAX_ATTEMPTS), not `canceled`."""
+    are reported `expired` (so they are sent again within BATCHDROP_MAX_ATTEMPTS), not `canceled`. Marked
+    first, so that a crash before the cancel still reports them so; asked again at each look until the
+    provider says it is cancelling."""
+    if not batch.get("overdue"):
+        hours = (now - float(batch.get("submitted_ts") or now)) / 3600
+        logger.warning("canceling a batch past its provider's window", extra={"hours": round(hours, 1)})
+        batch = mark_overdue(
+            deps, batch, f"canceled by batchdrop {hours:.1f} h after submission, past {batch['provider']}'s window"
+        )
     try:
         provider.cancel(batch["provider_batch_id"])
     except Exception as exc:  # it may have ended meanwhile; its state says so at the next look
         logger.info("provider refused the cancel of an overdue batch", extra={"error": str(exc)[:300]})
-    hours = (now - float(batch.get("submitted_ts") or now)) / 3600
-    logger.warning("canceled a batch past its provider's window", extra={"hours": round(hours, 1)})
-    return mark_overdue(
-        deps, batch, f"canceled by batchdrop {hours:.1f} h after submission, past {batch['provider']}'s window"
-    )
+    return batch
 
 
 def _window(deps: Deps, batch: dict[str, Any]) -> float:
@@ -267,7 +299,12 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
             report.handed_over.append(job["job_id"])
             logger.warning("a finished job had not been handed over; handed over now", extra={"job_id": job["job_id"]})
         return
-    late = [b for b in running if now - float(b.get("submitted_ts") or now) > _late_after(deps, b)]
+    # Only batches at a provider: a held one has its own bound (batches.expire_held).
+    late = [
+        b
+        for b in running
+        if b.get("provider_batch_id") and now - float(b.get("submitted_ts") or now) > _late_after(deps, b)
+    ]
     if late:
         end_stuck_job(deps, job["job_id"], "provider", _late_reason(deps, late[0]))
         report.timed_out += 1

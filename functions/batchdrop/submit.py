@@ -23,7 +23,7 @@ from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict
 from batchdrop.batches import ProviderBusy, cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
-from batchdrop.cancel import CancelError, carry_out, request_cancel
+from batchdrop.cancel import CancelError, cancel_running, carry_out, request_cancel
 from batchdrop.complete import run_completion
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
@@ -153,7 +153,7 @@ def send_held(deps: Deps, job_id: str) -> SubmitResult:
         # Submitting: its submission sends them; ended or being canceled: the poll ends them.
         return SubmitResult(job_id, "ignored")
     owner = invocation_id()
-    sent = 0
+    sent: list[dict[str, Any]] = []
     for batch in sorted(deps.store.get_batches(job_id), key=lambda b: b["sk"]):
         if batch.get("provider_batch_id") or batch.get("status") not in (m.HELD, m.PENDING, m.SUBMITTING):
             continue
@@ -161,11 +161,17 @@ def send_held(deps: Deps, job_id: str) -> SubmitResult:
         # offers it again after the backoff, so neither is worth failing this message over.
         with contextlib.suppress(Conflict, ProviderBusy):
             after = send_batch(deps, job_id, batch, owner)
-            sent += after.get("status") != m.HELD
+            if after.get("status") == m.HELD:
+                break  # no room (or "not now"): the job's later batches wait behind it, in order
+            sent.append(after)
     if sent:
+        job = deps.store.get_job(job_id)
+        if job is not None and job.get("cancel_requested"):
+            # Canceled while these were being created (the poll's cancel saw them unsent): cancel them.
+            cancel_running(deps, sent)
         with contextlib.suppress(Conflict):
             jobs.hand_over_if_done(deps, job_id)  # a batch may have ended at its create
-    logger.info("sent held batches", extra={"sent": sent})
+    logger.info("sent held batches", extra={"sent": len(sent)})
     return SubmitResult(job_id, "held-sent")
 
 

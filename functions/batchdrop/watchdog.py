@@ -18,6 +18,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict
+from batchdrop.batches import clean_up
 from batchdrop.cancel import cancel_running
 from batchdrop.config import JOBS_TIMED_OUT
 from batchdrop.observability import metrics
@@ -76,6 +77,7 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
     deps.checkpoint("after_publish")
     with contextlib.suppress(Conflict):
         jobs.end(deps, job, summary["status"], summary["timings"]["completed_at"])
+    clean_up(deps, batches)  # what has ended; a batch still being canceled keeps its files to expire
     return str(summary["status"])
 
 

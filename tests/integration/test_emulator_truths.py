@@ -193,6 +193,8 @@ def test_gemini_enqueued_tokens_quota_is_a_429_that_is_over_quota_not_refused(
     assert provider.over_quota(raised.value)
     assert not provider.refused(raised.value)
     assert emulator.stats()["batches_created"]["gemini"] == 1
+    # and the refused batch's upload is not left to fill the project's storage
+    assert len(emulator.gemini.file_names()) == 1
     # Another model's queue is its own.
     other = "gemini-2.0-flash"
     provider.create(ref("gemini", other, "c", 20), gemini_file(tmp_path, "c", 20))

@@ -158,8 +158,8 @@ def test_a_per_model_cap_applies_to_its_model_only(use_own_deps: None) -> None:
 
 
 def test_a_canceled_job_ends_its_held_batches_without_sending_them(use_own_deps: None) -> None:
-    # Given a job whose batches wait for room behind a long first wave
-    env = {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": str(PER_BATCH)}
+    # Given a job whose batches wait for room behind a long first wave (two batches at a time)
+    env = {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": str(2 * PER_BATCH)}
     with stack_with("anthropic", env, latency=3600.0) as stack:
         stack.put("inputs/f.jsonl", jsonl(rows("anthropic", 3 * PER_BATCH)))
         store = JobStore(s.TABLE)
@@ -167,14 +167,14 @@ def test_a_canceled_job_ends_its_held_batches_without_sending_them(use_own_deps:
         drive(dispatcher, lambda: [j["status"] for j in store.list_jobs()] == [m.JOB_SUBMITTED])
         (job,) = store.list_jobs()
         states = sorted(b["status"] for b in store.get_batches(job["job_id"]))
-        assert states.count(m.HELD) == 2, states
+        assert states.count(m.HELD) == 1, states
         # When the user cancels it
         request_cancel(store, job["job_id"], time.time())
         drive(dispatcher, all_jobs_final(store, 1))
         # Then it ends canceled, its held batches never reached the provider, and the pool is empty
         (job,) = store.list_jobs()
         assert job["status"] == m.JOB_CANCELED
-        assert stack.emulator.stats()["batches_created"]["anthropic"] == 1
+        assert stack.emulator.stats()["batches_created"]["anthropic"] == 2
         assert {b["status"] for b in store.get_batches(job["job_id"])} == {m.BATCH_CANCELED}
         assert store.quota(quota_pk("anthropic", ""))["total"] == 0
         results, errors, summary = outputs(stack, job)
@@ -332,3 +332,43 @@ def test_a_gemini_job_left_pending_past_48_hours_has_every_request_sent_again(us
         assert {r["custom_id"] for r in results} == {"g-0", "g-1", "g-2"}
         assert sorted(b["status"] for b in summary["batches"]) == [m.COMPLETED, m.BATCH_EXPIRED]
         assert stack.emulator.stats()["batches_created"]["gemini"] == 2
+
+
+def test_a_share_left_behind_in_a_full_pool_is_given_back_and_the_waves_go_on(use_own_deps: None) -> None:
+    # Given a pool that a crashed batch left full (its share never given back; the batch is gone)
+    env = {"BATCHDROP_ANTHROPIC_MAX_ENQUEUED": str(2 * PER_BATCH)}
+    with stack_with("anthropic", env) as stack:
+        store = JobStore(s.TABLE)
+        assert store.take_quota(quota_pk("anthropic", ""), "job-gone/a1-anthropic-0001", 2 * PER_BATCH, 2 * PER_BATCH)
+        # When a file of three batches arrives
+        out = run_to_end(stack, "anthropic", 3 * PER_BATCH)
+        # Then the share left behind was given back, every batch ran once, and the pool is empty again
+        assert out["job"]["status"] == m.JOB_COMPLETED
+        assert out["stats"]["batches_created"]["anthropic"] == 3
+        assert store.quota(quota_pk("anthropic", "")) == {"total": 0, "holders": {}}
+
+
+def test_a_due_item_that_keeps_failing_does_not_stop_the_poll_for_the_others(use_own_deps: None) -> None:
+    # Given a due batch the poll cannot look at (its provider is no longer enabled), and a job to finish
+    with stack_with("anthropic", {}, latency=0.5) as stack:
+        store = JobStore(s.TABLE)
+        store.create(
+            {
+                "pk": "JOB#job-old",
+                "sk": "BATCH#a1-mistral-0001",
+                "job_id": "job-old",
+                "batch_key": "a1-mistral-0001",
+                "provider": "mistral",
+                "provider_batch_id": "b-1",
+                "status": m.IN_PROGRESS,
+                "requests": 1,
+                "due_pk": "DUE",
+                "due_at": 0,
+            }
+        )
+        # When the poll runs, again and again
+        out = run_to_end(stack, "anthropic", PER_BATCH)
+        # Then the job still ended, and the failing item was put back, not first in line every time
+        assert out["job"]["status"] == m.JOB_COMPLETED
+        stuck = store.get_batch("job-old", "a1-mistral-0001") or {}
+        assert float(stuck["due_at"]) > time.time() + 30

@@ -192,11 +192,12 @@ def test_enqueued_caps_are_read_by_model_and_for_every_model_together() -> None:
     assert settings().providers["openai"].quota_pool("gpt-4o") is None
 
 
-def test_a_batch_fits_the_smallest_pool_on_its_own() -> None:
-    # A batch larger than the quota would be refused "for now" every time: the planner's limits shrink.
+def test_two_batches_fit_the_smallest_pool_at_once() -> None:
+    # A batch larger than the quota would be refused "for now" every time, and one as large as the quota
+    # would wait for an empty pool: the planner's limits shrink to half the smallest cap.
     s = settings(BATCHDROP_OPENAI_MAX_ENQUEUED="gpt-4o=90000,2000000", BATCHDROP_ANTHROPIC_MAX_ENQUEUED="500")
-    assert s.providers["openai"].limits.max_bytes == 90_000 * config.BYTES_PER_TOKEN
-    assert s.providers["anthropic"].limits.max_requests == 500
+    assert s.providers["openai"].limits.max_bytes == 45_000 * config.BYTES_PER_TOKEN
+    assert s.providers["anthropic"].limits.max_requests == 250
 
 
 @pytest.mark.parametrize(

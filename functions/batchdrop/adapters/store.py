@@ -413,6 +413,22 @@ class JobStore:
                     )
         return False
 
+    def start_prune(self, pk: str, now: float, every: float) -> bool:
+        """Mark the pool as being checked for shares left behind, unless it was less than `every` seconds
+        ago (or the pool does not exist); True if this caller should check it."""
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}},
+                UpdateExpression="SET #p = :now",
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(#p) OR #p < :since)",
+                ExpressionAttributeNames={"#p": "pruned_at"},
+                ExpressionAttributeValues={":now": {"N": str(now)}, ":since": {"N": str(now - every)}},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def give_back_quota(self, pk: str, holder: str) -> None:
         """Take `holder`'s share out of the pool; nothing if it holds none (given back already)."""
         share = self.quota(pk)["holders"].get(holder)

@@ -3,6 +3,7 @@ create a batch from it, poll, stream the responses file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -130,16 +131,24 @@ class GeminiProvider:
         uploaded = self._retrying(lambda: self.client.files.upload(file=path, config=upload), quota_final=True)
         if not uploaded.name:
             raise RuntimeError("Gemini accepted the upload but returned no file name")
-        created = self.client.batches.create(
-            model=batch.model,
-            src=uploaded.name,
-            # Sent once: a create whose answer was lost may have made a batch, and a blind retry would
-            # make a second, billed and never tracked. The caller's retry looks for it first (`find`).
-            config=types.CreateBatchJobConfig(
-                display_name=display_name,
-                http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
-            ),
-        )
+        try:
+            created = self.client.batches.create(
+                model=batch.model,
+                src=uploaded.name,
+                # Sent once: a create whose answer was lost may have made a batch, and a blind retry would
+                # make a second, billed and never tracked. The caller's retry looks for it first (`find`).
+                config=types.CreateBatchJobConfig(
+                    display_name=display_name,
+                    http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+                ),
+            )
+        except errors.APIError as exc:
+            if self.over_quota(exc) or self.refused(exc):
+                # Gemini answered, and made no batch of it: the upload would only count against the
+                # project's 20 GB for 48 hours (and a batch refused for now is uploaded again later).
+                with contextlib.suppress(Exception):
+                    self.client.files.delete(name=uploaded.name)
+            raise
         if not created.name:
             raise RuntimeError("Gemini accepted the batch but returned no name")
         return created.name
