@@ -76,6 +76,43 @@ def test_local_run_writes_outputs_and_notifications_for_any_mix_of_lines(tmp_pat
     assert "All jobs ended" in result.stdout
 
 
+def test_local_run_finishes_a_file_larger_than_an_emulated_quota_in_waves(tmp_path: Path) -> None:
+    # Given a file of 700 requests, and providers whose queues take a fraction of it at a time
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(
+        jsonl(
+            [
+                neutral_line("gpt-4o-mini", f"question {i:04d} about the weather", custom_id=f"q-{i:04d}")
+                for i in range(400)
+            ]
+            + [neutral_line("claude-haiku-4-5", f"question {i:04d}", custom_id=f"a-{i:04d}") for i in range(300)]
+        )
+    )
+    out = tmp_path / "out"
+    # When it runs with those quotas, and batchdrop's caps set to them
+    result = run(
+        "local", "run", str(path), "--out", str(out), "--provider-latency", "1",
+        "--queue-limit", "openai=2000", "--queue-limit", "anthropic=100",
+        "--max-enqueued", "openai=2000", "--max-enqueued", "anthropic=100",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # Then every line succeeded, in several batches per provider, none failed and none created twice
+    ((results, errors, summary),) = outputs(out)
+    assert_accounting(set(range(1, 701)), results, errors, summary)
+    assert summary["status"] == "completed"
+    assert not errors
+    stats = orjson.loads((out / "provider_stats.json").read_bytes())
+    assert stats["batches_created"]["openai"] > 2
+    assert stats["batches_created"]["anthropic"] >= 6
+    assert set(stats["requests_submitted"].values()) == {1}
+    submitted = read_jsonl((out / "notifications.jsonl").read_bytes())[0]
+    assert any(b.get("held") for b in submitted["message"]["batches"]), "some batches waited for room"
+    # And a malformed quota is a usage error that says what it expects
+    bad = run("local", "run", str(path), "--out", str(out), "--queue-limit", "mistral=5")
+    assert bad.returncode == 2
+    assert "expected PROVIDER=N" in bad.stderr
+
+
 def test_local_run_refuses_a_file_that_is_not_jsonl_with_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "requests.csv"
     path.write_text("a,b\n")
