@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict, JobStore
-from batchdrop.batches import cancel_unsent, look_soon
+from batchdrop.batches import ProviderBusy, cancel_unsent, look_soon
 from batchdrop.pipeline import Deps
 
 logger = Logger(service="batchdrop")
@@ -55,11 +55,14 @@ def cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> int:
     asked = 0
     now = deps.clock()
     for batch in batches:
-        if batch.get("status") == m.HELD:
-            # Never sent, waiting for room: it ends canceled here, its share given back.
-            with contextlib.suppress(Conflict):
-                cancel_unsent(deps, batch, "cancel")
-            continue
+        if not batch.get("provider_batch_id") and batch.get("status") in (m.PENDING, m.SUBMITTING, m.HELD):
+            # Never recorded as sent: it ends canceled here, its share given back; unless its create had
+            # reached the provider (found, and recorded now: canceled there below), or may still be under
+            # way in another invocation (left to it: the poll looks at it again).
+            try:
+                batch = cancel_unsent(deps, batch, "cancel")
+            except (Conflict, ProviderBusy):
+                continue
         if batch.get("status") in m.TERMINAL_BATCH_STATES or not batch.get("provider_batch_id"):
             continue
         try:

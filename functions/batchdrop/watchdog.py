@@ -63,8 +63,9 @@ def end_stuck_job(deps: Deps, job_id: str, stage: str, reason: str) -> str | Non
         job = jobs.give_up(deps, job, stage, reason)
         logger.error("job made no progress; the watchdog ends it", extra={"stage": stage, "reason": reason[:500]})
         metrics.add_metric(name=JOBS_TIMED_OUT, unit="Count", value=1)
+    # Stop paying for batches whose results nobody will read, and end those never sent.
+    cancel_running(deps, deps.store.get_batches(job_id))
     batches = deps.store.get_batches(job_id)
-    cancel_running(deps, batches)  # stop paying for batches whose results nobody will read
     try:
         summary = write_outputs(deps, job, batches)
     except Exception as exc:  # the outputs are best effort here; the notification and the end are not
