@@ -33,12 +33,13 @@ def chaos_run(
     env: dict[str, str] | None = None,
     limits: dict[str, tuple[int, int]] | None = None,
     queue_limits: dict[str, int] | None = None,
+    latency: float = 0.3,
 ) -> dict[str, int]:
     inputs = tmp / "in"
     inputs.mkdir()
     paths = write_corpus(inputs, files=files, max_lines=max_lines, seed=seed)
     knobs = EmulatorKnobs(
-        latency=0.3, seed=seed, queue_limits=queue_limits or {}, **(PROVIDER_FAULTS if faults is None else faults)
+        latency=latency, seed=seed, queue_limits=queue_limits or {}, **(PROVIDER_FAULTS if faults is None else faults)
     )
     options = StackOptions(
         knobs=knobs,
@@ -67,9 +68,12 @@ def test_no_request_is_lost_or_paid_twice_under_chaos_with_quotas_on(tmp_path: P
     # fault of the chaos profile at once.
     limits = {p: (3, 10 * 1024 * 1024) for p in ("openai", "anthropic")}
     # (the corpus holds OpenAI and Anthropic requests)
-    env = {"BATCHDROP_OPENAI_MAX_ENQUEUED": "600", "BATCHDROP_ANTHROPIC_MAX_ENQUEUED": "6"}
-    queues = {"openai": 4, "anthropic": 4}  # tokens (a request here counts 1), requests
-    totals = chaos_run(tmp_path, seed=23, files=6, max_lines=12, env=env, limits=limits, queue_limits=queues)
+    env = {"BATCHDROP_OPENAI_MAX_ENQUEUED": "250", "BATCHDROP_ANTHROPIC_MAX_ENQUEUED": "6"}  # two batches each
+    queues = {"openai": 3, "anthropic": 4}  # one batch each: tokens (a request here counts 1), requests
+    # Batches that take a second, so that several are in flight at once
+    totals = chaos_run(
+        tmp_path, seed=23, files=6, max_lines=12, env=env, limits=limits, queue_limits=queues, latency=1.0
+    )
     assert totals["jobs"] == 6
     assert totals["held"] > 0, "batches waited for room"
     assert totals["quota_refused"] > 0, "a provider failed batches unrun for its quota"
