@@ -191,6 +191,12 @@ def prune(deps: Deps, batch: dict[str, Any]) -> bool:
     return pruned
 
 
+def pool_of(deps: Deps, batch: dict[str, Any]) -> str | None:
+    """The key of the pool the batch counts against, or None when no cap of ours applies."""
+    pool = _pool(deps.settings, batch)
+    return None if pool is None else pool[0]
+
+
 def has_room(deps: Deps, batch: dict[str, Any]) -> bool:
     """Whether the batch's share fits its pool now (a read: the poll asks before waking the submit
     function); True when no cap of ours applies."""

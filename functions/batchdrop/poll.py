@@ -25,6 +25,7 @@ from batchdrop.batches import (
     leave_due,
     look_soon,
     mark_overdue,
+    pool_of,
     prune,
     record_ended,
     record_error,
@@ -59,16 +60,32 @@ class PollReport:
     offered: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Seen:
+    """What one poll run has read already, for the held batches it looks at: their jobs' items, and the
+    pools it found full. A job or pool that changes during the run is seen as it was (an offer to a job
+    that moved on is ignored by the submit function; a pool that frees up is seen at the next look)."""
+
+    jobs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    full: set[str] = field(default_factory=set)
+
+    def job(self, deps: Deps, job_id: str) -> dict[str, Any] | None:
+        if job_id not in self.jobs:
+            self.jobs[job_id] = deps.store.get_job(job_id)
+        return self.jobs[job_id]
+
+
 def poll(deps: Deps) -> PollReport:
     report = PollReport()
     now = deps.clock()
+    seen = _Seen()
     for item in deps.store.due(now):
         report.looked_at += 1
         try:
             if item["sk"] == JOB_SK:
                 _job_due(deps, item, report)
             else:
-                look_at_batch(deps, item, report)
+                look_at_batch(deps, item, report, seen=seen)
         except Conflict:
             # Another poll got there first; it has recorded the change.
             continue
@@ -83,7 +100,9 @@ def poll(deps: Deps) -> PollReport:
     return report
 
 
-def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdog: bool = True) -> None:
+def look_at_batch(
+    deps: Deps, batch: dict[str, Any], report: PollReport, watchdog: bool = True, seen: _Seen | None = None
+) -> None:
     """Ask the provider about one batch, record what it says, and hand its job over if it ended.
 
     `watchdog=False` (the webhook function, whose role cannot write outputs or publish) leaves a batch
@@ -98,7 +117,7 @@ def look_at_batch(deps: Deps, batch: dict[str, Any], report: PollReport, watchdo
         # Held, or a held batch whose send died half-way (its job is submitted, so no submission will
         # take it up): offered to the submit function again.
         if watchdog:
-            _offer_held(deps, batch, report)
+            _offer_held(deps, batch, report, seen or _Seen())
         return
     provider = deps.provider(batch["provider"])
     submitted = float(batch.get("submitted_ts") or now)
@@ -166,12 +185,12 @@ def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
     leave_due(deps, batch)
 
 
-def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport, seen: _Seen) -> None:
     """A held (or half-sent) batch is due: end it if its job will never send it; else, when its share
     fits its pool, offer it to the submit function (which has the grants to create it) through the
     segments queue, and look again after the backoff in case that offer is lost or the pool fills."""
     now = deps.clock()
-    job = deps.store.get_job(batch["job_id"])
+    job = seen.job(deps, batch["job_id"])
     if job is None or job["status"] in m.FINAL_JOB_STATES or job.get("cancel_requested") or job.get("timed_out"):
         try:
             ended = cancel_unsent(deps, batch, "poll")
@@ -194,7 +213,12 @@ def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
             if jobs.hand_over_if_done(deps, batch["job_id"]):
                 report.handed_over.append(batch["job_id"])
         return
-    room = job["status"] == m.JOB_SUBMITTED and (has_room(deps, batch) or prune(deps, batch))
+    room = False
+    pool = pool_of(deps, batch)
+    if job["status"] == m.JOB_SUBMITTED and pool not in seen.full:
+        room = has_room(deps, batch) or (prune(deps, batch) and has_room(deps, batch))
+        if not room and pool is not None:
+            seen.full.add(pool)  # the other batches waiting on it this run wait too, unread
     offered = room and batch["job_id"] not in report.offered
     if offered:
         deps.segments.send(batch["job_id"], held=True)
