@@ -288,7 +288,7 @@ def expire_held(
     and its job ends. Returns it ended, or None while it is within the bound. `base` is the item as
     read, when `batch` carries changes not written yet."""
     since = batch.get("refused_since") or batch.get("held_since")
-    limit = _window(deps.settings, batch) + deps.settings.batch_timeout_seconds
+    limit = window(deps.settings, batch) + deps.settings.batch_timeout_seconds
     now = deps.clock()
     if batch.get("status") != m.HELD or since is None or now - float(since) <= limit:
         # Only a batch held (no create of it under way, none that reached the provider unrecorded).
@@ -339,7 +339,8 @@ def hold_over_quota(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) ->
     )
 
 
-def _window(settings: Settings, batch: dict[str, Any]) -> float:
+def window(settings: Settings, batch: dict[str, Any]) -> float:
+    """Seconds the batch's provider lets it run (24 h for a provider no longer enabled)."""
     provider = settings.providers.get(batch["provider"])
     return provider.window_seconds if provider is not None else 24 * 3600.0
 

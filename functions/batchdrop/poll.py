@@ -33,6 +33,7 @@ from batchdrop.batches import (
     record_running,
     recorded_batch,
     wait_for_room,
+    window,
 )
 from batchdrop.cancel import cancel_running, carry_out
 from batchdrop.pipeline import Deps
@@ -137,7 +138,7 @@ def look_at_batch(
         end_stuck_job(deps, batch["job_id"], "provider", _late_reason(deps, batch))
         report.timed_out += 1
         return
-    overdue = now - submitted > _window(deps, batch) + OVERDUE_GRACE_SECONDS
+    overdue = now - submitted > window(deps.settings, batch) + OVERDUE_GRACE_SECONDS
     if not status.terminal and overdue:
         report.stuck += 1
         if watchdog and status.state != m.CANCELLING:
@@ -245,15 +246,10 @@ def _cancel_overdue(deps: Deps, provider: Any, batch: dict[str, Any], now: float
     return batch
 
 
-def _window(deps: Deps, batch: dict[str, Any]) -> float:
-    provider = deps.settings.providers.get(batch["provider"])
-    return provider.window_seconds if provider is not None else 24 * 3600.0
-
-
 def _late_after(deps: Deps, batch: dict[str, Any]) -> float:
     """How long after submission a batch may be unended before the watchdog ends its job: its provider's
     window and BATCHDROP_BATCH_TIMEOUT_SECONDS more (the overdue cancel comes an hour into those)."""
-    return _window(deps, batch) + deps.settings.batch_timeout_seconds
+    return window(deps.settings, batch) + deps.settings.batch_timeout_seconds
 
 
 def _next_look(deps: Deps, batch: dict[str, Any], now: float, status: m.BatchStatus | None = None) -> float:

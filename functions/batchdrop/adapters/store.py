@@ -373,9 +373,7 @@ class JobStore:
 
     def quota(self, pk: str) -> dict[str, Any]:
         """A pool as it is now: {"total": n, "holders": {holder: share}} (empty when nothing holds it)."""
-        item = self.ddb.get_item(
-            TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}}, ConsistentRead=True
-        ).get("Item")
+        item = self._quota_item(pk)
         pool = deserialize(item) if item else {}
         return {"total": int(pool.get("total", 0)), "holders": {k: int(v) for k, v in pool.get("holders", {}).items()}}
 
@@ -399,9 +397,7 @@ class JobStore:
                 )
                 return True
             except self.ddb.exceptions.ConditionalCheckFailedException:
-                item = self.ddb.get_item(
-                    TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}}, ConsistentRead=True
-                ).get("Item")
+                item = self._quota_item(pk)
                 if item is not None:
                     return holder in (item.get("holders") or {}).get("M", {})
                 # The pool's first taker: its item (a total and an empty map to put shares in) first.
@@ -412,6 +408,12 @@ class JobStore:
                         ConditionExpression="attribute_not_exists(pk)",
                     )
         return False
+
+    def _quota_item(self, pk: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self.ddb.get_item(
+            TableName=self.table, Key={"pk": {"S": pk}, "sk": {"S": QUOTA_SK}}, ConsistentRead=True
+        ).get("Item")
+        return item
 
     def start_prune(self, pk: str, now: float, every: float) -> bool:
         """Mark the pool as being checked for shares left behind, unless it was less than `every` seconds

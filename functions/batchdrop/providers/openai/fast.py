@@ -14,7 +14,7 @@ import msgspec
 from batchdrop import models as m
 from batchdrop.providers.fast import Content, Count, Int, Model, Strings
 from batchdrop.providers.lines import CUSTOM_ID
-from batchdrop.providers.openai import EMBEDDINGS_URL, Endpoint
+from batchdrop.providers.openai import EMBEDDINGS_URL, Endpoint, embedding_inputs
 from batchdrop.providers.spec import FastChecks, FastPath
 
 _ID_OK = CUSTOM_ID.fullmatch
@@ -117,8 +117,7 @@ def requests(
                     add(Request(number, custom_id, target, f"{url} {model}", model, payload))
                 else:
                     # Only the full body has `input`: a line with it never decodes as the narrow one.
-                    given = body.input  # type: ignore[union-attr]
-                    inputs = len(given) if isinstance(given, list) and given else 1
+                    inputs = embedding_inputs(body.input)  # type: ignore[union-attr]
                     add(Request(number, custom_id, target, f"{url} {model}", model, payload, inputs))
                 continue
             add(full(number, raw) if settle else None)
