@@ -6,9 +6,12 @@ same names (infra/), and the embedded stack sets them for local runs (batchdrop.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+import orjson
 
 from batchdrop.providers import SPECS, spec
 from batchdrop.providers.spec import BatchLimits
@@ -81,6 +84,25 @@ ENV_MAX_CREATE_ATTEMPTS = "BATCHDROP_MAX_CREATE_ATTEMPTS"
 ENV_MAX_STALLS = "BATCHDROP_MAX_STALLS"
 ENV_BATCH_TIMEOUT_SECONDS = "BATCHDROP_BATCH_TIMEOUT_SECONDS"
 ENV_JOB_CHECK_SECONDS = "BATCHDROP_JOB_CHECK_SECONDS"
+# The real-time lane (docs/realtime.md): the queue that hands chunks of a real-time batch to the
+# `realtime` function, the stack-wide lane and deadline of a file without its own (S3 metadata
+# batchdrop-lane, batchdrop-deadline), the defaults by key prefix (JSON: {"inputs/urgent/": {"lane":
+# "realtime", "deadline": "2h"}}), the auto lane's rules (real-time under this many valid requests for a
+# provider, or when the deadline is nearer than the minimum batch window), how many requests one
+# message carries and one invocation runs at once per provider, how many invocations the queue's event
+# source runs at most (the stack sets both from one value), and the margin an escalation keeps before
+# the deadline.
+ENV_REALTIME_QUEUE_URL = "BATCHDROP_REALTIME_QUEUE_URL"
+ENV_LANE = "BATCHDROP_LANE"
+ENV_DEADLINE = "BATCHDROP_DEADLINE"
+ENV_PREFIX_DEFAULTS = "BATCHDROP_PREFIX_DEFAULTS"
+ENV_REALTIME_BELOW = "BATCHDROP_REALTIME_BELOW"
+ENV_MIN_BATCH_WINDOW = "BATCHDROP_MIN_BATCH_WINDOW"
+ENV_REALTIME_CHUNK = "BATCHDROP_REALTIME_CHUNK"
+ENV_REALTIME_CONCURRENCY = "BATCHDROP_REALTIME_CONCURRENCY"
+ENV_REALTIME_INVOCATIONS = "BATCHDROP_REALTIME_INVOCATIONS"
+ENV_ESCALATION_MARGIN = "BATCHDROP_ESCALATION_MARGIN"
+LANES = ("auto", "batch", "realtime")
 # Where submit and complete spill batch, id and output files (the system's temp folder if unset).
 ENV_TMPDIR = "BATCHDROP_TMPDIR"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES, _MIN_RECORDS, and the
@@ -143,6 +165,10 @@ class ProviderSettings:
     # under "" for every model without its own entry, together (BATCHDROP_<NAME>_MAX_ENQUEUED). Empty:
     # no cap of ours; the provider's own "not now" still holds a batch.
     max_enqueued: Mapping[str, int] = field(default_factory=dict)
+    # The real-time requests per minute the account may make (BATCHDROP_<NAME>_RPM): the pace the
+    # real-time lane starts at and never passes, and what an escalation counts on. None: unknown (the
+    # lane learns it from the provider's answers, and escalation assumes DEFAULT_RPM).
+    rpm: int | None = None
 
     @property
     def window_seconds(self) -> float:
@@ -188,6 +214,17 @@ class Settings:
     # How often a submitted job is looked at as a whole, whatever its batches say (hand-over missed, a
     # batch lost): the bound on how long a job can sit with nothing left to do.
     job_check_seconds: int = 3600
+    realtime_queue_url: str | None = None
+    lane: str = "auto"
+    # A duration ("8h"), counted from each upload; None: no deadline unless the file or its prefix sets one.
+    deadline: str | None = None
+    prefix_defaults: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    realtime_below: int = 100
+    min_batch_window_seconds: float = 3600.0
+    realtime_chunk: int = 20
+    realtime_concurrency: int = 16
+    realtime_invocations: int = 10
+    escalation_margin_seconds: float = 900.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -257,6 +294,7 @@ class Settings:
                 or SPECS[name].window_hours
                 or 24,
                 max_enqueued=max_enqueued,
+                rpm=integer(var("RPM"), 0, minimum=0) or None,
             )
             for option in SPECS[name].options:
                 if option.required and not env.get(var(option.what)):
@@ -294,6 +332,18 @@ class Settings:
             max_stalls=integer(ENV_MAX_STALLS, 8),
             batch_timeout_seconds=integer(ENV_BATCH_TIMEOUT_SECONDS, 24 * 3600, minimum=60),
             job_check_seconds=integer(ENV_JOB_CHECK_SECONDS, 3600, minimum=1),
+            realtime_queue_url=env.get(ENV_REALTIME_QUEUE_URL) or None,
+            lane=_lane(ENV_LANE, env.get(ENV_LANE, "")),
+            deadline=_default_deadline(ENV_DEADLINE, env.get(ENV_DEADLINE, "")),
+            prefix_defaults=parse_prefix_defaults(env.get(ENV_PREFIX_DEFAULTS, "")),
+            realtime_below=integer(ENV_REALTIME_BELOW, 100, minimum=0),
+            min_batch_window_seconds=_duration_setting(ENV_MIN_BATCH_WINDOW, env.get(ENV_MIN_BATCH_WINDOW, ""), 3600.0),
+            realtime_chunk=integer(ENV_REALTIME_CHUNK, 20),
+            realtime_concurrency=integer(ENV_REALTIME_CONCURRENCY, 16),
+            realtime_invocations=integer(ENV_REALTIME_INVOCATIONS, 10),
+            escalation_margin_seconds=_duration_setting(
+                ENV_ESCALATION_MARGIN, env.get(ENV_ESCALATION_MARGIN, ""), 900.0
+            ),
         )
 
 
@@ -360,6 +410,71 @@ def parse_hours(name: str, raw: str) -> float | None:
     if not 0 < value <= 24 * 30:
         raise ConfigError(f"{name}={raw!r}: expected more than 0 and at most 720 hours")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float | None:
+    """"90s", "30m", "6h", "1.5h", "2d", or a number of seconds; None when it is none of these."""
+    raw = raw.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _duration_setting(name: str, raw: str, default: float) -> float:
+    if not raw.strip():
+        return default
+    value = parse_duration(raw)
+    if value is None or value < 0:
+        raise ConfigError(f"{name}={raw!r}: expected a duration such as 90s, 30m, 6h or 2d")
+    return value
+
+
+def _lane(name: str, raw: str) -> str:
+    lane = raw.strip() or "auto"
+    if lane not in LANES:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(LANES)}")
+    return lane
+
+
+def _default_deadline(name: str, raw: str) -> str | None:
+    """A stack-wide (or prefix) deadline is a duration from each upload: a fixed time would pass once."""
+    if not raw.strip():
+        return None
+    value = parse_duration(raw)
+    if value is None or value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected a duration from the upload, such as 8h or 2d")
+    return raw.strip()
+
+
+def parse_prefix_defaults(raw: str) -> dict[str, dict[str, str]]:
+    """BATCHDROP_PREFIX_DEFAULTS: {"inputs/urgent/": {"lane": "realtime", "deadline": "2h"}, ...}; the
+    longest prefix of a key that is named gives the defaults of a file without its own metadata."""
+    if not raw.strip():
+        return {}
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_PREFIX_DEFAULTS} is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{ENV_PREFIX_DEFAULTS}: expected an object of prefix → options")
+    out: dict[str, dict[str, str]] = {}
+    for prefix, options in parsed.items():
+        where = f"{ENV_PREFIX_DEFAULTS}[{prefix!r}]"
+        if not isinstance(options, dict) or not set(options) <= {"lane", "deadline"}:
+            raise ConfigError(f"{where}: expected an object with `lane` and/or `deadline`")
+        if "lane" in options:
+            _lane(f"{where}.lane", str(options["lane"]))
+        if "deadline" in options:
+            _default_deadline(f"{where}.deadline", str(options["deadline"]))
+        out[str(prefix)] = {k: str(v) for k, v in options.items()}
+    return out
 
 
 def tmpdir() -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,3 +65,40 @@ class Provider(Protocol):
         written (input, output and error files; Bedrock's records under work/), so that a long-lived
         stack never reaches a file or storage cap. Best effort: the caller logs what it raises."""
         ...
+
+
+# -- the real-time lane -------------------------------------------------------------------------------
+
+# Every HTTP answer a real-time client gets, its retries by the SDK included: (status, headers with
+# lower-case names). The lane's limiter (batchdrop.realtime.limiter) paces itself by them: a 429 and
+# its retry-after slow it down, the rate-limit headers say how fast it may go.
+Observe = Callable[[int, Mapping[str, str]], None]
+
+
+class RateLimited(Exception):
+    """The provider still answered 429 once the SDK's own retries (which honour retry-after) ran out:
+    the request was not run, and is tried again after `retry_after` seconds (None: unknown)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RealtimeClient(Protocol):
+    """One provider's real-time API, called through its official SDK's async client (bedrock-runtime's
+    boto3 client in a thread). Built as `cls(settings: ProviderSettings, observe: Observe,
+    max_retries: int)`; one per invocation, closed with `aclose`."""
+
+    name: str
+
+    async def call(self, payload: bytes, model: str) -> Outcome:
+        """Run one request given as its provider's batch line (`payload`, as the batch file holds it)
+        on the real-time API. Returns the answer as the batch API's result would carry it (the same
+        response body, so batchdrop.outputs reads both alike), or an error Outcome with one of our
+        codes: `request_error` for a request the provider refuses (a 4xx other than 429, with the
+        provider's message), `server_error` once 5xx, timeouts or connection errors outlast the SDK's
+        retries. Raises RateLimited when 429s outlast them. Never raises anything else for a request's
+        own fault."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -216,6 +216,9 @@ class ProviderSpec:
     # "tokens" enqueued (OpenAI, Azure, Gemini), "requests" waiting (Anthropic), or "batches" in
     # progress (Bedrock's concurrent jobs).
     quota_unit: str = "requests"
+    # "module:Class" of its real-time client (batchdrop.providers.base.RealtimeClient), imported by the
+    # real-time lane's function only.
+    realtime: str = ""
 
     def env_var(self, what: str) -> str:
         return env_var(self.name, what)

@@ -50,6 +50,10 @@ class EmulatorKnobs:
     queue_limits: by provider, its queue quota in its own unit (OpenAI, Azure, Gemini: input tokens
         enqueued per model; Anthropic: requests waiting; Bedrock: jobs in progress per model), for each
         plugin whose own quota setting is unset; a provider not named has none.
+    realtime_rpm: by provider, the requests per minute its real-time endpoints take (a sliding window
+        of 60 s); past it they answer 429 with the provider's own rate-limit headers. A provider not
+        named has no limit.
+    realtime_latency: seconds each real-time call takes before it is answered.
     """
 
     latency: float = 0.0
@@ -58,6 +62,20 @@ class EmulatorKnobs:
     transient_error_rate: float = 0.0
     seed: int = 0
     queue_limits: Mapping[str, int] = field(default_factory=dict)
+    realtime_rpm: Mapping[str, int] = field(default_factory=dict)
+    realtime_latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The real-time rate limit's answer to one call: whether it runs, and what the provider's
+    rate-limit headers say (the limit per minute, what is left of it, and the seconds until a call is
+    let through again, or until the window is whole again when calls are left)."""
+
+    allowed: bool
+    limit: int | None = None
+    remaining: int | None = None
+    reset_seconds: float = 0.0
 
 
 class Plugin(ABC):
@@ -153,6 +171,10 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._workers_started = False
         self._serving = threading.Event()
+        # The real-time endpoints: when each provider's recent calls were let through (the rate
+        # limit's sliding window), and every call with its answer, for the stats.
+        self._rt_window: dict[str, list[float]] = {}
+        self._rt_calls: list[dict[str, Any]] = []
 
     def install(self, plugin: Plugin) -> None:
         """Serve a provider: its routes join the routing table and its batches the stats."""
@@ -241,6 +263,36 @@ class Emulator:
                 "batches_created": dict(self._batches_created),
                 "requests_submitted": dict(self._requests_submitted),
             }
+
+    # -- the real-time endpoints, for the plugins ----------------------------------------------------
+
+    def admit(self, provider: str) -> Admission:
+        """Count one real-time call against the provider's requests per minute (EmulatorKnobs.realtime_rpm),
+        over a sliding window of 60 s of the emulator's clock; a call refused is not counted."""
+        limit = self.knobs.realtime_rpm.get(provider)
+        if limit is None:
+            return Admission(True)
+        with self.lock:
+            now = self.now()
+            window = [t for t in self._rt_window.get(provider, ()) if t > now - 60.0]
+            allowed = len(window) < limit
+            if allowed:
+                window.append(now)
+            self._rt_window[provider] = window
+            remaining = max(0, limit - len(window))
+            # The oldest call leaves the window first: then one more is let through.
+            reset = max(0.0, window[0] + 60.0 - now) if window else 0.0
+            return Admission(allowed, limit, remaining, reset)
+
+    def record_call(self, provider: str, key: str, status: int) -> None:
+        """Note one real-time call the provider answered: `key` names the request (a hash of its body,
+        or its custom text), `status` the HTTP status answered (429 included)."""
+        with self.lock:
+            self._rt_calls.append({"provider": provider, "key": key, "status": status, "at": self.now()})
+
+    def realtime_calls(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(c) for c in self._rt_calls]
 
     # -- the clock, ids and batches, for the plugins -----------------------------------------------
 

@@ -115,6 +115,7 @@ SPEC = ProviderSpec(
     name="anthropic",
     title="Anthropic",
     client="batchdrop.providers.anthropic.client:AnthropicProvider",
+    realtime="batchdrop.providers.anthropic.realtime:AnthropicRealtime",
     emulator="batchdrop.local.emulator.anthropic:AnthropicEmulation",
     maxima=BatchLimits(max_requests=100_000, max_bytes=256 * MB),
     # Lower than the 256 MB maximum because requests are sent inline: the SDK holds the whole batch as

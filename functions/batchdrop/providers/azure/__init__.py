@@ -13,6 +13,7 @@ SPEC = ProviderSpec(
     name="azure",
     title="Azure OpenAI",
     client="batchdrop.providers.azure.client:AzureOpenAIProvider",
+    realtime="batchdrop.providers.azure.realtime:AzureOpenAIRealtime",
     # OpenAI's emulator with Azure's limits and behaviours (Files and Batches under /openai/).
     emulator="batchdrop.local.emulator.openai:AzureOpenAIEmulation",
     # The OpenAI format, 100,000 requests and 200 MB per file (Azure's "Batch limits": "Max requests per

@@ -187,6 +187,7 @@ SPEC = ProviderSpec(
     name="bedrock",
     title="Bedrock",
     client="batchdrop.providers.bedrock.client:BedrockProvider",
+    realtime="batchdrop.providers.bedrock.realtime:BedrockRealtime",
     emulator="batchdrop.local.emulator.bedrock:BedrockEmulation",
     # 50,000 records and 1 GB per input file, at least 100 records per job.
     maxima=BatchLimits(max_requests=50_000, max_bytes=1024 * MB, min_requests=100),

@@ -89,6 +89,7 @@ SPEC = ProviderSpec(
     name="gemini",
     title="Gemini",
     client="batchdrop.providers.gemini.client:GeminiProvider",
+    realtime="batchdrop.providers.gemini.realtime:GeminiRealtime",
     emulator="batchdrop.local.emulator.gemini:GeminiEmulation",
     # A JSONL file of up to 2 GB; no documented request count, so we cap it.
     maxima=BatchLimits(max_requests=200_000, max_bytes=2048 * MB),

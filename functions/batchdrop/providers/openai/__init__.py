@@ -149,6 +149,7 @@ SPEC = ProviderSpec(
     name="openai",
     title="OpenAI",
     client="batchdrop.providers.openai.client:OpenAIProvider",
+    realtime="batchdrop.providers.openai.realtime:OpenAIRealtime",
     emulator="batchdrop.local.emulator.openai:OpenAIEmulation",
     maxima=BatchLimits(max_requests=50_000, max_bytes=200 * MB, max_inputs=MAX_EMBEDDING_INPUTS),
     defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB, max_inputs=MAX_EMBEDDING_INPUTS),
