@@ -60,7 +60,8 @@ from batchdrop.adapters.store import (
 from batchdrop.config import BYTES_PER_TOKEN, Settings, tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
 from batchdrop.providers import SPECS
-from batchdrop.providers.base import BatchRef, Provider
+from batchdrop.providers.base import Backend, BatchRef, Provider
+from batchdrop.realtime import lane as realtime_lane
 
 if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
     from batchdrop.planner import PlannedBatch
@@ -99,6 +100,9 @@ def send_batch(deps: Deps, job_id: str, batch: dict[str, Any], owner: str) -> di
     """
     if batch.get("provider_batch_id") or batch.get("status") in m.TERMINAL_BATCH_STATES:
         return batch
+    if m.lane_of(batch) == m.LANE_REALTIME:
+        # No provider batch and no quota pool: its chunks go to the real-time queue.
+        return realtime_lane.start(deps, batch)
     provider = deps.provider(batch["provider"])
     if batch["status"] in (m.PENDING, m.HELD):
         if not _take_room(deps, batch):
@@ -350,6 +354,16 @@ def cancel_unsent(deps: Deps, batch: dict[str, Any], owner: str) -> dict[str, An
     the provider (an intent recorded) is looked for first and, when found, recorded instead, so that the
     job's cancel reaches it rather than leaving it running unseen; one whose create may still be under
     way in another invocation is left to it (ProviderBusy), not ended under a batch it would make."""
+    if batch["status"] == m.SUBMITTING and m.lane_of(batch) == m.LANE_REALTIME:
+        # Some of its chunks may be on the queue already: recorded as sent and canceled, so that no chunk
+        # starts a request now and whatever one answered meanwhile is read, never lost.
+        sent = deps.store.update(
+            batch,
+            {"provider_batch_id": realtime_lane.batch_id(batch), "status": m.IN_PROGRESS, "rt_canceled": True,
+             "submitted_ts": deps.clock(), **due_fields(deps.clock())},
+            when_status=(m.SUBMITTING,),
+        )  # fmt: skip
+        return sent
     if batch["status"] == m.SUBMITTING:
         provider = deps.provider(batch["provider"])
         found = provider.find(_ref(batch), frozenset())
@@ -608,6 +622,13 @@ def _adopt_for(deps: Deps, provider: Provider, intent: dict[str, Any]) -> None:
         logger.info("adopted a batch a crashed create left behind", extra={"batch_id": candidate})
 
 
+def backend(deps: Deps, batch: dict[str, Any]) -> Backend:
+    """What runs the sent batch: its provider's Batch API, or the real-time lane."""
+    if m.lane_of(batch) == m.LANE_REALTIME:
+        return realtime_lane.RealtimeLane(deps)
+    return deps.provider(batch["provider"])
+
+
 # -- a batch's item --------------------------------------------------------------------------------
 
 
@@ -631,6 +652,7 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
             "bytes": batch.bytes,
             "attempt": attempt,
             "status": m.PENDING,
+            "lane": batch.lane,
         }
     )
 
@@ -694,8 +716,8 @@ def clean_up(deps: Deps, batches: list[dict[str, Any]]) -> None:
             if not batch_id:
                 continue
             try:
-                provider = deps.provider(batch["provider"])
-                provider.cleanup(batch_id, provider.status(batch_id))
+                runner = backend(deps, batch)
+                runner.cleanup(batch_id, runner.status(batch_id))
             except Exception as exc:
                 logger.warning(
                     "could not delete a batch's provider files",

@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict, JobStore
-from batchdrop.batches import ProviderBusy, cancel_unsent, look_soon
+from batchdrop.batches import ProviderBusy, backend, cancel_unsent, look_soon
 from batchdrop.pipeline import Deps
 
 logger = Logger(service="batchdrop")
@@ -66,7 +66,7 @@ def cancel_running(deps: Deps, batches: list[dict[str, Any]]) -> int:
         if batch.get("status") in m.TERMINAL_BATCH_STATES or not batch.get("provider_batch_id"):
             continue
         try:
-            deps.provider(batch["provider"]).cancel(batch["provider_batch_id"])
+            backend(deps, batch).cancel(batch["provider_batch_id"])
             asked += 1
         except Exception as exc:  # a batch that ended meanwhile cannot be canceled: its state says so
             logger.info(

@@ -124,6 +124,10 @@ STUCK_BATCHES = "StuckBatches"
 JOBS_ENDED = "JobsEnded"
 # Jobs the watchdog ended as failed because they stopped making progress (alarmed on).
 JOBS_TIMED_OUT = "JobsTimedOut"
+# The real-time lane: requests answered, and 429s the providers answered (the lane slows down on them).
+REALTIME_REQUESTS = "RealtimeRequests"
+REALTIME_THROTTLED = "RealtimeThrottled"
+JOBS_ESCALATED = "JobsEscalated"
 
 ON_INVALID_CHOICES = ("skip", "reject")
 
@@ -416,7 +420,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(raw: str) -> float | None:
-    """"90s", "30m", "6h", "1.5h", "2d", or a number of seconds; None when it is none of these."""
+    """ "90s", "30m", "6h", "1.5h", "2d", or a number of seconds; None when it is none of these."""
     raw = raw.strip().lower()
     unit = _UNITS.get(raw[-1:]) if raw else None
     number = raw[:-1] if unit else raw

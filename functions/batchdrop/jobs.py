@@ -202,7 +202,7 @@ def hand_over_if_done(deps: Deps, job_id: str) -> bool:
     job submitted, in case its batches ended before that.
     """
     batches = deps.store.get_batches(job_id)
-    if not batches or any(b.get("status") not in m.TERMINAL_BATCH_STATES for b in batches):
+    if not batches or not all(m.batch_done(b) for b in batches):
         return False
     # The conditional transition is what makes the hand-over happen once, however many polls race. A
     # conflict is not proof that someone else handed the job over (a cancel or a failure record also

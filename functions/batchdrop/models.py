@@ -6,6 +6,7 @@ Provider answers become an `Outcome`. Output lines are built from those in `batc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,24 @@ BATCH_EXPIRED = "expired"
 BATCH_CANCELED = "canceled"
 TERMINAL_BATCH_STATES = frozenset({COMPLETED, FAILED, BATCH_EXPIRED, BATCH_CANCELED})
 
+# The lanes a request can take (docs/contract.md "Lanes and deadlines"): a provider's Batch API at half
+# price, or its real-time API at full price, run by batchdrop's own worker pool.
+LANE_BATCH = "batch"
+LANE_REALTIME = "realtime"
+
+
+def lane_of(batch: dict[str, Any]) -> str:
+    return str(batch.get("lane") or LANE_BATCH)
+
+
+def batch_done(batch: dict[str, Any]) -> bool:
+    """The batch has ended and nothing more will come of it: an escalated batch (canceled before its
+    deadline) is done only once its unfinished requests have their real-time batches."""
+    if batch.get("status") not in TERMINAL_BATCH_STATES:
+        return False
+    return not (batch.get("escalated") and not batch.get("replaced_by"))
+
+
 # Job states.
 JOB_SUBMITTING = "submitting"
 JOB_SUBMITTED = "submitted"
@@ -153,6 +172,10 @@ class InputObject:
     version_id: str | None
     etag: str | None
     size: int | None
+    # Not part of the job's record of its input: the object's user metadata (the per-file options)
+    # and when it was uploaded (what a deadline given as a duration counts from).
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+    uploaded_at: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

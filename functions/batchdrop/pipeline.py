@@ -34,6 +34,9 @@ class Deps:
     queue: JobQueue
     # The submit function's own queue: a large file's next segment, a stalled submission handed back.
     segments: JobQueue
+    # The real-time queue: a real-time batch's chunks, to the realtime function (None: not deployed with
+    # one, and a real-time batch cannot be sent).
+    realtime: JobQueue | None = None
     provider_factory: Callable[[str], Provider] | None = None
     clock: Callable[[], float] = time.time
     # Lets the chaos harness stop an invocation at a named step ("after_create", ...).
@@ -53,6 +56,7 @@ class Deps:
             notifier=Notifier(settings.topic_arn),
             queue=JobQueue(settings.completion_queue_url),
             segments=JobQueue(settings.submit_queue_url),
+            realtime=JobQueue(settings.realtime_queue_url) if settings.realtime_queue_url else None,
         )
 
     def provider(self, name: str) -> Provider:
@@ -107,6 +111,11 @@ def batch_data_key(job_id: str, batch_key: str) -> str:
 
 def batch_index_key(job_id: str, batch_key: str) -> str:
     return f"{work_prefix(job_id)}batches/{batch_key}.idx"
+
+
+def realtime_prefix(job_id: str, batch_key: str) -> str:
+    """Where a real-time batch's chunks leave their answers: one file a chunk."""
+    return f"{work_prefix(job_id)}realtime/{batch_key}/"
 
 
 def validation_errors_key(job_id: str, segment: int = 0) -> str:

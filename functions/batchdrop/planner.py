@@ -55,6 +55,9 @@ class PlannedBatch:
     bytes: int
     path: str
     index_path: str
+    # The lane it runs in (models.LANE_BATCH or LANE_REALTIME): a batch under its provider's minimum
+    # goes real-time when the file's lane allows it.
+    lane: str = "batch"
 
     def discard(self) -> None:
         for p in (self.path, self.index_path):

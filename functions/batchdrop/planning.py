@@ -80,6 +80,7 @@ def plan_segment(
     invalid_before: int = 0,
     estimate: Estimate | None = None,
     dry: bool = False,
+    small_realtime: bool = False,
 ) -> SegmentPlan:
     """Validate the lines of `chunks` from `first_line` on, split the valid ones into batches (each
     closed batch goes to `store_batch`), report every invalid line, and deal with batches under their
@@ -87,7 +88,10 @@ def plan_segment(
     are refused as `batch_too_small`. With `estimate`, the requests' tokens and cost are added up.
 
     `dry` plans without writing the requests of a batch that can never be too small (only its index,
-    with sizes): the same batches, for a plan that sends nothing (`batchdrop validate`)."""
+    with sizes): the same batches, for a plan that sends nothing (`batchdrop validate`).
+
+    `small_realtime` (the file's lane is not `batch`): a batch under its provider's minimum runs on the
+    real-time lane instead, which has no minimum."""
     limits = limits_of(settings)
     validator = Validator(
         providers=limits,
@@ -133,6 +137,10 @@ def plan_segment(
     planner.finish()
     plan = SegmentPlan(result)
     for batch in undersized:
+        if small_realtime:
+            batch.lane = m.LANE_REALTIME
+            store_batch(batch)
+            continue
         plan.refused.extend(too_small(batch, settings, store_batch, report, key_prefix, tmpdir))
     return plan
 
@@ -211,6 +219,7 @@ def settle(
     report: Report,
     prefix: str,
     tmpdir: str | None,
+    small_realtime: bool = False,
 ) -> tuple[list[str], int]:
     """Take the lines whose custom_id an earlier line used out of the batches planned (rare: only when a
     file repeats an id), report them, and deal with a batch they took under its provider's minimum.
@@ -225,6 +234,11 @@ def settle(
     # A batch the duplicates took under its provider's minimum, and that no batch of the same model
     # could lend requests to, is dealt with like any other too-small batch.
     for batch in shrunk:
+        if small_realtime:
+            batch.lane = m.LANE_REALTIME
+            store_batch(batch)
+            kept.append(batch.key)
+            continue
         invalid += len(too_small(batch, settings, store_batch, report, prefix, tmpdir))
     return kept, invalid
 

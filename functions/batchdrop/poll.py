@@ -18,6 +18,7 @@ from batchdrop import models as m
 from batchdrop.adapters.store import JOB_SK, Conflict
 from batchdrop.batches import (
     ProviderBusy,
+    backend,
     cancel_unsent,
     expire_held,
     has_room,
@@ -120,7 +121,7 @@ def look_at_batch(
         if watchdog:
             _offer_held(deps, batch, report, seen or _Seen())
         return
-    provider = deps.provider(batch["provider"])
+    provider = backend(deps, batch)
     submitted = float(batch.get("submitted_ts") or now)
     late = now - submitted > _late_after(deps, batch)
     try:
@@ -313,7 +314,7 @@ def _check_submitted(deps: Deps, job: dict[str, Any], report: PollReport) -> Non
     later. This is what bounds how long a submitted job can sit with nothing due."""
     now = deps.clock()
     batches = deps.store.get_batches(job["job_id"])
-    running = [b for b in batches if b.get("status") not in m.TERMINAL_BATCH_STATES]
+    running = [b for b in batches if not m.batch_done(b)]
     if not running:
         if jobs.hand_over_if_done(deps, job["job_id"]):
             report.handed_over.append(job["job_id"])

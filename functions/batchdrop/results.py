@@ -14,6 +14,7 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
+from batchdrop.batches import backend
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.outputs import error_line, result_line
 from batchdrop.pipeline import Deps, batch_index_key, iso, validation_errors_key
@@ -217,7 +218,7 @@ def outcomes_with_missing(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[s
     """Every request of the batch exactly once: the provider's answer, or an error for its silence."""
     job_id = batch["job_id"]
     index = _index(deps, job_id, batch["batch_key"])
-    provider = deps.provider(batch["provider"])
+    provider = backend(deps, batch)
     batch_id = batch["provider_batch_id"]
     status = provider.status(batch_id)
     overdue = batch.get("overdue")

@@ -38,8 +38,14 @@ def chaos_run(
     inputs = tmp / "in"
     inputs.mkdir()
     paths = write_corpus(inputs, files=files, max_lines=max_lines, seed=seed)
+    rates = PROVIDER_FAULTS if faults is None else faults
     knobs = EmulatorKnobs(
-        latency=latency, seed=seed, queue_limits=queue_limits or {}, **(PROVIDER_FAULTS if faults is None else faults)
+        latency=latency,
+        seed=seed,
+        queue_limits=queue_limits or {},
+        failure_rate=rates.get("failure_rate", 0.0),
+        expire_rate=rates.get("expire_rate", 0.0),
+        transient_error_rate=rates.get("transient_error_rate", 0.0),
     )
     options = StackOptions(
         knobs=knobs,

@@ -51,6 +51,9 @@ class ObjectStore:
             version_id=head.get("VersionId") or version_id,
             etag=(head.get("ETag") or "").strip('"') or None,
             size=head.get("ContentLength"),
+            # The user's per-file options (x-amz-meta-batchdrop-*), which S3 gives back without the prefix.
+            metadata={str(k).lower(): str(v) for k, v in (head.get("Metadata") or {}).items()},
+            uploaded_at=head["LastModified"].timestamp() if head.get("LastModified") else None,
         )
 
     def chunks(self, key: str, version_id: str | None = None, start: int = 0) -> Iterator[bytes]:
@@ -93,6 +96,22 @@ class ObjectStore:
         """The bytes [start, end) of an object."""
         data: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read()
         return data
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """A small object of ours whole, or None when there is none."""
+        try:
+            data: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return data
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/x-ndjson") -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
 
     def download(self, key: str, path: str) -> None:
         self.s3.download_file(self.bucket, key, path, Config=TRANSFER)

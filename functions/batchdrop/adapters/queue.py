@@ -1,4 +1,5 @@
-"""SQS: handing a job to a function by its id (the completion queue, and the segments queue)."""
+"""SQS: handing a job to a function by its id (the completion queue, and the segments queue), and a
+real-time batch's chunks to the realtime function (the real-time queue)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,15 @@ class JobQueue:
 
     def send(self, job_id: str, **more: Any) -> None:
         self.sqs.send_message(QueueUrl=self.url, MessageBody=orjson.dumps({"job_id": job_id, **more}).decode())
+
+    def send_many(self, bodies: list[dict[str, Any]]) -> None:
+        """Send each body, ten to a call (SQS's most); raises if any was not accepted, so the caller's
+        retry sends them all again (a receiver must take a message twice without harm)."""
+        for start in range(0, len(bodies), 10):
+            entries = [
+                {"Id": str(i), "MessageBody": orjson.dumps(body).decode()}
+                for i, body in enumerate(bodies[start : start + 10])
+            ]
+            failed = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed") or []
+            if failed:
+                raise RuntimeError(f"SQS refused {len(failed)} messages: {failed[0].get('Message', failed[0])}")

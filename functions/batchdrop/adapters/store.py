@@ -55,6 +55,16 @@ def quota_pk(provider: str, pool: str) -> str:
 
 
 QUOTA_SK = "QUOTA"
+# A real-time batch's chunks sit under its job, beside its batches (never read with them).
+CHUNK_SK = "RTCHUNK#"
+
+
+def chunk_sk(batch_key: str, chunk: int) -> str:
+    return f"{CHUNK_SK}{batch_key}#{chunk:06d}"
+
+
+def pace_pk(provider: str) -> str:
+    return f"PACE#{provider}"
 
 
 def _to_ddb(value: Any) -> Any:
@@ -445,6 +455,97 @@ class JobStore:
                 ExpressionAttributeNames={"#h": holder, "#t": "total"},
                 ExpressionAttributeValues={":s": {"N": str(share)}, ":minus": {"N": str(-share)}},
             )
+
+    # -- the real-time lane: chunks of a batch, and the lane's measured pace ---------------------------
+
+    def claim_chunk(self, job_id: str, batch_key: str, chunk: int, owner: str, now: float, seconds: float) -> str:
+        """Take chunk `chunk` of a real-time batch for `owner` until `now + seconds`: "claimed"; "done" if
+        it was finished already (a duplicate message); "busy" while another owner's claim runs. One
+        conditional write, so two deliveries of one message never run its requests together."""
+        key = {"pk": {"S": job_pk(job_id)}, "sk": {"S": chunk_sk(batch_key, chunk)}}
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=key,
+                UpdateExpression="SET #o = :o, #u = :until ADD #c :one",
+                ConditionExpression="attribute_not_exists(#d) AND (attribute_not_exists(#u) OR #u < :now OR #o = :o)",
+                ExpressionAttributeNames={"#o": "owner", "#u": "lease_until", "#d": "done", "#c": "claims"},
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":until": {"N": str(now + seconds)},
+                    ":now": {"N": str(now)},
+                    ":one": {"N": "1"},
+                },
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item") or {}
+            return "done" if "done" in item else "busy"
+        return "claimed"
+
+    def finish_chunk(self, job_id: str, batch_key: str, chunk: int, owner: str, answered: int) -> bool:
+        """Mark the chunk done and count it on its batch, in one transaction (so a crash between the two
+        never counts a chunk twice or never); False if `owner`'s claim was lost meanwhile."""
+        try:
+            self.ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"pk": {"S": job_pk(job_id)}, "sk": {"S": chunk_sk(batch_key, chunk)}},
+                            "UpdateExpression": "SET #d = :t REMOVE #u",
+                            "ConditionExpression": "#o = :o AND attribute_not_exists(#d)",
+                            "ExpressionAttributeNames": {"#d": "done", "#o": "owner", "#u": "lease_until"},
+                            "ExpressionAttributeValues": {":t": {"BOOL": True}, ":o": {"S": owner}},
+                        }
+                    },
+                    {
+                        # Not the batch's version: the pipeline's own writes of it never collide with a count.
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"pk": {"S": job_pk(job_id)}, "sk": {"S": f"{BATCH_SK}{batch_key}"}},
+                            "UpdateExpression": "ADD #c :one, #r :n",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeNames": {"#c": "chunks_done", "#r": "requests_done"},
+                            "ExpressionAttributeValues": {":one": {"N": "1"}, ":n": {"N": str(answered)}},
+                        }
+                    },
+                ]
+            )
+        except self.ddb.exceptions.TransactionCanceledException:
+            return False
+        return True
+
+    def release_chunk(self, job_id: str, batch_key: str, chunk: int, owner: str) -> None:
+        """Give an unfinished chunk back at once, for its message's next delivery."""
+        with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+            self.ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": chunk_sk(batch_key, chunk)}},
+                UpdateExpression="REMOVE #u",
+                ConditionExpression="#o = :o",
+                ExpressionAttributeNames={"#o": "owner", "#u": "lease_until"},
+                ExpressionAttributeValues={":o": {"S": owner}},
+            )
+
+    def lane_pace(self, provider: str) -> float | None:
+        """The requests per second one real-time invocation last sustained for the provider (None: none
+        ran yet)."""
+        item = self.ddb.get_item(TableName=self.table, Key={"pk": {"S": pace_pk(provider)}, "sk": {"S": "PACE"}}).get(
+            "Item"
+        )
+        return float(item["rate"]["N"]) if item and "rate" in item else None
+
+    def record_lane_pace(self, provider: str, rate: float, now: float) -> None:
+        """Last writer wins: an estimate, read by the poll's escalation."""
+        self.ddb.put_item(
+            TableName=self.table,
+            Item={
+                "pk": {"S": pace_pk(provider)},
+                "sk": {"S": "PACE"},
+                "rate": {"N": str(round(rate, 4))},
+                "at": {"N": str(round(now, 3))},
+            },
+        )
 
     def _if_lock_owner(self, pk: str, owner: str, expression: str, names: dict[str, str]) -> None:
         with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):

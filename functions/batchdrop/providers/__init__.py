@@ -16,7 +16,7 @@ from batchdrop.providers.spec import ProviderSpec
 
 if TYPE_CHECKING:
     from batchdrop.config import ProviderSettings
-    from batchdrop.providers.base import Provider
+    from batchdrop.providers.base import Observe, Provider, RealtimeClient
 
 SPECS: dict[str, ProviderSpec] = {
     spec.name: spec
@@ -35,3 +35,11 @@ def load(settings: ProviderSettings) -> Provider:
     cls = getattr(importlib.import_module(module_name), class_name)
     provider: Provider = cls(settings)
     return provider
+
+
+def load_realtime(settings: ProviderSettings, observe: Observe, max_retries: int) -> RealtimeClient:
+    """The provider's real-time client (the real-time lane's worker only)."""
+    module_name, _, class_name = SPECS[settings.name].realtime.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    client: RealtimeClient = cls(settings, observe, max_retries)
+    return client

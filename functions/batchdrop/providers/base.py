@@ -30,7 +30,28 @@ class BatchRef:
     intent_at: float
 
 
-class Provider(Protocol):
+class Backend(Protocol):
+    """What runs a batch, as the stages look at it once it is sent: a provider's Batch API, or
+    batchdrop's own real-time lane (batchdrop.realtime.lane.RealtimeLane)."""
+
+    name: str
+
+    def status(self, batch_id: str) -> BatchStatus: ...
+
+    def outcomes(self, batch_id: str, status: BatchStatus) -> Iterator[Outcome]:
+        """Every result and error line the provider has for the batch, in the provider's order."""
+        ...
+
+    def cancel(self, batch_id: str) -> None: ...
+
+    def cleanup(self, batch_id: str, status: BatchStatus) -> None:
+        """Delete (or set to expire) what the provider keeps for an ended batch whose outputs we have
+        written (input, output and error files; Bedrock's records under work/), so that a long-lived
+        stack never reaches a file or storage cap. Best effort: the caller logs what it raises."""
+        ...
+
+
+class Provider(Backend, Protocol):
     name: str
 
     def create(self, batch: BatchRef, path: str) -> str:
@@ -50,20 +71,6 @@ class Provider(Protocol):
 
     def find(self, batch: BatchRef, exclude: frozenset[str]) -> str | None:
         """The id of a batch this provider accepted for `batch` before we could record it, if any."""
-        ...
-
-    def status(self, batch_id: str) -> BatchStatus: ...
-
-    def outcomes(self, batch_id: str, status: BatchStatus) -> Iterator[Outcome]:
-        """Every result and error line the provider has for the batch, in the provider's order."""
-        ...
-
-    def cancel(self, batch_id: str) -> None: ...
-
-    def cleanup(self, batch_id: str, status: BatchStatus) -> None:
-        """Delete (or set to expire) what the provider keeps for an ended batch whose outputs we have
-        written (input, output and error files; Bedrock's records under work/), so that a long-lived
-        stack never reaches a file or storage cap. Best effort: the caller logs what it raises."""
         ...
 
 
