@@ -22,6 +22,11 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+# Most tests are about the batch lane, with files far under the auto lane's 100 requests that would
+# send them real-time: they run with the stack's lane set to `batch` (the handlers, `batchdrop` in a
+# subprocess and `validate` all read it). A test of the lanes sets its own (StackOptions.lane, --lane,
+# or the file's metadata, which comes first).
+os.environ.setdefault("BATCHDROP_LANE", "batch")
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "emulator", "integration", "infra", "e2e")

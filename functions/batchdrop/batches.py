@@ -632,8 +632,9 @@ def backend(deps: Deps, batch: dict[str, Any]) -> Backend:
 # -- a batch's item --------------------------------------------------------------------------------
 
 
-def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> None:
-    """Store a planned batch's files and its item (once: a re-run plans the same batch again)."""
+def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, escalate_by: float | None = None) -> None:
+    """Store a planned batch's files and its item (once: a re-run plans the same batch again).
+    `escalate_by`: the job's deadline, for a batch-lane batch that may be escalated to meet it."""
     try:
         deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
         deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
@@ -653,6 +654,7 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int) -> 
             "attempt": attempt,
             "status": m.PENDING,
             "lane": batch.lane,
+            **({"escalate_by": escalate_by} if escalate_by is not None and batch.lane == m.LANE_BATCH else {}),
         }
     )
 

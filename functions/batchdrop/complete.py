@@ -13,6 +13,7 @@ writes the outputs, tells the job's end and ends it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,10 +130,15 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
     if job.get("resubmit_planned") != attempt + 1:
         limits = {name: p.limits for name, p in deps.settings.providers.items()}
         planned: list[str] = []
+        deadline = float(job["deadline"]) if job.get("deadline") is not None else None
+        auto = (job.get("lane_option") or "auto") == "auto"
+        # Near the deadline, what goes again goes real-time: another batch would not be back in time.
+        hurry = auto and deadline is not None and deadline - deps.clock() < deps.settings.min_batch_window_seconds
 
-        def store(batch: PlannedBatch) -> None:
+        def store(batch: PlannedBatch, lane: str) -> None:
+            batch.lane = lane
             minimum = limits[batch.provider].min_requests
-            if batch.requests < minimum:
+            if lane == m.LANE_BATCH and batch.requests < minimum:
                 # The provider would refuse it (Bedrock's records per job): those requests keep the
                 # error of their last attempt.
                 logger.warning(
@@ -141,19 +147,24 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
                 )
                 batch.discard()
                 return
-            record_batch(deps, job_id, batch, attempt + 1)
+            record_batch(deps, job_id, batch, attempt + 1, escalate_by=deadline if auto else None)
             planned.append(batch.key)
 
-        planner = BatchPlanner(
-            limits=limits,
-            on_batch=store,
-            key_prefix=f"a{attempt + 1}-",
-            tmpdir=spill_dir(),
-        )
+        planners = {
+            lane: BatchPlanner(
+                limits=limits,
+                on_batch=functools.partial(store, lane=lane),
+                key_prefix=f"a{attempt + 1}-" if lane == m.LANE_BATCH else f"a{attempt + 1}-rt-",
+                tmpdir=spill_dir(),
+            )
+            for lane in (m.LANE_BATCH, m.LANE_REALTIME)
+        }
         for batch in sorted(latest, key=lambda b: b["sk"]):
             retry = {cid for cid, _code in _retryable(deps, batch)}
             if not retry:
                 continue
+            realtime = m.lane_of(batch) == m.LANE_REALTIME or hurry
+            planner = planners[m.LANE_REALTIME if realtime else m.LANE_BATCH]
             # The index lists the batch's requests in the data file's order, whatever field of the
             # provider's line holds the id (custom_id, Gemini's key, Bedrock's recordId).
             key = batch["batch_key"]
@@ -176,7 +187,8 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
                             raw + b"\n",
                         )
                     )
-        planner.finish()
+        for planner in planners.values():
+            planner.finish()
         if not planned:
             return False
         job = jobs.plan_resubmission(deps, job, attempt + 1)

@@ -47,11 +47,15 @@ LEASE = ("lease_owner", "lease_until")
 # -- creation, leases and attempts ------------------------------------------------------------------
 
 
-def create(deps: Deps, job_id: str, obj: m.InputObject, output_prefix: str) -> None:
+def create(
+    deps: Deps, job_id: str, obj: m.InputObject, output_prefix: str, options: dict[str, Any] | None = None
+) -> None:
     """The job of an uploaded object, `submitting` (nothing written if it exists already: the same
-    upload delivered twice is one job)."""
+    upload delivered twice is one job). `options`: the file's lane and deadline, or why they cannot be
+    used (`option_error`: the job is rejected once planned)."""
     now = deps.clock()
     job = {
+        **(options or {}),
         "pk": job_pk(job_id),
         "sk": JOB_SK,
         "job_id": job_id,

@@ -116,7 +116,7 @@ def batch_done(batch: dict[str, Any]) -> bool:
     deadline) is done only once its unfinished requests have their real-time batches."""
     if batch.get("status") not in TERMINAL_BATCH_STATES:
         return False
-    return not (batch.get("escalated") and not batch.get("replaced_by"))
+    return not (batch.get("escalated") and not batch.get("replacement_planned"))
 
 
 # Job states.

@@ -24,7 +24,7 @@ def extract(body: dict[str, Any]) -> tuple[str | None, int, int]:
 
 
 def result_line(
-    custom_id: str, line: int, provider: str, model: str, batch_id: str, body: dict[str, Any]
+    custom_id: str, line: int, provider: str, model: str, batch_id: str, body: dict[str, Any], lane: str = "batch"
 ) -> tuple[dict[str, Any], int, int]:
     text, tokens_in, tokens_out = extract(body)
     return (
@@ -35,6 +35,7 @@ def result_line(
             "model": body.get("model") or model,
             "batch_id": batch_id,
             "status": "succeeded",
+            "lane": lane,
             "text": text,
             "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
             "response": body,
@@ -55,8 +56,9 @@ def error_line(
     batch_id: str | None = None,
     attempts: int = 0,
     detail: Any = None,
+    lane: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    line_ = {
         "custom_id": custom_id,
         "line": line,
         "stage": stage,
@@ -67,6 +69,9 @@ def error_line(
         "attempts": attempts,
         "detail": detail,
     }
+    if lane is not None:  # provider-stage errors: the lane that ran the request
+        line_["lane"] = lane
+    return line_
 
 
 def validation_error(invalid: m.Invalid) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from batchdrop.batches import (
     window,
 )
 from batchdrop.cancel import cancel_running, carry_out
+from batchdrop.escalation import escalate, escalate_held, late_for_deadline
 from batchdrop.pipeline import Deps
 from batchdrop.watchdog import end_stuck_job
 
@@ -60,6 +61,8 @@ class PollReport:
     # Jobs whose held batches were offered to the submit function in this run (once a job: its
     # invocation sends every held batch of the job that fits).
     offered: list[str] = field(default_factory=list)
+    # Jobs with a batch escalated in this run (canceled before its deadline, finished real-time).
+    escalated: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,6 +147,14 @@ def look_at_batch(
         report.stuck += 1
         if watchdog and status.state != m.CANCELLING:
             batch = _cancel_overdue(deps, provider, batch, now)
+    if watchdog and not status.terminal:
+        if batch.get("escalated") and status.state != m.CANCELLING:
+            # Asked again until the provider says it is cancelling (the first ask may have been lost).
+            with contextlib.suppress(Exception):
+                provider.cancel(batch["provider_batch_id"])
+        elif (why := late_for_deadline(deps, batch, status, now)) is not None:
+            batch = escalate(deps, provider, batch, why)
+            report.escalated.append(batch["job_id"])
     if status.terminal and status.over_quota:
         # Refused for now by the provider's queue quota: not a failed batch; created again later.
         hold_over_quota(deps, batch, status)
@@ -182,6 +193,12 @@ def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollRepo
 
 
 def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+    if batch.get("escalated") and not batch.get("replacement_planned"):
+        # Its unfinished requests go real-time: the submit function (which has the grants to send)
+        # plans and sends them; offered again at each look until it has.
+        deps.segments.send(batch["job_id"], escalated=batch["batch_key"])
+        look_soon(deps, batch, deps.clock() + max(deps.settings.poll_min_seconds, min(60, deps.settings.lease_seconds)))
+        return
     if jobs.hand_over_if_done(deps, batch["job_id"]):
         report.handed_over.append(batch["job_id"])
     leave_due(deps, batch)
@@ -215,9 +232,14 @@ def _offer_held(deps: Deps, batch: dict[str, Any], report: PollReport, seen: _Se
             if jobs.hand_over_if_done(deps, batch["job_id"]):
                 report.handed_over.append(batch["job_id"])
         return
-    room = False
+    if batch.get("status") == m.HELD and m.lane_of(batch) == m.LANE_BATCH:
+        waiting = m.BatchStatus(m.HELD, m.HELD, total=int(batch["requests"]), done=0)
+        if (why := late_for_deadline(deps, batch, waiting, now)) is not None:
+            batch = escalate_held(deps, batch, why)
+            report.escalated.append(batch["job_id"])
+    room = m.lane_of(batch) == m.LANE_REALTIME  # no pool: the real-time lane takes it now
     pool = pool_of(deps, batch)
-    if job["status"] == m.JOB_SUBMITTED and pool not in seen.full:
+    if not room and job["status"] == m.JOB_SUBMITTED and pool not in seen.full:
         room = has_room(deps, batch) or (prune(deps, batch) and has_room(deps, batch))
         if not room and pool is not None:
             seen.full.add(pool)  # the other batches waiting on it this run wait too, unread

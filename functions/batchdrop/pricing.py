@@ -45,16 +45,20 @@ def realtime_price(model: str, table: Mapping[str, tuple[float, float]]) -> tupl
 
 
 class CostMeter:
-    """Adds up usage per model; the cost is null as soon as one used model has no known price."""
+    """Adds up usage per model and lane; the cost is null as soon as one used model has no known price.
+
+    What was answered in the batch lane costs the batch price, in the real-time lane the full price;
+    `realtime_equivalent` is all of it at the full price, and `saved` what the lanes taken saved on it."""
 
     def __init__(self, table: Mapping[str, tuple[float, float]]) -> None:
         self.table = table
         self.realtime = 0.0
+        self.realtime_lane = 0.0
         self.unknown: set[str] = set()
         # Each model's price, looked up once: a file names a few models on many lines.
         self._prices: dict[str, tuple[float, float] | None] = {}
 
-    def add(self, model: str, input_tokens: int, output_tokens: int) -> None:
+    def add(self, model: str, input_tokens: int, output_tokens: int, lane: str = "batch") -> None:
         try:
             price = self._prices[model]
         except KeyError:
@@ -62,16 +66,22 @@ class CostMeter:
         if price is None:
             self.unknown.add(model)
             return
-        self.realtime += (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        cost = (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        self.realtime += cost
+        if lane == "realtime":
+            self.realtime_lane += cost
 
     def summary(self) -> dict[str, float | None]:
         if self.unknown:
-            return {"batch": None, "realtime_equivalent": None, "saved": None}
-        batch = self.realtime * BATCH_DISCOUNT
+            return {"batch": None, "realtime": None, "total": None, "realtime_equivalent": None, "saved": None}
+        batch = (self.realtime - self.realtime_lane) * BATCH_DISCOUNT
+        total = batch + self.realtime_lane
         return {
             "batch": round(batch, 6),
+            "realtime": round(self.realtime_lane, 6),
+            "total": round(total, 6),
             "realtime_equivalent": round(self.realtime, 6),
-            "saved": round(self.realtime - batch, 6),
+            "saved": round(self.realtime - total, 6),
         }
 
 

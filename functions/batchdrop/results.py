@@ -51,6 +51,9 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 errors.write(raw + b"\n")
                 invalid_written += 1
         superseded: set[str] = set()
+        by_lane: dict[str, int] = {}
+        # An escalated batch's unfinished requests were sent again real-time: those answers count.
+        replaced = _replaced(deps, job_id, batches)
         by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
         current_attempt = None
         later_ids: set[str] = set()
@@ -62,6 +65,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 current_attempt = attempt
             provider = batch["provider"]
             batch_id = batch.get("provider_batch_id")
+            lane = m.lane_of(batch)
+            moved = replaced.get(batch["batch_key"], frozenset())
             if job.get("rejected"):
                 # Refused as a whole: its valid lines were never sent (validation stage, not failed).
                 reason = job.get("reason") or "the file was rejected"
@@ -77,19 +82,20 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     errors.write(orjson.dumps(rejected) + b"\n")
                 continue
             for custom_id, line, outcome in _outcomes(deps, batch, given_up):
-                if custom_id in superseded:
+                if custom_id in superseded or custom_id in moved:
                     continue
                 if attempt > 1:
                     later_ids.add(custom_id)
+                by_lane[lane] = by_lane.get(lane, 0) + 1
                 if outcome.ok:
                     record, t_in, t_out = result_line(
-                        custom_id, line, provider, batch.get("model", ""), batch_id or "", outcome.response or {}
+                        custom_id, line, provider, batch.get("model", ""), batch_id or "", outcome.response or {}, lane
                     )
                     results.write(orjson.dumps(record) + b"\n")
                     succeeded += 1
                     tokens_in += t_in
                     tokens_out += t_out
-                    meter.add(record["model"], t_in, t_out)
+                    meter.add(record["model"], t_in, t_out, lane)
                 else:
                     failed += 1
                     errors.write(
@@ -104,6 +110,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                                 batch_id=batch_id,
                                 attempts=attempt,
                                 detail=outcome.detail,
+                                lane=lane,
                             )
                         )
                         + b"\n"
@@ -133,11 +140,19 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     else:
         status = m.JOB_PARTIAL
     ended = [str(b["ended_at"]) for b in batches if b.get("ended_at")]
+    deadline = float(job["deadline"]) if job.get("deadline") is not None else None
     summary: dict[str, Any] = {
         "job_id": job_id,
         "status": status,
         "input": job.get("input"),
-        "counts": {k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
+        "counts": {
+            **{k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
+            "by_lane": {lane: by_lane.get(lane, 0) for lane in (m.LANE_BATCH, m.LANE_REALTIME)},
+        },
+        "deadline": iso(deadline),
+        # Whether the job ended (its outputs written now) by its deadline; null without one.
+        "met_deadline": None if deadline is None else now <= deadline,
+        "lanes": job.get("lanes") or {},
         "batches": [
             {
                 "provider": b["provider"],
@@ -145,6 +160,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 "requests": b["requests"],
                 "status": b.get("status"),
                 "attempt": int(b.get("attempt", 1)),
+                "lane": m.lane_of(b),
+                **({"escalated": True} if b.get("escalated") else {}),
                 **({"error": b["error"]} if b.get("error") else {}),
             }
             for b in sorted(batches, key=lambda b: b["sk"])
@@ -164,6 +181,18 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         summary["reason"] = job["reason"]
     deps.objects.put_json(f"{prefix}summary.json", summary)
     return summary
+
+
+def _replaced(deps: Deps, job_id: str, batches: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
+    """For each escalated batch, the custom_ids its real-time batches took over: what the provider had
+    not finished when it was canceled. Its answers for them (canceled, or any it finished after all)
+    give way; what it finished before stays its."""
+    out: dict[str, frozenset[str]] = {}
+    for batch in batches:
+        keys = batch.get("replaced_by") or []
+        if batch.get("escalated") and keys:
+            out[batch["batch_key"]] = frozenset(cid for key in keys for cid in _index(deps, job_id, key))
+    return out
 
 
 def _index(deps: Deps, job_id: str, batch_key: str) -> dict[str, int]:

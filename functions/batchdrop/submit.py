@@ -27,6 +27,16 @@ from batchdrop.cancel import CancelError, cancel_running, carry_out, request_can
 from batchdrop.complete import run_completion
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
+from batchdrop.escalation import replace
+from batchdrop.options import (
+    AUTO,
+    JobOptions,
+    LaneChoice,
+    OptionError,
+    choose_lanes,
+    job_options,
+    may_go_realtime,
+)
 from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
@@ -82,11 +92,20 @@ def submit_event(deps: Deps, event: dict[str, Any]) -> list[SubmitResult]:
         # The next segment of a large file, or held batches the poll found room for (the segments
         # queue); an error fails the record, and SQS redelivers it.
         bodies = [orjson.loads(r["body"]) for r in records]
-        return [
-            send_held(deps, str(body["job_id"])) if body.get("held") else resume_submission(deps, str(body["job_id"]))
-            for body in bodies
-        ]
+        return [_segments_message(deps, body) for body in bodies]
     return [submit_object(deps, key, version_id) for _bucket, key, version_id, _etag, _size in s3_records(event)]
+
+
+def _segments_message(deps: Deps, body: dict[str, Any]) -> SubmitResult:
+    job_id = str(body["job_id"])
+    if body.get("escalated"):
+        keys = replace(deps, job_id, str(body["escalated"]))
+        with contextlib.suppress(Conflict):
+            jobs.hand_over_if_done(deps, job_id)  # the unfinished may have been none
+        return SubmitResult(job_id, "escalated" if keys else "ignored")
+    if body.get("held"):
+        return send_held(deps, job_id)
+    return resume_submission(deps, job_id)
 
 
 def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
@@ -103,8 +122,33 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
         return SubmitResult(None, "ignored")
     job_id = job_id_for(obj)
     logger.append_keys(job_id=job_id)
-    jobs.create(deps, job_id, obj, output_prefix(key, job_id))
+    jobs.create(deps, job_id, obj, output_prefix(key, job_id), _options(deps, obj))
     return resume_submission(deps, job_id, obj)
+
+
+def _options(deps: Deps, obj: m.InputObject) -> dict[str, Any]:
+    """The file's lane and deadline as the job keeps them; a value that cannot be used is kept as the
+    reason the job will be rejected (its lines are still planned, so each is accounted for)."""
+    try:
+        options = job_options(deps.settings, obj.key, obj.metadata, obj.uploaded_at or deps.clock())
+    except OptionError as exc:
+        logger.warning("the file's options cannot be used", extra={"reason": str(exc)})
+        return {"option_error": str(exc)}
+    return {
+        "lane_option": options.lane,
+        "lane_from": options.lane_from,
+        **({"deadline": options.deadline, "deadline_from": options.deadline_from} if options.deadline else {}),
+    }
+
+
+def options_of(job: dict[str, Any]) -> JobOptions:
+    deadline = job.get("deadline")
+    return JobOptions(
+        lane=str(job.get("lane_option") or AUTO),
+        deadline=float(deadline) if deadline is not None else None,
+        lane_from=str(job.get("lane_from") or "default"),
+        deadline_from=job.get("deadline_from"),
+    )
 
 
 def _cancel_by_file(deps: Deps, key: str) -> SubmitResult:
@@ -154,16 +198,20 @@ def send_held(deps: Deps, job_id: str) -> SubmitResult:
         return SubmitResult(job_id, "ignored")
     owner = invocation_id()
     sent: list[dict[str, Any]] = []
+    blocked = False
     for batch in sorted(deps.store.get_batches(job_id), key=lambda b: b["sk"]):
         if batch.get("provider_batch_id") or batch.get("status") not in (m.HELD, m.PENDING, m.SUBMITTING):
             continue
+        if blocked and m.lane_of(batch) == m.LANE_BATCH:
+            continue  # the job's later batches wait behind one with no room, in order
         # Another invocation got to it first, or its create may still be under way elsewhere: the poll
         # offers it again after the backoff, so neither is worth failing this message over.
         with contextlib.suppress(Conflict, ProviderBusy):
             after = send_batch(deps, job_id, batch, owner)
             if after.get("status") == m.HELD:
-                break  # no room (or "not now"): the job's later batches wait behind it, in order
-            sent.append(after)
+                blocked = True  # no room (or "not now"); a real-time batch needs none
+            else:
+                sent.append(after)
     if sent:
         job = deps.store.get_job(job_id)
         if job is not None and job.get("cancel_requested"):
@@ -220,11 +268,16 @@ class _Submission:
         first_line = int(job.get("next_line", 1))
         stored: list[str] = list(job.get("batch_keys", []))
         models = {p: set(ms) for p, ms in (job.get("models_by_provider") or {}).items()}
+        requests = {p: int(n) for p, n in (job.get("requests_by_provider") or {}).items()}
+        options = options_of(job)
+
+        escalate_by = options.deadline if options.lane == AUTO else None
 
         def store_batch(batch: PlannedBatch) -> None:
-            record_batch(deps, self.job_id, batch, attempt=1)
+            record_batch(deps, self.job_id, batch, attempt=1, escalate_by=escalate_by)
             stored.append(batch.key)
             models.setdefault(batch.provider, set()).add(batch.model)
+            requests[batch.provider] = requests.get(batch.provider, 0) + batch.requests
 
         prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
         segmented = segment > 0 or (self.obj.size or 0) > settings.segment_bytes
@@ -249,6 +302,7 @@ class _Submission:
                 stop_at=settings.segment_bytes if segmented else None,
                 finder=finder,
                 invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
+                small_realtime=may_go_realtime(options),
             )
             result, refused = plan.result, plan.refused
             if refused:
@@ -272,7 +326,7 @@ class _Submission:
                 duplicates = [d for d in duplicates if d.line not in refused_lines]
                 stored, more = settle(
                     _StoredBatches(deps, self.job_id), stored, duplicates, settings, store_batch, report, prefix,
-                    tmpdir(),
+                    tmpdir(), small_realtime=may_go_realtime(options),
                 )  # fmt: skip
                 totals["valid"] -= more
                 totals["invalid"] += more
@@ -290,13 +344,15 @@ class _Submission:
                     "scan_totals": totals,
                     "batch_keys": stored,
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
+                    "requests_by_provider": requests,
                     "error_files": error_files,
                 },
             )
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
         lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
-        reason = rejection(lines, invalid, result.file_error, settings.on_invalid)
+        reason = job.get("option_error") or rejection(lines, invalid, result.file_error, settings.on_invalid)
+        lanes = {} if reason else self._choose_lanes(options, requests)
         changes: dict[str, Any] = {
             "planned": True,
             "counts": {"lines": lines, "invalid": invalid, "submitted": 0 if reason else valid},
@@ -304,6 +360,8 @@ class _Submission:
             "models": sorted({m for ms in models.values() for m in ms}),
             "batch_count": len(stored),
             "error_files": error_files,
+            "lanes": {p: c.lane for p, c in lanes.items()},
+            "lane_reasons": {p: c.why for p, c in lanes.items()},
         }
         if reason:
             changes["counts"] = {"lines": lines, "invalid": lines, "submitted": 0}
@@ -320,6 +378,17 @@ class _Submission:
             },
         )
         return True
+
+    def _choose_lanes(self, options: JobOptions, requests: dict[str, int]) -> dict[str, LaneChoice]:
+        """Each provider's lane (batchdrop.options.choose_lanes), written on its batches: a provider
+        whose requests go real-time has every batch in the real-time lane (one under its provider's
+        minimum is there already)."""
+        chosen = choose_lanes(self.deps.settings, options, requests, self.deps.clock())
+        for batch in self.deps.store.get_batches(self.job_id):
+            lane = chosen.get(batch["provider"])
+            if lane is not None and lane.lane == m.LANE_REALTIME and m.lane_of(batch) != m.LANE_REALTIME:
+                self.deps.store.update(batch, {"lane": m.LANE_REALTIME}, when_status=(m.PENDING,))
+        return chosen
 
     def _hand_on(self) -> None:
         """Give the next segment to a fresh invocation, through the segments queue."""

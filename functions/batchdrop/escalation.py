@@ -1,0 +1,163 @@
+"""Escalation: a batch that will not finish by its job's deadline is canceled, and what it had not
+finished is sent on the real-time lane (docs/contract.md "Lanes and deadlines").
+
+The poll decides (`late_for_deadline`, `escalate`): when the time left is less than what the batch's
+remaining requests need on the real-time lane (at the lane's measured pace) plus a margin, it marks the
+batch escalated, asks its provider to cancel it, and tells the job's subscribers once (`escalated`).
+Once the provider has ended it, the submit function (which has the grants to send) plans its
+unfinished requests, exactly those, into real-time batches of the same attempt (`replace`). What the
+provider finished before the cancel took effect is kept and wins: the real-time batches never hold it,
+and the outputs take an escalated batch's answers only for the requests they do not hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from batchdrop import jobs
+from batchdrop import models as m
+from batchdrop.adapters.store import Conflict
+from batchdrop.batches import record_batch, send_batch
+from batchdrop.config import tmpdir
+from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
+from batchdrop.planner import BatchPlanner, PlannedBatch
+from batchdrop.providers.base import Backend
+from batchdrop.results import outcomes_with_missing
+
+logger = Logger(service="batchdrop")
+
+# Without a measured pace or a configured BATCHDROP_<NAME>_RPM, what one invocation of the real-time
+# lane is assumed to sustain: a cautious figure (a new account's lowest tiers allow about this much).
+DEFAULT_RPM = 60
+# The answers that say a request was not run: these go real-time, everything else was finished.
+UNFINISHED = frozenset({m.CANCELED, m.EXPIRED})
+
+
+def lane_pace(deps: Deps, provider: str) -> float:
+    """Requests per second the real-time lane can be counted on for `provider`: the pace one invocation
+    last sustained (or the configured limit, or DEFAULT_RPM) times the invocations that may run at
+    once, never above the provider's configured limit."""
+    settings = deps.settings
+    rpm = settings.providers[provider].rpm if provider in settings.providers else None
+    measured = deps.store.lane_pace(provider)
+    per_invocation = measured if measured is not None else (rpm or DEFAULT_RPM) / 60
+    pace = per_invocation * settings.realtime_invocations
+    return min(pace, rpm / 60) if rpm else pace
+
+
+def late_for_deadline(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> str | None:
+    """Why the batch must be escalated now, or None while the real-time lane could still finish its
+    remaining requests by the deadline (with the margin) after the next look."""
+    deadline = batch.get("escalate_by")
+    if deadline is None or batch.get("escalated") or m.lane_of(batch) != m.LANE_BATCH:
+        return None
+    total = status.total if status.total else int(batch["requests"])
+    remaining = max(0, total - int(status.done or 0))
+    if remaining == 0:
+        return None
+    pace = lane_pace(deps, batch["provider"])
+    need = remaining / pace + deps.settings.escalation_margin_seconds
+    left = float(deadline) - now
+    if left >= need:
+        return None
+    return (
+        f"{remaining} requests unfinished {left / 60:.1f} min before the deadline; the real-time lane needs about "
+        f"{need / 60:.1f} min for them (at {pace * 60:.0f} requests/min, with a margin of "
+        f"{deps.settings.escalation_margin_seconds / 60:.0f} min)"
+    )
+
+
+def escalate(deps: Deps, runner: Backend, batch: dict[str, Any], reason: str) -> dict[str, Any]:
+    """Mark the batch escalated (first, so a crash before the cancel still leads to it), ask its provider
+    to cancel it, and tell the job's subscribers once."""
+    now = deps.clock()
+    logger.warning("escalating a batch late for its deadline", extra={"batch_key": batch["batch_key"], "why": reason})
+    batch = deps.store.update(batch, {"escalated": reason[:1000], "escalated_at": iso(now)})
+    try:
+        runner.cancel(batch["provider_batch_id"])
+    except Exception as exc:  # it may have ended meanwhile: its state says so at the next look
+        logger.info("provider refused the cancel of an escalated batch", extra={"error": str(exc)[:300]})
+    _tell(deps, batch, reason)
+    return batch
+
+
+def escalate_held(deps: Deps, batch: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A batch still held (never sent: the provider's queue is full) when the deadline nears: it moves to
+    the real-time lane whole, and is sent as the held are, when the poll offers its job."""
+    logger.warning("a held batch goes real-time for its deadline", extra={"batch_key": batch["batch_key"]})
+    moved = deps.store.update(batch, {"lane": m.LANE_REALTIME, "escalated_held": reason[:1000]}, when_status=(m.HELD,))
+    _tell(deps, moved, reason)
+    return moved
+
+
+def _tell(deps: Deps, batch: dict[str, Any], reason: str) -> None:
+    job = deps.store.get_job(batch["job_id"])
+    if job is not None:
+        body = {
+            "job_id": batch["job_id"],
+            "status": "escalated",
+            "deadline": iso(float(batch["escalate_by"])),
+            "batch": {"provider": batch["provider"], "batch_id": batch.get("provider_batch_id"), "reason": reason},
+            "output_prefix": deps.objects.uri(job["output_prefix"]),
+        }
+        jobs.notify_once(deps, job, "escalated", body)
+
+
+def replace(deps: Deps, job_id: str, batch_key: str) -> list[str]:
+    """Send the unfinished requests of an escalated batch that has ended on the real-time lane, once;
+    returns the keys of its real-time batches. Safe to run again: the plan is the same every time, its
+    items are created once, and a batch sent is not sent again."""
+    batch = deps.store.get_batch(job_id, batch_key)
+    if batch is None or not batch.get("escalated") or batch.get("replacement_planned"):
+        return []
+    if batch.get("status") not in m.TERMINAL_BATCH_STATES:
+        return []
+    unfinished = {
+        custom_id
+        for custom_id, _line, outcome in outcomes_with_missing(deps, batch)
+        if not outcome.ok and outcome.code in UNFINISHED
+    }
+    keys: list[str] = []
+    attempt = int(batch.get("attempt", 1))
+
+    def store(planned: PlannedBatch) -> None:
+        planned.lane = m.LANE_REALTIME
+        record_batch(deps, job_id, planned, attempt)
+        keys.append(planned.key)
+
+    limits = {name: p.limits for name, p in deps.settings.providers.items()}
+    planner = BatchPlanner(limits=limits, on_batch=store, key_prefix=f"{batch_key}-rt-", tmpdir=tmpdir())
+    lines = zip(
+        deps.objects.lines(batch_index_key(job_id, batch_key)),
+        deps.objects.lines(batch_data_key(job_id, batch_key)),
+        strict=True,
+    )
+    for entry, raw in lines:
+        custom_id_bytes, _, line = entry.partition(b"\t")
+        custom_id = custom_id_bytes.decode()
+        if custom_id in unfinished:
+            planner.add(
+                m.Request(
+                    int(line), custom_id, batch["provider"], batch.get("group", ""), batch.get("model", ""), raw + b"\n"
+                )
+            )
+    planner.finish()
+    owner = "escalation"
+    for key in keys:
+        planned_batch = deps.store.get_batch(job_id, key)
+        if planned_batch is not None:
+            send_batch(deps, job_id, planned_batch, owner)
+    deps.checkpoint("after_escalation_sent")
+    for _ in range(5):
+        fresh = deps.store.get_batch(job_id, batch_key)
+        if fresh is None or fresh.get("replacement_planned"):
+            break
+        try:
+            deps.store.update(fresh, {"replacement_planned": True, "replaced_by": keys})
+            break
+        except Conflict:
+            continue  # the poll looked at it meanwhile
+    logger.info("sent an escalated batch's unfinished requests real-time", extra={"requests": len(unfinished)})
+    return keys
