@@ -86,6 +86,7 @@ def drive(
         if time.monotonic() > deadline:
             raise AssertionError(f"the pipeline did not settle in {timeout}s")
         dispatcher.deliver_uploads()
+        dispatcher.deliver_realtime()
         if tick is None:
             dispatcher.tick()
         else:

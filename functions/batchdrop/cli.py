@@ -74,6 +74,22 @@ def _knob_options(f: Any) -> Any:
             help="The emulated provider's queue quota, in its unit (OpenAI, Azure, Gemini: input tokens "
             "enqueued per model; Anthropic: requests waiting; Bedrock: jobs per model). Repeatable.",
         ),
+        click.option(
+            "--realtime-rpm",
+            "realtime_rpm",
+            multiple=True,
+            callback=_provider_numbers,
+            metavar="PROVIDER=N",
+            help="The emulated provider's real-time requests per minute; past it the real-time endpoints answer "
+            "429 with the provider's rate-limit headers. Repeatable.",
+        ),
+        click.option(
+            "--realtime-latency",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Seconds each emulated real-time call takes.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -103,6 +119,8 @@ def _knobs(
     transient_error_rate: float,
     seed: int,
     queue_limits: dict[str, int] | None = None,
+    realtime_rpm: dict[str, int] | None = None,
+    realtime_latency: float = 0.0,
 ) -> Any:
     from batchdrop.local.emulator import EmulatorKnobs
 
@@ -113,7 +131,60 @@ def _knobs(
         transient_error_rate=transient_error_rate,
         seed=seed,
         queue_limits=queue_limits or {},
+        realtime_rpm=realtime_rpm or {},
+        realtime_latency=realtime_latency,
     )
+
+
+def _lane_options(f: Any) -> Any:
+    """A file's lane and deadline, set as the upload's S3 metadata (`local run`, `submit`)."""
+    from batchdrop.config import LANES
+
+    options = [
+        click.option(
+            "--deadline",
+            default=None,
+            metavar="TIME|DURATION",
+            help="When the answers are needed: an ISO 8601 time, or a duration from the upload (90s, 30m, 8h). "
+            "Set as the object's metadata batchdrop-deadline.",
+        ),
+        click.option(
+            "--lane",
+            type=click.Choice(LANES),
+            default=None,
+            help="auto (the stack's default: batch when it pays, real-time when it must), batch or realtime. "
+            "Set as the object's metadata batchdrop-lane.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _metadata(deadline: str | None, lane: str | None) -> dict[str, str]:
+    """The per-file options as S3 user metadata, checked here so a typo fails before the upload."""
+    import time
+
+    from batchdrop.options import META_DEADLINE, META_LANE, OptionError, parse_deadline
+
+    out: dict[str, str] = {}
+    if deadline is not None:
+        try:
+            parse_deadline(deadline, time.time(), "--deadline")
+        except OptionError as exc:
+            raise click.BadParameter(str(exc), param_hint="--deadline") from None
+        out[META_DEADLINE] = deadline
+    if lane is not None:
+        out[META_LANE] = lane
+    return out
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from batchdrop.config import parse_duration
+
+    if value is not None and (parse_duration(value) is None or (parse_duration(value) or 0) < 0):
+        raise click.BadParameter(f"{value!r}: expected a duration such as 30s, 10m or 1h")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -237,6 +308,28 @@ def local() -> None:
     help="batchdrop's own cap on what it keeps enqueued at the provider (BATCHDROP_<NAME>_MAX_ENQUEUED), "
     "in the provider's quota unit; batches past it wait and go out in waves. Repeatable.",
 )
+@_lane_options
+@click.option(
+    "--realtime-below",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The auto lane sends a provider's requests real-time when the file has fewer than N of them "
+    "(BATCHDROP_REALTIME_BELOW; default 100).",
+)
+@click.option(
+    "--min-batch-window",
+    callback=_duration,
+    default=None,
+    metavar="DURATION",
+    help="The auto lane goes real-time when the deadline is nearer than this (BATCHDROP_MIN_BATCH_WINDOW; default 1h).",
+)
+@click.option(
+    "--escalation-margin",
+    callback=_duration,
+    default=None,
+    metavar="DURATION",
+    help="What an escalation keeps in hand before the deadline (BATCHDROP_ESCALATION_MARGIN; default 15m).",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
@@ -253,7 +346,14 @@ def local_run(
     transient_error_rate: float,
     seed: int,
     queue_limits: dict[str, int],
+    realtime_rpm: dict[str, int],
+    realtime_latency: float,
     max_enqueued: dict[str, int],
+    deadline: str | None,
+    lane: str | None,
+    realtime_below: int | None,
+    min_batch_window: str | None,
+    escalation_margin: str | None,
     folder: str | None,
     on_invalid: str,
     max_attempts: int,
@@ -273,7 +373,16 @@ def local_run(
     """
     from batchdrop.local.dispatcher import Chaos
 
-    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed, queue_limits)
+    knobs = _knobs(
+        provider_latency,
+        failure_rate,
+        expire_rate,
+        transient_error_rate,
+        seed,
+        queue_limits,
+        realtime_rpm,
+        realtime_latency,
+    )
     chaos = Chaos(
         duplicate_events=duplicate_events,
         overlapping_polls=overlapping_polls,
@@ -294,6 +403,14 @@ def local_run(
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
         env={f"BATCHDROP_{p.upper()}_MAX_ENQUEUED": str(n) for p, n in max_enqueued.items()},
+        metadata=_metadata(deadline, lane),
+        lanes={
+            "realtime_below": realtime_below,
+            "min_batch_window": min_batch_window,
+            "escalation_margin": escalation_margin,
+            # The functions count on the pace the emulated providers allow.
+            "rpm": realtime_rpm,
+        },
     )
 
 
@@ -310,6 +427,8 @@ def _run(
     bedrock_min_records: int = 100,
     bedrock_fallback: str | None = None,
     env: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+    lanes: dict[str, Any] | None = None,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
@@ -321,23 +440,35 @@ def _run(
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
         extra_env=env or {},
+        **{k: v for k, v in (lanes or {}).items() if v is not None},
     )
     if chaos is not None and chaos.crash_rate > 0:
         # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
         options.lease_seconds, options.completion_grace_seconds, options.create_lock_seconds = 5, 4, 4
     try:
         report = run_files(
-            files, out_dir, options, folder=folder, say=_say, timeout=timeout, chaos=chaos, webhooks=webhooks
+            files,
+            out_dir,
+            options,
+            folder=folder,
+            say=_say,
+            timeout=timeout,
+            chaos=chaos,
+            webhooks=webhooks,
+            metadata=metadata,
         )
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"\nAll jobs ended in {report.seconds:.1f}s", title_justify="left")
-    for column in ("file", "status", "lines", "invalid", "ok", "failed", "saved $", "outputs"):
+    columns = ("file", "status", "lines", "invalid", "ok", "failed", "batch/rt", "cost $", "saved $", "deadline")
+    for column in (*columns, "outputs"):
         table.add_column(column)
     for job in report.jobs:
         summary = job.summary or {}
         counts = summary.get("counts", {})
-        saved = (summary.get("cost_usd") or {}).get("saved")
+        cost = summary.get("cost_usd") or {}
+        lanes = counts.get("by_lane") or {}
+        met = summary.get("met_deadline")
         results = summary.get("results", "")
         table.add_row(
             os.path.basename(job.file),
@@ -346,7 +477,10 @@ def _run(
             str(counts.get("invalid", "")),
             str(counts.get("succeeded", "")),
             str(counts.get("failed", "")),
-            "n/a" if saved is None else f"{saved:.6f}",
+            f"{lanes.get('batch', 0)}/{lanes.get('realtime', 0)}",
+            "n/a" if cost.get("total") is None else f"{cost['total']:.6f}",
+            "n/a" if cost.get("saved") is None else f"{cost['saved']:.6f}",
+            "" if met is None else ("met" if met else "missed"),
             results.rsplit("/", 1)[0] + "/" if results else "",
         )
     console.print(table)
@@ -361,15 +495,22 @@ def _run(
 @click.option("--on-invalid", type=click.Choice(["skip", "reject"]), default="skip", show_default=True)
 @click.option("--folder", default=None, help="Validate as if uploaded under inputs/FOLDER/ (provider routing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the error lines as JSONL instead of a table.")
-def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_json: bool) -> None:
-    """Validate FILES offline with the submit function's own code: counts and the error lines.
+@_lane_options
+def validate(
+    files: tuple[str, ...], on_invalid: str, folder: str | None, as_json: bool, deadline: str | None, lane: str | None
+) -> None:
+    """Validate FILES offline with the submit function's own code: counts, the error lines, and the lane
+    each provider's requests would take (as if uploaded now, with --deadline and --lane as metadata).
 
     Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
     """
+    import time
+
     from rich.markup import escape
 
     from batchdrop.config import ConfigError, tmpdir
     from batchdrop.estimate import EXACT_FIRST, SAMPLE_EVERY, Estimate
+    from batchdrop.options import AUTO, OptionError, choose_lanes, job_options, may_go_realtime
     from batchdrop.outputs import validation_error
     from batchdrop.planning import LocalBatches, offline_settings, plan_segment, rejection, settle
     from batchdrop.pricing import CostMeter, price_table
@@ -383,6 +524,11 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
         raise click.ClickException(str(exc)) from None
     # Planned as if uploaded there: a folder named after a provider routes neutral lines to it.
     key = f"inputs/{folder.strip('/')}/file.jsonl" if folder else "inputs/file.jsonl"
+    now = time.time()
+    try:
+        options = job_options(settings, key, _metadata(deadline, lane), now)
+    except OptionError as exc:
+        raise click.ClickException(str(exc)) from None
     bad = False
     for path in files:
         if not os.path.isfile(path):
@@ -405,26 +551,34 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
 
         batches = LocalBatches()
         estimate = Estimate(CostMeter(price_table()))
+        requests: dict[str, int] = {}
+
+        def store(batch: Any, requests: dict[str, int] = requests, keep: Any = batches.store) -> None:
+            requests[batch.provider] = requests.get(batch.provider, 0) + batch.requests
+            keep(batch)
+
         try:
             with open(path, "rb") as f:
                 plan = plan_segment(
                     iter_chunks(f),
                     settings,
                     key=key,
-                    store_batch=batches.store,
+                    store_batch=store,
                     report=report,
                     key_prefix="a1-",
                     tmpdir=tmpdir(),
                     estimate=estimate,
                     dry=True,
+                    small_realtime=may_go_realtime(options),
                 )
             result = plan.result
             invalid = result.invalid + len(plan.refused)
             refused = set(plan.refused)
             duplicates = [d for d in result.duplicates if d.line not in refused]
             _kept, more = settle(
-                batches, list(batches.order), duplicates, settings, batches.store, report, "a1-", tmpdir()
-            )
+                batches, list(batches.order), duplicates, settings, store, report, "a1-", tmpdir(),
+                small_realtime=may_go_realtime(options),
+            )  # fmt: skip
             invalid += more
             by_provider: dict[str, int] = {}
             for batch in batches.planned.values():
@@ -444,12 +598,13 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
         )
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
-        cost = estimate.summary()
-        if cost["batch"] is None:
+        chosen = choose_lanes(settings, options, requests, now)
+        cost = estimate.summary({p: c.lane for p, c in chosen.items()})
+        if cost["total"] is None:
             unknown = ", ".join(sorted(estimate.meter.unknown))
             priced = f"cost n/a (no price for {unknown}; add it with BATCHDROP_PRICES)"
         else:
-            priced = f"batch cost ≤ ${cost['batch']:.4f} (real-time ${cost['realtime_equivalent']:.4f})"
+            priced = f"cost ≤ ${cost['total']:.4f} (all real-time ${cost['realtime_equivalent']:.4f})"
         tokens = f"input ≈ {estimate.input_tokens:,} tokens, output ≤ {estimate.output_tokens:,} tokens"
         if estimate.sampled:
             tokens += f" (from the first {EXACT_FIRST:,} requests and 1 in {SAMPLE_EVERY} after them)"
@@ -457,6 +612,14 @@ def validate(files: tuple[str, ...], on_invalid: str, folder: str | None, as_jso
             f"[bold]{path}[/]: {lines} lines, {valid} valid, {invalid} invalid · batches: {batch_plan} · "
             f"{verdict_text}\n  estimate: {tokens}, {priced}"
         )
+        for provider, choice in sorted(chosen.items()):
+            each = estimate.by_provider.get(provider)
+            money = "n/a" if each is None else f"${each:.4f}"
+            console.print(f"  lane: {provider} → [bold]{choice.lane}[/] ({escape(choice.why)}) · cost ≤ {money}")
+        if options.deadline is not None and options.lane == AUTO:
+            console.print(
+                "  a batch still unfinished near the deadline is escalated: canceled, its rest sent real-time"
+            )
         if result.file_error is not None:
             console.print(f"  [red]file error[/]: {escape(result.file_error.message)}")
         if as_json:
@@ -487,12 +650,23 @@ def emulator(
     transient_error_rate: float,
     seed: int,
     queue_limits: dict[str, int],
+    realtime_rpm: dict[str, int],
+    realtime_latency: float,
 ) -> None:
     """Serve the provider emulator alone: every provider's batch API (OpenAI's also as Azure OpenAI's),
     as the official SDKs call it."""
     from batchdrop.local.emulator import ProviderEmulator
 
-    knobs = _knobs(provider_latency, failure_rate, expire_rate, transient_error_rate, seed, queue_limits)
+    knobs = _knobs(
+        provider_latency,
+        failure_rate,
+        expire_rate,
+        transient_error_rate,
+        seed,
+        queue_limits,
+        realtime_rpm,
+        realtime_latency,
+    )
     emu = ProviderEmulator(knobs, host=host, port=port).start()
     reach = [line for plugin in emu.plugins for line in plugin.reach(emu.base_url)]
     width = max(len(what) for what, _ in reach) + 2
@@ -539,9 +713,16 @@ def _ref(stack_name: str | None, bucket: str | None, table: str | None) -> Any:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--folder", default=None, help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines).")
+@_lane_options
 @_stack_options
 def submit(
-    files: tuple[str, ...], folder: str | None, stack_name: str | None, bucket: str | None, table: str | None
+    files: tuple[str, ...],
+    folder: str | None,
+    deadline: str | None,
+    lane: str | None,
+    stack_name: str | None,
+    bucket: str | None,
+    table: str | None,
 ) -> None:
     """Upload FILES to a deployed stack's inputs/ (multipart, with progress); prints each job id."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -553,11 +734,12 @@ def submit(
         check_files(files)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
+    metadata = _metadata(deadline, lane)
     ref = _ref(stack_name, bucket, table)
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         for path in files:
             task = bar.add_task(os.path.basename(path), total=os.path.getsize(path))
-            key, job_id = ops.upload(ref, path, folder, functools.partial(bar.advance, task))
+            key, job_id = ops.upload(ref, path, folder, functools.partial(bar.advance, task), metadata)
             bar.console.print(f"{path} → s3://{ref.bucket}/{key} · job [bold]{job_id}[/]")
     console.print("Follow it with [bold]batchdrop status JOB[/].")
 

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import operator
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -97,7 +97,10 @@ class Estimate:
         self.output_tokens = 0
         self.sampled = False
         self._exact_left = exact_first
-        self._by_model: dict[str, list[int]] = {}
+        self._by_model: dict[tuple[str, str], list[int]] = {}
+        # Each provider's estimated cost in the lane it would take (None: a model without a price),
+        # filled in by `summary`.
+        self.by_provider: dict[str, float | None] = {}
 
     def add_many(self, requests: Sequence[m.Request]) -> None:
         kinds = set(map(_PROVIDER_MODEL, requests))
@@ -126,7 +129,7 @@ class Estimate:
             tokens_out += round(sample_out * len(rest) / len(sample))
         self.input_tokens += tokens_in
         self.output_tokens += tokens_out
-        totals = self._by_model.setdefault(model, [0, 0])
+        totals = self._by_model.setdefault((provider, model), [0, 0])
         totals[0] += tokens_in
         totals[1] += tokens_out
 
@@ -169,9 +172,15 @@ class Estimate:
             tokens_out = _caps(lines, bodies)
         return tokens_in, tokens_out
 
-    def summary(self) -> dict[str, float | None]:
-        for model, (tokens_in, tokens_out) in self._by_model.items():
-            self.meter.add(model, tokens_in, tokens_out)
+    def summary(self, lanes: Mapping[str, str] | None = None) -> dict[str, float | None]:
+        """The cost with each provider's requests in its lane (`lanes`; batch when not named)."""
+        lanes = lanes or {}
+        meters: dict[str, CostMeter] = {}
+        for (provider, model), (tokens_in, tokens_out) in self._by_model.items():
+            lane = lanes.get(provider, "batch")
+            self.meter.add(model, tokens_in, tokens_out, lane)
+            meters.setdefault(provider, CostMeter(self.meter.table)).add(model, tokens_in, tokens_out, lane)
+        self.by_provider = {provider: meter.summary()["total"] for provider, meter in meters.items()}
         self._by_model = {}
         return self.meter.summary()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +50,20 @@ def resolve(stack_name: str | None, bucket: str | None, table: str | None) -> St
         raise StackNotFound(f"the stack {name!r} has no output {missing}: is it a batchdrop stack?") from None
 
 
-def upload(ref: StackRef, path: str, folder: str | None, progress: Callable[[int], None]) -> tuple[str, str]:
-    """Upload a file under inputs/ (multipart for large files); returns (key, job id)."""
+def upload(
+    ref: StackRef,
+    path: str,
+    folder: str | None,
+    progress: Callable[[int], None],
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """Upload a file under inputs/ (multipart for large files), with its options as user metadata;
+    returns (key, job id)."""
     name = os.path.basename(path)
     key = f"{INPUT_PREFIX}{folder.strip('/')}/{name}" if folder else f"{INPUT_PREFIX}{name}"
     s3 = aws.client("s3")
-    s3.upload_file(path, ref.bucket, key, Callback=progress)
+    extra = {"Metadata": dict(metadata)} if metadata else None
+    s3.upload_file(path, ref.bucket, key, Callback=progress, ExtraArgs=extra)
     head = s3.head_object(Bucket=ref.bucket, Key=key)
     obj = m.InputObject(ref.bucket, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
     return key, job_id_for(obj)

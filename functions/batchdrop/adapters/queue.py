@@ -34,3 +34,10 @@ class JobQueue:
             failed = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed") or []
             if failed:
                 raise RuntimeError(f"SQS refused {len(failed)} messages: {failed[0].get('Message', failed[0])}")
+
+    def delay(self, receipt_handle: str, seconds: float) -> None:
+        """A message being handled comes back after `seconds` (at most SQS's 12 hours), not after the
+        queue's visibility timeout."""
+        self.sqs.change_message_visibility(
+            QueueUrl=self.url, ReceiptHandle=receipt_handle, VisibilityTimeout=min(43_200, max(0, int(seconds) + 1))
+        )

@@ -19,7 +19,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from batchdrop import observability as o
 from batchdrop.handlers import deps
 from batchdrop.observability import logger, metrics, tracer
-from batchdrop.realtime.worker import SAFETY_SECONDS, Run, end_finished, message_body, record_pace, run_chunk
+from batchdrop.realtime.worker import (
+    ChunkBusy,
+    Run,
+    end_finished,
+    message_body,
+    record_pace,
+    run_chunk,
+    stop_after,
+)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -27,12 +35,18 @@ from batchdrop.realtime.worker import SAFETY_SECONDS, Run, end_finished, message
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     left = context.get_remaining_time_in_millis() / 1000 if context is not None else 900.0
-    run = Run(deps(), stop_at=time.monotonic() + max(1.0, left - SAFETY_SECONDS))
+    wiring = deps()
+    run = Run(wiring, stop_at=time.monotonic() + stop_after(left))
     pending = [len(event.get("Records") or [])]
 
     async def record_handler(record: SQSRecord) -> None:
         try:
             await run_chunk(run, message_body(record.body))
+        except ChunkBusy as busy:
+            # Back when the other claim runs out, not at every visibility timeout until the DLQ.
+            if wiring.realtime is not None:
+                wiring.realtime.delay(record.receipt_handle, busy.retry_in)
+            raise
         finally:
             # The SDK clients belong to this event loop: the last chunk to end closes them in it.
             pending[0] -= 1

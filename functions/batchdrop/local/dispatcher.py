@@ -6,6 +6,10 @@
 - The completion queue: drained into the complete handler as Lambda's SQS event source mapping
   does (batches of records; the records the handler reports as failed are left for redelivery, and
   SQS's redrive policy parks a poison message in the dead-letter queue).
+- The real-time queue: drained into the realtime handler as its event source does, batches of up to
+  ten records, at most `StackOptions.realtime_invocations` invocations at once, each on its own thread
+  (so the schedule keeps ticking while they run, as in AWS); the records reported as failed come back
+  after the visibility timeout, and the redrive policy parks one that keeps failing.
 - Bedrock's job state changes: the events the emulator's Bedrock puts on the default bus, matched
   against the deployed rule's pattern (`BEDROCK_RULE`) and delivered to the function it targets (poll).
 """
@@ -34,6 +38,9 @@ Listener = Callable[[str, dict[str, Any]], None]
 # the synthesized rule against these, so the local route cannot drift from the deployed one.
 BEDROCK_RULE_PATTERN: dict[str, Any] = {"source": ["aws.bedrock"], "detail-type": ["Batch Inference Job State Change"]}
 BEDROCK_RULE_TARGET = "poll"
+# The realtime function's timeout here: shorter than the deployed one (infra/constructs/functions.py) as
+# the local clock runs fast, so that a chunk whose invocation died is claimed again within seconds.
+REALTIME_TIMEOUT_SECONDS = 30
 
 
 def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
@@ -105,6 +112,7 @@ class Dispatcher:
     invocations: list[Invocation] = field(default_factory=list)
     crashes: dict[str, int] = field(default_factory=dict)
     _webhook_server: Any = None
+    _realtime: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.chaos.seed)
@@ -134,6 +142,9 @@ class Dispatcher:
     def close(self) -> None:
         from batchdrop.handlers import use_deps
 
+        for thread in self._realtime:
+            thread.join(timeout=60)
+        self._realtime.clear()
         use_deps(None)
         if self._webhook_server is not None:
             self._webhook_server.shutdown()
@@ -286,6 +297,43 @@ class Dispatcher:
                 self._delete(s.COMPLETION_QUEUE, message)
         return len(messages)
 
+    def deliver_realtime(self, wait: bool = False) -> int:
+        """Start realtime invocations for the chunks waiting on the real-time queue, up to the event
+        source's cap on concurrent invocations; returns the messages handed out. `wait`: return only
+        once the invocations started have ended."""
+        from batchdrop.handlers.realtime import handler
+
+        self._realtime = [t for t in self._realtime if t.is_alive()]
+        handed = 0
+        while len(self._realtime) < max(1, self.stack.options.realtime_invocations):
+            # Visible again after this long if the invocation reports it failed (or dies): the event
+            # source's visibility timeout, short here as the local clock runs fast.
+            messages = self._receive(s.REALTIME_QUEUE, visibility=REALTIME_TIMEOUT_SECONDS + 5, attributes=True)
+            if not messages:
+                break
+            handed += len(messages)
+            thread = threading.Thread(target=self._run_realtime, args=(handler, messages), daemon=True)
+            thread.start()
+            self._realtime.append(thread)
+        if wait:
+            for thread in self._realtime:
+                thread.join()
+        return handed
+
+    def realtime_busy(self) -> bool:
+        return any(t.is_alive() for t in self._realtime)
+
+    def _run_realtime(self, handler: Callable[[dict[str, Any], Any], Any], messages: list[dict[str, Any]]) -> None:
+        event = {"Records": [self._sqs_record(msg, s.REALTIME_QUEUE) for msg in messages]}
+        invocation = self._invoke("realtime", handler, event, timeout_seconds=REALTIME_TIMEOUT_SECONDS)
+        if invocation.ok and isinstance(invocation.result, dict):
+            failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
+        else:
+            failed = {msg["MessageId"] for msg in messages}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                self._delete(s.REALTIME_QUEUE, message)
+
     def deliver_bedrock_events(self) -> int:
         """The Bedrock job state changes since the last call, each delivered to the rule's target when
         it matches the rule's pattern, as EventBridge's default bus does; returns events delivered."""
@@ -312,10 +360,14 @@ class Dispatcher:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _invoke(
-        self, function: str, handler: Callable[[dict[str, Any], Any], Any], event: dict[str, Any]
+        self,
+        function: str,
+        handler: Callable[[dict[str, Any], Any], Any],
+        event: dict[str, Any],
+        timeout_seconds: int = 900,
     ) -> Invocation:
         try:
-            result = handler(event, LocalContext(function))
+            result = handler(event, LocalContext(function, timeout_seconds))
             invocation = Invocation(function, True, result)
         except (Exception, LambdaCrash) as exc:  # a failed invocation is an outcome, as in Lambda
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")

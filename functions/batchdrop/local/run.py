@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ def run_files(
     keys: Sequence[str] | None = None,
     chaos: Chaos | None = None,
     webhooks: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> RunReport:
     """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/."""
     check_files(files)
@@ -78,7 +79,9 @@ def run_files(
         if webhooks:
             dispatcher.start_webhooks()
         try:
-            return _drive(stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started)
+            return _drive(
+                stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started, metadata
+            )
         finally:
             dispatcher.close()
 
@@ -94,12 +97,13 @@ def _drive(
     timeout: float,
     keys: Sequence[str] | None,
     started: float,
+    metadata: Mapping[str, str] | None = None,
 ) -> RunReport:
     store = JobStore(s.TABLE)
     jobs: list[JobView] = []
     for i, path in enumerate(files):
         key = keys[i] if keys else input_key(path, folder)
-        stack.upload(path, key)
+        stack.upload(path, key, metadata)
         head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
         obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
         jobs.append(JobView(path, key, job_id_for(obj)))
@@ -108,6 +112,7 @@ def _drive(
     deadline = time.monotonic() + timeout
     while True:
         dispatcher.deliver_uploads()
+        dispatcher.deliver_realtime()
         dispatcher.tick()
         dispatcher.deliver_completions()
         for note in dispatcher.notifications():

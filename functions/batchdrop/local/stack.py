@@ -37,7 +37,11 @@ NOTIFICATIONS_QUEUE = "batchdrop-notifications-capture"
 COMPLETION_QUEUE = "batchdrop-completion"
 COMPLETION_DLQ = "batchdrop-completion-dlq"
 SEGMENTS_QUEUE = "batchdrop-segments"
+REALTIME_QUEUE = "batchdrop-realtime"
+REALTIME_DLQ = "batchdrop-realtime-dlq"
 MAX_RECEIVE_COUNT = 3
+# A chunk of the real-time lane whose runs keep failing goes to the dead-letter queue after this many.
+REALTIME_MAX_RECEIVES = 5
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
 LOCAL_API_KEY = "local-emulator-key"
@@ -67,6 +71,17 @@ class StackOptions:
     # The emulator's clock: tests pass one they move by hand, so when a batch's requests finish does
     # not depend on how busy the machine is.
     clock: Callable[[], float] = time.time
+    # The lanes (docs/contract.md "Lanes and deadlines"): the stack's lane (None: the stack's default,
+    # auto, unless the environment sets BATCHDROP_LANE), its deadline, the auto lane's threshold and
+    # minimum batch window, the escalation margin, the real-time requests per minute per provider the
+    # functions count on (BATCHDROP_<NAME>_RPM), and how many realtime invocations run at once.
+    lane: str | None = None
+    deadline: str | None = None
+    realtime_below: int | None = None
+    min_batch_window: str | None = None
+    escalation_margin: str | None = None
+    rpm: Mapping[str, int] = field(default_factory=dict)
+    realtime_invocations: int = 4
 
 
 class LocalStack:
@@ -155,8 +170,17 @@ class LocalStack:
         s3, sqs, sns, ddb, sm = (aws.client(n) for n in ("s3", "sqs", "sns", "dynamodb", "secretsmanager"))
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ, SEGMENTS_QUEUE):
+        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ, SEGMENTS_QUEUE, REALTIME_DLQ):
             self.queue_urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
+        self.queue_urls[REALTIME_QUEUE] = sqs.create_queue(
+            QueueName=REALTIME_QUEUE,
+            Attributes={
+                "VisibilityTimeout": "30",
+                "RedrivePolicy": orjson.dumps(
+                    {"deadLetterTargetArn": self.queue_arn(REALTIME_DLQ), "maxReceiveCount": str(REALTIME_MAX_RECEIVES)}
+                ).decode(),
+            },
+        )["QueueUrl"]
         dlq_arn = self.queue_arn(COMPLETION_DLQ)
         self.queue_urls[COMPLETION_QUEUE] = sqs.create_queue(
             QueueName=COMPLETION_QUEUE,
@@ -283,6 +307,8 @@ class LocalStack:
             c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
             c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
             c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
+            c.ENV_REALTIME_QUEUE_URL: self.queue_urls[REALTIME_QUEUE],
+            c.ENV_REALTIME_INVOCATIONS: str(o.realtime_invocations),
             c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
             # As the CDK stack sets it (infra/constructs/functions.py); it only acts on a process that
             # starts with it, such as the benchmarks' handler processes.
@@ -305,6 +331,16 @@ class LocalStack:
             env.update(provider_env(provider, values))
         if o.segment_bytes is not None:
             env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
+        lanes = {
+            c.ENV_LANE: o.lane,
+            c.ENV_DEADLINE: o.deadline,
+            c.ENV_REALTIME_BELOW: None if o.realtime_below is None else str(o.realtime_below),
+            c.ENV_MIN_BATCH_WINDOW: o.min_batch_window,
+            c.ENV_ESCALATION_MARGIN: o.escalation_margin,
+        }
+        env.update({name: value for name, value in lanes.items() if value is not None})
+        for provider, rpm in o.rpm.items():
+            env.update(provider_env(provider, {"RPM": str(rpm)}))
         env.update(o.extra_env)
         return env
 
@@ -316,8 +352,10 @@ class LocalStack:
 
     # -- conveniences for the CLI and tests -----------------------------------------------------
 
-    def upload(self, path: str, key: str) -> None:
-        aws.client("s3").upload_file(path, BUCKET, key)
+    def upload(self, path: str, key: str, metadata: Mapping[str, str] | None = None) -> None:
+        """Upload a file, with user metadata (the per-file options) as `aws s3 cp --metadata` sets it."""
+        extra = {"Metadata": dict(metadata)} if metadata else None
+        aws.client("s3").upload_file(path, BUCKET, key, ExtraArgs=extra)
 
     def put(self, key: str, data: bytes) -> None:
         aws.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)

@@ -34,14 +34,27 @@ logger = Logger(service="batchdrop")
 # The SDKs' own retries of a call (429s honouring retry-after, 5xx and timeouts with backoff) before
 # the lane sees it fail; a 429 past them waits and is tried again while the invocation has time.
 SDK_RETRIES = 3
-# The invocation stops starting requests this long before its timeout, to write what it answered.
+# The invocation stops starting requests this long before its timeout (at most a fifth of it), to write
+# what it answered.
 SAFETY_SECONDS = 20.0
+
+
+def stop_after(seconds_left: float) -> float:
+    """How long an invocation with `seconds_left` may start requests."""
+    return max(1.0, seconds_left - min(SAFETY_SECONDS, seconds_left / 5))
+
+
 # What each provider's pace was learned to be, kept by a warm container for its next invocation.
 _learned: dict[str, tuple[float, float | None]] = {}
 
 
 class ChunkBusy(Exception):
-    """Another invocation runs this chunk now; its message comes back later (and finds it done)."""
+    """Another invocation runs this chunk now (or one that died held it): its message comes back once
+    that claim has run out (and finds the chunk done, or takes it)."""
+
+    def __init__(self, message: str, retry_in: float) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class Unfinished(Exception):
@@ -89,12 +102,13 @@ async def run_chunk(run: Run, body: dict[str, Any]) -> None:
     """Run one message's chunk: claim it, send what it has not answered, write, count it done."""
     deps = run.deps
     job_id, key, chunk = str(body["job_id"]), str(body["batch_key"]), int(body["chunk"])
-    lease = max(60.0, run.stop_at - time.monotonic() + SAFETY_SECONDS * 2)
+    # Held for the rest of the invocation: a run cut short gives it back, one that dies lets it run out.
+    lease = run.stop_at - time.monotonic() + SAFETY_SECONDS
     claim = await asyncio.to_thread(deps.store.claim_chunk, job_id, key, chunk, run.owner, deps.clock(), lease)
     if claim == "done":
         return
     if claim == "busy":
-        raise ChunkBusy(f"chunk {chunk} of {key} is being run by another invocation")
+        raise ChunkBusy(f"chunk {chunk} of {key} is being run by another invocation", lease)
     batch = await _batch(run, job_id, key)
     if batch is None or batch.get("status") in m.TERMINAL_BATCH_STATES or batch.get("rt_canceled"):
         # Canceled (or gone): nothing more is started for it; what was answered is kept.
