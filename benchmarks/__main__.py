@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from benchmarks.realtime import bench_deadline, bench_realtime  # noqa: E402 — after ROOT, for the sys.path
+
 MB = 1024 * 1024
 
 
@@ -487,9 +490,11 @@ def main() -> None:
             ("held calls", lambda: bench_held_calls(rows)),
             ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),
             ("submit memory", lambda: bench_submit_memory(rows, Path(tmp), args.quick)),
+            ("deadline", lambda: bench_deadline(rows, Path(tmp))),
         ]
         if not args.quick:
             steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))
+            steps.append(("realtime", lambda: bench_realtime(rows, Path(tmp))))
         for name, step in steps:
             if args.only and name not in args.only:
                 continue

@@ -262,6 +262,8 @@ class Emulator:
                 ],
                 "batches_created": dict(self._batches_created),
                 "requests_submitted": dict(self._requests_submitted),
+                # Every real-time call, with the status it was answered (429s included).
+                "realtime_calls": [dict(c) for c in self._rt_calls],
             }
 
     # -- the real-time endpoints, for the plugins ----------------------------------------------------
