@@ -7,7 +7,8 @@ refused and failed requests, expired batches and transient HTTP errors. Outcomes
 of (seed, batch id, custom_id), so the same seed and the same submissions give the same outcomes.
 
 The package is a core (`core`: the server, routing, the lock, the clock, ids and fault injection), the
-pieces every provider shares (`batches`, `canned`, `web`), and one plugin per provider (`openai`,
+pieces every provider shares (`batches`, `canned`, `web`, and `realtime` for the real-time endpoints'
+rate limit, failures and record), and one plugin per provider (`openai`,
 `anthropic`, `bedrock`, `gemini`). `ProviderEmulator` installs the plugin each registered provider's
 spec names (batchdrop.providers.SPECS), so a new provider's plugin needs no line here.
 """

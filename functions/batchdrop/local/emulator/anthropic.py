@@ -15,12 +15,25 @@ The queue limit (docs.anthropic.com/en/api/rate-limits, "Message Batches API": a
 requests in the processing queue, across the organisation's batches) is ``max_queued_requests``: a
 create that would put more requests in progress than that is a 429 ``rate_limit_error``. Off (None)
 unless a test or the local stack sets it; Anthropic's Tier 1 limit is 100,000.
+
+The Messages API itself (``POST /v1/messages``) is served for the real-time lane: its params are
+checked as a batch request's are (`params_problem`, a 400 ``invalid_request_error`` here, as the API
+answers at once), and the answer is the batch result's message on the standard tier. Its rate-limit
+headers are Anthropic's (docs.anthropic.com/en/api/rate-limits, "Response headers"):
+``anthropic-ratelimit-requests-limit``, ``-remaining``, and ``-reset`` ("the time when the rate limit
+will be fully replenished, provided in RFC 3339 format"); a 429 adds ``retry-after``, "the number of
+seconds to wait until you can retry the request", and ``x-should-retry: true`` (seen on Anthropic's
+429s in anthropics/anthropic-sdk-typescript issue 357, which the SDKs obey: _base_client.py
+`_should_retry`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,7 +41,8 @@ from werkzeug.wrappers import Request, Response
 
 from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, anthropic_message, hex_id, iso
-from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.core import Admission, Emulator, Plugin, Route
+from batchdrop.local.emulator.realtime import read_call, serve_call, whole_seconds
 from batchdrop.local.emulator.web import (
     MB,
     ClientError,
@@ -84,6 +98,7 @@ class AnthropicEmulation(Plugin):
             ("DELETE", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)"), self._delete_batch),
             ("POST", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
             ("GET", re.compile(r"/v1/messages/batches/(?P<batch_id>[^/]+)/results"), self._results),
+            ("POST", re.compile(r"/v1/messages"), self._create_message),
         ]
 
     def reach(self, base_url: str) -> list[tuple[str, str]]:
@@ -95,6 +110,54 @@ class AnthropicEmulation(Plugin):
     def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
         error = {"type": _ERROR_TYPES.get(problem.status, "api_error"), "message": problem.message}
         return json_response({"type": "error", "error": error}, problem.status, headers)
+
+    # -- real time: the Messages API ----------------------------------------------------------------
+
+    def _create_message(self, request: Request) -> Response:
+        params, key, problem = read_call(request)
+        if params is not None:
+            found = params_problem(params)
+            if found is not None:
+                problem = ClientError(400, found)
+            elif params.get("stream"):
+                # Not a refusal the API makes: the emulator has no server-sent events to answer with.
+                problem = ClientError(400, "stream: the emulator does not stream; send stream: false")
+        return serve_call(
+            self,
+            key,
+            problem,
+            functools.partial(self._message, params or {}),
+            limited=self._rate_limited,
+            rate_headers=self._rate_headers,
+        )
+
+    def _message(self, params: dict[str, Any]) -> dict[str, Any]:
+        # A key per call, not per body: every message has its own id, as the API's do.
+        message, _, _ = anthropic_message(params, f"realtime/{self.emulator.next_id('realtime-call')}")
+        # Real time runs on the standard tier; the batch result says "batch" (anthropic/types/usage.py:
+        # service_tier is "standard", "priority" or "batch").
+        message["usage"]["service_tier"] = "standard"
+        return message
+
+    def _rate_headers(self, admission: Admission) -> dict[str, str]:
+        # Whole seconds, as Anthropic's own values are ("2024-03-26T20:00:00Z" in issue 357), rounded up.
+        reset = datetime.fromtimestamp(math.ceil(self.emulator.now() + admission.reset_seconds), tz=UTC)
+        return {
+            "anthropic-ratelimit-requests-limit": str(admission.limit),
+            "anthropic-ratelimit-requests-remaining": str(admission.remaining),
+            "anthropic-ratelimit-requests-reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def _rate_limited(self, admission: Admission) -> Response:
+        # The message is modelled on Anthropic's per-minute 429s ("Number of request tokens has exceeded
+        # your per-minute rate limit (https://docs.anthropic.com/en/api/rate-limits) ...").
+        message = (
+            f"This request would exceed your organization's rate limit of {admission.limit} requests per "
+            "minute (https://docs.anthropic.com/en/api/rate-limits); see the response headers for current "
+            "usage. Please try again later."
+        )
+        headers = {"retry-after": str(whole_seconds(admission.reset_seconds)), "x-should-retry": "true"}
+        return self.error(ClientError(429, message), headers)
 
     # -- message batches --------------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ them (one token per four characters of the text the answer echoes, `canned.token
 would take the model's enqueued tokens past the limit ends ``failed`` with ``token_limit_exceeded``
 (OpenAI) or is refused at create with a 400 of that code (Azure's "fail fast").
 
+The real-time endpoints the batch lines name (``POST /v1/chat/completions``, ``/v1/responses``,
+``/v1/embeddings``, ``/v1/completions``, ``/v1/moderations``; Azure's under ``/openai/``, see
+`AzureOpenAIEmulation`) answer one request at once with the same body builder and the same body check
+(a 400 in OpenAI's error shape), under the emulator's requests-per-minute window: a 429 past it, and
+OpenAI's x-ratelimit-*-requests headers on every answer (batchdrop.local.emulator.realtime).
+
 When ``webhook_url`` and ``webhook_secret`` are set, a batch that ends is announced with a signed
 ``batch.<status>`` event (Standard Webhooks), as a project's webhook endpoint receives it at OpenAI.
 """
@@ -21,8 +27,10 @@ When ``webhook_url`` and ``webhook_secret`` are set, a batch that ends is announ
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import math
 import re
 import struct
 import time
@@ -47,7 +55,8 @@ from batchdrop.local.emulator.canned import (
     tokens,
     unit,
 )
-from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.core import Admission, Emulator, Plugin, Route
+from batchdrop.local.emulator.realtime import read_call, serve_call, whole_seconds
 from batchdrop.local.emulator.web import (
     MB,
     ClientError,
@@ -349,6 +358,23 @@ def embedding_inputs(given: Any) -> int:
     return 1
 
 
+def go_duration(seconds: float) -> str:
+    """A wait as Go's time.Duration prints it, the format of OpenAI's x-ratelimit-reset-* headers ("1s",
+    "6m0s" in its rate-limit guide; "12ms" in accounts' answers), rounded up to the millisecond."""
+    ms = max(0, math.ceil(seconds * 1000))
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, fraction = divmod(rest, 1000)
+    secs = f"{whole}.{fraction:03d}".rstrip("0") if fraction else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
 _ANSWERS: dict[str, Callable[[dict[str, Any], str, int], tuple[dict[str, Any], int, int]]] = {
     "/v1/chat/completions": _chat_completion,
     "/v1/responses": _response,
@@ -406,6 +432,8 @@ class OpenAIEmulation(Plugin):
     creates = re.compile(r"/v1/batches")
     # The range `expires_after.seconds` and `output_expires_after.seconds` must be in.
     expiry_seconds = OPENAI_EXPIRY_SECONDS
+    # The `code` of a real-time call's 429.
+    rate_limit_code = "rate_limit_exceeded"
 
     def __init__(self, emulator: Emulator) -> None:
         super().__init__(emulator)
@@ -447,6 +475,14 @@ class OpenAIEmulation(Plugin):
             ("GET", re.compile(rf"{root}/batches"), self._list_batches),
             ("GET", re.compile(rf"{root}/batches/(?P<batch_id>[^/]+)"), self._retrieve_batch),
             ("POST", re.compile(rf"{root}/batches/(?P<batch_id>[^/]+)/cancel"), self._cancel_batch),
+            *self.realtime_routes(),
+        ]
+
+    def realtime_routes(self) -> list[Route]:
+        """The real-time endpoints a batch line's `url` names, each at that path."""
+        return [
+            ("POST", re.compile(re.escape(endpoint)), functools.partial(self._realtime_call, endpoint=endpoint))
+            for endpoint in ENDPOINTS
         ]
 
     def reach(self, base_url: str) -> list[tuple[str, str]]:
@@ -520,6 +556,84 @@ class OpenAIEmulation(Plugin):
                     self.webhooks_sent += 1
                 except OSError:
                     pass  # like OpenAI's, a failed delivery is not retried here; the poll still finds the batch
+
+    # -- real time ----------------------------------------------------------------------------------
+
+    def _realtime_call(self, request: Request, endpoint: str, deployment: str | None = None) -> Response:
+        """One request to a real-time endpoint (`endpoint`: the batch `url` it answers as; `deployment`:
+        Azure's, from the path), checked as a batch request's body is (`body_error`) and answered with
+        the same body builder (see batchdrop.local.emulator.realtime for the rest)."""
+        body, key, problem = read_call(request)
+        if body is not None:
+            if deployment is not None:
+                # Azure takes the deployment from the path; the body's model, if any, is not used.
+                body = {**body, "model": deployment}
+            problem = self._call_problem(endpoint, body)
+        model = str((body or {}).get("model") or "the model")
+        return serve_call(
+            self,
+            key,
+            problem,
+            functools.partial(self._call_answer, endpoint, body or {}),
+            limited=functools.partial(self._rate_limited, request, endpoint, model),
+            rate_headers=self._rate_headers,
+        )
+
+    @staticmethod
+    def _call_problem(endpoint: str, body: dict[str, Any]) -> ClientError | None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            # The batch side's line check, as the API words a missing parameter (body_error).
+            return ClientError(400, "Missing required parameter: 'model'.", "model", "missing_required_parameter")
+        if body.get("stream"):
+            # Not a refusal the API makes: the emulator has no server-sent events to answer with.
+            return ClientError(400, "The emulator does not stream: send 'stream': false.", "stream", "unsupported")
+        error = body_error(endpoint, body)
+        if error is not None:
+            return ClientError(400, error["message"], error["param"], error["code"])
+        return None
+
+    def _call_answer(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        # A key per call, not per body: every answer has its own id, as the API's do.
+        key = f"realtime/{self.emulator.next_id('realtime-call')}"
+        reply, _, _ = _ANSWERS[endpoint](body, key, int(self.emulator.now()))
+        return reply
+
+    def _rate_headers(self, admission: Admission) -> dict[str, str]:
+        """OpenAI's requests-per-minute headers (platform.openai.com/docs/guides/rate-limits, "Rate limits
+        in headers": x-ratelimit-limit-requests 60, x-ratelimit-remaining-requests 59,
+        x-ratelimit-reset-requests 1s, "the time until the rate limit (based on requests) resets")."""
+        return {
+            "x-ratelimit-limit-requests": str(admission.limit),
+            "x-ratelimit-remaining-requests": str(admission.remaining),
+            "x-ratelimit-reset-requests": self.reset_text(admission.reset_seconds),
+        }
+
+    def reset_text(self, seconds: float) -> str:
+        return go_duration(seconds)
+
+    def retry_headers(self, seconds: float) -> dict[str, str]:
+        """A 429's wait: `retry-after`, whole seconds (openai/openai-openapi PR 564 documents it as an
+        optional integer number of seconds on rate-limit 429s; the SDK honours it, _base_client.py
+        `_parse_retry_after_header`)."""
+        return {"retry-after": str(whole_seconds(seconds))}
+
+    def limit_message(self, request: Request, endpoint: str, model: str, admission: Admission) -> str:
+        # OpenAI's wording for a requests-per-minute 429, as accounts quote it: "Rate limit reached for
+        # gpt-4o-mini in organization org-... on requests per min (RPM): Limit 3, Used 3, Requested 1.
+        # Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more."
+        return (
+            f"Rate limit reached for {model} in organization org-emulator on requests per min (RPM): "
+            f"Limit {admission.limit}, Used {admission.limit}, Requested 1. Please try again in "
+            f"{go_duration(admission.reset_seconds)}. Visit https://platform.openai.com/account/rate-limits "
+            "to learn more."
+        )
+
+    def _rate_limited(self, request: Request, endpoint: str, model: str, admission: Admission) -> Response:
+        # The error object of a rate-limit 429: type "requests", code "rate_limit_exceeded" (`error`).
+        message = self.limit_message(request, endpoint, model, admission)
+        problem = ClientError(429, message, None, self.rate_limit_code)
+        return self.error(problem, self.retry_headers(admission.reset_seconds))
 
     # -- OpenAI files -----------------------------------------------------------------------------
 
@@ -1058,6 +1172,13 @@ class AzureOpenAIEmulation(OpenAIEmulation):
     - over the enqueued-token quota, "fail fast" regions refuse `batches.create` with a 400
       `token_limit_exceeded` (Microsoft Q&A 2285577 quotes the message);
     - some API versions' samples show `created_at` as an ISO 8601 string (`iso_created_at`).
+
+    Its real-time endpoints are where ``AsyncAzureOpenAI`` sends them (openai-python lib/azure.py,
+    ``_deployments_endpoints``): chat completions, completions and embeddings under
+    ``/openai/deployments/{deployment}/``, and the Responses API at ``/openai/responses`` (the body's
+    model names the deployment). Azure has no moderations endpoint. Every path needs ``?api-version=``:
+    without it Azure answers 404 ``{"error": {"code": "404", "message": "Resource not found"}}``
+    (MicrosoftDocs/azure-docs issue 114602; the body as BerriAI/litellm issue 8572 quotes it).
     """
 
     provider = "azure"
@@ -1075,6 +1196,68 @@ class AzureOpenAIEmulation(OpenAIEmulation):
 
     def reach(self, base_url: str) -> list[tuple[str, str]]:
         return [("Azure endpoint", f"{base_url} (AzureOpenAI(azure_endpoint=...))")]
+
+    def routes(self) -> list[Route]:
+        return [(method, pattern, self._versioned(handler)) for method, pattern, handler in super().routes()]
+
+    def realtime_routes(self) -> list[Route]:
+        deployment = r"/openai/deployments/(?P<deployment>[^/]+)"
+        call = self._realtime_call
+        return [
+            *(
+                ("POST", re.compile(rf"{deployment}/{name}"), functools.partial(call, endpoint=f"/v1/{name}"))
+                for name in ("chat/completions", "completions", "embeddings")
+            ),
+            ("POST", re.compile(r"/openai/responses"), functools.partial(call, endpoint="/v1/responses")),
+        ]
+
+    @staticmethod
+    def _versioned(handler: Callable[..., Response]) -> Callable[..., Response]:
+        def versioned(request: Request, **kwargs: Any) -> Response:
+            if not request.args.get("api-version"):
+                raise ClientError(404, "Resource not found", None, "404")
+            return handler(request, **kwargs)
+
+        return versioned
+
+    def error(self, problem: ClientError, headers: dict[str, str] | None = None) -> Response:
+        if problem.kind is not None and problem.kind.isdigit():
+            # Azure's own answers (a missing version, its rate limits) carry the status as the code and
+            # no type or param: {"error": {"code": "429", "message": "..."}} (see the class).
+            return json_response({"error": {"code": problem.kind, "message": problem.message}}, problem.status, headers)
+        return super().error(problem, headers)
+
+    # Azure's real-time 429: the status as the code (Microsoft Q&A 2140040 and openai/openai-node issue
+    # 1108 quote the body).
+    rate_limit_code = "429"
+
+    def reset_text(self, seconds: float) -> str:
+        # Whole seconds, not OpenAI's durations: "x-ratelimit-reset-tokens usually gives me an int in
+        # seconds" (Microsoft Q&A 5625878, openai/openai-dotnet issue 838).
+        return str(math.ceil(seconds))
+
+    def retry_headers(self, seconds: float) -> dict[str, str]:
+        """Azure sends the wait in whole seconds, `retry-after` (its 429s as Microsoft Q&A threads show
+        them), and in milliseconds, `retry-after-ms`: Azure's throttling convention, which azure-core's
+        throttling policy reads ("retry-after-ms", "x-ms-retry-after-ms", "Retry-After") and openai-python
+        prefers to `retry-after` (_base_client.py `_parse_retry_after_header`)."""
+        return {"retry-after-ms": str(max(1, math.ceil(seconds * 1000))), "retry-after": str(whole_seconds(seconds))}
+
+    def limit_message(self, request: Request, endpoint: str, model: str, admission: Admission) -> str:
+        # Azure's wording, as Microsoft Q&A 2140040 and openai/openai-node issue 1108 quote it for chat
+        # completions' token limit ("ChatCompletions_Create ... have exceeded token rate limit"); the
+        # requests-per-minute one and the other operations' names are modelled on it.
+        operation = {
+            "/v1/chat/completions": "ChatCompletions_Create",
+            "/v1/completions": "Completions_Create",
+            "/v1/embeddings": "Embeddings_Create",
+        }.get(endpoint, "Responses_Create")
+        return (
+            f"Requests to the {operation} Operation under Azure OpenAI API version "
+            f"{request.args.get('api-version')} have exceeded call rate limit of your current OpenAI S0 pricing "
+            f"tier. Please retry after {whole_seconds(admission.reset_seconds)} seconds. Please go here: "
+            "https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."
+        )
 
     def workers(self) -> list[Callable[[], None]]:
         return []  # Azure's batches send no webhooks
