@@ -20,12 +20,14 @@ TABLE_PARTITION_KEY = "pk"
 TABLE_SORT_KEY = "sk"
 TABLE_TTL_ATTRIBUTE = "expires_at"
 
-# The three functions, each named by its module in batchdrop.handlers.
+# The functions, each named by its module in batchdrop.handlers.
 SUBMIT = "submit"
 POLL = "poll"
 COMPLETE = "complete"
 # The fourth, behind a function URL: OpenAI's webhooks (only when OpenAI is enabled).
 WEBHOOK = "webhook"
+# The real-time lane's worker: runs the chunks of a real-time batch from its queue.
+REALTIME = "realtime"
 
 
 def handler(function: str) -> str:

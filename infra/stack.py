@@ -7,8 +7,8 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from infra.constructs.bedrock import BedrockBatch
-from infra.constructs.functions import COMPLETE, SUBMIT, Functions
+from infra.constructs.bedrock import BedrockBatch, allow_invoke
+from infra.constructs.functions import COMPLETE, REALTIME, SUBMIT, Functions
 from infra.constructs.messaging import Messaging
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.scheduling import Scheduling
@@ -26,7 +26,13 @@ class BatchdropStack(Stack):
 
         self.storage = Storage(self, "Storage", settings=settings)
         self.state = State(self, "State")
-        self.messaging = Messaging(self, "Messaging", complete_timeout=COMPLETE.timeout, submit_timeout=SUBMIT.timeout)
+        self.messaging = Messaging(
+            self,
+            "Messaging",
+            complete_timeout=COMPLETE.timeout,
+            submit_timeout=SUBMIT.timeout,
+            realtime_timeout=REALTIME.timeout,
+        )
         self.secrets = Secrets(self, "Secrets", settings=settings)
         self.bedrock = (
             BedrockBatch(self, "Bedrock", bucket=self.storage.bucket) if "bedrock" in settings.providers else None
@@ -41,6 +47,7 @@ class BatchdropStack(Stack):
             completion_queue=self.messaging.completion_queue,
             segments_queue=self.messaging.segments_queue,
             submit_dlq=self.messaging.submit_dlq,
+            realtime_queue=self.messaging.realtime_queue,
             secrets=self.secrets.by_provider,
             webhook_secret=self.secrets.openai_webhook,
             provider_values={"bedrock": {"ROLE_ARN": self.bedrock.service_role.role_arn}} if self.bedrock else None,
@@ -49,6 +56,8 @@ class BatchdropStack(Stack):
             # Submit creates jobs, poll looks at (and stops) them, complete resubmits what expired.
             self.bedrock.allow((self.functions.submit, self.functions.poll, self.functions.complete))
             self.bedrock.on_state_change(self.functions.poll)
+            # The real-time lane calls InvokeModel itself, on the models the deployment names.
+            allow_invoke(self.functions.realtime, settings.bedrock_models)
         self.storage.notify_on_upload(self.functions.submit)
         self.scheduling = Scheduling(
             self, "Scheduling", poll=self.functions.poll, rate_minutes=settings.poll_rate_minutes
@@ -62,9 +71,11 @@ class BatchdropStack(Stack):
                 "Completion": self.messaging.completion_dlq,
                 "Submit": self.messaging.submit_dlq,
                 "Segments": self.messaging.segments_dlq,
+                "Realtime": self.messaging.realtime_dlq,
             },
             functions=self.functions.all,
             poll=self.functions.poll,
+            realtime_queue=self.messaging.realtime_queue,
         )
         acknowledge_cdk_internals(self)
 

@@ -1,5 +1,6 @@
 """Amazon Bedrock batch inference: the service role its jobs run as, what our functions need to run
-jobs, and the EventBridge rule that makes a job's state change looked at at once.
+jobs, and the EventBridge rule that makes a job's state change looked at at once; and the real-time
+lane's InvokeModel, on the models the deployment names only.
 
 Bedrock reads each job's records from, and writes its results to, work/ in our bucket; the role may
 do exactly that, and invoke foundation models (directly or through cross-region inference profiles).
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aws_cdk import Aws, CfnElement, Duration, Stack
+from aws_cdk import Annotations, Aws, CfnElement, Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -18,9 +19,15 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from batchdrop import config
+from infra.settings import BEDROCK_MODEL_ID
 from infra.suppressions import acknowledge
 
 STATE_CHANGE = "Batch Inference Job State Change"
+# Also what the Converse API is authorized by (ConverseStream and InvokeModelWithResponseStream are
+# bedrock:InvokeModelWithResponseStream, which the real-time lane does not call).
+INVOKE_ACTION = "bedrock:InvokeModel"
+# The geography of a global cross-region inference profile ("global.anthropic.claude-...").
+GLOBAL = "global"
 JOB_ACTIONS = (
     "bedrock:CreateModelInvocationJob",
     "bedrock:GetModelInvocationJob",
@@ -44,6 +51,14 @@ JOBS_REASON = (
 WORK_REASON = (
     "Bedrock reads a job's records from, and writes its results to, objects under work/ in our bucket "
     "(s3:GetObject, s3:PutObject; listing only with an s3:prefix under work/)."
+)
+
+
+ROUTED_MODEL_REASON = (
+    "A cross-region inference profile (bedrock_models) runs its model in whichever region of its geography "
+    "Bedrock picks, and IAM checks the foundation model there: the region is a wildcard, the model id is the "
+    "profile's own, and the statement holds only under the condition bedrock:InferenceProfileArn = one of "
+    "the configured profiles."
 )
 
 
@@ -130,6 +145,56 @@ class BedrockBatch(Construct):
         )
         rule.add_target(targets.LambdaFunction(poll, retry_attempts=2, max_event_age=Duration.hours(1)))
         return rule
+
+
+def allow_invoke(fn: lambda_.Function, models: Iterable[str]) -> None:
+    """bedrock:InvokeModel (and so Converse) on exactly these models, for the real-time lane.
+
+    A model id (`amazon.nova-lite-v1:0`) is this region's foundation model. A cross-region inference
+    profile (`us.anthropic.claude-...`: a geography, then the model id) is the profile in this region
+    and account, and the model in every region the profile may route to (AWS's documented policy for
+    geographic and global profiles), allowed only through the configured profiles."""
+    partition, region, account = Aws.PARTITION, Aws.REGION, Aws.ACCOUNT_ID
+    direct: list[str] = []
+    profiles: list[str] = []
+    routed: list[str] = []
+    for model in models:
+        match = BEDROCK_MODEL_ID.fullmatch(model)
+        assert match, model  # checked by DeploySettings
+        if match["geography"]:
+            profiles.append(f"arn:{partition}:bedrock:{region}:{account}:inference-profile/{model}")
+            routed.append(f"arn:{partition}:bedrock:*::foundation-model/{match['model']}")
+            if match["geography"] == GLOBAL:
+                # AWS documents a global profile's destination as the model with no region at all.
+                routed.append(f"arn:{partition}:bedrock:::foundation-model/{match['model']}")
+        else:
+            direct.append(f"arn:{partition}:bedrock:{region}::foundation-model/{model}")
+    if not direct and not profiles:
+        Annotations.of(fn).add_warning_v2(
+            "batchdrop:bedrock-models",
+            "Bedrock is enabled but bedrock_models is empty: the realtime function may invoke no Bedrock "
+            "model, and Bedrock requests on the real-time lane fail with AccessDenied. List the model ids "
+            "(and cross-region inference profile ids) the lane may run in the context value bedrock_models.",
+        )
+        return
+    fn.add_to_role_policy(iam.PolicyStatement(actions=[INVOKE_ACTION], resources=[*direct, *profiles]))
+    if routed:
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[INVOKE_ACTION],
+                resources=list(dict.fromkeys(routed)),
+                conditions={"ArnEquals": {"bedrock:InferenceProfileArn": profiles}},
+            )
+        )
+        acknowledge(
+            fn.role or fn,
+            "AwsSolutions-IAM5",
+            ROUTED_MODEL_REASON,
+            *(
+                f"Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/{model}"
+                for model in dict.fromkeys(r.rpartition("/")[2] for r in routed if ":*::" in r)
+            ),
+        )
 
 
 def _bucket_id(bucket: s3.IBucket) -> str:

@@ -1,7 +1,8 @@
-"""The three functions, built by one helper from their handler names, and what each may touch."""
+"""The functions, built by one helper from their handler names, and what each may touch."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -74,10 +75,36 @@ WEBHOOK = FunctionSpec(
     # functions (and the account's other workloads) need. OpenAI retries a throttled delivery.
     reserved_concurrency=5,
 )
+REALTIME = FunctionSpec(
+    names.REALTIME,
+    "Runs chunks of a real-time batch's requests on the providers' real-time APIs",
+    memory_mb=1024,
+    # One message's chunk of requests, run at once per provider: minutes at most (the realtime queue's
+    # visibility timeout is six times this; infra/constructs/messaging.py).
+    timeout=Duration.minutes(3),
+)
 # What the webhook's code path does to the table (look_at_provider_batch → look_at_batch →
 # hand_over_if_done): read the registry, the batch and the job, query one job's batches (on the
 # table, not its index), and make conditional updates. Never a put, a delete or a scan.
 WEBHOOK_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem")
+# What the realtime function's code path does to the table (batchdrop.realtime.worker): claim and
+# release a chunk (conditional updates, a consistent read), count it done on its batch (one
+# TransactWriteItems of two updates), record the lane's pace (a put), and at a batch's last chunk end
+# it and hand its job to completion as the poll would (read the batch and job, query one job's
+# batches on the table, conditional updates). Never the index, a delete or a scan. DynamoDB has no IAM
+# action for TransactWriteItems: each of its items is authorized as what it is (Update: UpdateItem;
+# a ConditionCheck would need dynamodb:ConditionCheckItem, a Delete DeleteItem).
+REALTIME_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
+# It reads a batch's files and writes its chunks' results, all under work/. And it lists the bucket:
+# without s3:ListBucket, S3 answers a GetObject of a missing key (a chunk's result file before the
+# chunk's first run) with 403 AccessDenied instead of 404 NoSuchKey, which the code relies on. (The
+# other functions have it through CDK's s3:List*.)
+REALTIME_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
+LIST_BUCKET = "s3:ListBucket"
+# SQS messages per realtime invocation (the most SQS gives without a batching window): each message is
+# a chunk, and the function answers which chunks failed (ReportBatchItemFailures), so one chunk's
+# failure sends back only that chunk. No batching window: a real-time chunk should not wait for company.
+REALTIME_BATCH_SIZE = 10
 MALLOC_ARENA_MAX = "2"
 # SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
 COMPLETION_BATCH_SIZE = 1
@@ -98,6 +125,10 @@ TOPIC_KEY_REASON = (
     "kms:GenerateDataKey* is what publishing to the KMS-encrypted notification topic needs; "
     "the statement's resource is the topics' key only."
 )
+WORK_OBJECTS_REASON = (
+    "The realtime function gets and puts objects under work/ only (a batch's files, its chunks' results): "
+    "the resource is that prefix of our bucket, the actions s3:GetObject and s3:PutObject."
+)
 XRAY_REASON = (
     "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no resource-level "
     "permissions, so their resource is '*'; no other action has a '*' resource (tests/infra checks)."
@@ -112,6 +143,7 @@ def environment(
     topic: sns.ITopic,
     completion_queue: sqs.IQueue,
     segments_queue: sqs.IQueue,
+    realtime_queue: sqs.IQueue,
     secrets: Mapping[str, secretsmanager.ISecret],
     provider_values: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
@@ -125,6 +157,7 @@ def environment(
         config.ENV_TOPIC_ARN: topic.topic_arn,
         config.ENV_COMPLETION_QUEUE_URL: completion_queue.queue_url,
         config.ENV_SUBMIT_QUEUE_URL: segments_queue.queue_url,
+        config.ENV_REALTIME_QUEUE_URL: realtime_queue.queue_url,
         config.ENV_ON_INVALID: settings.on_invalid,
         config.ENV_MAX_ATTEMPTS: str(settings.max_attempts),
         config.ENV_PROVIDERS: ",".join(settings.providers),
@@ -137,6 +170,7 @@ def environment(
         # glibc gives each thread its own malloc arena; s3transfer's upload threads then leave freed
         # memory spread over many of them, and a long submit's RSS creeps up with the file size.
         "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
+        **lane_environment(settings),
     }
     for provider in settings.providers:
         limits = settings.limits.get(provider, LimitOverride())
@@ -149,6 +183,30 @@ def environment(
         }
         env.update(provider_env(provider, values))
     return env
+
+
+def lane_environment(settings: DeploySettings) -> dict[str, str]:
+    """The real-time lane's settings, every one set (the defaults are batchdrop.config's, through
+    DeploySettings), except a deadline and prefix defaults a deployment does not give."""
+    env = {
+        config.ENV_LANE: settings.lane,
+        config.ENV_REALTIME_BELOW: str(settings.realtime_below),
+        config.ENV_MIN_BATCH_WINDOW: _seconds(settings.min_batch_window_seconds),
+        config.ENV_REALTIME_CHUNK: str(settings.realtime_chunk),
+        config.ENV_REALTIME_CONCURRENCY: str(settings.realtime_concurrency),
+        config.ENV_REALTIME_INVOCATIONS: str(settings.realtime_invocations),
+        config.ENV_ESCALATION_MARGIN: _seconds(settings.escalation_margin_seconds),
+    }
+    if settings.deadline is not None:
+        env[config.ENV_DEADLINE] = settings.deadline
+    if settings.prefix_defaults:
+        env[config.ENV_PREFIX_DEFAULTS] = json.dumps(settings.prefix_defaults, separators=(",", ":"), sort_keys=True)
+    return env
+
+
+def _seconds(value: float) -> str:
+    """A duration in seconds as batchdrop.config.parse_duration reads it: "3600", or "0.5"."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 class Functions(Construct):
@@ -164,6 +222,7 @@ class Functions(Construct):
         completion_queue: sqs.IQueue,
         segments_queue: sqs.IQueue,
         submit_dlq: sqs.IQueue,
+        realtime_queue: sqs.IQueue,
         secrets: Mapping[str, secretsmanager.ISecret],
         webhook_secret: secretsmanager.ISecret | None = None,
         provider_values: Mapping[str, Mapping[str, str]] | None = None,
@@ -172,7 +231,7 @@ class Functions(Construct):
         self.webhook: lambda_.Function | None = None
         self.webhook_url: lambda_.FunctionUrl | None = None
         self._settings = settings
-        self._code = function_code(RUNTIME)  # one asset, bundled once, for all three
+        self._code = function_code(RUNTIME)  # one asset, bundled once, for all of them
         self._environment = environment(
             settings,
             bucket=bucket,
@@ -180,6 +239,7 @@ class Functions(Construct):
             topic=topic,
             completion_queue=completion_queue,
             segments_queue=segments_queue,
+            realtime_queue=realtime_queue,
             secrets=secrets,
             provider_values=provider_values,
         )
@@ -208,7 +268,7 @@ class Functions(Construct):
         self._grant_objects(self.submit, bucket, read=[inputs], read_write=[work], put=[outputs])
         self._grant_objects(self.poll, bucket, read_write=[work])
         self._grant_objects(self.complete, bucket, read_write=[work], put=[outputs])
-        for fn in self.all:
+        for fn in (self.submit, self.poll, self.complete):
             table.grant_read_write_data(fn)
             topic.grant_publish(fn)
             for secret in secrets.values():
@@ -218,6 +278,13 @@ class Functions(Construct):
                 self._acknowledge(fn, "Action::kms:GenerateDataKey*", reason=TOPIC_KEY_REASON)
         # Completion consumes the queue through its event source (which grants receive and delete).
         completion_queue.grant_send_messages(self.poll)
+
+        # The real-time lane: submit and complete send a real-time batch's chunks to its queue.
+        realtime_queue.grant_send_messages(self.submit)
+        realtime_queue.grant_send_messages(self.complete)
+        self.realtime = self._realtime(
+            realtime_queue, bucket=bucket, table=table, completion_queue=completion_queue, secrets=secrets
+        )
 
         # OpenAI calls this URL; AWS_IAM auth is not something OpenAI can sign, so the function checks
         # OpenAI's own signature (and refuses anything else) before it reads anything.
@@ -235,7 +302,44 @@ class Functions(Construct):
 
     @property
     def all(self) -> tuple[lambda_.Function, ...]:
-        return (self.submit, self.poll, self.complete, *([self.webhook] if self.webhook else []))
+        return (self.submit, self.poll, self.complete, self.realtime, *([self.webhook] if self.webhook else []))
+
+    def _realtime(
+        self,
+        queue: sqs.IQueue,
+        *,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        completion_queue: sqs.IQueue,
+        secrets: Mapping[str, secretsmanager.ISecret],
+    ) -> lambda_.Function:
+        """The real-time lane's worker, fed by its queue, and what its code path touches, each by a
+        statement of its own: CDK's grant_read_write on the bucket or the table would add deletes,
+        s3:GetBucket*, the object-lock and tagging puts, and the table's indexes."""
+        fn = self._function(REALTIME)
+        fn.add_event_source(
+            event_sources.SqsEventSource(
+                queue,
+                batch_size=REALTIME_BATCH_SIZE,
+                # It answers Powertools' partial batch response: only the failed chunks come back.
+                report_batch_item_failures=True,
+                # The lane's bound on parallel invocations (each runs its chunks' requests at once,
+                # BATCHDROP_REALTIME_CONCURRENCY per provider); the function reads the same number.
+                max_concurrency=self._settings.realtime_invocations,
+            )
+        )
+        work = f"{config.WORK_PREFIX}*"
+        fn.add_to_role_policy(
+            iam.PolicyStatement(actions=list(REALTIME_OBJECT_ACTIONS), resources=[bucket.arn_for_objects(work)])
+        )
+        fn.add_to_role_policy(iam.PolicyStatement(actions=[LIST_BUCKET], resources=[bucket.bucket_arn]))
+        fn.add_to_role_policy(iam.PolicyStatement(actions=list(REALTIME_TABLE_ACTIONS), resources=[table.table_arn]))
+        # The last chunk of a batch ends it, and the job goes to completion once its batches have ended.
+        completion_queue.grant_send_messages(fn)
+        for secret in secrets.values():
+            secret.grant_read(fn)
+        self._acknowledge(fn, f"Resource::<{_logical_id(bucket)}.Arn>/{work}", reason=WORK_OBJECTS_REASON)
+        return fn
 
     def _function(self, spec: FunctionSpec) -> lambda_.Function:
         """A function running batchdrop.handlers.<spec.name>.handler with its own role and log group."""

@@ -14,11 +14,32 @@ from infra.suppressions import acknowledge
 DLQ_RETENTION = Duration.days(14)
 # A job whose completion failed this often goes to the dead-letter queue (and raises an alarm).
 COMPLETION_MAX_RECEIVES = 3
+# A chunk of a real-time batch comes back to its queue whenever the realtime function reports it as
+# failed in its partial batch response (cut short by the invocation's time, as a provider's 429s slow
+# the lane; or still run by another invocation) or the invocation fails or times out with it. Rate
+# limits pass, so a chunk gets more receives than a completion does; past this many it goes to the
+# dead-letter queue (and raises an alarm) instead of coming back forever.
+REALTIME_MAX_RECEIVES = 5
+# AWS's guidance for SQS event sources: a visibility timeout of at least six times the function's
+# timeout (plus any batching window), so a message is not redelivered while an invocation still works
+# on it, and a throttled invocation's retries fit in it.
+VISIBILITY_TIMEOUT_FACTOR = 6
+
+
+def visibility_timeout(function_timeout: Duration) -> Duration:
+    """The visibility timeout of a queue whose consumer is a function with this timeout."""
+    return Duration.seconds(function_timeout.to_seconds() * VISIBILITY_TIMEOUT_FACTOR)
 
 
 class Messaging(Construct):
     def __init__(
-        self, scope: Construct, construct_id: str, *, complete_timeout: Duration, submit_timeout: Duration
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        complete_timeout: Duration,
+        submit_timeout: Duration,
+        realtime_timeout: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -37,17 +58,23 @@ class Messaging(Construct):
         self.completion_dlq = self._queue("CompletionDeadLetters", retention_period=DLQ_RETENTION)
         self.completion_queue = self._queue(
             "Completion",
-            # AWS's guidance for SQS event sources: at least six times the function's timeout, so a
-            # message is not redelivered while an invocation still works on it.
-            visibility_timeout=Duration.seconds(complete_timeout.to_seconds() * 6),
+            visibility_timeout=visibility_timeout(complete_timeout),
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.completion_dlq, max_receive_count=COMPLETION_MAX_RECEIVES),
         )
         # The next segment of a large file, handed from one submit invocation to the next.
         self.segments_dlq = self._queue("SegmentsDeadLetters", retention_period=DLQ_RETENTION)
         self.segments_queue = self._queue(
             "Segments",
-            visibility_timeout=Duration.seconds(submit_timeout.to_seconds() * 6),
+            visibility_timeout=visibility_timeout(submit_timeout),
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.segments_dlq, max_receive_count=COMPLETION_MAX_RECEIVES),
+        )
+        # The real-time lane: chunks of a real-time batch's requests, sent by submit and complete, run
+        # by the realtime function.
+        self.realtime_dlq = self._queue("RealtimeDeadLetters", retention_period=DLQ_RETENTION)
+        self.realtime_queue = self._queue(
+            "Realtime",
+            visibility_timeout=visibility_timeout(realtime_timeout),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=self.realtime_dlq, max_receive_count=REALTIME_MAX_RECEIVES),
         )
         # Uploads whose submit invocation failed after Lambda's retries land here.
         self.submit_dlq = self._queue("SubmitDeadLetters", retention_period=DLQ_RETENTION)

@@ -1,5 +1,5 @@
-"""Alarms on what needs a person: dead letters, function errors, poll throttles, stuck batches and jobs
-the watchdog timed out."""
+"""Alarms on what needs a person: dead letters (the real-time lane's included), function errors, poll
+throttles, stuck batches and jobs the watchdog timed out; and the dashboard."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class Monitoring(Construct):
         dead_letter_queues: dict[str, sqs.IQueue],
         functions: Iterable[lambda_.Function],
         poll: lambda_.Function,
+        realtime_queue: sqs.IQueue,
     ) -> None:
         super().__init__(scope, construct_id)
         self.alarm_topic = alarm_topic
@@ -77,10 +78,13 @@ class Monitoring(Construct):
             "see the poll function's log",
         )
 
-        self.dashboard = self._dashboard(functions, dead_letter_queues)
+        self.dashboard = self._dashboard(list(functions), dead_letter_queues, realtime_queue)
 
     def _dashboard(
-        self, functions: Iterable[lambda_.Function], dead_letter_queues: dict[str, sqs.IQueue]
+        self,
+        functions: list[lambda_.Function],
+        dead_letter_queues: dict[str, sqs.IQueue],
+        realtime_queue: sqs.IQueue,
     ) -> cloudwatch.Dashboard:
         """One page: requests and their outcomes, batches, cost saved, time to complete, and health."""
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{cdk.Stack.of(self).stack_name}-batchdrop")
@@ -126,6 +130,25 @@ class Monitoring(Construct):
                     for name, q in dead_letter_queues.items()
                 ],
                 width=6,
+            ),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Function throttles",
+                left=[fn.metric_throttles(period=PERIOD, statistic="Sum") for fn in functions],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Real-time lane: requests, 429s, escalations",
+                left=[ours(o.REALTIME_REQUESTS), ours(o.REALTIME_THROTTLED), ours(o.JOBS_ESCALATED)],
+                width=8,
+            ),
+            # The lane's backlog: its event source runs at most realtime_invocations invocations at once.
+            cloudwatch.GraphWidget(
+                title="Real-time queue: chunks waiting, oldest (s)",
+                left=[realtime_queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")],
+                right=[realtime_queue.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum")],
+                width=8,
             ),
         )
         return dashboard

@@ -135,7 +135,7 @@ def test_gemini_gets_a_secret_and_bedrock_none(stack: Synth) -> None:
 def test_without_bedrock_there_is_no_role_rule_or_bedrock_permission() -> None:
     plain = synth()
     assert not [r for r in plain.resources("AWS::Events::Rule").values() if "EventPattern" in r["Properties"]]
-    for name in ("submit", "poll", "complete"):
+    for name in ("submit", "poll", "complete", "realtime"):
         assert not any(a.startswith("bedrock:") for s in plain.statements(name) for a in s["Action"])
 
 

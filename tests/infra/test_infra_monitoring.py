@@ -26,7 +26,7 @@ def alarms(stack: Synth) -> list[dict[str, Any]]:
 def test_every_alarm_notifies_the_alarm_topic_when_above_zero(stack: Synth) -> None:
     found = alarms(stack)
 
-    assert len(found) == 10
+    assert len(found) == 12
     for alarm in found:
         assert alarm["AlarmActions"] == [{"Ref": alarm_topic(stack)}]
         assert alarm["Threshold"] == 0
@@ -42,7 +42,7 @@ def test_dead_letter_queues_have_alarms(stack: Synth) -> None:
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    assert len(redrive_targets) == 2  # the completion and segments queues
+    assert len(redrive_targets) == 3  # the completion, segments and realtime queues
     watched = {
         a["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
         for a in alarms(stack)
@@ -61,7 +61,7 @@ def test_function_errors_poll_throttles_and_stuck_batches_have_alarms(stack: Syn
         if alarm.get("Namespace") == "AWS/Lambda":
             by_metric.setdefault(alarm["MetricName"], set()).add(alarm["Dimensions"][0]["Value"]["Ref"])
 
-    assert by_metric["Errors"] == {stack.function(n)[0] for n in ("submit", "poll", "complete", "webhook")}
+    assert by_metric["Errors"] == {stack.function(n)[0] for n in ("submit", "poll", "complete", "realtime", "webhook")}
     assert by_metric["Throttles"] == {stack.function("poll")[0]}
     stuck = [a for a in alarms(stack) if a.get("MetricName") == "StuckBatches"]
     assert len(stuck) == 1

@@ -9,7 +9,7 @@ from aws_cdk.assertions import Match
 
 from tests.infra.synth_support import Synth, synth
 
-FUNCTIONS = ("submit", "poll", "complete")
+FUNCTIONS = ("submit", "poll", "complete", "realtime")
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +164,7 @@ def test_sizes_and_timeouts(stack: Synth) -> None:
     assert 2048 <= sizes["complete"][2] <= 10240, "complete writes its outputs to /tmp first"
     assert sizes["poll"][1] <= 300
     assert sizes["poll"][3] == 1, "one poll at a time"
+    assert sizes["realtime"] == (1024, 180, 512, None), "no reserved concurrency: its event source bounds it"
 
 
 def test_the_public_webhook_function_has_a_small_reserved_concurrency(stack: Synth) -> None:

@@ -128,14 +128,14 @@ def test_no_data_action_on_every_resource(stack: Synth) -> None:
 
 
 def test_only_xray_has_a_wildcard_resource_in_our_roles(stack: Synth) -> None:
-    for name in ("submit", "poll", "complete", "webhook"):
+    for name in ("submit", "poll", "complete", "realtime", "webhook"):
         for statement in stack.statements(name):
             if "*" in statement["Resource"]:
                 assert sorted(statement["Action"]) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
 
 
 def test_functions_use_no_managed_policies(stack: Synth) -> None:
-    for name in ("submit", "poll", "complete", "webhook"):
+    for name in ("submit", "poll", "complete", "realtime", "webhook"):
         role = stack.function(name)[1]["Properties"]["Role"]["Fn::GetAtt"][0]
         assert "ManagedPolicyArns" not in stack.json["Resources"][role]["Properties"]
 
