@@ -337,7 +337,13 @@ def test_the_provider_folder_routes_neutral_lines(stack: s.LocalStack) -> None:
     assert [(e["provider"], e["code"], e["message"]) for e in errors] == [
         ("anthropic", m.REQUEST_ERROR, "model: my-fine-tune")
     ]
-    assert summary["cost_usd"] == {"batch": 0.0, "realtime_equivalent": 0.0, "saved": 0.0}
+    assert summary["cost_usd"] == {
+        "batch": 0.0,
+        "realtime": 0.0,
+        "total": 0.0,
+        "realtime_equivalent": 0.0,
+        "saved": 0.0,
+    }
 
 
 @pytest.mark.parametrize(

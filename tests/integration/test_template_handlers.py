@@ -43,6 +43,7 @@ def test_the_template_names_our_handlers(functions: dict[str, dict[str, Any]]) -
     assert sorted(functions) == [
         "batchdrop.handlers.complete.handler",
         "batchdrop.handlers.poll.handler",
+        "batchdrop.handlers.realtime.handler",
         "batchdrop.handlers.submit.handler",
         "batchdrop.handlers.webhook.handler",
     ]

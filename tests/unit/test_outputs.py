@@ -157,11 +157,16 @@ def test_result_line_has_every_field_of_the_contract() -> None:
         "model": "claude-haiku-4-5-20251001",
         "batch_id": "msgbatch_1",
         "status": "succeeded",
+        "lane": "batch",
         "text": "First part. Second part.",
         "usage": {"input_tokens": 30, "output_tokens": 11},
         "response": ANTHROPIC_MESSAGE,
     }
     assert (tokens_in, tokens_out) == (30, 11)
+    realtime, _, _ = result_line(
+        "r-1", 4, "anthropic", "claude-haiku-4-5", "realtime:j/k", ANTHROPIC_MESSAGE, "realtime"
+    )
+    assert realtime["lane"] == "realtime"
 
 
 def test_result_line_falls_back_to_the_requested_model() -> None:

@@ -12,7 +12,26 @@ def test_known_model_costs_half_its_realtime_price() -> None:
     meter = CostMeter(PRICES)
     meter.add("gpt-4o-mini", 1_000_000, 1_000_000)
     # Then the batch cost is half of the real-time equivalent, and the rest is saved
-    assert meter.summary() == {"batch": 0.375, "realtime_equivalent": 0.75, "saved": 0.375}
+    assert meter.summary() == {
+        "batch": 0.375,
+        "realtime": 0.0,
+        "total": 0.375,
+        "realtime_equivalent": 0.75,
+        "saved": 0.375,
+    }
+
+
+def test_the_real_time_lane_costs_full_price_and_saves_nothing() -> None:
+    meter = CostMeter(PRICES)
+    meter.add("gpt-4o", 1_000_000, 0, "realtime")
+    meter.add("gpt-4o", 1_000_000, 0, "batch")
+    summary = meter.summary()
+    full = PRICES["gpt-4o"][0]
+    assert summary["realtime"] == pytest.approx(full)
+    assert summary["batch"] == pytest.approx(full / 2)
+    assert summary["total"] == pytest.approx(full * 1.5)
+    assert summary["realtime_equivalent"] == pytest.approx(full * 2)
+    assert summary["saved"] == pytest.approx(full / 2)
 
 
 def test_costs_add_up_across_models() -> None:
@@ -20,7 +39,13 @@ def test_costs_add_up_across_models() -> None:
     meter.add("a-1", 500_000, 250_000)  # 0.5 + 0.5
     meter.add("b-2", 100_000, 999)  # 1.0 + 0
     meter.add("a-1", 0, 0)
-    assert meter.summary() == {"batch": 1.0, "realtime_equivalent": 2.0, "saved": 1.0}
+    assert meter.summary() == {
+        "batch": 1.0,
+        "realtime": 0.0,
+        "total": 1.0,
+        "realtime_equivalent": 2.0,
+        "saved": 1.0,
+    }
 
 
 def test_unknown_model_makes_every_cost_null() -> None:
@@ -29,7 +54,13 @@ def test_unknown_model_makes_every_cost_null() -> None:
     meter.add("gpt-4o-mini", 1000, 1000)
     meter.add("llama-3.3-70b", 1000, 1000)
     # Then no partial figure is given
-    assert meter.summary() == {"batch": None, "realtime_equivalent": None, "saved": None}
+    assert meter.summary() == {
+        "batch": None,
+        "realtime": None,
+        "total": None,
+        "realtime_equivalent": None,
+        "saved": None,
+    }
     assert meter.unknown == {"llama-3.3-70b"}
 
 
@@ -40,7 +71,13 @@ def test_unknown_model_with_no_tokens_still_makes_the_cost_null() -> None:
 
 
 def test_nothing_used_costs_zero() -> None:
-    assert CostMeter(PRICES).summary() == {"batch": 0.0, "realtime_equivalent": 0.0, "saved": 0.0}
+    assert CostMeter(PRICES).summary() == {
+        "batch": 0.0,
+        "realtime": 0.0,
+        "total": 0.0,
+        "realtime_equivalent": 0.0,
+        "saved": 0.0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -26,4 +26,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name=o.BATCHES_CHECKED, unit=MetricUnit.Count, value=report.looked_at)
     metrics.add_metric(name=o.BATCHES_ENDED, unit=MetricUnit.Count, value=report.ended)
     metrics.add_metric(name=o.STUCK_BATCHES, unit=MetricUnit.Count, value=report.stuck)
+    metrics.add_metric(name=o.JOBS_ESCALATED, unit=MetricUnit.Count, value=len(set(report.escalated)))
     return asdict(report)

@@ -22,6 +22,7 @@ from batchdrop.observability import logger, metrics, tracer
 from batchdrop.realtime.worker import (
     ChunkBusy,
     Run,
+    Unfinished,
     end_finished,
     message_body,
     record_pace,
@@ -46,6 +47,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             # Back when the other claim runs out, not at every visibility timeout until the DLQ.
             if wiring.realtime is not None:
                 wiring.realtime.delay(record.receipt_handle, busy.retry_in)
+            raise
+        except Unfinished:
+            # Cut short by this invocation's time (its answers kept): the next run may start at once, not
+            # after the queue's visibility timeout (six times the function's).
+            if wiring.realtime is not None:
+                wiring.realtime.delay(record.receipt_handle, 0)
             raise
         finally:
             # The SDK clients belong to this event loop: the last chunk to end closes them in it.
