@@ -41,6 +41,10 @@ def write_corpus(folder: Path, files: int, max_lines: int, seed: int, bad_rate: 
     return paths
 
 
+# BATCHDROP_REALTIME_CHUNK's default: the requests one message of the real-time queue carries.
+REALTIME_CHUNK = 20
+
+
 def non_blank_lines(path: str) -> set[int]:
     data = Path(path).read_bytes()
     return {i + 1 for i, line in enumerate(data.split(b"\n")) if line.strip()}
@@ -58,6 +62,8 @@ def _paid_once(report: RunReport) -> None:
     problems = []
     for job in report.jobs:
         for b in (job.summary or {}).get("batches", []):
+            if b.get("lane") == "realtime":
+                continue  # run by batchdrop's own lane: no provider batch (check_guarantees counts its calls)
             if b["batch_id"] is None:
                 if b["status"] not in (m.BATCH_CANCELED, m.FAILED, m.BATCH_EXPIRED):
                     problems.append(f"  {job.job_id} ({Path(job.file).name}): a batch never sent ended {b}")
@@ -126,10 +132,17 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
             assert submitted_notes[job.job_id] == 1, (job.file, submitted_notes[job.job_id])
         assert submitted_notes[job.job_id] <= 1, (job.file, submitted_notes[job.job_id])
         attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"] if b["batch_id"]}
-        batches_in_summaries += len(attempt_of)
+        batches_in_summaries += sum(1 for b in summary["batches"] if b["batch_id"] and b.get("lane") != "realtime")
+        lanes = c.get("by_lane") or {}
+        assert lanes.get("batch", 0) + lanes.get("realtime", 0) == c["submitted"], (job.file, c)
         for r in results:
+            if r.get("lane") == "realtime":
+                totals["realtime_results"] += 1
+                continue
             submitted_by_id[r["custom_id"]] = attempt_of[r["batch_id"]]
         for e in errors:
+            if e.get("lane") == "realtime":
+                continue
             if e["stage"] == "provider":
                 # A request whose last batch was never sent (canceled before its create) was sent in the
                 # attempts before that one only.
@@ -152,4 +165,12 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         assert sent[custom_id] == attempts <= max_attempts, (custom_id, sent[custom_id], attempts)
     totals["batches"] = batches_in_summaries
     totals["quota_refused"] = len(stats["batches"]) - len(ran)
+    # The real-time lane: every request answered is one result line, and a request answered more than
+    # once is one whose chunk's invocation died before writing it (docs/realtime.md, "What a crash can
+    # cost"): at most the chunks that invocation ran.
+    answered = Counter(call["key"] for call in stats.get("realtime_calls", []) if call["status"] == 200)
+    assert len(answered) == totals["realtime_results"], (len(answered), totals["realtime_results"])
+    totals["realtime_resent"] = sum(n - 1 for n in answered.values())
+    bound = report.crashes.get("before_chunk_written", 0) * REALTIME_CHUNK * 10
+    assert totals["realtime_resent"] <= bound, (totals["realtime_resent"], bound)
     return dict(totals)

@@ -34,6 +34,7 @@ def chaos_run(
     limits: dict[str, tuple[int, int]] | None = None,
     queue_limits: dict[str, int] | None = None,
     latency: float = 0.3,
+    lane: str | None = None,
 ) -> dict[str, int]:
     inputs = tmp / "in"
     inputs.mkdir()
@@ -55,6 +56,7 @@ def chaos_run(
         create_lock_seconds=2,
         extra_env=env or {},
         limits=limits or {},
+        lane=lane,
     )
     chaos_knobs = Chaos(seed=seed, **(FULL_CHAOS if chaos is None else chaos))  # type: ignore[arg-type]
     report = run_files(paths, str(tmp / "out"), options, chaos=chaos_knobs, tick_seconds=0.1, timeout=240)
@@ -83,6 +85,18 @@ def test_no_request_is_lost_or_paid_twice_under_chaos_with_quotas_on(tmp_path: P
     assert totals["jobs"] == 6
     assert totals["held"] > 0, "batches waited for room"
     assert totals["quota_refused"] > 0, "a provider failed batches unrun for its quota"
+    assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
+
+
+def test_no_request_is_lost_or_answered_twice_across_lanes_under_chaos(tmp_path: Path) -> None:
+    # The auto lane with a threshold of 5: a provider's handful of requests goes real-time, more go batch;
+    # duplicate events, overlapping polls, crashes at every step (the real-time worker's included) and
+    # provider faults, at once. Each line ends once; each real-time request is answered once, or again
+    # only for a chunk whose invocation died before writing its answers, within the bound.
+    totals = chaos_run(tmp_path, seed=31, files=6, max_lines=12, lane="auto", env={"BATCHDROP_REALTIME_BELOW": "5"})
+    assert totals["jobs"] == 6
+    assert totals["realtime_results"] > 0, "some requests went real-time"
+    assert totals["batches"] > 0, "some requests went batch"
     assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
 
 

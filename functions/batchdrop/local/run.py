@@ -41,6 +41,8 @@ class RunReport:
     out_dir: str
     provider_stats: dict[str, Any]
     seconds: float
+    # The invocations the chaos harness killed, by the step they died at.
+    crashes: dict[str, int] = field(default_factory=dict)
 
 
 def input_key(path: str, folder: str | None) -> str:
@@ -143,7 +145,7 @@ def _drive(
         prefix = (store.get_job(job.job_id) or {}).get("output_prefix")
         if prefix:
             job.summary = orjson.loads(stack.get(f"{prefix}summary.json"))
-    return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started)
+    return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started, dict(dispatcher.crashes))
 
 
 def _refresh(store: JobStore, jobs: list[JobView], say: Say) -> None:

@@ -134,6 +134,8 @@ async def run_chunk(run: Run, body: dict[str, Any]) -> None:
         if outcome is not None:
             answers[outcome.custom_id] = outcome_line(outcome)
     run.answered[provider] = run.answered.get(provider, 0) + sum(o is not None for o in outcomes)
+    # A crash here loses these answers: the chunk's next run asks for them again (docs/realtime.md).
+    deps.checkpoint("before_chunk_written")
     if len(answers) > (len(earlier.splitlines()) if earlier else 0):
         file = b"".join(answers[cid] + b"\n" for cid in ids if cid in answers)
         await asyncio.to_thread(deps.objects.put_bytes, name, file)
