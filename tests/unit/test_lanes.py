@@ -198,3 +198,11 @@ def test_starts_are_spaced_by_the_pace() -> None:
 
     took = asyncio.run(start_many())
     assert 0.95 <= took <= 1.6  # ten gaps of ~0.103 s
+
+
+def test_invocations_running_at_once_share_the_limit_and_the_last_takes_it_whole() -> None:
+    peers = [4]
+    limiter = Limiter(concurrency=4, rpm=1200, peers=lambda: peers[0])
+    assert limiter.ceiling == pytest.approx(20 * HEADROOM / 4)
+    peers[0] = 1
+    assert limiter.ceiling == pytest.approx(20 * HEADROOM)

@@ -41,3 +41,10 @@ class JobQueue:
         self.sqs.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=receipt_handle, VisibilityTimeout=min(43_200, max(0, int(seconds) + 1))
         )
+
+    def in_flight(self) -> int:
+        """Messages received and not yet deleted (SQS's approximate count)."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))

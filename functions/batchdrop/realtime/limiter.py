@@ -78,11 +78,23 @@ _WINDOW_HEADERS = (
 
 
 class Limiter:
-    """The pace and the concurrency of one provider's calls in one invocation (asyncio, one loop)."""
+    """The pace and the concurrency of one provider's calls in one invocation (asyncio, one loop).
 
-    def __init__(self, concurrency: int, rpm: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    The provider's limit is the account's, shared by every invocation of the lane running at once:
+    `peers` says how many do (the real-time queue's messages in flight, ten to an invocation), and
+    each takes its share of the limit, a larger one as the others end."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        rpm: int | None = None,
+        clock: Callable[[], float] = time.time,
+        peers: Callable[[], int] = lambda: 1,
+    ) -> None:
         self.clock = clock
-        self.ceiling = rpm / 60 * HEADROOM if rpm else None
+        self.peers = peers
+        # The account's limit in requests a second, less the headroom (None: not known yet).
+        self.limit = rpm / 60 * HEADROOM if rpm else None
         self.rate = self.ceiling or START_RATE
         self._slots = asyncio.Semaphore(concurrency)
         self._next = 0.0
@@ -91,6 +103,11 @@ class Limiter:
         self.calls = 0
         self.throttled = 0
 
+    @property
+    def ceiling(self) -> float | None:
+        """This invocation's share of the known limit."""
+        return None if self.limit is None else self.limit / max(1, self.peers())
+
     async def __aenter__(self) -> Limiter:
         await self._slots.acquire()
         try:
@@ -98,7 +115,9 @@ class Limiter:
                 now = self.clock()
                 start = max(now, self._next, self._paused_until)
                 if start <= now:
-                    self._next = max(self._next, now) + 1.0 / self.rate
+                    ceiling = self.ceiling
+                    rate = self.rate if ceiling is None else min(self.rate, ceiling)
+                    self._next = max(self._next, now) + 1.0 / rate
                     return self
                 await asyncio.sleep(start - now)
         except BaseException:
@@ -126,8 +145,10 @@ class Limiter:
             self.hold(1.0 if wait is None else wait)
             return
         self.rate += INCREASE / max(1.0, self.rate)
-        if self.ceiling is not None:
-            self.rate = min(self.rate, self.ceiling)
+        ceiling = self.ceiling
+        if ceiling is not None:
+            # Up to the whole limit: the share is applied where calls start, and grows as peers end.
+            self.rate = min(self.rate, ceiling * max(1, self.peers()))
 
     def _window(self, headers: Mapping[str, str], limit: str, remaining: str, reset: str, now: float) -> None:
         try:
@@ -135,11 +156,11 @@ class Limiter:
         except ValueError:
             return
         # Requests per minute, as both families count them: the pace never passes it.
-        ceiling = per_minute / 60 * HEADROOM
-        if self.ceiling is None or ceiling < self.ceiling:
+        known = per_minute / 60 * HEADROOM
+        if self.limit is None or known < self.limit:
             # The limit is known: run at it from now on (a 429 still halves the pace for a while).
-            self.ceiling = ceiling
-            self.rate = ceiling
+            self.limit = known
+            self.rate = known
         try:
             left = float(headers.get(remaining, "1"))
         except ValueError:

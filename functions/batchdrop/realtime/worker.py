@@ -44,6 +44,8 @@ def stop_after(seconds_left: float) -> float:
     return max(1.0, seconds_left - min(SAFETY_SECONDS, seconds_left / 5))
 
 
+# How often an invocation reads how many others share the providers' limits with it.
+PEERS_SECONDS = 5.0
 # What each provider's pace was learned to be, kept by a warm container for its next invocation.
 _learned: dict[str, tuple[float, float | None]] = {}
 
@@ -75,15 +77,31 @@ class Run:
     finished: set[tuple[str, str]] = field(default_factory=set)
     answered: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    _peers: int = 1
+    _peers_at: float = float("-inf")
 
     def limiter(self, provider: str) -> Limiter:
         if provider not in self.limiters:
             settings = self.deps.settings
-            limiter = Limiter(settings.realtime_concurrency, settings.providers[provider].rpm)
+            limiter = Limiter(settings.realtime_concurrency, settings.providers[provider].rpm, peers=self.peers)
             if provider in _learned:
-                limiter.rate, limiter.ceiling = _learned[provider]
+                limiter.rate, limiter.limit = _learned[provider]
             self.limiters[provider] = limiter
         return self.limiters[provider]
+
+    def peers(self) -> int:
+        """How many invocations of the lane run now, this one included: the real-time queue's messages in
+        flight, ten to an invocation, at most the event source's cap; read at most every PEERS_SECONDS."""
+        now = time.monotonic()
+        if now - self._peers_at >= PEERS_SECONDS and self.deps.realtime is not None:
+            self._peers_at = now
+            try:
+                in_flight = self.deps.realtime.in_flight()
+            except Exception:  # an estimate: keep the last one
+                return self._peers
+            cap = self.deps.settings.realtime_invocations
+            self._peers = max(1, min(cap, -(-in_flight // 10)))
+        return self._peers
 
     def client(self, provider: str) -> RealtimeClient:
         if provider not in self.clients:
@@ -95,7 +113,7 @@ class Run:
         for client in self.clients.values():
             await client.aclose()
         for provider, limiter in self.limiters.items():
-            _learned[provider] = (limiter.rate, limiter.ceiling)
+            _learned[provider] = (limiter.rate, limiter.limit)
 
 
 async def run_chunk(run: Run, body: dict[str, Any]) -> None:
