@@ -159,6 +159,9 @@ class LocalEnv:
     base_path: str | None = ""
     # An environment variable that takes the emulator's address itself (boto3's service endpoint).
     endpoint_env: str | None = None
+    # The same for the real-time API, when the SDK reaches it through another service's endpoint (Bedrock:
+    # boto3's bedrock-runtime, which AWS_ENDPOINT_URL_BEDROCK does not point anywhere).
+    runtime_endpoint_env: str | None = None
     # Other settings, as the stack would set them (BATCHDROP_<NAME>_<WHAT>).
     values: Mapping[str, str] = field(default_factory=dict)
 

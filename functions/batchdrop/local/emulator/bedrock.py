@@ -49,7 +49,16 @@ it), for the local dispatcher to route as the deployed rule would.
 
 Creates are idempotent by ``clientRequestToken`` (the same token returns the same job ARN, whatever
 else the request says); a new token with a job name already in use is a ConflictException. Per
-record, failure_rate gives output lines with ``error: {errorCode: 400|500, errorMessage}``.
+record, failure_rate gives output lines with ``error: {errorCode: 400|500, errorMessage}``; a record whose
+modelInput the job's model would refuse (`model_input_problem`, as InvokeModel refuses it) always gets a
+400 line with Bedrock's message.
+
+Real time. The ``bedrock-runtime`` client reaches the same server (``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` in
+the local stack): InvokeModel (``POST /model/{modelId}/invoke``, the body a model's request as a batch
+record's ``modelInput`` is) and Converse (``POST /model/{modelId}/converse``), with the paths, shapes and
+error codes of botocore's ``bedrock-runtime`` service model. A body is checked as a batch record's
+modelInput is (`model_input_problem`), and answered as a batch record's modelOutput is (`invoke_output`).
+Past the ``realtime_rpm`` knob a call is a 429 ThrottlingException.
 
 Quotas and switches are attributes of the `BedrockEmulation` instance (``min_records``,
 ``max_records``, ``max_file_bytes``, ``validate_at_create``, ``expire_before_start_rate``,
@@ -65,6 +74,7 @@ import os
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,6 +90,8 @@ from batchdrop.local.emulator.canned import (
     REFUSED,
     SERVER_ERROR,
     anthropic_message,
+    call_key,
+    draw_call_failure,
     echo,
     hex_id,
     iso,
@@ -90,7 +102,7 @@ from batchdrop.local.emulator.canned import (
     unit,
 )
 from batchdrop.local.emulator.core import Emulator, Plugin, Route
-from batchdrop.local.emulator.web import MB, ClientError
+from batchdrop.local.emulator.web import MB, ClientError, json_response
 
 # Patterns and bounds from botocore's service model (bedrock 2023-04-20).
 JOB_NAME = re.compile(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}")
@@ -109,6 +121,58 @@ MODEL_ID = re.compile(
     r"application-inference-profile)/[a-zA-Z0-9-:.]+$)))|([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}"
     r"([.]?[a-z0-9-]{1,63})([:][a-z0-9-]{1,63}){0,2})|(([0-9a-zA-Z][_-]?)+)"
 )
+# bedrock-runtime's `InvokeModelIdentifier` (InvokeModel's and Converse's modelId, 1 to 2048 characters) in
+# botocore's service model (bedrock-runtime 2023-09-30).
+INVOKE_MODEL_ID = re.compile(
+    r"(arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:(([0-9]{12}:custom-model/[a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}"
+    r"/[a-z0-9]{12})|(:foundation-model/[a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}([.:]?[a-z0-9-]{1,63}))|"
+    r"([0-9]{12}:imported-model/[a-z0-9]{12})|([0-9]{12}:provisioned-model/[a-z0-9]{12})|"
+    r"([0-9]{12}:custom-model-deployment/[a-z0-9]{12})|([0-9]{12}:(inference-profile|"
+    r"application-inference-profile)/[a-zA-Z0-9-:.]+)))|([a-z0-9-]{1,63}[.]{1}[a-z0-9-]{1,63}"
+    r"([.:]?[a-z0-9-]{1,63}))|(([0-9a-zA-Z][_-]?)+)|([a-zA-Z0-9-:.]+)$|(^(arn:aws(-[^:]+)?:bedrock:"
+    r"[a-z0-9-]{1,20}:[0-9]{12}:prompt/[0-9a-zA-Z]{10}(?::[0-9]{1,5})?))$|(^arn:aws:sagemaker:[a-z0-9-]+:"
+    r"[0-9]{12}:endpoint/[a-zA-Z0-9-]+$)|(^arn:aws(-[^:]+)?:bedrock:([0-9a-z-]{1,20}):([0-9]{12}):"
+    r"(default-)?prompt-router/[a-zA-Z0-9-:.]+$)"
+)
+# Each family's InvokeModel body: the keys it requires and the keys it takes, from the Bedrock user guide's
+# inference parameters (model-parameters-anthropic-claude-messages-request-response.html, the Amazon Nova
+# user guide's complete request schema, model-parameters-meta.html). Bedrock checks a body against the
+# model's JSON schema and refuses it with a ValidationException "Malformed input request: #: required key
+# [max_tokens_to_sample] not found" or "#: extraneous key [top_p] is not permitted, please reformat your
+# input and try again", or "N schema violations found" for several (github.com/langgenius/dify/issues/2942,
+# rollwagen/bods/issues/51, langchain-ai/langchain/issues/2828).
+_BODY_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "anthropic.claude-": (
+        frozenset({"anthropic_version", "max_tokens", "messages"}),
+        frozenset(
+            {
+                "anthropic_version",
+                "anthropic_beta",
+                "max_tokens",
+                "system",
+                "messages",
+                "temperature",
+                "top_p",
+                "top_k",
+                "tools",
+                "tool_choice",
+                "stop_sequences",
+                "thinking",
+            }
+        ),
+    ),
+    "amazon.nova-": (
+        frozenset({"messages"}),
+        frozenset({"schemaVersion", "system", "messages", "inferenceConfig", "toolConfig"}),
+    ),
+    "meta.llama": (frozenset({"prompt"}), frozenset({"prompt", "temperature", "top_p", "max_gen_len", "images"})),
+}
+# A throttled call's answer as Bedrock's runtime sends it: 429, the error type with its Coral namespace in
+# x-amzn-ErrorType (botocore keeps what is before the ":"), and this message; no Retry-After or
+# x-amz-retry-after header (the answers quoted in github.com/aws-samples/amazon-bedrock-client-for-mac/
+# issues/99 and 102, i-dot-ai/caddy-chatbot/issues/97).
+_THROTTLED_MESSAGE = "Too many requests, please wait before trying again."
+_RUNTIME_ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 STATUSES = (
     "Submitted",
     "InProgress",
@@ -255,7 +319,8 @@ class BedrockEmulation(Plugin):
     """Bedrock's batch inference control plane, served by the provider emulator (see the module)."""
 
     provider = "bedrock"
-    prefixes = ("/model-invocation-job",)
+    # The control plane's jobs, and the runtime's models (InvokeModel, Converse).
+    prefixes = ("/model-invocation-job", "/model/")
     # CreateModelInvocationJob (botocore's service model: POST /model-invocation-job). Its answer is
     # never lost: Bedrock's creates are idempotent by token.
     creates = re.compile(r"/model-invocation-job")
@@ -288,6 +353,8 @@ class BedrockEmulation(Plugin):
             ("GET", re.compile(r"/model-invocation-jobs"), self._handled(self._list)),
             ("POST", re.compile(r"/model-invocation-job/(?P<identifier>.+)/stop"), self._handled(self._stop)),
             ("GET", re.compile(r"/model-invocation-job/(?P<identifier>.+)"), self._handled(self._get)),
+            ("POST", re.compile(r"/model/(?P<model_id>.+)/invoke"), self._invoke),
+            ("POST", re.compile(r"/model/(?P<model_id>.+)/converse"), self._converse),
         ]
 
     def reach(self, base_url: str) -> list[tuple[str, str]]:
@@ -295,7 +362,8 @@ class BedrockEmulation(Plugin):
             (
                 "Bedrock endpoint",
                 f"{base_url} (AWS_ENDPOINT_URL_BEDROCK; job files go to the S3 that AWS_ENDPOINT_URL names)",
-            )
+            ),
+            ("Bedrock runtime endpoint", f"{base_url} (AWS_ENDPOINT_URL_BEDROCK_RUNTIME: InvokeModel, Converse)"),
         ]
 
     def authorised(self, request: Request) -> bool:
@@ -335,6 +403,9 @@ class BedrockEmulation(Plugin):
                 out_total += out_tokens
             elif outcome in (REFUSED, SERVER_ERROR):
                 code, message = (400, _REFUSED_MESSAGE) if outcome == REFUSED else (500, _SERVER_ERROR_MESSAGE)
+                problem = self._record_problem(job, request.body["modelInput"])
+                if outcome == REFUSED and problem is not None:
+                    message = problem
                 line["error"] = {"errorCode": code, "errorMessage": message}
                 errors += 1
             else:
@@ -512,6 +583,9 @@ class BedrockEmulation(Plugin):
                 never_starts=batch.expires
                 and unit(emulator.knobs.seed, job_id, "never-starts") < self.expire_before_start_rate,
             )
+            for item in batch.requests:
+                if self._record_problem(job, item.body["modelInput"]) is not None:
+                    item.failure = REFUSED  # Bedrock refuses the record, whatever was drawn
             self._jobs[job_id] = job
             self._by_token[token] = job_id
             return self._ok({"jobArn": job.arn})
@@ -599,7 +673,7 @@ class BedrockEmulation(Plugin):
         if problems:
             count = len(problems)
             raise _validation(f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(problems))
-        if MODEL_FAMILY.match(self._model_name(model_id)) is None:
+        if MODEL_FAMILY.match(model_name(model_id)) is None:
             raise _validation(
                 f"The provided model identifier is invalid: {model_id!r}. The emulator runs batch inference for "
                 "anthropic.claude-*, amazon.nova-* and meta.llama* models (optionally with a geography prefix)."
@@ -676,11 +750,6 @@ class BedrockEmulation(Plugin):
                 "ConflictException",
                 f"A batch inference job with the name {name} already exists. Use a different job name.",
             )
-
-    @staticmethod
-    def _model_name(model_id: str) -> str:
-        """The model id without an ARN's prefix (foundation-model/..., inference-profile/...)."""
-        return model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
 
     @staticmethod
     def _region(request: Request) -> str:
@@ -980,22 +1049,131 @@ class BedrockEmulation(Plugin):
         """The InvokeModel (or Converse) response body of the job's model for one record."""
         body = request.body["modelInput"]
         key = f"{job.id}/{request.custom_id}"
-        name = self._model_name(job.model_id)
         if job.invocation_type == "Converse":
             return _converse_output(body, key)
-        family = MODEL_FAMILY.match(name)
-        kind = family.group(1) if family else ""
-        if kind == "anthropic.claude-":
-            message, in_tokens, out_tokens = anthropic_message(body, key)
-            message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
-            message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]
-            for part in message["content"]:
-                part.pop("citations", None)
-            message["usage"].pop("service_tier", None)
-            return message, in_tokens, out_tokens
-        if kind == "amazon.nova-":
-            return _converse_output(body, key, nova=True)
-        return _llama_output(body)
+        return invoke_output(job.model_id, body, key)
+
+    def _record_problem(self, job: _Job, body: dict[str, Any]) -> str | None:
+        """Why Bedrock would refuse one record of the job (a Converse job's records are Converse bodies,
+        which botocore's own parameter checks shape)."""
+        return None if job.invocation_type == "Converse" else model_input_problem(job.model_id, body)
+
+    # -- the runtime: InvokeModel, Converse -------------------------------------------------------
+
+    def _invoke(self, request: Request, model_id: str) -> Response:
+        return self._call(request, model_id, converse=False)
+
+    def _converse(self, request: Request, model_id: str) -> Response:
+        return self._call(request, model_id, converse=True)
+
+    def _call(self, request: Request, model_id: str, converse: bool) -> Response:
+        """One runtime call: the rate limit, the knobs' latency, then the model's answer or Bedrock's error."""
+        emulator = self.emulator
+        raw = request.get_data()
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        key = call_key(raw if body is None else body)
+        admission = emulator.admit(self.provider)
+        if admission.allowed:
+            # Outside the lock: calls run side by side, as at Bedrock.
+            time.sleep(max(0.0, emulator.knobs.realtime_latency))
+            try:
+                response = self._run(request, model_id, body, key, converse)
+            except _AwsError as exc:
+                response = self._runtime_error(exc.code, exc.message, exc.status)
+        else:
+            response = self._runtime_error("ThrottlingException", _THROTTLED_MESSAGE, 429)
+        emulator.record_call(self.provider, key, response.status_code)
+        return response
+
+    def _run(self, request: Request, model_id: str, body: Any, key: str, converse: bool) -> Response:
+        if not 1 <= len(model_id) <= 2048 or not INVOKE_MODEL_ID.fullmatch(model_id):
+            raise _validation(
+                f"1 validation error detected: Value '{model_id[:200]}' at 'modelId' failed to satisfy constraint: "
+                "Member must satisfy regular expression pattern: " + INVOKE_MODEL_ID.pattern
+            )
+        if MODEL_FAMILY.match(model_name(model_id)) is None:
+            raise _validation("The provided model identifier is invalid.")
+        content_type = request.mimetype
+        if not converse and content_type and content_type != "application/json":
+            # InvokeModel's contentType: "You must specify application/json" (botocore's service model).
+            raise _validation(f"The Content-Type {content_type} is not supported: send application/json.")
+        if not isinstance(body, dict):
+            found = "nothing" if body is None else type(body).__name__
+            raise _validation(
+                f"Malformed input request: #: expected type: JSONObject, found: {found}, please reformat your "
+                "input and try again."
+            )
+        problem = None if converse else model_input_problem(model_id, body)
+        if problem is not None:
+            raise _validation(problem)
+        knobs = self.emulator.knobs
+        failure = draw_call_failure(knobs.seed, self.provider, key, knobs.failure_rate)
+        if failure == REFUSED:
+            raise _validation(_REFUSED_MESSAGE)
+        if failure == SERVER_ERROR:
+            raise _AwsError("InternalServerException", _SERVER_ERROR_MESSAGE, 500)
+        answer_key = f"call/{self.emulator.next_id('bedrock-call')}"
+        output, in_tokens, out_tokens = (
+            _converse_output(body, answer_key) if converse else invoke_output(model_id, body, answer_key)
+        )
+        response = json_response(output)
+        response.headers["x-amzn-RequestId"] = self._request_id()
+        if not converse:
+            # What InvokeModel's answers carry besides the body (the headers github.com/aws/aws-sdk-js-v3/
+            # issues/5917 and boto/boto3/issues/3884 read the token counts from).
+            response.headers["X-Amzn-Bedrock-Invocation-Latency"] = str(100 + int(unit(answer_key, "latency") * 900))
+            response.headers["X-Amzn-Bedrock-Input-Token-Count"] = str(in_tokens)
+            response.headers["X-Amzn-Bedrock-Output-Token-Count"] = str(out_tokens)
+        return response
+
+    def _runtime_error(self, code: str, message: str, status: int) -> Response:
+        """A runtime error as botocore's rest-json parser reads it: the type in x-amzn-ErrorType (with the
+        namespace the runtime appends), {"message"} as the body."""
+        response = self._aws_error(code, message, status)
+        response.headers["x-amzn-ErrorType"] = code + _RUNTIME_ERROR_NAMESPACE
+        return response
+
+
+def model_name(model_id: str) -> str:
+    """The model id without an ARN's prefix (foundation-model/..., inference-profile/...)."""
+    return model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+
+
+def model_input_problem(model_id: str, body: dict[str, Any]) -> str | None:
+    """Why Bedrock would refuse `body` as the model's InvokeModel body (a batch record's modelInput), in
+    its words (see _BODY_KEYS), or None."""
+    family = MODEL_FAMILY.match(model_name(model_id))
+    if family is None:
+        return "The provided model identifier is invalid."
+    required, allowed = _BODY_KEYS[family.group(1)]
+    problems = [f"#: required key [{key}] not found" for key in sorted(required - body.keys())]
+    problems += [f"#: extraneous key [{key}] is not permitted" for key in sorted(body.keys() - allowed)]
+    if not problems:
+        return None
+    found = problems[0] if len(problems) == 1 else f"{len(problems)} schema violations found"
+    return f"Malformed input request: {found}, please reformat your input and try again."
+
+
+def invoke_output(model_id: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any], int, int]:
+    """The model's InvokeModel response body for `body` (what a batch's modelOutput holds), with its input
+    and output tokens."""
+    name = model_name(model_id)
+    family = MODEL_FAMILY.match(name)
+    kind = family.group(1) if family else ""
+    if kind == "anthropic.claude-":
+        message, in_tokens, out_tokens = anthropic_message(body, key)
+        message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
+        message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]
+        for part in message["content"]:
+            part.pop("citations", None)
+        message["usage"].pop("service_tier", None)
+        return message, in_tokens, out_tokens
+    if kind == "amazon.nova-":
+        return _converse_output(body, key, nova=True)
+    return _llama_output(body)
 
 
 def _statements(document: Any) -> list[dict[str, Any]]:

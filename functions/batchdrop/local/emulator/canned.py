@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # Failure kinds drawn per request.
 REFUSED = "refused"  # the provider refuses the request: OpenAI 400 / Anthropic invalid_request_error
 SERVER_ERROR = "server_error"  # the provider fails it: OpenAI 500 / Anthropic api_error
@@ -54,6 +56,32 @@ def draw_request_outcome(seed: int, batch_key: str, custom_id: str, failure_rate
     elif draw < failure_rate:
         failure = SERVER_ERROR
     return RequestOutcome(finish, failure)
+
+
+def call_key(body: Any) -> str:
+    """The name of one real-time request: a hash of its body as canonical JSON (keys sorted), or of its
+    bytes when they are not JSON. A request sent again (an SDK's retry, the lane's next try) keeps its
+    name, so its draws and its entries in `Emulator.realtime_calls` match."""
+    if isinstance(body, bytes):
+        canonical = body
+    else:
+        try:
+            canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            canonical = repr(body).encode()
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def draw_call_failure(seed: int, provider: str, key: str, failure_rate: float) -> str | None:
+    """How a real-time call fails, if it does: REFUSED or SERVER_ERROR, half of `failure_rate` each, as
+    for a batch's requests; drawn from the request's name (`call_key`), so that the same request fails
+    the same way every time it is sent."""
+    draw = unit(seed, provider, key, "call-failure")
+    if draw < failure_rate / 2:
+        return REFUSED
+    if draw < failure_rate:
+        return SERVER_ERROR
+    return None
 
 
 def draw_batch_expires(seed: int, batch_key: str, expire_rate: float) -> bool:

@@ -12,6 +12,12 @@ The official ``google-genai`` SDK talks to it through ``HttpOptions(base_url=...
   long-running Operation: ``{"name": "batches/…", "metadata": GenerateContentBatch, "done", "response" |
   "error"}``.
 
+- Real time: ``POST /v1beta/models/{model}:generateContent`` with a GenerateContentRequest, answered with a
+  GenerateContentResponse built as a batch's result is (`_generate_content_response`), after the checks the
+  batch side applies to each request (`_request_problem`) and Google's refusal of unknown fields. Past the
+  ``realtime_rpm`` knob it answers 429 RESOURCE_EXHAUSTED with Google's QuotaFailure, Help and RetryInfo
+  details (`_rate_limited`).
+
 Only ``v1beta`` is served: the SDK's default ``v1`` paths (``/v1/files/…``, ``/v1/batches/…``) are the OpenAI
 emulation's, and Google documents Batch Mode under ``v1beta``.
 
@@ -46,8 +52,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +66,8 @@ from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import (
     REFUSED,
     SERVER_ERROR,
+    call_key,
+    draw_call_failure,
     echo,
     hex_id,
     iso,
@@ -65,7 +75,7 @@ from batchdrop.local.emulator.canned import (
     text_of,
     tokens,
 )
-from batchdrop.local.emulator.core import Emulator, Plugin, Route
+from batchdrop.local.emulator.core import Admission, Emulator, Plugin, Route
 from batchdrop.local.emulator.web import ClientError, json_response, parse_json_body, stream
 
 API_VERSION = "v1beta"
@@ -110,6 +120,42 @@ _STATUS = {
 # Per-request failures in the output file (google.rpc.Status: gRPC code and message).
 _REFUSED_LINE = (3, "Request contains an invalid argument. (emulated failure)")
 _FAILED_LINE = (13, "Internal error encountered. (emulated failure)")
+# GenerateContentRequest's fields (ai.google.dev/api/generate-content#request-body: contents, tools,
+# toolConfig, safetySettings, systemInstruction, generationConfig, cachedContent; `model` is the path's),
+# by their JSON names and their proto names: Google's JSON parser takes both, and refuses any other with
+# 400 'Invalid JSON payload received. Unknown name "x": Cannot find field.' and a BadRequest detail
+# (the answer quoted in github.com/Alishahryar1/free-claude-code/issues/542).
+_REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "contents",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "safetySettings",
+        "safety_settings",
+        "systemInstruction",
+        "system_instruction",
+        "generationConfig",
+        "generation_config",
+        "cachedContent",
+        "cached_content",
+    }
+)
+# A requests-per-minute quota's 429, as the Gemini API words it and details it (QuotaFailure, Help,
+# RetryInfo: the answers quoted in github.com/RooCodeInc/Roo-Code/issues/3883,
+# googleapis/python-genai/issues/2044 and continuedev/continue/issues/12744). RetryInfo's retryDelay is
+# a google.protobuf.Duration in JSON ("26s"); Google sends no Retry-After header.
+_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on "
+    "this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. To monitor your current usage, "
+    "head to: https://ai.dev/rate-limit. \n* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}"
+    "\nPlease retry in {delay:.6f}s."
+)
+# The paid tier's metric (google-gemini/deprecated-generative-ai-python/issues/206) and the per-minute quota
+# id that python-genai/issues/2044 shows with a "-FreeTier" suffix.
+_QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
+_QUOTA_ID = "GenerateRequestsPerMinutePerProjectPerModel"
 _UNREGISTERED = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -201,6 +247,7 @@ class GeminiEmulation(Plugin):
             ("GET", re.compile(rf"/{v}/files/{file_id}:download"), self._download),
             ("GET", re.compile(rf"/download/{v}/files/{file_id}:download"), self._download),
             ("POST", re.compile(rf"/{v}/models/(?P<model>[^/:]+):batchGenerateContent"), self._create_batch),
+            ("POST", re.compile(rf"/{v}/models/(?P<model>[^/:]+):generateContent"), self._generate_content),
             ("GET", re.compile(rf"/{v}/batches"), self._list_batches),
             ("GET", re.compile(rf"/{v}/batches/{batch_id}"), self._get_batch_route),
             ("DELETE", re.compile(rf"/{v}/batches/{batch_id}"), self._delete_batch),
@@ -221,8 +268,7 @@ class GeminiEmulation(Plugin):
         if status == 401:
             # Google answers a call without an API key with 403 PERMISSION_DENIED.
             status, message = 403, _UNREGISTERED
-        body = {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
-        return json_response(body, status, headers)
+        return _google_error(status, message, headers=headers)
 
     def write_results(self, batch: Batch) -> None:
         """The responses file: a line per request that ran, shuffled."""
@@ -259,6 +305,56 @@ class GeminiEmulation(Plugin):
             )
             self._files[file.id] = file
             batch.output_file_id = file.name
+
+    # -- real time --------------------------------------------------------------------------------
+
+    def _generate_content(self, request: Request, model: str) -> Response:
+        """models.generateContent: one request, run at once (after the rate limit and the knobs' latency)."""
+        emulator = self.emulator
+        raw = request.get_data()
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        key = call_key(raw if body is None else body)
+        admission = emulator.admit(self.provider)
+        if admission.allowed:
+            # Outside the lock: calls run side by side, as at Google.
+            time.sleep(max(0.0, emulator.knobs.realtime_latency))
+            response = self._run(model, body, key)
+        else:
+            response = _rate_limited(model, admission)
+        emulator.record_call(self.provider, key, response.status_code)
+        return response
+
+    def _run(self, model: str, body: Any, key: str) -> Response:
+        if not KNOWN_MODEL.fullmatch(model):
+            # The batch side's message for an unknown model, for this method.
+            return _google_error(
+                404,
+                f"models/{model} is not found for API version {API_VERSION}, or is not supported for "
+                "generateContent. Call ListModels to see the list of available models and their supported methods.",
+            )
+        if not isinstance(body, dict):
+            return _google_error(400, "Invalid JSON payload received. The request body must be a JSON object.")
+        unknown = sorted(body.keys() - _REQUEST_FIELDS)
+        if unknown:
+            problems = [f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.' for name in unknown]
+            violations = [{"description": problem} for problem in problems]
+            details = [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}]
+            return _google_error(400, "\n".join(problems), details)
+        problem = _request_problem(body)
+        if problem is not None:
+            return _google_error(400, problem)
+        knobs = self.emulator.knobs
+        failure = draw_call_failure(knobs.seed, self.provider, key, knobs.failure_rate)
+        if failure is not None:
+            # The messages of a batch's failed lines (_REFUSED_LINE, _FAILED_LINE), as HTTP answers.
+            return _google_error(400, _REFUSED_LINE[1]) if failure == REFUSED else _google_error(500, _FAILED_LINE[1])
+        # Each answer has its own responseId, as each call at Google does.
+        answer_key = f"call/{self.emulator.next_id('gemini-call')}"
+        response, _, _ = _generate_content_response(body, answer_key, model)
+        return json_response(response)
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -635,6 +731,48 @@ def _failure_message(batch: Batch) -> str:
     )
     more = f" (and {len(errors) - _MAX_REPORTED_ERRORS} more)" if len(errors) > _MAX_REPORTED_ERRORS else ""
     return f"The batch failed: {shown}{more}."
+
+
+def _google_error(
+    status: int, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    """Google's error body: {"error": {code, message, status, details?}} (google.rpc.Status as JSON)."""
+    error: dict[str, Any] = {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return json_response({"error": error}, status, headers)
+
+
+def _rate_limited(model: str, admission: Admission) -> Response:
+    """The 429 of a requests-per-minute quota (see _QUOTA_MESSAGE)."""
+    limit = admission.limit or 0
+    # Whole seconds, rounded up, so that a client waiting this long is let through.
+    delay = max(1, math.ceil(admission.reset_seconds))
+    message = _QUOTA_MESSAGE.format(metric=_QUOTA_METRIC, limit=limit, model=model, delay=admission.reset_seconds)
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": _QUOTA_METRIC,
+                    "quotaId": _QUOTA_ID,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": str(limit),
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"},
+    ]
+    return _google_error(429, message, details)
 
 
 def _request_problem(request: dict[str, Any]) -> str | None:

@@ -257,10 +257,12 @@ SPEC = ProviderSpec(
         Option("FALLBACK", context="bedrock_fallback"),
     ),
     fallbacks={"anthropic": bedrock_to_anthropic},
-    # boto3 itself: the service-specific endpoint wins over AWS_ENDPOINT_URL (moto).
+    # boto3 itself: the service-specific endpoint wins over AWS_ENDPOINT_URL (moto). Jobs go to the
+    # `bedrock` service, real-time calls to `bedrock-runtime`; the emulator serves both.
     local=LocalEnv(
         base_path=None,
         endpoint_env="AWS_ENDPOINT_URL_BEDROCK",
+        runtime_endpoint_env="AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
         values={"ROLE_ARN": "arn:aws:iam::123456789012:role/batchdrop-bedrock-batch"},
     ),
 )
