@@ -22,7 +22,7 @@ import pytest
 from batchdrop import models as m
 from batchdrop.config import PROVIDER_DEFAULT_LIMITS, ProviderSettings
 from batchdrop.local.emulator import REFUSED, SERVER_ERROR, EmulatorKnobs, ProviderEmulator
-from batchdrop.local.emulator.realtime import call_key, draw_call_failure
+from batchdrop.local.emulator.canned import call_key, draw_call_failure
 from batchdrop.outputs import extract
 from batchdrop.providers.anthropic.client import AnthropicProvider
 from batchdrop.providers.anthropic.realtime import AnthropicRealtime

@@ -319,6 +319,8 @@ class LocalStack:
             local = SPECS[provider].local
             if local.endpoint_env:
                 env[local.endpoint_env] = base
+            if local.runtime_endpoint_env:
+                env[local.runtime_endpoint_env] = base
             limits = o.limits.get(provider)
             values = {
                 "SECRET_ARN": self.secret_arns.get(provider),

@@ -23,25 +23,9 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
-from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, unit
+from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, call_key, draw_call_failure
 from batchdrop.local.emulator.core import Admission, Plugin
 from batchdrop.local.emulator.web import ClientError, json_response
-
-
-def call_key(body: Any) -> str:
-    """The name a real-time call is recorded under: a hash of its body with sorted keys, so the same
-    request is the same key however its JSON was spelled."""
-    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
-
-
-def draw_call_failure(seed: int, provider: str, key: str, failure_rate: float) -> str | None:
-    """REFUSED, SERVER_ERROR or None (it runs): the same split as a batch request's draw."""
-    draw = unit(seed, provider, key, "realtime-failure")
-    if draw < failure_rate / 2:
-        return REFUSED
-    if draw < failure_rate:
-        return SERVER_ERROR
-    return None
 
 
 def whole_seconds(seconds: float) -> int:
