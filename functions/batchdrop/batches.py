@@ -42,6 +42,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
@@ -657,6 +658,24 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, esc
             **({"escalate_by": escalate_by} if escalate_by is not None and batch.lane == m.LANE_BATCH else {}),
         }
     )
+
+
+def stored_requests(deps: Deps, batch: dict[str, Any], keep: Container[str]) -> Iterator[m.Request]:
+    """The batch's requests whose custom_id is in `keep`, as planned (its provider's batch lines), for a
+    new batch: a next attempt, or an escalated batch's real-time rest. The index lists the requests in
+    the data file's order, whatever field of the provider's line holds the id (custom_id, Gemini's key,
+    Bedrock's recordId)."""
+    job_id, key = batch["job_id"], batch["batch_key"]
+    lines = zip(
+        deps.objects.lines(batch_index_key(job_id, key)), deps.objects.lines(batch_data_key(job_id, key)), strict=True
+    )
+    for entry, raw in lines:
+        custom_id_bytes, _, line = entry.partition(b"\t")
+        custom_id = custom_id_bytes.decode()
+        if custom_id in keep:
+            yield m.Request(
+                int(line), custom_id, batch["provider"], batch.get("group", ""), batch.get("model", ""), raw + b"\n"
+            )
 
 
 def resize_batch(deps: Deps, item: dict[str, Any], planned: PlannedBatch) -> dict[str, Any]:

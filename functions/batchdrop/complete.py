@@ -24,11 +24,10 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict
-from batchdrop.batches import clean_up, record_batch, send_batch
+from batchdrop.batches import clean_up, record_batch, send_batch, stored_requests
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.pipeline import (
     Deps,
-    batch_data_key,
     batch_index_key,
     invocation_id,
 )
@@ -165,28 +164,8 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
                 continue
             realtime = m.lane_of(batch) == m.LANE_REALTIME or hurry
             planner = planners[m.LANE_REALTIME if realtime else m.LANE_BATCH]
-            # The index lists the batch's requests in the data file's order, whatever field of the
-            # provider's line holds the id (custom_id, Gemini's key, Bedrock's recordId).
-            key = batch["batch_key"]
-            lines = zip(
-                deps.objects.lines(batch_index_key(job_id, key)),
-                deps.objects.lines(batch_data_key(job_id, key)),
-                strict=True,
-            )
-            for entry, raw in lines:
-                custom_id_bytes, _, line = entry.partition(b"\t")
-                custom_id = custom_id_bytes.decode()
-                if custom_id in retry:
-                    planner.add(
-                        m.Request(
-                            int(line),
-                            custom_id,
-                            batch["provider"],
-                            batch.get("group", ""),
-                            batch.get("model", ""),
-                            raw + b"\n",
-                        )
-                    )
+            for request in stored_requests(deps, batch, retry):
+                planner.add(request)
         for planner in planners.values():
             planner.finish()
         if not planned:

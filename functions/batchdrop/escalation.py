@@ -19,9 +19,9 @@ from aws_lambda_powertools import Logger
 from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict
-from batchdrop.batches import record_batch, send_batch
+from batchdrop.batches import record_batch, send_batch, stored_requests
 from batchdrop.config import tmpdir
-from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
+from batchdrop.pipeline import Deps, iso
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.providers.base import Backend
 from batchdrop.results import outcomes_with_missing
@@ -129,20 +129,8 @@ def replace(deps: Deps, job_id: str, batch_key: str) -> list[str]:
 
     limits = {name: p.limits for name, p in deps.settings.providers.items()}
     planner = BatchPlanner(limits=limits, on_batch=store, key_prefix=f"{batch_key}-rt-", tmpdir=tmpdir())
-    lines = zip(
-        deps.objects.lines(batch_index_key(job_id, batch_key)),
-        deps.objects.lines(batch_data_key(job_id, batch_key)),
-        strict=True,
-    )
-    for entry, raw in lines:
-        custom_id_bytes, _, line = entry.partition(b"\t")
-        custom_id = custom_id_bytes.decode()
-        if custom_id in unfinished:
-            planner.add(
-                m.Request(
-                    int(line), custom_id, batch["provider"], batch.get("group", ""), batch.get("model", ""), raw + b"\n"
-                )
-            )
+    for request in stored_requests(deps, batch, unfinished):
+        planner.add(request)
     planner.finish()
     owner = "escalation"
     for key in keys:
