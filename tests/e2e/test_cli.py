@@ -177,7 +177,13 @@ def test_validate_estimates_tokens_and_cost_before_submission(tmp_path: Path) ->
     path.write_bytes(jsonl([openai_line("a", text="x" * 400, max_tokens=100), anthropic_line("b", max_tokens=50)]))
     out = run("validate", str(path)).stdout
     assert "output ≤ 150 tokens" in out
-    assert "batch cost ≤ $" in out
+    assert "cost ≤ $" in out
+    assert "lane: openai → batch" in out
+    assert "lane: anthropic → batch" in out
+    # The auto lane: two requests go real-time, at the real-time price.
+    auto = run("validate", str(path), "--lane", "auto").stdout
+    assert "lane: openai → realtime (1 requests, fewer than 100" in auto
+    assert "all real-time $" in auto
     unknown = tmp_path / "unpriced.jsonl"
     unknown.write_bytes(jsonl([openai_line("a", model="gpt-mystery")]))
     assert "cost n/a (no price for gpt-mystery" in run("validate", str(unknown)).stdout

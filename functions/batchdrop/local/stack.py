@@ -334,7 +334,9 @@ class LocalStack:
         if o.segment_bytes is not None:
             env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
         lanes = {
-            c.ENV_LANE: o.lane,
+            # The stack's lane: this option, else the environment's that starts the stack (as for any
+            # deployment setting), else the functions' default (auto).
+            c.ENV_LANE: o.lane or os.environ.get(c.ENV_LANE) or None,
             c.ENV_DEADLINE: o.deadline,
             c.ENV_REALTIME_BELOW: None if o.realtime_below is None else str(o.realtime_below),
             c.ENV_MIN_BATCH_WINDOW: o.min_batch_window,
