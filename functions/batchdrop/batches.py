@@ -344,8 +344,17 @@ def hold_over_quota(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) ->
     )
 
 
+# A real-time batch's window: an hour, or longer for a batch that needs it at a cautious pace (a second
+# a request per invocation, three times over).
+REALTIME_WINDOW_SECONDS = 3600.0
+
+
 def window(settings: Settings, batch: dict[str, Any]) -> float:
-    """Seconds the batch's provider lets it run (24 h for a provider no longer enabled)."""
+    """Seconds the batch's provider lets it run (24 h for a provider no longer enabled); a real-time
+    batch's own, after which batchdrop cancels it like any batch past its window (its answers kept, the
+    rest sent again)."""
+    if m.lane_of(batch) == m.LANE_REALTIME:
+        return max(REALTIME_WINDOW_SECONDS, 3.0 * int(batch.get("requests", 0)) / max(1, settings.realtime_invocations))
     provider = settings.providers.get(batch["provider"])
     return provider.window_seconds if provider is not None else 24 * 3600.0
 
@@ -732,12 +741,14 @@ def clean_up(deps: Deps, batches: list[dict[str, Any]]) -> None:
     for batch in batches:
         if batch.get("status") not in m.TERMINAL_BATCH_STATES:
             continue
-        # Its provider copy, and those the provider failed unrun for its quota (their input files).
-        for batch_id in [*(batch.get("quota_refused_ids") or []), batch.get("provider_batch_id")]:
+        # Its provider copy, and those the provider failed unrun for its quota (their input files; the
+        # provider's even for a batch that went real-time since).
+        copies = [(False, batch_id) for batch_id in batch.get("quota_refused_ids") or []]
+        for own, batch_id in [*copies, (True, batch.get("provider_batch_id"))]:
             if not batch_id:
                 continue
             try:
-                runner = backend(deps, batch)
+                runner = backend(deps, batch) if own else deps.provider(batch["provider"])
                 runner.cleanup(batch_id, runner.status(batch_id))
             except Exception as exc:
                 logger.warning(

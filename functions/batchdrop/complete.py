@@ -32,7 +32,7 @@ from batchdrop.pipeline import (
     invocation_id,
 )
 from batchdrop.planner import BatchPlanner, PlannedBatch
-from batchdrop.results import outcomes_with_missing, write_outputs
+from batchdrop.results import outcomes_with_missing, replaced_ids, write_outputs
 from batchdrop.watchdog import over_attempts
 
 logger = Logger(service="batchdrop")
@@ -137,9 +137,11 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
         def store(batch: PlannedBatch, lane: str) -> None:
             batch.lane = lane
             minimum = limits[batch.provider].min_requests
-            if lane == m.LANE_BATCH and batch.requests < minimum:
-                # The provider would refuse it (Bedrock's records per job): those requests keep the
-                # error of their last attempt.
+            if lane == m.LANE_BATCH and batch.requests < minimum and auto:
+                batch.lane = m.LANE_REALTIME  # the provider would refuse it; the real-time lane has no minimum
+            elif lane == m.LANE_BATCH and batch.requests < minimum:
+                # The provider would refuse it (Bedrock's records per job), and the file's lane is batch:
+                # those requests keep the error of their last attempt.
                 logger.warning(
                     "not resubmitting a batch under the provider's minimum",
                     extra={"provider": batch.provider, "requests": batch.requests, "minimum": minimum},
@@ -148,6 +150,9 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
                 return
             record_batch(deps, job_id, batch, attempt + 1, escalate_by=deadline if auto else None)
             planned.append(batch.key)
+
+        # An escalated batch's rest was sent real-time in this attempt already: not again.
+        moved = replaced_ids(deps, job_id, latest)
 
         planners = {
             lane: BatchPlanner(
@@ -159,7 +164,7 @@ def _resubmit(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]) ->
             for lane in (m.LANE_BATCH, m.LANE_REALTIME)
         }
         for batch in sorted(latest, key=lambda b: b["sk"]):
-            retry = {cid for cid, _code in _retryable(deps, batch)}
+            retry = {cid for cid, _code in _retryable(deps, batch)} - moved.get(batch["batch_key"], frozenset())
             if not retry:
                 continue
             realtime = m.lane_of(batch) == m.LANE_REALTIME or hurry

@@ -21,7 +21,7 @@ from batchdrop import models as m
 from batchdrop.adapters.store import Conflict
 from batchdrop.batches import record_batch, send_batch, stored_requests
 from batchdrop.config import tmpdir
-from batchdrop.pipeline import Deps, iso
+from batchdrop.pipeline import Deps, iso, replacement_prefix
 from batchdrop.planner import BatchPlanner, PlannedBatch
 from batchdrop.providers.base import Backend
 from batchdrop.results import outcomes_with_missing
@@ -47,19 +47,37 @@ def lane_pace(deps: Deps, provider: str) -> float:
     return min(pace, rpm / 60) if rpm else pace
 
 
-def late_for_deadline(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> str | None:
-    """Why the batch must be escalated now, or None while the real-time lane could still finish its
-    remaining requests by the deadline (with the margin) after the next look."""
-    deadline = batch.get("escalate_by")
-    if deadline is None or batch.get("escalated") or m.lane_of(batch) != m.LANE_BATCH:
+def _need(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> tuple[int, float, float] | None:
+    """(unfinished requests, the lane's pace, seconds the lane needs for them with the margin), or None
+    for a batch that is not to be escalated (no deadline, not auto, in the real-time lane already,
+    escalated already: unless the provider refused it for now since and it waits, held)."""
+    if batch.get("escalate_by") is None or m.lane_of(batch) != m.LANE_BATCH:
+        return None
+    if batch.get("escalated") and batch.get("status") != m.HELD:
         return None
     total = status.total if status.total else int(batch["requests"])
     remaining = max(0, total - int(status.done or 0))
     if remaining == 0:
         return None
     pace = lane_pace(deps, batch["provider"])
-    need = remaining / pace + deps.settings.escalation_margin_seconds
-    left = float(deadline) - now
+    return remaining, pace, remaining / pace + deps.settings.escalation_margin_seconds
+
+
+def look_by(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> float | None:
+    """The latest time the poll must look at the batch again, so that an escalation is not decided
+    after it is due (the poll's backoff can be half an hour, more than the margin)."""
+    need = _need(deps, batch, status)
+    return None if need is None else float(batch["escalate_by"]) - need[2]
+
+
+def late_for_deadline(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> str | None:
+    """Why the batch must be escalated now, or None while the real-time lane could still finish its
+    remaining requests by the deadline with the margin."""
+    found = _need(deps, batch, status)
+    if found is None:
+        return None
+    remaining, pace, need = found
+    left = float(batch["escalate_by"]) - now
     if left >= need:
         return None
     return (
@@ -69,9 +87,21 @@ def late_for_deadline(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, 
     )
 
 
-def escalate(deps: Deps, runner: Backend, batch: dict[str, Any], reason: str) -> dict[str, Any]:
+def job_open(job: dict[str, Any] | None) -> bool:
+    """Whether the job still wants its answers: submitted, neither canceled nor ended by the watchdog."""
+    return (
+        job is not None
+        and job["status"] == m.JOB_SUBMITTED
+        and not (job.get("cancel_requested") or job.get("timed_out"))
+    )
+
+
+def escalate(deps: Deps, runner: Backend, batch: dict[str, Any], reason: str) -> dict[str, Any] | None:
     """Mark the batch escalated (first, so a crash before the cancel still leads to it), ask its provider
-    to cancel it, and tell the job's subscribers once."""
+    to cancel it, and tell the job's subscribers once; None (nothing done) for a job canceled or ended
+    meanwhile, whose cancel or end takes its course."""
+    if not job_open(deps.store.get_job(batch["job_id"])):
+        return None
     now = deps.clock()
     logger.warning("escalating a batch late for its deadline", extra={"batch_key": batch["batch_key"], "why": reason})
     batch = deps.store.update(batch, {"escalated": reason[:1000], "escalated_at": iso(now)})
@@ -84,12 +114,19 @@ def escalate(deps: Deps, runner: Backend, batch: dict[str, Any], reason: str) ->
 
 
 def escalate_held(deps: Deps, batch: dict[str, Any], reason: str) -> dict[str, Any]:
+    # (Its job is open: the poll ends a held batch of a canceled or ended job before this.)
     """A batch still held (never sent: the provider's queue is full) when the deadline nears: it moves to
     the real-time lane whole, and is sent as the held are, when the poll offers its job."""
     logger.warning("a held batch goes real-time for its deadline", extra={"batch_key": batch["batch_key"]})
     moved = deps.store.update(batch, {"lane": m.LANE_REALTIME, "escalated_held": reason[:1000]}, when_status=(m.HELD,))
     _tell(deps, moved, reason)
     return moved
+
+
+def tell(deps: Deps, batch: dict[str, Any], reason: str) -> None:
+    """The job's `escalated` notification, once (batchdrop.jobs.notify_once): called again at each look at
+    an escalated batch, in case an invocation died between the mark and the notification."""
+    _tell(deps, batch, reason)
 
 
 def _tell(deps: Deps, batch: dict[str, Any], reason: str) -> None:
@@ -114,6 +151,10 @@ def replace(deps: Deps, job_id: str, batch_key: str) -> list[str]:
         return []
     if batch.get("status") not in m.TERMINAL_BATCH_STATES:
         return []
+    if not job_open(deps.store.get_job(job_id)):
+        # Canceled or ended meanwhile: nothing more is sent for it; its batch's answers stand as they are.
+        _mark_replaced(deps, job_id, batch_key, [])
+        return []
     unfinished = {
         custom_id
         for custom_id, _line, outcome in outcomes_with_missing(deps, batch)
@@ -128,7 +169,7 @@ def replace(deps: Deps, job_id: str, batch_key: str) -> list[str]:
         keys.append(planned.key)
 
     limits = {name: p.limits for name, p in deps.settings.providers.items()}
-    planner = BatchPlanner(limits=limits, on_batch=store, key_prefix=f"{batch_key}-rt-", tmpdir=tmpdir())
+    planner = BatchPlanner(limits=limits, on_batch=store, key_prefix=replacement_prefix(batch_key), tmpdir=tmpdir())
     for request in stored_requests(deps, batch, unfinished):
         planner.add(request)
     planner.finish()
@@ -138,14 +179,20 @@ def replace(deps: Deps, job_id: str, batch_key: str) -> list[str]:
         if planned_batch is not None:
             send_batch(deps, job_id, planned_batch, owner)
     deps.checkpoint("after_escalation_sent")
+    _mark_replaced(deps, job_id, batch_key, keys)
+    logger.info("sent an escalated batch's unfinished requests real-time", extra={"requests": len(unfinished)})
+    return keys
+
+
+def _mark_replaced(deps: Deps, job_id: str, batch_key: str, keys: list[str]) -> None:
+    """The escalated batch's rest is in real-time batches (`keys`; none for a job that wants no more):
+    its job may be handed to completion once they end."""
     for _ in range(5):
         fresh = deps.store.get_batch(job_id, batch_key)
         if fresh is None or fresh.get("replacement_planned"):
-            break
+            return
         try:
             deps.store.update(fresh, {"replacement_planned": True, "replaced_by": keys})
-            break
+            return
         except Conflict:
             continue  # the poll looked at it meanwhile
-    logger.info("sent an escalated batch's unfinished requests real-time", extra={"requests": len(unfinished)})
-    return keys

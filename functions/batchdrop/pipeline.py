@@ -118,6 +118,11 @@ def realtime_prefix(job_id: str, batch_key: str) -> str:
     return f"{work_prefix(job_id)}realtime/{batch_key}/"
 
 
+def replacement_prefix(batch_key: str) -> str:
+    """The keys of an escalated batch's real-time batches (the rest it had not finished) start with this."""
+    return f"{batch_key}-rt-"
+
+
 def validation_errors_key(job_id: str, segment: int = 0) -> str:
     suffix = f"-s{segment:03d}" if segment else ""
     return f"{work_prefix(job_id)}validation-errors{suffix}.jsonl"

@@ -37,7 +37,7 @@ from batchdrop.batches import (
     window,
 )
 from batchdrop.cancel import cancel_running, carry_out
-from batchdrop.escalation import escalate, escalate_held, late_for_deadline
+from batchdrop.escalation import escalate, escalate_held, late_for_deadline, look_by, tell
 from batchdrop.pipeline import Deps
 from batchdrop.watchdog import end_stuck_job
 
@@ -116,7 +116,7 @@ def look_at_batch(
     logger.append_keys(job_id=batch["job_id"], batch_id=batch.get("provider_batch_id"))
     if batch.get("status") in m.TERMINAL_BATCH_STATES:
         # Recorded as ended by a poll that died before handing its job over: finish that step.
-        _after_end(deps, batch, report)
+        _after_end(deps, batch, report, watchdog)
         return
     if not batch.get("provider_batch_id"):
         # Held, or a held batch whose send died half-way (its job is submitted, so no submission will
@@ -148,13 +148,18 @@ def look_at_batch(
         if watchdog and status.state != m.CANCELLING:
             batch = _cancel_overdue(deps, provider, batch, now)
     if watchdog and not status.terminal:
-        if batch.get("escalated") and status.state != m.CANCELLING:
-            # Asked again until the provider says it is cancelling (the first ask may have been lost).
-            with contextlib.suppress(Exception):
-                provider.cancel(batch["provider_batch_id"])
+        if batch.get("escalated"):
+            # Asked again until the provider says it is cancelling (the first ask may have been lost), and
+            # told (once) in case the invocation that marked it died first.
+            if status.state != m.CANCELLING:
+                with contextlib.suppress(Exception):
+                    provider.cancel(batch["provider_batch_id"])
+            tell(deps, batch, str(batch["escalated"]))
         elif (why := late_for_deadline(deps, batch, status, now)) is not None:
-            batch = escalate(deps, provider, batch, why)
-            report.escalated.append(batch["job_id"])
+            escalated = escalate(deps, provider, batch, why)
+            if escalated is not None:
+                batch = escalated
+                report.escalated.append(batch["job_id"])
     if status.terminal and status.over_quota:
         # Refused for now by the provider's queue quota: not a failed batch; created again later.
         hold_over_quota(deps, batch, status)
@@ -163,7 +168,9 @@ def look_at_batch(
     if not status.terminal:
         if status.state != batch.get("status") or status.done != (batch.get("progress") or {}).get("done"):
             report.changed += 1
-        record_running(deps, batch, status, _next_look(deps, batch, now, status))
+        look_at = _next_look(deps, batch, now, status)
+        latest = look_by(deps, batch, status)
+        record_running(deps, batch, status, look_at if latest is None else max(now, min(look_at, latest)))
         return
     # The batch stays in the index until its job has been looked at for hand-over, so a poll that
     # dies in between leaves the step for the next one rather than losing it.
@@ -172,7 +179,7 @@ def look_at_batch(
     report.ended += 1
     logger.info("batch ended", extra={"state": status.state})
     deps.checkpoint("after_batch_ended")
-    _after_end(deps, batch, report)
+    _after_end(deps, batch, report, watchdog)
 
 
 def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollReport | None:
@@ -192,10 +199,13 @@ def look_at_provider_batch(deps: Deps, provider: str, batch_id: str) -> PollRepo
     return report
 
 
-def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport) -> None:
+def _after_end(deps: Deps, batch: dict[str, Any], report: PollReport, watchdog: bool = True) -> None:
     if batch.get("escalated") and not batch.get("replacement_planned"):
         # Its unfinished requests go real-time: the submit function (which has the grants to send)
-        # plans and sends them; offered again at each look until it has.
+        # plans and sends them; offered again at each look until it has (by the scheduled poll: the
+        # webhook function may not send to the segments queue).
+        if not watchdog:
+            return
         deps.segments.send(batch["job_id"], escalated=batch["batch_key"])
         look_soon(deps, batch, deps.clock() + max(deps.settings.poll_min_seconds, min(60, deps.settings.lease_seconds)))
         return

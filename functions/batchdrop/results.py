@@ -17,7 +17,7 @@ from batchdrop import models as m
 from batchdrop.batches import backend
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.outputs import error_line, result_line
-from batchdrop.pipeline import Deps, batch_index_key, iso, validation_errors_key
+from batchdrop.pipeline import Deps, batch_index_key, iso, replacement_prefix, validation_errors_key
 from batchdrop.pricing import CostMeter, price_table
 
 logger = Logger(service="batchdrop")
@@ -53,7 +53,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         superseded: set[str] = set()
         by_lane: dict[str, int] = {}
         # An escalated batch's unfinished requests were sent again real-time: those answers count.
-        replaced = _replaced(deps, job_id, batches)
+        replaced = replaced_ids(deps, job_id, batches)
         by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
         current_attempt = None
         later_ids: set[str] = set()
@@ -183,14 +183,19 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     return summary
 
 
-def _replaced(deps: Deps, job_id: str, batches: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
+def replaced_ids(deps: Deps, job_id: str, batches: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
     """For each escalated batch, the custom_ids its real-time batches took over: what the provider had
     not finished when it was canceled. Its answers for them (canceled, or any it finished after all)
-    give way; what it finished before stays its."""
+    give way; what it finished before stays its. Its real-time batches are found by their keys (the
+    prefix `escalation.replace` plans them under), not by the list written once they are sent, so a
+    crash in between cannot make a request count twice."""
     out: dict[str, frozenset[str]] = {}
     for batch in batches:
-        keys = batch.get("replaced_by") or []
-        if batch.get("escalated") and keys:
+        if not batch.get("escalated"):
+            continue
+        prefix = replacement_prefix(batch["batch_key"])
+        keys = [b["batch_key"] for b in batches if b["batch_key"].startswith(prefix)]
+        if keys:
             out[batch["batch_key"]] = frozenset(cid for key in keys for cid in _index(deps, job_id, key))
     return out
 
@@ -230,17 +235,33 @@ def _outcomes_or_given_up(
         yield from outcomes_with_missing(deps, batch)
         return
     seen: set[str] = set()
-    if batch.get("status") in m.TERMINAL_BATCH_STATES:
-        try:
+    try:
+        if batch.get("status") in m.TERMINAL_BATCH_STATES:
             for item in outcomes_with_missing(deps, batch):
                 seen.add(item[0])
                 yield item
             return
-        except Exception as exc:
-            logger.warning("could not read a batch's results", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+        if m.lane_of(batch) == m.LANE_REALTIME:
+            # Its chunks' answers are ours to read whatever its state: every one paid for is reported.
+            for item in _answered(deps, batch):
+                seen.add(item[0])
+                yield item
+    except Exception as exc:
+        logger.warning("could not read a batch's results", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
     for custom_id, line in _index(deps, batch["job_id"], batch["batch_key"]).items():
         if custom_id not in seen:
             yield custom_id, line, m.Outcome(custom_id, ok=False, code=m.BATCH_FAILED, message=f"no result: {given_up}")
+
+
+def _answered(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, int, m.Outcome]]:
+    """The answers a batch has so far (a real-time batch's chunk files), each once."""
+    index = _index(deps, batch["job_id"], batch["batch_key"])
+    runner = backend(deps, batch)
+    status = runner.status(batch["provider_batch_id"])
+    for outcome in runner.outcomes(batch["provider_batch_id"], status):
+        line = index.pop(outcome.custom_id, None)
+        if line is not None:
+            yield outcome.custom_id, line, outcome
 
 
 def outcomes_with_missing(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, int, m.Outcome]]:

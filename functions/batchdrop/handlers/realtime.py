@@ -48,11 +48,16 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             if wiring.realtime is not None:
                 wiring.realtime.delay(record.receipt_handle, busy.retry_in)
             raise
-        except Unfinished:
-            # Cut short by this invocation's time (its answers kept): the next run may start at once, not
-            # after the queue's visibility timeout (six times the function's).
-            if wiring.realtime is not None:
-                wiring.realtime.delay(record.receipt_handle, 0)
+        except Unfinished as cut:
+            if wiring.realtime is None:
+                raise
+            if cut.progressed:
+                # Cut short by this invocation's time, its answers kept: the rest goes out as a fresh
+                # message, so a chunk that keeps moving never counts its runs towards the dead-letter queue.
+                wiring.realtime.send_many([message_body(record.body)])
+                return
+            # Nothing answered (a provider that keeps refusing): counted, and back at once.
+            wiring.realtime.delay(record.receipt_handle, 0)
             raise
         finally:
             # The SDK clients belong to this event loop: the last chunk to end closes them in it.

@@ -22,6 +22,7 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
+from batchdrop.adapters.store import Conflict
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key
 from batchdrop.poll import PollReport, look_at_batch
 from batchdrop.providers import load_realtime
@@ -61,7 +62,11 @@ class ChunkBusy(Exception):
 
 class Unfinished(Exception):
     """The invocation's time ran out before every request of the chunk was answered; its message comes
-    back, and the next run sends only what is left."""
+    back, and the next run sends only what is left. `progressed`: this run answered some."""
+
+    def __init__(self, message: str, progressed: bool) -> None:
+        super().__init__(message)
+        self.progressed = progressed
 
 
 @dataclass
@@ -160,7 +165,10 @@ async def run_chunk(run: Run, body: dict[str, Any]) -> None:
     deps.checkpoint("after_chunk_written")
     if len(answers) < len(ids):
         await asyncio.to_thread(deps.store.release_chunk, job_id, key, chunk, run.owner)
-        raise Unfinished(f"chunk {chunk} of {key}: {len(answers)} of {len(ids)} requests answered in time")
+        raise Unfinished(
+            f"chunk {chunk} of {key}: {len(answers)} of {len(ids)} requests answered in time",
+            progressed=any(o is not None for o in outcomes),
+        )
     await asyncio.to_thread(deps.store.finish_chunk, job_id, key, chunk, run.owner, len(ids))
     run.finished.add((job_id, key))
 
@@ -180,7 +188,12 @@ async def _call(run: Run, provider: str, model: str, custom_id: str, payload: by
             if time.monotonic() >= run.stop_at:
                 return None
             try:
-                outcome = await client.call(payload, model)
+                # Never past the invocation's time: a call cut off is asked again by the chunk's next run.
+                outcome = await asyncio.wait_for(
+                    client.call(payload, model), timeout=max(1.0, run.stop_at - time.monotonic() + SAFETY_SECONDS / 2)
+                )
+            except TimeoutError:
+                return None
             except RateLimited as exc:
                 # The SDK's retries are spent and the provider still says 429: every call waits, and
                 # this one is tried again.
@@ -201,7 +214,10 @@ def end_finished(run: Run) -> int:
         chunks, done = int(batch.get("chunks") or 0), int(batch.get("chunks_done") or 0)
         if batch.get("rt_canceled") or (chunks and done >= chunks):
             report = PollReport()
-            look_at_batch(run.deps, batch, report, watchdog=False)
+            try:
+                look_at_batch(run.deps, batch, report, watchdog=False)
+            except Conflict:
+                continue  # a poll or another invocation ended it first
             ended += report.ended
     return ended
 
