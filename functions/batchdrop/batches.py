@@ -710,8 +710,10 @@ def record_provider_status(deps: Deps, batch: dict[str, Any], status: m.BatchSta
 
 
 def record_running(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, look_at: float) -> dict[str, Any]:
-    """What the provider says of a batch still running, and look again at `look_at`."""
-    return deps.store.update(batch, {**_status_changes(batch, status), **due_fields(look_at)})
+    """What the provider says of a batch still running, and look again at `look_at` (with when it last
+    made progress, `progressed_at`, if the look found some)."""
+    moved = {"progressed_at": batch["progressed_at"]} if batch.get("progressed_at") else {}
+    return deps.store.update(batch, {**_status_changes(batch, status), **moved, **due_fields(look_at)})
 
 
 def record_ended(deps: Deps, batch: dict[str, Any], status: m.BatchStatus, now: float) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from batchdrop.batches import (
 from batchdrop.cancel import cancel_running, carry_out
 from batchdrop.escalation import escalate, escalate_held, late_for_deadline, look_by, tell
 from batchdrop.pipeline import Deps
+from batchdrop.realtime.lane import redrive, stalled
 from batchdrop.watchdog import end_stuck_job
 
 logger = Logger(service="batchdrop")
@@ -170,6 +171,11 @@ def look_at_batch(
             report.changed += 1
         look_at = _next_look(deps, batch, now, status)
         latest = look_by(deps, batch, status)
+        if status.done != (batch.get("progress") or {}).get("done"):
+            batch = {**batch, "progressed_at": now}  # written with the look below
+        if watchdog and m.lane_of(batch) == m.LANE_REALTIME and stalled(deps, batch, status):
+            redrive(deps, batch)
+            batch = {**batch, "redriven_at": now}
         record_running(deps, batch, status, look_at if latest is None else max(now, min(look_at, latest)))
         return
     # The batch stays in the index until its job has been looked at for hand-over, so a poll that

@@ -515,6 +515,18 @@ class JobStore:
             return False
         return True
 
+    def chunks_done(self, job_id: str, batch_key: str) -> set[int]:
+        """The numbers of a real-time batch's chunks that are done."""
+        done: set[int] = set()
+        for item in self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
+            ExpressionAttributeValues=serialize({":pk": job_pk(job_id), ":c": f"{CHUNK_SK}{batch_key}#"}),
+            ConsistentRead=True,
+        ):
+            if item.get("done"):
+                done.add(int(str(item["sk"]).rpartition("#")[2]))
+        return done
+
     def release_chunk(self, job_id: str, batch_key: str, chunk: int, owner: str) -> None:
         """Give an unfinished chunk back at once, for its message's next delivery."""
         with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):

@@ -37,17 +37,19 @@ from batchdrop.realtime.worker import (
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     left = context.get_remaining_time_in_millis() / 1000 if context is not None else 900.0
     wiring = deps()
-    run = Run(wiring, stop_at=time.monotonic() + stop_after(left))
+    now = time.monotonic()
+    run = Run(wiring, stop_at=now + stop_after(left), ends_at=now + left)
     pending = [len(event.get("Records") or [])]
 
     async def record_handler(record: SQSRecord) -> None:
         try:
-            await run_chunk(run, message_body(record.body))
-        except ChunkBusy as busy:
-            # Back when the other claim runs out, not at every visibility timeout until the DLQ.
-            if wiring.realtime is not None:
-                wiring.realtime.delay(record.receipt_handle, busy.retry_in)
-            raise
+            await run_chunk(run, message_body(record.body), record.message_id)
+        except ChunkBusy:
+            # A copy of a message another invocation is running (sent again after a crash, or redriven):
+            # taken, not failed, so copies never push the chunk's own message towards the dead-letter
+            # queue. If that invocation dies, its message comes back; and the poll sends a stalled batch's
+            # unfinished chunks again (batchdrop.realtime.lane.redrive).
+            logger.info("a chunk another invocation runs: copy taken")
         except Unfinished as cut:
             if wiring.realtime is None:
                 raise

@@ -40,7 +40,7 @@ BEDROCK_RULE_PATTERN: dict[str, Any] = {"source": ["aws.bedrock"], "detail-type"
 BEDROCK_RULE_TARGET = "poll"
 # The realtime function's timeout here: shorter than the deployed one (infra/constructs/functions.py) as
 # the local clock runs fast, so that a chunk whose invocation died is claimed again within seconds.
-REALTIME_TIMEOUT_SECONDS = 30
+REALTIME_TIMEOUT_SECONDS = 15
 
 
 def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:

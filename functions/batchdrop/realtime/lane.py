@@ -69,6 +69,34 @@ def start(deps: Deps, batch: dict[str, Any]) -> dict[str, Any]:
     return sent
 
 
+def stalled(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> bool:
+    """Whether a running real-time batch has made no progress for longer than a chunk's run may take and
+    its message come back (a chunk whose messages all ended in the dead-letter queue, or were lost): its
+    unfinished chunks are sent again then (`redrive`)."""
+    if status.terminal or batch.get("rt_canceled"):
+        return False
+    quiet = max(20.0, float(deps.settings.lease_seconds))
+    last = max(
+        float(batch.get("submitted_ts") or 0),
+        float(batch.get("progressed_at") or 0),
+        float(batch.get("redriven_at") or 0),
+    )
+    return deps.clock() - last > quiet
+
+
+def redrive(deps: Deps, batch: dict[str, Any]) -> int:
+    """Send again the messages of the batch's chunks that are not done; returns how many. A chunk that is
+    done, or that another invocation runs, takes its copy without running it again (its claim)."""
+    if deps.realtime is None:
+        return 0
+    done = deps.store.chunks_done(batch["job_id"], batch["batch_key"])
+    messages = [msg for msg in _chunks(deps, batch, deps.settings.realtime_chunk) if msg["chunk"] not in done]
+    set_flag(deps.store, batch, "redriven_at", deps.clock())
+    deps.realtime.send_many(messages)
+    logger.warning("sent a stalled real-time batch's unfinished chunks again", extra={"chunks": len(messages)})
+    return len(messages)
+
+
 def _chunks(deps: Deps, batch: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
     """The batch's requests `size` at a time, as byte ranges of its data and index files (the files are
     ours: one request a line, in the same order)."""

@@ -52,12 +52,7 @@ _learned: dict[str, tuple[float, float | None]] = {}
 
 
 class ChunkBusy(Exception):
-    """Another invocation runs this chunk now (or one that died held it): its message comes back once
-    that claim has run out (and finds the chunk done, or takes it)."""
-
-    def __init__(self, message: str, retry_in: float) -> None:
-        super().__init__(message)
-        self.retry_in = retry_in
+    """Another invocation runs this chunk now (or one that died holds it until its claim runs out)."""
 
 
 class Unfinished(Exception):
@@ -75,6 +70,7 @@ class Run:
 
     deps: Deps
     stop_at: float  # time.monotonic() after which no request starts
+    ends_at: float  # time.monotonic() when the invocation's time is up
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     clients: dict[str, RealtimeClient] = field(default_factory=dict)
     limiters: dict[str, Limiter] = field(default_factory=dict)
@@ -121,21 +117,25 @@ class Run:
             _learned[provider] = (limiter.rate, limiter.limit)
 
 
-async def run_chunk(run: Run, body: dict[str, Any]) -> None:
-    """Run one message's chunk: claim it, send what it has not answered, write, count it done."""
+async def run_chunk(run: Run, body: dict[str, Any], message_id: str = "") -> None:
+    """Run one message's chunk: claim it, send what it has not answered, write, count it done.
+
+    The claim is the message's (two copies of one chunk in one invocation are two claimants), and it
+    is held until the invocation's time is up: a run cut short gives it back, one that dies lets it run
+    out before its message comes back (the queue's visibility timeout is longer than the function's)."""
     deps = run.deps
     job_id, key, chunk = str(body["job_id"]), str(body["batch_key"]), int(body["chunk"])
-    # Held for the rest of the invocation: a run cut short gives it back, one that dies lets it run out.
-    lease = run.stop_at - time.monotonic() + SAFETY_SECONDS
-    claim = await asyncio.to_thread(deps.store.claim_chunk, job_id, key, chunk, run.owner, deps.clock(), lease)
+    owner = f"{run.owner}/{message_id}"
+    lease = max(1.0, run.ends_at - time.monotonic())
+    claim = await asyncio.to_thread(deps.store.claim_chunk, job_id, key, chunk, owner, deps.clock(), lease)
     if claim == "done":
         return
     if claim == "busy":
-        raise ChunkBusy(f"chunk {chunk} of {key} is being run by another invocation", lease)
+        raise ChunkBusy(f"chunk {chunk} of {key} is being run by another invocation")
     batch = await _batch(run, job_id, key)
     if batch is None or batch.get("status") in m.TERMINAL_BATCH_STATES or batch.get("rt_canceled"):
         # Canceled (or gone): nothing more is started for it; what was answered is kept.
-        await asyncio.to_thread(deps.store.finish_chunk, job_id, key, chunk, run.owner, 0)
+        await asyncio.to_thread(deps.store.finish_chunk, job_id, key, chunk, owner, 0)
         run.finished.add((job_id, key))
         return
     name = chunk_key(job_id, key, chunk)
@@ -164,12 +164,12 @@ async def run_chunk(run: Run, body: dict[str, Any]) -> None:
         await asyncio.to_thread(deps.objects.put_bytes, name, file)
     deps.checkpoint("after_chunk_written")
     if len(answers) < len(ids):
-        await asyncio.to_thread(deps.store.release_chunk, job_id, key, chunk, run.owner)
+        await asyncio.to_thread(deps.store.release_chunk, job_id, key, chunk, owner)
         raise Unfinished(
             f"chunk {chunk} of {key}: {len(answers)} of {len(ids)} requests answered in time",
             progressed=any(o is not None for o in outcomes),
         )
-    await asyncio.to_thread(deps.store.finish_chunk, job_id, key, chunk, run.owner, len(ids))
+    await asyncio.to_thread(deps.store.finish_chunk, job_id, key, chunk, owner, len(ids))
     run.finished.add((job_id, key))
 
 
