@@ -207,3 +207,35 @@ def test_a_batch_late_for_its_deadline_is_escalated_and_the_deadline_met(tmp_pat
     note = next(n for n in report.notifications if n["attributes"]["event"] == "escalated")
     assert note["attributes"]["job_id"] == summary["job_id"]
     assert note["message"]["deadline"] == summary["deadline"]
+
+
+def test_real_time_chunks_whose_messages_are_lost_are_sent_again_by_the_poll(tmp_path: Path) -> None:
+    """The real-time queue loses every message (purged as soon as the batch is sent, as if they had all
+    gone to the dead-letter queue): the poll finds the batch stalled and sends its unfinished chunks
+    again, and the job ends with every line answered once."""
+    from batchdrop.adapters import aws
+    from batchdrop.local import stack as s
+    from batchdrop.local.dispatcher import Dispatcher
+    from tests.helpers import all_jobs_final, drive, local_stack
+
+    small = chat_file(tmp_path / "small.jsonl", 30)
+    with local_stack(options(lease_seconds=3)) as stack:
+        dispatcher = Dispatcher(stack)
+        try:
+            stack.upload(str(small), "inputs/small.jsonl")
+            dispatcher.deliver_uploads()
+            sqs = aws.client("sqs")
+            sqs.purge_queue(QueueUrl=stack.queue_urls[s.REALTIME_QUEUE])
+            from batchdrop.adapters.store import JobStore
+
+            store = JobStore(s.TABLE)
+            drive(dispatcher, all_jobs_final(store, 1), timeout=120)
+            [job] = store.list_jobs()
+            results = read_jsonl(stack.get(f"{job['output_prefix']}results.jsonl"))
+            assert sorted(r["line"] for r in results) == list(range(1, 31))
+            [batch] = store.get_batches(job["job_id"])
+            assert batch.get("redriven_at"), "the poll sent the chunks again"
+        finally:
+            dispatcher.close()
+    calls = stack.emulator.realtime_calls()
+    assert sum(1 for c in calls if c["status"] == 200) == 30

@@ -60,7 +60,9 @@ def start(deps: Deps, batch: dict[str, Any]) -> dict[str, Any]:
             "chunks": len(messages),
             "submitted_at": iso(now),
             "submitted_ts": now,
-            **due_fields(now + max(deps.settings.poll_min_seconds, FIRST_LOOK_SECONDS)),
+            **due_fields(
+                now + max(deps.settings.poll_min_seconds, min(FIRST_LOOK_SECONDS, deps.settings.lease_seconds))
+            ),
         },
         when_status=(m.SUBMITTING,),
     )
