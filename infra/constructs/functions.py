@@ -279,12 +279,16 @@ class Functions(Construct):
         # Completion consumes the queue through its event source (which grants receive and delete).
         completion_queue.grant_send_messages(self.poll)
 
-        # The real-time lane: submit and complete send a real-time batch's chunks to its queue.
+        # The real-time lane: submit and complete send a real-time batch's chunks to its queue, and the poll
+        # sends a stalled one's unfinished chunks again (batchdrop.realtime.lane.redrive).
         realtime_queue.grant_send_messages(self.submit)
         realtime_queue.grant_send_messages(self.complete)
+        realtime_queue.grant_send_messages(self.poll)
         self.realtime = self._realtime(
             realtime_queue, bucket=bucket, table=table, completion_queue=completion_queue, secrets=secrets
         )
+        # ...and the realtime function sends a chunk its time cut short back as a fresh message.
+        realtime_queue.grant_send_messages(self.realtime)
 
         # OpenAI calls this URL; AWS_IAM auth is not something OpenAI can sign, so the function checks
         # OpenAI's own signature (and refuses anything else) before it reads anything.

@@ -157,8 +157,8 @@ def test_the_realtime_function_consumes_its_queue_hands_jobs_to_completion_and_r
     assert sqs_resources == {own, completion}
 
 
-@pytest.mark.parametrize(("name", "sends"), [("submit", True), ("complete", True), ("poll", False), ("webhook", False)])
-def test_submit_and_complete_send_chunks_to_the_realtime_queue_and_no_other_function(
+@pytest.mark.parametrize(("name", "sends"), [("submit", True), ("complete", True), ("poll", True), ("webhook", False)])
+def test_submit_complete_and_poll_send_chunks_to_the_realtime_queue_and_no_other_function(
     stack: Synth, name: str, sends: bool
 ) -> None:
     queue = f"<{realtime_queue(stack)}.Arn>"
