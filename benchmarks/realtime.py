@@ -65,12 +65,12 @@ def lane_run(tmp: Path) -> list[tuple[float, int]]:
 
 
 NAIVE = r"""
-import asyncio, sys, time, httpx, openai
+import asyncio, sys, time, openai
 calls = []
 async def hook(response):
     calls.append((time.time(), response.status_code))
 async def main(base, n):
-    http = httpx.AsyncClient(event_hooks={"response": [hook]})
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [hook]})
     client = openai.AsyncOpenAI(base_url=base, api_key="k", http_client=http)
     gate = asyncio.Semaphore(16)
     async def one(i):

@@ -111,6 +111,8 @@ class Dispatcher:
     listeners: list[Listener] = field(default_factory=list)
     invocations: list[Invocation] = field(default_factory=list)
     crashes: dict[str, int] = field(default_factory=dict)
+    # The invocations the chaos killed, by function (a real-time one loses the answers it had not written).
+    crashed: dict[str, int] = field(default_factory=dict)
     _webhook_server: Any = None
     _realtime: list[threading.Thread] = field(default_factory=list)
 
@@ -371,6 +373,9 @@ class Dispatcher:
             invocation = Invocation(function, True, result)
         except (Exception, LambdaCrash) as exc:  # a failed invocation is an outcome, as in Lambda
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, LambdaCrash):
+                with self._lock:
+                    self.crashed[function] = self.crashed.get(function, 0) + 1
         finally:
             # Metrics are off locally, and Powertools then never empties its buffer (it prints it
             # once it holds 100 values): drop what each invocation recorded, as a flush would.

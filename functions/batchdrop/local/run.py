@@ -41,8 +41,9 @@ class RunReport:
     out_dir: str
     provider_stats: dict[str, Any]
     seconds: float
-    # The invocations the chaos harness killed, by the step they died at.
+    # The invocations the chaos harness killed, by the step they died at, and by function.
     crashes: dict[str, int] = field(default_factory=dict)
+    crashed: dict[str, int] = field(default_factory=dict)
 
 
 def input_key(path: str, folder: str | None) -> str:
@@ -145,7 +146,15 @@ def _drive(
         prefix = (store.get_job(job.job_id) or {}).get("output_prefix")
         if prefix:
             job.summary = orjson.loads(stack.get(f"{prefix}summary.json"))
-    return RunReport(jobs, notifications, out_dir, stats, time.monotonic() - started, dict(dispatcher.crashes))
+    return RunReport(
+        jobs,
+        notifications,
+        out_dir,
+        stats,
+        time.monotonic() - started,
+        dict(dispatcher.crashes),
+        dict(dispatcher.crashed),
+    )
 
 
 def _refresh(store: JobStore, jobs: list[JobView], say: Say) -> None:
