@@ -445,6 +445,7 @@ def _run(
     if chaos is not None and chaos.crash_rate > 0:
         # Crashed invocations hold their lease until it runs out: keep that short on the local clock.
         options.lease_seconds, options.completion_grace_seconds, options.create_lock_seconds = 5, 4, 4
+        options.realtime_timeout = 15
     try:
         report = run_files(
             files,

@@ -57,6 +57,7 @@ def chaos_run(
         extra_env=env or {},
         limits=limits or {},
         lane=lane,
+        realtime_timeout=15,
     )
     chaos_knobs = Chaos(seed=seed, **(FULL_CHAOS if chaos is None else chaos))  # type: ignore[arg-type]
     report = run_files(paths, str(tmp / "out"), options, chaos=chaos_knobs, tick_seconds=0.1, timeout=240)

@@ -38,9 +38,6 @@ Listener = Callable[[str, dict[str, Any]], None]
 # the synthesized rule against these, so the local route cannot drift from the deployed one.
 BEDROCK_RULE_PATTERN: dict[str, Any] = {"source": ["aws.bedrock"], "detail-type": ["Batch Inference Job State Change"]}
 BEDROCK_RULE_TARGET = "poll"
-# The realtime function's timeout here: shorter than the deployed one (infra/constructs/functions.py) as
-# the local clock runs fast, so that a chunk whose invocation died is claimed again within seconds.
-REALTIME_TIMEOUT_SECONDS = 15
 
 
 def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
@@ -310,7 +307,9 @@ class Dispatcher:
         while len(self._realtime) < max(1, self.stack.options.realtime_invocations):
             # Visible again after this long if the invocation reports it failed (or dies): the event
             # source's visibility timeout, short here as the local clock runs fast.
-            messages = self._receive(s.REALTIME_QUEUE, visibility=REALTIME_TIMEOUT_SECONDS + 5, attributes=True)
+            messages = self._receive(
+                s.REALTIME_QUEUE, visibility=self.stack.options.realtime_timeout + 5, attributes=True
+            )
             if not messages:
                 break
             handed += len(messages)
@@ -327,7 +326,7 @@ class Dispatcher:
 
     def _run_realtime(self, handler: Callable[[dict[str, Any], Any], Any], messages: list[dict[str, Any]]) -> None:
         event = {"Records": [self._sqs_record(msg, s.REALTIME_QUEUE) for msg in messages]}
-        invocation = self._invoke("realtime", handler, event, timeout_seconds=REALTIME_TIMEOUT_SECONDS)
+        invocation = self._invoke("realtime", handler, event, timeout_seconds=self.stack.options.realtime_timeout)
         if invocation.ok and isinstance(invocation.result, dict):
             failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
         else:

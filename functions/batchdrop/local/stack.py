@@ -82,6 +82,10 @@ class StackOptions:
     escalation_margin: str | None = None
     rpm: Mapping[str, int] = field(default_factory=dict)
     realtime_invocations: int = 4
+    # The realtime function's timeout here (the deployed one's is 3 min, infra/constructs/functions.py):
+    # each invocation runs for up to this long, and a chunk whose invocation died is claimed again after
+    # it; the chaos runs make it short, so that crashes are recovered from within seconds.
+    realtime_timeout: int = 60
 
 
 class LocalStack:
