@@ -175,18 +175,18 @@ def test_real_time_failures_are_reported_and_server_errors_sent_again(tmp_path: 
 
 
 def test_a_batch_late_for_its_deadline_is_escalated_and_the_deadline_met(tmp_path: Path) -> None:
-    """A batch provider slower than the deadline (its batches take 100 s, their requests finishing from
-    10 s on; the deadline is 60 s away): the batch is canceled before the deadline, what it finished is
+    """A batch provider slower than the deadline (its batches take 60 s, their requests finishing from
+    6 s on; the deadline is 40 s away): the batch is canceled before the deadline, what it finished is
     kept, the rest answered real-time, each request once, and the job ends in time."""
     large = chat_file(tmp_path / "large.jsonl", 150)
     out = tmp_path / "out"
     stack = options(
-        knobs=EmulatorKnobs(latency=100),
-        min_batch_window="20s",
-        escalation_margin="25s",
+        knobs=EmulatorKnobs(latency=60),
+        min_batch_window="10s",
+        escalation_margin="15s",
         rpm={"openai": 6000},
     )
-    report = run_files([str(large)], str(out), stack, metadata={"batchdrop-deadline": "60s"}, timeout=180)
+    report = run_files([str(large)], str(out), stack, metadata={"batchdrop-deadline": "40s"}, timeout=180)
     [(results, errors, summary)] = outputs(report, out)
 
     assert summary["met_deadline"] is True

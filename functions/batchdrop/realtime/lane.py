@@ -74,10 +74,11 @@ def start(deps: Deps, batch: dict[str, Any]) -> dict[str, Any]:
 def stalled(deps: Deps, batch: dict[str, Any], status: m.BatchStatus) -> bool:
     """Whether a running real-time batch has made no progress for longer than a chunk's run may take and
     its message come back (a chunk whose messages all ended in the dead-letter queue, or were lost): its
-    unfinished chunks are sent again then (`redrive`)."""
+    unfinished chunks are sent again then (`redrive`): after the lease (an invocation's longest run), at
+    least 10 s."""
     if status.terminal or batch.get("rt_canceled"):
         return False
-    quiet = max(20.0, float(deps.settings.lease_seconds))
+    quiet = max(10.0, float(deps.settings.lease_seconds))
     last = max(
         float(batch.get("submitted_ts") or 0),
         float(batch.get("progressed_at") or 0),
