@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from batchdrop import config
+from batchdrop.blueprint import DEFAULT_STACK_NAME
 from batchdrop.config import ON_INVALID_CHOICES, PROVIDER_MAXIMA, ConfigError, parse_enqueued, parse_hours
 from batchdrop.providers import SPECS
 from batchdrop.providers.spec import env_var
-from infra.names import DEFAULT_STACK_NAME
 
 # The real-time lane's defaults are the functions' own (batchdrop.config.Settings): one source. The
 # stack sets each of them in the environment (a deadline and prefix defaults only when given), so what

@@ -8,7 +8,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from infra.constructs.bedrock import BedrockBatch, allow_invoke
-from infra.constructs.functions import COMPLETE, REALTIME, SUBMIT, Functions
+from infra.constructs.functions import Functions
 from infra.constructs.messaging import Messaging
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.scheduling import Scheduling
@@ -26,13 +26,7 @@ class BatchdropStack(Stack):
 
         self.storage = Storage(self, "Storage", settings=settings)
         self.state = State(self, "State")
-        self.messaging = Messaging(
-            self,
-            "Messaging",
-            complete_timeout=COMPLETE.timeout,
-            submit_timeout=SUBMIT.timeout,
-            realtime_timeout=REALTIME.timeout,
-        )
+        self.messaging = Messaging(self, "Messaging")
         self.secrets = Secrets(self, "Secrets", settings=settings)
         self.bedrock = (
             BedrockBatch(self, "Bedrock", bucket=self.storage.bucket) if "bedrock" in settings.providers else None
@@ -44,10 +38,7 @@ class BatchdropStack(Stack):
             bucket=self.storage.bucket,
             table=self.state.table,
             topic=self.messaging.topic,
-            completion_queue=self.messaging.completion_queue,
-            segments_queue=self.messaging.segments_queue,
-            submit_dlq=self.messaging.submit_dlq,
-            realtime_queue=self.messaging.realtime_queue,
+            queues=self.messaging.queues,
             secrets=self.secrets.by_provider,
             webhook_secret=self.secrets.openai_webhook,
             provider_values={"bedrock": {"ROLE_ARN": self.bedrock.service_role.role_arn}} if self.bedrock else None,

@@ -18,11 +18,10 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from batchdrop import config
+from batchdrop import blueprint, config
 from infra.settings import BEDROCK_MODEL_ID
 from infra.suppressions import acknowledge
 
-STATE_CHANGE = "Batch Inference Job State Change"
 # Also what the Converse API is authorized by (ConverseStream and InvokeModelWithResponseStream are
 # bedrock:InvokeModelWithResponseStream, which the real-time lane does not call).
 INVOKE_ACTION = "bedrock:InvokeModel"
@@ -141,7 +140,10 @@ class BedrockBatch(Construct):
             self,
             "StateChange",
             description="batchdrop: a Bedrock batch inference job changed state; the poll function looks at it",
-            event_pattern=events.EventPattern(source=["aws.bedrock"], detail_type=[STATE_CHANGE]),
+            event_pattern=events.EventPattern(
+                source=list(blueprint.BEDROCK_RULE_PATTERN["source"]),
+                detail_type=list(blueprint.BEDROCK_RULE_PATTERN["detail-type"]),
+            ),
         )
         rule.add_target(targets.LambdaFunction(poll, retry_attempts=2, max_event_age=Duration.hours(1)))
         return rule

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from aws_cdk import CfnElement, Duration, Size, Stack
 from aws_cdk import aws_dynamodb as dynamodb
@@ -19,9 +17,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
-from batchdrop import config
-from batchdrop.providers.spec import provider_env
-from infra import names
+from batchdrop import blueprint, config
 from infra.bundling import function_code
 from infra.settings import DeploySettings, LimitOverride
 from infra.suppressions import acknowledge
@@ -31,57 +27,13 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCHITECTURE = lambda_.Architecture.ARM_64
 
 
-@dataclass(frozen=True)
-class FunctionSpec:
-    name: str  # the module in batchdrop.handlers
-    description: str
-    memory_mb: int
-    timeout: Duration
-    ephemeral_storage_mb: int = 512
-    reserved_concurrency: int | None = None
-
-
-SUBMIT = FunctionSpec(
-    names.SUBMIT,
-    "Validates an uploaded JSONL file, splits it into provider batches and submits them",
-    memory_mb=1024,
-    timeout=Duration.minutes(15),
-    # It writes the planned batch files to /tmp before uploading them: room for multi-GB inputs.
-    ephemeral_storage_mb=10240,
-)
-POLL = FunctionSpec(
-    names.POLL,
-    "Checks the batches that are due with their providers and hands finished jobs to completion",
-    memory_mb=512,
-    timeout=Duration.minutes(5),
-    # One poll at a time: overlapping polls would ask the providers twice for nothing.
-    reserved_concurrency=1,
-)
-COMPLETE = FunctionSpec(
-    names.COMPLETE,
-    "Writes a finished job's results, errors and summary to outputs/ and publishes the notification",
-    memory_mb=1024,
-    timeout=Duration.minutes(15),
-    # It writes results.jsonl and errors.jsonl to /tmp before uploading them.
-    ephemeral_storage_mb=10240,
-)
-WEBHOOK = FunctionSpec(
-    names.WEBHOOK,
-    "Receives OpenAI's signed batch webhooks and looks at the batch at once (the schedule is the safety net)",
-    memory_mb=512,
-    timeout=Duration.seconds(60),
-    # Its URL is open to anyone (OpenAI cannot sign AWS requests): a flood of anonymous requests gets
-    # these few executions and throttles beyond them, never the account's concurrency that the other
-    # functions (and the account's other workloads) need. OpenAI retries a throttled delivery.
-    reserved_concurrency=5,
-)
-REALTIME = FunctionSpec(
-    names.REALTIME,
-    "Runs chunks of a real-time batch's requests on the providers' real-time APIs",
-    memory_mb=1024,
-    # One message's chunk of requests, run at once per provider: minutes at most (the realtime queue's
-    # visibility timeout is six times this; infra/constructs/messaging.py).
-    timeout=Duration.minutes(3),
+# The functions' names, sizes and timeouts are batchdrop.blueprint's (the local stack's too).
+SUBMIT, POLL, COMPLETE, WEBHOOK, REALTIME = (
+    blueprint.SUBMIT,
+    blueprint.POLL,
+    blueprint.COMPLETE,
+    blueprint.WEBHOOK,
+    blueprint.REALTIME,
 )
 # What the webhook's code path does to the table (look_at_provider_batch → look_at_batch →
 # hand_over_if_done): read the registry, the batch and the job, query one job's batches (on the
@@ -101,16 +53,6 @@ REALTIME_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Upda
 # other functions have it through CDK's s3:List*.)
 REALTIME_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
 LIST_BUCKET = "s3:ListBucket"
-# SQS messages per realtime invocation (the most SQS gives without a batching window): each message is
-# a chunk, and the function answers which chunks failed (ReportBatchItemFailures), so one chunk's
-# failure sends back only that chunk. No batching window: a real-time chunk should not wait for company.
-REALTIME_BATCH_SIZE = 10
-MALLOC_ARENA_MAX = "2"
-# SQS messages per completion invocation: one job each, so a large job cannot time out its neighbours.
-COMPLETION_BATCH_SIZE = 1
-# Lambda's retries of a failed asynchronous submit before the event goes to the submit DLQ.
-SUBMIT_RETRY_ATTEMPTS = 2
-
 # The wildcard actions in CDK's bucket grants (grant_read, grant_read_write, grant_put); cdk-nag
 # reports each, and we acknowledge them where the grant's resources are one prefix of our bucket.
 READ_ACTIONS = ("s3:GetBucket*", "s3:GetObject*", "s3:List*")
@@ -141,72 +83,56 @@ def environment(
     bucket: s3.IBucket,
     table: dynamodb.ITable,
     topic: sns.ITopic,
-    completion_queue: sqs.IQueue,
-    segments_queue: sqs.IQueue,
-    realtime_queue: sqs.IQueue,
+    queues: Mapping[str, sqs.IQueue],
     secrets: Mapping[str, secretsmanager.ISecret],
     provider_values: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
-    """What batchdrop.config.Settings.from_env reads, plus Powertools'. Secrets go by ARN only.
-    `provider_values`: settings the stack's own resources give a provider ({WHAT: value}, e.g.
-    Bedrock's ROLE_ARN), set as BATCHDROP_<NAME>_<WHAT> by the mapping the local stack uses too."""
+    """The functions' environment: batchdrop.blueprint.environment, given this stack's resources and
+    settings. `queues`: by blueprint id. `provider_values`: settings the stack's own resources give a
+    provider ({WHAT: value}, e.g. Bedrock's ROLE_ARN), set as BATCHDROP_<NAME>_<WHAT>."""
     provider_values = provider_values or {}
-    env = {
-        config.ENV_BUCKET: bucket.bucket_name,
-        config.ENV_TABLE: table.table_name,
-        config.ENV_TOPIC_ARN: topic.topic_arn,
-        config.ENV_COMPLETION_QUEUE_URL: completion_queue.queue_url,
-        config.ENV_SUBMIT_QUEUE_URL: segments_queue.queue_url,
-        config.ENV_REALTIME_QUEUE_URL: realtime_queue.queue_url,
-        config.ENV_ON_INVALID: settings.on_invalid,
-        config.ENV_MAX_ATTEMPTS: str(settings.max_attempts),
-        config.ENV_PROVIDERS: ",".join(settings.providers),
-        "POWERTOOLS_SERVICE_NAME": names.SERVICE,
-        "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
-        "POWERTOOLS_LOG_LEVEL": "INFO",
-        # Handler responses can hold request data; traces carry timings, not content.
-        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
-        "POWERTOOLS_TRACE_DISABLED": "false" if settings.deep_tracing else "true",
-        # glibc gives each thread its own malloc arena; s3transfer's upload threads then leave freed
-        # memory spread over many of them, and a long submit's RSS creeps up with the file size.
-        "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
-        **lane_environment(settings),
-    }
+    values: dict[str, dict[str, str | None]] = {}
     for provider in settings.providers:
         limits = settings.limits.get(provider, LimitOverride())
-        values = {
+        values[provider] = {
             "SECRET_ARN": secrets[provider].secret_arn if provider in secrets else None,
             **provider_values.get(provider, {}),
             **settings.options.get(provider, {}),
             "MAX_REQUESTS": None if limits.max_requests is None else str(limits.max_requests),
             "MAX_BYTES": None if limits.max_bytes is None else str(limits.max_bytes),
         }
-        env.update(provider_env(provider, values))
-    return env
+    return blueprint.environment(
+        blueprint.Resources(
+            bucket=bucket.bucket_name,
+            table=table.table_name,
+            topic_arn=topic.topic_arn,
+            queue_urls={spec.id: queues[spec.id].queue_url for spec in blueprint.QUEUES.values() if spec.url_env},
+        ),
+        blueprint.Options(
+            on_invalid=settings.on_invalid,
+            max_attempts=settings.max_attempts,
+            providers=tuple(settings.providers),
+            provider_values=values,
+            lanes=lane_environment(settings),
+            tracing=settings.deep_tracing,
+        ),
+    )
 
 
 def lane_environment(settings: DeploySettings) -> dict[str, str]:
     """The real-time lane's settings, every one set (the defaults are batchdrop.config's, through
     DeploySettings), except a deadline and prefix defaults a deployment does not give."""
-    env = {
-        config.ENV_LANE: settings.lane,
-        config.ENV_REALTIME_BELOW: str(settings.realtime_below),
-        config.ENV_MIN_BATCH_WINDOW: _seconds(settings.min_batch_window_seconds),
-        config.ENV_REALTIME_CHUNK: str(settings.realtime_chunk),
-        config.ENV_REALTIME_CONCURRENCY: str(settings.realtime_concurrency),
-        config.ENV_REALTIME_INVOCATIONS: str(settings.realtime_invocations),
-        config.ENV_ESCALATION_MARGIN: _seconds(settings.escalation_margin_seconds),
-    }
-    if settings.deadline is not None:
-        env[config.ENV_DEADLINE] = settings.deadline
-    if settings.prefix_defaults:
-        env[config.ENV_PREFIX_DEFAULTS] = json.dumps(settings.prefix_defaults, separators=(",", ":"), sort_keys=True)
-    return env
-
-
-def _seconds(value: float) -> str:
-    """A duration in seconds as batchdrop.config.parse_duration reads it: "3600", or "0.5"."""
-    return str(int(value)) if value.is_integer() else repr(value)
+    return blueprint.lane_environment(
+        lane=settings.lane,
+        realtime_below=settings.realtime_below,
+        min_batch_window_seconds=settings.min_batch_window_seconds,
+        realtime_chunk=settings.realtime_chunk,
+        realtime_concurrency=settings.realtime_concurrency,
+        realtime_invocations=settings.realtime_invocations,
+        escalation_margin_seconds=settings.escalation_margin_seconds,
+        deadline=settings.deadline,
+        prefix_defaults=settings.prefix_defaults,
+    )
 
 
 class Functions(Construct):
@@ -219,10 +145,7 @@ class Functions(Construct):
         bucket: s3.IBucket,
         table: dynamodb.ITable,
         topic: sns.ITopic,
-        completion_queue: sqs.IQueue,
-        segments_queue: sqs.IQueue,
-        submit_dlq: sqs.IQueue,
-        realtime_queue: sqs.IQueue,
+        queues: Mapping[str, sqs.IQueue],
         secrets: Mapping[str, secretsmanager.ISecret],
         webhook_secret: secretsmanager.ISecret | None = None,
         provider_values: Mapping[str, Mapping[str, str]] | None = None,
@@ -231,25 +154,27 @@ class Functions(Construct):
         self.webhook: lambda_.Function | None = None
         self.webhook_url: lambda_.FunctionUrl | None = None
         self._settings = settings
+        completion_queue = queues[blueprint.COMPLETION.id]
+        segments_queue = queues[blueprint.SEGMENTS.id]
+        realtime_queue = queues[blueprint.REALTIME_CHUNKS.id]
         self._code = function_code(RUNTIME)  # one asset, bundled once, for all of them
         self._environment = environment(
             settings,
             bucket=bucket,
             table=table,
             topic=topic,
-            completion_queue=completion_queue,
-            segments_queue=segments_queue,
-            realtime_queue=realtime_queue,
+            queues=queues,
             secrets=secrets,
             provider_values=provider_values,
         )
 
         self.submit = self._function(SUBMIT)
         # Large files: each submit invocation plans one segment and queues the next for itself.
-        self.submit.add_event_source(event_sources.SqsEventSource(segments_queue, batch_size=1))
+        _consume(self.submit, segments_queue, blueprint.SEGMENTS)
         segments_queue.grant_send_messages(self.submit)
         self.submit.configure_async_invoke(
-            retry_attempts=SUBMIT_RETRY_ATTEMPTS, on_failure=destinations.SqsDestination(submit_dlq)
+            retry_attempts=blueprint.SUBMIT_RETRY_ATTEMPTS,
+            on_failure=destinations.SqsDestination(queues[blueprint.SUBMIT_DLQ.id]),
         )
         self.poll = self._function(POLL)
         # The poll hands a stalled submission back to submit through the same queue.
@@ -260,7 +185,7 @@ class Functions(Construct):
             retry_attempts=0, max_event_age=Duration.minutes(min(settings.poll_rate_minutes, 6 * 60))
         )
         self.complete = self._function(COMPLETE)
-        self.complete.add_event_source(event_sources.SqsEventSource(completion_queue, batch_size=COMPLETION_BATCH_SIZE))
+        _consume(self.complete, completion_queue, blueprint.COMPLETION)
 
         # What each function may do with objects, by prefix (docs/contract.md's layout): only submit reads
         # uploads; results are only ever added to outputs/, never read back or deleted.
@@ -321,17 +246,9 @@ class Functions(Construct):
         statement of its own: CDK's grant_read_write on the bucket or the table would add deletes,
         s3:GetBucket*, the object-lock and tagging puts, and the table's indexes."""
         fn = self._function(REALTIME)
-        fn.add_event_source(
-            event_sources.SqsEventSource(
-                queue,
-                batch_size=REALTIME_BATCH_SIZE,
-                # It answers Powertools' partial batch response: only the failed chunks come back.
-                report_batch_item_failures=True,
-                # The lane's bound on parallel invocations (each runs its chunks' requests at once,
-                # BATCHDROP_REALTIME_CONCURRENCY per provider); the function reads the same number.
-                max_concurrency=self._settings.realtime_invocations,
-            )
-        )
+        # The lane's bound on parallel invocations (each runs its chunks' requests at once,
+        # BATCHDROP_REALTIME_CONCURRENCY per provider); the function reads the same number.
+        _consume(fn, queue, blueprint.REALTIME_CHUNKS, max_concurrency=self._settings.realtime_invocations)
         work = f"{config.WORK_PREFIX}*"
         fn.add_to_role_policy(
             iam.PolicyStatement(actions=list(REALTIME_OBJECT_ACTIONS), resources=[bucket.arn_for_objects(work)])
@@ -345,7 +262,7 @@ class Functions(Construct):
         self._acknowledge(fn, f"Resource::<{_logical_id(bucket)}.Arn>/{work}", reason=WORK_OBJECTS_REASON)
         return fn
 
-    def _function(self, spec: FunctionSpec) -> lambda_.Function:
+    def _function(self, spec: blueprint.Function) -> lambda_.Function:
         """A function running batchdrop.handlers.<spec.name>.handler with its own role and log group."""
         construct_id = spec.name.capitalize()
         log_group = logs.LogGroup(self, f"{construct_id}Logs")
@@ -367,10 +284,10 @@ class Functions(Construct):
             description=spec.description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
-            handler=names.handler(spec.name),
+            handler=spec.handler,
             code=self._code,
             memory_size=spec.memory_mb,
-            timeout=spec.timeout,
+            timeout=Duration.seconds(spec.timeout_seconds),
             ephemeral_storage_size=Size.mebibytes(spec.ephemeral_storage_mb),
             reserved_concurrent_executions=spec.reserved_concurrency,
             environment=self._environment,
@@ -406,6 +323,22 @@ class Functions(Construct):
     @staticmethod
     def _acknowledge(fn: lambda_.Function, *findings: str, reason: str) -> None:
         acknowledge(fn.role or fn, "AwsSolutions-IAM5", reason, *findings)
+
+
+def _consume(
+    fn: lambda_.Function, queue: sqs.IQueue, spec: blueprint.Queue, max_concurrency: int | None = None
+) -> None:
+    """The event source that runs `fn` on the queue's messages, as the blueprint sets it."""
+    assert spec.consumer is not None
+    assert fn.node.id == spec.consumer.name.capitalize(), (fn.node.id, spec)
+    fn.add_event_source(
+        event_sources.SqsEventSource(
+            queue,
+            batch_size=spec.batch_size,
+            report_batch_item_failures=spec.report_failures,
+            max_concurrency=max_concurrency,
+        )
+    )
 
 
 def _logical_id(resource: IConstruct) -> str:

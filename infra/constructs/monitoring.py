@@ -15,8 +15,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from batchdrop import blueprint
 from batchdrop import config as o
-from infra import names
 
 PERIOD = Duration.minutes(5)
 
@@ -62,10 +62,10 @@ class Monitoring(Construct):
         self._alarm(
             "StuckBatches",
             cloudwatch.Metric(
-                namespace=names.METRICS_NAMESPACE,
-                metric_name=names.STUCK_BATCHES_METRIC,
+                namespace=blueprint.METRICS_NAMESPACE,
+                metric_name=blueprint.STUCK_BATCHES_METRIC,
                 # Powertools' Metrics adds the service dimension to every metric it emits.
-                dimensions_map={"service": names.SERVICE},
+                dimensions_map={"service": blueprint.SERVICE},
                 period=PERIOD,
                 statistic="Maximum",
             ),
@@ -172,9 +172,9 @@ class Monitoring(Construct):
 def ours(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
     """One of the metrics the handlers emit (Powertools adds the service dimension to each)."""
     return cloudwatch.Metric(
-        namespace=names.METRICS_NAMESPACE,
+        namespace=blueprint.METRICS_NAMESPACE,
         metric_name=name,
-        dimensions_map={"service": names.SERVICE},
+        dimensions_map={"service": blueprint.SERVICE},
         period=PERIOD,
         statistic=statistic,
     )

@@ -7,8 +7,8 @@ import json
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from batchdrop.blueprint import secret_name, webhook_secret_name
 from batchdrop.providers import SPECS
-from infra.names import secret_name
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
@@ -48,7 +48,7 @@ class Secrets(Construct):
             self.openai_webhook = secretsmanager.Secret(
                 self,
                 "OpenaiWebhook",
-                secret_name=secret_name(settings.stack_name, "openai-webhook").replace("-api-key", "-secret"),
+                secret_name=webhook_secret_name(settings.stack_name),
                 description="OpenAI webhook signing secret (whsec_...) for batchdrop's webhook URL",
                 generate_secret_string=secretsmanager.SecretStringGenerator(
                     secret_string_template=json.dumps({"api_key": ""}),

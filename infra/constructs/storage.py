@@ -8,12 +8,11 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
-from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
+from batchdrop import blueprint
+from batchdrop.config import OUTPUT_PREFIX, WORK_PREFIX
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
-# What batchdrop accepts in inputs/ (docs/contract.md, "Data flow").
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # work/ holds batch files and line indexes only while a job runs (24 h at the provider, plus retries).
 WORK_EXPIRY = Duration.days(30)
 # Overwritten or deleted objects stay recoverable this long (the bucket is versioned).
@@ -76,12 +75,8 @@ class Storage(Construct):
         """Invoke `function` for every new input file (inputs/ and a JSONL suffix) and for every cancel
         request (cancel/<job_id>, for users with only S3 access); nothing else."""
         destination = s3n.LambdaDestination(function)
-        for suffix in INPUT_SUFFIXES:
+        assert blueprint.UPLOAD_EVENTS == ("s3:ObjectCreated:*",)
+        for rules in blueprint.upload_filters():
             self.bucket.add_event_notification(
-                s3.EventType.OBJECT_CREATED,
-                destination,
-                s3.NotificationKeyFilter(prefix=INPUT_PREFIX, suffix=suffix),
+                s3.EventType.OBJECT_CREATED, destination, s3.NotificationKeyFilter(**rules)
             )
-        self.bucket.add_event_notification(
-            s3.EventType.OBJECT_CREATED, destination, s3.NotificationKeyFilter(prefix=CANCEL_PREFIX)
-        )
