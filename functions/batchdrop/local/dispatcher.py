@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from batchdrop import blueprint
 from batchdrop.adapters import aws
 from batchdrop.local import stack as s
 
@@ -64,7 +65,8 @@ class LocalContext:
     def __init__(self, function_name: str, timeout_seconds: int = 900) -> None:
         self.function_name = f"batchdrop-{function_name}"
         self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 1024
+        spec = blueprint.FUNCTIONS.get(function_name)
+        self.memory_limit_in_mb = spec.memory_mb if spec else 1024
         self.invoked_function_arn = f"arn:aws:lambda:{s.REGION}:123456789012:function:{self.function_name}"
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{self.function_name}"
@@ -81,6 +83,7 @@ class Invocation:
     ok: bool
     result: Any = None
     error: str | None = None
+    seconds: float = 0.0  # how long the handler ran (wall clock), as Lambda bills it
 
 
 class LambdaCrash(BaseException):
@@ -367,6 +370,7 @@ class Dispatcher:
         event: dict[str, Any],
         timeout_seconds: int = 900,
     ) -> Invocation:
+        started = time.perf_counter()
         try:
             result = handler(event, LocalContext(function, timeout_seconds))
             invocation = Invocation(function, True, result)
@@ -376,11 +380,13 @@ class Dispatcher:
                 with self._lock:
                     self.crashed[function] = self.crashed.get(function, 0) + 1
         finally:
+            elapsed = time.perf_counter() - started
             # Metrics are off locally, and Powertools then never empties its buffer (it prints it
             # once it holds 100 values): drop what each invocation recorded, as a flush would.
             from batchdrop.observability import metrics
 
             metrics.clear_metrics()
+        invocation.seconds = elapsed
         with self._lock:
             self.invocations.append(invocation)
         for listener in self.listeners:
