@@ -37,8 +37,8 @@ Listener = Callable[[str, dict[str, Any]], None]
 # The deployed EventBridge rule for Bedrock's job state changes (infra/constructs/bedrock.py,
 # BedrockBatch.on_state_change): its event pattern, and the function it targets. The infra tests check
 # the synthesized rule against these, so the local route cannot drift from the deployed one.
-BEDROCK_RULE_PATTERN: dict[str, Any] = {"source": ["aws.bedrock"], "detail-type": ["Batch Inference Job State Change"]}
-BEDROCK_RULE_TARGET = "poll"
+BEDROCK_RULE_PATTERN: dict[str, Any] = dict(blueprint.BEDROCK_RULE_PATTERN)
+BEDROCK_RULE_TARGET = blueprint.BEDROCK_RULE_TARGET.name
 
 
 def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
@@ -192,7 +192,7 @@ class Dispatcher:
         from batchdrop.handlers.submit import handler
 
         delivered = self.deliver_segments()
-        for message in self._receive(s.S3_EVENTS_QUEUE, visibility=1):
+        for message in self._receive(s.S3_EVENTS_QUEUE):
             event = orjson.loads(message["Body"])
             copies = max(1, self.chaos.duplicate_events)
             # S3 delivers at least once: duplicates, the first two of them at the same moment.
@@ -209,7 +209,8 @@ class Dispatcher:
         """The segments queue into the submit handler, as Lambda's SQS event source would."""
         from batchdrop.handlers.submit import handler
 
-        messages = self._receive(s.SEGMENTS_QUEUE, visibility=2, attributes=True)
+        messages = self._receive(s.SEGMENTS_QUEUE, attributes=True)
+        # One message per invocation (the event source's batch size, blueprint.SEGMENTS).
         for message in messages:
             event = {"Records": [self._sqs_record(message, s.SEGMENTS_QUEUE)]}
             if self._invoke("submit", handler, event).ok:
@@ -284,19 +285,16 @@ class Dispatcher:
     def deliver_completions(self) -> int:
         from batchdrop.handlers.complete import handler
 
-        messages = self._receive(s.COMPLETION_QUEUE, visibility=2, attributes=True)
-        if not messages:
-            return 0
-        event = {"Records": [self._sqs_record(m, s.COMPLETION_QUEUE) for m in messages]}
-        invocation = self._invoke("complete", handler, event)
-        failed: set[str] = set()
-        if invocation.ok and isinstance(invocation.result, dict):
-            failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
-        else:
-            failed = {m["MessageId"] for m in messages}
-        for message in messages:
-            if message["MessageId"] not in failed:
-                self._delete(s.COMPLETION_QUEUE, message)
+        messages = self._receive(s.COMPLETION_QUEUE, attributes=True)
+        size = blueprint.COMPLETION.batch_size
+        for batch in (messages[i : i + size] for i in range(0, len(messages), size)):
+            event = {"Records": [self._sqs_record(m, s.COMPLETION_QUEUE) for m in batch]}
+            invocation = self._invoke("complete", handler, event)
+            # Without ReportBatchItemFailures, Lambda deletes the batch when the invocation succeeds
+            # and returns all of it when it fails.
+            if invocation.ok:
+                for message in batch:
+                    self._delete(s.COMPLETION_QUEUE, message)
         return len(messages)
 
     def deliver_realtime(self, wait: bool = False) -> int:
@@ -308,11 +306,9 @@ class Dispatcher:
         self._realtime = [t for t in self._realtime if t.is_alive()]
         handed = 0
         while len(self._realtime) < max(1, self.stack.options.realtime_invocations):
-            # Visible again after this long if the invocation reports it failed (or dies): the event
-            # source's visibility timeout, short here as the local clock runs fast.
-            messages = self._receive(
-                s.REALTIME_QUEUE, visibility=self.stack.options.realtime_timeout + 5, attributes=True
-            )
+            # Visible again after the queue's visibility timeout if the invocation reports it failed
+            # (or dies): short here, as the local clock runs fast (LocalStack.visibility_timeout).
+            messages = self._receive(s.REALTIME_QUEUE, attributes=True, limit=blueprint.REALTIME_CHUNKS.batch_size)
             if not messages:
                 break
             handed += len(messages)
@@ -355,7 +351,7 @@ class Dispatcher:
     def notifications(self) -> list[dict[str, Any]]:
         """Drain the SNS capture queue: each message's event, attributes and parsed body."""
         out = []
-        for message in self._receive(s.NOTIFICATIONS_QUEUE, visibility=30, attributes=True):
+        for message in self._receive(s.NOTIFICATIONS_QUEUE, attributes=True):
             attrs = {k: v.get("StringValue") for k, v in (message.get("MessageAttributes") or {}).items()}
             out.append({"attributes": attrs, "message": orjson.loads(message["Body"])})
             self._delete(s.NOTIFICATIONS_QUEUE, message)
@@ -393,11 +389,11 @@ class Dispatcher:
             listener(function, {"ok": invocation.ok, "result": invocation.result, "error": invocation.error})
         return invocation
 
-    def _receive(self, queue: str, visibility: int, attributes: bool = False) -> list[dict[str, Any]]:
+    def _receive(self, queue: str, attributes: bool = False, limit: int = 10) -> list[dict[str, Any]]:
+        """Up to `limit` messages, hidden for the queue's visibility timeout (LocalStack sets them)."""
         kwargs: dict[str, Any] = {
             "QueueUrl": self.stack.queue_urls[queue],
-            "MaxNumberOfMessages": 10,
-            "VisibilityTimeout": visibility,
+            "MaxNumberOfMessages": limit,
             "WaitTimeSeconds": 0,
         }
         if attributes:

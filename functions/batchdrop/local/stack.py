@@ -22,26 +22,70 @@ from typing import Any
 
 import orjson
 
+from batchdrop import blueprint
 from batchdrop import config as c
 from batchdrop.adapters import aws
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 from batchdrop.providers import SPECS
-from batchdrop.providers.spec import provider_env
 
 REGION = "us-east-1"
 BUCKET = "batchdrop-local"
 TABLE = "batchdrop-jobs"
 TOPIC = "batchdrop-notifications"
+# Local stand-ins for what AWS does without a queue: S3's asynchronous invocation of submit (Lambda's
+# event queue, with its retries and then the submit dead-letter queue) and a subscriber of the topic.
 S3_EVENTS_QUEUE = "batchdrop-s3-events"
 NOTIFICATIONS_QUEUE = "batchdrop-notifications-capture"
-COMPLETION_QUEUE = "batchdrop-completion"
-COMPLETION_DLQ = "batchdrop-completion-dlq"
-SEGMENTS_QUEUE = "batchdrop-segments"
-REALTIME_QUEUE = "batchdrop-realtime"
-REALTIME_DLQ = "batchdrop-realtime-dlq"
-MAX_RECEIVE_COUNT = 3
-# A chunk of the real-time lane whose runs keep failing goes to the dead-letter queue after this many.
-REALTIME_MAX_RECEIVES = 5
+
+
+def queue_name(queue: blueprint.Queue) -> str:
+    """The local name of one of the blueprint's queues: `Completion` → batchdrop-completion,
+    `CompletionDeadLetters` → batchdrop-completion-dlq."""
+    return "batchdrop-" + queue.id.replace("DeadLetters", "-dlq").lower()
+
+
+COMPLETION_QUEUE = queue_name(blueprint.COMPLETION)
+COMPLETION_DLQ = queue_name(blueprint.COMPLETION_DLQ)
+SEGMENTS_QUEUE = queue_name(blueprint.SEGMENTS)
+REALTIME_QUEUE = queue_name(blueprint.REALTIME_CHUNKS)
+REALTIME_DLQ = queue_name(blueprint.REALTIME_DLQ)
+SUBMIT_DLQ = queue_name(blueprint.SUBMIT_DLQ)
+MAX_RECEIVE_COUNT: int = blueprint.COMPLETION.max_receives or 0
+REALTIME_MAX_RECEIVES: int = blueprint.REALTIME_CHUNKS.max_receives or 0
+
+# Where the local stack departs from the blueprint, and why; tests/infra/test_drift.py allows these
+# and nothing else. The local clock runs fast: a message whose invocation failed comes back in seconds,
+# not six function timeouts (the realtime queue's follows StackOptions.realtime_timeout).
+LOCAL_VISIBILITY_SECONDS = {blueprint.COMPLETION.id: 2, blueprint.SEGMENTS.id: 2}
+# Variables only the local stack sets: where the emulator is, and the settings the deployed functions
+# leave at their defaults but a fast local clock shortens (or tests and the CLI set).
+LOCAL_ONLY_ENV = {
+    c.ENV_POLL_MIN_SECONDS: "look at a batch as soon as it is due",
+    c.ENV_POLL_MAX_SECONDS: "look at a batch as soon as it is due",
+    c.ENV_LEASE_SECONDS: "a crashed invocation's lease runs out in seconds",
+    c.ENV_COMPLETION_GRACE_SECONDS: "the local clock runs fast",
+    c.ENV_CREATE_LOCK_SECONDS: "the create lock runs out in seconds",
+    c.ENV_SEGMENT_BYTES: "tests plan small files in several segments",
+    c.ENV_OPENAI_WEBHOOK_SECRET_ARN: "one process runs every function (the deployed webhook function has it)",
+    "POWERTOOLS_METRICS_DISABLED": "metrics would drown the progress display",
+}
+# Variables the local stack sets to other values than the deployed stack, by name or by provider
+# setting (BATCHDROP_<NAME>_<WHAT>).
+LOCAL_VALUES = {
+    "POWERTOOLS_LOG_LEVEL": "errors only: the progress display is the local view",
+    c.ENV_REALTIME_INVOCATIONS: "fewer concurrent realtime invocations on a 2-core machine",
+}
+LOCAL_PROVIDER_VALUES = {
+    "BASE_URL": "the emulator's address",
+    "ENDPOINT": "the emulator's address",
+    "API_VERSION": "the emulator's API version",
+    "ROLE_ARN": "the local Bedrock service role",
+    "MIN_RECORDS": "tests make Bedrock's minimum small",
+    "FALLBACK": "tests choose Bedrock's fallback",
+    "MAX_REQUESTS": "tests set limits",
+    "MAX_BYTES": "tests set limits",
+    "RPM": "tests set the real-time rate",
+}
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
 LOCAL_API_KEY = "local-emulator-key"
@@ -171,30 +215,21 @@ class LocalStack:
     # -- resources (the local twin of infra/) ---------------------------------------------------
 
     def _create_resources(self) -> None:
-        s3, sqs, sns, ddb, sm = (aws.client(n) for n in ("s3", "sqs", "sns", "dynamodb", "secretsmanager"))
+        s3, sns, ddb, sm = (aws.client(n) for n in ("s3", "sns", "dynamodb", "secretsmanager"))
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        for name in (S3_EVENTS_QUEUE, NOTIFICATIONS_QUEUE, COMPLETION_DLQ, SEGMENTS_QUEUE, REALTIME_DLQ):
-            self.queue_urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
-        self.queue_urls[REALTIME_QUEUE] = sqs.create_queue(
-            QueueName=REALTIME_QUEUE,
-            Attributes={
-                "VisibilityTimeout": "30",
-                "RedrivePolicy": orjson.dumps(
-                    {"deadLetterTargetArn": self.queue_arn(REALTIME_DLQ), "maxReceiveCount": str(REALTIME_MAX_RECEIVES)}
-                ).decode(),
-            },
-        )["QueueUrl"]
-        dlq_arn = self.queue_arn(COMPLETION_DLQ)
-        self.queue_urls[COMPLETION_QUEUE] = sqs.create_queue(
-            QueueName=COMPLETION_QUEUE,
-            Attributes={
-                "VisibilityTimeout": "30",
-                "RedrivePolicy": orjson.dumps(
-                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
-                ).decode(),
-            },
-        )["QueueUrl"]
+        for queue in blueprint.QUEUES.values():
+            self._create_queue(queue_name(queue), queue, self.visibility_timeout(queue))
+        # Lambda's event queue of asynchronous invocations: a failed submit is tried again
+        # SUBMIT_RETRY_ATTEMPTS times, then its event goes to the submit dead-letter queue.
+        self._create_queue(
+            S3_EVENTS_QUEUE,
+            blueprint.Queue(
+                "S3Events", dead_letter=blueprint.SUBMIT_DLQ, max_receives=blueprint.SUBMIT_RETRY_ATTEMPTS + 1
+            ),
+            visibility=1,
+        )
+        self._create_queue(NOTIFICATIONS_QUEUE, blueprint.Queue("Notifications"), visibility=30)
         # S3 → SQS, as moto delivers it: the dispatcher drains this queue into the submit handler,
         # so the event shape (URL-encoded keys and all) is moto's, not ours.
         s3.put_bucket_notification_configuration(
@@ -203,46 +238,41 @@ class LocalStack:
                 "QueueConfigurations": [
                     {
                         "QueueArn": self.queue_arn(S3_EVENTS_QUEUE),
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": c.INPUT_PREFIX}, *suffix]}},
+                        "Events": list(blueprint.UPLOAD_EVENTS),
+                        "Filter": {
+                            "Key": {"FilterRules": [{"Name": name, "Value": value} for name, value in rules.items()]}
+                        },
                     }
-                    for suffix in (
-                        [{"Name": "suffix", "Value": ".jsonl"}],
-                        [{"Name": "suffix", "Value": ".jsonl.gz"}],
-                    )
-                ]
-                + [
-                    {
-                        "QueueArn": self.queue_arn(S3_EVENTS_QUEUE),
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": c.CANCEL_PREFIX}]}},
-                    }
+                    for rules in blueprint.upload_filters()
                 ]
             },
         )
+        keys = (blueprint.TABLE_PARTITION_KEY, blueprint.TABLE_SORT_KEY)
+        index_keys = [k for index in blueprint.TABLE_INDEXES for k in (index.partition, index.sort)]
         ddb.create_table(
             TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
+            BillingMode=blueprint.TABLE_BILLING_MODE,
             AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-                {"AttributeName": c.DUE_PK, "AttributeType": "S"},
-                {"AttributeName": c.DUE_SK, "AttributeType": "N"},
+                {"AttributeName": k.name, "AttributeType": k.type} for k in dict.fromkeys((*keys, *index_keys))
             ],
             KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
+                {"AttributeName": k.name, "KeyType": role} for k, role in zip(keys, ("HASH", "RANGE"), strict=True)
             ],
             GlobalSecondaryIndexes=[
                 {
-                    "IndexName": c.DUE_INDEX,
+                    "IndexName": index.name,
                     "KeySchema": [
-                        {"AttributeName": c.DUE_PK, "KeyType": "HASH"},
-                        {"AttributeName": c.DUE_SK, "KeyType": "RANGE"},
+                        {"AttributeName": index.partition.name, "KeyType": "HASH"},
+                        {"AttributeName": index.sort.name, "KeyType": "RANGE"},
                     ],
-                    "Projection": {"ProjectionType": "ALL"},
+                    "Projection": {"ProjectionType": index.projection},
                 }
+                for index in blueprint.TABLE_INDEXES
             ],
+        )
+        ddb.update_time_to_live(
+            TableName=TABLE,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": blueprint.TABLE_TTL_ATTRIBUTE},
         )
         self.topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
         sns.subscribe(
@@ -256,15 +286,36 @@ class LocalStack:
         # A provider that needs no key (Bedrock) runs as a service role.
         for provider in (p for p in self.options.providers if SPECS[p].needs_key):
             self.secret_arns[provider] = sm.create_secret(
-                Name=f"batchdrop/{provider}-api-key", SecretString=LOCAL_API_KEY
+                Name=blueprint.secret_name(blueprint.DEFAULT_STACK_NAME, provider), SecretString=LOCAL_API_KEY
             )["ARN"]
         # The signing key of OpenAI webhooks, shared by the emulator (which signs) and the webhook
         # function (which checks), as a real project's webhook secret is.
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.emulator.openai.webhook_secret = self.webhook_secret
         self.secret_arns["openai-webhook"] = sm.create_secret(
-            Name="batchdrop/openai-webhook-secret", SecretString=self.webhook_secret
+            Name=blueprint.webhook_secret_name(blueprint.DEFAULT_STACK_NAME), SecretString=self.webhook_secret
         )["ARN"]
+
+    def visibility_timeout(self, queue: blueprint.Queue) -> int | None:
+        """A queue's local visibility timeout (the blueprint's rule, on the local clock)."""
+        if queue.id == blueprint.REALTIME_CHUNKS.id:
+            # A chunk whose invocation died is claimed again once its invocation's time is up.
+            return self.options.realtime_timeout + 5
+        return LOCAL_VISIBILITY_SECONDS.get(queue.id)
+
+    def _create_queue(self, name: str, queue: blueprint.Queue, visibility: int | None) -> None:
+        attributes: dict[str, str] = {}
+        if visibility is not None:
+            attributes["VisibilityTimeout"] = str(visibility)
+        if queue.retention_days is not None:
+            attributes["MessageRetentionPeriod"] = str(queue.retention_days * 24 * 3600)
+        if queue.dead_letter is not None:
+            redrive = {
+                "deadLetterTargetArn": self.queue_arn(queue_name(queue.dead_letter)),
+                "maxReceiveCount": str(queue.max_receives),
+            }
+            attributes["RedrivePolicy"] = orjson.dumps(redrive).decode()
+        self.queue_urls[name] = aws.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
 
     def _create_bedrock_role(self) -> None:
         """Bedrock's service role with the object grant the deployed stack gives it (infra/constructs/
@@ -295,60 +346,71 @@ class LocalStack:
         return f"arn:aws:sqs:{REGION}:123456789012:{name}"
 
     def function_env(self) -> dict[str, str]:
+        """The functions' environment: the blueprint's, with this stack's resources and options, and the
+        local departures listed above."""
         o = self.options
-        env = {
-            c.ENV_BUCKET: BUCKET,
-            c.ENV_TABLE: TABLE,
-            c.ENV_TOPIC_ARN: self.topic_arn,
-            c.ENV_COMPLETION_QUEUE_URL: self.queue_urls[COMPLETION_QUEUE],
-            c.ENV_ON_INVALID: o.on_invalid,
-            c.ENV_MAX_ATTEMPTS: str(o.max_attempts),
-            c.ENV_PROVIDERS: ",".join(o.providers),
-            # The local clock runs fast: look at a batch as soon as it is due.
-            c.ENV_POLL_MIN_SECONDS: "0",
-            c.ENV_POLL_MAX_SECONDS: "1",
-            c.ENV_LEASE_SECONDS: str(o.lease_seconds),
-            c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
-            c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
-            c.ENV_SUBMIT_QUEUE_URL: self.queue_urls[SEGMENTS_QUEUE],
-            c.ENV_REALTIME_QUEUE_URL: self.queue_urls[REALTIME_QUEUE],
-            c.ENV_REALTIME_INVOCATIONS: str(o.realtime_invocations),
-            c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
-            # As the CDK stack sets it (infra/constructs/functions.py); it only acts on a process that
-            # starts with it, such as the benchmarks' handler processes.
-            "MALLOC_ARENA_MAX": "2",
-        }
         base = (self.options.external_emulator or self.emulator.base_url).rstrip("/")
+        values: dict[str, dict[str, str | None]] = {}
         for provider in o.providers:
             local = SPECS[provider].local
-            if local.endpoint_env:
-                env[local.endpoint_env] = base
-            if local.runtime_endpoint_env:
-                env[local.runtime_endpoint_env] = base
             limits = o.limits.get(provider)
-            values = {
+            values[provider] = {
                 "SECRET_ARN": self.secret_arns.get(provider),
                 "BASE_URL": None if local.base_path is None else base + local.base_path,
                 **local.values,
                 **self._settings(provider),
                 "MAX_REQUESTS": None if limits is None else str(limits[0]),
                 "MAX_BYTES": None if limits is None else str(limits[1]),
+                "RPM": str(o.rpm[provider]) if provider in o.rpm else None,
             }
-            env.update(provider_env(provider, values))
-        if o.segment_bytes is not None:
-            env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
-        lanes = {
+        defaults = c.Settings(bucket="", table="", topic_arn="", completion_queue_url="")
+        lanes = blueprint.lane_environment(
             # The stack's lane: this option, else the environment's that starts the stack (as for any
             # deployment setting), else the functions' default (auto).
-            c.ENV_LANE: o.lane or os.environ.get(c.ENV_LANE) or None,
-            c.ENV_DEADLINE: o.deadline,
-            c.ENV_REALTIME_BELOW: None if o.realtime_below is None else str(o.realtime_below),
-            c.ENV_MIN_BATCH_WINDOW: o.min_batch_window,
-            c.ENV_ESCALATION_MARGIN: o.escalation_margin,
-        }
-        env.update({name: value for name, value in lanes.items() if value is not None})
-        for provider, rpm in o.rpm.items():
-            env.update(provider_env(provider, {"RPM": str(rpm)}))
+            lane=o.lane or os.environ.get(c.ENV_LANE) or defaults.lane,
+            realtime_below=defaults.realtime_below if o.realtime_below is None else o.realtime_below,
+            min_batch_window_seconds=_duration(o.min_batch_window, defaults.min_batch_window_seconds),
+            realtime_chunk=defaults.realtime_chunk,
+            realtime_concurrency=defaults.realtime_concurrency,
+            realtime_invocations=o.realtime_invocations,
+            escalation_margin_seconds=_duration(o.escalation_margin, defaults.escalation_margin_seconds),
+            deadline=o.deadline,
+        )
+        env = blueprint.environment(
+            blueprint.Resources(
+                bucket=BUCKET,
+                table=TABLE,
+                topic_arn=self.topic_arn,
+                queue_urls={q.id: self.queue_urls[queue_name(q)] for q in blueprint.QUEUES.values() if q.url_env},
+            ),
+            blueprint.Options(
+                on_invalid=o.on_invalid,
+                max_attempts=o.max_attempts,
+                providers=tuple(o.providers),
+                provider_values=values,
+                lanes=lanes,
+                log_level=os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
+            ),
+        )
+        env.update(
+            {
+                c.ENV_POLL_MIN_SECONDS: "0",
+                c.ENV_POLL_MAX_SECONDS: "1",
+                c.ENV_LEASE_SECONDS: str(o.lease_seconds),
+                c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
+                c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
+                c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
+                "POWERTOOLS_METRICS_DISABLED": "true",
+            }
+        )
+        for provider in o.providers:
+            local = SPECS[provider].local
+            if local.endpoint_env:
+                env[local.endpoint_env] = base
+            if local.runtime_endpoint_env:
+                env[local.runtime_endpoint_env] = base
+        if o.segment_bytes is not None:
+            env[c.ENV_SEGMENT_BYTES] = str(o.segment_bytes)
         env.update(o.extra_env)
         return env
 
@@ -391,6 +453,15 @@ class LocalStack:
             aws.client("s3").download_file(BUCKET, key, target)
             written.append(target)
         return written
+
+
+def _duration(text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    seconds = c.parse_duration(text)
+    if seconds is None:
+        raise ValueError(f"{text!r} is not a duration (90s, 30m, 6h, 2d)")
+    return seconds
 
 
 NAME_MAX = 255
