@@ -128,6 +128,7 @@ def _drive(
         _refresh(store, jobs, say)
         if all(j.status in m.FINAL_JOB_STATES for j in jobs):
             break
+        _check_submit_dead_letters(stack, dispatcher)
         if time.monotonic() > deadline:
             pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
             raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
@@ -154,6 +155,22 @@ def _drive(
         time.monotonic() - started,
         dict(dispatcher.crashes),
         dict(dispatcher.crashed),
+    )
+
+
+def _check_submit_dead_letters(stack: s.LocalStack, dispatcher: Dispatcher) -> None:
+    """An upload whose submit failed every retry is in the submit dead-letter queue, as in AWS: nothing
+    more will happen to it, so say so now rather than wait for the timeout."""
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=stack.queue_urls[s.SUBMIT_DLQ], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    if int(attributes["ApproximateNumberOfMessages"]) == 0:
+        return
+    errors = [i.error for i in dispatcher.invocations if i.function == "submit" and i.error]
+    last = f"; the last error: {errors[-1]}" if errors else ""
+    raise RunError(
+        "an upload's submit failed on every retry and its event went to the submit dead-letter queue "
+        f"({s.SUBMIT_DLQ}), where a deployed stack would raise an alarm{last}"
     )
 
 
