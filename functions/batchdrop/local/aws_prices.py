@@ -55,8 +55,10 @@ PRICES: dict[str, Price] = {
     # DELETE is free; data out to Lambda in the same region is free.
     "s3.tier1": Price(0.005 / 1000, "PUT/COPY/POST/LIST request", S3_URL),
     "s3.tier2": Price(0.0004 / 1000, "GET and other request", S3_URL),
-    # The first 50 TB a month.
-    "s3.gb_months": Price(0.023, "GB-month", S3_URL),
+    # The first 50 TB a month: what batchdrop writes under work/ (batch files, indexes, Bedrock's
+    # input) and under outputs/ (results, errors, summaries), counted apart.
+    "s3.gb_months_work": Price(0.023, "GB-month", S3_URL),
+    "s3.gb_months_outputs": Price(0.023, "GB-month", S3_URL),
     "sqs.requests": Price(0.40 / 1e6, "standard queue request (64 KB chunk)", SQS_URL),
     # Deliveries to SQS queues and Lambda functions are free; HTTP and email deliveries to the
     # user's own subscriptions are not (and are not counted here).

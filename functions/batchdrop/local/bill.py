@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from batchdrop import blueprint
+from batchdrop import blueprint, config
 from batchdrop.adapters import aws
 from batchdrop.local import aws_prices as p
 
@@ -339,8 +339,10 @@ class Meter:
         if operation in S3_STORED and ok:
             usage.bytes = body_size(params.get("Body"))
             # Stored for WORK_DAYS under work/ (the lifecycle rule), a month of outputs/ counted.
-            days = WORK_DAYS if str(params.get("Key", "")).startswith("work/") else OUTPUT_DAYS
-            usage.units["s3.gb_months"] += usage.bytes / p.GB * days * 24 / p.HOURS_PER_MONTH
+            work = str(params.get("Key", "")).startswith(config.WORK_PREFIX)
+            days = WORK_DAYS if work else OUTPUT_DAYS
+            unit = "s3.gb_months_work" if work else "s3.gb_months_outputs"
+            usage.units[unit] += usage.bytes / p.GB * days * 24 / p.HOURS_PER_MONTH
         elif operation == "GetObject" and ok:
             usage.bytes = int(parsed.get("ContentLength") or 0)
 
@@ -613,6 +615,12 @@ class Bill:
         return sorted(((k, int(v[0]), v[1]) for k, v in groups.items()), key=lambda row: -row[2])
 
     @property
+    def total_cpu_bound(self) -> float:
+        """The total with Lambda's duration at its upper bound (`gb_seconds_cpu_bound`)."""
+        measured = sum(line.usd for line in self.lines if (line.service, line.operation) == ("lambda", "duration"))
+        return self.total - measured + price({"lambda.gb_seconds": self.gb_seconds_cpu_bound})
+
+    @property
     def fixed_total(self) -> float:
         return sum(f.usd_per_month for f in self.fixed)
 
@@ -653,6 +661,13 @@ EVENT_SOURCE_REQUESTS = ("ReceiveMessage", "DeleteMessageBatch")
 IDLE_POLLS_PER_MONTH = 5 * 3 * 60 * 24 * 30
 
 
+# Storage is billed by the month, not by the call that wrote it: its own lines.
+STORAGE = {
+    "s3.gb_months_work": f"storage, work/ ({WORK_DAYS} days)",
+    "s3.gb_months_outputs": "storage, outputs/ (first month)",
+}
+
+
 def price(units: Mapping[str, float]) -> float:
     return sum(p.PRICES[unit].usd * quantity for unit, quantity in units.items())
 
@@ -663,8 +678,12 @@ def bill(meter: Meter, requests: int, cpu_bound: bool = False, providers: tuple[
     `providers`, those deployed (their secrets), every one by default."""
     lines: list[Line] = []
     for (service, operation, function), usage in sorted(meter.usage.items()):
-        units = {k: v for k, v in usage.units.items() if v}
+        units = {k: v for k, v in usage.units.items() if v and k not in STORAGE}
         lines.append(Line(service, operation, function, usage.calls, units, price(units)))
+        for unit, what in STORAGE.items():
+            if usage.units.get(unit):
+                stored = {unit: usage.units[unit]}
+                lines.append(Line(service, what, function, 0, stored, price(stored)))
     gb_s: dict[str, float] = defaultdict(float)
     gb_s_cpu: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
@@ -729,8 +748,31 @@ def fixed_costs(meter: Meter, providers: tuple[str, ...] | None = None) -> list[
             f"SQS, the idle long polls of {event_sources} event sources",
             event_sources * IDLE_POLLS_PER_MONTH * p.PRICES["sqs.requests"].usd,
         ),
+        FixedCost(f"the schedule's idle polls, every {POLL_RATE_MINUTES} minutes", idle_polls_per_month(meter)),
         FixedCost("DynamoDB storage and point-in-time recovery (per GB of table; KBs per job)", 0.0),
     ]
+
+
+# cdk.json's poll_rate_minutes: the schedule runs the poll this often whether or not anything is due.
+POLL_RATE_MINUTES = 5
+IDLE_POLL_SECONDS = 0.05  # when the run measured no poll
+
+
+def idle_polls_per_month(meter: Meter) -> float:
+    """A month of polls with nothing due: each an invocation (the run's quickest poll), one Query of the
+    empty index (half a read unit, eventually consistent) and Lambda's log lines."""
+    polls = 30 * 24 * 60 / POLL_RATE_MINUTES
+    seconds = min((r.seconds for r in meter.runs if r.function == "poll"), default=IDLE_POLL_SECONDS)
+    memory = blueprint.POLL.memory_mb
+    each = price(
+        {
+            "lambda.requests": 1,
+            "lambda.gb_seconds": p.lambda_gb_seconds(seconds, memory),
+            "dynamodb.read_units": 0.5,
+            "logs.gb_ingested": PLATFORM_LOG_BYTES / p.GB,
+        }
+    )
+    return polls * each
 
 
 def deployed_metrics() -> set[str]:
