@@ -203,7 +203,12 @@ class Meter:
         if scope is None:
             return
         service = model.service_model.service_name
-        context["batchdrop_bill"] = {"params": params, "before": self._items_before(scope, service, model.name, params)}
+        context["batchdrop_bill"] = {
+            "params": params,
+            "before": self._items_before(scope, service, model.name, params),
+            # Measured now: once sent, a file-like body has been read to its end.
+            "body": body_size(params.get("Body")) if service == "s3" else 0,
+        }
 
     def _after(self, http_response: Any, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         scope = _scope.get()
@@ -217,6 +222,7 @@ class Meter:
         if price is None:
             usage.units["free"] += 1
         else:
+            usage.bytes = seen["body"]
             price(scope, operation, seen["params"], parsed, ok, seen["before"], usage)
         with self._lock:
             total = self.usage[(service, operation, scope.function)]
@@ -337,7 +343,6 @@ class Meter:
             return
         usage.units["s3.tier1" if operation in S3_TIER1 else "s3.tier2"] += 1
         if operation in S3_STORED and ok:
-            usage.bytes = body_size(params.get("Body"))
             # Stored for WORK_DAYS under work/ (the lifecycle rule), a month of outputs/ counted.
             work = str(params.get("Key", "")).startswith(config.WORK_PREFIX)
             days = WORK_DAYS if work else OUTPUT_DAYS
