@@ -1,7 +1,8 @@
 """`make bench`: batchdrop's speed and memory, each figure next to a baseline measured in the same run.
 
 python -m benchmarks            # everything (generates a 1 GB file under $TMPDIR)
-python -m benchmarks --quick    # skips the 1 GB file and the 100,000-request run
+python -m benchmarks --quick    # skips the 1 GB file and the 100,000-request runs
+python -m benchmarks --only aws-bill    # what the AWS side costs per million requests (a few minutes)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from benchmarks.aws_bill import bench_aws_bill  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.realtime import bench_deadline, bench_realtime  # noqa: E402 — after ROOT, for the sys.path
 
 MB = 1024 * 1024
@@ -495,6 +497,7 @@ def main() -> None:
         if not args.quick:
             steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))
             steps.append(("realtime", lambda: bench_realtime(rows, Path(tmp))))
+            steps.append(("aws-bill", lambda: bench_aws_bill(rows, Path(tmp))))
         for name, step in steps:
             if args.only and name not in args.only:
                 continue

@@ -337,6 +337,12 @@ def local() -> None:
     show_default=True,
     help="Give up after this many seconds.",
 )
+@click.option(
+    "--aws-cost",
+    is_flag=True,
+    help="Count the functions' AWS calls and print what the run would cost on AWS (us-east-1 list prices): "
+    "per service, operation and function, per million requests, and the stack's fixed monthly costs.",
+)
 def local_run(
     files: tuple[str, ...],
     out_dir: str,
@@ -365,6 +371,7 @@ def local_run(
     bedrock_min_records: int,
     bedrock_fallback: str | None,
     timeout: float,
+    aws_cost: bool,
 ) -> None:
     """Upload each FILE under inputs/, drive the pipeline until every job has ended, copy the outputs.
 
@@ -411,6 +418,7 @@ def local_run(
             # The functions count on the pace the emulated providers allow.
             "rpm": realtime_rpm,
         },
+        aws_cost=aws_cost,
     )
 
 
@@ -429,6 +437,7 @@ def _run(
     env: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
     lanes: dict[str, Any] | None = None,
+    aws_cost: bool = False,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
@@ -457,6 +466,7 @@ def _run(
             chaos=chaos,
             webhooks=webhooks,
             metadata=metadata,
+            aws_bill=aws_cost,
         )
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
@@ -489,6 +499,45 @@ def _run(
     console.print(
         f"{len(report.notifications)} notifications in [bold]{os.path.join(report.out_dir, 'notifications.jsonl')}[/]"
     )
+    if report.bill is not None:
+        _print_bill(report.bill, report.saved_usd)
+
+
+def _print_bill(bill: Any, saved: float | None) -> None:
+    """The run's AWS bill: by service and operation, by function, and the fixed monthly costs."""
+    from batchdrop.local import aws_prices
+
+    per_m = bill.per_million
+    table = Table(
+        title=f"\nAWS cost of the run (us-east-1 list prices of {aws_prices.AS_OF}; {bill.requests:,} requests, "
+        f"{bill.invocations:,} invocations)",
+        title_justify="left",
+    )
+    for column in ("service", "operation", "calls", "calls / 1M requests", "$ / 1M requests"):
+        table.add_column(column, justify="left" if column in ("service", "operation") else "right")
+    for (service, operation), calls, usd in bill.by("service", "operation"):
+        table.add_row(service, operation, f"{calls:,}", f"{per_m(calls):,.0f}", f"{per_m(usd):.5f}")
+    console.print(table)
+    functions = Table(title="By function", title_justify="left")
+    for column in ("function", "$ in the run", "$ / 1M requests"):
+        functions.add_column(column, justify="left" if column == "function" else "right")
+    for (function,), _, usd in bill.by("function"):
+        functions.add_row(function, f"{usd:.6f}", f"{per_m(usd):.5f}")
+    console.print(functions)
+    share = ""
+    if saved:
+        share = f"; the batch lane saved ${saved:.6f} on the providers' prices: this is {bill.total / saved:.1%} of it"
+    console.print(
+        f"Total [bold]${bill.total:.6f}[/] for the run, [bold]${per_m(bill.total):.4f} per million requests[/]"
+        f" (Lambda durations as measured on this machine){share}."
+    )
+    fixed = Table(title="Fixed, per month (whatever the traffic)", title_justify="left")
+    fixed.add_column("what")
+    fixed.add_column("$ / month", justify="right")
+    for item in bill.fixed:
+        fixed.add_row(item.what, f"{item.usd_per_month:.2f}")
+    fixed.add_row("total", f"{bill.fixed_total:.2f}")
+    console.print(fixed)
 
 
 @main.command()

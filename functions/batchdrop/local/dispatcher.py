@@ -366,9 +366,13 @@ class Dispatcher:
         event: dict[str, Any],
         timeout_seconds: int = 900,
     ) -> Invocation:
+        from batchdrop.local import bill
+
         started = time.perf_counter()
         try:
-            result = handler(event, LocalContext(function, timeout_seconds))
+            # Only the handler's own AWS calls go on the local bill (when one is counted).
+            with bill.invocation(function, event):
+                result = handler(event, LocalContext(function, timeout_seconds))
             invocation = Invocation(function, True, result)
         except (Exception, LambdaCrash) as exc:  # a failed invocation is an outcome, as in Lambda
             invocation = Invocation(function, False, error=f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ import orjson
 from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
+from batchdrop.local import bill as b
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.pipeline import job_id_for
@@ -44,6 +46,20 @@ class RunReport:
     # The invocations the chaos harness killed, by the step they died at, and by function.
     crashes: dict[str, int] = field(default_factory=dict)
     crashed: dict[str, int] = field(default_factory=dict)
+    # What the run's AWS calls would cost (`aws_bill=True`), per million of the files' requests.
+    bill: b.Bill | None = None
+
+    @property
+    def requests(self) -> int:
+        """The lines of every file, as its summary counts them."""
+        return sum(int(((j.summary or {}).get("counts") or {}).get("lines") or 0) for j in self.jobs)
+
+    @property
+    def saved_usd(self) -> float | None:
+        """What the batch lane saved on the providers' real-time prices, over every job (None when a
+        job's model has no price)."""
+        saved = [((j.summary or {}).get("cost_usd") or {}).get("saved") for j in self.jobs]
+        return None if any(v is None for v in saved) else float(sum(saved))  # type: ignore[arg-type]
 
 
 def input_key(path: str, folder: str | None) -> str:
@@ -71,22 +87,31 @@ def run_files(
     chaos: Chaos | None = None,
     webhooks: bool = False,
     metadata: Mapping[str, str] | None = None,
+    aws_bill: bool = False,
 ) -> RunReport:
-    """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/."""
+    """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/.
+
+    `aws_bill`: count the functions' AWS calls and put what they would cost in the report's `bill`."""
     check_files(files)
     say = say or (lambda kind, text: None)
     started = time.monotonic()
     os.makedirs(out_dir, exist_ok=True)
     with s.LocalStack(options) as stack:
-        dispatcher = Dispatcher(stack, chaos or Chaos())
-        if webhooks:
-            dispatcher.start_webhooks()
-        try:
-            return _drive(
-                stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started, metadata
-            )
-        finally:
-            dispatcher.close()
+        # Installed once the stack's resources exist: creating them is not on the bill.
+        meter = b.Meter() if aws_bill else None
+        with b.metering(meter) if meter else contextlib.nullcontext():
+            dispatcher = Dispatcher(stack, chaos or Chaos())
+            if webhooks:
+                dispatcher.start_webhooks()
+            try:
+                report = _drive(
+                    stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started, metadata
+                )
+            finally:
+                dispatcher.close()
+        if meter is not None:
+            report.bill = b.bill(meter, report.requests, providers=stack.options.providers)
+        return report
 
 
 def _drive(
