@@ -1,0 +1,360 @@
+"""The smoke test's steps against a deployed stack: find it, upload the sample files it can run, wait
+for their jobs to end, check their outputs with tests/checks.py, and delete what the run wrote.
+
+Each step takes its boto3 clients as arguments, so tests/integration/test_smoke_steps.py runs them
+against the embedded stack. Nothing here deploys anything; the deployed functions have no emulator
+endpoints, so a run is one against the real providers (and Bedrock) by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from batchdrop import models as m
+from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX
+from batchdrop.pipeline import job_id_for, output_prefix, work_prefix
+from tests import checks
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+DEFAULT_STACK = "Batchdrop"
+# A batch may take the provider's whole window (24 h); two hours is what a smoke run is worth waiting.
+DEFAULT_TIMEOUT = 2 * 3600.0
+
+# Without credentials botocore would otherwise wait on the instance metadata service and retry for
+# minutes; a smoke run should say "cannot reach AWS" in seconds.
+AWS_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+class Unavailable(Exception):
+    """No deployment to smoke test here: the one-line reason (the test skips with it)."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    stack: str
+    region: str
+    outputs: Mapping[str, str]
+
+    @property
+    def bucket(self) -> str:
+        return self.outputs["BucketName"]
+
+    @property
+    def table(self) -> str | None:
+        return self.outputs.get("TableName")
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: Path
+    key: str
+    job_id: str
+
+    @property
+    def output_prefix(self) -> str:
+        return output_prefix(self.key, self.job_id)
+
+
+def session() -> boto3.session.Session:
+    """boto3's standard chain (environment, profile, SSO, instance role), or Unavailable."""
+    found = boto3.session.Session()
+    try:
+        credentials = found.get_credentials()
+    except BotoCoreError as exc:  # a broken profile says why; that is a reason to skip too
+        raise Unavailable(f"no usable AWS credentials ({exc})") from None
+    if credentials is None:
+        raise Unavailable("no AWS credentials (boto3's chain found none): nothing to smoke test")
+    if not found.region_name:
+        raise Unavailable("no AWS region: set AWS_DEFAULT_REGION or a profile's region")
+    return found
+
+
+def find(aws: boto3.session.Session, stack: str) -> Deployment:
+    """The stack's outputs (infra/stack.py), or Unavailable when the stack is not there."""
+    try:
+        cloudformation = aws.client("cloudformation", config=AWS_CONFIG)
+        stacks = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    except NoRegionError:
+        raise Unavailable("no AWS region: set AWS_DEFAULT_REGION or a profile's region") from None
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", "")
+        if "does not exist" in message:
+            raise Unavailable(f"no stack {stack!r} in {aws.region_name}: deploy it first (cdk deploy)") from None
+        raise
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    if "BucketName" not in outputs:
+        raise Unavailable(f"the stack {stack!r} has no BucketName output: is it a batchdrop stack?")
+    return Deployment(stack, str(aws.region_name), outputs)
+
+
+def holds_key(secret_string: str) -> bool:
+    """Whether a provider's secret holds a key, read as batchdrop.adapters.secrets.api_key reads it: a
+    plain string, or JSON with `api_key`; the stack's placeholder is JSON with an empty `api_key`."""
+    value = secret_string
+    if value.lstrip().startswith("{"):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = str(orjson.loads(value).get("api_key", ""))
+    return bool(value.strip())
+
+
+def runnable_providers(outputs: Mapping[str, str], secretsmanager: Any) -> tuple[set[str], dict[str, str]]:
+    """The providers this deployment can run (each `<Provider>SecretArn` whose secret holds a key, and
+    Bedrock where its service role is there), and why each other provider it names cannot."""
+    runnable: set[str] = set()
+    why_not: dict[str, str] = {}
+    for name, arn in outputs.items():
+        if not name.endswith("SecretArn") or name == "OpenaiWebhookSecretArn":
+            continue
+        provider = name.removesuffix("SecretArn").lower()
+        try:
+            value = secretsmanager.get_secret_value(SecretId=arn).get("SecretString") or ""
+        except ClientError as exc:
+            why_not[provider] = f"its secret cannot be read ({exc.response.get('Error', {}).get('Code')})"
+            continue
+        if holds_key(value):
+            runnable.add(provider)
+        else:
+            why_not[provider] = "its secret holds the stack's placeholder, not a key"
+    if "BedrockServiceRoleArn" in outputs:
+        runnable.add("bedrock")
+    return runnable, why_not
+
+
+def providers_of(path: Path) -> set[str]:
+    """The providers a file's requests go to, planned by the submit function's own code (as
+    `batchdrop validate` plans it), so the choice of files agrees with the run."""
+    from batchdrop.config import tmpdir
+    from batchdrop.planning import LocalBatches, offline_settings, plan_segment
+    from batchdrop.reader import iter_chunks
+
+    batches = LocalBatches()
+    try:
+        with path.open("rb") as f:
+            plan_segment(
+                iter_chunks(f),
+                offline_settings(),
+                key=f"{INPUT_PREFIX}{path.name}",
+                store_batch=batches.store,
+                report=lambda _invalid: None,
+                key_prefix="a1-",
+                tmpdir=tmpdir(),
+                dry=True,
+            )
+        return {b.provider for b in batches.planned.values()}
+    finally:
+        batches.close()
+
+
+def choose_files(files: Iterable[Path], runnable: set[str], why_not: Mapping[str, str]) -> tuple[list[Path], list[str]]:
+    """The files whose every provider the deployment can run, and a line for each file left out."""
+    chosen: list[Path] = []
+    skipped: list[str] = []
+    for path in sorted(files):
+        missing = sorted(providers_of(path) - runnable)
+        if missing:
+            reasons = "; ".join(f"{p}: {why_not.get(p, 'not enabled in this stack')}" for p in missing)
+            skipped.append(f"skipped {path.name}: {reasons}")
+        else:
+            chosen.append(path)
+    return chosen, skipped
+
+
+def run_prefix(now: float | None = None) -> str:
+    """A folder of its own under inputs/ (and so under outputs/), unique to one run."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"smoke-{stamp}-{secrets.token_hex(3)}"
+
+
+def upload(s3: Any, bucket: str, files: Sequence[Path], run: str, lane: str | None = None) -> Iterator[Upload]:
+    """Each file under inputs/<run>/, with the lane as the upload's metadata, and the job id it gets;
+    one at a time, so that a failure half-way still leaves the caller the uploads to clean up."""
+    from batchdrop.options import META_LANE
+
+    for path in files:
+        key = f"{INPUT_PREFIX}{run}/{path.name}"
+        extra = {"Metadata": {META_LANE: lane}} if lane else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), **extra)
+        # The job id is the one the submit function derives from the S3 event (as `batchdrop submit`).
+        head = s3.head_object(Bucket=bucket, Key=key)
+        obj = m.InputObject(bucket, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
+        yield Upload(path, key, job_id_for(obj))
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+@dataclass
+class Waited:
+    ended: list[Upload] = field(default_factory=list)
+    pending: list[Upload] = field(default_factory=list)
+
+
+def wait_for_outputs(
+    s3: Any,
+    bucket: str,
+    uploads: Sequence[Upload],
+    timeout: float,
+    status: Callable[[str], str | None] | None = None,
+    between: Callable[[], None] | None = None,
+    every: float = 15.0,
+) -> Waited:
+    """Wait until each upload's summary.json is there (docs/contract.md "Outputs": written last, once
+    the job has ended), showing progress; `status` reads a job's state for the display, `between` runs
+    between looks (a sleep of `every` seconds by default)."""
+    pending = list(uploads)
+    waited = Waited()
+    shown: dict[str, str | None] = {}
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("jobs ended", total=len(uploads))
+        while pending:
+            for upload in list(pending):
+                if _exists(s3, bucket, f"{upload.output_prefix}summary.json"):
+                    pending.remove(upload)
+                    waited.ended.append(upload)
+                    bar.advance(task)
+                    bar.console.print(f"    ended {upload.path.name} · {upload.job_id}")
+                elif status is not None:
+                    state = status(upload.job_id)
+                    if state != shown.get(upload.job_id):
+                        shown[upload.job_id] = state
+                        bar.console.print(f"      job {upload.path.name} · {upload.job_id} · {state or 'not yet'}")
+            if not pending or time.monotonic() > deadline:
+                break
+            if between is None:
+                time.sleep(every)
+            else:
+                between()
+    waited.pending = pending
+    return waited
+
+
+def job_status(dynamodb: Any, table: str) -> Callable[[str], str | None]:
+    """A job's state and counts from the job table, for the display only: None when it cannot be read."""
+    from batchdrop.adapters.store import JobStore
+
+    store = JobStore(table, dynamodb)
+
+    def read(job_id: str) -> str | None:
+        try:
+            item = store.get_job(job_id)
+        except (ClientError, BotoCoreError):
+            return None
+        if item is None:
+            return None
+        counts = item.get("counts") or {}
+        if not counts:
+            return str(item["status"])
+        return f"{item['status']} · {counts.get('lines', 0)} lines, {counts.get('invalid', 0)} invalid"
+
+    return read
+
+
+def check(s3: Any, bucket: str, upload: Upload) -> checks.Outputs:
+    """The job's outputs in the bucket, checked with the local tests' own checks (tests/checks.py)."""
+
+    def read(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    results, errors, summary = checks.read_outputs(read, upload.output_prefix)
+    checks.check_job_outputs(checks.non_blank_lines(upload.path.read_bytes()), results, errors, summary)
+    assert summary["job_id"] == upload.job_id
+    assert summary["input"]["key"] == upload.key
+    for name in ("results", "errors"):
+        assert summary[name] == f"s3://{bucket}/{upload.output_prefix}{name}.jsonl", summary[name]
+    return results, errors, summary
+
+
+def cancel(s3: Any, bucket: str, uploads: Iterable[Upload]) -> None:
+    """Ask batchdrop to cancel these jobs, with only S3 access (docs/contract.md: `cancel/<job_id>`)."""
+    for upload in uploads:
+        s3.put_object(Bucket=bucket, Key=f"{CANCEL_PREFIX}{upload.job_id}", Body=b"")
+
+
+@dataclass
+class Cleaned:
+    """What clean_up removed: every version the run made, or (without the right to delete versions)
+    the current objects only, their older versions and the delete markers left to the bucket."""
+
+    versions: int = 0
+    objects: int = 0
+    refused: str | None = None
+
+    def __str__(self) -> str:
+        if self.refused is None:
+            return f"deleted {self.versions} object versions and delete markers"
+        return f"deleted {self.objects} current objects; their versions stay in the versioned bucket ({self.refused})"
+
+
+def prefixes_of(run: str, uploads: Iterable[Upload]) -> list[str]:
+    """Everything a run writes: its inputs and outputs folders, and per job its work/ folder and the
+    cancel/ object a timed-out run left."""
+    out = [f"{INPUT_PREFIX}{run}/", f"{OUTPUT_PREFIX}{run}/"]
+    for upload in uploads:
+        out += [work_prefix(upload.job_id), f"{CANCEL_PREFIX}{upload.job_id}"]
+    return out
+
+
+def _versions(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, str]]:
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+            yield {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+
+
+def _current(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, str]]:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Contents", []):
+            yield {"Key": entry["Key"]}
+
+
+def _delete(s3: Any, bucket: str, entries: list[dict[str, str]]) -> None:
+    for start in range(0, len(entries), 1000):  # DeleteObjects takes 1,000 keys a call
+        answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": entries[start : start + 1000], "Quiet": True})
+        if answer.get("Errors"):
+            first = answer["Errors"][0]
+            raise ClientError({"Error": {"Code": first.get("Code"), "Message": first.get("Message")}}, "DeleteObjects")
+
+
+def clean_up(s3: Any, bucket: str, prefixes: Iterable[str]) -> Cleaned:
+    """Delete every version under the prefixes; where that is refused, the current objects."""
+    cleaned = Cleaned()
+    for prefix in prefixes:
+        if cleaned.refused is None:
+            try:
+                entries = list(_versions(s3, bucket, prefix))
+                _delete(s3, bucket, entries)
+                cleaned.versions += len(entries)
+                continue
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code != "AccessDenied":
+                    raise
+                cleaned.refused = f"{code} on versions: s3:ListBucketVersions and s3:DeleteObjectVersion needed"
+        entries = list(_current(s3, bucket, prefix))
+        _delete(s3, bucket, entries)
+        cleaned.objects += len(entries)
+    return cleaned
