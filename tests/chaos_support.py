@@ -115,6 +115,7 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         # no request lost or counted twice: the checks every run of the pipeline gets (tests/checks.py)
         checks.check_job_outputs(non_blank_lines(job.file), results, errors, summary)
         c = summary["counts"]
+        checks.check_notifications(report.notifications, summary)
         # exactly one terminal notification per job after deduplication by its id, matching the summary
         assert len(terminal_ids.get(job.job_id, set())) == 1, (job.file, terminal_ids.get(job.job_id))
         assert terminal_events[job.job_id] == {summary["status"]}

@@ -70,3 +70,22 @@ def check_job_outputs(
         assert not errors, "`completed` means every line succeeded"
     if summary["status"] == m.JOB_REJECTED:
         assert c["submitted"] == 0, "a rejected file sends nothing"
+
+
+def check_notifications(notes: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """docs/contract.md "Notifications" for one ended job, among `notes` ({"attributes", "message"} as a
+    raw SQS subscription to the topic receives them): ids that say job and event, one `submitted` at most
+    and one end, told once once duplicates are dropped by their id, and that end the summary's status."""
+    job_id = summary["job_id"]
+    mine = [n for n in notes if n["attributes"].get("job_id") == job_id]
+    for note in mine:
+        attrs = note["attributes"]
+        assert note["message"]["notification_id"] == attrs["notification_id"] == f"{job_id}:{attrs['event']}"
+    ends = {n["attributes"]["notification_id"]: n["attributes"]["event"] for n in mine}
+    ends = {nid: event for nid, event in ends.items() if event not in ("submitted", "escalated")}
+    assert list(ends.values()) == [summary["status"]], (job_id, ends, summary["status"])
+    submitted = {n["attributes"]["notification_id"] for n in mine if n["attributes"]["event"] == "submitted"}
+    assert len(submitted) <= 1
+    gave_up_submitting = "at its submit step" in str(summary.get("reason", ""))
+    if summary["status"] != m.JOB_REJECTED and not gave_up_submitting:
+        assert submitted, f"{job_id}: no `submitted` notification"

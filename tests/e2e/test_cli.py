@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.checks import Outputs, check_job_outputs, read_outputs
+from tests.checks import Outputs, check_job_outputs, check_notifications, read_outputs
 from tests.helpers import anthropic_line, jsonl, neutral_line, openai_line, read_jsonl
 
 BATCHDROP = [sys.executable, "-m", "batchdrop.cli"]
@@ -66,6 +66,7 @@ def test_local_run_writes_outputs_and_notifications_for_any_mix_of_lines(tmp_pat
     # and one submitted and one terminal notification, as JSON lines
     notes = read_jsonl((out / "notifications.jsonl").read_bytes())
     assert [n["attributes"]["event"] for n in notes] == ["submitted", summary["status"]]
+    check_notifications(notes, summary)
     stats = orjson.loads((out / "provider_stats.json").read_bytes())
     assert sum(stats["batches_created"].values()) == len(summary["batches"])
     assert "All jobs ended" in result.stdout

@@ -17,6 +17,7 @@ from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.providers import SPECS
+from tests import checks
 from tests.helpers import local_stack
 from tests.smoke import deployment as d
 
@@ -63,6 +64,8 @@ def test_the_smoke_steps_pick_run_check_and_clean_up_the_sample_files(stack: s.L
     for key in others:
         s3.put_object(Bucket=s.BUCKET, Key=key, Body=b"{}")
     run = d.run_prefix()
+    sns, sqs = aws.client("sns"), aws.client("sqs")
+    listener = d.listen(sns, sqs, stack.topic_arn, run)
     uploads = list(d.upload(s3, s.BUCKET, chosen, run, lane="batch"))
     assert all(u.key.startswith(f"inputs/{run}/") for u in uploads)
     assert s3.head_object(Bucket=s.BUCKET, Key=uploads[0].key)["Metadata"] == {"batchdrop-lane": "batch"}
@@ -83,14 +86,26 @@ def test_the_smoke_steps_pick_run_check_and_clean_up_the_sample_files(stack: s.L
     # Then every job ended, and its outputs pass the checks, each in the lane asked for
     assert not waited.pending
     assert time.monotonic() - started < 60
+    summaries = []
     for upload in uploads:
         _results, errors, summary = d.check(s3, s.BUCKET, upload)
+        summaries.append(summary)
         assert set(summary["lanes"].values()) == {"batch"}, summary["lanes"]
         if upload.path.name == "openai-with-mistakes.jsonl":
             assert summary["status"] == "partial"
             assert any(e["stage"] == "validation" for e in errors)
         else:
             assert summary["status"] == "completed", (upload.path.name, errors[:2])
+
+    # and its queue heard each job's notifications, which pass the checks too
+    notes = d.hear_the_ends(sqs, listener, summaries, patience=10)
+    for summary in summaries:
+        checks.check_notifications(notes, summary)
+    assert {n["attributes"]["event"] for n in notes} == {"submitted", "completed", "partial"}
+    d.stop_listening(sns, sqs, listener)
+    assert listener.queue_url not in sqs.list_queues().get("QueueUrls", [])
+    # (the embedded stack's own capture queue is the one subscription left)
+    assert len(sns.list_subscriptions_by_topic(TopicArn=stack.topic_arn)["Subscriptions"]) == 1
 
     # And the checks catch a result line gone missing
     broken = uploads[0]

@@ -155,6 +155,8 @@ def providers_of(path: Path) -> set[str]:
                 key_prefix="a1-",
                 tmpdir=tmpdir(),
                 dry=True,
+                # A provider's handful of requests, under its batch minimum (Bedrock's), still goes to it.
+                small_realtime=True,
             )
         return {b.provider for b in batches.planned.values()}
     finally:
@@ -293,6 +295,80 @@ def cancel(s3: Any, bucket: str, uploads: Iterable[Upload]) -> None:
     """Ask batchdrop to cancel these jobs, with only S3 access (docs/contract.md: `cancel/<job_id>`)."""
     for upload in uploads:
         s3.put_object(Bucket=bucket, Key=f"{CANCEL_PREFIX}{upload.job_id}", Body=b"")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A queue of the run's own, subscribed to the stack's topic with raw delivery: what a user's
+    subscriber receives, attributes and all."""
+
+    queue_url: str
+    subscription_arn: str
+
+
+def listen(sns: Any, sqs: Any, topic_arn: str, run: str) -> Listener:
+    """Subscribe a new queue to the topic (before the uploads, so that `submitted` is heard too)."""
+    url = sqs.create_queue(QueueName=f"batchdrop-{run}")["QueueUrl"]
+    try:
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        only_the_topic = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                }
+            ],
+        }
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": orjson.dumps(only_the_topic).decode()})
+        subscription = sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=arn,
+            Attributes={"RawMessageDelivery": "true"},
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+    except (ClientError, BotoCoreError):
+        sqs.delete_queue(QueueUrl=url)
+        raise
+    return Listener(url, subscription)
+
+
+def heard(sqs: Any, listener: Listener) -> list[dict[str, Any]]:
+    """The notifications that arrived, drained, each as {"attributes", "message"}."""
+    out: list[dict[str, Any]] = []
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=listener.queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+        ).get("Messages", [])
+        if not messages:
+            return out
+        for message in messages:
+            attrs = {k: v.get("StringValue") for k, v in (message.get("MessageAttributes") or {}).items()}
+            out.append({"attributes": attrs, "message": orjson.loads(message["Body"])})
+            sqs.delete_message(QueueUrl=listener.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def hear_the_ends(
+    sqs: Any, listener: Listener, summaries: Sequence[dict[str, Any]], patience: float = 60.0
+) -> list[dict[str, Any]]:
+    """Every notification heard until each job's end has been (it is published just after its
+    summary.json is written), or `patience` seconds."""
+    notes: list[dict[str, Any]] = []
+    wanted = {f"{s['job_id']}:{s['status']}" for s in summaries}
+    deadline = time.monotonic() + patience
+    while True:
+        notes += heard(sqs, listener)
+        if wanted <= {n["attributes"].get("notification_id") for n in notes} or time.monotonic() > deadline:
+            return notes
+
+
+def stop_listening(sns: Any, sqs: Any, listener: Listener) -> None:
+    sns.unsubscribe(SubscriptionArn=listener.subscription_arn)
+    sqs.delete_queue(QueueUrl=listener.queue_url)
 
 
 @dataclass
