@@ -3,9 +3,11 @@ directly instead of by CloudFormation: the files it picks, its wait, its checks 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 import pytest
@@ -166,3 +168,75 @@ def test_the_smoke_test_finds_a_stack_by_its_outputs_and_skips_one_that_is_not_t
     assert found.table is None
     with pytest.raises(d.Unavailable, match="no stack 'Nope' in"):
         d.find(d.session(), "Nope")
+
+
+def deployed(stack: s.LocalStack, name: str) -> d.Deployment:
+    """The embedded stack under a CloudFormation stack of that name in moto, its outputs naming it."""
+    template = {
+        "Resources": {"Placeholder": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {
+            key: {"Value": value} for key, value in {**stack_outputs(stack), "TopicArn": stack.topic_arn}.items()
+        },
+    }
+    aws.client("cloudformation").create_stack(StackName=name, TemplateBody=orjson.dumps(template).decode())
+    return d.find(d.session(), name)
+
+
+def leftovers() -> list[str]:
+    keys = [
+        v["Key"]
+        for prefix in ("inputs/", "outputs/", "cancel/")
+        for v in aws.client("s3").list_object_versions(Bucket=s.BUCKET, Prefix=prefix).get("Versions", [])
+    ]
+    queues = [q for q in aws.client("sqs").list_queues().get("QueueUrls", []) if "smoke" in q]
+    return keys + queues
+
+
+def test_the_whole_smoke_run_against_a_stack_found_by_name_leaves_nothing_behind(stack: s.LocalStack) -> None:
+    # Given the embedded stack found by its name, its functions driven as AWS would drive them
+    found = deployed(stack, "Smoked")
+    dispatcher = Dispatcher(stack)
+    stop = threading.Event()
+
+    def run_the_pipeline() -> None:
+        while not stop.is_set():
+            dispatcher.deliver_uploads()
+            dispatcher.deliver_realtime()
+            dispatcher.tick()
+            dispatcher.deliver_completions()
+            time.sleep(0.05)
+
+    driver = threading.Thread(target=run_the_pipeline, daemon=True)
+    driver.start()
+    files = [
+        d.EVENTS / name
+        for name in ("openai-chat-small.jsonl", "openai-with-mistakes.jsonl", "anthropic-messages.jsonl")
+    ]
+    try:
+        # When the smoke run goes through, with the stack's own lane
+        summaries = d.smoke(d.session(), found, None, timeout=60, every=0.2, files=files)
+    finally:
+        stop.set()
+        driver.join(timeout=30)
+    # Then each job was checked, and the bucket and the queues hold nothing of the run
+    assert sorted(summary["input"]["key"].rsplit("/", 1)[1] for summary in summaries) == sorted(f.name for f in files)
+    assert leftovers() == []
+
+
+def test_a_smoke_run_out_of_time_cancels_its_jobs_and_still_cleans_up(stack: s.LocalStack) -> None:
+    # Given a stack whose functions never run
+    found = deployed(stack, "Stalled")
+    # When the smoke run's time runs out
+    with pytest.raises(AssertionError, match=r"not ended in 0s: openai-chat-small\.jsonl"):
+        d.smoke(d.session(), found, None, timeout=0, every=0.1, files=[d.EVENTS / "openai-chat-small.jsonl"])
+    # Then it asked for the job's cancel (an S3 event the functions would have had), and deleted that
+    # with the rest of what it wrote
+    sqs = aws.client("sqs")
+    events = sqs.receive_message(QueueUrl=stack.queue_urls[s.S3_EVENTS_QUEUE], MaxNumberOfMessages=10)
+    keys = {
+        unquote_plus(record["s3"]["object"]["key"])
+        for message in events.get("Messages", [])
+        for record in orjson.loads(message["Body"]).get("Records", [])
+    }
+    assert any(key.startswith("cancel/job-") for key in keys), keys
+    assert leftovers() == []

@@ -434,3 +434,78 @@ def clean_up(s3: Any, bucket: str, prefixes: Iterable[str]) -> Cleaned:
         _delete(s3, bucket, entries)
         cleaned.objects += len(entries)
     return cleaned
+
+
+def smoke(
+    aws: boto3.session.Session,
+    found: Deployment,
+    lane: str | None,
+    timeout: float,
+    every: float = 15.0,
+    files: Iterable[Path] | None = None,
+) -> list[dict[str, Any]]:
+    """The whole run against a found deployment: pick, listen, upload, wait, check, and clean up
+    whatever happens; the jobs' summaries. Unavailable when the stack can run none of the files."""
+    say = console.print
+    s3 = aws.client("s3", config=AWS_CONFIG)
+    runnable, why_not = runnable_providers(found.outputs, aws.client("secretsmanager", config=AWS_CONFIG))
+    say(
+        f"stack {found.stack} in {found.region}, bucket {found.bucket}; it can run: "
+        f"{', '.join(sorted(runnable)) or 'none'}. Its functions have no emulator endpoints: this run calls "
+        "the real providers."
+    )
+    chosen, skipped = choose_files(EVENTS.glob("*.jsonl") if files is None else files, runnable, why_not)
+    for line in skipped:
+        say(line)
+    if not chosen:
+        raise Unavailable(
+            f"the stack {found.stack!r} can run none of the sample files: put a provider's key in its secret"
+        )
+    run = run_prefix()
+    sns, sqs = aws.client("sns", config=AWS_CONFIG), aws.client("sqs", config=AWS_CONFIG)
+    listener = None
+    if "TopicArn" in found.outputs:
+        try:
+            listener = listen(sns, sqs, found.outputs["TopicArn"], run)
+        except (ClientError, BotoCoreError) as exc:
+            say(f"notifications not checked: cannot subscribe a queue to the topic ({exc})")
+    uploads: list[Upload] = []
+    waited = Waited()
+    summaries: list[dict[str, Any]] = []
+    try:
+        for sent in upload(s3, found.bucket, chosen, run, lane):
+            uploads.append(sent)
+            say(f"   upload {sent.path.name} → s3://{found.bucket}/{sent.key} · job {sent.job_id}")
+        status = job_status(aws.client("dynamodb", config=AWS_CONFIG), found.table) if found.table else None
+        waited = wait_for_outputs(s3, found.bucket, uploads, timeout, status=status, every=every)
+        assert not waited.pending, f"not ended in {timeout:.0f}s: " + ", ".join(u.path.name for u in waited.pending)
+        for sent in uploads:
+            _results, _errors, summary = check(s3, found.bucket, sent)
+            summaries.append(summary)
+            c = summary["counts"]
+            say(
+                f"  checked {sent.path.name}: {summary['status']}, {c['lines']} lines, {c['succeeded']} succeeded, "
+                f"{c['failed']} failed, {c['invalid']} invalid, lanes {summary.get('lanes')}, "
+                f"cost ${summary['cost_usd'].get('total')}"
+            )
+        if listener is not None:
+            notes = hear_the_ends(sqs, listener, summaries)
+            for summary in summaries:
+                checks.check_notifications(notes, summary)
+            say(f"  checked {len(notes)} notifications")
+    finally:
+        unfinished = [u for u in uploads if u not in waited.ended]
+        try:
+            if unfinished:
+                # Interrupted or out of time: stop paying for them. Their jobs end `canceled` at the next
+                # poll and write outputs after this cleanup; the line below says where.
+                cancel(s3, found.bucket, unfinished)
+                say(
+                    f"canceled {len(unfinished)} unfinished jobs; their outputs will still appear: "
+                    f"aws s3 rm --recursive s3://{found.bucket}/outputs/{run}/"
+                )
+            say(f"cleanup of {run}: {clean_up(s3, found.bucket, prefixes_of(run, uploads))}")
+        finally:
+            if listener is not None:
+                stop_listening(sns, sqs, listener)
+    return summaries
