@@ -60,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="smoke_timeout",
         type=float,
         default=2 * 3600.0,
+        # A batch may take its provider's whole window (24 h); two hours is what a smoke run is worth.
         help="seconds to wait for every job to end [7200]",
     )
 

@@ -27,15 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from batchdrop import models as m
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX
 from batchdrop.pipeline import job_id_for, output_prefix, work_prefix
+from infra.names import DEFAULT_STACK_NAME
 from tests import checks
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-DEFAULT_STACK = "Batchdrop"
-# A batch may take the provider's whole window (24 h); two hours is what a smoke run is worth waiting.
-DEFAULT_TIMEOUT = 2 * 3600.0
+DEFAULT_STACK = DEFAULT_STACK_NAME
 
-# Without credentials botocore would otherwise wait on the instance metadata service and retry for
-# minutes; a smoke run should say "cannot reach AWS" in seconds.
+# botocore's defaults (60 s reads, retried) would hold a run with no route to AWS for minutes; the
+# smoke test's calls are small, and one that cannot be made should fail in seconds.
 AWS_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
 
 console = Console(highlight=False, soft_wrap=True)
@@ -93,6 +92,8 @@ def find(aws: boto3.session.Session, stack: str) -> Deployment:
     except NoRegionError:
         raise Unavailable("no AWS region: set AWS_DEFAULT_REGION or a profile's region") from None
     except ClientError as exc:
+        # CloudFormation answers a missing stack with its generic ValidationError: only the message
+        # ("Stack with id X does not exist") tells it from a malformed name.
         message = exc.response.get("Error", {}).get("Message", "")
         if "does not exist" in message:
             raise Unavailable(f"no stack {stack!r} in {aws.region_name}: deploy it first (cdk deploy)") from None
@@ -109,7 +110,8 @@ def holds_key(secret_string: str) -> bool:
     value = secret_string
     if value.lstrip().startswith("{"):
         with contextlib.suppress(orjson.JSONDecodeError):
-            value = str(orjson.loads(value).get("api_key", ""))
+            parsed = orjson.loads(value)
+            value = str(parsed.get("api_key", "")) if isinstance(parsed, dict) else ""
     return bool(value.strip())
 
 
