@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION = 20
 
-.PHONY: demo test lint types unit emulator integration infra e2e synth bench clean
+.PHONY: demo test lint types unit emulator integration infra e2e smoke synth bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ infra: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e tests/e2e
+
+# A deployed stack with real providers (README, "Smoke test a deployment"): `make smoke STACK=MyStack LANE=realtime`.
+# It deploys nothing, and skips with a reason where there are no credentials or no such stack.
+STACK ?= $(or $(BATCHDROP_STACK),Batchdrop)
+LANE ?=
+SMOKE_TIMEOUT ?= 7200
+
+smoke: $(STAMP)
+	$(BIN)/pytest -q -s -rs -m smoke tests/smoke --stack '$(STACK)' --smoke-timeout $(SMOKE_TIMEOUT) $(if $(LANE),--lane $(LANE))
 
 test: lint types
 	$(BIN)/pytest -q

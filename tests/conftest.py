@@ -5,7 +5,8 @@ Tiers (a marker each, given here by where a test lives, so test files carry none
 - emulator: tests/integration/test_emulator_*.py, the provider emulator's contract against each SDK;
 - integration: the rest of tests/integration, the handlers against the embedded stack over HTTP;
 - infra: tests/infra, the CDK app synthesized and checked (cdk-nag, cfn-lint);
-- e2e: tests/e2e, the `batchdrop` command in a subprocess and chaos runs of the whole pipeline.
+- e2e: tests/e2e, the `batchdrop` command in a subprocess and chaos runs of the whole pipeline;
+- smoke: tests/smoke, a deployed stack with real providers (`make smoke`; skips without one).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("BATCHDROP_LANE", "batch")
 
 TESTS = Path(__file__).parent
-TIERS = ("unit", "emulator", "integration", "infra", "e2e")
+TIERS = ("unit", "emulator", "integration", "infra", "e2e", "smoke")
 
 
 def tier_of(path: Path) -> str | None:
@@ -41,6 +42,27 @@ def tier_of(path: Path) -> str | None:
     if folder not in TIERS:
         raise pytest.UsageError(f"{path}: a test must live in one of the tiers' folders {TIERS}")
     return folder
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/smoke/: pytest reads options only from the conftest files it loads at startup.
+    group = parser.getgroup("smoke", "the smoke test of a deployed stack (tests/smoke, `make smoke`)")
+    group.addoption("--stack", dest="smoke_stack", default=None, help="the stack [env BATCHDROP_STACK, else Batchdrop]")
+    group.addoption(
+        "--lane",
+        dest="smoke_lane",
+        default=None,
+        choices=("auto", "batch", "realtime"),
+        help="the uploads' batchdrop-lane metadata (default: none, the stack decides); realtime is quick",
+    )
+    group.addoption(
+        "--smoke-timeout",
+        dest="smoke_timeout",
+        type=float,
+        default=2 * 3600.0,
+        # A batch may take its provider's whole window (24 h); two hours is what a smoke run is worth.
+        help="seconds to wait for every job to end [7200]",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

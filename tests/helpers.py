@@ -7,19 +7,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
+
+# The checks on a job's outputs live in tests/checks.py, shared with the chaos runs and the smoke test.
+from tests.checks import Outputs, read_outputs
+from tests.checks import assert_accounting as assert_accounting
 
 # The line builders and file writers live in tests/lines.py; named here too, as the stack tests import them.
 from tests.lines import anthropic_line as anthropic_line
 from tests.lines import jsonl as jsonl
 from tests.lines import neutral_line as neutral_line
 from tests.lines import openai_line as openai_line
-from tests.lines import read_jsonl
+from tests.lines import read_jsonl as read_jsonl
 
 # The emulator tests' clock: a fixed start, moved on by hand; and their batches' processing time.
 START = 1_750_000_000.0
@@ -125,25 +127,5 @@ def ended(store: JobStore, keys: set[str]) -> Callable[[], bool]:
     return check
 
 
-def outputs_of(
-    stack: s.LocalStack, job: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    prefix = job["output_prefix"]
-    results = read_jsonl(stack.get(f"{prefix}results.jsonl"))
-    errors = read_jsonl(stack.get(f"{prefix}errors.jsonl"))
-    summary = orjson.loads(stack.get(f"{prefix}summary.json"))
-    return results, errors, summary
-
-
-def assert_accounting(
-    non_blank_lines: set[int], results: list[dict[str, Any]], errors: list[dict[str, Any]], summary: dict[str, Any]
-) -> None:
-    """docs/contract.md's guarantee: every non-blank line in exactly one output line, and the counts add up."""
-    seen = [r["line"] for r in results] + [e["line"] for e in errors]
-    assert sorted(seen) == sorted(non_blank_lines), "each non-blank line must appear exactly once"
-    c = summary["counts"]
-    assert c["lines"] == len(non_blank_lines)
-    assert c["lines"] == c["invalid"] + c["submitted"]
-    assert c["submitted"] == c["succeeded"] + c["failed"]
-    assert c["succeeded"] == len(results)
-    assert c["invalid"] + c["failed"] == len(errors)
+def outputs_of(stack: s.LocalStack, job: dict[str, Any]) -> Outputs:
+    return read_outputs(stack.get, job["output_prefix"])

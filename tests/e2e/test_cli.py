@@ -10,11 +10,11 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from tests.helpers import anthropic_line, assert_accounting, jsonl, neutral_line, openai_line, read_jsonl
+from tests.checks import Outputs, check_job_outputs, check_notifications, read_outputs
+from tests.helpers import anthropic_line, jsonl, neutral_line, openai_line, read_jsonl
 
 BATCHDROP = [sys.executable, "-m", "batchdrop.cli"]
 
@@ -24,18 +24,13 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*BATCHDROP, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def outputs(out: Path) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
-    found = []
-    for summary_path in sorted(out.glob("outputs/**/summary.json")):
-        folder = summary_path.parent
-        found.append(
-            (
-                read_jsonl((folder / "results.jsonl").read_bytes()),
-                read_jsonl((folder / "errors.jsonl").read_bytes()),
-                orjson.loads(summary_path.read_bytes()),
-            )
-        )
-    return found
+def outputs(out: Path) -> list[Outputs]:
+    """Every job's outputs in a `batchdrop local run` tree, read as the smoke test reads a deployment's
+    (tests/checks.py), for `check_job_outputs` against the lines the test wrote."""
+    return [
+        read_outputs(lambda path: Path(path).read_bytes(), f"{summary_path.parent}/")
+        for summary_path in sorted(out.glob("outputs/**/summary.json"))
+    ]
 
 
 def test_local_run_writes_outputs_and_notifications_for_any_mix_of_lines(tmp_path: Path) -> None:
@@ -65,12 +60,13 @@ def test_local_run_writes_outputs_and_notifications_for_any_mix_of_lines(tmp_pat
     # Then the outputs tree is there, with every non-blank line in exactly one file
     ((results, errors, summary),) = outputs(out)
     assert summary["input"]["key"] == "inputs/my evals ü+1.jsonl"
-    assert_accounting({1, 3, 4, 5, 6, 7, 8}, results, errors, summary)
+    check_job_outputs({1, 3, 4, 5, 6, 7, 8}, results, errors, summary)
     codes = {e["line"]: e["code"] for e in errors if e["stage"] == "validation"}
     assert codes == {3: "invalid_json", 4: "duplicate_custom_id", 7: "invalid_encoding"}
     # and one submitted and one terminal notification, as JSON lines
     notes = read_jsonl((out / "notifications.jsonl").read_bytes())
     assert [n["attributes"]["event"] for n in notes] == ["submitted", summary["status"]]
+    check_notifications(notes, summary)
     stats = orjson.loads((out / "provider_stats.json").read_bytes())
     assert sum(stats["batches_created"].values()) == len(summary["batches"])
     assert "All jobs ended" in result.stdout
@@ -98,7 +94,7 @@ def test_local_run_finishes_a_file_larger_than_an_emulated_quota_in_waves(tmp_pa
     assert result.returncode == 0, result.stderr
     # Then every line succeeded, in several batches per provider, none failed and none created twice
     ((results, errors, summary),) = outputs(out)
-    assert_accounting(set(range(1, 701)), results, errors, summary)
+    check_job_outputs(set(range(1, 701)), results, errors, summary)
     assert summary["status"] == "completed"
     assert not errors
     stats = orjson.loads((out / "provider_stats.json").read_bytes())
@@ -242,7 +238,7 @@ def test_local_run_with_a_file_per_provider_and_a_neutral_file_for_all_five(tmp_
     for key, providers in expected.items():
         results, errors, summary = by_key[key]
         assert summary["status"] == "completed", (key, errors)
-        assert_accounting(set(range(1, summary["counts"]["lines"] + 1)), results, errors, summary)
+        check_job_outputs(set(range(1, summary["counts"]["lines"] + 1)), results, errors, summary)
         assert {r["provider"] for r in results} == providers
         assert all(r["text"] for r in results)
         # costs from the usage each provider reported; an Azure deployment has no list price
@@ -388,6 +384,6 @@ def test_validate_and_the_pipeline_refuse_a_file_past_the_cap_alike(tmp_path: Pa
     assert summary["status"] == "rejected"
     assert f"file error: {summary['reason']}" in checked.stdout
     # and each non-blank line read has one output line: the valid ones file_rejected, none after line 6
-    assert_accounting({1, 2, 4, 5, 6}, results, errors, summary)
+    check_job_outputs({1, 2, 4, 5, 6}, results, errors, summary)
     codes = {e["line"]: e["code"] for e in errors}
     assert codes == {1: "file_rejected", 2: "invalid_json", 4: "file_rejected", 5: "not_an_object", 6: "invalid_json"}
