@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from batchdrop import models as m
+from batchdrop.blueprint import DEFAULT_STACK_NAME
 from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, OUTPUT_PREFIX
 from batchdrop.pipeline import job_id_for, output_prefix, work_prefix
-from infra.names import DEFAULT_STACK_NAME
 from tests import checks
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
