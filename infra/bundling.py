@@ -37,6 +37,14 @@ PACKAGE = "batchdrop"
 # Paths inside the package that stay out of the asset.
 EXCLUDED = frozenset({"local", "cli.py", "__pycache__"})
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
+# The service models botocore keeps: the services the functions create clients for (a test reads our code
+# and Powertools' for them) and those its credential chain may call. botocore reads a model only when a
+# client for its service is created, so the ~430 others cost no import time, but they are 19 MB of the
+# bundle's 80 MB unzipped and about half of it zipped (docs/performance.md): what a cold start fetches,
+# and the room pyarrow will need under Lambda's 250 MB.
+BOTOCORE_SERVICES = frozenset(
+    {"s3", "dynamodb", "sqs", "sns", "secretsmanager", "bedrock", "bedrock-runtime", "sts", "sso", "sso-oidc"}
+)
 # CPU time of a handler's import in a fresh process, with bytecode against without it (the submit
 # handler, the same bundle in the same run; `python -m benchmarks --only bytecode`, docs/performance.md).
 BYTECODE_IMPORT_CPU_RATIO = 0.56
@@ -201,7 +209,7 @@ def compileall_args(directory: str) -> list[str]:
 
 def docker_script(requirements: Sequence[str], python: str, platform: str = LAMBDA_PLATFORM) -> str:
     """What the runtime's build image runs when local bundling declines: the steps of
-    `LocalPipBundling.bundle`, from CDK's /asset-input (the functions folder) to /asset-output, then the
+    `LocalPipBundling.bundle` in a shell, from CDK's /asset-input (the functions folder) to /asset-output, then the
     image's own interpreter compiles the result."""
     out = "/asset-output"
     package = f"{out}/{PACKAGE}"
@@ -214,6 +222,9 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
             else []
         ),
         f"rm -rf {out}/bin",
+        f"[ ! -d {out}/botocore/data ] || find {out}/botocore/data -mindepth 1 -maxdepth 1 -type d "
+        + " ".join(f"! -name {name}" for name in sorted(BOTOCORE_SERVICES))
+        + " -exec rm -rf {} +",
         f"cp -R /asset-input/{PACKAGE} {out}/",
         *(f"rm -rf {package}/{name}" for name in sorted(EXCLUDED - {"__pycache__"})),
         f"find {package} -name __pycache__ -prune -exec rm -rf {{}} +",
@@ -223,12 +234,22 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
     return " && ".join(steps)
 
 
+def trim_botocore(out: Path, keep: Collection[str] = BOTOCORE_SERVICES) -> None:
+    """Remove from the bundle in `out` botocore's models of the services not in `keep`."""
+    data = out / "botocore" / "data"
+    if data.is_dir():
+        for service in data.iterdir():
+            if service.is_dir() and service.name not in keep:
+                shutil.rmtree(service)
+
+
 @jsii.implements(ILocalBundling)
 class LocalPipBundling:
     """Builds the asset directory with pip's cross-platform wheel install; CDK calls try_bundle.
 
     With an `interpreter` (one of the runtime's version) the bundle is compiled to bytecode; with
-    `decline` set, try_bundle leaves the bundling to CDK's Docker image.
+    `decline` set, try_bundle leaves the bundling to CDK's Docker image; `botocore_services` None keeps
+    every botocore model.
     """
 
     def __init__(
@@ -240,6 +261,7 @@ class LocalPipBundling:
         source: Path = FUNCTIONS_DIR / PACKAGE,
         interpreter: str | None = None,
         decline: bool = False,
+        botocore_services: Collection[str] | None = BOTOCORE_SERVICES,
     ) -> None:
         self.requirements = list(requirements)
         self.python = python
@@ -247,6 +269,7 @@ class LocalPipBundling:
         self.source = source.resolve()
         self.interpreter = interpreter
         self.decline = decline
+        self.botocore_services = botocore_services
 
     def try_bundle(self, output_dir: str, *, image: DockerImage, **options: Any) -> bool:
         if self.decline:
@@ -266,6 +289,8 @@ class LocalPipBundling:
             )  # fmt: skip
         # Console scripts of the dependencies; nothing in Lambda runs them.
         shutil.rmtree(out / "bin", ignore_errors=True)
+        if self.botocore_services is not None:
+            trim_botocore(out, self.botocore_services)
         root = self.source
         shutil.copytree(
             root,
@@ -279,10 +304,11 @@ class LocalPipBundling:
             )
 
     def fingerprint(self, bytecode: str | None = None) -> str:
-        """Changes when the bundle would: our files (minus the excluded ones), requirements, platform, and
-        the bytecode's tag (`bytecode`, None for a bundle without)."""
+        """Changes when the bundle would: our files (minus the excluded ones), requirements, platform,
+        botocore's services, and the bytecode's tag (`bytecode`, None for a bundle without)."""
         digest = hashlib.sha256()
-        for part in (*self.requirements, self.platform, self.python, f"bytecode={bytecode}"):
+        services = "all" if self.botocore_services is None else ",".join(sorted(self.botocore_services))
+        for part in (*self.requirements, self.platform, self.python, services, f"bytecode={bytecode}"):
             digest.update(part.encode() + b"\0")
         for directory, dirs, files in os.walk(self.source):
             dirs[:] = sorted(set(dirs) - _ignored(directory, dirs, self.source))

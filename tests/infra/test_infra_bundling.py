@@ -7,6 +7,7 @@ is this interpreter reporting 3.14's cache tag, a `docker` or `uv` script), or t
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,30 @@ def test_a_bundle_with_bytecode_has_another_fingerprint_than_one_without(package
     assert bundler.fingerprint("cpython-314") != bundler.fingerprint(None)
 
 
+def test_trimming_botocore_changes_the_fingerprint(package: Path) -> None:
+    bundler = LocalPipBundling(requirements=["boto3"], python="3.14", source=package)
+    trimmed = bundler.fingerprint()
+    bundler.botocore_services = None
+
+    assert bundler.fingerprint() != trimmed
+
+
+# What only the command line imports: it ships in the bundle, but no function runs it.
+CLI_ONLY = frozenset({"ops.py"})
+
+
+def test_botocore_keeps_the_model_of_every_service_the_functions_create_a_client_for() -> None:
+    root = bundling.FUNCTIONS_DIR / bundling.PACKAGE
+    bundled = [p for p in root.rglob("*.py") if p.relative_to(root).parts[0] not in bundling.EXCLUDED | CLI_ONLY]
+    called = {m for p in bundled for m in re.findall(r"""client\(\s*["']([a-z0-9-]+)["']""", p.read_text())}
+
+    assert called
+    assert called <= bundling.BOTOCORE_SERVICES
+    for module in (Path(name).stem for name in CLI_ONLY):
+        importers = [p for p in bundled if re.search(rf"from batchdrop(\.| import ){module}\b", p.read_text())]
+        assert importers == [], f"batchdrop.{module} is imported by the functions' code: check its clients"
+
+
 def test_runtime_dependencies_come_from_pyproject() -> None:
     names = {bundling.requirement_name(d) for d in runtime_dependencies()}
 
@@ -187,7 +212,10 @@ def test_the_docker_script_builds_what_local_bundling_builds(package: Path, pyth
     """The image's steps, run here: /asset-input and /asset-output as CDK mounts them, `python` the 3.14 shim."""
     (python314.parent / "python").symlink_to(python314)
     local, docker = tmp_path / "local", tmp_path / "docker"
-    docker.mkdir()
+    for out in (local, docker):  # as if pip had installed botocore
+        for model in ("s3/2006-03-01/service-2.json.gz", "ec2/2016-11-15/service-2.json.gz", "endpoints.json"):
+            (out / "botocore" / "data" / model).parent.mkdir(parents=True, exist_ok=True)
+            (out / "botocore" / "data" / model).write_text("{}")
     LocalPipBundling(requirements=[], python="3.14", source=package, interpreter=str(python314)).bundle(local)
 
     script = docker_script([], "3.14").replace("/asset-input", str(package.parent))
@@ -195,6 +223,8 @@ def test_the_docker_script_builds_what_local_bundling_builds(package: Path, pyth
 
     assert files(docker) == files(local)
     assert any(f.endswith(".cpython-314.pyc") for f in files(docker))
+    assert "botocore/data/s3/2006-03-01/service-2.json.gz" in files(docker)
+    assert not (docker / "botocore" / "data" / "ec2").exists()
 
 
 def docker_answering(bin_dir: Path, *, daemon: bool = True, image: bool = False, registry: bool = False) -> None:
@@ -290,6 +320,19 @@ def test_real_bundle_has_arm64_wheels_for_the_runtime(real_bundle: Path) -> None
     tag = python_version(RUNTIME).replace(".", "")
     (orjson,) = (out / "orjson").glob("orjson*.so")
     assert f"cpython-{tag}-aarch64-linux-gnu" in orjson.name
+
+
+def test_real_bundle_creates_a_client_for_every_service_it_keeps(real_bundle: Path) -> None:
+    """botocore (pure Python) from the bundle alone, in a process that sees nothing else."""
+    services = sorted(bundling.BOTOCORE_SERVICES)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import botocore.session as s; session = s.get_session()\n"
+        "for name in sys.argv[2:]: session.create_client(name, region_name='us-east-1', "
+        "aws_access_key_id='k', aws_secret_access_key='s')"
+    )
+    subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(real_bundle), *services], check=True)
+    kept = {d.name for d in (real_bundle / "botocore" / "data").iterdir() if d.is_dir()}
+    assert kept == set(services)
 
 
 def test_real_bundle_stays_under_lambdas_limit_with_its_bytecode(real_bundle: Path) -> None:
