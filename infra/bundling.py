@@ -39,9 +39,9 @@ EXCLUDED = frozenset({"local", "cli.py", "__pycache__"})
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
 # The service models botocore keeps: the services the functions create clients for (a test reads our code
 # and Powertools' for them) and those its credential chain may call. botocore reads a model only when a
-# client for its service is created, so the ~430 others cost no import time, but they are 19 MB of the
-# bundle's 80 MB unzipped and about half of it zipped (docs/performance.md): what a cold start fetches,
-# and the room pyarrow will need under Lambda's 250 MB.
+# client for its service is created, so the ~435 others cost no import time, but they are 17 MB of the
+# bundle's 80 MB unzipped and 15 of its 34 MB zipped (docs/performance.md): what a cold start fetches,
+# and room that pyarrow will need under Lambda's 250 MB.
 BOTOCORE_SERVICES = frozenset(
     {"s3", "dynamodb", "sqs", "sns", "secretsmanager", "bedrock", "bedrock-runtime", "sts", "sso", "sso-oidc"}
 )
