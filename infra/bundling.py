@@ -210,8 +210,8 @@ def compileall_args(directory: str) -> list[str]:
 
 def docker_script(requirements: Sequence[str], python: str, platform: str = LAMBDA_PLATFORM) -> str:
     """What the runtime's build image runs when local bundling declines: the steps of
-    `LocalPipBundling.bundle` in a shell, from CDK's /asset-input (the functions folder) to /asset-output, then the
-    image's own interpreter compiles the result."""
+    `LocalPipBundling.bundle` in a shell, from CDK's /asset-input (the functions folder) to
+    /asset-output, then the image's own interpreter compiles the result."""
     out = "/asset-output"
     package = f"{out}/{PACKAGE}"
     steps = [
