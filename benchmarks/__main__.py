@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -474,6 +475,13 @@ def bench_end_to_end(rows: list[dict[str, Any]], tmp: Path) -> None:
     )
 
 
+def _bundles() -> types.ModuleType:
+    # Imported when asked for: it imports the CDK (through infra.bundling), seconds at start-up.
+    from benchmarks import bundles
+
+    return bundles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -493,11 +501,13 @@ def main() -> None:
             ("memory", lambda: bench_memory(rows, Path(tmp), args.quick)),
             ("submit memory", lambda: bench_submit_memory(rows, Path(tmp), args.quick)),
             ("deadline", lambda: bench_deadline(rows, Path(tmp))),
+            ("bytecode", lambda: _bundles().bench_bytecode(rows, Path(tmp))),
         ]
         if not args.quick:
             steps.append(("end to end", lambda: bench_end_to_end(rows, Path(tmp))))
             steps.append(("realtime", lambda: bench_realtime(rows, Path(tmp))))
             steps.append(("aws-bill", lambda: bench_aws_bill(rows, Path(tmp))))
+            steps.append(("bundles", lambda: _bundles().bench_bundles(rows, Path(tmp))))
         for name, step in steps:
             if args.only and name not in args.only:
                 continue

@@ -1,21 +1,31 @@
-"""The Lambda code asset, bundled on this machine without Docker.
+"""The Lambda code asset, bundled on this machine when it can, in the runtime's image with Docker otherwise.
 
 pip installs the runtime dependencies (pyproject.toml's [project].dependencies) as wheels for Lambda's
 platform (arm64, the runtime's Python), and our package is copied next to them without what never runs
 in Lambda: the embedded stack and emulator (batchdrop/local/) and the command line (batchdrop/cli.py).
+
+Then the bundle is compiled to bytecode by an interpreter of the runtime's exact minor version, so that a
+cold start loads .pyc files instead of compiling every module it imports. Which interpreter does it is
+decided once per process (`bytecode_plan`), in this order:
+1. `local`: `python3.<minor>` on PATH, or one that uv manages, compiles the bundle built on this machine;
+2. `docker`: local bundling declines and CDK runs the same steps in the runtime's own build image, if
+   Docker can run that image (a daemon answering, the image present or its registry reachable);
+3. `none`: the bundle is built on this machine without bytecode, and synth says what that costs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsii
 from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
@@ -27,6 +37,28 @@ PACKAGE = "batchdrop"
 # Paths inside the package that stay out of the asset.
 EXCLUDED = frozenset({"local", "cli.py", "__pycache__"})
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
+# The service models botocore keeps: the services the functions create clients for (a test reads our code
+# and Powertools' for them) and those its credential chain may call. botocore reads a model only when a
+# client for its service is created, so the ~435 others cost no import time, but they are 17 MB of the
+# bundle's 80 MB unzipped and 15 of its 34 MB zipped (docs/performance.md): what a cold start fetches,
+# and room that pyarrow will need under Lambda's 250 MB.
+BOTOCORE_SERVICES = frozenset(
+    {"s3", "dynamodb", "sqs", "sns", "secretsmanager", "bedrock", "bedrock-runtime", "sts", "sso", "sso-oidc"}
+)
+# CPU time of a handler's import in a fresh process, with bytecode against without it (the median of the
+# five handlers, the same bundle in the same run; `python -m benchmarks --only bytecode`, with 3.11 as the
+# runtime's stand-in; docs/performance.md).
+BYTECODE_IMPORT_CPU_RATIO = 0.35
+# Every Docker probe is bounded: a daemon that hangs or a registry out of reach must not hang synth.
+DOCKER_PROBE_SECONDS = 10.0
+# Bytecode whose validity is never checked against its source. CDK zips the asset with every file's date
+# set to 1980-01-01 (for a reproducible hash), so the source dates that timestamp-based .pyc files
+# record would never match in Lambda, and every cold start would compile again (the code directory is
+# read-only: nothing would be written back either). The source never changes under a deployed
+# function, so the hash check of `checked-hash` would be a cost for nothing.
+INVALIDATION_MODE = "unchecked-hash"
+
+BytecodePath = Literal["local", "docker", "none"]
 
 
 def runtime_dependencies() -> list[str]:
@@ -43,14 +75,183 @@ def python_version(runtime: lambda_.Runtime) -> str:
     return name.removeprefix("python")
 
 
+def cache_tag(python: str) -> str:
+    """`3.14` → `cpython-314`: the tag of the .pyc files that version's interpreter looks for."""
+    return "cpython-" + python.replace(".", "")
+
+
 def _ignored(directory: str, names: list[str], package_root: Path) -> set[str]:
     at_root = Path(directory).resolve() == package_root
     return {n for n in names if n == "__pycache__" or n.endswith(".pyc") or (at_root and n in EXCLUDED)}
 
 
+# -- who compiles ----------------------------------------------------------------------------------------
+
+
+def _run_quietly(args: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> str | None:
+    """The command's stdout, or None when it fails, is missing, or outlives `timeout`."""
+    try:
+        done = subprocess.run(  # noqa: S603 (fixed commands; only the image name and version vary)
+            list(args), capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _has_tag(interpreter: str, tag: str) -> bool:
+    # The cache tag, not `--version`: it is what names the .pyc files the runtime will look for.
+    found = _run_quietly([interpreter, "-c", "import sys; print(sys.implementation.cache_tag)"], timeout=30)
+    return found == tag
+
+
+def find_interpreter(python: str) -> str | None:
+    """An interpreter of exactly version `python` (`3.14`): `python3.14` on PATH, else one uv manages."""
+    candidates = []
+    if on_path := shutil.which(f"python{python}"):
+        candidates.append(on_path)
+    if uv := shutil.which("uv"):
+        # Never a download at synth: only an interpreter uv already has.
+        env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+        if found := _run_quietly([uv, "python", "find", python], timeout=30, env=env):
+            candidates.append(found.splitlines()[-1])
+    return next((c for c in candidates if _has_tag(c, cache_tag(python))), None)
+
+
+def docker_runs(image: str) -> bool:
+    """Whether Docker can run `image` now: the CLI present, the daemon answering, and the image either
+    present or its registry reachable (so that CDK's pull will work)."""
+    docker = shutil.which(os.environ.get("CDK_DOCKER", "docker"))
+    if docker is None:
+        return False
+    if _run_quietly([docker, "version", "--format", "{{.Server.Version}}"], DOCKER_PROBE_SECONDS) is None:
+        return False
+    if _run_quietly([docker, "image", "inspect", "--format", "{{.Id}}", image], DOCKER_PROBE_SECONDS) is not None:
+        return True
+    # Asks the registry for the image's manifest without pulling its layers.
+    return _run_quietly([docker, "manifest", "inspect", image], DOCKER_PROBE_SECONDS) is not None
+
+
+@dataclass(frozen=True)
+class BytecodePlan:
+    """How the asset gets its bytecode: which `path`, and the interpreter compiling it on this machine."""
+
+    path: BytecodePath
+    python: str  # the runtime's version, `3.14`
+    image: str  # the runtime's build image, CDK's fallback
+    interpreter: str | None = None
+
+    @property
+    def tag(self) -> str | None:
+        """The tag of the .pyc files the bundle will hold, None when it holds none."""
+        return None if self.path == "none" else cache_tag(self.python)
+
+    def message(self) -> str:
+        """The one line synth prints about it."""
+        if self.path == "local":
+            return f"batchdrop: Lambda bytecode ({self.tag}) compiled on this machine by {self.interpreter}"
+        if self.path == "docker":
+            return (
+                f"batchdrop: Lambda bytecode ({self.tag}) compiled with Docker in {self.image} "
+                f"(no python{self.python} here)"
+            )
+        return (
+            f"batchdrop: WARNING: the Lambda bundle has no bytecode: no python{self.python} here (nor one that "
+            "uv manages) and Docker cannot run the runtime's image, so every cold start compiles every module "
+            f"it imports, about {1 / BYTECODE_IMPORT_CPU_RATIO:.1f}x the CPU time of importing with bytecode. "
+            f"Fix: install python{self.python}, or uv (`uv python install {self.python}`), or a working Docker."
+        )
+
+
+def choose_bytecode(
+    runtime: lambda_.Runtime,
+    *,
+    find: Callable[[str], str | None] = find_interpreter,
+    docker: Callable[[str], bool] = docker_runs,
+) -> BytecodePlan:
+    """The first bytecode path that works here (see the module's docstring)."""
+    python = python_version(runtime)
+    image = runtime.bundling_image.image
+    if interpreter := find(python):
+        return BytecodePlan("local", python, image, interpreter)
+    if docker(image):
+        return BytecodePlan("docker", python, image)
+    return BytecodePlan("none", python, image)
+
+
+_PLANS: dict[str, BytecodePlan] = {}
+
+
+def bytecode_plan(runtime: lambda_.Runtime) -> BytecodePlan:
+    """`choose_bytecode` once per process and runtime, announced on stderr (where `cdk synth` and
+    `make synth` show it): every synth of the process bundles the same way, and says so once."""
+    if runtime.name not in _PLANS:
+        _PLANS[runtime.name] = plan = choose_bytecode(runtime)
+        print(plan.message(), file=sys.stderr, flush=True)
+    return _PLANS[runtime.name]
+
+
+# -- the bundle ------------------------------------------------------------------------------------------
+
+
+def pip_install_args(requirements: Sequence[str], target: str, python: str, platform: str) -> list[str]:
+    """pip's arguments (after `pip`) to install `requirements` as `platform` wheels for `python`."""
+    return [
+        "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+        "--target", target, "--platform", platform, "--implementation", "cp",
+        "--python-version", python, "--only-binary=:all:", *requirements,
+    ]  # fmt: skip
+
+
+def compileall_args(directory: str) -> list[str]:
+    """compileall's arguments (after `-m compileall`) to compile everything under `directory`."""
+    return ["-q", "-j", "0", "--invalidation-mode", INVALIDATION_MODE, directory]
+
+
+def docker_script(requirements: Sequence[str], python: str, platform: str = LAMBDA_PLATFORM) -> str:
+    """What the runtime's build image runs when local bundling declines: the steps of
+    `LocalPipBundling.bundle` in a shell, from CDK's /asset-input (the functions folder) to
+    /asset-output, then the image's own interpreter compiles the result."""
+    out = "/asset-output"
+    package = f"{out}/{PACKAGE}"
+    steps = [
+        # The image runs as the host's user, whose home is not writable there.
+        "export HOME=/tmp",
+        *(
+            [shlex.join(["python", "-m", "pip", *pip_install_args(requirements, out, python, platform)])]
+            if requirements
+            else []
+        ),
+        f"rm -rf {out}/bin",
+        f"[ ! -d {out}/botocore/data ] || find {out}/botocore/data -mindepth 1 -maxdepth 1 -type d "
+        + " ".join(f"! -name {name}" for name in sorted(BOTOCORE_SERVICES))
+        + " -exec rm -rf {} +",
+        f"cp -R /asset-input/{PACKAGE} {out}/",
+        *(f"rm -rf {package}/{name}" for name in sorted(EXCLUDED - {"__pycache__"})),
+        f"find {package} -name __pycache__ -prune -exec rm -rf {{}} +",
+        f"find {package} -name '*.pyc' -delete",
+        shlex.join(["python", "-m", "compileall", *compileall_args(out)]),
+    ]
+    return " && ".join(steps)
+
+
+def trim_botocore(out: Path, keep: Collection[str] = BOTOCORE_SERVICES) -> None:
+    """Remove from the bundle in `out` botocore's models of the services not in `keep`."""
+    data = out / "botocore" / "data"
+    if data.is_dir():
+        for service in data.iterdir():
+            if service.is_dir() and service.name not in keep:
+                shutil.rmtree(service)
+
+
 @jsii.implements(ILocalBundling)
 class LocalPipBundling:
-    """Builds the asset directory with pip's cross-platform wheel install; CDK calls try_bundle."""
+    """Builds the asset directory with pip's cross-platform wheel install; CDK calls try_bundle.
+
+    With an `interpreter` (one of the runtime's version) the bundle is compiled to bytecode; with
+    `decline` set, try_bundle leaves the bundling to CDK's Docker image; `botocore_services` None keeps
+    every botocore model.
+    """
 
     def __init__(
         self,
@@ -59,30 +260,38 @@ class LocalPipBundling:
         python: str,
         platform: str = LAMBDA_PLATFORM,
         source: Path = FUNCTIONS_DIR / PACKAGE,
+        interpreter: str | None = None,
+        decline: bool = False,
+        botocore_services: Collection[str] | None = BOTOCORE_SERVICES,
     ) -> None:
         self.requirements = list(requirements)
         self.python = python
         self.platform = platform
         self.source = source.resolve()
+        self.interpreter = interpreter
+        self.decline = decline
+        self.botocore_services = botocore_services
 
     def try_bundle(self, output_dir: str, *, image: DockerImage, **options: Any) -> bool:
+        if self.decline:
+            return False
         self.bundle(Path(output_dir))
         return True
 
     def bundle(self, out: Path) -> None:
-        """Install the requirements and copy the package into `out`."""
+        """Install the requirements, copy the package into `out`, and compile it if there's an interpreter."""
         if self.requirements:
             subprocess.run(  # noqa: S603 (our own interpreter, arguments from pyproject.toml)
                 [
-                    sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--target", str(out), "--platform", self.platform, "--implementation", "cp",
-                    "--python-version", self.python, "--only-binary=:all:", "--no-compile",
-                    *self.requirements,
+                    sys.executable, "-m", "pip",
+                    *pip_install_args(self.requirements, str(out), self.python, self.platform),
                 ],
                 check=True,
             )  # fmt: skip
         # Console scripts of the dependencies; nothing in Lambda runs them.
         shutil.rmtree(out / "bin", ignore_errors=True)
+        if self.botocore_services is not None:
+            trim_botocore(out, self.botocore_services)
         root = self.source
         shutil.copytree(
             root,
@@ -90,11 +299,17 @@ class LocalPipBundling:
             ignore=lambda d, names: _ignored(d, names, root),
             dirs_exist_ok=True,
         )
+        if self.interpreter is not None:
+            subprocess.run(  # noqa: S603 (an interpreter found by find_interpreter, checked for its tag)
+                [self.interpreter, "-m", "compileall", *compileall_args(str(out))], check=True
+            )
 
-    def fingerprint(self) -> str:
-        """Changes when the bundle would: our files (minus the excluded ones), requirements, platform."""
+    def fingerprint(self, bytecode: str | None = None) -> str:
+        """Changes when the bundle would: our files (minus the excluded ones), requirements, platform,
+        botocore's services, and the bytecode's tag (`bytecode`, None for a bundle without)."""
         digest = hashlib.sha256()
-        for part in (*self.requirements, self.platform, self.python):
+        services = "all" if self.botocore_services is None else ",".join(sorted(self.botocore_services))
+        for part in (*self.requirements, self.platform, self.python, services, f"bytecode={bytecode}"):
             digest.update(part.encode() + b"\0")
         for directory, dirs, files in os.walk(self.source):
             dirs[:] = sorted(set(dirs) - _ignored(directory, dirs, self.source))
@@ -105,13 +320,32 @@ class LocalPipBundling:
         return digest.hexdigest()
 
 
-def function_code(runtime: lambda_.Runtime) -> lambda_.Code:
-    """One asset for all the functions: our package and its dependencies for `runtime` on arm64."""
-    bundler = LocalPipBundling(requirements=runtime_dependencies(), python=python_version(runtime))
+def function_code(runtime: lambda_.Runtime, *, without: Collection[str] = ()) -> lambda_.Code:
+    """An asset of our package and its dependencies (but those named in `without`) for `runtime` on
+    arm64, compiled to the runtime's bytecode where this machine (or its Docker) can."""
+    requirements = [r for r in runtime_dependencies() if requirement_name(r) not in set(without)]
+    plan = bytecode_plan(runtime)
+    python = python_version(runtime)
+    bundler = LocalPipBundling(
+        requirements=requirements,
+        python=python,
+        interpreter=plan.interpreter,
+        decline=plan.path == "docker",
+    )
     return lambda_.Code.from_asset(
         str(FUNCTIONS_DIR),
         asset_hash_type=AssetHashType.CUSTOM,
-        asset_hash=bundler.fingerprint(),
-        # The image is only CDK's fallback if local bundling declined; ours never declines.
-        bundling=BundlingOptions(image=runtime.bundling_image, local=bundler),
+        asset_hash=bundler.fingerprint(plan.tag),
+        bundling=BundlingOptions(
+            image=runtime.bundling_image,
+            command=["bash", "-c", docker_script(requirements, python)],
+            local=bundler,
+        ),
     )
+
+
+def requirement_name(requirement: str) -> str:
+    """`google-genai>=1.50` → `google-genai`."""
+    for mark in "<>=!~;[ ":
+        requirement = requirement.split(mark, 1)[0]
+    return requirement.strip().lower()
