@@ -45,6 +45,27 @@ LAMBDA_PLATFORM = "manylinux2014_aarch64"
 BOTOCORE_SERVICES = frozenset(
     {"s3", "dynamodb", "sqs", "sns", "secretsmanager", "bedrock", "bedrock-runtime", "sts", "sso", "sso-oidc"}
 )
+# Files of dependencies that no function loads, as globs under the bundle's root, left out of it. They
+# are pyarrow's (table jobs add it): Arrow Flight (RPC; 33 MB with its Python binding), the C++ headers,
+# Cython sources and tests, and the two extra copies of each libarrow_python* library that the wheel
+# holds for what were symlinks (the modules load the soname, `libarrow_python.so.2600`). Reading and
+# writing Parquet, CSV and datasets loads none of them (checked: pyarrow 26's modules import and
+# round-trip a table without them; `lib` needs libarrow_substrait, which stays). That is 47 MB of
+# pyarrow's 165 unzipped, and what lets it fit beside the bundle under Lambda's 250 MB
+# (docs/performance.md).
+DEPENDENCY_TRIM = (
+    "pyarrow/include",
+    "pyarrow/includes",
+    "pyarrow/src",
+    "pyarrow/tests",
+    "pyarrow/*flight*",
+    "pyarrow/_pyarrow_cpp_tests*",
+    "pyarrow/**/*.pyx",
+    "pyarrow/**/*.pxd",
+    "pyarrow/**/*.pxi",
+    "pyarrow/libarrow*.so",
+    "pyarrow/libarrow*.so.*.*.*",
+)
 # CPU time of a handler's import in a fresh process, with bytecode against without it (the median of the
 # five handlers, the same bundle in the same run; `python -m benchmarks --only bytecode`, with 3.11 as the
 # runtime's stand-in; docs/performance.md).
@@ -226,6 +247,9 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
         f"[ ! -d {out}/botocore/data ] || find {out}/botocore/data -mindepth 1 -maxdepth 1 -type d "
         + " ".join(f"! -name {name}" for name in sorted(BOTOCORE_SERVICES))
         + " -exec rm -rf {} +",
+        # DEPENDENCY_TRIM's globs, as the shell expands them (bash's globstar for the `**` ones).
+        "shopt -s globstar nullglob",
+        "rm -rf " + " ".join(f"{out}/{pattern}" for pattern in DEPENDENCY_TRIM),
         f"cp -R /asset-input/{PACKAGE} {out}/",
         *(f"rm -rf {package}/{name}" for name in sorted(EXCLUDED - {"__pycache__"})),
         f"find {package} -name __pycache__ -prune -exec rm -rf {{}} +",
@@ -233,6 +257,16 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
         shlex.join(["python", "-m", "compileall", *compileall_args(out)]),
     ]
     return " && ".join(steps)
+
+
+def trim_dependencies(out: Path, patterns: Sequence[str] = DEPENDENCY_TRIM) -> None:
+    """Remove from the bundle in `out` the dependencies' files that match `patterns`."""
+    for pattern in patterns:
+        for path in sorted(out.glob(pattern), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 def trim_botocore(out: Path, keep: Collection[str] = BOTOCORE_SERVICES) -> None:
@@ -292,6 +326,7 @@ class LocalPipBundling:
         shutil.rmtree(out / "bin", ignore_errors=True)
         if self.botocore_services is not None:
             trim_botocore(out, self.botocore_services)
+        trim_dependencies(out)
         root = self.source
         shutil.copytree(
             root,
@@ -309,7 +344,8 @@ class LocalPipBundling:
         botocore's services, and the bytecode's tag (`bytecode`, None for a bundle without)."""
         digest = hashlib.sha256()
         services = "all" if self.botocore_services is None else ",".join(sorted(self.botocore_services))
-        for part in (*self.requirements, self.platform, self.python, services, f"bytecode={bytecode}"):
+        trim = ",".join(DEPENDENCY_TRIM)
+        for part in (*self.requirements, self.platform, self.python, services, trim, f"bytecode={bytecode}"):
             digest.update(part.encode() + b"\0")
         for directory, dirs, files in os.walk(self.source):
             dirs[:] = sorted(set(dirs) - _ignored(directory, dirs, self.source))

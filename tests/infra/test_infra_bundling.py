@@ -208,14 +208,46 @@ def test_without_an_interpreter_but_with_docker_local_bundling_declines(package:
     assert files(out) == []
 
 
+# pyarrow 26's files (its manylinux wheel for 3.11 on x86_64, names as on arm64), what Parquet, CSV and
+# datasets load and what they do not (bundling.DEPENDENCY_TRIM).
+PYARROW_KEPT = (
+    "pyarrow/__init__.py",
+    "pyarrow/parquet/core.py",
+    "pyarrow/lib.cpython-314-aarch64-linux-gnu.so",
+    "pyarrow/_parquet.cpython-314-aarch64-linux-gnu.so",
+    "pyarrow/_substrait.cpython-314-aarch64-linux-gnu.so",
+    "pyarrow/libarrow.so.2600",
+    "pyarrow/libarrow_python.so.2600",
+    "pyarrow/libarrow_substrait.so.2600",
+    "pyarrow/libparquet.so.2600",
+)
+PYARROW_LEFT_OUT = (
+    "pyarrow/flight.py",
+    "pyarrow/_flight.cpython-314-aarch64-linux-gnu.so",
+    "pyarrow/libarrow_flight.so.2600",
+    "pyarrow/libarrow_python_flight.so.2600",
+    "pyarrow/libarrow_python.so",
+    "pyarrow/libarrow_python.so.2600.1.0",
+    "pyarrow/_pyarrow_cpp_tests.cpython-314-aarch64-linux-gnu.so",
+    "pyarrow/lib.pyx",
+    "pyarrow/includes/libarrow.pxd",
+    "pyarrow/include/arrow/api.h",
+    "pyarrow/src/arrow/python/common.cc",
+    "pyarrow/tests/test_table.py",
+)
+
+
 def test_the_docker_script_builds_what_local_bundling_builds(package: Path, python314: Path, tmp_path: Path) -> None:
     """The image's steps, run here: /asset-input and /asset-output as CDK mounts them, `python` the 3.14 shim."""
     (python314.parent / "python").symlink_to(python314)
     local, docker = tmp_path / "local", tmp_path / "docker"
-    for out in (local, docker):  # as if pip had installed botocore
+    for out in (local, docker):  # as if pip had installed botocore and pyarrow
         for model in ("s3/2006-03-01/service-2.json.gz", "ec2/2016-11-15/service-2.json.gz", "endpoints.json"):
             (out / "botocore" / "data" / model).parent.mkdir(parents=True, exist_ok=True)
             (out / "botocore" / "data" / model).write_text("{}")
+        for name in (*PYARROW_KEPT, *PYARROW_LEFT_OUT):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("")
     LocalPipBundling(requirements=[], python="3.14", source=package, interpreter=str(python314)).bundle(local)
 
     script = docker_script([], "3.14").replace("/asset-input", str(package.parent))
@@ -225,6 +257,8 @@ def test_the_docker_script_builds_what_local_bundling_builds(package: Path, pyth
     assert any(f.endswith(".cpython-314.pyc") for f in files(docker))
     assert "botocore/data/s3/2006-03-01/service-2.json.gz" in files(docker)
     assert not (docker / "botocore" / "data" / "ec2").exists()
+    assert set(PYARROW_KEPT) <= set(files(docker))
+    assert not set(PYARROW_LEFT_OUT) & set(files(docker))
 
 
 def docker_answering(bin_dir: Path, *, daemon: bool = True, image: bool = False, registry: bool = False) -> None:
