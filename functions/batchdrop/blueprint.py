@@ -207,15 +207,13 @@ TABLE_INDEXES = (DUE,)
 # -- what runs the functions ------------------------------------------------------------------------
 
 UPLOAD_EVENTS = ("s3:ObjectCreated:*",)
-# What batchdrop accepts in inputs/ (docs/contract.md, "Data flow").
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def upload_filters() -> list[dict[str, str]]:
     """The notification filters that run submit: every new input file (inputs/ and a JSONL suffix)
     and every cancel request (cancel/<job_id>, for users with only S3 access); nothing else. Each is a
     mapping of S3's filter rule names (prefix, suffix) to values."""
-    inputs = [{"prefix": config.INPUT_PREFIX, "suffix": suffix} for suffix in INPUT_SUFFIXES]
+    inputs = [{"prefix": config.INPUT_PREFIX, "suffix": suffix} for suffix in sorted(config.INPUT_SUFFIXES)]
     return [*inputs, {"prefix": config.CANCEL_PREFIX}]
 
 

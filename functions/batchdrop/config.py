@@ -24,6 +24,9 @@ WORK_PREFIX = "work/"
 INPUT_PREFIX = "inputs/"
 OUTPUT_PREFIX = "outputs/"
 CANCEL_PREFIX = "cancel/"
+# What batchdrop accepts in inputs/ (docs/contract.md, "Data flow"); the longer suffix first, as a key's
+# name is what is left once its suffix is taken off.
+INPUT_SUFFIXES = (".jsonl.gz", ".jsonl")
 
 # The sparse index the poll function queries: only items that need a look carry these attributes.
 DUE_INDEX = "due"

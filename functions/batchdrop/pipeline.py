@@ -14,13 +14,19 @@ from batchdrop.adapters.notify import Notifier
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.queue import JobQueue
 from batchdrop.adapters.store import JobStore
-from batchdrop.config import ENV_SUBMIT_QUEUE_URL, INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX, ConfigError, Settings
+from batchdrop.config import (
+    ENV_SUBMIT_QUEUE_URL,
+    INPUT_PREFIX,
+    INPUT_SUFFIXES,
+    OUTPUT_PREFIX,
+    WORK_PREFIX,
+    ConfigError,
+    Settings,
+)
 from batchdrop.models import InputObject
 
 if TYPE_CHECKING:
     from batchdrop.providers.base import Provider
-
-INPUT_SUFFIXES = (".jsonl.gz", ".jsonl")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from batchdrop import blueprint
 
 _TYPES = {"S": dynamodb.AttributeType.STRING, "N": dynamodb.AttributeType.NUMBER}
 _PROJECTIONS = {"ALL": dynamodb.ProjectionType.ALL, "KEYS_ONLY": dynamodb.ProjectionType.KEYS_ONLY}
+_BILLING = {"PAY_PER_REQUEST": dynamodb.BillingMode.PAY_PER_REQUEST, "PROVISIONED": dynamodb.BillingMode.PROVISIONED}
 
 
 def _attribute(key: blueprint.Key) -> dynamodb.Attribute:
@@ -20,13 +21,12 @@ def _attribute(key: blueprint.Key) -> dynamodb.Attribute:
 class State(Construct):
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
-        assert blueprint.TABLE_BILLING_MODE == "PAY_PER_REQUEST"
         self.table = dynamodb.Table(
             self,
             "Table",
             partition_key=_attribute(blueprint.TABLE_PARTITION_KEY),
             sort_key=_attribute(blueprint.TABLE_SORT_KEY),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            billing_mode=_BILLING[blueprint.TABLE_BILLING_MODE],
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),

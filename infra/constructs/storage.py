@@ -14,6 +14,8 @@ from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
 # work/ holds batch files and line indexes only while a job runs (24 h at the provider, plus retries).
+# CDK's names of S3's event types (the blueprint's are S3's own).
+_EVENTS = {"s3:ObjectCreated:*": s3.EventType.OBJECT_CREATED}
 WORK_EXPIRY = Duration.days(30)
 # Overwritten or deleted objects stay recoverable this long (the bucket is versioned).
 NONCURRENT_VERSION_EXPIRY = Duration.days(30)
@@ -75,8 +77,6 @@ class Storage(Construct):
         """Invoke `function` for every new input file (inputs/ and a JSONL suffix) and for every cancel
         request (cancel/<job_id>, for users with only S3 access); nothing else."""
         destination = s3n.LambdaDestination(function)
-        assert blueprint.UPLOAD_EVENTS == ("s3:ObjectCreated:*",)
         for rules in blueprint.upload_filters():
-            self.bucket.add_event_notification(
-                s3.EventType.OBJECT_CREATED, destination, s3.NotificationKeyFilter(**rules)
-            )
+            for event in blueprint.UPLOAD_EVENTS:
+                self.bucket.add_event_notification(_EVENTS[event], destination, s3.NotificationKeyFilter(**rules))

@@ -21,7 +21,6 @@ from batchdrop.adapters import aws
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import LocalContext
 from batchdrop.providers import SPECS
-from batchdrop.providers.spec import env_var
 from tests.helpers import local_stack
 from tests.infra.synth_support import Synth, synth
 
@@ -93,17 +92,13 @@ def local_values(stack: s.LocalStack) -> dict[str, str]:
     return names
 
 
-def provider_setting(name: str) -> str | None:
-    """The setting of BATCHDROP_<PROVIDER>_<WHAT> (WHAT), or None for any other variable."""
-    for provider in SPECS:
-        prefix = env_var(provider, "")
-        if name.startswith(prefix):
-            return name.removeprefix(prefix)
-    return None
+def variables(t: Synth, function: str) -> dict[str, Any]:
+    variables: dict[str, Any] = t.function(function)[1]["Properties"]["Environment"]["Variables"]
+    return variables
 
 
-def allowed_to_differ(name: str) -> bool:
-    return name in s.LOCAL_VALUES or provider_setting(name) in s.LOCAL_PROVIDER_VALUES
+# The one variable only one function is given: the webhook's signing secret (the others never check one).
+FUNCTION_ONLY = {blueprint.WEBHOOK.name: {config.ENV_OPENAI_WEBHOOK_SECRET_ARN}}
 
 
 # -- the functions ------------------------------------------------------------------------------------
@@ -112,30 +107,29 @@ def allowed_to_differ(name: str) -> bool:
 def test_every_variable_a_deployed_function_reads_is_set_alike_locally(template: Synth, local: s.LocalStack) -> None:
     env = local.function_env()
     named = local_values(local)
-    checked = 0
     for function in blueprint.FUNCTIONS.values():
-        _, fn = template.function(function.name)
-        for name, value in fn["Properties"]["Environment"]["Variables"].items():
+        for name, value in variables(template, function.name).items():
             assert name in env, f"{function.name} reads {name} in AWS; the local stack does not set it"
-            if allowed_to_differ(name):
+            if name in s.LOCAL_VALUES:
                 continue
             deployed, here = template_value(template, value), named.get(env[name], env[name])
             assert here == deployed, f"{name}: deployed {deployed!r}, local {here!r}"
-            checked += 1
-    assert checked > 50
+
+
+def test_every_deployed_function_is_given_the_same_variables_but_its_own(template: Synth) -> None:
+    # The local stack gives every function the one environment: so must the deployed stack.
+    common = set(variables(template, blueprint.SUBMIT.name))
+    for function in blueprint.FUNCTIONS.values():
+        assert set(variables(template, function.name)) == common | FUNCTION_ONLY.get(function.name, set()), function
 
 
 def test_the_local_stack_sets_no_variable_the_deployed_functions_lack_but_those_it_declares(
     template: Synth, local: s.LocalStack
 ) -> None:
-    deployed = {
-        name
-        for function in blueprint.FUNCTIONS.values()
-        for name in template.function(function.name)[1]["Properties"]["Environment"]["Variables"]
-    }
+    deployed = {name for function in blueprint.FUNCTIONS.values() for name in variables(template, function.name)}
     endpoints = {v for spec in SPECS.values() for v in (spec.local.endpoint_env, spec.local.runtime_endpoint_env) if v}
     extra = set(local.function_env()) - deployed - endpoints - {"AWS_ENDPOINT_URL"}
-    undeclared = {n for n in extra if n not in s.LOCAL_ONLY_ENV and provider_setting(n) not in s.LOCAL_PROVIDER_VALUES}
+    undeclared = extra - set(s.LOCAL_ONLY_ENV) - set(s.LOCAL_VALUES)
     assert not undeclared, f"set locally only, without a reason in LOCAL_ONLY_ENV: {sorted(undeclared)}"
 
 
@@ -149,7 +143,9 @@ def test_functions_run_the_blueprints_handlers_sizes_and_timeouts_and_the_local_
         assert props["Timeout"] == function.timeout_seconds
         assert props["EphemeralStorage"]["Size"] == function.ephemeral_storage_mb
         assert props.get("ReservedConcurrentExecutions") == function.reserved_concurrency
-        assert LocalContext(function.name).memory_limit_in_mb == function.memory_mb
+        context = LocalContext(function.name)
+        assert context.memory_limit_in_mb == function.memory_mb
+        assert 0 < function.timeout_seconds * 1000 - context.get_remaining_time_in_millis() < 5000
 
 
 # -- the queues ---------------------------------------------------------------------------------------
@@ -167,6 +163,8 @@ def test_every_queue_has_the_same_receives_dead_letter_queue_and_retention_on_bo
     sqs = aws.client("sqs")
     for queue in blueprint.QUEUES.values():
         props = deployed[queue.id]
+        # A setting added to a deployed queue must be added here, and to the local stack.
+        assert set(props) <= {"SqsManagedSseEnabled", "VisibilityTimeout", "RedrivePolicy", "MessageRetentionPeriod"}
         here = sqs.get_queue_attributes(QueueUrl=local.queue_urls[s.queue_name(queue)], AttributeNames=["All"])[
             "Attributes"
         ]
@@ -196,9 +194,36 @@ def test_visibility_timeouts_follow_the_consumers_timeout_in_aws_and_the_declare
         here = sqs.get_queue_attributes(
             QueueUrl=local.queue_urls[s.queue_name(queue)], AttributeNames=["VisibilityTimeout"]
         )["Attributes"]["VisibilityTimeout"]
-        # SQS's default is 30 s where neither side sets one.
-        assert int(here) == (local.visibility_timeout(queue) or 30), queue.id
-        assert (expected is None) == (local.visibility_timeout(queue) is None), queue.id
+        # SQS's default is 30 s where neither side sets one; locally, what LocalStack declares.
+        declared = s.LOCAL_VISIBILITY_SECONDS.get(queue.id)
+        if queue.id == blueprint.REALTIME_CHUNKS.id:
+            declared = local.options.realtime_timeout + 5
+            # Never before the invocation that holds a chunk may have ended.
+            assert int(here) > local.options.realtime_timeout
+        assert int(here) == (declared or 30), queue.id
+        assert (expected is None) == (declared is None), queue.id
+
+
+def test_a_failed_submit_is_retried_as_often_then_parked_in_the_submit_dead_letter_queue(
+    template: Synth, local: s.LocalStack
+) -> None:
+    submit = template.function(blueprint.SUBMIT.name)[0]
+    ((_, config_),) = (
+        (k, r["Properties"])
+        for k, r in template.resources("AWS::Lambda::EventInvokeConfig").items()
+        if r["Properties"]["FunctionName"] == {"Ref": submit}
+    )
+    assert config_["MaximumRetryAttempts"] == blueprint.SUBMIT_RETRY_ATTEMPTS
+    target = config_["DestinationConfig"]["OnFailure"]["Destination"]
+    assert template_value(template, {"Ref": target["Fn::GetAtt"][0]}) == f"queue:{blueprint.SUBMIT_DLQ.id}"
+    # Locally, Lambda's event queue of asynchronous invocations is the S3 events queue.
+    here = aws.client("sqs").get_queue_attributes(
+        QueueUrl=local.queue_urls[s.S3_EVENTS_QUEUE], AttributeNames=["RedrivePolicy", "VisibilityTimeout"]
+    )["Attributes"]
+    redrive = orjson.loads(here["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == blueprint.SUBMIT_RETRY_ATTEMPTS + 1
+    assert redrive["deadLetterTargetArn"].rsplit(":", 1)[1] == s.queue_name(blueprint.SUBMIT_DLQ)
+    assert int(here["VisibilityTimeout"]) == s.S3_EVENTS_VISIBILITY_SECONDS
 
 
 def test_event_sources_read_the_blueprints_queues_in_the_blueprints_batches(
@@ -208,6 +233,8 @@ def test_event_sources_read_the_blueprints_queues_in_the_blueprints_batches(
     sources = {}
     for mapping in template.resources("AWS::Lambda::EventSourceMapping").values():
         props = mapping["Properties"]
+        # A setting added to a deployed event source must be added to the dispatcher too.
+        assert set(props) <= {"FunctionName", "EventSourceArn", "BatchSize", "FunctionResponseTypes", "ScalingConfig"}
         source = queue_id(props["EventSourceArn"]["Fn::GetAtt"][0])
         sources[source] = (functions[props["FunctionName"]["Ref"]].name, props.get("BatchSize"), props)
     consumed = {q.id: q for q in blueprint.QUEUES.values() if q.consumer is not None}
@@ -220,7 +247,7 @@ def test_event_sources_read_the_blueprints_queues_in_the_blueprints_batches(
         assert ("ReportBatchItemFailures" in props.get("FunctionResponseTypes", [])) == queue.report_failures
     # The realtime function's concurrency is what it is told it is, in AWS as here (the dispatcher's cap).
     _, _, realtime = sources[blueprint.REALTIME_CHUNKS.id]
-    told = template.function("realtime")[1]["Properties"]["Environment"]["Variables"][config.ENV_REALTIME_INVOCATIONS]
+    told = variables(template, blueprint.REALTIME.name)[config.ENV_REALTIME_INVOCATIONS]
     assert str(realtime["ScalingConfig"]["MaximumConcurrency"]) == told
     assert local.function_env()[config.ENV_REALTIME_INVOCATIONS] == str(local.options.realtime_invocations)
 
@@ -261,7 +288,7 @@ def test_the_table_has_the_same_keys_attributes_index_and_ttl_on_both_sides(
 
 def test_uploads_run_submit_through_the_same_notification_filters(template: Synth, local: s.LocalStack) -> None:
     ((_, custom),) = template.resources("Custom::S3BucketNotifications").items()
-    config = custom["Properties"]["NotificationConfiguration"]
+    notifications = custom["Properties"]["NotificationConfiguration"]
     submit = template.function("submit")[0]
 
     def filters(entries: list[dict[str, Any]]) -> set[tuple[tuple[str, ...], frozenset[tuple[str, str]]]]:
@@ -273,26 +300,23 @@ def test_uploads_run_submit_through_the_same_notification_filters(template: Synt
             for e in entries
         }
 
-    deployed = config["LambdaFunctionConfigurations"]
+    deployed = notifications["LambdaFunctionConfigurations"]
     assert all(e["LambdaFunctionArn"]["Fn::GetAtt"][0] == submit for e in deployed)
-    assert set(config) == {"LambdaFunctionConfigurations"}
+    assert set(notifications) == {"LambdaFunctionConfigurations"}
     here = aws.client("s3").get_bucket_notification_configuration(Bucket=s.BUCKET)["QueueConfigurations"]
     assert filters(here) == filters(deployed)
 
 
-def test_the_schedule_and_the_bedrock_rule_run_the_function_the_dispatcher_runs(template: Synth) -> None:
-    from batchdrop.local import dispatcher
+def test_the_schedule_and_the_bedrock_rule_run_the_blueprints_functions(template: Synth) -> None:
+    rules = [r["Properties"] for r in template.resources("AWS::Events::Rule").values()]
+    (schedule,) = (r for r in rules if "ScheduleExpression" in r)
+    (bedrock,) = (r for r in rules if "EventPattern" in r)
+    assert len(rules) == 2
 
-    rules = template.resources("AWS::Events::Rule").values()
-    targets = {
-        ("schedule" if "ScheduleExpression" in r["Properties"] else "bedrock"): r["Properties"]["Targets"][0]["Arn"][
-            "Fn::GetAtt"
-        ][0]
-        for r in rules
-    }
-    assert targets["schedule"] == template.function(blueprint.SCHEDULE_TARGET.name)[0]
-    assert targets["bedrock"] == template.function(blueprint.BEDROCK_RULE_TARGET.name)[0]
-    (bedrock,) = (r for r in rules if "EventPattern" in r["Properties"])
-    assert bedrock["Properties"]["EventPattern"] == dict(blueprint.BEDROCK_RULE_PATTERN)
-    assert dict(blueprint.BEDROCK_RULE_PATTERN) == dispatcher.BEDROCK_RULE_PATTERN
-    assert blueprint.BEDROCK_RULE_TARGET.name == dispatcher.BEDROCK_RULE_TARGET
+    def target(rule: dict[str, Any]) -> str:
+        ((only,),) = (rule["Targets"],)
+        return str(only["Arn"]["Fn::GetAtt"][0])
+
+    assert target(schedule) == template.function(blueprint.SCHEDULE_TARGET.name)[0]
+    assert target(bedrock) == template.function(blueprint.BEDROCK_RULE_TARGET.name)[0]
+    assert bedrock["EventPattern"] == dict(blueprint.BEDROCK_RULE_PATTERN)

@@ -45,6 +45,6 @@ def test_an_upload_whose_submit_always_fails_is_tried_thrice_then_parked_and_the
             assert queued(stack, s.SUBMIT_DLQ) == 1
             assert queued(stack, s.S3_EVENTS_QUEUE) == 0
             with pytest.raises(run.RunError, match=r"submit dead-letter queue.*ResourceNotFound"):
-                run._check_submit_dead_letters(stack, dispatcher)
+                run._check_submit_dead_letters(stack, dispatcher, [run.JobView("in.jsonl", "inputs/in.jsonl", "job")])
         finally:
             dispatcher.close()

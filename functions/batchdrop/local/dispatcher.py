@@ -62,11 +62,13 @@ def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
 class LocalContext:
     """The parts of Lambda's context object that Powertools and our handlers read."""
 
-    def __init__(self, function_name: str, timeout_seconds: int = 900) -> None:
+    def __init__(self, function_name: str, timeout_seconds: int | None = None) -> None:
         self.function_name = f"batchdrop-{function_name}"
         self.function_version = "$LATEST"
         spec = blueprint.FUNCTIONS.get(function_name)
         self.memory_limit_in_mb = spec.memory_mb if spec else 1024
+        if timeout_seconds is None:
+            timeout_seconds = spec.timeout_seconds if spec else 900
         self.invoked_function_arn = f"arn:aws:lambda:{s.REGION}:123456789012:function:{self.function_name}"
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{self.function_name}"
@@ -199,7 +201,9 @@ class Dispatcher:
             deliver = functools.partial(self._invoke, "submit", handler, event)
             outcomes = self._parallel([deliver] * min(2, copies))
             outcomes += [self._invoke("submit", handler, event) for _ in range(copies - 2)]
-            if outcomes[0].ok:
+            # The copies are one message here: it is done once one of them is (a retry of a copy that
+            # failed would find the job that another copy submitted).
+            if any(o.ok for o in outcomes):
                 self._delete(s.S3_EVENTS_QUEUE, message)
             # A failed invocation stays on the queue and comes back, as Lambda retries it.
             delivered += 1
@@ -209,13 +213,30 @@ class Dispatcher:
         """The segments queue into the submit handler, as Lambda's SQS event source would."""
         from batchdrop.handlers.submit import handler
 
-        messages = self._receive(s.SEGMENTS_QUEUE, attributes=True)
-        # One message per invocation (the event source's batch size, blueprint.SEGMENTS).
-        for message in messages:
-            event = {"Records": [self._sqs_record(message, s.SEGMENTS_QUEUE)]}
-            if self._invoke("submit", handler, event).ok:
-                self._delete(s.SEGMENTS_QUEUE, message)
+        return self._deliver(blueprint.SEGMENTS, handler)
+
+    def _deliver(self, queue: blueprint.Queue, handler: Callable[[dict[str, Any], Any], Any]) -> int:
+        """What the deployed event source does with the queue's waiting messages: hand them to its
+        consumer in batches of its size, then delete what the invocation took (all of a batch when it
+        succeeds, unless it reports some failed; none when it fails). Returns the messages handed out."""
+        assert queue.consumer is not None
+        name = s.queue_name(queue)
+        messages = self._receive(name, attributes=True)
+        for batch in (messages[i : i + queue.batch_size] for i in range(0, len(messages), queue.batch_size)):
+            event = {"Records": [self._sqs_record(m, name) for m in batch]}
+            invocation = self._invoke(queue.consumer.name, handler, event)
+            self._settle(name, queue, batch, invocation)
         return len(messages)
+
+    def _settle(self, name: str, queue: blueprint.Queue, batch: list[dict[str, Any]], invocation: Invocation) -> None:
+        failed: set[str] = set()
+        if not invocation.ok:
+            failed = {m["MessageId"] for m in batch}
+        elif queue.report_failures and isinstance(invocation.result, dict):
+            failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
+        for message in batch:
+            if message["MessageId"] not in failed:
+                self._delete(name, message)
 
     def _parallel(self, calls: list[Callable[[], Invocation]]) -> list[Invocation]:
         if len(calls) == 1:
@@ -285,17 +306,7 @@ class Dispatcher:
     def deliver_completions(self) -> int:
         from batchdrop.handlers.complete import handler
 
-        messages = self._receive(s.COMPLETION_QUEUE, attributes=True)
-        size = blueprint.COMPLETION.batch_size
-        for batch in (messages[i : i + size] for i in range(0, len(messages), size)):
-            event = {"Records": [self._sqs_record(m, s.COMPLETION_QUEUE) for m in batch]}
-            invocation = self._invoke("complete", handler, event)
-            # Without ReportBatchItemFailures, Lambda deletes the batch when the invocation succeeds
-            # and returns all of it when it fails.
-            if invocation.ok:
-                for message in batch:
-                    self._delete(s.COMPLETION_QUEUE, message)
-        return len(messages)
+        return self._deliver(blueprint.COMPLETION, handler)
 
     def deliver_realtime(self, wait: bool = False) -> int:
         """Start realtime invocations for the chunks waiting on the real-time queue, up to the event
@@ -326,13 +337,7 @@ class Dispatcher:
     def _run_realtime(self, handler: Callable[[dict[str, Any], Any], Any], messages: list[dict[str, Any]]) -> None:
         event = {"Records": [self._sqs_record(msg, s.REALTIME_QUEUE) for msg in messages]}
         invocation = self._invoke("realtime", handler, event, timeout_seconds=self.stack.options.realtime_timeout)
-        if invocation.ok and isinstance(invocation.result, dict):
-            failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
-        else:
-            failed = {msg["MessageId"] for msg in messages}
-        for message in messages:
-            if message["MessageId"] not in failed:
-                self._delete(s.REALTIME_QUEUE, message)
+        self._settle(s.REALTIME_QUEUE, blueprint.REALTIME_CHUNKS, messages, invocation)
 
     def deliver_bedrock_events(self) -> int:
         """The Bedrock job state changes since the last call, each delivered to the rule's target when
@@ -364,7 +369,7 @@ class Dispatcher:
         function: str,
         handler: Callable[[dict[str, Any], Any], Any],
         event: dict[str, Any],
-        timeout_seconds: int = 900,
+        timeout_seconds: int | None = None,
     ) -> Invocation:
         from batchdrop.local import bill
 

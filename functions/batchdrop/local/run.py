@@ -153,7 +153,7 @@ def _drive(
         _refresh(store, jobs, say)
         if all(j.status in m.FINAL_JOB_STATES for j in jobs):
             break
-        _check_submit_dead_letters(stack, dispatcher)
+        _check_submit_dead_letters(stack, dispatcher, jobs)
         if time.monotonic() > deadline:
             pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
             raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
@@ -183,9 +183,12 @@ def _drive(
     )
 
 
-def _check_submit_dead_letters(stack: s.LocalStack, dispatcher: Dispatcher) -> None:
-    """An upload whose submit failed every retry is in the submit dead-letter queue, as in AWS: nothing
-    more will happen to it, so say so now rather than wait for the timeout."""
+def _check_submit_dead_letters(stack: s.LocalStack, dispatcher: Dispatcher, jobs: list[JobView]) -> None:
+    """An upload whose submit failed every retry is in the submit dead-letter queue, as in AWS: if its
+    job was never created, nothing more will happen to it, so say so now rather than wait for the
+    timeout. (A job that exists is resumed by the poll.)"""
+    if all(j.status != "uploaded" for j in jobs):
+        return
     attributes = aws.client("sqs").get_queue_attributes(
         QueueUrl=stack.queue_urls[s.SUBMIT_DLQ], AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]

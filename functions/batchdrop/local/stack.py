@@ -27,6 +27,7 @@ from batchdrop import config as c
 from batchdrop.adapters import aws
 from batchdrop.local.emulator import EmulatorKnobs, ProviderEmulator
 from batchdrop.providers import SPECS
+from batchdrop.providers.spec import env_var
 
 REGION = "us-east-1"
 BUCKET = "batchdrop-local"
@@ -50,13 +51,21 @@ SEGMENTS_QUEUE = queue_name(blueprint.SEGMENTS)
 REALTIME_QUEUE = queue_name(blueprint.REALTIME_CHUNKS)
 REALTIME_DLQ = queue_name(blueprint.REALTIME_DLQ)
 SUBMIT_DLQ = queue_name(blueprint.SUBMIT_DLQ)
-MAX_RECEIVE_COUNT: int = blueprint.COMPLETION.max_receives or 0
-REALTIME_MAX_RECEIVES: int = blueprint.REALTIME_CHUNKS.max_receives or 0
+assert blueprint.COMPLETION.max_receives is not None
+assert blueprint.REALTIME_CHUNKS.max_receives is not None
+MAX_RECEIVE_COUNT: int = blueprint.COMPLETION.max_receives
+REALTIME_MAX_RECEIVES: int = blueprint.REALTIME_CHUNKS.max_receives
 
 # Where the local stack departs from the blueprint, and why; tests/infra/test_drift.py allows these
 # and nothing else. The local clock runs fast: a message whose invocation failed comes back in seconds,
-# not six function timeouts (the realtime queue's follows StackOptions.realtime_timeout).
+# not six function timeouts (the realtime queue's follows StackOptions.realtime_timeout, so a chunk is
+# not handed out again while its invocation may still run). The dispatcher invokes the consumers of
+# these two one at a time and deletes a message before it receives again, so a timeout shorter than
+# an invocation never hands a message out twice.
 LOCAL_VISIBILITY_SECONDS = {blueprint.COMPLETION.id: 2, blueprint.SEGMENTS.id: 2}
+# Lambda retries a failed asynchronous invocation after about a minute, then two; locally after a second.
+S3_EVENTS_VISIBILITY_SECONDS = 1
+NOTIFICATIONS_VISIBILITY_SECONDS = 30
 # Variables only the local stack sets: where the emulator is, and the settings the deployed functions
 # leave at their defaults but a fast local clock shortens (or tests and the CLI set).
 LOCAL_ONLY_ENV = {
@@ -69,22 +78,17 @@ LOCAL_ONLY_ENV = {
     c.ENV_OPENAI_WEBHOOK_SECRET_ARN: "one process runs every function (the deployed webhook function has it)",
     "POWERTOOLS_METRICS_DISABLED": "metrics would drown the progress display",
 }
-# Variables the local stack sets to other values than the deployed stack, by name or by provider
-# setting (BATCHDROP_<NAME>_<WHAT>).
+# Variables the local stack sets to other values than the deployed stack, and why. (Settings a test or
+# the CLI gives, such as a provider's limits or rate, are set only when given, on both sides.)
 LOCAL_VALUES = {
     "POWERTOOLS_LOG_LEVEL": "errors only: the progress display is the local view",
     c.ENV_REALTIME_INVOCATIONS: "fewer concurrent realtime invocations on a 2-core machine",
-}
-LOCAL_PROVIDER_VALUES = {
-    "BASE_URL": "the emulator's address",
-    "ENDPOINT": "the emulator's address",
-    "API_VERSION": "the emulator's API version",
-    "ROLE_ARN": "the local Bedrock service role",
-    "MIN_RECORDS": "tests make Bedrock's minimum small",
-    "FALLBACK": "tests choose Bedrock's fallback",
-    "MAX_REQUESTS": "tests set limits",
-    "MAX_BYTES": "tests set limits",
-    "RPM": "tests set the real-time rate",
+    **{
+        env_var(provider, "BASE_URL"): "the emulator's address"
+        for provider, spec in SPECS.items()
+        if spec.local.base_path is not None
+    },
+    env_var("bedrock", "MIN_RECORDS"): "Bedrock's minimum, which tests make small, for the emulator too",
 }
 # A dummy key: the emulator accepts any non-empty key. It lives in (moto's) Secrets Manager, so the
 # functions read it through the same code path as in AWS.
@@ -171,12 +175,8 @@ class LocalStack:
                 "AWS_SESSION_TOKEN": "testing",
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_REGION": REGION,
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                "POWERTOOLS_METRICS_NAMESPACE": "batchdrop",
-                "POWERTOOLS_SERVICE_NAME": "batchdrop",
+                # The rest of Powertools' settings come with the functions' environment (function_env).
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
-                # Metrics go to stdout as EMF in Lambda; locally they would only drown the display.
-                "POWERTOOLS_METRICS_DISABLED": "true",
             }
         )
         # The handlers' loggers were built at import, before this environment: apply its level now.
@@ -219,17 +219,22 @@ class LocalStack:
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         for queue in blueprint.QUEUES.values():
-            self._create_queue(queue_name(queue), queue, self.visibility_timeout(queue))
+            self._create_queue(
+                queue_name(queue),
+                visibility=self.visibility_timeout(queue),
+                retention_days=queue.retention_days,
+                dead_letter=None if queue.dead_letter is None else queue_name(queue.dead_letter),
+                max_receives=queue.max_receives,
+            )
         # Lambda's event queue of asynchronous invocations: a failed submit is tried again
         # SUBMIT_RETRY_ATTEMPTS times, then its event goes to the submit dead-letter queue.
         self._create_queue(
             S3_EVENTS_QUEUE,
-            blueprint.Queue(
-                "S3Events", dead_letter=blueprint.SUBMIT_DLQ, max_receives=blueprint.SUBMIT_RETRY_ATTEMPTS + 1
-            ),
-            visibility=1,
+            visibility=S3_EVENTS_VISIBILITY_SECONDS,
+            dead_letter=SUBMIT_DLQ,
+            max_receives=blueprint.SUBMIT_RETRY_ATTEMPTS + 1,
         )
-        self._create_queue(NOTIFICATIONS_QUEUE, blueprint.Queue("Notifications"), visibility=30)
+        self._create_queue(NOTIFICATIONS_QUEUE, visibility=NOTIFICATIONS_VISIBILITY_SECONDS)
         # S3 → SQS, as moto delivers it: the dispatcher drains this queue into the submit handler,
         # so the event shape (URL-encoded keys and all) is moto's, not ours.
         s3.put_bucket_notification_configuration(
@@ -303,17 +308,22 @@ class LocalStack:
             return self.options.realtime_timeout + 5
         return LOCAL_VISIBILITY_SECONDS.get(queue.id)
 
-    def _create_queue(self, name: str, queue: blueprint.Queue, visibility: int | None) -> None:
+    def _create_queue(
+        self,
+        name: str,
+        *,
+        visibility: int | None,
+        retention_days: int | None = None,
+        dead_letter: str | None = None,
+        max_receives: int | None = None,
+    ) -> None:
         attributes: dict[str, str] = {}
         if visibility is not None:
             attributes["VisibilityTimeout"] = str(visibility)
-        if queue.retention_days is not None:
-            attributes["MessageRetentionPeriod"] = str(queue.retention_days * 24 * 3600)
-        if queue.dead_letter is not None:
-            redrive = {
-                "deadLetterTargetArn": self.queue_arn(queue_name(queue.dead_letter)),
-                "maxReceiveCount": str(queue.max_receives),
-            }
+        if retention_days is not None:
+            attributes["MessageRetentionPeriod"] = str(retention_days * 24 * 3600)
+        if dead_letter is not None:
+            redrive = {"deadLetterTargetArn": self.queue_arn(dead_letter), "maxReceiveCount": str(max_receives)}
             attributes["RedrivePolicy"] = orjson.dumps(redrive).decode()
         self.queue_urls[name] = aws.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
 
@@ -365,9 +375,7 @@ class LocalStack:
             }
         defaults = c.Settings(bucket="", table="", topic_arn="", completion_queue_url="")
         lanes = blueprint.lane_environment(
-            # The stack's lane: this option, else the environment's that starts the stack (as for any
-            # deployment setting), else the functions' default (auto).
-            lane=o.lane or os.environ.get(c.ENV_LANE) or defaults.lane,
+            lane=o.lane or defaults.lane,
             realtime_below=defaults.realtime_below if o.realtime_below is None else o.realtime_below,
             min_batch_window_seconds=_duration(o.min_batch_window, defaults.min_batch_window_seconds),
             realtime_chunk=defaults.realtime_chunk,
@@ -376,6 +384,20 @@ class LocalStack:
             escalation_margin_seconds=_duration(o.escalation_margin, defaults.escalation_margin_seconds),
             deadline=o.deadline,
         )
+        # A lane setting no option gives comes from the environment that starts the stack, if it has
+        # one (as for any deployment setting: the tests run the batch lane this way), else the default.
+        given = {
+            c.ENV_LANE: o.lane,
+            c.ENV_REALTIME_BELOW: o.realtime_below,
+            c.ENV_MIN_BATCH_WINDOW: o.min_batch_window,
+            c.ENV_ESCALATION_MARGIN: o.escalation_margin,
+            c.ENV_DEADLINE: o.deadline,
+            # The dispatcher's cap on realtime invocations: always this option's.
+            c.ENV_REALTIME_INVOCATIONS: o.realtime_invocations,
+        }
+        for name in (*lanes, c.ENV_DEADLINE, c.ENV_PREFIX_DEFAULTS):
+            if given.get(name) is None and os.environ.get(name):
+                lanes[name] = os.environ[name]
         env = blueprint.environment(
             blueprint.Resources(
                 bucket=BUCKET,
@@ -400,6 +422,7 @@ class LocalStack:
                 c.ENV_COMPLETION_GRACE_SECONDS: str(o.completion_grace_seconds),
                 c.ENV_CREATE_LOCK_SECONDS: str(o.create_lock_seconds),
                 c.ENV_OPENAI_WEBHOOK_SECRET_ARN: self.secret_arns["openai-webhook"],
+                # Metrics go to stdout as EMF in Lambda; locally they would only drown the display.
                 "POWERTOOLS_METRICS_DISABLED": "true",
             }
         )
