@@ -717,19 +717,23 @@ def emulator(
         realtime_rpm,
         realtime_latency,
     )
-    emu = ProviderEmulator(knobs, host=host, port=port).start()
-    reach = [line for plugin in emu.plugins for line in plugin.reach(emu.base_url)]
-    width = max(len(what) for what, _ in reach) + 2
-    for what, how in reach:
-        base, _, note = how.partition(" ")
-        console.print(f"{what + ':':<{width}}[bold]{base}[/]" + (f" {note}" if note else ""))
-    console.print("Any non-empty API key is accepted. Ctrl-C to stop.")
-    try:
-        while True:
-            import time
+    import time
 
+    emu = ProviderEmulator(knobs, host=host, port=port).start()
+    # From here on Ctrl-C must stop the server, even while the addresses are printed: its thread would
+    # otherwise keep the process alive once the interrupt ended the main thread.
+    try:
+        reach = [line for plugin in emu.plugins for line in plugin.reach(emu.base_url)]
+        width = max(len(what) for what, _ in reach) + 2
+        for what, how in reach:
+            base, _, note = how.partition(" ")
+            console.print(f"{what + ':':<{width}}[bold]{base}[/]" + (f" {note}" if note else ""))
+        console.print("Any non-empty API key is accepted. Ctrl-C to stop.")
+        while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        pass
+    finally:
         emu.stop()
 
 
