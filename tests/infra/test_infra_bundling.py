@@ -175,7 +175,7 @@ def test_with_a_matching_interpreter_the_bundle_holds_the_runtimes_bytecode(
     out = tmp_path / "out"
 
     bundler = LocalPipBundling(requirements=[], python="3.14", source=package, interpreter=plan.interpreter)
-    assert bundler.try_bundle(str(out), image=None)  # type: ignore[arg-type]
+    assert bundler.try_bundle(str(out), image=None)
 
     sources = [f for f in files(out) if f.endswith(".py")]
     compiled = [f for f in files(out) if f.endswith(".pyc")]
@@ -204,7 +204,7 @@ def test_without_an_interpreter_but_with_docker_local_bundling_declines(package:
     out.mkdir()
 
     bundler = LocalPipBundling(requirements=[], python="3.14", source=package, decline=plan.path == "docker")
-    assert bundler.try_bundle(str(out), image=None) is False  # type: ignore[arg-type]
+    assert bundler.try_bundle(str(out), image=None) is False
     assert files(out) == []
 
 
