@@ -717,8 +717,13 @@ def emulator(
         realtime_rpm,
         realtime_latency,
     )
+    import signal
     import time
 
+    # A process started in the background inherits an ignored or blocked SIGINT from its parent (a
+    # shell's `&`, a test runner): this server runs until Ctrl-C, so it takes Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     emu = ProviderEmulator(knobs, host=host, port=port).start()
     # From here on Ctrl-C must stop the server, even while the addresses are printed: its thread would
     # otherwise keep the process alive once the interrupt ended the main thread.

@@ -138,6 +138,8 @@ def test_validate_prints_counts_and_error_lines_and_exits_1_on_invalid_lines(tmp
 def test_emulator_command_serves_the_sdks(tmp_path: Path) -> None:
     import openai
 
+    # How this process handles SIGINT, should the command not stop on it (a child inherits it).
+    inherited = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
     proc = subprocess.Popen([*BATCHDROP, "emulator", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -159,6 +161,10 @@ def test_emulator_command_serves_the_sdks(tmp_path: Path) -> None:
         try:
             # It stops within a second; on a busy machine (a CI run) give it longer before calling it hung.
             assert proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(
+                f"`batchdrop emulator` ignored SIGINT; this process's handler, mask: {inherited}"
+            ) from exc
         finally:
             proc.kill()
 
