@@ -24,9 +24,11 @@ WORK_PREFIX = "work/"
 INPUT_PREFIX = "inputs/"
 OUTPUT_PREFIX = "outputs/"
 CANCEL_PREFIX = "cancel/"
+# A table job's manifest (docs/contract.md, "Table jobs").
+MANIFEST_SUFFIX = ".job.json"
 # What batchdrop accepts in inputs/ (docs/contract.md, "Data flow"); the longer suffix first, as a key's
 # name is what is left once its suffix is taken off.
-INPUT_SUFFIXES = (".jsonl.gz", ".jsonl")
+INPUT_SUFFIXES = (".jsonl.gz", ".jsonl", MANIFEST_SUFFIX)
 
 # The sparse index the poll function queries: only items that need a look carry these attributes.
 DUE_INDEX = "due"

@@ -31,6 +31,10 @@ FILE_REJECTED = "file_rejected"
 # A valid line for a provider with a minimum batch size (Bedrock) whose file has too few such lines,
 # and no fallback provider configured to take them.
 BATCH_TOO_SMALL = "batch_too_small"
+# A table job's row that did not render into a request (docs/contract.md, "Table jobs"): its template
+# names a value the row lacks, or fails on it; or a CSV line of the wrong width.
+TEMPLATE_ERROR = "template_error"
+INVALID_ROW = "invalid_row"
 
 VALIDATION_CODES = (
     INVALID_ENCODING,
@@ -46,6 +50,8 @@ VALIDATION_CODES = (
     INVALID_REQUEST,
     REQUEST_TOO_LARGE,
 )
+# The codes only a table job's rows get, besides the above.
+TABLE_ROW_CODES = (TEMPLATE_ERROR, INVALID_ROW)
 
 # Provider-stage error codes (docs/contract.md "Outputs").
 REQUEST_ERROR = "request_error"

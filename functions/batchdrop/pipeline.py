@@ -82,9 +82,9 @@ def job_id_for(obj: InputObject) -> str:
     return "job-" + hashlib.sha256(basis.encode()).hexdigest()[:20]
 
 
-# S3 keys are at most 1,024 bytes; the longest name we put under a job's prefix is "results.jsonl".
+# S3 keys are at most 1,024 bytes; the longest name we put under a job's prefix is a table job's.
 MAX_KEY_BYTES = 1024
-LONGEST_OUTPUT_NAME = "results.jsonl"
+LONGEST_OUTPUT_NAME = "table/results.parquet"  # tables.join.table_key
 
 
 def output_prefix(key: str, job_id: str) -> str:

@@ -120,6 +120,11 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         deps.objects.upload_file(results.name, f"{prefix}results.jsonl")
         deps.checkpoint("after_results")
         deps.objects.upload_file(errors.name, f"{prefix}errors.jsonl")
+        table = None
+        if job.get("table_key"):
+            from batchdrop.tables.stages import write_results_table  # pyarrow: table jobs only
+
+            table = write_results_table(deps, job, results.name, errors.name)
 
     if not job.get("counts"):
         # Ended by the watchdog before its plan was stored: count what the outputs hold.
@@ -177,6 +182,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         "results": deps.objects.uri(f"{prefix}results.jsonl"),
         "errors": deps.objects.uri(f"{prefix}errors.jsonl"),
     }
+    if table is not None:
+        summary["table"] = table
     if job.get("reason"):
         summary["reason"] = job["reason"]
     deps.objects.put_json(f"{prefix}summary.json", summary)

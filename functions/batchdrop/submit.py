@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import orjson
@@ -52,7 +53,11 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import ENVELOPE_BYTES, PlannedBatch
 from batchdrop.planning import plan_segment, rejection, settle
+from batchdrop.tables.manifest import is_manifest
 from batchdrop.watchdog import over_attempts
+
+if TYPE_CHECKING:
+    from batchdrop.tables.job import TableJob
 
 logger = Logger(service="batchdrop")
 
@@ -129,8 +134,13 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
 def _options(deps: Deps, obj: m.InputObject) -> dict[str, Any]:
     """The file's lane and deadline as the job keeps them; a value that cannot be used is kept as the
     reason the job will be rejected (its lines are still planned, so each is accounted for)."""
+    metadata = obj.metadata
+    if is_manifest(obj.key):
+        from batchdrop.tables import stages as table_stage
+
+        metadata = table_stage.metadata(deps, obj)
     try:
-        options = job_options(deps.settings, obj.key, obj.metadata, obj.uploaded_at or deps.clock())
+        options = job_options(deps.settings, obj.key, metadata, obj.uploaded_at or deps.clock())
     except OptionError as exc:
         logger.warning("the file's options cannot be used", extra={"reason": str(exc)})
         return {"option_error": str(exc)}
@@ -282,6 +292,20 @@ class _Submission:
         prefix = "a1-" if segment == 0 else f"a1-s{segment:03d}-"
         segmented = segment > 0 or (self.obj.size or 0) > settings.segment_bytes
         errors_key = validation_errors_key(self.job_id, segment)
+        table: TableJob | None = None
+        table_refused: str | None = None
+        if is_manifest(self.obj.key):
+            # A table job renders its rows into the request lines this scan reads, all in one go (like a
+            # gzip file: a rendered stream cannot be entered half-way).
+            segmented = False
+            from batchdrop.tables import stages as table_stage  # Jinja2 and its kin: table jobs only
+            from batchdrop.tables.job import TableJobError
+
+            try:
+                table = table_stage.open_for_plan(deps, self.obj)
+            except TableJobError as exc:
+                table_refused = str(exc)
+                logger.warning("table job refused", extra={"reason": table_refused})
         with (
             tempfile.NamedTemporaryFile(dir=tmpdir(), suffix=".jsonl") as errors,
             DuplicateFinder(tmpdir=tmpdir()) as finder,
@@ -290,8 +314,14 @@ class _Submission:
             def report(invalid: m.Invalid) -> None:
                 errors.write(orjson.dumps(validation_error(invalid)) + b"\n")
 
+            if table is not None:
+                chunks: Iterable[bytes] = table.chunks(report)
+            elif table_refused is not None:
+                chunks = ()
+            else:
+                chunks = deps.objects.chunks(self.obj.key, self.obj.version_id, start=start)
             plan = plan_segment(
-                deps.objects.chunks(self.obj.key, self.obj.version_id, start=start),
+                chunks,
                 settings,
                 key=self.obj.key,
                 store_batch=store_batch,
@@ -310,6 +340,10 @@ class _Submission:
             last = result.exhausted or start + result.end_offset >= (self.obj.size or 0)
             totals = dict(job.get("scan_totals") or {"lines": 0, "valid": 0, "invalid": 0})
             totals = {k: totals[k] + getattr(result, k) for k in ("lines", "valid", "invalid")}
+            if table is not None:
+                # Rows that did not render stood in the stream as blank lines, which the scan skips.
+                totals["lines"] += table.failed
+                totals["invalid"] += table.failed
             totals["valid"] -= len(refused)
             totals["invalid"] += len(refused)
             if segment > 0 or not last:
@@ -351,7 +385,10 @@ class _Submission:
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
         lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
-        reason = job.get("option_error") or rejection(lines, invalid, result.file_error, settings.on_invalid)
+        table_error = table_refused or (table.fatal if table is not None else None)
+        reason = (
+            table_error or job.get("option_error") or rejection(lines, invalid, result.file_error, settings.on_invalid)
+        )
         lanes = {} if reason else self._choose_lanes(options, requests)
         changes: dict[str, Any] = {
             "planned": True,
@@ -363,6 +400,10 @@ class _Submission:
             "lanes": {p: c.lane for p, c in lanes.items()},
             "lane_reasons": {p: c.why for p, c in lanes.items()},
         }
+        if table is not None:
+            from batchdrop.tables import stages as table_stage
+
+            changes["table_key"] = table_stage.save(deps, self.job_id, table)
         if reason:
             changes["counts"] = {"lines": lines, "invalid": lines, "submitted": 0}
         # A rejected file is `completing` only as long as it takes to write its outputs (run() does).

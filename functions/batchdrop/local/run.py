@@ -14,10 +14,13 @@ import orjson
 from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
+from batchdrop.config import INPUT_SUFFIXES
 from batchdrop.local import bill as b
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.pipeline import job_id_for
+from batchdrop.tables.files import companions
+from batchdrop.tables.manifest import ManifestError, is_manifest
 
 Say = Callable[[str, str], None]
 
@@ -67,12 +70,24 @@ def input_key(path: str, folder: str | None) -> str:
     return f"inputs/{folder.strip('/')}/{name}" if folder else f"inputs/{name}"
 
 
+def _companions(path: str) -> list[tuple[str, str]]:
+    try:
+        return companions(path)
+    except ManifestError as exc:
+        raise RunError(str(exc)) from None
+
+
 def check_files(files: Sequence[str]) -> None:
     for path in files:
         if not os.path.isfile(path):
             raise RunError(f"{path}: no such file")
-        if not path.endswith((".jsonl", ".jsonl.gz")):
-            raise RunError(f"{path}: batchdrop takes .jsonl or .jsonl.gz files (rename it if it is JSONL)")
+        if not path.endswith(INPUT_SUFFIXES):
+            raise RunError(
+                f"{path}: batchdrop takes .jsonl or .jsonl.gz files (rename it if it is JSONL), "
+                "or a table job's manifest (.job.json)"
+            )
+        if is_manifest(path):
+            _companions(path)
 
 
 def run_files(
@@ -131,6 +146,11 @@ def _drive(
     jobs: list[JobView] = []
     for i, path in enumerate(files):
         key = keys[i] if keys else input_key(path, folder)
+        if is_manifest(path):
+            # The data and template first: a manifest that lands before its data is refused.
+            for local_path, data_key in _companions(path):
+                stack.upload(local_path, data_key, None)
+                say("upload", f"{local_path} → s3://{s.BUCKET}/{data_key}")
         stack.upload(path, key, metadata)
         head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
         obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
