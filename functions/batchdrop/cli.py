@@ -551,6 +551,8 @@ def validate(
 ) -> None:
     """Validate FILES offline with the submit function's own code: counts, the error lines, and the lane
     each provider's requests would take (as if uploaded now, with --deadline and --lane as metadata).
+    A table job's manifest (.job.json) renders every row of its data, read next to it, and reports the
+    rows that do not render by row number.
 
     Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
     """
@@ -560,11 +562,23 @@ def validate(
 
     from batchdrop.config import ConfigError, tmpdir
     from batchdrop.estimate import EXACT_FIRST, SAMPLE_EVERY, Estimate
-    from batchdrop.options import AUTO, OptionError, choose_lanes, job_options, may_go_realtime
+    from batchdrop.options import (
+        AUTO,
+        META_DEADLINE,
+        META_LANE,
+        OptionError,
+        choose_lanes,
+        job_options,
+        may_go_realtime,
+    )
     from batchdrop.outputs import validation_error
     from batchdrop.planning import LocalBatches, offline_settings, plan_segment, rejection, settle
     from batchdrop.pricing import CostMeter, price_table
     from batchdrop.reader import iter_chunks
+    from batchdrop.tables.files import folder_of
+    from batchdrop.tables.job import TableJobError, open_job
+    from batchdrop.tables.manifest import is_manifest
+    from batchdrop.tables.sources import LocalObjects
 
     try:
         # The deployment's own settings, from the same variables (limits, minimums, fallbacks, bounds
@@ -607,10 +621,27 @@ def validate(
             requests[batch.provider] = requests.get(batch.provider, 0) + batch.requests
             keep(batch)
 
+        table_job = None
+        file_options = options
+        if is_manifest(path):
+            # A table job: its rows rendered as the submit function renders them, the data and
+            # template read next to the manifest (tables/files.py).
+            try:
+                with open(path, "rb") as f:
+                    table_job = open_job(
+                        LocalObjects(folder_of(path)), os.path.basename(path), f.read(), settings.routes
+                    )
+                manifest = table_job.manifest
+                given = {META_LANE: manifest.lane or "", META_DEADLINE: manifest.deadline or ""}
+                file_options = job_options(settings, key, {**given, **_metadata(deadline, lane)}, now)
+            except (TableJobError, OptionError) as exc:
+                console.print(f"[bold]{path}[/]: [red]would be rejected[/]: {escape(str(exc))}")
+                bad = True
+                continue
         try:
             with open(path, "rb") as f:
                 plan = plan_segment(
-                    iter_chunks(f),
+                    table_job.chunks(report) if table_job is not None else iter_chunks(f),
                     settings,
                     key=key,
                     store_batch=store,
@@ -619,15 +650,18 @@ def validate(
                     tmpdir=tmpdir(),
                     estimate=estimate,
                     dry=True,
-                    small_realtime=may_go_realtime(options),
+                    small_realtime=may_go_realtime(file_options),
                 )
             result = plan.result
             invalid = result.invalid + len(plan.refused)
+            if table_job is not None:
+                result.lines += table_job.failed  # rows that did not render (blank lines to the scan)
+                invalid += table_job.failed
             refused = set(plan.refused)
             duplicates = [d for d in result.duplicates if d.line not in refused]
             _kept, more = settle(
                 batches, list(batches.order), duplicates, settings, store, report, "a1-", tmpdir(),
-                small_realtime=may_go_realtime(options),
+                small_realtime=may_go_realtime(file_options),
             )  # fmt: skip
             invalid += more
             by_provider: dict[str, int] = {}
@@ -641,14 +675,15 @@ def validate(
         # As the submit function decides: a file that cannot be read to its end, that holds more
         # invalid lines than the cap, or nothing valid, is rejected whole (and with on_invalid=reject,
         # one with any invalid line).
-        rejected = rejection(lines, invalid, result.file_error, settings.on_invalid) is not None
+        fatal = table_job.fatal if table_job is not None else None
+        rejected = fatal is not None or rejection(lines, invalid, result.file_error, settings.on_invalid) is not None
         bad = bad or bool(invalid) or bool(rejected)
         errors.sort(key=lambda e: e["line"])
         batch_plan = (
             ", ".join(f"{n} {p} batch{'es' if n > 1 else ''}" for p, n in sorted(by_provider.items())) or "none"
         )
         verdict_text = "[red]would be rejected[/]" if rejected else "[green]ok[/]"
-        chosen = choose_lanes(settings, options, requests, now)
+        chosen = choose_lanes(settings, file_options, requests, now)
         cost = estimate.summary({p: c.lane for p, c in chosen.items()})
         if cost["total"] is None:
             unknown = ", ".join(sorted(estimate.meter.unknown))
@@ -666,12 +701,14 @@ def validate(
             each = estimate.by_provider.get(provider)
             money = "n/a" if each is None else f"${each:.4f}"
             console.print(f"  lane: {provider} → [bold]{choice.lane}[/] ({escape(choice.why)}) · cost ≤ {money}")
-        if options.deadline is not None and options.lane == AUTO:
+        if file_options.deadline is not None and file_options.lane == AUTO:
             console.print(
                 "  a batch still unfinished near the deadline is escalated: canceled, its rest sent real-time"
             )
         if result.file_error is not None:
             console.print(f"  [red]file error[/]: {escape(result.file_error.message)}")
+        if fatal is not None:
+            console.print(f"  [red]table error[/]: {escape(fatal)}")
         if as_json:
             for e in errors:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")
