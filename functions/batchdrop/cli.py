@@ -207,7 +207,8 @@ def main() -> None:
 )
 def demo(out_dir: str) -> None:
     """Run the sample files in events/ through submit → poll → complete on the embedded stack."""
-    samples = sorted(str(p) for p in _events_dir().glob("*.jsonl"))
+    # The JSONL samples, and a table job's manifest (its CSV under events/data/).
+    samples = sorted(str(p) for pattern in ("*.jsonl", "*.job.json") for p in _events_dir().glob(pattern))
     if not samples:
         raise click.ClickException(f"no sample files found in {_events_dir()}")
     console.print("[bold]batchdrop demo[/]: the sample files through the whole pipeline, locally\n")
