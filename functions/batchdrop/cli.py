@@ -826,6 +826,8 @@ def submit(
 
     from batchdrop import ops
     from batchdrop.local.run import RunError, check_files
+    from batchdrop.tables.files import companions
+    from batchdrop.tables.manifest import is_manifest
 
     try:
         check_files(files)
@@ -835,6 +837,12 @@ def submit(
     ref = _ref(stack_name, bucket, table)
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         for path in files:
+            if is_manifest(path):
+                # A table job's data and template first, at the keys it names: a manifest that lands
+                # before its data is refused.
+                for local_path, data_key in companions(path):
+                    task = bar.add_task(data_key, total=os.path.getsize(local_path))
+                    ops.upload_key(ref, local_path, data_key, functools.partial(bar.advance, task))
             task = bar.add_task(os.path.basename(path), total=os.path.getsize(path))
             key, job_id = ops.upload(ref, path, folder, functools.partial(bar.advance, task), metadata)
             bar.console.print(f"{path} → s3://{ref.bucket}/{key} · job [bold]{job_id}[/]")

@@ -69,6 +69,11 @@ def upload(
     return key, job_id_for(obj)
 
 
+def upload_key(ref: StackRef, path: str, key: str, progress: Callable[[int], None]) -> None:
+    """Upload a table job's data or template to the key its manifest names."""
+    aws.client("s3").upload_file(path, ref.bucket, key, Callback=progress)
+
+
 def jobs(ref: StackRef, limit: int = 50) -> list[dict[str, Any]]:
     return JobStore(ref.table).list_jobs(limit=limit)
 
@@ -95,8 +100,14 @@ def download_results(ref: StackRef, job_id: str, out_dir: str) -> list[str]:
     s3 = aws.client("s3")
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name in ("results.jsonl", "errors.jsonl", "summary.json"):
-        target = os.path.join(out_dir, name)
+    names = ["results.jsonl", "errors.jsonl", "summary.json"]
+    if item.get("table_key"):
+        # A table job's results table, whichever format it was written in.
+        found = s3.list_objects_v2(Bucket=ref.bucket, Prefix=f"{prefix}table/").get("Contents", [])
+        names += [obj["Key"][len(prefix) :] for obj in found]
+    for name in names:
+        target = os.path.join(out_dir, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         s3.download_file(ref.bucket, f"{prefix}{name}", target)
         written.append(target)
     return written

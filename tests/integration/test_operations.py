@@ -3,6 +3,8 @@ cancellation by dropping cancel/<job_id> into the bucket."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +116,27 @@ def test_every_operator_command_has_help() -> None:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0
         assert "--stack" in result.output
+
+
+def test_submit_uploads_a_table_jobs_data_before_its_manifest_and_results_fetches_its_table(
+    stack: s.LocalStack, clock: FakeClock, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "q.csv").write_text("id,q\n1,why\n2,how\n3,when\n")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "ask.txt").write_text("Answer briefly: {{ q }}")
+    manifest = tmp_path / "q.job.json"
+    fields = {"data": "data/q.csv", "template": "templates/ask.txt", "model": "gpt-4o-mini", "lane": "batch"}
+    manifest.write_bytes(orjson.dumps({**fields, "id_column": "id", "output_format": "csv"}))
+    out = invoke("submit", str(manifest), *STACK)
+    job_id = out.split("job ")[-1].split()[0]
+    dispatcher = Dispatcher(stack)
+    dispatcher.deliver_uploads()
+    clock.advance(LATENCY)
+    drive(dispatcher, all_jobs_final(JobStore(s.TABLE), 1))
+    invoke("results", job_id, "--out", str(tmp_path / "res"), *STACK)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "res" / "table" / "results.csv").read_text())))
+    assert list(rows[0])[:5] == ["id", "q", "custom_id", "row_number", "response_text"]
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
+    assert "Answer briefly: how" in rows[1]["response_text"]
+    assert orjson.loads((tmp_path / "res" / "summary.json").read_bytes())["status"] == "completed"
