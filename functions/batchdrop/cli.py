@@ -579,7 +579,7 @@ def validate(
     from batchdrop.tables.files import folder_of
     from batchdrop.tables.job import TableJobError, open_job
     from batchdrop.tables.manifest import is_manifest
-    from batchdrop.tables.sources import LocalObjects
+    from batchdrop.tables.sources import Bounds, LocalObjects
 
     try:
         # The deployment's own settings, from the same variables (limits, minimums, fallbacks, bounds
@@ -629,9 +629,10 @@ def validate(
             # template read next to the manifest (tables/files.py).
             try:
                 with open(path, "rb") as f:
-                    table_job = open_job(
-                        LocalObjects(folder_of(path)), os.path.basename(path), f.read(), settings.routes
-                    )
+                    raw = f.read()
+                bounds = Bounds(settings.max_inflated_bytes, settings.max_gzip_ratio)
+                local = LocalObjects(folder_of(path))
+                table_job = open_job(local, os.path.basename(path), raw, settings.routes, bounds=bounds)
                 manifest = table_job.manifest
                 given = {META_LANE: manifest.lane or "", META_DEADLINE: manifest.deadline or ""}
                 file_options = job_options(settings, key, {**given, **_metadata(deadline, lane)}, now)

@@ -125,6 +125,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
             from batchdrop.tables.stages import write_results_table  # pyarrow: table jobs only
 
             table = write_results_table(deps, job, results.name, errors.name)
+            deps.checkpoint("after_table")
 
     if not job.get("counts"):
         # Ended by the watchdog before its plan was stored: count what the outputs hold.

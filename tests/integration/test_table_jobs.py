@@ -18,7 +18,7 @@ import pytest
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
 from batchdrop.local import stack as s
-from batchdrop.local.dispatcher import Dispatcher
+from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
 from batchdrop.local.run import RunError, RunReport, run_files
 from batchdrop.local.stack import StackOptions
@@ -237,3 +237,26 @@ def test_a_run_refuses_a_manifest_whose_data_is_not_next_to_it(tmp_path: Path) -
     manifest = write_manifest(tmp_path, "x.job.json", data="data/none.csv", model="gpt-4o-mini", user="{{ a }}")
     with pytest.raises(RunError, match=r"data/none.csv.*read next to the manifest"):
         run_files([str(manifest)], str(tmp_path / "out"), dataclasses.replace(options()), timeout=30)
+
+
+def test_a_table_job_under_duplicate_events_overlapping_polls_and_crashes_still_has_every_row_once(
+    tmp_path: Path,
+) -> None:
+    rows = tickets_csv(tmp_path / "data" / "tickets.csv", 120)
+    manifest = write_manifest(
+        tmp_path, "chaos.job.json",
+        data="data/tickets.csv", id_column="ticket_id", model="gpt-4o-mini", lane="batch", user="{{ subject }}",
+    )  # fmt: skip
+    out = tmp_path / "out"
+    chaos = Chaos(duplicate_events=2, overlapping_polls=2, crash_rate=0.15, seed=11)
+    report = run_files([str(manifest)], str(out), options(expire_rate=0.3, seed=5), chaos=chaos, timeout=300)
+    folder, summary = job_folder(report, out)
+    got = pq.read_table(folder / "table" / "results.parquet").to_pylist()
+    assert [r["ticket_id"] for r in got] == [r["ticket_id"] for r in rows]
+    assert summary["counts"]["lines"] == 120
+    assert sum(r["status"] == "succeeded" for r in got) == summary["counts"]["succeeded"]
+    assert sum(r["status"] == "failed" for r in got) == summary["counts"]["failed"]
+    # Within an attempt no row was sent twice (resubmission of expired rows is a new attempt).
+    per_batch = [b["custom_ids"] for b in report.provider_stats["batches"] if not b["quota_refused"]]
+    for ids in per_batch:
+        assert len(ids) == len(set(ids))

@@ -21,6 +21,7 @@ from batchdrop.tables import manifest as mf
 from batchdrop.tables.schema import PARSED_COLUMN, RESULT_COLUMN_NAMES
 from batchdrop.tables.sources import (
     BadRow,
+    Bounds,
     DataObject,
     JsonRows,
     Objects,
@@ -59,6 +60,7 @@ class TableJob:
     columns: list[str]
     templates: dict[str, Template]
     source: Objects = field(repr=False)
+    bounds: Bounds = field(default_factory=Bounds)
     # Set while rendering: rows seen, rows that did not render, and the reason the job must stop
     # (a template that reached outside the row, a data object that cannot be read).
     rows: int = 0
@@ -82,6 +84,7 @@ class TableJob:
             "columns": self.columns,
             "json_types": self.json_types,
             "rows": self.rows,
+            "bounds": [self.bounds.max_inflated, self.bounds.max_ratio],
         }
 
     # -- rendering -----------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ class TableJob:
         return wanted
 
     def _open(self, obj: DataObject, index: int) -> Rows:
-        rows = open_rows(self.source, obj, self.format, self.manifest.delimiter)
+        rows = open_rows(self.source, obj, self.format, self.manifest.delimiter, self.bounds)
         if index and self.format in ("csv", "tsv", "parquet") and rows.columns != self.columns:
             raise TableError(
                 f"{obj.key}'s columns {rows.columns} differ from {self.objects[0].key}'s {self.columns}; "
@@ -208,6 +211,7 @@ def open_job(
     raw: bytes,
     routes: tuple[tuple[str, str], ...] = (),
     pinned: list[DataObject] | None = None,
+    bounds: Bounds | None = None,
 ) -> TableJob:
     """The job the manifest describes, or TableJobError saying what to fix. `pinned`: the objects an
     earlier look resolved (completion reads exactly what submission rendered)."""
@@ -234,7 +238,7 @@ def open_job(
             if format_of(obj.key, manifest.format) != fmt:
                 raise TableError(f"{obj.key} is not {fmt} like {objects[0].key}; a table's objects share one format")
         templates = _compile(manifest)
-        job = TableJob(manifest_key, manifest, objects, fmt, [], templates, source)
+        job = TableJob(manifest_key, manifest, objects, fmt, [], templates, source, bounds or Bounds())
         first = job._open(objects[0], 0)
         job.columns = first.columns
         _check_columns(job, manifest_key)

@@ -22,7 +22,7 @@ import orjson
 
 from batchdrop.pricing import BATCH_DISCOUNT, realtime_price
 from batchdrop.tables.schema import PARSED_COLUMN, RESULT_COLUMNS, TABLE_FOLDER
-from batchdrop.tables.sources import DataObject, JsonRows, Objects, open_rows
+from batchdrop.tables.sources import Bounds, DataObject, JsonRows, Objects, open_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -266,8 +266,9 @@ def write_table(
 def _input_batches(source: Objects, resolved: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
     fmt = str(resolved["format"])
     delimiter = resolved["manifest"].get("delimiter")
+    bounds = Bounds(*(resolved.get("bounds") or (None, None)))
     for raw in resolved["objects"]:
-        rows = open_rows(source, DataObject.from_json(raw), fmt, delimiter)
+        rows = open_rows(source, DataObject.from_json(raw), fmt, delimiter, bounds)
         if isinstance(rows, JsonRows):
             yield from _json_batches(rows, resolved.get("json_types") or {})
         else:

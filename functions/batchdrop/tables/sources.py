@@ -100,21 +100,32 @@ class Rows:
         raise NotImplementedError
 
 
-def open_rows(objects: Objects, obj: DataObject, fmt: str, delimiter: str | None = None) -> Rows:
+@dataclass(frozen=True)
+class Bounds:
+    """How far a gzipped object may inflate (Settings.max_inflated_bytes, max_gzip_ratio), as for a
+    gzipped JSONL upload: a compression bomb is refused before it outlasts the invocation."""
+
+    max_inflated: int | None = None
+    max_ratio: int | None = None
+
+
+def open_rows(
+    objects: Objects, obj: DataObject, fmt: str, delimiter: str | None = None, bounds: Bounds = Bounds()
+) -> Rows:
     if fmt == "parquet":
         return ParquetRows(objects, obj)
     if fmt == "jsonl":
-        return JsonRows(objects, obj)
-    return CsvRows(objects, obj, delimiter or ("\t" if fmt == "tsv" else ","))
+        return JsonRows(objects, obj, bounds)
+    return CsvRows(objects, obj, delimiter or ("\t" if fmt == "tsv" else ","), bounds)
 
 
-def _text(objects: Objects, obj: DataObject) -> Iterator[str]:
+def _text(objects: Objects, obj: DataObject, bounds: Bounds) -> Iterator[str]:
     """The object's text, inflated if gzipped, decoded as UTF-8 (a BOM dropped); bad bytes name the object."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     first = True
     done = 0
     try:
-        for chunk in decompressed(objects.chunks(obj)):
+        for chunk in decompressed(objects.chunks(obj), bounds.max_inflated, bounds.max_ratio):
             if first:
                 chunk = chunk.removeprefix(BOM)
                 first = False
@@ -150,9 +161,9 @@ class _TextStream:
 
 
 class CsvRows(Rows):
-    def __init__(self, objects: Objects, obj: DataObject, delimiter: str) -> None:
+    def __init__(self, objects: Objects, obj: DataObject, delimiter: str, bounds: Bounds = Bounds()) -> None:
         self.objects, self.obj, self.delimiter = objects, obj, delimiter
-        self._reader = csv.reader(iter(_TextStream(_text(objects, obj))), delimiter=delimiter, strict=True)
+        self._reader = csv.reader(iter(_TextStream(_text(objects, obj, bounds))), delimiter=delimiter, strict=True)
         try:
             header = next(self._reader)
         except StopIteration:
@@ -208,9 +219,9 @@ class CsvRows(Rows):
 class JsonRows(Rows):
     """JSON Lines of records: one object a line; a column is a key (a missing key is a null cell)."""
 
-    def __init__(self, objects: Objects, obj: DataObject) -> None:
+    def __init__(self, objects: Objects, obj: DataObject, bounds: Bounds = Bounds()) -> None:
         self.objects, self.obj = objects, obj
-        self._lines = iter(_TextStream(_text(objects, obj)))
+        self._lines = iter(_TextStream(_text(objects, obj, bounds)))
         self._number = 0
         self._first = self._next()
         self.columns = list(self._first) if self._first is not None else []
@@ -255,7 +266,8 @@ class ParquetRows(Rows):
         try:
             self._parquet = pq.ParquetFile(self._file)
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...: all mean "not a Parquet file we can read"
-            raise TableError(f"{obj.key} is not a readable Parquet file: {exc}") from None
+            hint = " (Parquet compresses its own pages: upload it without gzip)" if obj.key.endswith(".gz") else ""
+            raise TableError(f"{obj.key} is not a readable Parquet file: {exc}{hint}") from None
         self.schema = self._parquet.schema_arrow
         self.columns = list(self.schema.names)
         self.rows = self._parquet.metadata.num_rows

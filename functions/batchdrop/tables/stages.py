@@ -19,6 +19,7 @@ from batchdrop.pricing import price_table
 from batchdrop.tables import manifest as mf
 from batchdrop.tables.job import TableJob, TableJobError, open_job
 from batchdrop.tables.s3 import S3Objects
+from batchdrop.tables.sources import Bounds
 
 if TYPE_CHECKING:
     from batchdrop.pipeline import Deps
@@ -50,7 +51,9 @@ def metadata(deps: Deps, obj: m.InputObject) -> dict[str, str]:
 def open_for_plan(deps: Deps, obj: m.InputObject) -> TableJob:
     """The job the manifest describes, its data pinned to the versions in the bucket now (TableJobError
     says what to fix)."""
-    return open_job(S3Objects(deps.objects), obj.key, read_manifest(deps, obj), deps.settings.routes)
+    settings = deps.settings
+    bounds = Bounds(settings.max_inflated_bytes, settings.max_gzip_ratio)
+    return open_job(S3Objects(deps.objects), obj.key, read_manifest(deps, obj), settings.routes, bounds=bounds)
 
 
 def save(deps: Deps, job_id: str, table: TableJob) -> str:
