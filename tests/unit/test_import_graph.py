@@ -26,9 +26,10 @@ DYNAMODB_CALLS = re.compile(
 BOTO_ALLOWED = ("adapters/", "local/", "providers/")
 BOTO_IMPORTS = re.compile(r"^\s*(from|import)\s+(boto3|botocore)\b")
 # The operator's tools may import lazily (a command loads what it needs); the functions' code may not,
-# except a provider's client (loaded on first use, so that a poll with nothing due pays for no SDK).
+# except a provider's client (loaded on first use, so that a poll with nothing due pays for no SDK) and
+# the table jobs' modules (Jinja2 and pyarrow, which a JSONL job never loads).
 LAZY_ALLOWED = ("cli.py", "ops.py", "local/")
-LAZY_TARGETS_ALLOWED = ("batchdrop.providers",)
+LAZY_TARGETS_ALLOWED = ("batchdrop.providers", "batchdrop.tables")
 # The layers: a module of a lower layer never imports one of a higher layer.
 STAGES = ("submit", "poll", "complete", "cancel", "watchdog", "webhook", "results")
 STATE = ("jobs", "batches")
