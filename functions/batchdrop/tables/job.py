@@ -286,10 +286,11 @@ def _compile(manifest: mf.Manifest) -> dict[str, Template]:
 
 
 def _check_columns(job: TableJob, where: str) -> None:
-    if job.format == "jsonl":
-        return  # records have no header: a missing key is an error on its row
     columns = set(job.columns)
     shown = ", ".join(job.columns[:50]) + (" ..." if len(job.columns) > 50 else "")
+    _check_clash(job, where, columns)
+    if job.format == "jsonl":
+        return  # records have no header: a missing key is an error on its row
     for name, template in job.templates.items():
         for column in sorted(columns_used([template]) - columns):
             raise TableError(
@@ -299,6 +300,11 @@ def _check_columns(job: TableJob, where: str) -> None:
     id_column = job.manifest.id_column
     if id_column is not None and id_column not in columns:
         raise TableError(f'{where}: "id_column" {id_column!r} is not a column of the table (its columns: {shown})')
+
+
+def _check_clash(job: TableJob, where: str, columns: set[str]) -> None:
+    # JSONL records too (their first record's keys): a key named like an added column would be
+    # written twice into the results table, which readers then refuse.
     added = {job.manifest.columns_prefix + n for n in (*RESULT_COLUMN_NAMES, PARSED_COLUMN)}
     clash = sorted(added & columns)
     if clash:

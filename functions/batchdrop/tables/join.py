@@ -342,7 +342,7 @@ class _Writer:
         table = pa.Table.from_batches(self._pending)
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self.path, table.schema)
-        self._parquet.write_table(table, row_group_size=table.num_rows)
+        self._parquet.write_table(table, row_group_size=max(table.num_rows, 1))  # pyarrow refuses 0
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _write_csv(self, batch: pa.RecordBatch) -> None:

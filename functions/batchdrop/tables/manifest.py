@@ -71,7 +71,7 @@ def parse(raw: bytes, where: str) -> Manifest:
     try:
         manifest = msgspec.json.decode(raw, type=Manifest)
     except msgspec.ValidationError as exc:
-        raise ManifestError(f"{where}: {_field_message(str(exc))}") from None
+        raise ManifestError(f"{where}: {_field_message(str(exc), Manifest)}") from None
     except msgspec.DecodeError as exc:
         raise ManifestError(f"{where} is not valid JSON: {exc}") from None
     _check(manifest, where)
@@ -85,7 +85,7 @@ def apply_template_file(manifest: Manifest, raw: bytes, key: str, where: str) ->
         try:
             found = msgspec.json.decode(raw, type=TemplateFile)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ManifestError(f'{where}: "template" {key}: {_field_message(str(exc))}') from None
+            raise ManifestError(f'{where}: "template" {key}: {_field_message(str(exc), TemplateFile)}') from None
     else:
         try:
             found = TemplateFile(user=raw.decode("utf-8"))
@@ -143,10 +143,12 @@ def _check_prompt(manifest: Manifest, where: str, source: str) -> None:
         raise ManifestError(f'{where}: "response_format" applies to chat models, not to an embedding "input"')
 
 
-def _field_message(message: str) -> str:
+def _field_message(message: str, struct: type[msgspec.Struct]) -> str:
     # msgspec: "Object missing required field `model`", "Expected `int`, got `str` - at `$.max_tokens`",
-    # "Object contains unknown field `maxtokens`": already precise; say what a manifest may hold.
+    # "Object contains unknown field `maxtokens`": already precise; say what the object may hold (a
+    # template file holds only the prompt's fields).
     if "unknown field" in message:
-        fields = ", ".join(Manifest.__struct_fields__)
-        return f"{message} (a manifest may hold: {fields})"
+        fields = ", ".join(struct.__struct_fields__)
+        kind = "a manifest" if struct is Manifest else "a template file"
+        return f"{message} ({kind} may hold: {fields})"
     return message

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -140,6 +141,12 @@ def _text(objects: Objects, obj: DataObject, bounds: Bounds) -> Iterator[str]:
         raise TableError(f"{obj.key} cannot be read to its end: {exc}") from None
 
 
+# A line and its end (\r\n, \r or \n), or the text after the last end. Not str.splitlines, which also
+# breaks at \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029: characters a CSV cell or a JSON string
+# may hold, which neither the csv module nor JSON Lines take for a line's end.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
+
+
 class _TextStream:
     """Chunks of text as the lines csv.reader wants, a line at a time."""
 
@@ -152,7 +159,7 @@ class _TextStream:
             self._buffer += part
             if "\n" not in self._buffer and "\r" not in self._buffer:
                 continue
-            lines = self._buffer.splitlines(keepends=True)
+            lines = _LINE.findall(self._buffer)
             # The last piece may be a line cut off mid-way (or a CR whose LF comes next): kept back.
             self._buffer = lines.pop() if not lines[-1].endswith("\n") else ""
             yield from lines

@@ -2,8 +2,9 @@
 name that the row lacks is an error on that row, never an empty string.
 
 - `SandboxedEnvironment` refuses attribute access that could reach out of the template (`__class__`,
-  `__globals__`, a function's internals...) with a SecurityError; no loader is configured, so
-  `include`, `import` and `extends` cannot read anything.
+  `__globals__`, a function's internals...) with a SecurityError; no loader is configured, and a
+  template that uses `include`, `import` or `extends` is refused when it is compiled (a job-level
+  TemplateError), not left to fail on every row.
 - `StrictUndefined`: printing, iterating or testing a missing value raises UndefinedError, which
   becomes the row's `template_error` with the column named. A null cell (an empty Parquet or JSON
   value) is missing too; `{{ x | default("") }}` says what to use instead.
@@ -20,6 +21,13 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, n
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+# Tags that would read another template: refused (there is nothing for them to read).
+_LOADING = {
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+    nodes.Extends: "extends",
+}
 # Names a template may use besides the columns.
 ROW = "row"  # the whole row, for a column whose name is not an identifier: {{ row["unit price"] }}
 ROW_NUMBER = "row_number"
@@ -71,6 +79,11 @@ def compile_template(env: SandboxedEnvironment, field: str, source: str) -> Temp
         parsed = env.parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template {field!r} does not parse: line {exc.lineno}: {exc.message}") from None
+    for tag in parsed.find_all(tuple(_LOADING)):
+        raise TemplateError(
+            f"template {field!r} line {tag.lineno}: {{% {_LOADING[type(tag)]} %}} would read another template; "
+            "a template sees only the row: write the text in it"
+        )
     names = frozenset(meta.find_undeclared_variables(parsed))
     # Subscripts of `row` with a constant name are columns too: {{ row["unit price"] }}.
     for node in parsed.find_all(nodes.Getitem):
