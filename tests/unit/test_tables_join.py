@@ -457,20 +457,18 @@ def test_a_jsonl_records_table_keeps_its_value_types(tmp_path: Path, folder: Loc
     assert [r["custom_id"] for r in rows] == ["a", "b", "c"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question: a JSONL record after the first may bring a key named like an added column "
-    "(here `model`); open_job checks only the first record's keys, and the join writes the name twice, so "
-    "results.parquet cannot be read. Refuse it while rendering (fatal), or rename it in the join?",
-)
-def test_a_later_jsonl_key_named_like_an_added_column_does_not_make_an_unreadable_table(
-    tmp_path: Path, folder: LocalObjects
+def test_a_later_jsonl_key_named_like_an_added_column_stops_the_job_before_an_unreadable_table(
+    folder: LocalObjects,
 ) -> None:
     put(folder, "data/t.jsonl", b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y", "model": "mine"}\n')
-    described = resolved(folder, data="data/t.jsonl")
-    _, out = write(tmp_path, folder, described, [ok(1), ok(2)])
-    table = pq.read_table(out)
-    assert len(table) == 2
+    job = open_job(
+        folder, "inputs/t.job.json", orjson.dumps({"data": "data/t.jsonl", "model": MODEL, "user": "{{ text }}"})
+    )
+    for _ in job.chunks(lambda invalid: None):
+        pass
+    assert job.fatal is not None
+    assert "row 2: a record has the key 'model'" in job.fatal
+    assert "columns_prefix" in job.fatal
 
 
 # -- no rows ----------------------------------------------------------------------------------------

@@ -71,6 +71,10 @@ class TableJob:
     json_types: dict[str, list[str]] = field(default_factory=dict)
 
     @property
+    def _added(self) -> set[str]:
+        return {self.manifest.columns_prefix + n for n in (*RESULT_COLUMN_NAMES, PARSED_COLUMN)}
+
+    @property
     def embedding(self) -> bool:
         return self.manifest.input is not None
 
@@ -102,7 +106,7 @@ class TableJob:
                     for row in block:
                         number += 1
                         if isinstance(rows, JsonRows):
-                            self._note_types(row)
+                            self._note_types(row, number)
                         try:
                             add(self.line(row, number))
                         except RowError as exc:
@@ -180,12 +184,17 @@ class TableJob:
             )
         return rows
 
-    def _note_types(self, row: Mapping[str, Any]) -> None:
+    def _note_types(self, row: Mapping[str, Any], number: int) -> None:
         types = self.json_types
         for key, value in row.items():
             kind = _json_type(value)
             known = types.get(key)
             if known is None:
+                if key in self._added:
+                    raise TableError(
+                        f"row {number}: a record has the key {key!r}, a column batchdrop adds to the "
+                        'results; set "columns_prefix" (e.g. "llm_") to name the added columns apart'
+                    )
                 types[key] = [kind]
             elif kind not in known:
                 known.append(kind)
@@ -305,8 +314,7 @@ def _check_columns(job: TableJob, where: str) -> None:
 def _check_clash(job: TableJob, where: str, columns: set[str]) -> None:
     # JSONL records too (their first record's keys): a key named like an added column would be
     # written twice into the results table, which readers then refuse.
-    added = {job.manifest.columns_prefix + n for n in (*RESULT_COLUMN_NAMES, PARSED_COLUMN)}
-    clash = sorted(added & columns)
+    clash = sorted(job._added & columns)
     if clash:
         raise TableError(
             f"{where}: the table already has column(s) {', '.join(clash)}, which batchdrop adds to the results; "
