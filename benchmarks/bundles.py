@@ -3,10 +3,10 @@
 - `bytecode`: each function's handler imported in a fresh process from the same bundle, with and without
   its .pyc files, CPU time of the import (median of ROUNDS, the variants taken in turn). The runtime's
   3.14 is not on this machine: the bundle is built for this interpreter and platform as a stand-in.
-- `bundles`: the bundle `cdk deploy` uploads (Lambda's platform, the runtime's Python) and the
-  alternatives to it, by size unzipped (what Lambda's 250 MB limit counts) and zipped (what is uploaded
-  and fetched at a cold start); their bytecode as this interpreter compiles their sources; and pyarrow's
-  wheel, which table jobs will add.
+- `bundles`: the bundles `cdk deploy` uploads (Lambda's platform, the runtime's Python), with pyarrow and
+  without it, by size unzipped (what Lambda's 250 MB limit counts) and zipped (what is uploaded and
+  fetched at a cold start), their bytecode as this interpreter compiles their sources, the time to build
+  each (what synth pays); and the handlers' import from each (a stand-in bundle).
 """
 
 from __future__ import annotations
@@ -19,40 +19,38 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from infra.bundling import (
+    LAMBDA_PLATFORMS,
     LocalPipBundling,
     compileall_args,
     requirement_name,
     runtime_dependencies,
-    trim_botocore,
-    trim_dependencies,
 )
 
 MB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MB
 ROUNDS = 9
 HANDLERS = ("submit", "poll", "complete", "webhook", "realtime")
-# The SDKs of the providers other than OpenAI: the webhook function only ever looks at OpenAI batches.
-NOT_FOR_WEBHOOK = frozenset({"anthropic", "google-genai"})
-# boto3 and what only it needs: the Lambda runtime provides its own (an untested version).
-BOTO3 = ("boto3", "botocore", "s3transfer", "jmespath")
 PYARROW = "pyarrow"
-LAMBDA_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64")
 
 
-def host_platform() -> str:
-    return f"manylinux2014_{platform.machine()}"
+def host_platforms() -> tuple[str, ...]:
+    """This machine's wheel tags, as LAMBDA_PLATFORMS are Lambda's."""
+    return tuple(p.replace("aarch64", platform.machine()) for p in LAMBDA_PLATFORMS)
 
 
-def build(out: Path, requirements: Iterable[str], python: str, platform: str, every_model: bool = False) -> Path:
+def build(
+    out: Path, requirements: Iterable[str], python: str, platforms: Iterable[str], every_model: bool = False
+) -> Path:
     """The bundle infra/bundling.py builds (or, with `every_model`, the one it built before it trimmed
     botocore's models)."""
-    bundler = LocalPipBundling(requirements=list(requirements), python=python, platform=platform)
+    bundler = LocalPipBundling(requirements=list(requirements), python=python, platforms=tuple(platforms))
     if every_model:
         bundler.botocore_services = None
     bundler.bundle(out)
@@ -64,13 +62,6 @@ def compiled(bundle: Path, out: Path) -> Path:
     shutil.copytree(bundle, out)
     subprocess.run([sys.executable, "-m", "compileall", *compileall_args(str(out))], check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
-    return out
-
-
-def without_botocore_data(bundle: Path, out: Path) -> Path:
-    """A copy of `bundle` whose botocore keeps the models of BOTOCORE_SERVICES only."""
-    shutil.copytree(bundle, out)
-    trim_botocore(out)
     return out
 
 
@@ -145,7 +136,7 @@ def mb(n: float) -> str:
 
 def bench_bytecode(rows: list[dict[str, Any]], tmp: Path) -> None:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    plain = build(tmp / "host", runtime_dependencies(), python, host_platform())
+    plain = build(tmp / "host", runtime_dependencies(), python, host_platforms())
     with_pyc = compiled(plain, tmp / "host-pyc")
     modules = [f"batchdrop.handlers.{name}" for name in HANDLERS]
     times = import_cpu({"none": plain, "pyc": with_pyc}, modules)
@@ -165,81 +156,76 @@ def bench_bytecode(rows: list[dict[str, Any]], tmp: Path) -> None:
 # -- bundles ----------------------------------------------------------------------------------------------
 
 
+def timed_build(out: Path, requirements: Iterable[str], python: str, platforms: Iterable[str]) -> tuple[Path, float]:
+    """A bundle as infra/bundling.py builds it, and the wall time it took (pip install, trims, copy):
+    what synth pays for each asset on this machine without bytecode, pip's cache warm."""
+    start = time.perf_counter()
+    build(out, requirements, python, platforms)
+    return out, time.perf_counter() - start
+
+
 def bench_bundles(rows: list[dict[str, Any]], tmp: Path) -> None:
+    """Issue 18: pyarrow (table jobs) in the bundle. One asset for all five functions, against a second
+    asset without pyarrow for the functions that never read or write a table (poll, webhook, realtime)."""
     requirements = runtime_dependencies()
-    webhook_requirements = [r for r in requirements if requirement_name(r) not in NOT_FOR_WEBHOOK]
-    python, lambda_platform = "3.14", LAMBDA_PLATFORMS[0]
-    before = build(tmp / "before", requirements, python, lambda_platform, every_model=True)
-    trimmed = build(tmp / "trimmed", requirements, python, lambda_platform)
-    variants: dict[str, Callable[[], Path]] = {
-        "one for all, every botocore model (before)": lambda: before,
-        "one for all, botocore models of the services we call (now)": lambda: trimmed,
-        "webhook only: no Anthropic or Gemini SDK, botocore trimmed": lambda: build(
-            tmp / "webhook", webhook_requirements, python, lambda_platform
-        ),
-        "one for all, every botocore model, boto3 from the runtime": lambda: without_packages(
-            before, tmp / "no-boto3", BOTO3
-        ),
-    }
-    base_unzipped, base_zipped = sizes(before)
-    unzipped_with_pyc = {}
-    for name, make in variants.items():
-        bundle = make()
+    lean_requirements = [r for r in requirements if requirement_name(r) != PYARROW]
+    python = "3.14"
+    # Twice each, the variants in turn; the second build of each is the figure (pip's cache warm, as at
+    # any synth after the first).
+    for _ in range(2):
+        tables, t_tables = timed_build(tmp / "tables", requirements, python, LAMBDA_PLATFORMS)
+        lean, t_lean = timed_build(tmp / "lean", lean_requirements, python, LAMBDA_PLATFORMS)
+        if _ == 0:
+            shutil.rmtree(tables)
+            shutil.rmtree(lean)
+    measured = {}
+    for name, bundle, seconds in (("tables", tables, t_tables), ("lean", lean, t_lean)):
         unzipped, zipped = sizes(bundle)
         # Bytecode as this interpreter writes it for the bundle's sources: about what 3.14's adds.
-        pyc = py_bytes(compiled(bundle, tmp / f"{bundle.name}-pyc"), ".pyc")
-        shutil.rmtree(tmp / f"{bundle.name}-pyc")
-        unzipped_with_pyc[bundle.name] = unzipped + pyc
+        pyc = py_bytes(compiled(bundle, tmp / f"{name}-pyc"), ".pyc")
+        shutil.rmtree(tmp / f"{name}-pyc")
+        measured[name] = (unzipped, zipped, unzipped + pyc, seconds)
+    base = measured["tables"]
+    labels = {
+        "tables": "every dependency, pyarrow trimmed (submit, complete, poll)",
+        "lean": "without pyarrow (webhook, realtime)",
+    }
+    for name, (unzipped, zipped, with_pyc, seconds) in measured.items():
         rows.append(
             {
-                "benchmark": f"Lambda bundle (3.14, arm64), {name}: unzipped / zipped / unzipped with bytecode",
-                "batchdrop": f"{mb(unzipped)} / {mb(zipped)} / {mb(unzipped + pyc)}",
-                "baseline": f"before {mb(base_unzipped)} / {mb(base_zipped)}",
-                "ratio": f"{unzipped / base_unzipped:.2f}x unzipped, {zipped / base_zipped:.2f}x zipped",
+                "benchmark": f"Lambda bundle (3.14, arm64), {labels[name]}: unzipped / zipped / unzipped with "
+                "bytecode; build time (what synth pays for it, without bytecode)",
+                "batchdrop": f"{mb(unzipped)} / {mb(zipped)} / {mb(with_pyc)}; {seconds:.1f} s",
+                "baseline": f"one for all {mb(base[0])} / {mb(base[1])} / {mb(base[2])}; limit "
+                f"{mb(LAMBDA_UNZIPPED_LIMIT)}",
+                "ratio": f"{unzipped / base[0]:.2f}x unzipped, {zipped / base[1]:.2f}x zipped; "
+                f"{with_pyc / LAMBDA_UNZIPPED_LIMIT:.2f}x the limit",
             }
         )
+    # Import CPU, this interpreter and platform standing in for the runtime's (as `bytecode` does).
     python_host = f"{sys.version_info.major}.{sys.version_info.minor}"
-    host = compiled(build(tmp / "host-b", requirements, python_host, host_platform(), every_model=True), tmp / "hb")
-    host_trimmed = without_botocore_data(host, tmp / "host-trimmed")
-    host_webhook = without_packages(host_trimmed, tmp / "host-webhook", NOT_FOR_WEBHOOK)
-    times = import_cpu(
-        {"before": host, "trimmed": host_trimmed, "webhook only": host_webhook},
-        ["batchdrop.handlers.webhook", "batchdrop.handlers.poll"],
-    )
-    for variant, module in (("trimmed", "batchdrop.handlers.poll"), ("webhook only", "batchdrop.handlers.webhook")):
-        (t, p), (t_full, p_full) = times[variant, module], times["before", module]
+    host = compiled(build(tmp / "host-b", requirements, python_host, host_platforms()), tmp / "host-tables")
+    host_lean = without_packages(host, tmp / "host-lean", [PYARROW])
+    modules = [f"batchdrop.handlers.{name}" for name in ("poll", "webhook", "realtime", "submit")]
+    times = import_cpu({"tables": host, "lean": host_lean}, [*modules, "pyarrow.parquet"])
+    for module in modules:
+        (t, p), (t_full, p_full) = times["lean", module], times["tables", module]
         rows.append(
             {
-                "benchmark": f"import {module}, CPU of the import / of the process, with bytecode: {variant} "
-                f"bundle (Python {python_host} stand-in)",
+                "benchmark": f"import {module}, CPU of the import / of the process, with bytecode: bundle "
+                f"without pyarrow (Python {python_host} stand-in)",
                 "batchdrop": f"{t * 1000:.0f} ms / {p * 1000:.0f} ms",
-                "baseline": f"before {t_full * 1000:.0f} ms / {p_full * 1000:.0f} ms",
+                "baseline": f"one for all {t_full * 1000:.0f} ms / {p_full * 1000:.0f} ms",
                 "ratio": f"{t / t_full:.2f}x / {p / p_full:.2f}x",
             }
         )
-    wheels = tmp / "pyarrow"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--implementation", "cp", "--python-version", python, "-d", str(wheels), PYARROW,
-         *(f"--platform={p}" for p in LAMBDA_PLATFORMS)],
-        check=True,
-    )  # fmt: skip
-    (wheel,) = wheels.glob("*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        pyarrow = sum(info.file_size for info in archive.infolist())
-        archive.extractall(tmp / "pyarrow-unpacked")
-    # What the bundle keeps of it (bundling.DEPENDENCY_TRIM), with its bytecode.
-    trim_dependencies(tmp / "pyarrow-unpacked")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp / "pyarrow-unpacked")], check=True)
-    kept = sizes(tmp / "pyarrow-unpacked")[0]
-    for label, name, size in (("before", "before", pyarrow), ("now", "trimmed", kept)):
-        total = unzipped_with_pyc[name] + size
-        rows.append(
-            {
-                "benchmark": f"{wheel.name} unzipped, beside the bundle with bytecode ({label})",
-                "batchdrop": f"{mb(size)}; with the bundle {mb(total)}",
-                "baseline": f"Lambda's limit {mb(LAMBDA_UNZIPPED_LIMIT)}",
-                "ratio": f"{total / LAMBDA_UNZIPPED_LIMIT:.2f}x the limit, "
-                f"headroom {mb(LAMBDA_UNZIPPED_LIMIT - total)}",
-            }
-        )
+    (t, p), (t_poll, _) = times["tables", "pyarrow.parquet"], times["tables", "batchdrop.handlers.poll"]
+    rows.append(
+        {
+            "benchmark": f"import pyarrow.parquet, CPU of the import / of the process (Python {python_host} "
+            "stand-in): what a table job's first read or write adds",
+            "batchdrop": f"{t * 1000:.0f} ms / {p * 1000:.0f} ms",
+            "baseline": f"import batchdrop.handlers.poll {t_poll * 1000:.0f} ms",
+            "ratio": f"{t / t_poll:.2f}x",
+        }
+    )

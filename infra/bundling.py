@@ -36,7 +36,14 @@ FUNCTIONS_DIR = REPO_ROOT / "functions"
 PACKAGE = "batchdrop"
 # Paths inside the package that stay out of the asset.
 EXCLUDED = frozenset({"local", "cli.py", "__pycache__"})
-LAMBDA_PLATFORM = "manylinux2014_aarch64"
+# The wheel tags pip may take for Lambda's arm64 (pip accepts --platform more than once). manylinux2014 is
+# glibc 2.17; pyarrow's cp314 wheels are manylinux_2_28 only (glibc 2.28), which the 3.14 runtime's Amazon
+# Linux 2023 (glibc 2.34) runs. Without the second tag pip finds no pyarrow at all.
+LAMBDA_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64")
+# Lambda refuses a function whose code, unzipped, passes 250 MB (layers included; we use none). A bundle
+# that passes it fails synth here, with its size and what it holds, rather than the deployment.
+MIB = 1024 * 1024
+LAMBDA_UNZIPPED_LIMIT = 250 * MIB
 # The service models botocore keeps: the services the functions create clients for (a test reads our code
 # and Powertools' for them) and those its credential chain may call. botocore reads a model only when a
 # client for its service is created, so the ~435 others cost no import time, but they are 17 MB of the
@@ -215,12 +222,14 @@ def bytecode_plan(runtime: lambda_.Runtime) -> BytecodePlan:
 # -- the bundle ------------------------------------------------------------------------------------------
 
 
-def pip_install_args(requirements: Sequence[str], target: str, python: str, platform: str) -> list[str]:
-    """pip's arguments (after `pip`) to install `requirements` as `platform` wheels for `python`."""
+def pip_install_args(
+    requirements: Sequence[str], target: str, python: str, platforms: Sequence[str] = LAMBDA_PLATFORMS
+) -> list[str]:
+    """pip's arguments (after `pip`) to install `requirements` as wheels for `python` on any of `platforms`."""
     return [
-        "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-        "--target", target, "--platform", platform, "--implementation", "cp",
-        "--python-version", python, "--only-binary=:all:", *requirements,
+        "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--target", target,
+        *(arg for platform in platforms for arg in ("--platform", platform)),
+        "--implementation", "cp", "--python-version", python, "--only-binary=:all:", *requirements,
     ]  # fmt: skip
 
 
@@ -229,7 +238,9 @@ def compileall_args(directory: str) -> list[str]:
     return ["-q", "-j", "0", "--invalidation-mode", INVALIDATION_MODE, directory]
 
 
-def docker_script(requirements: Sequence[str], python: str, platform: str = LAMBDA_PLATFORM) -> str:
+def docker_script(
+    requirements: Sequence[str], python: str, platforms: Sequence[str] = LAMBDA_PLATFORMS, asset: str = "batchdrop"
+) -> str:
     """What the runtime's build image runs when local bundling declines: the steps of
     `LocalPipBundling.bundle` in a shell, from CDK's /asset-input (the functions folder) to
     /asset-output, then the image's own interpreter compiles the result."""
@@ -239,7 +250,7 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
         # The image runs as the host's user, whose home is not writable there.
         "export HOME=/tmp",
         *(
-            [shlex.join(["python", "-m", "pip", *pip_install_args(requirements, out, python, platform)])]
+            [shlex.join(["python", "-m", "pip", *pip_install_args(requirements, out, python, platforms)])]
             if requirements
             else []
         ),
@@ -255,8 +266,47 @@ def docker_script(requirements: Sequence[str], python: str, platform: str = LAMB
         f"find {package} -name __pycache__ -prune -exec rm -rf {{}} +",
         f"find {package} -name '*.pyc' -delete",
         shlex.join(["python", "-m", "compileall", *compileall_args(out)]),
+        # check_size's test, in the image's shell: the files' bytes against Lambda's limit.
+        f"size=$(find {out} -type f -printf '%s\\n' | awk '{{s += $1}} END {{print s + 0}}')",
+        f'if [ "$size" -gt {LAMBDA_UNZIPPED_LIMIT} ]; then echo '
+        + shlex.quote(f"batchdrop: the Lambda bundle {asset} is ")
+        + '"$((size / 1048576))"'
+        + shlex.quote(f" MB unzipped, over Lambda's {LAMBDA_UNZIPPED_LIMIT // MIB} MB: {SIZE_FIX}")
+        + " >&2; exit 1; fi",
     ]
     return " && ".join(steps)
+
+
+SIZE_FIX = (
+    "leave out of it what its functions never load (infra/bundling.py's DEPENDENCY_TRIM, or a dependency "
+    "its functions never import, batchdrop/blueprint.py's Asset.without)"
+)
+
+
+class BundleTooLarge(RuntimeError):
+    """A bundle past Lambda's unzipped limit: synth stops with this message instead of a failed deployment."""
+
+
+def bundle_size(out: Path) -> int:
+    """The bytes of the bundle's files: what Lambda's unzipped limit counts."""
+    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def check_size(out: Path, name: str = "batchdrop", limit: int | None = None) -> int:
+    """The bundle's size, or BundleTooLarge, naming its largest packages, when it passes `limit`
+    (Lambda's, LAMBDA_UNZIPPED_LIMIT)."""
+    limit = LAMBDA_UNZIPPED_LIMIT if limit is None else limit
+    size = bundle_size(out)
+    if size > limit:
+        tops = sorted(
+            ((bundle_size(d) if d.is_dir() else d.stat().st_size, d.name) for d in out.iterdir()), reverse=True
+        )
+        largest = ", ".join(f"{n} {b / MIB:.0f} MB" for b, n in tops[:5])
+        raise BundleTooLarge(
+            f"batchdrop: the Lambda bundle {name} is {size // MIB} MB unzipped, over Lambda's {limit // MIB} MB "
+            f"(largest: {largest}): {SIZE_FIX}"
+        )
+    return size
 
 
 def trim_dependencies(out: Path, patterns: Sequence[str] = DEPENDENCY_TRIM) -> None:
@@ -292,15 +342,17 @@ class LocalPipBundling:
         *,
         requirements: Sequence[str],
         python: str,
-        platform: str = LAMBDA_PLATFORM,
+        platforms: Sequence[str] = LAMBDA_PLATFORMS,
         source: Path = FUNCTIONS_DIR / PACKAGE,
         interpreter: str | None = None,
         decline: bool = False,
         botocore_services: Collection[str] | None = BOTOCORE_SERVICES,
+        name: str = "batchdrop",
     ) -> None:
         self.requirements = list(requirements)
+        self.name = name
         self.python = python
-        self.platform = platform
+        self.platforms = tuple(platforms)
         self.source = source.resolve()
         self.interpreter = interpreter
         self.decline = decline
@@ -318,7 +370,7 @@ class LocalPipBundling:
             subprocess.run(  # noqa: S603 (our own interpreter, arguments from pyproject.toml)
                 [
                     sys.executable, "-m", "pip",
-                    *pip_install_args(self.requirements, str(out), self.python, self.platform),
+                    *pip_install_args(self.requirements, str(out), self.python, self.platforms),
                 ],
                 check=True,
             )  # fmt: skip
@@ -338,6 +390,7 @@ class LocalPipBundling:
             subprocess.run(  # noqa: S603 (an interpreter found by find_interpreter, checked for its tag)
                 [self.interpreter, "-m", "compileall", *compileall_args(str(out))], check=True
             )
+        check_size(out, self.name)
 
     def fingerprint(self, bytecode: str | None = None) -> str:
         """Changes when the bundle would: our files (minus the excluded ones), requirements, platform,
@@ -345,7 +398,8 @@ class LocalPipBundling:
         digest = hashlib.sha256()
         services = "all" if self.botocore_services is None else ",".join(sorted(self.botocore_services))
         trim = ",".join(DEPENDENCY_TRIM)
-        for part in (*self.requirements, self.platform, self.python, services, trim, f"bytecode={bytecode}"):
+        platforms = ",".join(self.platforms)
+        for part in (*self.requirements, platforms, self.python, services, trim, f"bytecode={bytecode}"):
             digest.update(part.encode() + b"\0")
         for directory, dirs, files in os.walk(self.source):
             dirs[:] = sorted(set(dirs) - _ignored(directory, dirs, self.source))
@@ -356,9 +410,9 @@ class LocalPipBundling:
         return digest.hexdigest()
 
 
-def function_code(runtime: lambda_.Runtime, *, without: Collection[str] = ()) -> lambda_.Code:
-    """An asset of our package and its dependencies (but those named in `without`) for `runtime` on
-    arm64, compiled to the runtime's bytecode where this machine (or its Docker) can."""
+def function_code(runtime: lambda_.Runtime, *, without: Collection[str] = (), name: str = "batchdrop") -> lambda_.Code:
+    """An asset (`name`, in messages) of our package and its dependencies (but those named in `without`)
+    for `runtime` on arm64, compiled to the runtime's bytecode where this machine (or its Docker) can."""
     requirements = [r for r in runtime_dependencies() if requirement_name(r) not in set(without)]
     plan = bytecode_plan(runtime)
     python = python_version(runtime)
@@ -367,6 +421,7 @@ def function_code(runtime: lambda_.Runtime, *, without: Collection[str] = ()) ->
         python=python,
         interpreter=plan.interpreter,
         decline=plan.path == "docker",
+        name=name,
     )
     return lambda_.Code.from_asset(
         str(FUNCTIONS_DIR),
@@ -374,7 +429,7 @@ def function_code(runtime: lambda_.Runtime, *, without: Collection[str] = ()) ->
         asset_hash=bundler.fingerprint(plan.tag),
         bundling=BundlingOptions(
             image=runtime.bundling_image,
-            command=["bash", "-c", docker_script(requirements, python)],
+            command=["bash", "-c", docker_script(requirements, python, asset=name)],
             local=bundler,
         ),
     )

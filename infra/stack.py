@@ -7,6 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from infra.constructs.analytics import Analytics
 from infra.constructs.bedrock import BedrockBatch, allow_invoke
 from infra.constructs.functions import Functions
 from infra.constructs.messaging import Messaging
@@ -68,6 +69,14 @@ class BatchdropStack(Stack):
             poll=self.functions.poll,
             realtime_queue=self.messaging.realtime_queue,
         )
+        # Athena over table jobs' results (docs/athena.md): users query; the functions are granted nothing.
+        self.analytics = Analytics(
+            self,
+            "Analytics",
+            bucket=self.storage.bucket,
+            access_logs=self.storage.access_logs,
+            stack_name=settings.stack_name,
+        )
         acknowledge_cdk_internals(self)
 
         outputs = {
@@ -77,6 +86,10 @@ class BatchdropStack(Stack):
             "AlarmTopicArn": self.messaging.alarm_topic.topic_arn,
             "CompletionQueueUrl": self.messaging.completion_queue.queue_url,
             "CompletionDlqUrl": self.messaging.completion_dlq.queue_url,
+            "AthenaDatabaseName": self.analytics.database_name,
+            "AthenaTableName": self.analytics.table_name,
+            "AthenaWorkgroupName": self.analytics.workgroup_name,
+            "AthenaResultsBucketName": self.analytics.query_results.bucket_name,
             **{
                 f"{provider.capitalize()}SecretArn": secret.secret_arn
                 for provider, secret in self.secrets.by_provider.items()

@@ -2,7 +2,9 @@
 
 Both read this module for the names, the functions' sizes, the queues between them (visibility, receives,
 dead-letter queues, event sources), the job table's keys and index, the upload notifications, the rules
-that run the poll function, and the functions' environment. tests/infra/test_drift.py synthesizes the
+that run the poll function, and the functions' environment; infra/ also for the code asset (which of the
+dependencies) each function takes, which the local stack, one process, has no use for (tests/infra checks
+that a function without pyarrow can never touch a table). tests/infra/test_drift.py synthesizes the
 template and checks the local stack against it resource by resource and variable by variable, so a
 change made on one side only fails the suite.
 
@@ -34,6 +36,28 @@ STUCK_BATCHES_METRIC = config.STUCK_BATCHES
 MALLOC_ARENA_MAX = "2"
 
 
+# -- code assets ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A Lambda code asset: our package and pyproject.toml's runtime dependencies, but those `without`
+    (infra/bundling.py builds one per asset a deployed function takes)."""
+
+    name: str
+    without: tuple[str, ...] = ()  # distribution names, as pyproject.toml spells them
+
+
+# Every runtime dependency. pyarrow (table jobs: reading the input table, writing results.parquet) is 105 of
+# its 172 MB unzipped and 35 of its 55 MB zipped (docs/performance.md).
+TABLES_ASSET = Asset("tables")
+# For the functions that can never read or write a table: 0.36x the zip a cold start fetches. A function
+# takes it only if its role can neither read inputs/ nor write outputs/ (tests/infra checks), so a table
+# job cannot reach pyarrow there.
+NO_TABLES_ASSET = Asset("no-tables", without=("pyarrow",))
+ASSETS: Mapping[str, Asset] = {a.name: a for a in (TABLES_ASSET, NO_TABLES_ASSET)}
+
+
 # -- functions --------------------------------------------------------------------------------------
 
 
@@ -45,6 +69,8 @@ class Function:
     timeout_seconds: int
     ephemeral_storage_mb: int = 512
     reserved_concurrency: int | None = None
+    # What its code is bundled with: every dependency unless the function provably needs less.
+    asset: Asset = TABLES_ASSET
 
     @property
     def handler(self) -> str:
@@ -59,6 +85,7 @@ SUBMIT = Function(
     timeout_seconds=15 * 60,
     # It writes the planned batch files to /tmp before uploading them: room for multi-GB inputs.
     ephemeral_storage_mb=10240,
+    asset=TABLES_ASSET,  # it reads a table job's input table
 )
 POLL = Function(
     "poll",
@@ -67,6 +94,9 @@ POLL = Function(
     timeout_seconds=5 * 60,
     # One poll at a time: overlapping polls would ask the providers twice for nothing.
     reserved_concurrency=1,
+    # Every dependency: its watchdog writes a stuck job's outputs (results.write_outputs), a table job's
+    # table among them. One invocation at a time every few minutes, it is mostly warm anyway.
+    asset=TABLES_ASSET,
 )
 COMPLETE = Function(
     "complete",
@@ -75,6 +105,7 @@ COMPLETE = Function(
     timeout_seconds=15 * 60,
     # It writes results.jsonl and errors.jsonl to /tmp before uploading them.
     ephemeral_storage_mb=10240,
+    asset=TABLES_ASSET,  # it writes a table job's results.parquet
 )
 WEBHOOK = Function(
     "webhook",
@@ -85,6 +116,9 @@ WEBHOOK = Function(
     # these few executions and throttles beyond them, never the account's concurrency that the other
     # functions (and the account's other workloads) need. OpenAI retries a throttled delivery.
     reserved_concurrency=5,
+    # It looks at a batch without the watchdog (look_at_batch(watchdog=False)) and hands a finished job
+    # to completion: it never reads an input or writes an output, so never a table.
+    asset=NO_TABLES_ASSET,
 )
 REALTIME = Function(
     "realtime",
@@ -93,6 +127,10 @@ REALTIME = Function(
     # One message's chunk of requests, run at once per provider: minutes at most (the realtime queue's
     # visibility timeout is six times this).
     timeout_seconds=3 * 60,
+    # Its files are under work/; it ends a batch without the watchdog and hands the job to completion,
+    # which writes the outputs. It scales out (up to realtime_invocations at once), each new invocation a
+    # cold start: the smaller asset serves it best.
+    asset=NO_TABLES_ASSET,
 )
 FUNCTIONS: Mapping[str, Function] = {f.name: f for f in (SUBMIT, POLL, COMPLETE, WEBHOOK, REALTIME)}
 

@@ -157,7 +157,8 @@ class Functions(Construct):
         completion_queue = queues[blueprint.COMPLETION.id]
         segments_queue = queues[blueprint.SEGMENTS.id]
         realtime_queue = queues[blueprint.REALTIME_CHUNKS.id]
-        self._code = function_code(RUNTIME)  # one asset, bundled once, for all of them
+        # One code asset per blueprint.Asset a function here takes, each bundled once (docs/performance.md).
+        self._code: dict[str, lambda_.Code] = {}
         self._environment = environment(
             settings,
             bucket=bucket,
@@ -285,7 +286,7 @@ class Functions(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=spec.handler,
-            code=self._code,
+            code=self._code_for(spec.asset),
             memory_size=spec.memory_mb,
             timeout=Duration.seconds(spec.timeout_seconds),
             ephemeral_storage_size=Size.mebibytes(spec.ephemeral_storage_mb),
@@ -297,6 +298,11 @@ class Functions(Construct):
         )
         self._acknowledge(fn, "Resource::*", reason=XRAY_REASON)
         return fn
+
+    def _code_for(self, asset: blueprint.Asset) -> lambda_.Code:
+        if asset.name not in self._code:
+            self._code[asset.name] = function_code(RUNTIME, without=asset.without, name=asset.name)
+        return self._code[asset.name]
 
     def _grant_objects(
         self,

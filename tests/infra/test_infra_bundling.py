@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from batchdrop import blueprint
 from infra import bundling
 from infra.bundling import (
+    BundleTooLarge,
     BytecodePlan,
     LocalPipBundling,
     choose_bytecode,
@@ -26,10 +28,14 @@ from infra.bundling import (
     docker_script,
     find_interpreter,
     function_code,
+    pip_install_args,
     python_version,
+    requirement_name,
     runtime_dependencies,
 )
 from infra.constructs.functions import RUNTIME
+from tests.infra.synth_support import synth
+from tests.infra.test_drift import ALL_FIVE
 
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 MB = 1024 * 1024
@@ -72,7 +78,7 @@ def bin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """PATH with nothing but what a test puts there (and the shell tools the Docker script uses)."""
     path = tmp_path / "bin"
     path.mkdir()
-    for tool in ("bash", "rm", "cp", "find", "sleep"):
+    for tool in ("bash", "rm", "cp", "find", "sleep", "awk"):
         if found := shutil.which(tool):
             (path / tool).symlink_to(found)
     monkeypatch.setenv("PATH", str(path))
@@ -261,6 +267,52 @@ def test_the_docker_script_builds_what_local_bundling_builds(package: Path, pyth
     assert not set(PYARROW_LEFT_OUT) & set(files(docker))
 
 
+def test_pip_may_take_manylinux_2_28_wheels_which_pyarrow_has_only() -> None:
+    args = pip_install_args(["pyarrow"], "/out", "3.14")
+    platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
+
+    assert platforms == ["manylinux2014_aarch64", "manylinux_2_28_aarch64"]
+    assert "--only-binary=:all:" in args
+    assert LAMBDA_UNZIPPED_LIMIT == bundling.LAMBDA_UNZIPPED_LIMIT
+
+
+def test_a_bundle_over_lambdas_limit_fails_synth_saying_so(
+    package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (package / "big.bin").write_bytes(b"\0" * 3 * MB)
+    monkeypatch.setattr(bundling, "LAMBDA_UNZIPPED_LIMIT", 2 * MB)
+
+    with pytest.raises(BundleTooLarge) as refused:
+        LocalPipBundling(requirements=[], python="3.14", source=package, name="no-tables").bundle(tmp_path / "out")
+
+    message = str(refused.value)
+    assert "the Lambda bundle no-tables is 3 MB unzipped, over Lambda's 2 MB" in message
+    assert "largest: batchdrop 3 MB" in message
+    assert "DEPENDENCY_TRIM" in message
+    # Under the limit, the same bundle passes.
+    monkeypatch.setattr(bundling, "LAMBDA_UNZIPPED_LIMIT", 4 * MB)
+    LocalPipBundling(requirements=[], python="3.14", source=package).bundle(tmp_path / "fits")
+
+
+def test_the_docker_script_fails_the_same_way(
+    package: Path, python314: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (python314.parent / "python").symlink_to(python314)
+    (package / "big.bin").write_bytes(b"\0" * 3 * MB)
+    out = tmp_path / "docker"
+    out.mkdir()
+
+    def run(limit: int) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(bundling, "LAMBDA_UNZIPPED_LIMIT", limit)
+        script = docker_script([], "3.14", asset="tables").replace("/asset-input", str(package.parent))
+        return subprocess.run(["bash", "-c", script.replace("/asset-output", str(out))], capture_output=True, text=True)
+
+    refused = run(2 * MB)
+    assert refused.returncode == 1
+    assert "batchdrop: the Lambda bundle tables is 3 MB unzipped, over Lambda's 2 MB: leave out" in refused.stderr
+    assert run(4 * MB).returncode == 0
+
+
 def docker_answering(bin_dir: Path, *, daemon: bool = True, image: bool = False, registry: bool = False) -> None:
     def exit_code(ok: bool) -> int:
         return 0 if ok else 1
@@ -335,13 +387,24 @@ def test_each_path_says_which_it_took() -> None:
 # -- the real bundle -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """pip really runs (network or a local index): the asset `cdk deploy` would upload, built once."""
-    out = tmp_path_factory.mktemp("asset")
-    LocalPipBundling(requirements=runtime_dependencies(), python=python_version(RUNTIME)).bundle(out)
-    yield out
+def asset_requirements(asset: blueprint.Asset) -> list[str]:
+    return [r for r in runtime_dependencies() if requirement_name(r) not in asset.without]
+
+
+@pytest.fixture(scope="module", params=sorted(blueprint.ASSETS))
+def real_asset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """pip really runs (network or a local index): each asset `cdk deploy` would upload, built once."""
+    asset = blueprint.ASSETS[request.param]
+    out = tmp_path_factory.mktemp(f"asset-{asset.name}")
+    bundler = LocalPipBundling(requirements=asset_requirements(asset), python=python_version(RUNTIME), name=asset.name)
+    bundler.bundle(out)
+    yield asset.name, out
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def real_bundle(real_asset: tuple[str, Path]) -> Path:
+    return real_asset[1]
 
 
 def test_real_bundle_has_arm64_wheels_for_the_runtime(real_bundle: Path) -> None:
@@ -349,11 +412,26 @@ def test_real_bundle_has_arm64_wheels_for_the_runtime(real_bundle: Path) -> None
     assert (out / "batchdrop" / "handlers" / "submit.py").is_file()
     assert not (out / "batchdrop" / "local").exists()
     assert not (out / "batchdrop" / "cli.py").exists()
-    for package in ("boto3", "aws_lambda_powertools", "openai", "anthropic", "google/genai"):
+    for package in ("boto3", "aws_lambda_powertools", "openai", "anthropic", "google/genai", "jinja2", "jsonschema"):
         assert (out / package).is_dir()
     tag = python_version(RUNTIME).replace(".", "")
-    (orjson,) = (out / "orjson").glob("orjson*.so")
-    assert f"cpython-{tag}-aarch64-linux-gnu" in orjson.name
+    # The compiled wheels, for the runtime's Python on arm64: orjson, and jsonschema's rpds-py.
+    for module in ("orjson", "rpds"):
+        (so,) = (out / module).glob(f"{module}*.so")
+        assert f"cpython-{tag}-aarch64-linux-gnu" in so.name
+
+
+def test_each_asset_holds_pyarrow_unless_the_blueprint_leaves_it_out(real_asset: tuple[str, Path]) -> None:
+    name, out = real_asset
+    tag = python_version(RUNTIME).replace(".", "")
+    if "pyarrow" in blueprint.ASSETS[name].without:
+        assert not (out / "pyarrow").exists()
+        assert not list(out.glob("pyarrow-*.dist-info"))
+    else:
+        # Its manylinux_2_28 wheel (the only one for cp314), trimmed.
+        assert (out / "pyarrow" / f"lib.cpython-{tag}-aarch64-linux-gnu.so").is_file()
+        assert (out / "pyarrow" / "parquet").is_dir()
+        assert not list((out / "pyarrow").glob("*flight*"))
 
 
 def test_real_bundle_creates_a_client_for_every_service_it_keeps(real_bundle: Path) -> None:
@@ -369,13 +447,47 @@ def test_real_bundle_creates_a_client_for_every_service_it_keeps(real_bundle: Pa
     assert kept == set(services)
 
 
-def test_real_bundle_stays_under_lambdas_limit_with_its_bytecode(real_bundle: Path) -> None:
-    # Lambda refuses a function whose unzipped code passes 250 MB; every provider's SDK is in it, and the
-    # bytecode the runtime's interpreter adds (docs/performance.md: pyarrow would not fit beside them).
-    size = sum(f.stat().st_size for f in real_bundle.rglob("*") if f.is_file())
-    sources = sum(f.stat().st_size for f in real_bundle.rglob("*.py"))
+def test_real_bundle_stays_under_lambdas_limit_with_its_bytecode(real_asset: tuple[str, Path]) -> None:
+    # Lambda refuses a function whose unzipped code passes 250 MB; every provider's SDK is in it, pyarrow in
+    # one, and the bytecode the runtime's interpreter adds (docs/performance.md: untrimmed pyarrow would
+    # not fit). Bundling itself refuses a bundle over the limit (check_size); this leaves room for bytecode.
+    name, out = real_asset
+    size = bundling.check_size(out, name)
+    sources = sum(f.stat().st_size for f in out.rglob("*.py"))
     compiled = size + BYTECODE_GROWTH * sources
-    assert compiled < LAMBDA_UNZIPPED_LIMIT, f"the bundle is {size / MB:.0f} MB, {compiled / MB:.0f} MB compiled"
+    assert compiled < LAMBDA_UNZIPPED_LIMIT, f"{name} is {size / MB:.0f} MB, {compiled / MB:.0f} MB compiled"
+
+
+# -- which function takes which asset --------------------------------------------------------------------
+
+
+def test_each_deployed_function_takes_the_asset_its_blueprint_names() -> None:
+    template = synth(**ALL_FIVE)
+    code = {f.name: template.function(f.name)[1]["Properties"]["Code"] for f in blueprint.FUNCTIONS.values()}
+
+    for a in blueprint.FUNCTIONS.values():
+        for b in blueprint.FUNCTIONS.values():
+            same = code[a.name]["S3Key"] == code[b.name]["S3Key"]
+            assert same == (a.asset == b.asset), (a.name, b.name)
+    assert len({c["S3Key"] for c in code.values()}) == len({f.asset for f in blueprint.FUNCTIONS.values()})
+
+
+def test_a_function_without_pyarrow_can_never_read_an_input_or_write_an_output() -> None:
+    """What keeps a table job off a function whose asset has no pyarrow: its role reads no input table
+    and writes no results.parquet (submit reads inputs/, complete and the poll's watchdog write outputs/)."""
+    template = synth(**ALL_FIVE)
+    bucket = template.data_bucket
+    lean = [f for f in blueprint.FUNCTIONS.values() if "pyarrow" in f.asset.without]
+
+    assert {f.name for f in lean} == {"webhook", "realtime"}
+    for function in lean:
+        for statement in template.statements(function.name):
+            for resource in statement["Resource"]:
+                if resource.startswith(f"<{bucket}.Arn>/"):
+                    assert resource == f"<{bucket}.Arn>/work/*", (function.name, statement)
+    for function in blueprint.FUNCTIONS.values():
+        if function not in lean:
+            assert "pyarrow" not in function.asset.without
 
 
 def test_this_machine_never_hangs_on_its_probes() -> None:

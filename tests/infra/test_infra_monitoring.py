@@ -106,5 +106,10 @@ def test_outputs(stack: Synth) -> None:
         "AnthropicSecretArn",
         "OpenaiWebhookSecretArn",
         "WebhookUrl",
+        # Athena over table jobs' results (test_infra_analytics checks their values).
+        "AthenaDatabaseName",
+        "AthenaTableName",
+        "AthenaWorkgroupName",
+        "AthenaResultsBucketName",
     }
     assert stack.json["Outputs"]["BucketName"]["Value"] == {"Ref": stack.data_bucket}
