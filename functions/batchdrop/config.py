@@ -24,6 +24,10 @@ WORK_PREFIX = "work/"
 INPUT_PREFIX = "inputs/"
 OUTPUT_PREFIX = "outputs/"
 CANCEL_PREFIX = "cancel/"
+# A table job's data and template objects (docs/contract.md, "Table jobs"): under prefixes of their own,
+# so the functions that read them are granted those and not the whole bucket.
+DATA_PREFIX = "data/"
+TEMPLATES_PREFIX = "templates/"
 # A table job's manifest (docs/contract.md, "Table jobs").
 MANIFEST_SUFFIX = ".job.json"
 # What batchdrop accepts in inputs/ (docs/contract.md, "Data flow"); the longer suffix first, as a key's

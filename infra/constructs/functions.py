@@ -189,11 +189,14 @@ class Functions(Construct):
         _consume(self.complete, completion_queue, blueprint.COMPLETION)
 
         # What each function may do with objects, by prefix (docs/contract.md's layout): only submit reads
-        # uploads; results are only ever added to outputs/, never read back or deleted.
+        # uploads and a table job's templates; results are only ever added to outputs/, never read back or
+        # deleted. A table job's data is read by submit (rendering), complete (the join) and poll, whose
+        # watchdog writes a stuck job's outputs, table included, as completion would.
         inputs, work, outputs = config.INPUT_PREFIX, config.WORK_PREFIX, config.OUTPUT_PREFIX
-        self._grant_objects(self.submit, bucket, read=[inputs], read_write=[work], put=[outputs])
-        self._grant_objects(self.poll, bucket, read_write=[work])
-        self._grant_objects(self.complete, bucket, read_write=[work], put=[outputs])
+        data, templates = config.DATA_PREFIX, config.TEMPLATES_PREFIX
+        self._grant_objects(self.submit, bucket, read=[inputs, data, templates], read_write=[work], put=[outputs])
+        self._grant_objects(self.poll, bucket, read=[data], read_write=[work], put=[outputs])
+        self._grant_objects(self.complete, bucket, read=[data], read_write=[work], put=[outputs])
         for fn in (self.submit, self.poll, self.complete):
             table.grant_read_write_data(fn)
             topic.grant_publish(fn)

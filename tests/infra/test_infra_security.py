@@ -37,13 +37,26 @@ def test_submit_reads_inputs_works_in_work_and_only_adds_outputs(stack: Synth) -
     assert not stack.allows("submit", "s3:DeleteObject", objects(stack, "outputs/"))
 
 
-def test_poll_touches_no_inputs_and_no_outputs(stack: Synth) -> None:
+def test_poll_reads_no_inputs_and_only_adds_outputs(stack: Synth) -> None:
     resources = {r for s in stack.statements("poll") for r in s["Resource"]}
 
     assert objects(stack, "inputs/") not in resources
-    assert objects(stack, "outputs/") not in resources
     assert stack.allows("poll", "s3:GetObject", objects(stack, "work/"))
     assert stack.allows("poll", "s3:PutObject", objects(stack, "work/"))
+    # Its watchdog writes a stuck job's outputs (results.write_outputs), a table job's table too.
+    assert stack.allows("poll", "s3:PutObject", objects(stack, "outputs/"))
+    assert not stack.allows("poll", "s3:GetObject", objects(stack, "outputs/"))
+    assert not stack.allows("poll", "s3:DeleteObject", objects(stack, "outputs/"))
+    assert stack.allows("poll", "s3:GetObject", objects(stack, "data/"))
+
+
+def test_a_table_jobs_data_and_templates_are_read_by_who_needs_them_and_written_by_none(stack: Synth) -> None:
+    for name in ("submit", "poll", "complete"):
+        assert stack.allows(name, "s3:GetObject", objects(stack, "data/"))
+        assert not stack.allows(name, "s3:PutObject", objects(stack, "data/"))
+        assert not stack.allows(name, "s3:DeleteObject", objects(stack, "data/"))
+    assert stack.allows("submit", "s3:GetObject", objects(stack, "templates/"))
+    assert not stack.allows("complete", "s3:GetObject", objects(stack, "templates/"))
 
 
 def test_complete_writes_outputs_and_reads_no_inputs(stack: Synth) -> None:

@@ -27,7 +27,7 @@ def notification_filters(stack: Synth) -> list[tuple[str, dict[str, str], list[s
     return found
 
 
-def test_uploads_under_inputs_with_a_jsonl_suffix_and_cancel_requests_invoke_submit(stack: Synth) -> None:
+def test_uploads_under_inputs_with_a_jsonl_or_manifest_suffix_and_cancel_requests_invoke_submit(stack: Synth) -> None:
     submit, _ = stack.function("submit")
     _, notifications = stack.one("Custom::S3BucketNotifications")
     assert notifications["Properties"]["BucketName"] == {"Ref": stack.data_bucket}
@@ -36,6 +36,7 @@ def test_uploads_under_inputs_with_a_jsonl_suffix_and_cancel_requests_invoke_sub
 
     assert sorted((fn, r["prefix"], r.get("suffix", ""), tuple(e)) for fn, r, e in filters) == [
         (submit, "cancel/", "", ("s3:ObjectCreated:*",)),
+        (submit, "inputs/", ".job.json", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl.gz", ("s3:ObjectCreated:*",)),
     ]

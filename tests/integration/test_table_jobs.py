@@ -113,6 +113,7 @@ def test_a_csv_table_in_the_batch_lane_comes_back_joined_every_row_once_in_order
     # Each rendered row was sent under its own id; none twice within an attempt.
     assert set(sent_ids(report)) <= {r["ticket_id"] for r in rows}
     assert summary["table"]["rows"] == 151
+    assert f"outputs/{summary['table']['job_path']}/table/results.parquet" in summary["table"]["uri"]
     assert summary["table"]["data"][0]["key"] == "data/tickets.csv"
 
 

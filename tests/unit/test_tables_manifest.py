@@ -96,19 +96,29 @@ def test_a_bad_enum_value_names_its_path() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "under"),
+    "data",
     [
-        ("inputs/tickets.csv", "inputs/"),
-        ("outputs/old/results.csv", "outputs/"),
-        ("work/", "work/"),
-        (["data/ok.csv", "inputs/team/more.csv"], "inputs/"),
+        "inputs/tickets.csv",
+        "outputs/old/results.csv",
+        "work/",
+        "tickets.csv",
+        "data/",
+        ["data/ok.csv", "inputs/more.csv"],
     ],
 )
-def test_data_under_batchdrops_own_prefixes_is_refused(data: Any, under: str) -> None:
+def test_data_outside_the_data_prefix_is_refused_with_where_to_put_it(data: Any) -> None:
+    # Only data/ is granted to the functions that read tables (least privilege), and never a prefix
+    # batchdrop reads or writes itself.
     message = refused(with_(data=data))
     assert '"data"' in message
-    assert f"under {under}" in message
-    assert "data/" in message  # where to put it instead
+    assert "is not under data/" in message
+    assert "put a table job's data under data/" in message
+
+
+def test_a_template_outside_the_templates_prefix_is_refused() -> None:
+    message = refused(with_(user=None, template="prompts/ask.txt"))
+    assert '"template"' in message
+    assert "is not under templates/" in message
 
 
 @pytest.mark.parametrize("data", ["", "   ", []])

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from batchdrop.config import INPUT_PREFIX, MANIFEST_SUFFIX, OUTPUT_PREFIX, WORK_PREFIX
+from batchdrop.config import DATA_PREFIX, MANIFEST_SUFFIX, TEMPLATES_PREFIX
 
 # A manifest is a few templates and settings; a larger one is not a manifest.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -103,12 +103,17 @@ def _check(manifest: Manifest, where: str) -> None:
     if not data or any(not isinstance(d, str) or not d.strip() for d in data):
         raise ManifestError(f'{where}: "data" must name a key, a prefix ending in "/", or a list of keys')
     for key in data:
-        for own in (INPUT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX):
-            if key.startswith(own):
-                raise ManifestError(
-                    f'{where}: "data" {key!r} is under {own}, which batchdrop reads or writes itself; '
-                    "put table data under another prefix, e.g. data/"
-                )
+        if not key.startswith(DATA_PREFIX) or key == DATA_PREFIX:
+            raise ManifestError(
+                f'{where}: "data" {key!r} is not under {DATA_PREFIX}: put a table job\'s data under {DATA_PREFIX} '
+                f"(e.g. {DATA_PREFIX}{key.rstrip('/').rsplit('/', 1)[-1] or 'tickets.csv'}), "
+                "the prefix batchdrop's functions may read"
+            )
+    if manifest.template is not None and not manifest.template.startswith(TEMPLATES_PREFIX):
+        raise ManifestError(
+            f'{where}: "template" {manifest.template!r} is not under {TEMPLATES_PREFIX}: put templates under '
+            f"{TEMPLATES_PREFIX}, the prefix batchdrop's functions may read"
+        )
     if not manifest.model.strip():
         raise ManifestError(f'{where}: "model" is empty; name the model that answers every row')
     if manifest.delimiter is not None and len(manifest.delimiter) != 1:

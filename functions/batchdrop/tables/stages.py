@@ -12,7 +12,7 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.config import tmpdir
+from batchdrop.config import OUTPUT_PREFIX, tmpdir
 from batchdrop.options import META_DEADLINE, META_LANE
 from batchdrop.pipeline import work_prefix
 from batchdrop.pricing import price_table
@@ -84,4 +84,12 @@ def write_results_table(deps: Deps, job: dict[str, Any], results_path: str, erro
         if output.missing:
             logger.error("rows without a result or an error line", extra={"rows": output.missing})
         deps.objects.upload_file(out_path, out_key, content_type=CONTENT_TYPES[fmt])
-    return {"uri": deps.objects.uri(out_key), "format": fmt, "rows": output.rows, "data": resolved["objects"]}
+    # The Glue table's partition of this job (docs/athena.md): the output prefix inside outputs/.
+    job_path = str(job["output_prefix"]).removeprefix(OUTPUT_PREFIX).rstrip("/")
+    return {
+        "uri": deps.objects.uri(out_key),
+        "format": fmt,
+        "rows": output.rows,
+        "job_path": job_path,
+        "data": resolved["objects"],
+    }
