@@ -261,3 +261,35 @@ def test_a_table_job_under_duplicate_events_overlapping_polls_and_crashes_still_
     per_batch = [b["custom_ids"] for b in report.provider_stats["batches"] if not b["quota_refused"]]
     for ids in per_batch:
         assert len(ids) == len(set(ids))
+
+
+def test_validate_reports_rows_that_render_to_invalid_requests_by_row_and_sends_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batchdrop.cli import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.csv").write_text(
+        "id,q\nT-1,fine\nbad id!,fine\nT-1,again\nT-4,\nT-5," + "x" * 40 + "\n", encoding="utf-8"
+    )
+    manifest = write_manifest(
+        tmp_path, "t.job.json", data="data/t.csv", id_column="id", model="gpt-4o-mini",
+        user="{{ q }}", max_tokens=10,
+    )  # fmt: skip
+    result = CliRunner().invoke(main, ["validate", "--json", str(manifest)], catch_exceptions=False)
+    assert result.exit_code == 1
+    errors = {e["line"]: e for e in map(orjson.loads, [x for x in result.output.splitlines() if x.startswith("{")])}
+    assert errors[2]["code"] == "invalid_custom_id"
+    assert errors[3]["code"] == "duplicate_custom_id"
+    assert "line 1" in errors[3]["message"]  # the first row that used the id
+    assert set(errors) == {2, 3}
+    assert "5 lines, 3 valid, 2 invalid" in result.output
+
+    # A manifest that cannot run is refused before any row: the field's path is named.
+    bad = write_manifest(
+        tmp_path, "e.job.json", data="data/t.csv", model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "{{ q }}"}, {"role": "tool", "content": "x"}],
+    )  # fmt: skip
+    refused = CliRunner().invoke(main, ["validate", str(bad)], catch_exceptions=False)
+    assert refused.exit_code == 1
+    assert "$.messages[1].role" in refused.output
