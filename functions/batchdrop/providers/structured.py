@@ -12,7 +12,6 @@ one, and the functions that never see one, never load it. Imports no provider an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -31,6 +30,13 @@ JSON_SCHEMA_KEYS = frozenset({"name", "schema", "strict", "description"})
 SHAPE = '{"type": "json_schema", "json_schema": {"name", "schema", "strict"?, "description"?}}'
 # What the forced tool says of itself when the format has no description: the model reads it.
 TOOL_DESCRIPTION = "Give your answer as this tool's input, which must match its schema."
+# The keys of every mechanism a line may ask for a schema with (OpenAI's chat json_schema, Responses'
+# text.format, Anthropic's output_config.format; a forced tool for Claude and Nova; Gemini's JSON
+# Schema): a batch file without any of them holds no such request. A key met elsewhere (a prompt that
+# quotes it) only costs reading the batch back.
+MARKERS = (b'"json_schema"', b'"tool_choice"', b'"toolChoice"', b'"responseJsonSchema"', b'"response_json_schema"')
+_CHUNK = 8 * 1024 * 1024
+_OVERLAP = max(map(len, MARKERS))
 # Schemas checked, by their canonical JSON: a file repeats one or a few, and a check costs about 0.5 ms.
 _CHECKED = 256
 
@@ -198,11 +204,13 @@ def strict_problem(schema: dict[str, Any]) -> str | None:
     return walk(schema, ())
 
 
-def forced_tool(tools: Any, choice: Any, name_key: Callable[[Any], Any]) -> tuple[str, Any] | None:
-    """(name, tool) of the tool a request forces (`choice` names it), when `tools` holds it."""
-    if not isinstance(tools, list):
-        return None
-    for tool in tools:
-        if isinstance(tool, dict) and name_key(tool) == choice:
-            return choice, tool
-    return None
+def asks_any(path: str) -> bool:
+    """Whether a batch file (local) may hold a request that asks for a schema."""
+    with open(path, "rb") as data:
+        tail = b""
+        while chunk := data.read(_CHUNK):
+            window = tail + chunk
+            if any(marker in window for marker in MARKERS):
+                return True
+            tail = window[-_OVERLAP:]
+    return False
