@@ -121,7 +121,7 @@ def test_llama_on_bedrock_refuses_a_response_format_by_name() -> None:
 
 
 def test_openai_strict_mode_refuses_what_openai_refuses() -> None:
-    strict = {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA, "strict": True}}
+    strict: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA, "strict": True}}
     verdict = check(neutral(MODELS["openai"], strict))
     assert isinstance(verdict, m.Invalid)
     assert "'additionalProperties' is required to be supplied and to be false" in verdict.message
