@@ -62,6 +62,7 @@ from batchdrop.config import BYTES_PER_TOKEN, Settings, tmpdir
 from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
 from batchdrop.providers import SPECS
 from batchdrop.providers.base import Backend, BatchRef, Provider
+from batchdrop.providers.structured import asks_any
 from batchdrop.realtime import lane as realtime_lane
 
 if TYPE_CHECKING:  # a type only: the poll and complete functions never plan
@@ -646,6 +647,8 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, esc
     """Store a planned batch's files and its item (once: a re-run plans the same batch again).
     `escalate_by`: the job's deadline, for a batch-lane batch that may be escalated to meet it."""
     try:
+        # Looked for before the file goes: completion reads back only the batches that may ask for a schema.
+        asks_schema = asks_any(batch.path)
         deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
         deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
     finally:
@@ -665,6 +668,7 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, esc
             "status": m.PENDING,
             "lane": batch.lane,
             **({"escalate_by": escalate_by} if escalate_by is not None and batch.lane == m.LANE_BATCH else {}),
+            **({"structured": True} if asks_schema else {}),
         }
     )
 

@@ -90,6 +90,17 @@ def _knob_options(f: Any) -> Any:
             show_default=True,
             help="Seconds each emulated real-time call takes.",
         ),
+        # Kept in the context rather than passed as an argument, so that the commands that take the
+        # knobs need no new parameter: `_knobs` reads it.
+        click.option(
+            "--schema-mismatch-rate",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            expose_value=False,
+            callback=lambda ctx, param, value: ctx.meta.__setitem__("schema_mismatch_rate", value),
+            help="Share of structured answers (requests with a JSON Schema) that deliberately do not match it.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -133,6 +144,9 @@ def _knobs(
         queue_limits=queue_limits or {},
         realtime_rpm=realtime_rpm or {},
         realtime_latency=realtime_latency,
+        schema_mismatch_rate=float(
+            getattr(click.get_current_context(silent=True), "meta", {}).get("schema_mismatch_rate", 0)
+        ),
     )
 
 

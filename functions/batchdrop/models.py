@@ -59,6 +59,9 @@ SERVER_ERROR = "server_error"
 EXPIRED = "expired"
 CANCELED = "canceled"
 BATCH_FAILED = "batch_failed"
+# The request asked for a JSON Schema and its answer is not JSON or does not match it (docs/contract.md
+# "Structured outputs"). Not retried: the model answered, and was paid for it.
+SCHEMA_MISMATCH = "schema_mismatch"
 # Worth another attempt in a new batch: the request itself was not at fault.
 RETRYABLE_CODES = frozenset({SERVER_ERROR, EXPIRED})
 

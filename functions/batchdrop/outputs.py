@@ -24,25 +24,33 @@ def extract(body: dict[str, Any]) -> tuple[str | None, int, int]:
 
 
 def result_line(
-    custom_id: str, line: int, provider: str, model: str, batch_id: str, body: dict[str, Any], lane: str = "batch"
+    custom_id: str,
+    line: int,
+    provider: str,
+    model: str,
+    batch_id: str,
+    body: dict[str, Any],
+    lane: str = "batch",
+    structured: tuple[Any, str | None] | None = None,
 ) -> tuple[dict[str, Any], int, int]:
+    """`structured`: (parsed, text) of a request that asked for a JSON Schema (batchdrop.structured); a
+    line without one has no `parsed` at all, as before there were any."""
     text, tokens_in, tokens_out = extract(body)
-    return (
-        {
-            "custom_id": custom_id,
-            "line": line,
-            "provider": provider,
-            "model": body.get("model") or model,
-            "batch_id": batch_id,
-            "status": "succeeded",
-            "lane": lane,
-            "text": text,
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
-            "response": body,
-        },
-        tokens_in,
-        tokens_out,
-    )
+    record: dict[str, Any] = {
+        "custom_id": custom_id,
+        "line": line,
+        "provider": provider,
+        "model": body.get("model") or model,
+        "batch_id": batch_id,
+        "status": "succeeded",
+        "lane": lane,
+        "text": text,
+    }
+    if structured is not None:
+        record["parsed"], record["text"] = structured
+    record["usage"] = {"input_tokens": tokens_in, "output_tokens": tokens_out}
+    record["response"] = body
+    return record, tokens_in, tokens_out
 
 
 def error_line(

@@ -14,9 +14,10 @@ import orjson
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
+from batchdrop import structured as so
 from batchdrop.batches import backend
 from batchdrop.config import tmpdir as spill_dir
-from batchdrop.outputs import error_line, result_line
+from batchdrop.outputs import error_line, extract, result_line
 from batchdrop.pipeline import Deps, batch_index_key, iso, replacement_prefix, validation_errors_key
 from batchdrop.pricing import CostMeter, price_table
 
@@ -55,6 +56,9 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         # An escalated batch's unfinished requests were sent again real-time: those answers count.
         replaced = replaced_ids(deps, job_id, batches)
         by_attempt = sorted(batches, key=lambda b: (-int(b.get("attempt", 1)), b["sk"]))
+        # A batch may hold requests that ask for a schema when it or any batch of its provider says so:
+        # planning moves requests between a provider's batches without looking at them.
+        asking = {b["provider"] for b in batches if b.get("structured")}
         current_attempt = None
         later_ids: set[str] = set()
         for batch in by_attempt:
@@ -81,7 +85,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     )
                     errors.write(orjson.dumps(rejected) + b"\n")
                 continue
-            for custom_id, line, outcome in _outcomes(deps, batch, given_up):
+            wants = so.batch_wants(deps, batch) if provider in asking else {}
+            for custom_id, line, outcome, answer in so.checked(_outcomes(deps, batch, given_up), wants, provider):
                 if custom_id in superseded or custom_id in moved:
                     continue
                 if attempt > 1:
@@ -89,7 +94,14 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 by_lane[lane] = by_lane.get(lane, 0) + 1
                 if outcome.ok:
                     record, t_in, t_out = result_line(
-                        custom_id, line, provider, batch.get("model", ""), batch_id or "", outcome.response or {}, lane
+                        custom_id,
+                        line,
+                        provider,
+                        batch.get("model", ""),
+                        batch_id or "",
+                        outcome.response or {},
+                        lane,
+                        answer,
                     )
                     results.write(orjson.dumps(record) + b"\n")
                     succeeded += 1
@@ -98,6 +110,12 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     meter.add(record["model"], t_in, t_out, lane)
                 else:
                     failed += 1
+                    if outcome.code == m.SCHEMA_MISMATCH and outcome.response:
+                        # Answered, so billed: its tokens count in usage and cost like a result's.
+                        _, t_in, t_out = extract(outcome.response)
+                        tokens_in += t_in
+                        tokens_out += t_out
+                        meter.add(outcome.response.get("model") or batch.get("model", ""), t_in, t_out, lane)
                     errors.write(
                         orjson.dumps(
                             error_line(

@@ -48,7 +48,18 @@ BLOCK_MEAN_LINE = 1024
 SLICE_BYTES = 64 * 1024
 SLICE_LINES = 16
 NEUTRAL_KEYS = frozenset(
-    {"custom_id", "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop", "tools"}
+    {
+        "custom_id",
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "response_format",
+    }
 )
 # An input line longer than this cannot be a sensible request and is not held in memory.
 DEFAULT_MAX_LINE = 32 * 1024 * 1024

@@ -397,3 +397,24 @@ def test_validate_and_the_pipeline_refuse_a_file_past_the_cap_alike(tmp_path: Pa
     check_job_outputs({1, 2, 4, 5, 6}, results, errors, summary)
     codes = {e["line"]: e["code"] for e in errors}
     assert codes == {1: "file_rejected", 2: "invalid_json", 4: "file_rejected", 5: "not_an_object", 6: "invalid_json"}
+
+
+def test_local_run_takes_the_schema_mismatch_knob(tmp_path: Path) -> None:
+    # Given structured requests, and an emulator told to break every structured answer
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}}
+    lines = [{**neutral_line("claude-haiku-4-5", "hi", custom_id=f"s{i}"), "response_format": fmt} for i in range(3)]
+    path = tmp_path / "structured.jsonl"
+    path.write_bytes(jsonl([*lines, neutral_line("claude-haiku-4-5", "hi", custom_id="plain")]))
+    out = tmp_path / "out"
+    result = run(
+        "local", "run", str(path), "--out", str(out), "--provider-latency", "0", "--schema-mismatch-rate", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # Then each structured request is a schema_mismatch error line, and the plain one a result
+    ((results, errors, summary),) = outputs(out)
+    check_job_outputs({1, 2, 3, 4}, results, errors, summary)
+    assert {(e["custom_id"], e["code"]) for e in errors} == {(f"s{i}", "schema_mismatch") for i in range(3)}
+    assert [r["custom_id"] for r in results] == ["plain"]
+    assert "parsed" not in results[0]
+    assert "--schema-mismatch-rate" in run("emulator", "--help").stdout

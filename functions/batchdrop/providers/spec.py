@@ -123,6 +123,12 @@ class FastPath:
 Translate = Callable[[dict[str, Any], list[dict[str, Any]], str, str, int], tuple[str, str, bytes]]
 # A response body → (text, input tokens, output tokens), or None when the body is not of this shape.
 Reader = Callable[[dict[str, Any]], "tuple[str | None, int, int] | None"]
+# A batch line of the provider's shape (parsed) → (the JSON Schema its answer must match, the forced tool
+# whose input is the answer, or None when the answer is the text), or None when it asks for no schema
+# (docs/contract.md "Structured outputs").
+Asks = Callable[[dict[str, Any]], "tuple[dict[str, Any], str | None] | None"]
+# (A response body, a forced tool's name) → that tool call's input, or None when the body has none.
+ToolInput = Callable[[dict[str, Any], str], Any]
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,9 @@ class ProviderSpec:
     model_rule: tuple[Callable[[str], Any], str] | None = None
     # Readers of its response bodies (tried in the registry's order).
     readers: tuple[Reader, ...] = ()
+    # The schema one of its batch lines asks its answer to match, and where a forced tool's answer is.
+    asks: Asks | None = None
+    tool_input: ToolInput | None = None
     tokens: TokenFields = field(default_factory=lambda: TokenFields(body="body"))
     # Whether it needs an API key (a secret per deployment), or signs with the functions' IAM role.
     needs_key: bool = True

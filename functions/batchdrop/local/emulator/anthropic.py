@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
+from batchdrop.local.emulator import schemas
 from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import REFUSED, SERVER_ERROR, anthropic_message, hex_id, iso
 from batchdrop.local.emulator.core import Admission, Emulator, Plugin, Route
@@ -133,7 +134,10 @@ class AnthropicEmulation(Plugin):
 
     def _message(self, params: dict[str, Any]) -> dict[str, Any]:
         # A key per call, not per body: every message has its own id, as the API's do.
-        message, _, _ = anthropic_message(params, f"realtime/{self.emulator.next_id('realtime-call')}")
+        key = f"realtime/{self.emulator.next_id('realtime-call')}"
+        message, _, _ = anthropic_message(params, key)
+        knobs = self.emulator.knobs
+        schemas.anthropic_reply(params, message, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
         # Real time runs on the standard tier; the batch result says "batch" (anthropic/types/usage.py:
         # service_tier is "standard", "priority" or "batch").
         message["usage"]["service_tier"] = "standard"
@@ -298,6 +302,9 @@ class AnthropicEmulation(Plugin):
             result: dict[str, Any]
             if outcome == "succeeded":
                 message, _, _ = anthropic_message(request.body, key)
+                knobs = self.emulator.knobs
+                broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
+                schemas.anthropic_reply(request.body, message, key, broken)
                 result = {"type": "succeeded", "message": message}
             elif outcome in (REFUSED, SERVER_ERROR):
                 type_, message_text = (
@@ -371,4 +378,4 @@ def params_problem(params: dict[str, Any]) -> str | None:
             return f"messages.{index}.role: Input should be 'user' or 'assistant'"
         if "content" not in message:
             return f"messages.{index}.content: Field required"
-    return None
+    return schemas.anthropic_problem(params)

@@ -85,6 +85,7 @@ import boto3
 import orjson
 from werkzeug.wrappers import Request, Response
 
+from batchdrop.local.emulator import schemas
 from batchdrop.local.emulator.batches import Batch, BatchRequest
 from batchdrop.local.emulator.canned import (
     REFUSED,
@@ -1051,7 +1052,8 @@ class BedrockEmulation(Plugin):
         key = f"{job.id}/{request.custom_id}"
         if job.invocation_type == "Converse":
             return _converse_output(body, key)
-        return invoke_output(job.model_id, body, key)
+        knobs = self.emulator.knobs
+        return invoke_output(job.model_id, body, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
 
     def _record_problem(self, job: _Job, body: dict[str, Any]) -> str | None:
         """Why Bedrock would refuse one record of the job (a Converse job's records are Converse bodies,
@@ -1117,7 +1119,11 @@ class BedrockEmulation(Plugin):
             raise _AwsError("InternalServerException", _SERVER_ERROR_MESSAGE, 500)
         answer_key = f"call/{self.emulator.next_id('bedrock-call')}"
         output, in_tokens, out_tokens = (
-            _converse_output(body, answer_key) if converse else invoke_output(model_id, body, answer_key)
+            _converse_output(body, answer_key)
+            if converse
+            else invoke_output(
+                model_id, body, answer_key, schemas.mismatch(knobs.seed, answer_key, knobs.schema_mismatch_rate)
+            )
         )
         response = json_response(output)
         response.headers["x-amzn-RequestId"] = self._request_id()
@@ -1152,19 +1158,24 @@ def model_input_problem(model_id: str, body: dict[str, Any]) -> str | None:
     problems = [f"#: required key [{key}] not found" for key in sorted(required - body.keys())]
     problems += [f"#: extraneous key [{key}] is not permitted" for key in sorted(body.keys() - allowed)]
     if not problems:
-        return None
+        if family.group(1) == "anthropic.claude-":
+            return schemas.anthropic_problem(body)
+        return schemas.nova_problem(body) if family.group(1) == "amazon.nova-" else None
     found = problems[0] if len(problems) == 1 else f"{len(problems)} schema violations found"
     return f"Malformed input request: {found}, please reformat your input and try again."
 
 
-def invoke_output(model_id: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any], int, int]:
+def invoke_output(
+    model_id: str, body: dict[str, Any], key: str, broken: bool = False
+) -> tuple[dict[str, Any], int, int]:
     """The model's InvokeModel response body for `body` (what a batch's modelOutput holds), with its input
-    and output tokens."""
+    and output tokens; `broken`: a structured answer that deliberately breaks its schema."""
     name = model_name(model_id)
     family = MODEL_FAMILY.match(name)
     kind = family.group(1) if family else ""
     if kind == "anthropic.claude-":
         message, in_tokens, out_tokens = anthropic_message(body, key)
+        schemas.anthropic_reply(body, message, key, broken)
         message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
         message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]
         for part in message["content"]:
@@ -1172,7 +1183,9 @@ def invoke_output(model_id: str, body: dict[str, Any], key: str) -> tuple[dict[s
         message["usage"].pop("service_tier", None)
         return message, in_tokens, out_tokens
     if kind == "amazon.nova-":
-        return _converse_output(body, key, nova=True)
+        output, in_tokens, out_tokens = _converse_output(body, key, nova=True)
+        schemas.nova_reply(body, output, key, broken)
+        return output, in_tokens, out_tokens
     return _llama_output(body)
 
 

@@ -54,6 +54,8 @@ class EmulatorKnobs:
         of 60 s); past it they answer 429 with the provider's own rate-limit headers. A provider not
         named has no limit.
     realtime_latency: seconds each real-time call takes before it is answered.
+    schema_mismatch_rate: per answer to a request that asks for a JSON Schema (a structured output), the
+        probability the answer deliberately does not match it (batchdrop.local.emulator.schemas).
     """
 
     latency: float = 0.0
@@ -64,6 +66,7 @@ class EmulatorKnobs:
     queue_limits: Mapping[str, int] = field(default_factory=dict)
     realtime_rpm: Mapping[str, int] = field(default_factory=dict)
     realtime_latency: float = 0.0
+    schema_mismatch_rate: float = 0.0
 
 
 @dataclass(frozen=True)

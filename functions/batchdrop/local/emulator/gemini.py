@@ -62,6 +62,7 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
+from batchdrop.local.emulator import schemas
 from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import (
     REFUSED,
@@ -280,6 +281,9 @@ class GeminiEmulation(Plugin):
             line: dict[str, Any]
             if outcome == "succeeded":
                 response, in_tokens, out_tokens = _generate_content_response(request.body, key, batch.model or "")
+                knobs = self.emulator.knobs
+                broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
+                schemas.gemini_reply(request.body, response, key, broken)
                 in_total += in_tokens
                 out_total += out_tokens
                 line = {"key": request.custom_id, "response": response}
@@ -354,6 +358,8 @@ class GeminiEmulation(Plugin):
         # Each answer has its own responseId, as each call at Google does.
         answer_key = f"call/{self.emulator.next_id('gemini-call')}"
         response, _, _ = _generate_content_response(body, answer_key, model)
+        broken = schemas.mismatch(knobs.seed, answer_key, knobs.schema_mismatch_rate)
+        schemas.gemini_reply(body, response, answer_key, broken)
         return json_response(response)
 
     # -- files ------------------------------------------------------------------------------------
@@ -782,7 +788,7 @@ def _request_problem(request: dict[str, Any]) -> str | None:
         return "* GenerateContentRequest.contents: contents is not specified"
     if not all(isinstance(c, dict) and isinstance(c.get("parts"), list) and c["parts"] for c in contents):
         return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
-    return None
+    return schemas.gemini_problem(request)
 
 
 def _generate_content_response(request: dict[str, Any], key: str, model: str) -> tuple[dict[str, Any], int, int]:

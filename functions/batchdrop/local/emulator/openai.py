@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
+from batchdrop.local.emulator import schemas
 from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import (
     REFUSED,
@@ -336,6 +337,13 @@ def body_error(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None:
                     f"messages[{i}].content",
                     "missing_required_parameter",
                 )
+        found = schemas.openai_problem(endpoint, body)
+        if found is not None:
+            return _refusal(*found)
+    elif endpoint == "/v1/responses":
+        found = schemas.openai_problem(endpoint, body)
+        if found is not None:
+            return _refusal(*found)
     elif endpoint in ("/v1/embeddings", "/v1/moderations"):
         given = body.get("input")
         if given is None:
@@ -597,6 +605,8 @@ class OpenAIEmulation(Plugin):
         # A key per call, not per body: every answer has its own id, as the API's do.
         key = f"realtime/{self.emulator.next_id('realtime-call')}"
         reply, _, _ = _ANSWERS[endpoint](body, key, int(self.emulator.now()))
+        knobs = self.emulator.knobs
+        schemas.openai_reply(endpoint, body, reply, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
         return reply
 
     def _rate_headers(self, admission: Admission) -> dict[str, str]:
@@ -1009,6 +1019,7 @@ class OpenAIEmulation(Plugin):
     def write_results(self, batch: Batch) -> None:
         """The output file (successes) and the error file (failures, then the unfinished), by finish time."""
         answer = _ANSWERS[batch.endpoint]
+        knobs = self.emulator.knobs
         output: list[bytes] = []
         errors: list[bytes] = []
         unfinished: list[bytes] = []
@@ -1023,6 +1034,8 @@ class OpenAIEmulation(Plugin):
             request_id = hex_id(key, "request", length=32)
             if outcome == "succeeded":
                 body, in_tokens, out_tokens = answer(request.body, key, int(batch.finish_time(request)))
+                broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
+                schemas.openai_reply(batch.endpoint, request.body, body, key, broken)
                 in_total += in_tokens
                 out_total += out_tokens
                 line["response"] = {"status_code": 200, "request_id": request_id, "body": body}

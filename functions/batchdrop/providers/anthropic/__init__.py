@@ -25,11 +25,14 @@ from batchdrop.providers.lines import (
     tools,
 )
 from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, ProviderSpec, TokenFields
+from batchdrop.providers.structured import TOOL_DESCRIPTION, response_format
 
 LINE_KEYS = frozenset({"custom_id", "params"})
 
 
-def to_params(obj: dict[str, Any], messages: list[dict[str, Any]], default_max_tokens: int) -> dict[str, Any]:
+def to_params(
+    obj: dict[str, Any], messages: list[dict[str, Any]], default_max_tokens: int, title: str = "Anthropic"
+) -> dict[str, Any]:
     system_parts: list[Any] = []
     if obj.get("system") is not None:
         system_parts.append(text_content(obj["system"], '"system"'))
@@ -69,7 +72,48 @@ def to_params(obj: dict[str, Any], messages: list[dict[str, Any]], default_max_t
             {"name": t["name"], "description": t["description"], "input_schema": t["schema"]}
             for t in tools(obj["tools"])
         ]
+    wanted = response_format(obj)
+    if wanted is not None:
+        # The schema as a tool the model must call (tool_choice "tool"): every Claude model, on the
+        # Batches API and on Bedrock, takes it, where native structured outputs (output_config.format)
+        # came later and to fewer models. The answer is the tool_use block's input.
+        wanted.object_root(title, "a tool's input_schema is an object: anthropic SDK, ToolParam.input_schema")
+        params["tools"] = [
+            {"name": wanted.name, "description": wanted.description or TOOL_DESCRIPTION, "input_schema": wanted.schema}
+        ]
+        params["tool_choice"] = {"type": "tool", "name": wanted.name}
     return params
+
+
+def params_asks(params: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """What Messages params ask the answer to match: the input_schema of the tool `tool_choice` forces
+    (the answer is that tool_use block's input), or the native `output_config.format` json_schema (the
+    answer is the text; anthropic SDK, OutputConfigParam and JSONOutputFormatParam)."""
+    choice = params.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+        for tool in params.get("tools") or ():
+            if isinstance(tool, dict) and tool.get("name") == choice["name"]:
+                schema = tool.get("input_schema")
+                return (schema, choice["name"]) if isinstance(schema, dict) else None
+        return None
+    config = params.get("output_config")
+    output = config.get("format") if isinstance(config, dict) else None
+    if isinstance(output, dict) and output.get("type") == "json_schema" and isinstance(output.get("schema"), dict):
+        return output["schema"], None
+    return None
+
+
+def asks(line: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    params = line.get("params")
+    return params_asks(params) if isinstance(params, dict) else None
+
+
+def tool_input(body: dict[str, Any], name: str) -> Any:
+    """The input of the message's call of the tool `name` (a `tool_use` content block), or None."""
+    for block in body.get("content") or ():
+        if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == name:
+            return block.get("input")
+    return None
 
 
 def check_line(v: LineChecks, number: int, raw: bytes, obj: dict[str, Any], target: str) -> m.Request:
@@ -142,6 +186,8 @@ SPEC = ProviderSpec(
     translate=translate,
     model_rule=BODY_RULE,
     readers=(read_message,),
+    asks=asks,
+    tool_input=tool_input,
     tokens=TokenFields(body="params", text=("system", "messages", "tools"), caps=("max_tokens",)),
     # No metadata on Message Batches: creates are serialised and orphans matched by time and size.
     tags_batches=False,

@@ -26,6 +26,7 @@ SPEC = ProviderSpec(
     shape="openai",
     translate=openai.translate,
     model_rule=openai.SPEC.model_rule,
+    asks=openai.asks,
     tokens=openai.SPEC.tokens,
     # Whether Azure keeps batch metadata is not documented clearly: creates are serialised like
     # Anthropic's and matched by time and request count (providers/azure/client.py).

@@ -26,6 +26,7 @@ from batchdrop.providers.lines import (
     tools,
 )
 from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, Option, ProviderSpec, TokenFields
+from batchdrop.providers.structured import TOOL_DESCRIPTION, response_format
 
 LINE_KEYS = frozenset({"recordId", "modelId", "modelInput"})
 # The Anthropic Messages version Bedrock's Claude models take in the request body.
@@ -51,7 +52,7 @@ def to_model_input(
     family = FAMILY.match(model)
     kind = family.group(1) if family else ""
     if kind == "anthropic.claude-":
-        params = anthropic.to_params(obj, messages, default_max_tokens)
+        params = anthropic.to_params(obj, messages, default_max_tokens, "Claude on Bedrock")
         del params["model"]
         return {"anthropic_version": ANTHROPIC_VERSION, **params}
     if kind == "amazon.nova-":
@@ -78,8 +79,25 @@ def to_model_input(
                     for t in tools(obj["tools"])
                 ]
             }
+        wanted = response_format(obj)
+        if wanted is not None:
+            # A forced tool, as for Claude: Nova's toolChoice takes {"tool": {"name"}} (Amazon Nova user
+            # guide, "Tool use": toolChoice auto, any or tool; botocore bedrock-runtime ToolChoice), and the
+            # answer is the toolUse block's input.
+            wanted.object_root("Nova on Bedrock", "a toolSpec's inputSchema.json describes the tool's input object")
+            tool = {"name": wanted.name, "description": wanted.description or TOOL_DESCRIPTION}
+            body["toolConfig"] = {
+                "tools": [{"toolSpec": {**tool, "inputSchema": {"json": wanted.schema}}}],
+                "toolChoice": {"tool": {"name": wanted.name}},
+            }
         return body
     if kind == "meta.llama":
+        if obj.get("response_format") is not None:
+            raise Reject(
+                m.INVALID_REQUEST,
+                'Llama on Bedrock takes no "response_format": its InvokeModel body (prompt, temperature, top_p, '
+                "max_gen_len) has no tool or schema to force a JSON answer with; use a Claude or Nova model",
+            )
         for unsupported in ("tools", "stop"):
             if obj.get(unsupported) is not None:
                 raise Reject(
@@ -156,6 +174,40 @@ def translate(
 ) -> tuple[str, str, bytes]:
     model_input = to_model_input(obj, messages, model, default_max_tokens)
     return model, model, orjson.dumps({"recordId": custom_id, "modelInput": model_input})
+
+
+def asks(line: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """What a record's body asks its answer to match: Claude's (Messages params: a forced tool) or
+    Nova's, the inputSchema.json of the tool its `toolConfig.toolChoice.tool` forces."""
+    body = line.get("modelInput")
+    if not isinstance(body, dict):
+        return None
+    config = body.get("toolConfig")
+    if not isinstance(config, dict):
+        return anthropic.params_asks(body)
+    choice = config.get("toolChoice")
+    forced = choice.get("tool") if isinstance(choice, dict) else None
+    name = forced.get("name") if isinstance(forced, dict) else None
+    for tool in config.get("tools") or ():
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        if isinstance(spec, dict) and name is not None and spec.get("name") == name:
+            schema = (spec.get("inputSchema") or {}).get("json")
+            return (schema, name) if isinstance(schema, dict) else None
+    return None
+
+
+def tool_input(body: dict[str, Any], name: str) -> Any:
+    """The input of the answer's call of the tool `name`: Claude's `tool_use` block, or Nova's
+    `toolUse` content block ({"toolUse": {"toolUseId", "name", "input"}})."""
+    if "content" in body:
+        return anthropic.tool_input(body, name)
+    output = body.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    for block in (message or {}).get("content") or ():
+        use = block.get("toolUse") if isinstance(block, dict) else None
+        if isinstance(use, dict) and use.get("name") == name:
+            return use.get("input")
+    return None
 
 
 def read_nova(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
@@ -236,6 +288,8 @@ SPEC = ProviderSpec(
         "(e.g. amazon.nova-lite-v1:0, us.anthropic.claude-3-5-haiku-20241022-v1:0)",
     ),
     readers=(read_nova, read_llama),
+    asks=asks,
+    tool_input=tool_input,
     tokens=TokenFields(
         body="modelInput",
         text=("system", "messages", "prompt", "tools"),

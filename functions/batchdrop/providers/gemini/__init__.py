@@ -13,6 +13,7 @@ import orjson
 from batchdrop import models as m
 from batchdrop.providers.lines import Reject, json_type, model_name, names, sampling, split_system, tools
 from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, ProviderSpec, TokenFields
+from batchdrop.providers.structured import response_format
 
 LINE_KEYS = frozenset({"key", "request"})
 # Gemini: google-genai's `t_model` (_transformers.py) refuses "..", "?" and "&", and puts the rest
@@ -31,6 +32,13 @@ def to_request(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str,
     if system:
         request["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     config = sampling(obj, max_tokens="maxOutputTokens", max_temperature=2)
+    wanted = response_format(obj)
+    if wanted is not None:
+        # JSON Schema as it is (google-genai, GenerationConfig.response_json_schema: "an alternative to
+        # `response_schema` that accepts JSON Schema. If set, `response_schema` must be omitted, but
+        # `response_mime_type` is required"); responseSchema is OpenAPI's subset, another language.
+        config["responseMimeType"] = "application/json"
+        config["responseJsonSchema"] = wanted.schema
     if config:
         request["generationConfig"] = config
     if obj.get("tools") is not None:
@@ -70,6 +78,18 @@ def translate(
 ) -> tuple[str, str, bytes]:
     model = model.removeprefix("models/")
     return model, model, orjson.dumps({"key": custom_id, "request": to_request(obj, messages)})
+
+
+def asks(line: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """A request's `generationConfig.responseJsonSchema` (its answer is the candidate's text). Not
+    `responseSchema`: an OpenAPI Schema object ("type": "OBJECT", "nullable"), which JSON Schema
+    validators read otherwise."""
+    request = line.get("request")
+    config = request.get("generationConfig", request.get("generation_config")) if isinstance(request, dict) else None
+    if not isinstance(config, dict):
+        return None
+    schema = config.get("responseJsonSchema", config.get("response_json_schema"))
+    return (schema, None) if isinstance(schema, dict) else None
 
 
 def read_response(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
@@ -117,6 +137,7 @@ SPEC = ProviderSpec(
         'up to 128 letters, digits, ".", "-" and "_", after an optional "models/" (e.g. gemini-2.5-flash)',
     ),
     readers=(read_response,),
+    asks=asks,
     tokens=TokenFields(
         body="request",
         text=("contents", "systemInstruction", "tools"),

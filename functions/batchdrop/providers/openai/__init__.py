@@ -25,12 +25,14 @@ from batchdrop.providers.lines import (
     tools,
 )
 from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, ProviderSpec, TokenFields
+from batchdrop.providers.structured import canonical, response_format, schema_problem, strict_problem
 
 # The batch endpoints we take: the schema's `url`, and the full check's (ENDPOINTS).
 Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
 ENDPOINTS = frozenset(get_args(Endpoint))
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 CHAT_URL = "/v1/chat/completions"
+RESPONSES_URL = "/v1/responses"
 EMBEDDINGS_URL = "/v1/embeddings"
 # OpenAI docs, "Batch API", rate limits: "/v1/embeddings batches are also restricted to a maximum of
 # 50,000 embedding inputs across all requests in the batch". Azure documents no such limit for its
@@ -80,7 +82,61 @@ def to_chat(obj: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, An
             }
             for t in tools(obj["tools"])
         ]
+    wanted = response_format(obj)
+    if wanted is not None:
+        if wanted.strict:
+            wanted.object_root("OpenAI's strict mode", 'its Structured Outputs guide: "the root ... must be an object"')
+            problem = strict_problem(wanted.schema)
+            if problem is not None:
+                raise Reject(
+                    m.INVALID_REQUEST,
+                    f'"response_format.json_schema.schema" is not one OpenAI\'s strict mode takes: {problem}; '
+                    'fix the schema or set "strict": false',
+                )
+        body["response_format"] = wanted.as_openai()
     return body
+
+
+def check_format(body: dict[str, Any]) -> None:
+    """A batch line's own json_schema format (chat `response_format`, Responses `text.format`), whose
+    answer batchdrop checks: its schema must be one jsonschema can check with. The rest of the format is
+    the API's to judge, per request, as it does."""
+    given = body.get("response_format")
+    where = '"body.response_format.json_schema.schema"'
+    spec = given.get("json_schema") if isinstance(given, dict) and given.get("type") == "json_schema" else None
+    if not isinstance(spec, dict):
+        text = body.get("text")
+        spec = text.get("format") if isinstance(text, dict) else None
+        where = '"body.text.format.schema"'
+        if not (isinstance(spec, dict) and spec.get("type") == "json_schema"):
+            return
+    schema = spec.get("schema")
+    if schema is None:
+        return
+    if not isinstance(schema, dict):
+        raise Reject(m.INVALID_REQUEST, f"{where} must be a JSON Schema object, got {json_type(schema)}")
+    problem = schema_problem(canonical(schema))
+    if problem is not None:
+        raise Reject(m.INVALID_REQUEST, f"{where} is not a valid JSON Schema: {problem}")
+
+
+def asks(line: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """The json_schema of a chat line's `response_format` or a Responses line's `text.format`: the
+    answer is the message's text (docs/contract.md "Structured outputs")."""
+    body = line.get("body")
+    if not isinstance(body, dict):
+        return None
+    if line.get("url") == RESPONSES_URL:
+        text = body.get("text")
+        spec = text.get("format") if isinstance(text, dict) else None
+    else:
+        given = body.get("response_format")
+        spec = given.get("json_schema") if isinstance(given, dict) else None
+        spec = spec if isinstance(given, dict) and given.get("type") == "json_schema" else None
+    if not isinstance(spec, dict) or (line.get("url") == RESPONSES_URL and spec.get("type") != "json_schema"):
+        return None
+    schema = spec.get("schema")
+    return (schema, None) if isinstance(schema, dict) else None
 
 
 def check_line(v: LineChecks, number: int, raw: bytes, obj: dict[str, Any], target: str) -> m.Request:
@@ -103,6 +159,8 @@ def check_line(v: LineChecks, number: int, raw: bytes, obj: dict[str, Any], targ
     if body.get("stream"):
         raise Reject(m.INVALID_REQUEST, '"body.stream" must be false: batch requests cannot stream')
     provider = v.enabled(target, model)
+    if url in (CHAT_URL, RESPONSES_URL):
+        check_format(body)
     payload = raw.strip()
     request = v.request(number, custom_id, provider, f"{url} {model}", model, payload)
     if url == EMBEDDINGS_URL:
@@ -183,6 +241,7 @@ SPEC = ProviderSpec(
     translate=translate,
     model_rule=BODY_RULE,
     readers=(read_chat,),
+    asks=asks,
     tokens=TokenFields(
         body="body",
         text=("system", "messages", "input", "prompt", "instructions", "tools"),
