@@ -293,3 +293,49 @@ def test_validate_reports_rows_that_render_to_invalid_requests_by_row_and_sends_
     refused = CliRunner().invoke(main, ["validate", str(bad)], catch_exceptions=False)
     assert refused.exit_code == 1
     assert "$.messages[1].role" in refused.output
+
+
+def test_a_response_format_table_gets_a_parsed_struct_and_mismatches_are_rows_with_their_error(tmp_path: Path) -> None:
+    rows = tickets_csv(tmp_path / "data" / "tickets.csv", 60)
+    schema = {
+        "type": "object",
+        "properties": {
+            "category": {"type": "string", "enum": ["billing", "account", "shipping", "other"]},
+            "urgent": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["category", "urgent", "tags"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "triage", "schema": schema, "strict": True}}
+    manifest = write_manifest(
+        tmp_path, "triage.job.json",
+        data="data/tickets.csv", id_column="ticket_id", model="claude-3-5-haiku-latest", user="{{ body }}",
+        max_tokens=100, response_format=response_format,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    report = run_files([str(manifest)], str(out), options(schema_mismatch_rate=0.2, seed=4), timeout=180)
+    folder, summary = job_folder(report, out)
+    table = pq.read_table(folder / "table" / "results.parquet")
+    parsed_type = table.schema.field("parsed").type
+    assert pa.types.is_struct(parsed_type)
+    assert {parsed_type.field(i).name: str(parsed_type.field(i).type) for i in range(parsed_type.num_fields)} == {
+        "category": "string",
+        "urgent": "bool",
+        "tags": "list<element: string>",
+    }
+    got = table.to_pylist()
+    assert [r["ticket_id"] for r in got] == [r["ticket_id"] for r in rows]
+    ok = [r for r in got if r["status"] == "succeeded"]
+    bad = [r for r in got if r["status"] == "failed"]
+    assert ok
+    assert bad, "the knob should have broken some answers"
+    for r in ok:
+        assert r["parsed"]["category"] in schema["properties"]["category"]["enum"]  # type: ignore[index]
+        assert isinstance(r["parsed"]["urgent"], bool)
+        assert orjson.loads(r["response_text"]) == r["parsed"]  # a forced tool's input, as JSON text
+    for r in bad:
+        assert r["error_code"] == "schema_mismatch"
+        assert r["parsed"] is None
+        assert r["error_message"]
+    assert len(bad) == summary["counts"]["failed"]

@@ -279,15 +279,14 @@ def test_chat_lines_carry_the_manifests_settings_and_pass_the_validator(folder: 
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a table job puts response_format in its neutral lines, which the Validator on main refuses as not "
-    "part of the neutral format (invalid_request on every row); neutral response_format is on the structured "
-    "branch: when it lands this passes, and the mark goes",
-)
 def test_a_response_format_line_passes_the_validator(folder: LocalObjects) -> None:
     put(folder, "data/tickets.csv", TICKETS)
-    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}},
+        "required": ["label"],
+        "additionalProperties": False,  # OpenAI's strict mode requires it
+    }
     response_format = {"type": "json_schema", "json_schema": {"name": "triage", "schema": schema, "strict": True}}
     lines, _ = rendered(job(folder, id_column="id", response_format=response_format))
     assert orjson.loads(lines[0])["response_format"] == response_format
