@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -14,15 +15,18 @@ from tests import checks
 from tests.lines import anthropic_line, neutral_line, openai_line
 
 
-def write_corpus(folder: Path, files: int, max_lines: int, seed: int, bad_rate: float = 0.1) -> list[str]:
-    """OpenAI, Anthropic and mixed neutral files; custom ids unique across the corpus."""
+def write_corpus(
+    folder: Path, files: int, max_lines: int, seed: int, bad_rate: float = 0.1, sizes: Sequence[int] | None = None
+) -> list[str]:
+    """OpenAI, Anthropic and mixed neutral files; custom ids unique across the corpus. `sizes`: each
+    file's number of requests, where a test needs some files small and some large whatever the seed."""
     rng = random.Random(seed)
     paths = []
     for f in range(files):
         kind = ("openai", "anthropic", "mixed")[f % 3]
         path = folder / f"f{f:02d}-{kind}.jsonl"
         lines: list[bytes] = []
-        for i in range(rng.randint(1, max_lines)):
+        for i in range(sizes[f] if sizes is not None else rng.randint(1, max_lines)):
             cid = f"s{seed}-f{f}-r{i}"
             if kind == "openai":
                 line = openai_line(cid, text=f"q{i}")
