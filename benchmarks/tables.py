@@ -98,34 +98,50 @@ def ticket_blocks(rows: int, seed: int = 18, block: int = 50_000) -> Iterator[di
         done += n
 
 
+# pyarrow's writer puts at most this many rows in a row group (what pandas' to_parquet gives).
+PYARROW_GROUP_ROWS = 1024 * 1024
+
+
 def write_parquet(path: Path, rows: int, row_group_bytes: int | None = ROW_GROUP_BYTES) -> dict[str, Any]:
     """The table as Parquet (pyarrow's writer, snappy): row groups of about `row_group_bytes` of Arrow
-    data, or pyarrow's default (at most 1,048,576 rows a group, one per write) when None."""
+    data, or pyarrow's default (1,048,576 rows a group) when None. Run in a child process by the
+    benchmarks (`write-parquet`), so a group being filled is not in their RSS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([(c, pa.string()) for c in COLUMNS])
     pending: list[pa.Table] = []
-    pending_bytes = 0
+    pending_bytes = pending_rows = 0
     with pq.ParquetWriter(path, schema) as writer:
         for cols in ticket_blocks(rows):
             table = pa.table(cols, schema=schema)
-            if row_group_bytes is None:
-                pending.append(table)
-                continue
             pending.append(table)
             pending_bytes += table.nbytes
-            if pending_bytes >= row_group_bytes:
+            pending_rows += table.num_rows
+            if (row_group_bytes is None and pending_rows >= PYARROW_GROUP_ROWS) or (
+                row_group_bytes is not None and pending_bytes >= row_group_bytes
+            ):
                 whole = pa.concat_tables(pending)
-                writer.write_table(whole, row_group_size=whole.num_rows)
-                pending, pending_bytes = [], 0
+                writer.write_table(whole, row_group_size=PYARROW_GROUP_ROWS if row_group_bytes is None else len(whole))
+                pending, pending_bytes, pending_rows = [], 0, 0
         if pending:
             whole = pa.concat_tables(pending)
-            writer.write_table(whole) if row_group_bytes is None else writer.write_table(
-                whole, row_group_size=whole.num_rows
-            )
+            writer.write_table(whole, row_group_size=len(whole))
     meta = pq.ParquetFile(path).metadata
-    return {"rows": meta.num_rows, "row_groups": meta.num_row_groups, "bytes": path.stat().st_size}
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    return {
+        "rows": meta.num_rows,
+        "row_groups": meta.num_row_groups,
+        "group_rows": max(g.num_rows for g in groups),
+        "group_bytes": max(g.total_byte_size for g in groups),  # uncompressed
+        "bytes": path.stat().st_size,
+    }
+
+
+def parquet_in_child(path: Path, rows: int, row_group_bytes: int | None) -> dict[str, Any]:
+    args = [sys.executable, "-m", "benchmarks.tables", "write-parquet", str(path), str(rows), str(row_group_bytes)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
 
 
 def write_csv(path: Path, rows: int) -> dict[str, Any]:
@@ -242,7 +258,7 @@ def bench_table_throughput(rows: list[dict[str, Any]], tmp: Path, quick: bool) -
     out = str(tmp / "peer-out.jsonl")
     for fmt in ("csv", "parquet"):
         data = tmp / "data" / f"tickets-{count}.{fmt}"
-        info = write_csv(data, count) if fmt == "csv" else write_parquet(data, count)
+        info = write_csv(data, count) if fmt == "csv" else parquet_in_child(data, count, ROW_GROUP_BYTES)
         manifest = str(write_manifest(tmp, f"data/{data.name}"))
         commands = {
             "validate": [python, "-m", "batchdrop.cli", "validate", manifest],
@@ -262,14 +278,15 @@ def bench_table_throughput(rows: list[dict[str, Any]], tmp: Path, quick: bool) -
             peer += f"; the same with iterrows() {count / t_it:,.0f} rows/s, {rss_it:.0f} MB"
             ratio += f", {t_it / t:.1f}x iterrows"
         groups = f", {info['row_groups']} row groups" if fmt == "parquet" else ""
-        rows.append(
+        _add(
+            rows,
             {
                 "benchmark": f"table job, `batchdrop validate <manifest>` whole process, {fmt.upper()} "
                 f"{info['bytes'] / MB:.0f} MB ({count:,} rows{groups}): rows/s, peak RSS",
                 "batchdrop": f"{count / t:,.0f} rows/s ({t:.1f} s), {rss:.0f} MB",
                 "baseline": peer,
                 "ratio": f"{ratio}; RSS {rss / rss_rec:.2f}x records",
-            }
+            },
         )
         data.unlink()
     Path(out).unlink(missing_ok=True)
@@ -373,70 +390,197 @@ class _Stack:
             return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def bench_table_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
+PARTS = ("validate", "handler", "join")  # handler: with the pandas peer
+
+
+def _add(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """A row of the table, also shown at once (the runs take long; a row is not lost with the rest)."""
+    rows.append(row)
+    print(f"  | {row['benchmark']} | {row['batchdrop']} | {row['baseline']} | {row['ratio']} |", file=sys.stderr)
+
+
+def bench_table_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool, parts: tuple[str, ...] = PARTS) -> None:
     """Peak RSS of what renders and plans every row of a Parquet table of 100 MB and of 1 GB (row groups
-    of ~128 MB of Arrow data, as Spark writes them), and of 1 GB written with pyarrow's default row
-    groups (pandas' `to_parquet`): the submit handler on the embedded stack, `batchdrop validate`, and
-    the pandas peer, each a process."""
+    of ~128 MB of Arrow data, as Spark writes them): the submit handler on the embedded stack (a fresh
+    stack each: the emulator keeps every batch in memory), `batchdrop validate`, and the pandas peer,
+    each a process; then completion's join of synthetic answers onto the same table. And `batchdrop
+    validate` on 1 GB written with pyarrow's default row groups (pandas' `to_parquet`)."""
     (tmp / "data").mkdir(exist_ok=True)
     python = sys.executable
     out = str(tmp / "peer-out.jsonl")
-    cases: list[tuple[str, int, int | None]] = [("100 MB", 100 * MB, ROW_GROUP_BYTES)]
+    cases: list[tuple[str, int, int | None, tuple[str, ...]]] = [("100 MB", 100 * MB, ROW_GROUP_BYTES, parts)]
     if not quick:
-        cases += [("1 GB", 1024 * MB, ROW_GROUP_BYTES), ("1 GB, pyarrow's default row groups", 1024 * MB, None)]
+        cases += [
+            ("1 GB", 1024 * MB, ROW_GROUP_BYTES, parts),
+            ("1 GB, pyarrow's default row groups,", 1024 * MB, None, tuple(p for p in parts if p == "validate")),
+        ]
     handler: dict[str, float] = {}
     validate: dict[str, float] = {}
-    with _Stack() as stack:
-        for label, size, group_bytes in cases:
-            data = tmp / "data" / f"tickets-{size // MB}{'' if group_bytes else '-default'}.parquet"
-            info = write_parquet(data, parquet_rows_for(size), group_bytes)
-            manifest = write_manifest(tmp, f"data/{data.name}")
-            what = (
-                f"Parquet {info['bytes'] / MB:,.0f} MB ({info['rows']:,} rows, {info['row_groups']} row groups"
-                f" of ~{info['rows'] // info['row_groups']:,} rows)"
-            )
-            runs = 3 if size < 1024 * MB else 2
+    joined: dict[str, float] = {}
+    for label, size, group_bytes, todo in cases:
+        if not todo:
+            continue
+        data = tmp / "data" / f"tickets-{size // MB}{'' if group_bytes else '-default'}.parquet"
+        info = parquet_in_child(data, parquet_rows_for(size), group_bytes)
+        manifest = write_manifest(tmp, f"data/{data.name}")
+        what = (
+            f"Parquet {info['bytes'] / MB:,.0f} MB ({info['rows']:,} rows, {info['row_groups']} row groups"
+            f" of up to {info['group_rows']:,} rows, {info['group_bytes'] / MB:,.0f} MB uncompressed)"
+        )
+        if "validate" in todo:
+            runs = 3 if size < 1024 * MB else 1
             peaks = [measure([python, "-m", "batchdrop.cli", "validate", str(manifest)]) for _ in range(runs)]
             if any(p[2] != 0 for p in peaks):
                 raise RuntimeError(f"batchdrop validate {manifest} found invalid rows")
             validate[label] = statistics.median(p[1] for p in peaks)
-            figures = stack.submit_peak(data, manifest)
+            seconds = statistics.median(p[0] for p in peaks)
+            if "handler" not in todo:
+                _add(
+                    rows,
+                    {
+                        "benchmark": f"peak RSS, `batchdrop validate <manifest>`, table job, {what}",
+                        "batchdrop": f"{validate[label]:.0f} MB ({info['rows'] / seconds:,.0f} rows/s)",
+                        "baseline": "the 256 MB target",
+                        "ratio": f"{validate[label] / 256:.2f}x the target",
+                    },
+                )
+        if "handler" in todo:
+            with _Stack() as stack:
+                figures = stack.submit_peak(data, manifest)
             handler[label] = figures["peak_kb"] / 1024
             _, peer, code = measure([python, "-m", "benchmarks.tables", "naive-records", str(manifest), out])
             if code != 0:
                 raise RuntimeError("the pandas peer failed")
-            rows.append(
+            Path(out).unlink(missing_ok=True)
+            _add(
+                rows,
                 {
                     "benchmark": f"peak RSS, submit handler on the embedded stack, table job, {what}",
-                    "batchdrop": f"{handler[label]:.0f} MB (`batchdrop validate`: {validate[label]:.0f} MB)",
-                    "baseline": f"pandas peer {peer:.0f} MB; the handler's process before the invocation "
+                    "batchdrop": f"{handler[label]:.0f} MB"
+                    + (f" (`batchdrop validate`: {validate[label]:.0f} MB)" if label in validate else ""),
+                    "baseline": f"pandas peer {peer:,.0f} MB; the handler's process before the invocation "
                     f"{figures['baseline_kb'] / 1024:.0f} MB",
                     "ratio": f"{handler[label] / peer:.2f}x pandas; {handler[label] / 256:.2f}x the 256 MB target",
-                }
+                },
             )
-            data.unlink()
-            Path(out).unlink(missing_ok=True)
+        if "join" in todo:
+            results, errors = tmp / "results.jsonl", tmp / "errors.jsonl"
+            write_outputs(info["rows"], results, errors)
+            args = [str(manifest), str(results), str(errors), str(tmp / "results.parquet")]
+            seconds, peak, code = measure([python, "-m", "benchmarks.tables", "join", *args])
+            if code != 0:
+                raise RuntimeError("the join failed")
+            joined[label] = peak
+            _add(
+                rows,
+                {
+                    "benchmark": f"completion's join (tables/join.py write_table) as a process, {what}, "
+                    f"results.jsonl {results.stat().st_size / MB:,.0f} MB",
+                    "batchdrop": f"{info['rows'] / seconds:,.0f} rows/s ({seconds:.0f} s), {peak:.0f} MB",
+                    "baseline": "the 256 MB target",
+                    "ratio": f"{peak / 256:.2f}x the target",
+                },
+            )
+            for path in (results, errors, tmp / "results.parquet"):
+                path.unlink(missing_ok=True)
+        data.unlink()
     for label in [c[0] for c in cases[1:]]:
-        rows.append(
-            {
-                "benchmark": f"table job peak RSS, Parquet {label} vs 100 MB",
-                "batchdrop": f"submit handler {handler[label]:.0f} vs {handler['100 MB']:.0f} MB; "
-                f"validate {validate[label]:.0f} vs {validate['100 MB']:.0f} MB",
-                "baseline": "flat would be 1.00x (target ≤ 1.20x, < 256 MB)",
-                "ratio": f"handler {handler[label] / handler['100 MB']:.2f}x, "
-                f"validate {validate[label] / validate['100 MB']:.2f}x",
-            }
-        )
+        measured = [
+            (name, figures_[label], figures_["100 MB"])
+            for name, figures_ in (("submit handler", handler), ("validate", validate), ("join", joined))
+            if label in figures_ and "100 MB" in figures_
+        ]
+        if measured:
+            _add(
+                rows,
+                {
+                    "benchmark": f"table job peak RSS, Parquet {label} vs 100 MB",
+                    "batchdrop": "; ".join(f"{name} {big:.0f} vs {small:.0f} MB" for name, big, small in measured),
+                    "baseline": "flat would be 1.00x (target ≤ 1.20x, < 256 MB)",
+                    "ratio": ", ".join(f"{name} {big / small:.2f}x" for name, big, small in measured),
+                },
+            )
+
+
+# -- completion's join: the answers back onto every row ------------------------------------------------
+
+
+def write_outputs(rows: int, results_path: Path, errors_path: Path, fail_every: int = 100) -> None:
+    """results.jsonl and errors.jsonl as completion writes them for `rows` rows (1 in `fail_every` an
+    error), a batch of 50,000 rows at a time in the reverse order (batches end in any order)."""
+    import orjson
+
+    with results_path.open("wb") as results, errors_path.open("wb") as errors:
+        for start in reversed(range(1, rows + 1, 50_000)):
+            ok: list[bytes] = []
+            bad: list[bytes] = []
+            for line in range(start, min(start + 50_000, rows + 1)):
+                custom_id = f"T-{line:08d}"
+                if line % fail_every == 0:
+                    bad.append(
+                        orjson.dumps(
+                            {"custom_id": custom_id, "line": line, "stage": "provider", "code": "server_error",
+                             "message": "The server had an error processing your request.", "provider": "openai",
+                             "batch_id": "batch_1", "attempts": 2, "detail": None, "lane": "batch"}
+                        )
+                    )  # fmt: skip
+                    continue
+                text = '{"category": "billing", "urgent": false}'
+                usage = {"prompt_tokens": 310, "completion_tokens": 12, "total_tokens": 322}
+                body = {
+                    "id": f"chatcmpl-{line}",
+                    "object": "chat.completion",
+                    "created": 1780000000,
+                    "model": "gpt-4o-mini-2024-07-18",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": usage,
+                }  # fmt: skip
+                ok.append(
+                    orjson.dumps(
+                        {"custom_id": custom_id, "line": line, "provider": "openai", "model": body["model"],
+                         "batch_id": "batch_1", "status": "succeeded", "lane": "batch", "text": text,
+                         "usage": {"input_tokens": 310, "output_tokens": 12}, "response": body}
+                    )
+                )  # fmt: skip
+            results.write(b"\n".join(ok) + b"\n")
+            if bad:
+                errors.write(b"\n".join(bad) + b"\n")
+
+
+def join(manifest_path: str, results_path: str, errors_path: str, out_path: str) -> int:
+    """Completion's join (tables/join.py write_table) of a table job's outputs onto its table, the
+    table read from the folder of the manifest as `batchdrop validate` reads it."""
+    import tempfile
+
+    from batchdrop.pricing import price_table
+    from batchdrop.tables.files import folder_of
+    from batchdrop.tables.job import open_job
+    from batchdrop.tables.join import write_table
+    from batchdrop.tables.sources import LocalObjects
+
+    source = LocalObjects(folder_of(manifest_path))
+    job = open_job(source, os.path.basename(manifest_path), Path(manifest_path).read_bytes())
+    with tempfile.TemporaryDirectory() as work:
+        output = write_table(source, job.to_json(), results_path, errors_path, out_path, price_table(), tmpdir=work)
+    if output.missing:
+        raise SystemExit(f"{output.missing} rows without an answer")
+    return output.rows
 
 
 def bench_tables(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
-    bench_table_throughput(rows, tmp, quick)
     bench_table_memory(rows, tmp, quick)
+    bench_table_throughput(rows, tmp, quick)
 
 
 if __name__ == "__main__":
     what = sys.argv[1]
     if what in ("naive-iterrows", "naive-records"):
         print(naive(sys.argv[2], sys.argv[3], what.removeprefix("naive-")))
+    elif what == "join":
+        print(join(*sys.argv[2:6]))
+    elif what == "write-parquet":
+        group = None if sys.argv[4] == "None" else int(sys.argv[4])
+        print(json.dumps(write_parquet(Path(sys.argv[2]), int(sys.argv[3]), group)))
     else:
         raise SystemExit(f"unknown: {what}")
