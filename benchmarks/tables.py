@@ -2,7 +2,7 @@
 handler on the embedded stack, each a whole process, beside what a user writes today (pandas reads the
 whole table, then a loop renders a Jinja2 template per row and writes JSONL), measured in the same run.
 
-python -m benchmarks --only tables           # rows/s and peak RSS, 100 MB and 1 GB Parquet (~15 min)
+python -m benchmarks --only tables           # rows/s and peak RSS, 100 MB and 1 GB Parquet (~21 min)
 python -m benchmarks --only tables --quick   # no 1 GB file (~3 min)
 
 The programs it runs beside batchdrop's commands, on the same files:
@@ -34,7 +34,7 @@ SYSTEM = "You triage support tickets for {{ product }}. Reply with the category 
 USER = "Subject: {{ subject }}\n\n{{ body }}"
 MAX_TOKENS = 64
 COLUMNS = ["ticket_id", "created_at", "customer", "plan", "product", "channel", "subject", "body"]
-# Row groups of about this much Arrow data (uncompressed), Spark's and Hive's parquet.block.size.
+# A row group is closed once it holds this much Arrow data (uncompressed): Spark's parquet.block.size.
 ROW_GROUP_BYTES = 128 * MB
 
 VOCABULARY = (
