@@ -266,7 +266,7 @@ def test_parquet_is_read_a_row_group_at_a_time_with_only_the_wanted_columns(fold
     assert rows.columns == ["id", "text", "score", "blob"]
     assert rows.rows == 250
     blocks = list(rows.blocks(["text", "id"]))
-    # One block per row group (each under BLOCK_ROWS)
+    # One block per row group (each under PARQUET_BATCH_ROWS)
     assert [len(b) for b in blocks] == [100, 100, 50]
     flat = [r for b in blocks for r in b]
     # The other columns are not read into the rows at all
@@ -276,7 +276,7 @@ def test_parquet_is_read_a_row_group_at_a_time_with_only_the_wanted_columns(fold
 
 
 def test_parquet_blocks_are_capped_within_a_row_group(folder: LocalObjects, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "BLOCK_ROWS", 40)
+    monkeypatch.setattr(sources, "PARQUET_BATCH_ROWS", 40)
     put(folder, "data/t.parquet", parquet_bytes(150, 100))
     blocks = list(opened(folder, "data/t.parquet").blocks(["id"]))
     assert [len(b) for b in blocks] == [40, 40, 20, 40, 10]

@@ -41,6 +41,7 @@ from batchdrop.tables.template import (
 )
 
 EMBEDDINGS_URL = "/v1/embeddings"
+CHUNK_BYTES = 1 << 20
 # Providers whose batch API takes embeddings (OpenAI's /v1/embeddings line, which Azure takes too).
 EMBEDDING_PROVIDERS = ("openai", "azure")
 # Names under a prefix that are not data: Spark's and Hadoop's markers, hidden files.
@@ -100,15 +101,18 @@ class TableJob:
         try:
             for index, obj in enumerate(self.objects):
                 rows = self._open(obj, index)
+                out: list[bytes] = []
+                add = out.append
+                size = 0
                 for block in rows.blocks(wanted if not isinstance(rows, JsonRows) else None):
-                    out: list[bytes] = []
-                    add = out.append
                     for row in block:
                         number += 1
                         if isinstance(rows, JsonRows):
                             self._note_types(row, number)
                         try:
-                            add(self.line(row, number))
+                            line = self.line(row, number)
+                            add(line)
+                            size += len(line)
                         except RowError as exc:
                             self.failed += 1
                             code = m.INVALID_ROW if isinstance(row, BadRow) else m.TEMPLATE_ERROR
@@ -118,8 +122,19 @@ class TableJob:
                                 )
                             )
                             add(b"\n")
-                    yield b"".join(out)
+                        if size >= CHUNK_BYTES:
+                            # Handed on in chunks of about a megabyte: a block of long rows would be
+                            # tens of them, copied again by the scan's line splitting.
+                            self.rows = number
+                            chunk = b"".join(out)
+                            out.clear()
+                            size = 0
+                            yield chunk
                     self.rows = number
+                if out:
+                    chunk = b"".join(out)
+                    out.clear()
+                    yield chunk
         except TemplateError as exc:
             self.fatal = str(exc)
         except TableError as exc:

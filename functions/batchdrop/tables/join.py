@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # A row group of the results is written once it holds this many rows or bytes (Athena and pandas
 # read large row groups best; memory holds one).
 ROW_GROUP_ROWS = 128 * 1024
-ROW_GROUP_BYTES = 64 << 20
+ROW_GROUP_BYTES = 16 << 20  # 64 MB held 340 MB at peak on a 1 GB table, 16 MB 268 MB (docs/performance.md)
 STATUS_SUCCEEDED = "succeeded"
 STATUS_FAILED = "failed"
 STATUS_INVALID = "invalid"

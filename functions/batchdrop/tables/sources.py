@@ -23,8 +23,15 @@ from batchdrop.reader import BOM, GZIP_MAGIC, decompressed
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Rows handed on at a time (CSV and JSONL; Parquet's are capped at this too, within a row group).
+# Rows handed on at a time (CSV and JSONL).
 BLOCK_ROWS = 8192
+# Parquet: rows decoded at a time, and the buffer each column chunk is streamed through. pyarrow's
+# defaults (pre-buffering a row group's whole column chunks, threads, 8,192-row batches) made memory
+# follow the row-group size: 967 MB for a 1 GB file of pyarrow's default 1M-row groups, 173 MB
+# with these (benchmarks, "Table jobs" in docs/performance.md). 4 MB streams keep a gigabyte to some
+# 250 ranged GETs a column.
+PARQUET_BATCH_ROWS = 1024
+PARQUET_BUFFER = 4 << 20
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
 # A data object's format by its name, gzip (".gz") taken off first.
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
@@ -271,7 +278,7 @@ class ParquetRows(Rows):
         self.obj = obj
         self._file = objects.open(obj)
         try:
-            self._parquet = pq.ParquetFile(self._file)
+            self._parquet = pq.ParquetFile(self._file, pre_buffer=False, buffer_size=PARQUET_BUFFER)
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...: all mean "not a Parquet file we can read"
             hint = " (Parquet compresses its own pages: upload it without gzip)" if obj.key.endswith(".gz") else ""
             raise TableError(f"{obj.key} is not a readable Parquet file: {exc}{hint}") from None
@@ -288,9 +295,11 @@ class ParquetRows(Rows):
 
     def _iter(self, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         try:
-            # One row group at a time (iter_batches reads a group's column chunks, then slices them).
+            # One row group at a time, its column chunks streamed (not pre-buffered), on this thread.
             for group in range(self._parquet.num_row_groups):
-                yield from self._parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=[group], columns=columns)
+                yield from self._parquet.iter_batches(
+                    batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns, use_threads=False
+                )
         except Exception as exc:
             raise TableError(f"{self.obj.key} cannot be read: {exc}") from None
 
