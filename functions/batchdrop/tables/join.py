@@ -22,7 +22,7 @@ import orjson
 
 from batchdrop.pricing import BATCH_DISCOUNT, realtime_price
 from batchdrop.tables.schema import PARSED_COLUMN, RESULT_COLUMNS, TABLE_FOLDER
-from batchdrop.tables.sources import Bounds, DataObject, JsonRows, Objects, open_rows
+from batchdrop.tables.sources import Bounds, DataObject, JsonRows, Objects, arrow_pool, open_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -218,6 +218,7 @@ def write_table(
     `out_path`, from the job's results.jsonl and errors.jsonl on disk."""
     import pyarrow as pa
 
+    arrow_pool()
     manifest = resolved["manifest"]
     fmt = str(manifest.get("output_format") or "parquet")
     prefix = str(manifest.get("columns_prefix") or "")

@@ -41,6 +41,16 @@ PARQUET_MAGIC = b"PAR1"
 csv.field_size_limit(32 * 1024 * 1024)
 
 
+def arrow_pool() -> None:
+    """Arrow's allocations from the C library's malloc, not the wheel's mimalloc, which keeps freed pages:
+    the submit handler peaked at 232 MB against 255, the join at 210 against 263 on the same 96 MB table
+    (benchmarks, "Table jobs" in docs/performance.md). Lambda's MALLOC_ARENA_MAX (blueprint) bounds it."""
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 class TableError(Exception):
     """The table cannot be read as the manifest says: which object, which row, and what to do."""
 
@@ -275,6 +285,7 @@ class ParquetRows(Rows):
     def __init__(self, objects: Objects, obj: DataObject) -> None:
         import pyarrow.parquet as pq
 
+        arrow_pool()
         self.obj = obj
         self._file = objects.open(obj)
         try:
