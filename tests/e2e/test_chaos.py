@@ -90,7 +90,7 @@ def test_no_request_is_lost_or_paid_twice_under_chaos_with_quotas_on(tmp_path: P
     assert totals["lines"] == totals["invalid"] + totals["succeeded"] + totals["failed"]
 
 
-@pytest.mark.parametrize("seed", [900296, random.randrange(1_000_000)])
+@pytest.mark.parametrize("seed", [random.randrange(1_000_000)])
 def test_no_request_is_lost_or_answered_twice_across_lanes_under_chaos(tmp_path: Path, seed: int) -> None:
     # The auto lane with a threshold of 5: a provider's handful of requests goes real-time, more go batch;
     # duplicate events, overlapping polls, crashes at every step (the real-time worker's included) and
