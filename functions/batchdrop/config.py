@@ -112,6 +112,25 @@ ENV_REALTIME_CONCURRENCY = "BATCHDROP_REALTIME_CONCURRENCY"
 ENV_REALTIME_INVOCATIONS = "BATCHDROP_REALTIME_INVOCATIONS"
 ENV_ESCALATION_MARGIN = "BATCHDROP_ESCALATION_MARGIN"
 LANES = ("auto", "batch", "realtime")
+# The response cache (docs/cache.md): the table that holds it, the stack's mode for a file that sets
+# none (S3 metadata batchdrop-cache, or its prefix's defaults), and how long an answer is kept.
+ENV_CACHE_TABLE = "BATCHDROP_CACHE_TABLE"
+ENV_CACHE = "BATCHDROP_CACHE"
+ENV_CACHE_TTL = "BATCHDROP_CACHE_TTL"
+CACHE_OFF, CACHE_READ, CACHE_READ_WRITE = "off", "read", "read-write"
+CACHE_MODES = (CACHE_OFF, CACHE_READ, CACHE_READ_WRITE)
+DEFAULT_CACHE_TTL_SECONDS = 30 * 86400
+# Budgets (docs/budgets.md): the most one file may cost (its upper-bound estimate), unless its metadata
+# batchdrop-budget-usd or its prefix's defaults say otherwise; what happens to a file over it (refuse the
+# job, or send the first requests that fit and report the rest `over_budget`); and a monthly cap on all
+# jobs together (per prefix: prefix defaults' `monthly_budget_usd`).
+ENV_BUDGET_USD = "BATCHDROP_BUDGET_USD"
+ENV_BUDGET_POLICY = "BATCHDROP_BUDGET_POLICY"
+ENV_MONTHLY_BUDGET_USD = "BATCHDROP_MONTHLY_BUDGET_USD"
+BUDGET_REFUSE, BUDGET_TRUNCATE = "refuse", "truncate"
+BUDGET_POLICIES = (BUDGET_REFUSE, BUDGET_TRUNCATE)
+# What a prefix's defaults may set (BATCHDROP_PREFIX_DEFAULTS).
+PREFIX_OPTIONS = ("lane", "deadline", "cache", "budget_usd", "budget_policy", "monthly_budget_usd")
 # Where submit and complete spill batch, id and output files (the system's temp folder if unset).
 ENV_TMPDIR = "BATCHDROP_TMPDIR"
 # Per provider: BATCHDROP_<NAME>_SECRET_ARN, _BASE_URL, _MAX_REQUESTS, _MAX_BYTES, _MIN_RECORDS, and the
@@ -238,6 +257,12 @@ class Settings:
     realtime_concurrency: int = 16
     realtime_invocations: int = 10
     escalation_margin_seconds: float = 900.0
+    cache_table: str | None = None
+    cache: str = CACHE_OFF
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
+    budget_usd: float | None = None
+    budget_policy: str = BUDGET_REFUSE
+    monthly_budget_usd: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -357,6 +382,12 @@ class Settings:
             escalation_margin_seconds=_duration_setting(
                 ENV_ESCALATION_MARGIN, env.get(ENV_ESCALATION_MARGIN, ""), 900.0
             ),
+            cache_table=env.get(ENV_CACHE_TABLE) or None,
+            cache=choice(ENV_CACHE, env.get(ENV_CACHE, ""), CACHE_MODES) or CACHE_OFF,
+            cache_ttl_seconds=_cache_ttl(env.get(ENV_CACHE_TTL, "")),
+            budget_usd=usd(ENV_BUDGET_USD, env.get(ENV_BUDGET_USD, "")),
+            budget_policy=choice(ENV_BUDGET_POLICY, env.get(ENV_BUDGET_POLICY, ""), BUDGET_POLICIES) or BUDGET_REFUSE,
+            monthly_budget_usd=usd(ENV_MONTHLY_BUDGET_USD, env.get(ENV_MONTHLY_BUDGET_USD, "")),
         )
 
 
@@ -449,6 +480,37 @@ def _duration_setting(name: str, raw: str, default: float) -> float:
     return value
 
 
+def choice(name: str, raw: str, choices: tuple[str, ...]) -> str | None:
+    """One of `choices` (case and spaces aside), or None when unset."""
+    value = raw.strip().lower()
+    if not value:
+        return None
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def usd(name: str, raw: str) -> float | None:
+    """An amount of US dollars ("25", "12.50", "$12.50"), at least 0; None when unset."""
+    text = raw.strip().removeprefix("$").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an amount of US dollars such as 25 or 12.50") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r}: expected an amount of US dollars of 0 or more")
+    return value
+
+
+def _cache_ttl(raw: str) -> float:
+    value = _duration_setting(ENV_CACHE_TTL, raw, DEFAULT_CACHE_TTL_SECONDS)
+    if value < 60:
+        raise ConfigError(f"{ENV_CACHE_TTL}={raw!r}: keep answers at least a minute (e.g. 30d)")
+    return value
+
+
 def _lane(name: str, raw: str) -> str:
     lane = raw.strip() or "auto"
     if lane not in LANES:
@@ -468,7 +530,8 @@ def _default_deadline(name: str, raw: str) -> str | None:
 
 def parse_prefix_defaults(raw: str) -> dict[str, dict[str, str]]:
     """BATCHDROP_PREFIX_DEFAULTS: {"inputs/urgent/": {"lane": "realtime", "deadline": "2h"}, ...}; the
-    longest prefix of a key that is named gives the defaults of a file without its own metadata."""
+    longest prefix of a key that is named gives the defaults of a file without its own metadata (and
+    every prefix of a key with a `monthly_budget_usd` caps it)."""
     if not raw.strip():
         return {}
     try:
@@ -480,12 +543,19 @@ def parse_prefix_defaults(raw: str) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for prefix, options in parsed.items():
         where = f"{ENV_PREFIX_DEFAULTS}[{prefix!r}]"
-        if not isinstance(options, dict) or not set(options) <= {"lane", "deadline"}:
-            raise ConfigError(f"{where}: expected an object with `lane` and/or `deadline`")
+        if not isinstance(options, dict) or not options or not set(options) <= set(PREFIX_OPTIONS):
+            raise ConfigError(f"{where}: expected an object with any of {', '.join(PREFIX_OPTIONS)}")
         if "lane" in options:
             _lane(f"{where}.lane", str(options["lane"]))
         if "deadline" in options:
             _default_deadline(f"{where}.deadline", str(options["deadline"]))
+        if "cache" in options:
+            choice(f"{where}.cache", str(options["cache"]), CACHE_MODES)
+        if "budget_policy" in options:
+            choice(f"{where}.budget_policy", str(options["budget_policy"]), BUDGET_POLICIES)
+        for amount in ("budget_usd", "monthly_budget_usd"):
+            if amount in options:
+                usd(f"{where}.{amount}", str(options[amount]))
         out[str(prefix)] = {k: str(v) for k, v in options.items()}
     return out
 

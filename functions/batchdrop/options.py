@@ -13,11 +13,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from batchdrop import models as m
-from batchdrop.config import LANES, Settings, parse_duration
+from batchdrop.config import (
+    BUDGET_POLICIES,
+    BUDGET_REFUSE,
+    CACHE_MODES,
+    CACHE_OFF,
+    LANES,
+    ConfigError,
+    Settings,
+    choice,
+    parse_duration,
+    usd,
+)
 
 # S3 user metadata: `x-amz-meta-batchdrop-deadline` on the wire, this name in HeadObject's Metadata.
 META_DEADLINE = "batchdrop-deadline"
 META_LANE = "batchdrop-lane"
+META_CACHE = "batchdrop-cache"
+META_BUDGET = "batchdrop-budget-usd"
+META_BUDGET_POLICY = "batchdrop-budget-policy"
 AUTO = "auto"
 
 
@@ -32,6 +46,17 @@ class JobOptions:
     # Where each came from ("metadata", "prefix inputs/urgent/", "stack"), for the summary and the logs.
     lane_from: str = "default"
     deadline_from: str | None = None
+    # The response cache: off, read or read-write (docs/cache.md).
+    cache: str = CACHE_OFF
+    cache_from: str = "default"
+    # The most the file may cost, in USD (its upper-bound estimate), and what happens over it
+    # (docs/budgets.md); None: no budget of its own.
+    budget_usd: float | None = None
+    budget_from: str | None = None
+    budget_policy: str = BUDGET_REFUSE
+    # The monthly caps the file counts against: (prefix, USD) for each prefix of its key that has one
+    # ("" for the stack's cap on every file).
+    monthly_caps: tuple[tuple[str, float], ...] = ()
 
 
 def job_options(settings: Settings, key: str, metadata: Mapping[str, str], uploaded_at: float) -> JobOptions:
@@ -53,7 +78,37 @@ def job_options(settings: Settings, key: str, metadata: Mapping[str, str], uploa
         raise OptionError(f"{lane_from} says lane {lane!r}: expected one of {', '.join(LANES)}")
     raw, deadline_from = pick(META_DEADLINE, "deadline", settings.deadline)
     deadline = None if raw is None else parse_deadline(raw, uploaded_at, deadline_from)
-    return JobOptions(lane, deadline, lane_from, deadline_from if raw is not None else None)
+    cache, cache_from = pick(META_CACHE, "cache", settings.cache)
+    budget, budget_from = pick(
+        META_BUDGET, "budget_usd", None if settings.budget_usd is None else str(settings.budget_usd)
+    )
+    policy, policy_from = pick(META_BUDGET_POLICY, "budget_policy", settings.budget_policy)
+    try:
+        cache = choice("cache", cache or CACHE_OFF, CACHE_MODES) or CACHE_OFF
+        budget_usd = usd("budget", budget or "")
+        policy = choice("budget policy", policy or BUDGET_REFUSE, BUDGET_POLICIES) or BUDGET_REFUSE
+    except ConfigError as exc:
+        where = {"cache": cache_from, "budget": budget_from}.get(str(exc).partition("=")[0], policy_from)
+        raise OptionError(f"{where} says {exc}") from None
+    caps = tuple(
+        (prefix, float(defaults_["monthly_budget_usd"]))
+        for prefix, defaults_ in sorted(settings.prefix_defaults.items())
+        if key.startswith(prefix) and "monthly_budget_usd" in defaults_
+    )
+    if settings.monthly_budget_usd is not None:
+        caps = (("", settings.monthly_budget_usd), *caps)
+    return JobOptions(
+        lane,
+        deadline,
+        lane_from,
+        deadline_from if raw is not None else None,
+        cache=cache,
+        cache_from=cache_from,
+        budget_usd=budget_usd,
+        budget_from=budget_from if budget is not None else None,
+        budget_policy=policy,
+        monthly_caps=caps,
+    )
 
 
 def parse_deadline(raw: str, uploaded_at: float, where: str = "the deadline") -> float:

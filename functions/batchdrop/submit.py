@@ -26,7 +26,7 @@ from batchdrop.adapters.store import Conflict
 from batchdrop.batches import ProviderBusy, cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
 from batchdrop.cancel import CancelError, cancel_running, carry_out, request_cancel
 from batchdrop.complete import run_completion
-from batchdrop.config import CANCEL_PREFIX, INPUT_PREFIX, tmpdir
+from batchdrop.config import BUDGET_REFUSE, CACHE_OFF, CANCEL_PREFIX, INPUT_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 from batchdrop.escalation import replace
 from batchdrop.options import (
@@ -148,6 +148,15 @@ def _options(deps: Deps, obj: m.InputObject) -> dict[str, Any]:
         "lane_option": options.lane,
         "lane_from": options.lane_from,
         **({"deadline": options.deadline, "deadline_from": options.deadline_from} if options.deadline else {}),
+        "cache": options.cache,
+        "cache_from": options.cache_from,
+        **(
+            {"budget_usd": options.budget_usd, "budget_from": options.budget_from}
+            if options.budget_usd is not None
+            else {}
+        ),
+        "budget_policy": options.budget_policy,
+        **({"monthly_caps": [[p, c] for p, c in options.monthly_caps]} if options.monthly_caps else {}),
     }
 
 
@@ -158,6 +167,12 @@ def options_of(job: dict[str, Any]) -> JobOptions:
         deadline=float(deadline) if deadline is not None else None,
         lane_from=str(job.get("lane_from") or "default"),
         deadline_from=job.get("deadline_from"),
+        cache=str(job.get("cache") or CACHE_OFF),
+        cache_from=str(job.get("cache_from") or "default"),
+        budget_usd=float(job["budget_usd"]) if job.get("budget_usd") is not None else None,
+        budget_from=job.get("budget_from"),
+        budget_policy=str(job.get("budget_policy") or BUDGET_REFUSE),
+        monthly_caps=tuple((str(p), float(c)) for p, c in job.get("monthly_caps") or ()),
     )
 
 

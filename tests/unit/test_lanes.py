@@ -4,6 +4,7 @@ the real-time lane's pace: what docs/contract.md "Lanes and deadlines" promises.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -96,7 +97,7 @@ def test_an_unknown_lane_is_an_option_error() -> None:
         ({"BATCHDROP_DEADLINE": "2026-12-02T08:00:00Z"}, "a duration from the upload"),
         ({"BATCHDROP_PREFIX_DEFAULTS": "[1]"}, "an object of prefix"),
         ({"BATCHDROP_PREFIX_DEFAULTS": '{"inputs/a/": {"lane": "x"}}'}, "inputs/a/"),
-        ({"BATCHDROP_PREFIX_DEFAULTS": '{"inputs/a/": {"budget": 1}}'}, "lane` and/or `deadline"),
+        ({"BATCHDROP_PREFIX_DEFAULTS": '{"inputs/a/": {"budget": 1}}'}, "any of lane, deadline, cache"),
         ({"BATCHDROP_MIN_BATCH_WINDOW": "soon"}, "BATCHDROP_MIN_BATCH_WINDOW"),
     ],
 )
@@ -206,3 +207,56 @@ def test_invocations_running_at_once_share_the_limit_and_the_last_takes_it_whole
     assert limiter.ceiling == pytest.approx(20 * HEADROOM / 4)
     peers[0] = 1
     assert limiter.ceiling == pytest.approx(20 * HEADROOM)
+
+
+def test_cache_and_budget_options_come_from_metadata_then_prefix_then_stack() -> None:
+    config = settings(
+        BATCHDROP_CACHE="read",
+        BATCHDROP_BUDGET_USD="10",
+        BATCHDROP_MONTHLY_BUDGET_USD="500",
+        BATCHDROP_PREFIX_DEFAULTS=(
+            '{"inputs/evals/": {"cache": "read-write", "budget_policy": "truncate", "monthly_budget_usd": 50},'
+            ' "inputs/evals/big/": {"budget_usd": "2.5"}}'
+        ),
+    )
+    stack = job_options(config, "inputs/x.jsonl", {}, UPLOAD)
+    assert (stack.cache, stack.budget_usd, stack.budget_policy) == ("read", 10.0, "refuse")
+    assert stack.monthly_caps == (("", 500.0),)
+    evals = job_options(config, "inputs/evals/big/x.jsonl", {}, UPLOAD)
+    # The longest prefix gives the defaults it names; every prefix with a monthly cap caps the file.
+    assert (evals.cache, evals.budget_usd, evals.budget_policy) == ("read", 2.5, "refuse")
+    assert evals.monthly_caps == (("", 500.0), ("inputs/evals/", 50.0))
+    small = job_options(config, "inputs/evals/x.jsonl", {}, UPLOAD)
+    assert (small.cache, small.budget_policy, small.monthly_caps) == (
+        "read-write",
+        "truncate",
+        (("", 500.0), ("inputs/evals/", 50.0)),
+    )
+    own = job_options(
+        config,
+        "inputs/evals/x.jsonl",
+        {"batchdrop-cache": "OFF", "batchdrop-budget-usd": "$0.75", "batchdrop-budget-policy": "refuse"},
+        UPLOAD,
+    )
+    assert (own.cache, own.budget_usd, own.budget_policy, own.budget_from) == (
+        "off",
+        0.75,
+        "refuse",
+        "the object's metadata batchdrop-budget-usd",
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"batchdrop-cache": "sometimes"}, "batchdrop-cache says cache='sometimes': expected one of off, read"),
+        ({"batchdrop-budget-usd": "ten"}, "batchdrop-budget-usd says budget='ten': expected an amount of US dollars"),
+        ({"batchdrop-budget-usd": "-1"}, "of 0 or more"),
+        ({"batchdrop-budget-policy": "maybe"}, "batchdrop-budget-policy says budget policy='maybe'"),
+    ],
+)
+def test_bad_cache_and_budget_metadata_is_an_option_error_naming_the_metadata(
+    metadata: dict[str, str], message: str
+) -> None:
+    with pytest.raises(OptionError, match=re.escape(message)):
+        job_options(settings(), "inputs/x.jsonl", metadata, UPLOAD)
