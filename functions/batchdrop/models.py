@@ -35,6 +35,9 @@ BATCH_TOO_SMALL = "batch_too_small"
 # names a value the row lacks, or fails on it; or a CSV line of the wrong width.
 TEMPLATE_ERROR = "template_error"
 INVALID_ROW = "invalid_row"
+# A valid line not sent because sending it would have passed the file's budget or a monthly cap, under the
+# `truncate` policy (docs/budgets.md): the first requests that fit were sent.
+OVER_BUDGET = "over_budget"
 
 VALIDATION_CODES = (
     INVALID_ENCODING,
@@ -114,6 +117,9 @@ TERMINAL_BATCH_STATES = frozenset({COMPLETED, FAILED, BATCH_EXPIRED, BATCH_CANCE
 # price, or its real-time API at full price, run by batchdrop's own worker pool.
 LANE_BATCH = "batch"
 LANE_REALTIME = "realtime"
+# Not a lane a request is sent in: the item of a job's requests answered from the response cache
+# (docs/cache.md), stored like a batch (an index and a data file of the answers) and ended as planned.
+LANE_CACHE = "cache"
 
 
 def lane_of(batch: dict[str, Any]) -> str:
