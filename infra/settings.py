@@ -69,9 +69,13 @@ _REALTIME_KEYS = (
     # The models the realtime function may invoke on Bedrock (its IAM grant; the stack knows no other list).
     "bedrock_models",
 )
+# The response cache and budgets (docs/cache.md, docs/budgets.md): stack-wide defaults a file's metadata
+# and prefix_defaults override.
+_SPENDING_KEYS = ("cache", "cache_ttl", "budget_usd", "budget_policy", "monthly_budget_usd")
 CONTEXT_KEYS = (
     *_GENERAL_KEYS,
     *_REALTIME_KEYS,
+    *_SPENDING_KEYS,
     *(
         key
         for spec in SPECS.values()
@@ -131,6 +135,11 @@ class DeploySettings:
     escalation_margin_seconds: float = _RUNTIME.escalation_margin_seconds
     # Bedrock model ids the realtime function may invoke (empty: none).
     bedrock_models: tuple[str, ...] = ()
+    cache: str = _RUNTIME.cache
+    cache_ttl_seconds: float = _RUNTIME.cache_ttl_seconds
+    budget_usd: float | None = None
+    budget_policy: str = _RUNTIME.budget_policy
+    monthly_budget_usd: float | None = None
 
     @classmethod
     def from_context(cls, get: Callable[[str], Any]) -> DeploySettings:
@@ -293,10 +302,34 @@ class DeploySettings:
             realtime_invocations=invocations or defaults.realtime_invocations,
             escalation_margin_seconds=_or(seconds("escalation_margin"), defaults.escalation_margin_seconds),
             bedrock_models=_bedrock_models(get("bedrock_models")) if "bedrock" in providers else (),
+            cache=_checked("cache", text("cache"), lambda v: config.choice("cache", v, config.CACHE_MODES))
+            or defaults.cache,
+            cache_ttl_seconds=_checked("cache_ttl", text("cache_ttl"), lambda v: config.cache_ttl(v))
+            or defaults.cache_ttl_seconds,
+            budget_usd=_checked("budget_usd", text("budget_usd"), lambda v: config.usd("budget_usd", v)),
+            budget_policy=_checked(
+                "budget_policy",
+                text("budget_policy"),
+                lambda v: config.choice("budget_policy", v, config.BUDGET_POLICIES),
+            )
+            or defaults.budget_policy,
+            monthly_budget_usd=_checked(
+                "monthly_budget_usd", text("monthly_budget_usd"), lambda v: config.usd("monthly_budget_usd", v)
+            ),
         )
 
 
 _T = TypeVar("_T")
+
+
+def _checked(key: str, raw: str | None, check: Callable[[str], _T | None]) -> _T | None:
+    """A context value read as the functions read its variable, their message naming the context key."""
+    if raw is None:
+        return None
+    try:
+        return check(raw)
+    except ConfigError as exc:
+        raise SettingsError(f"context {key}: {exc}") from None
 
 
 def _or(value: _T | None, default: _T) -> _T:

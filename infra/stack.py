@@ -38,6 +38,7 @@ class BatchdropStack(Stack):
             settings=settings,
             bucket=self.storage.bucket,
             table=self.state.table,
+            cache_table=self.state.cache,
             topic=self.messaging.topic,
             queues=self.messaging.queues,
             secrets=self.secrets.by_provider,

@@ -59,7 +59,7 @@ from batchdrop.adapters.store import (
     quota_pk,
 )
 from batchdrop.config import BYTES_PER_TOKEN, Settings, tmpdir
-from batchdrop.pipeline import Deps, batch_data_key, batch_index_key, iso
+from batchdrop.pipeline import Deps, answers_key, batch_data_key, batch_index_key, iso
 from batchdrop.providers import SPECS
 from batchdrop.providers.base import Backend, BatchRef, Provider
 from batchdrop.providers.structured import asks_any
@@ -651,8 +651,11 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, esc
         asks_schema = asks_any(batch.path)
         deps.objects.upload_file(batch.path, batch_data_key(job_id, batch.key))
         deps.objects.upload_file(batch.index_path, batch_index_key(job_id, batch.key), "text/plain")
+        if batch.answers_path is not None:
+            deps.objects.upload_file(batch.answers_path, answers_key(job_id, batch.key))
     finally:
         batch.discard()
+    cached = batch.lane == m.LANE_CACHE
     deps.store.create(
         {
             "pk": job_pk(job_id),
@@ -665,7 +668,8 @@ def record_batch(deps: Deps, job_id: str, batch: PlannedBatch, attempt: int, esc
             "requests": batch.requests,
             "bytes": batch.bytes,
             "attempt": attempt,
-            "status": m.PENDING,
+            # Answered from the cache as it was planned: ended, and never sent.
+            "status": m.COMPLETED if cached else m.PENDING,
             "lane": batch.lane,
             **({"escalate_by": escalate_by} if escalate_by is not None and batch.lane == m.LANE_BATCH else {}),
             **({"structured": True} if asks_schema else {}),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from batchdrop import config
@@ -241,6 +241,13 @@ TABLE_BILLING_MODE = "PAY_PER_REQUEST"
 DUE = Index(config.DUE_INDEX, Key(config.DUE_PK, "S"), Key(config.DUE_SK, "N"), "ALL")
 TABLE_INDEXES = (DUE,)
 
+# The response cache (docs/cache.md): one item per answer, keyed by its request's hash
+# (batchdrop.adapters.cache), expired by DynamoDB's TTL. A table of its own, so that a million lookups
+# never share a partition's throughput with the jobs' writes, and its cost shows apart.
+CACHE_PARTITION_KEY = Key("h", "S")
+CACHE_TTL_ATTRIBUTE = "expires_at"
+CACHE_BILLING_MODE = "PAY_PER_REQUEST"
+
 
 # -- what runs the functions ------------------------------------------------------------------------
 
@@ -276,6 +283,7 @@ class Resources:
     table: str
     topic_arn: str
     queue_urls: Mapping[str, str]  # by Queue.id, every queue with a url_env
+    cache_table: str
 
 
 @dataclass(frozen=True)
@@ -288,6 +296,7 @@ class Options:
     # Per provider, {WHAT: value} set as BATCHDROP_<NAME>_<WHAT> (None: not set).
     provider_values: Mapping[str, Mapping[str, str | None]]
     lanes: Mapping[str, str]  # the real-time lane's settings, from lane_environment
+    spending: Mapping[str, str] = field(default_factory=dict)  # the cache's and budgets', from spending_environment
     log_level: str = "INFO"
     tracing: bool = False
 
@@ -297,6 +306,7 @@ def environment(resources: Resources, options: Options) -> dict[str, str]:
     env = {
         config.ENV_BUCKET: resources.bucket,
         config.ENV_TABLE: resources.table,
+        config.ENV_CACHE_TABLE: resources.cache_table,
         config.ENV_TOPIC_ARN: resources.topic_arn,
         **{q.url_env: resources.queue_urls[q.id] for q in QUEUES.values() if q.url_env},
         config.ENV_ON_INVALID: options.on_invalid,
@@ -310,6 +320,7 @@ def environment(resources: Resources, options: Options) -> dict[str, str]:
         "POWERTOOLS_TRACE_DISABLED": "false" if options.tracing else "true",
         "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
         **options.lanes,
+        **options.spending,
     }
     for provider in options.providers:
         env.update(provider_env(provider, options.provider_values.get(provider, {})))
@@ -342,6 +353,28 @@ def lane_environment(
         env[config.ENV_DEADLINE] = deadline
     if prefix_defaults:
         env[config.ENV_PREFIX_DEFAULTS] = json.dumps(prefix_defaults, separators=(",", ":"), sort_keys=True)
+    return env
+
+
+def spending_environment(
+    *,
+    cache: str = config.CACHE_OFF,
+    cache_ttl_seconds: float = config.DEFAULT_CACHE_TTL_SECONDS,
+    budget_usd: float | None = None,
+    budget_policy: str = config.BUDGET_REFUSE,
+    monthly_budget_usd: float | None = None,
+) -> dict[str, str]:
+    """The response cache's and the budgets' stack-wide settings: the cache's mode and TTL and the budget
+    policy always, a budget and a monthly cap only when given."""
+    env = {
+        config.ENV_CACHE: cache,
+        config.ENV_CACHE_TTL: seconds(cache_ttl_seconds),
+        config.ENV_BUDGET_POLICY: budget_policy,
+    }
+    if budget_usd is not None:
+        env[config.ENV_BUDGET_USD] = repr(float(budget_usd))
+    if monthly_budget_usd is not None:
+        env[config.ENV_MONTHLY_BUDGET_USD] = repr(float(monthly_budget_usd))
     return env
 
 

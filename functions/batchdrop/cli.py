@@ -175,6 +175,27 @@ def _lane_options(f: Any) -> Any:
     return f
 
 
+def _cache_option(f: Any) -> Any:
+    """A file's use of the response cache, set as the upload's S3 metadata (`local run`, `submit`)."""
+    from batchdrop.config import CACHE_MODES
+
+    return click.option(
+        "--cache",
+        type=click.Choice(CACHE_MODES),
+        default=None,
+        help="The response cache (docs/cache.md): read answers requests seen before from it, read-write also "
+        "keeps this file's answers for later files; off (the stack's default) does neither. Set as the "
+        "object's metadata batchdrop-cache. With local run, the files then run one after another, so a "
+        "file reuses the answers of those before it.",
+    )(f)
+
+
+def _cache_metadata(cache: str | None) -> dict[str, str]:
+    from batchdrop.options import META_CACHE
+
+    return {META_CACHE: cache} if cache is not None else {}
+
+
 def _metadata(deadline: str | None, lane: str | None) -> dict[str, str]:
     """The per-file options as S3 user metadata, checked here so a typo fails before the upload."""
     import time
@@ -226,8 +247,14 @@ def demo(out_dir: str) -> None:
     if not samples:
         raise click.ClickException(f"no sample files found in {_events_dir()}")
     console.print("[bold]batchdrop demo[/]: the sample files through the whole pipeline, locally\n")
-    # The sample's few Claude-on-Bedrock lines are under Bedrock's minimum: show the fallback at work.
-    _run(samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None, bedrock_fallback="anthropic")
+    # The sample's few Claude-on-Bedrock lines are under Bedrock's minimum: show the fallback at work. Every
+    # file keeps its answers in the response cache, and the first runs once more when all have ended: what
+    # was answered the first time is answered from the cache, sent to no provider and paid for once.
+    again = next(p for p in samples if p.endswith(".jsonl"))
+    _run(
+        samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None, bedrock_fallback="anthropic",
+        metadata=_cache_metadata("read-write"), then=[again],
+    )  # fmt: skip
 
 
 @main.group()
@@ -324,6 +351,7 @@ def local() -> None:
     "in the provider's quota unit; batches past it wait and go out in waves. Repeatable.",
 )
 @_lane_options
+@_cache_option
 @click.option(
     "--realtime-below",
     type=click.IntRange(min=0),
@@ -372,6 +400,7 @@ def local_run(
     max_enqueued: dict[str, int],
     deadline: str | None,
     lane: str | None,
+    cache: str | None,
     realtime_below: int | None,
     min_batch_window: str | None,
     escalation_margin: str | None,
@@ -425,7 +454,8 @@ def local_run(
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
         env={f"BATCHDROP_{p.upper()}_MAX_ENQUEUED": str(n) for p, n in max_enqueued.items()},
-        metadata=_metadata(deadline, lane),
+        metadata={**_metadata(deadline, lane), **_cache_metadata(cache)},
+        in_turn=cache is not None and cache != "off",
         lanes={
             "realtime_below": realtime_below,
             "min_batch_window": min_batch_window,
@@ -453,6 +483,8 @@ def _run(
     metadata: dict[str, str] | None = None,
     lanes: dict[str, Any] | None = None,
     aws_cost: bool = False,
+    in_turn: bool = False,
+    then: list[str] | None = None,
 ) -> None:
     from batchdrop.local.run import RunError, run_files
     from batchdrop.local.stack import StackOptions
@@ -482,11 +514,15 @@ def _run(
             webhooks=webhooks,
             metadata=metadata,
             aws_bill=aws_cost,
+            in_turn=in_turn,
+            then=then or (),
         )
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"\nAll jobs ended in {report.seconds:.1f}s", title_justify="left")
-    columns = ("file", "status", "lines", "invalid", "ok", "failed", "batch/rt", "cost $", "saved $", "deadline")
+    columns = (
+        "file", "status", "lines", "invalid", "ok", "failed", "batch/rt", "cached", "cost $", "saved $", "deadline",
+    )  # fmt: skip
     for column in (*columns, "outputs"):
         table.add_column(column)
     for job in report.jobs:
@@ -504,6 +540,7 @@ def _run(
             str(counts.get("succeeded", "")),
             str(counts.get("failed", "")),
             f"{lanes.get('batch', 0)}/{lanes.get('realtime', 0)}",
+            str(counts.get("cached", 0)),
             "n/a" if cost.get("total") is None else f"{cost['total']:.6f}",
             "n/a" if cost.get("saved") is None else f"{cost['saved']:.6f}",
             "" if met is None else ("met" if met else "missed"),

@@ -118,6 +118,8 @@ ENV_CACHE_TABLE = "BATCHDROP_CACHE_TABLE"
 ENV_CACHE = "BATCHDROP_CACHE"
 ENV_CACHE_TTL = "BATCHDROP_CACHE_TTL"
 CACHE_OFF, CACHE_READ, CACHE_READ_WRITE = "off", "read", "read-write"
+# Where an answer too large for its table item is kept (batchdrop.adapters.cache), expired with its TTL.
+CACHE_OBJECT_PREFIX = "cache/"
 CACHE_MODES = (CACHE_OFF, CACHE_READ, CACHE_READ_WRITE)
 DEFAULT_CACHE_TTL_SECONDS = 30 * 86400
 # Budgets (docs/budgets.md): the most one file may cost (its upper-bound estimate), unless its metadata
@@ -384,7 +386,7 @@ class Settings:
             ),
             cache_table=env.get(ENV_CACHE_TABLE) or None,
             cache=choice(ENV_CACHE, env.get(ENV_CACHE, ""), CACHE_MODES) or CACHE_OFF,
-            cache_ttl_seconds=_cache_ttl(env.get(ENV_CACHE_TTL, "")),
+            cache_ttl_seconds=cache_ttl(env.get(ENV_CACHE_TTL, "")),
             budget_usd=usd(ENV_BUDGET_USD, env.get(ENV_BUDGET_USD, "")),
             budget_policy=choice(ENV_BUDGET_POLICY, env.get(ENV_BUDGET_POLICY, ""), BUDGET_POLICIES) or BUDGET_REFUSE,
             monthly_budget_usd=usd(ENV_MONTHLY_BUDGET_USD, env.get(ENV_MONTHLY_BUDGET_USD, "")),
@@ -504,7 +506,7 @@ def usd(name: str, raw: str) -> float | None:
     return value
 
 
-def _cache_ttl(raw: str) -> float:
+def cache_ttl(raw: str) -> float:
     value = _duration_setting(ENV_CACHE_TTL, raw, DEFAULT_CACHE_TTL_SECONDS)
     if value < 60:
         raise ConfigError(f"{ENV_CACHE_TTL}={raw!r}: keep answers at least a minute (e.g. 30d)")

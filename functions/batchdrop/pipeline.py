@@ -119,6 +119,11 @@ def batch_index_key(job_id: str, batch_key: str) -> str:
     return f"{work_prefix(job_id)}batches/{batch_key}.idx"
 
 
+def answers_key(job_id: str, batch_key: str) -> str:
+    """The answers the response cache gave the requests of a `cache` item (batchdrop.cache)."""
+    return f"{work_prefix(job_id)}batches/{batch_key}.answers.jsonl"
+
+
 def realtime_prefix(job_id: str, batch_key: str) -> str:
     """Where a real-time batch's chunks leave their answers: one file a chunk."""
     return f"{work_prefix(job_id)}realtime/{batch_key}/"

@@ -58,9 +58,13 @@ class PlannedBatch:
     # The lane it runs in (models.LANE_BATCH or LANE_REALTIME): a batch under its provider's minimum
     # goes real-time when the file's lane allows it.
     lane: str = "batch"
+    # Answers from the response cache, for an item of the `cache` lane (batchdrop.cache).
+    answers_path: str | None = None
 
     def discard(self) -> None:
-        for p in (self.path, self.index_path):
+        for p in (self.path, self.index_path, self.answers_path):
+            if p is None:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

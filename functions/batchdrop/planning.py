@@ -271,7 +271,8 @@ def drop_duplicates(
         elif planned.requests == 0:
             planned.discard()
             batches.delete(records[key])
-        elif planned.requests < limits[planned.provider].min_requests:
+        elif planned.requests < limits[planned.provider].min_requests and records[key].get("lane") != m.LANE_CACHE:
+            # (answers from the cache are never sent: no minimum holds them)
             short.append(planned)
         else:
             batches.save(records[key], planned)

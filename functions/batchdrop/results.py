@@ -15,7 +15,10 @@ from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop import structured as so
+from batchdrop.adapters.cache import Entry
 from batchdrop.batches import backend
+from batchdrop.cache import AnswerWriter, cached_outcomes, open_cache, request_keys
+from batchdrop.config import CACHE_OFF, CACHE_READ_WRITE
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.outputs import error_line, extract, result_line
 from batchdrop.pipeline import Deps, batch_index_key, iso, replacement_prefix, validation_errors_key
@@ -42,6 +45,10 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     tmpdir = spill_dir()
     # The watchdog's reason when it ended the job: then whatever cannot be read is reported, not raised.
     given_up: str | None = job.get("reason") if job.get("timed_out") else None
+    # Answers from the response cache: what they would have cost in the lane that first answered them.
+    cached = 0
+    cache_meter = CostMeter(price_table())
+    writer = _answer_writer(deps, job) if given_up is None else None
     with (
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as results,
         tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".jsonl") as errors,
@@ -86,6 +93,35 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     errors.write(orjson.dumps(rejected) + b"\n")
                 continue
             wants = so.batch_wants(deps, batch) if provider in asking else {}
+            if lane == m.LANE_CACHE:
+                for custom_id, line, outcome, answer, entry in _cached(deps, batch, wants, provider):
+                    if not outcome.ok:
+                        # Kept when it matched its schema, read now by a stricter check: the request's
+                        # error, as any answer's (it cost nothing, and a retry sends it).
+                        failed += 1
+                        errors.write(
+                            orjson.dumps(
+                                error_line(
+                                    custom_id=custom_id, line=line, stage="provider",
+                                    code=outcome.code or m.SERVER_ERROR, message=outcome.message or "",
+                                    provider=provider, detail=outcome.detail, lane=entry.lane,
+                                )
+                            )
+                            + b"\n"
+                        )  # fmt: skip
+                        continue
+                    record, t_in, t_out = result_line(
+                        custom_id, line, provider, entry.model or batch.get("model", ""), "",
+                        outcome.response or {}, entry.lane, answer,
+                    )  # fmt: skip
+                    record["batch_id"] = None
+                    record["cached"] = True
+                    results.write(orjson.dumps(record) + b"\n")
+                    succeeded += 1
+                    cached += 1
+                    cache_meter.add(record["model"], t_in, t_out, entry.lane)
+                continue
+            keys = request_keys(deps, batch) if writer is not None else None
             for custom_id, line, outcome, answer in so.checked(_outcomes(deps, batch, given_up), wants, provider):
                 if custom_id in superseded or custom_id in moved:
                     continue
@@ -108,6 +144,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     tokens_in += t_in
                     tokens_out += t_out
                     meter.add(record["model"], t_in, t_out, lane)
+                    if writer is not None and keys is not None and custom_id in keys:
+                        writer.add(keys[custom_id], provider, batch.get("model", ""), lane, outcome.response or {})
                 else:
                     failed += 1
                     if outcome.code == m.SCHEMA_MISMATCH and outcome.response:
@@ -135,6 +173,10 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     )
         results.flush()
         errors.flush()
+        if writer is not None:
+            # Before the outputs: a crash from here on runs completion again, and it writes them again.
+            deps.checkpoint("before_cache_written")
+            writer.close()
         deps.objects.upload_file(results.name, f"{prefix}results.jsonl")
         deps.checkpoint("after_results")
         deps.objects.upload_file(errors.name, f"{prefix}errors.jsonl")
@@ -171,6 +213,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         "input": job.get("input"),
         "counts": {
             **{k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
+            "cached": cached,
             "by_lane": {lane: by_lane.get(lane, 0) for lane in (m.LANE_BATCH, m.LANE_REALTIME)},
         },
         "deadline": iso(deadline),
@@ -189,6 +232,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                 **({"error": b["error"]} if b.get("error") else {}),
             }
             for b in sorted(batches, key=lambda b: b["sk"])
+            if m.lane_of(b) != m.LANE_CACHE
         ],
         "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
         "cost_usd": meter.summary(),
@@ -201,12 +245,48 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         "results": deps.objects.uri(f"{prefix}results.jsonl"),
         "errors": deps.objects.uri(f"{prefix}errors.jsonl"),
     }
+    summary["cost_usd"]["cache_saved"] = cache_meter.summary()["total"]
+    summary["cache"] = _cache_summary(job, cached, writer)
     if table is not None:
         summary["table"] = table
     if job.get("reason"):
         summary["reason"] = job["reason"]
     deps.objects.put_json(f"{prefix}summary.json", summary)
     return summary
+
+
+def _answer_writer(deps: Deps, job: dict[str, Any]) -> AnswerWriter | None:
+    """Where a `read-write` job's answers go back to the cache; None for any other job."""
+    if job.get("cache") != CACHE_READ_WRITE or job.get("rejected"):
+        return None
+    cache = open_cache(deps)
+    return AnswerWriter(cache) if cache is not None else None
+
+
+def _cached(
+    deps: Deps, batch: dict[str, Any], wants: dict[str, so.Wanted], provider: str
+) -> Iterator[tuple[str, int, m.Outcome, tuple[Any, str | None] | None, Entry]]:
+    """A cache item's answers, with `parsed` for those that asked for a schema (a cached answer matched
+    it when it was first given: only answers that did are kept)."""
+    entries: dict[str, Entry] = {}
+
+    def outcomes() -> Iterator[tuple[str, int, m.Outcome]]:
+        for custom_id, line, outcome, entry in cached_outcomes(deps, batch):
+            entries[custom_id] = entry
+            yield custom_id, line, outcome
+
+    for custom_id, line, outcome, answer in so.checked(outcomes(), wants, provider):
+        yield custom_id, line, outcome, answer, entries.pop(custom_id)
+
+
+def _cache_summary(job: dict[str, Any], cached: int, writer: AnswerWriter | None) -> dict[str, Any]:
+    """summary.json's `cache`: the job's mode, what planning's lookups found, and what completion wrote."""
+    looked = {k: int(v) for k, v in (job.get("cache_stats") or {}).items()}
+    out: dict[str, Any] = {"mode": job.get("cache") or CACHE_OFF, "answered": cached, **looked}
+    if writer is not None:
+        out["written"] = writer.cache.stats.written
+        out["write_errors"] = writer.cache.stats.write_errors
+    return out
 
 
 def replaced_ids(deps: Deps, job_id: str, batches: list[dict[str, Any]]) -> dict[str, frozenset[str]]:

@@ -24,6 +24,7 @@ from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict
 from batchdrop.batches import ProviderBusy, cancel_unsent, drop_batch, record_batch, resize_batch, send_batch
+from batchdrop.cache import CACHE_SUFFIX, open_cache, split_answered, split_known
 from batchdrop.cancel import CancelError, cancel_running, carry_out, request_cancel
 from batchdrop.complete import run_completion
 from batchdrop.config import BUDGET_REFUSE, CACHE_OFF, CANCEL_PREFIX, INPUT_PREFIX, tmpdir
@@ -297,8 +298,18 @@ class _Submission:
         options = options_of(job)
 
         escalate_by = options.deadline if options.lane == AUTO else None
+        answer = _CacheAnswers(deps, self.job_id) if options.cache != CACHE_OFF else None
 
         def store_batch(batch: PlannedBatch) -> None:
+            if answer is not None and batch.lane != m.LANE_CACHE:
+                sending, answered = answer.split(batch)
+                if answered is not None:
+                    # Its answers first: a crash before the batch is stored leaves them for the re-run.
+                    record_batch(deps, self.job_id, answered, attempt=1)
+                    stored.append(answered.key)
+                if sending is None:
+                    return
+                batch = sending
             record_batch(deps, self.job_id, batch, attempt=1, escalate_by=escalate_by)
             stored.append(batch.key)
             models.setdefault(batch.provider, set()).add(batch.model)
@@ -387,6 +398,7 @@ class _Submission:
                 deps,
                 job,
                 {
+                    **({"cache_stats": answer.totals(job.get("cache_stats"))} if answer is not None else {}),
                     "segment": segment + 1,
                     "next_offset": start + result.end_offset,
                     "next_line": result.last_line + 1,
@@ -415,6 +427,8 @@ class _Submission:
             "lanes": {p: c.lane for p, c in lanes.items()},
             "lane_reasons": {p: c.why for p, c in lanes.items()},
         }
+        if answer is not None:
+            changes["cache_stats"] = answer.totals(job.get("cache_stats"))
         if table is not None:
             from batchdrop.tables import stages as table_stage
 
@@ -491,6 +505,37 @@ class _Submission:
         # A conflict leaves the hand-over to the poll's next look at the job.
         with contextlib.suppress(Conflict):
             jobs.hand_over_if_done(deps, self.job_id)
+
+
+class _CacheAnswers:
+    """Answers a closed batch's requests from the response cache before it is stored (batchdrop.cache).
+
+    A re-run of the planning keeps what the first run found: a batch stored already is stored as it is,
+    and one whose answers were stored keeps exactly those, so no request is both answered and sent."""
+
+    def __init__(self, deps: Deps, job_id: str) -> None:
+        self.deps = deps
+        self.job_id = job_id
+        self.cache = open_cache(deps)
+        self.stored = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
+
+    def split(self, batch: PlannedBatch) -> tuple[PlannedBatch | None, PlannedBatch | None]:
+        if self.cache is None:
+            return batch, None
+        earlier = self.stored.get(batch.key + CACHE_SUFFIX)
+        if earlier is not None:
+            index = self.deps.objects.lines(batch_index_key(self.job_id, earlier["batch_key"]))
+            return split_known(batch, {int(raw.rpartition(b"\t")[2]) for raw in index}, tmpdir()), None
+        if batch.key in self.stored:
+            return batch, None  # stored whole by the first run: the cache answered none of it
+        minimum = self.deps.settings.providers[batch.provider].limits.min_requests
+        return split_answered(batch, self.cache, tmpdir(), minimum)
+
+    def totals(self, before: dict[str, Any] | None) -> dict[str, int]:
+        """This invocation's lookups added to those of the job's earlier segments."""
+        now = self.cache.stats.as_dict() if self.cache is not None else {}
+        keys = ("hits", "misses", "errors", "poisoned")
+        return {k: int((before or {}).get(k, 0)) + now.get(k, 0) for k in keys}
 
 
 class _StoredBatches:

@@ -62,6 +62,10 @@ OBJECTS_REASON = (
     "CDK's bucket grants (s3:GetObject*, s3:List*, s3:Abort*, ...) scoped to this bucket and one prefix "
     "of it: inputs/ (submit reads uploads), work/ (batchdrop's working files), outputs/ (results, put only)."
 )
+# What the response cache's code does to its table (batchdrop.adapters.cache): batched reads by key, and
+# batched puts. Never a query, a scan, an update or a delete (DynamoDB's TTL deletes).
+CACHE_READ_ACTIONS = ("dynamodb:BatchGetItem",)
+CACHE_WRITE_ACTIONS = ("dynamodb:BatchWriteItem",)
 INDEX_REASON = "dynamodb grant on the job table's own indexes (the sparse 'due' index the poll function queries)."
 TOPIC_KEY_REASON = (
     "kms:GenerateDataKey* is what publishing to the KMS-encrypted notification topic needs; "
@@ -82,6 +86,7 @@ def environment(
     *,
     bucket: s3.IBucket,
     table: dynamodb.ITable,
+    cache_table: dynamodb.ITable,
     topic: sns.ITopic,
     queues: Mapping[str, sqs.IQueue],
     secrets: Mapping[str, secretsmanager.ISecret],
@@ -107,6 +112,7 @@ def environment(
             table=table.table_name,
             topic_arn=topic.topic_arn,
             queue_urls={spec.id: queues[spec.id].queue_url for spec in blueprint.QUEUES.values() if spec.url_env},
+            cache_table=cache_table.table_name,
         ),
         blueprint.Options(
             on_invalid=settings.on_invalid,
@@ -114,6 +120,13 @@ def environment(
             providers=tuple(settings.providers),
             provider_values=values,
             lanes=lane_environment(settings),
+            spending=blueprint.spending_environment(
+                cache=settings.cache,
+                cache_ttl_seconds=settings.cache_ttl_seconds,
+                budget_usd=settings.budget_usd,
+                budget_policy=settings.budget_policy,
+                monthly_budget_usd=settings.monthly_budget_usd,
+            ),
             tracing=settings.deep_tracing,
         ),
     )
@@ -144,6 +157,7 @@ class Functions(Construct):
         settings: DeploySettings,
         bucket: s3.IBucket,
         table: dynamodb.ITable,
+        cache_table: dynamodb.ITable,
         topic: sns.ITopic,
         queues: Mapping[str, sqs.IQueue],
         secrets: Mapping[str, secretsmanager.ISecret],
@@ -163,6 +177,7 @@ class Functions(Construct):
             settings,
             bucket=bucket,
             table=table,
+            cache_table=cache_table,
             topic=topic,
             queues=queues,
             secrets=secrets,
@@ -197,6 +212,13 @@ class Functions(Construct):
         self._grant_objects(self.submit, bucket, read=[inputs, data, templates], read_write=[work], put=[outputs])
         self._grant_objects(self.poll, bucket, read=[data], read_write=[work], put=[outputs])
         self._grant_objects(self.complete, bucket, read=[data], read_write=[work], put=[outputs])
+        # The response cache (docs/cache.md): submit looks answers up, completion writes them; a large
+        # answer's body is an object under cache/ that the one reads and the other puts.
+        cache_objects = config.CACHE_OBJECT_PREFIX
+        cache_table.grant(self.submit, *CACHE_READ_ACTIONS)
+        cache_table.grant(self.complete, *CACHE_WRITE_ACTIONS)
+        self._grant_objects(self.submit, bucket, read=[cache_objects])
+        self._grant_objects(self.complete, bucket, put=[cache_objects])
         for fn in (self.submit, self.poll, self.complete):
             table.grant_read_write_data(fn)
             topic.grant_publish(fn)

@@ -8,6 +8,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 from batchdrop import blueprint
+from infra.suppressions import acknowledge
 
 _TYPES = {"S": dynamodb.AttributeType.STRING, "N": dynamodb.AttributeType.NUMBER}
 _PROJECTIONS = {"ALL": dynamodb.ProjectionType.ALL, "KEYS_ONLY": dynamodb.ProjectionType.KEYS_ONLY}
@@ -33,6 +34,23 @@ class State(Construct):
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             time_to_live_attribute=blueprint.TABLE_TTL_ATTRIBUTE,
             removal_policy=RemovalPolicy.RETAIN,
+        )
+        # The response cache: disposable (every entry is an answer a provider can give again), so neither
+        # point-in-time recovery nor kept on delete.
+        self.cache = dynamodb.Table(
+            self,
+            "Cache",
+            partition_key=_attribute(blueprint.CACHE_PARTITION_KEY),
+            billing_mode=_BILLING[blueprint.CACHE_BILLING_MODE],
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            time_to_live_attribute=blueprint.CACHE_TTL_ATTRIBUTE,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        acknowledge(
+            self.cache,
+            "AwsSolutions-DDB3",
+            "The response cache holds only answers a provider can give again, each expiring after its TTL: "
+            "point-in-time recovery would bill for restoring what is not worth restoring.",
         )
         for index in blueprint.TABLE_INDEXES:
             self.table.add_global_secondary_index(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
@@ -9,7 +11,7 @@ from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
 from batchdrop import blueprint
-from batchdrop.config import OUTPUT_PREFIX, WORK_PREFIX
+from batchdrop.config import CACHE_OBJECT_PREFIX, OUTPUT_PREFIX, WORK_PREFIX
 from infra.settings import DeploySettings
 from infra.suppressions import acknowledge
 
@@ -44,6 +46,13 @@ class Storage(Construct):
 
         lifecycle = [
             s3.LifecycleRule(id="expire-work", prefix=WORK_PREFIX, expiration=WORK_EXPIRY),
+            # A large cached answer's body (docs/cache.md) lives as long as its table item, and a day more:
+            # an item read just before its TTL still finds it.
+            s3.LifecycleRule(
+                id="expire-cache",
+                prefix=CACHE_OBJECT_PREFIX,
+                expiration=Duration.days(math.ceil(settings.cache_ttl_seconds / 86400) + 1),
+            ),
             s3.LifecycleRule(
                 id="expire-old-versions",
                 noncurrent_version_expiration=NONCURRENT_VERSION_EXPIRY,

@@ -49,6 +49,19 @@ class Synth:
         assert len(found) == 1, f"expected one {type_} with {properties}, found {[k for k, _ in found]}"
         return found[0]
 
+    @property
+    def job_table(self) -> str:
+        """The logical id of the job table (the other table is the response cache)."""
+        return self.table(cache=False)
+
+    @property
+    def cache_table(self) -> str:
+        return self.table(cache=True)
+
+    def table(self, cache: bool) -> str:
+        (found,) = (k for k in self.resources("AWS::DynamoDB::Table") if ("Cache" in k) == cache)
+        return found
+
     def function(self, name: str) -> tuple[str, dict[str, Any]]:
         """The function running batchdrop.handlers.<name>.handler: (logical id, resource)."""
         return self.one("AWS::Lambda::Function", Handler=f"batchdrop.handlers.{name}.handler")

@@ -73,6 +73,8 @@ def template_value(t: Synth, value: Any) -> str:
         return f"secret:{resource['Properties']['Name']}"
     if kind == "AWS::IAM::Role":
         return "role:bedrock"
+    if kind == "AWS::DynamoDB::Table" and "Cache" in ref:
+        return "table:cache"
     return {"AWS::S3::Bucket": "bucket", "AWS::DynamoDB::Table": "table", "AWS::SNS::Topic": "topic"}[kind]
 
 
@@ -81,6 +83,7 @@ def local_values(stack: s.LocalStack) -> dict[str, str]:
     names = {
         s.BUCKET: "bucket",
         s.TABLE: "table",
+        s.CACHE_TABLE: "table:cache",
         stack.topic_arn: "topic",
         SPECS["bedrock"].local.values["ROLE_ARN"]: "role:bedrock",
     }
@@ -255,11 +258,42 @@ def test_event_sources_read_the_blueprints_queues_in_the_blueprints_batches(
 # -- the table, the notifications, the rules ------------------------------------------------------------
 
 
+def _table(template: Synth, cache: bool) -> dict[str, Any]:
+    """The job table's properties in the template, or the response cache's."""
+    ((_, table),) = (
+        (ref, t) for ref, t in template.resources("AWS::DynamoDB::Table").items() if ("Cache" in ref) == cache
+    )
+    props: dict[str, Any] = table["Properties"]
+    return props
+
+
+def _attributes(defs: list[dict[str, str]]) -> set[tuple[str, str]]:
+    return {(d["AttributeName"], d["AttributeType"]) for d in defs}
+
+
+def _keys(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(k["AttributeName"], k["KeyType"]) for k in schema]
+
+
+def test_the_cache_table_has_the_same_key_billing_and_ttl_on_both_sides(template: Synth, local: s.LocalStack) -> None:
+    props = _table(template, cache=True)
+    ddb = aws.client("dynamodb")
+    here = ddb.describe_table(TableName=s.CACHE_TABLE)["Table"]
+    assert _attributes(here["AttributeDefinitions"]) == _attributes(props["AttributeDefinitions"])
+    assert _keys(here["KeySchema"]) == _keys(props["KeySchema"])
+    assert here["BillingModeSummary"]["BillingMode"] == props["BillingMode"]
+    assert not props.get("GlobalSecondaryIndexes")
+    assert not here.get("GlobalSecondaryIndexes")
+    ttl = ddb.describe_time_to_live(TableName=s.CACHE_TABLE)["TimeToLiveDescription"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED"
+    assert ttl["AttributeName"] == props["TimeToLiveSpecification"]["AttributeName"]
+    assert props["SSESpecification"] == {"SSEEnabled": True}
+
+
 def test_the_table_has_the_same_keys_attributes_index_and_ttl_on_both_sides(
     template: Synth, local: s.LocalStack
 ) -> None:
-    ((_, table),) = template.resources("AWS::DynamoDB::Table").items()
-    props = table["Properties"]
+    props = _table(template, cache=False)
     ddb = aws.client("dynamodb")
     here = ddb.describe_table(TableName=s.TABLE)["Table"]
 

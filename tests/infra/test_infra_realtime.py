@@ -125,7 +125,7 @@ def test_the_realtime_function_gets_and_puts_work_objects_only(stack: Synth) -> 
 
 
 def test_the_realtime_function_reads_and_writes_table_items_only(stack: Synth) -> None:
-    table = f"<{stack.one('AWS::DynamoDB::Table')[0]}.Arn>"
+    table = f"<{stack.job_table}.Arn>"
     dynamodb = [s for s in stack.statements("realtime") if any(a.startswith("dynamodb:") for a in s["Action"])]
     assert [(sorted(s["Action"]), s["Resource"]) for s in dynamodb] == [
         (["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"], [table])

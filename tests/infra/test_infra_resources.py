@@ -177,7 +177,7 @@ def test_environment_names_the_resources_and_the_settings(stack: Synth) -> None:
     for name in FUNCTIONS:
         env = stack.function(name)[1]["Properties"]["Environment"]["Variables"]
         assert env["BATCHDROP_BUCKET"] == {"Ref": stack.data_bucket}
-        assert env["BATCHDROP_TABLE"] == {"Ref": stack.one("AWS::DynamoDB::Table")[0]}
+        assert env["BATCHDROP_TABLE"] == {"Ref": stack.job_table}
         assert env["BATCHDROP_ON_INVALID"] == "skip"
         assert env["BATCHDROP_MAX_ATTEMPTS"] == "2"
         assert env["BATCHDROP_PROVIDERS"] == "openai,anthropic"

@@ -70,7 +70,7 @@ def test_complete_writes_outputs_and_reads_no_inputs(stack: Synth) -> None:
 
 @pytest.mark.parametrize("name", ["submit", "poll", "complete"])
 def test_every_function_uses_the_table_topic_and_secrets(stack: Synth, name: str) -> None:
-    table = arn(stack, "AWS::DynamoDB::Table")
+    table = f"<{stack.job_table}.Arn>"
     topic = f"<{stack.one('AWS::SNS::Topic', DisplayName='batchdrop job notifications')[0]}>"
     for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"):
         assert stack.allows(name, action, table)
@@ -105,7 +105,7 @@ def test_the_webhook_function_is_public_but_checks_signatures_and_touches_no_obj
 def test_the_webhook_function_may_only_read_and_update_table_items(stack: Synth) -> None:
     # Its code path (look_at_provider_batch, look_at_batch, hand_over_if_done): GetItem, UpdateItem
     # and a Query of one job's batches on the table itself, never its index.
-    table = arn(stack, "AWS::DynamoDB::Table")
+    table = f"<{stack.job_table}.Arn>"
     dynamodb = [s for s in stack.statements("webhook") if any(a.startswith("dynamodb:") for a in s["Action"])]
     assert [(sorted(s["Action"]), s["Resource"]) for s in dynamodb] == [
         (["dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"], [table])
@@ -174,3 +174,25 @@ def test_the_template_holds_no_secret_string(stack: Synth) -> None:
     for value in walk(stack.json):
         if isinstance(value, dict):
             assert "SecretString" not in value
+
+
+def test_the_response_cache_is_read_by_submit_written_by_complete_and_untouched_by_the_rest(stack: Synth) -> None:
+    cache = f"<{stack.cache_table}.Arn>"
+    actions = {
+        name: sorted({a for s in stack.statements(name) if cache in s["Resource"] for a in s["Action"]})
+        for name in ("submit", "poll", "complete", "realtime", "webhook")
+    }
+    # Batched reads by key for submit's lookups, batched puts for completion's writes; DynamoDB's TTL
+    # deletes, so no function may delete, scan or update an entry.
+    assert actions == {
+        "submit": ["dynamodb:BatchGetItem"],
+        "poll": [],
+        "complete": ["dynamodb:BatchWriteItem"],
+        "realtime": [],
+        "webhook": [],
+    }
+    assert stack.allows("submit", "s3:GetObject", objects(stack, "cache/"))
+    assert not stack.allows("submit", "s3:PutObject", objects(stack, "cache/"))
+    assert stack.allows("complete", "s3:PutObject", objects(stack, "cache/"))
+    assert not stack.allows("complete", "s3:GetObject", objects(stack, "cache/"))
+    assert not stack.allows("complete", "s3:DeleteObject", objects(stack, "cache/"))

@@ -103,11 +103,16 @@ def run_files(
     webhooks: bool = False,
     metadata: Mapping[str, str] | None = None,
     aws_bill: bool = False,
+    in_turn: bool = False,
+    then: Sequence[str] = (),
 ) -> RunReport:
     """Upload each file under inputs/, drive the pipeline until every job has ended, copy outputs/.
 
-    `aws_bill`: count the functions' AWS calls and put what they would cost in the report's `bill`."""
-    check_files(files)
+    `aws_bill`: count the functions' AWS calls and put what they would cost in the report's `bill`.
+    `in_turn`: upload each file once the job of the one before it has ended (so that, with the response
+    cache on, a file reuses the answers of those before it), rather than all at once; `then`: files
+    uploaded in turn once every job of `files` has ended."""
+    check_files([*files, *then])
     say = say or (lambda kind, text: None)
     started = time.monotonic()
     os.makedirs(out_dir, exist_ok=True)
@@ -120,8 +125,9 @@ def run_files(
                 dispatcher.start_webhooks()
             try:
                 report = _drive(
-                    stack, dispatcher, files, out_dir, folder, say, tick_seconds, timeout, keys, started, metadata
-                )
+                    stack, dispatcher, [*files, *then], out_dir, folder, say, tick_seconds, timeout, keys, started,
+                    metadata, [[i] for i in range(len(files))] if in_turn else [list(range(len(files)))],
+                )  # fmt: skip
             finally:
                 dispatcher.close()
         if meter is not None:
@@ -141,43 +147,30 @@ def _drive(
     keys: Sequence[str] | None,
     started: float,
     metadata: Mapping[str, str] | None = None,
+    first: Sequence[Sequence[int]] = (),
 ) -> RunReport:
+    """`first`: the files (by index) uploaded together, turn by turn; those after them go one at a time."""
     store = JobStore(s.TABLE)
     jobs: list[JobView] = []
-    for i, path in enumerate(files):
-        key = keys[i] if keys else input_key(path, folder)
-        if is_manifest(path):
-            # The data and template first: a manifest that lands before its data is refused.
-            for local_path, data_key in _companions(path):
-                stack.upload(local_path, data_key, None)
-                say("upload", f"{local_path} → s3://{s.BUCKET}/{data_key}")
-        stack.upload(path, key, metadata)
-        head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
-        obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
-        jobs.append(JobView(path, key, job_id_for(obj)))
-        say("upload", f"{path} → s3://{s.BUCKET}/{key}")
     notifications: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    while True:
-        dispatcher.deliver_uploads()
-        dispatcher.deliver_realtime()
-        dispatcher.tick()
-        dispatcher.deliver_completions()
-        for note in dispatcher.notifications():
-            notifications.append(note)
-            attrs = note["attributes"]
-            say(
-                "notify",
-                f"SNS {attrs.get('event')} · {attrs.get('job_id')} · provider={attrs.get('provider')}",
-            )
-        _refresh(store, jobs, say)
-        if all(j.status in m.FINAL_JOB_STATES for j in jobs):
-            break
-        _check_submit_dead_letters(stack, dispatcher, jobs)
-        if time.monotonic() > deadline:
-            pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
-            raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
-        time.sleep(tick_seconds)
+    taken = sum(len(turn) for turn in first)
+    turns = [*first, *([i] for i in range(taken, len(files)))]
+    for turn in turns:
+        for i in turn:
+            path = files[i]
+            key = keys[i] if keys else input_key(path, folder)
+            if is_manifest(path):
+                # The data and template first: a manifest that lands before its data is refused.
+                for local_path, data_key in _companions(path):
+                    stack.upload(local_path, data_key, None)
+                    say("upload", f"{local_path} → s3://{s.BUCKET}/{data_key}")
+            stack.upload(path, key, metadata)
+            head = aws.client("s3").head_object(Bucket=s.BUCKET, Key=key)
+            obj = m.InputObject(s.BUCKET, key, head.get("VersionId"), head["ETag"].strip('"'), head["ContentLength"])
+            jobs.append(JobView(path, key, job_id_for(obj)))
+            say("upload", f"{path} → s3://{s.BUCKET}/{key}")
+        _until_ended(stack, dispatcher, store, jobs, notifications, say, tick_seconds, deadline, timeout)
     # A last drain: the terminal notification may land just after the state we saw.
     for note in dispatcher.notifications():
         notifications.append(note)
@@ -201,6 +194,39 @@ def _drive(
         dict(dispatcher.crashes),
         dict(dispatcher.crashed),
     )
+
+
+def _until_ended(
+    stack: s.LocalStack,
+    dispatcher: Dispatcher,
+    store: JobStore,
+    jobs: list[JobView],
+    notifications: list[dict[str, Any]],
+    say: Say,
+    tick_seconds: float,
+    deadline: float,
+    timeout: float,
+) -> None:
+    while True:
+        dispatcher.deliver_uploads()
+        dispatcher.deliver_realtime()
+        dispatcher.tick()
+        dispatcher.deliver_completions()
+        for note in dispatcher.notifications():
+            notifications.append(note)
+            attrs = note["attributes"]
+            say(
+                "notify",
+                f"SNS {attrs.get('event')} · {attrs.get('job_id')} · provider={attrs.get('provider')}",
+            )
+        _refresh(store, jobs, say)
+        if all(j.status in m.FINAL_JOB_STATES for j in jobs):
+            break
+        _check_submit_dead_letters(stack, dispatcher, jobs)
+        if time.monotonic() > deadline:
+            pending = ", ".join(f"{j.file} ({j.status})" for j in jobs if j.status not in m.FINAL_JOB_STATES)
+            raise RunError(f"gave up after {timeout:.0f}s waiting for: {pending}")
+        time.sleep(tick_seconds)
 
 
 def _check_submit_dead_letters(stack: s.LocalStack, dispatcher: Dispatcher, jobs: list[JobView]) -> None:
@@ -235,7 +261,9 @@ def _refresh(store: JobStore, jobs: list[JobView], say: Say) -> None:
             shown = f"{state} {progress.get('done') or 0}/{progress.get('total') or batch['requests']}"
             if job.batches.get(batch["batch_key"]) != shown:
                 job.batches[batch["batch_key"]] = shown
-                bid = batch.get("provider_batch_id") or "(not sent yet)"
+                bid = batch.get("provider_batch_id") or (
+                    "(answered from the cache)" if m.lane_of(batch) == m.LANE_CACHE else "(not sent yet)"
+                )
                 say("batch", f"{os.path.basename(job.file)} · {batch['provider']} {bid} · {shown}")
         if item["status"] != job.status:
             job.status = item["status"]

@@ -32,6 +32,7 @@ from batchdrop.providers.spec import env_var
 REGION = "us-east-1"
 BUCKET = "batchdrop-local"
 TABLE = "batchdrop-jobs"
+CACHE_TABLE = "batchdrop-cache"
 TOPIC = "batchdrop-notifications"
 # Local stand-ins for what AWS does without a queue: S3's asynchronous invocation of submit (Lambda's
 # event queue, with its retries and then the submit dead-letter queue) and a subscriber of the topic.
@@ -279,6 +280,17 @@ class LocalStack:
             TableName=TABLE,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": blueprint.TABLE_TTL_ATTRIBUTE},
         )
+        key = blueprint.CACHE_PARTITION_KEY
+        ddb.create_table(
+            TableName=CACHE_TABLE,
+            BillingMode=blueprint.CACHE_BILLING_MODE,
+            AttributeDefinitions=[{"AttributeName": key.name, "AttributeType": key.type}],
+            KeySchema=[{"AttributeName": key.name, "KeyType": "HASH"}],
+        )
+        ddb.update_time_to_live(
+            TableName=CACHE_TABLE,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": blueprint.CACHE_TTL_ATTRIBUTE},
+        )
         self.topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
         sns.subscribe(
             TopicArn=self.topic_arn,
@@ -398,12 +410,18 @@ class LocalStack:
         for name in (*lanes, c.ENV_DEADLINE, c.ENV_PREFIX_DEFAULTS):
             if given.get(name) is None and os.environ.get(name):
                 lanes[name] = os.environ[name]
+        # The cache's and budgets' stack-wide settings: the defaults, or the starting environment's.
+        spending = blueprint.spending_environment()
+        for name in (*spending, c.ENV_BUDGET_USD, c.ENV_MONTHLY_BUDGET_USD):
+            if os.environ.get(name):
+                spending[name] = os.environ[name]
         env = blueprint.environment(
             blueprint.Resources(
                 bucket=BUCKET,
                 table=TABLE,
                 topic_arn=self.topic_arn,
                 queue_urls={q.id: self.queue_urls[queue_name(q)] for q in blueprint.QUEUES.values() if q.url_env},
+                cache_table=CACHE_TABLE,
             ),
             blueprint.Options(
                 on_invalid=o.on_invalid,
@@ -411,6 +429,7 @@ class LocalStack:
                 providers=tuple(o.providers),
                 provider_values=values,
                 lanes=lanes,
+                spending=spending,
                 log_level=os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
             ),
         )
