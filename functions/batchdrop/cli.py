@@ -323,6 +323,14 @@ def local() -> None:
     "polls (cancels racing hand-overs, as `batchdrop cancel` or a cancel/ file can).",
 )
 @click.option(
+    "--cache-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Chaos: the chance that each call to the response cache's table fails (throttled, unreachable): "
+    "lookups are sent as misses, writes are lost, and no job fails for it.",
+)
+@click.option(
     "--webhooks",
     is_flag=True,
     help="Have the emulator send signed OpenAI webhooks to the local webhook function, so OpenAI batches "
@@ -411,6 +419,7 @@ def local_run(
     overlapping_polls: int,
     crash_rate: float,
     cancel_rate: float,
+    cache_error_rate: float,
     webhooks: bool,
     bedrock_min_records: int,
     bedrock_fallback: str | None,
@@ -439,6 +448,7 @@ def local_run(
         overlapping_polls=overlapping_polls,
         crash_rate=crash_rate,
         cancel_rate=cancel_rate,
+        cache_error_rate=cache_error_rate,
         seed=seed,
     )
     _run(

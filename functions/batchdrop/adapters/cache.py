@@ -92,6 +92,7 @@ class ResponseCache:
         clock: Callable[[], float] = time.time,
         checkpoint: Callable[[str], None] = lambda step: None,
         workers: int = WORKERS,
+        ddb: Any = None,
     ) -> None:
         self.table = table
         self.objects = objects
@@ -100,7 +101,7 @@ class ResponseCache:
         self.checkpoint = checkpoint
         self.workers = workers
         self.stats = CacheStats()
-        self.ddb = client("dynamodb")
+        self.ddb = ddb if ddb is not None else client("dynamodb")
 
     # -- reading -------------------------------------------------------------------------------------
 

@@ -88,6 +88,14 @@ class Invocation:
     seconds: float = 0.0  # how long the handler ran (wall clock), as Lambda bills it
 
 
+# The checkpoints of the response cache's table calls (batchdrop.adapters.cache).
+CACHE_CALLS = ("cache_lookup", "cache_write")
+
+
+class CacheFault(Exception):
+    """A call to the response cache's table that failed (Chaos.cache_error_rate)."""
+
+
 class LambdaCrash(BaseException):
     """An invocation killed at a step boundary (timeout, out of memory): no `except Exception` in
     our code sees it, so nothing is cleaned up, exactly as when Lambda stops a function."""
@@ -103,6 +111,9 @@ class Chaos:
     # On each tick, the chance that each unfinished job is canceled, at the same moment as the polls
     # (so cancels race hand-overs, as `batchdrop cancel` or a `cancel/` file can).
     cancel_rate: float = 0.0
+    # The chance that each call to the response cache's table fails, as a throttled or unreachable table
+    # does past botocore's retries: the lookups are sent as misses, the writes are lost (docs/cache.md).
+    cache_error_rate: float = 0.0
     seed: int = 0
 
 
@@ -115,13 +126,15 @@ class Dispatcher:
     crashes: dict[str, int] = field(default_factory=dict)
     # The invocations the chaos killed, by function (a real-time one loses the answers it had not written).
     crashed: dict[str, int] = field(default_factory=dict)
+    # The cache calls the chaos failed, by step.
+    cache_faults: dict[str, int] = field(default_factory=dict)
     _webhook_server: Any = None
     _realtime: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.chaos.seed)
         self._lock = threading.Lock()
-        if self.chaos.crash_rate > 0:
+        if self.chaos.crash_rate > 0 or self.chaos.cache_error_rate > 0:
             self._wire_crashes()
 
     def _wire_crashes(self) -> None:
@@ -137,8 +150,13 @@ class Dispatcher:
                 crash = self._rng.random() < self.chaos.crash_rate
                 if crash:
                     self.crashes[step] = self.crashes.get(step, 0) + 1
+                fault = step in CACHE_CALLS and self._rng.random() < self.chaos.cache_error_rate
+                if fault:
+                    self.cache_faults[step] = self.cache_faults.get(step, 0) + 1
             if crash:
                 raise LambdaCrash(step)
+            if fault:
+                raise CacheFault(f"chaos: the cache table did not answer ({step})")
 
         deps.checkpoint = checkpoint
         use_deps(lambda: deps)
