@@ -133,6 +133,9 @@ def check_guarantees(report: RunReport, max_attempts: int) -> dict[str, int]:
         attempt_of = {b["batch_id"]: b["attempt"] for b in summary["batches"] if b["batch_id"]}
         batches_in_summaries += sum(1 for b in summary["batches"] if b["batch_id"] and b.get("lane") != "realtime")
         for r in results:
+            if r.get("cached"):
+                totals["cached"] += 1
+                continue  # answered from the response cache: sent by no one in this job
             if r.get("lane") == "realtime":
                 totals["realtime_results"] += 1
                 continue
