@@ -87,6 +87,7 @@ class BatchdropStack(Stack):
             "AlarmTopicArn": self.messaging.alarm_topic.topic_arn,
             "CompletionQueueUrl": self.messaging.completion_queue.queue_url,
             "CompletionDlqUrl": self.messaging.completion_dlq.queue_url,
+            "CacheTableName": self.state.cache.table_name,
             "AthenaDatabaseName": self.analytics.database_name,
             "AthenaTableName": self.analytics.table_name,
             "AthenaWorkgroupName": self.analytics.workgroup_name,

@@ -190,6 +190,13 @@ def _unlink(*paths: str) -> None:
             os.unlink(path)
 
 
+def count_answered(batch: PlannedBatch, cache: ResponseCache) -> int:
+    """How many of a planned batch's requests the cache would answer now (`batchdrop validate`)."""
+    with open(batch.path, "rb") as data:
+        keys = [request_key(batch.provider, batch.model, payload) for payload in data]
+    return cache.count(keys)
+
+
 def cached_outcomes(deps: Deps, batch: dict[str, Any]) -> Iterator[tuple[str, int, m.Outcome, Entry]]:
     """The answers of a job's `cache` item, each for the request its index still holds (a line taken out
     as a duplicate after the lookup keeps no answer)."""

@@ -190,6 +190,21 @@ def _cache_option(f: Any) -> Any:
     )(f)
 
 
+def _cache_reader(mode: str, stack_name: str | None) -> tuple[Any, str | None]:
+    """(the cache `validate` asks, or None; why it asks none, when the file's cache is on)."""
+    from batchdrop import ops
+    from batchdrop.adapters.cache import ResponseCache
+    from batchdrop.config import CACHE_OFF
+
+    if mode == CACHE_OFF:
+        return None, None
+    try:
+        table = ops.cache_table(stack_name)
+        return ResponseCache(table, None, ttl_seconds=0), None
+    except Exception as exc:
+        return None, f"not checked: cannot reach the stack's cache table ({exc})"
+
+
 def _cache_metadata(cache: str | None) -> dict[str, str]:
     from batchdrop.options import META_CACHE
 
@@ -608,13 +623,30 @@ def _print_bill(bill: Any, saved: float | None) -> None:
 @click.option("--folder", default=None, help="Validate as if uploaded under inputs/FOLDER/ (provider routing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the error lines as JSONL instead of a table.")
 @_lane_options
+@_cache_option
+@click.option(
+    "--stack",
+    "stack_name",
+    default=None,
+    envvar="BATCHDROP_STACK",
+    help="With the cache on: the deployed stack whose cache table (output CacheTableName) to ask; "
+    "BATCHDROP_CACHE_TABLE names the table instead [default: Batchdrop].",
+)
 def validate(
-    files: tuple[str, ...], on_invalid: str, folder: str | None, as_json: bool, deadline: str | None, lane: str | None
+    files: tuple[str, ...],
+    on_invalid: str,
+    folder: str | None,
+    as_json: bool,
+    deadline: str | None,
+    lane: str | None,
+    cache: str | None,
+    stack_name: str | None,
 ) -> None:
     """Validate FILES offline with the submit function's own code: counts, the error lines, and the lane
     each provider's requests would take (as if uploaded now, with --deadline and --lane as metadata).
     A table job's manifest (.job.json) renders every row of its data, read next to it, and reports the
-    rows that do not render by row number.
+    rows that do not render by row number. With the response cache on (--cache, or the stack's default),
+    it also says how many requests the stack's cache would answer now, when it can reach the stack.
 
     Exits 1 when any line is invalid (or the file would be rejected), 0 otherwise.
     """
@@ -622,6 +654,7 @@ def validate(
 
     from rich.markup import escape
 
+    from batchdrop.cache import count_answered
     from batchdrop.config import ConfigError, tmpdir
     from batchdrop.estimate import EXACT_FIRST, SAMPLE_EVERY, Estimate
     from batchdrop.options import (
@@ -651,10 +684,12 @@ def validate(
     # Planned as if uploaded there: a folder named after a provider routes neutral lines to it.
     key = f"inputs/{folder.strip('/')}/file.jsonl" if folder else "inputs/file.jsonl"
     now = time.time()
+    given_metadata = {**_metadata(deadline, lane), **_cache_metadata(cache)}
     try:
-        options = job_options(settings, key, _metadata(deadline, lane), now)
+        options = job_options(settings, key, given_metadata, now)
     except OptionError as exc:
         raise click.ClickException(str(exc)) from None
+    answers, unreachable = _cache_reader(options.cache, stack_name)
     bad = False
     for path in files:
         if not os.path.isfile(path):
@@ -696,7 +731,7 @@ def validate(
                 table_job = open_job(local, os.path.basename(path), raw, settings.routes, bounds=bounds)
                 manifest = table_job.manifest
                 given = {META_LANE: manifest.lane or "", META_DEADLINE: manifest.deadline or ""}
-                file_options = job_options(settings, key, {**given, **_metadata(deadline, lane)}, now)
+                file_options = job_options(settings, key, {**given, **given_metadata}, now)
             except (TableJobError, OptionError) as exc:
                 console.print(f"[bold]{path}[/]: [red]would be rejected[/]: {escape(str(exc))}")
                 bad = True
@@ -712,7 +747,8 @@ def validate(
                     key_prefix="a1-",
                     tmpdir=tmpdir(),
                     estimate=estimate,
-                    dry=True,
+                    # The cache's keys are read from the requests themselves.
+                    dry=answers is None,
                     small_realtime=may_go_realtime(file_options),
                 )
             result = plan.result
@@ -730,6 +766,16 @@ def validate(
             by_provider: dict[str, int] = {}
             for batch in batches.planned.values():
                 by_provider[batch.provider] = by_provider.get(batch.provider, 0) + 1
+            cached_note = unreachable
+            if answers is not None:
+                try:
+                    hits = sum(count_answered(b, answers) for b in batches.planned.values() if b.path)
+                    cached_note = (
+                        f"{hits:,} of the {sum(b.requests for b in batches.planned.values()):,} requests would be "
+                        f"answered from the cache now (table {answers.table}): not sent, and free"
+                    )
+                except Exception as exc:
+                    cached_note = f"not checked: the cache table did not answer ({type(exc).__name__}: {exc})"
         finally:
             batches.close()
         lines = result.lines
@@ -764,6 +810,8 @@ def validate(
             each = estimate.by_provider.get(provider)
             money = "n/a" if each is None else f"${each:.4f}"
             console.print(f"  lane: {provider} → [bold]{choice.lane}[/] ({escape(choice.why)}) · cost ≤ {money}")
+        if cached_note:
+            console.print(f"  cache ({file_options.cache}): {escape(cached_note)}")
         if file_options.deadline is not None and file_options.lane == AUTO:
             console.print(
                 "  a batch still unfinished near the deadline is escalated: canceled, its rest sent real-time"

@@ -15,7 +15,7 @@ from typing import Any
 from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
-from batchdrop.config import ENV_BUCKET, ENV_TABLE, INPUT_PREFIX
+from batchdrop.config import ENV_BUCKET, ENV_CACHE_TABLE, ENV_TABLE, INPUT_PREFIX
 from batchdrop.pipeline import job_id_for
 
 
@@ -27,6 +27,21 @@ class StackNotFound(Exception):
 class StackRef:
     bucket: str
     table: str
+
+
+def cache_table(stack_name: str | None) -> str:
+    """The response cache's table: BATCHDROP_CACHE_TABLE, else the stack's output CacheTableName."""
+    if os.environ.get(ENV_CACHE_TABLE):
+        return os.environ[ENV_CACHE_TABLE]
+    name = stack_name or "Batchdrop"
+    try:
+        stacks = aws.client("cloudformation").describe_stacks(StackName=name)["Stacks"]
+    except Exception as exc:
+        raise StackNotFound(f"cannot read the stack {name!r} ({type(exc).__name__})") from None
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    if "CacheTableName" not in outputs:
+        raise StackNotFound(f"the stack {name!r} has no output CacheTableName (deployed before the cache?)")
+    return outputs["CacheTableName"]
 
 
 def resolve(stack_name: str | None, bucket: str | None, table: str | None) -> StackRef:

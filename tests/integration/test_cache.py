@@ -335,3 +335,27 @@ def test_the_chaos_run_with_the_cache_pays_each_line_once(tmp_path: Path) -> Non
     sent_b = {cid for cid in sent(report.provider_stats) if cid.startswith("b-")}
     cached_b = {f"b-{i}" for i in range(150)} - sent_b
     assert len(cached_b) >= summary["counts"]["cached"]
+
+
+def test_validate_says_how_many_requests_the_stacks_cache_would_answer(
+    stack: s.LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from batchdrop.cli import main
+
+    rows = [chat(i) for i in range(6)]
+    run_once(stack, "inputs/a.jsonl", rows[:4], 1)
+    path = write(tmp_path / "f.jsonl", rows)
+    monkeypatch.setenv("BATCHDROP_CACHE_TABLE", s.CACHE_TABLE)
+    answer = CliRunner().invoke(main, ["validate", "--cache", "read", path], terminal_width=200)
+    assert answer.exit_code == 0, answer.output
+    assert "4 of the 6 requests would be answered from the cache now" in " ".join(answer.output.split())
+    # Nothing was sent for it, and it wrote nothing
+    assert len(cache_items()) == 4
+    # Without a way to the stack, validate says it could not check, and still validates
+    monkeypatch.delenv("BATCHDROP_CACHE_TABLE")
+    monkeypatch.setenv("BATCHDROP_STACK", "NoSuchStack")
+    answer = CliRunner().invoke(main, ["validate", "--cache", "read", path], terminal_width=200)
+    assert answer.exit_code == 0, answer.output
+    assert "not checked: cannot reach the stack's cache table" in " ".join(answer.output.split())

@@ -86,7 +86,7 @@ class ResponseCache:
     def __init__(
         self,
         table: str,
-        objects: ObjectStore,
+        objects: ObjectStore | None,
         *,
         ttl_seconds: float,
         clock: Callable[[], float] = time.time,
@@ -121,6 +121,35 @@ class ResponseCache:
         for part in parts:
             found.update(part)
         self.stats.add(hits=len(found), misses=len(unique) - len(found))
+        return found
+
+    def count(self, keys: Iterable[str]) -> int:
+        """How many of `keys` have an entry not past its TTL, reading only the keys and TTLs (for
+        `batchdrop validate`: the answers themselves are not read). Errors propagate: the caller says
+        the count could not be made."""
+        unique = list(dict.fromkeys(keys))
+        found = 0
+        now = self.clock()
+        for i in range(0, len(unique), GET_KEYS):
+            wanted: list[dict[str, Any]] = [{KEY: {"S": k}} for k in unique[i : i + GET_KEYS]]
+            for attempt in range(UNPROCESSED_TRIES + 1):
+                answer = self.ddb.batch_get_item(
+                    RequestItems={
+                        self.table: {
+                            "Keys": wanted,
+                            "ProjectionExpression": "#k, #t",
+                            "ExpressionAttributeNames": {"#k": KEY, "#t": TTL_ATTRIBUTE},
+                        }
+                    }
+                )
+                items = answer.get("Responses", {}).get(self.table, [])
+                found += sum(1 for item in items if float(item[TTL_ATTRIBUTE]["N"]) > now)
+                wanted = answer.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+                if not wanted:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            if wanted:
+                raise RuntimeError(f"the cache table left {len(wanted)} lookups unanswered (throttled)")
         return found
 
     def _get(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -161,6 +190,8 @@ class ResponseCache:
                 # DynamoDB deletes expired items within days, not at once: past its TTL it is gone to us.
                 return None
             if "object" in item:
+                if self.objects is None:
+                    raise ValueError("its answer is in the bucket, which this reader was not given")
                 packed = self.objects.get_bytes(item["object"]["S"])
                 if packed is None:
                     raise ValueError("its object is gone")
@@ -199,6 +230,8 @@ class ResponseCache:
             TTL_ATTRIBUTE: {"N": str(int(now + self.ttl_seconds))},
         }
         if len(packed) > INLINE_BYTES:
+            if self.objects is None:
+                raise ValueError("a large answer goes to the bucket, which this writer was not given")
             name = f"{CACHE_OBJECT_PREFIX}{key[:2]}/{key}.json.zz"
             self.objects.put_bytes(name, packed, "application/octet-stream")
             item["object"] = {"S": name}
