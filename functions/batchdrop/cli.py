@@ -921,12 +921,14 @@ def _ref(stack_name: str | None, bucket: str | None, table: str | None) -> Any:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--folder", default=None, help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines).")
 @_lane_options
+@_cache_option
 @_stack_options
 def submit(
     files: tuple[str, ...],
     folder: str | None,
     deadline: str | None,
     lane: str | None,
+    cache: str | None,
     stack_name: str | None,
     bucket: str | None,
     table: str | None,
@@ -943,7 +945,7 @@ def submit(
         check_files(files)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
-    metadata = _metadata(deadline, lane)
+    metadata = {**_metadata(deadline, lane), **_cache_metadata(cache)}
     ref = _ref(stack_name, bucket, table)
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         for path in files:
