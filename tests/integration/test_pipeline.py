@@ -343,6 +343,7 @@ def test_the_provider_folder_routes_neutral_lines(stack: s.LocalStack) -> None:
         "total": 0.0,
         "realtime_equivalent": 0.0,
         "saved": 0.0,
+        "cache_saved": 0.0,
     }
 
 
