@@ -68,7 +68,7 @@ def ok(
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)},
         }
-    record, _, _ = result_line(custom_id or f"row-{line}", line, "openai", model, "batch_1", body, lane=lane)
+    record, _ = result_line(custom_id or f"row-{line}", line, "openai", model, "batch_1", body, lane=lane)
     if parsed is not None:
         record["parsed"] = parsed
     return record
