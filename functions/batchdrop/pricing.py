@@ -44,8 +44,8 @@ ENV_PRICES = "BATCHDROP_PRICES"
 PRICES: dict[str, Price] = {prefix: price for s in SPECS.values() for prefix, price in s.prices.items()}
 # How each provider's model names differ from the table's (Gemini's "models/", Bedrock's regions).
 _PRICE_MODEL = tuple(s.price_model for s in SPECS.values() if s.price_model is not None)
-# The rates BATCHDROP_PRICES may name, in the order its list form gives them.
-_RATES = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "batch")
+# The rates BATCHDROP_PRICES may name, in the order its list form gives them (the first four).
+_RATES = Price._fields
 _LIST_RATES = _RATES[:4]
 
 
