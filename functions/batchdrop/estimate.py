@@ -25,6 +25,7 @@ from batchdrop.pricing import (
     DEFAULT_OUTPUT_CAP,
     TEXT_FIELDS,
     CostMeter,
+    Usage,
     estimate_tokens,
 )
 from batchdrop.providers import SPECS
@@ -178,8 +179,10 @@ class Estimate:
         meters: dict[str, CostMeter] = {}
         for (provider, model), (tokens_in, tokens_out) in self._by_model.items():
             lane = lanes.get(provider, "batch")
-            self.meter.add(model, tokens_in, tokens_out, lane)
-            meters.setdefault(provider, CostMeter(self.meter.table)).add(model, tokens_in, tokens_out, lane)
+            # No cache is known before the answers come: all of it is priced as uncached input.
+            usage = Usage(input_tokens=tokens_in, output_tokens=tokens_out)
+            self.meter.add(model, usage, lane)
+            meters.setdefault(provider, CostMeter(self.meter.table)).add(model, usage, lane)
         self.by_provider = {provider: meter.summary()["total"] for provider, meter in meters.items()}
         self._by_model = {}
         return self.meter.summary()

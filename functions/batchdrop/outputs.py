@@ -6,21 +6,22 @@ from typing import Any
 
 from batchdrop import models as m
 from batchdrop.providers import SPECS
+from batchdrop.providers.spec import Usage
 
 # Each provider's readers of its response bodies, in the registry's order: the first that knows a
 # body reads it.
 _READERS = tuple(reader for spec in SPECS.values() for reader in spec.readers)
 
 
-def extract(body: dict[str, Any]) -> tuple[str | None, int, int]:
-    """(generated text, input tokens, output tokens) from any response body we support."""
+def extract(body: dict[str, Any]) -> tuple[str | None, Usage]:
+    """(generated text, the tokens it was billed for) from any response body we support."""
     for read in _READERS:
         found = read(body)
         if found is not None:
             return found
     # Embeddings ("list") and moderations: no text; embeddings report prompt tokens only.
     usage = body.get("usage") or {}
-    return None, int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0), 0
+    return None, Usage(input_tokens=int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0))
 
 
 def result_line(
@@ -32,10 +33,10 @@ def result_line(
     body: dict[str, Any],
     lane: str = "batch",
     structured: tuple[Any, str | None] | None = None,
-) -> tuple[dict[str, Any], int, int]:
+) -> tuple[dict[str, Any], Usage]:
     """`structured`: (parsed, text) of a request that asked for a JSON Schema (batchdrop.structured); a
     line without one has no `parsed` at all, as before there were any."""
-    text, tokens_in, tokens_out = extract(body)
+    text, usage = extract(body)
     record: dict[str, Any] = {
         "custom_id": custom_id,
         "line": line,
@@ -48,9 +49,9 @@ def result_line(
     }
     if structured is not None:
         record["parsed"], record["text"] = structured
-    record["usage"] = {"input_tokens": tokens_in, "output_tokens": tokens_out}
+    record["usage"] = usage.line()
     record["response"] = body
-    return record, tokens_in, tokens_out
+    return record, usage
 
 
 def error_line(

@@ -22,7 +22,7 @@ from batchdrop.config import CACHE_OFF, CACHE_READ_WRITE
 from batchdrop.config import tmpdir as spill_dir
 from batchdrop.outputs import error_line, extract, result_line
 from batchdrop.pipeline import Deps, batch_index_key, iso, replacement_prefix, validation_errors_key
-from batchdrop.pricing import CostMeter, price_table
+from batchdrop.pricing import CostMeter, Usage, price_table
 
 logger = Logger(service="batchdrop")
 
@@ -40,7 +40,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
     prefix = job["output_prefix"]
     counts = dict(job.get("counts") or {"lines": 0, "invalid": 0, "submitted": 0})
     succeeded = failed = 0
-    tokens_in = tokens_out = 0
+    usage = Usage()
     meter = CostMeter(price_table())
     tmpdir = spill_dir()
     # The watchdog's reason when it ended the job: then whatever cannot be read is reported, not raised.
@@ -110,7 +110,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                             + b"\n"
                         )  # fmt: skip
                         continue
-                    record, t_in, t_out = result_line(
+                    record, used = result_line(
                         custom_id, line, provider, entry.model or batch.get("model", ""), "",
                         outcome.response or {}, entry.lane, answer,
                     )  # fmt: skip
@@ -119,7 +119,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     results.write(orjson.dumps(record) + b"\n")
                     succeeded += 1
                     cached += 1
-                    cache_meter.add(record["model"], t_in, t_out, entry.lane)
+                    cache_meter.add(record["model"], used, entry.lane)
                 continue
             keys = request_keys(deps, batch) if writer is not None else None
             for custom_id, line, outcome, answer in so.checked(_outcomes(deps, batch, given_up), wants, provider):
@@ -129,7 +129,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     later_ids.add(custom_id)
                 by_lane[lane] = by_lane.get(lane, 0) + 1
                 if outcome.ok:
-                    record, t_in, t_out = result_line(
+                    record, used = result_line(
                         custom_id,
                         line,
                         provider,
@@ -141,19 +141,17 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
                     )
                     results.write(orjson.dumps(record) + b"\n")
                     succeeded += 1
-                    tokens_in += t_in
-                    tokens_out += t_out
-                    meter.add(record["model"], t_in, t_out, lane)
+                    usage += used
+                    meter.add(record["model"], used, lane)
                     if writer is not None and keys is not None and custom_id in keys:
                         writer.add(keys[custom_id], provider, batch.get("model", ""), lane, outcome.response or {})
                 else:
                     failed += 1
                     if outcome.code == m.SCHEMA_MISMATCH and outcome.response:
                         # Answered, so billed: its tokens count in usage and cost like a result's.
-                        _, t_in, t_out = extract(outcome.response)
-                        tokens_in += t_in
-                        tokens_out += t_out
-                        meter.add(outcome.response.get("model") or batch.get("model", ""), t_in, t_out, lane)
+                        _, used = extract(outcome.response)
+                        usage += used
+                        meter.add(outcome.response.get("model") or batch.get("model", ""), used, lane)
                     errors.write(
                         orjson.dumps(
                             error_line(
@@ -234,7 +232,7 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
             for b in sorted(batches, key=lambda b: b["sk"])
             if m.lane_of(b) != m.LANE_CACHE
         ],
-        "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
+        "usage": usage.summary(),
         "cost_usd": meter.summary(),
         "timings": {
             "received_at": job.get("received_at"),

@@ -23,6 +23,7 @@ from batchdrop.cancel import cancel_running
 from batchdrop.config import JOBS_TIMED_OUT
 from batchdrop.observability import metrics
 from batchdrop.pipeline import Deps, iso
+from batchdrop.providers.spec import Usage
 from batchdrop.results import write_outputs
 
 logger = Logger(service="batchdrop")
@@ -91,7 +92,7 @@ def _bare_summary(deps: Deps, job: dict[str, Any], reason: str) -> dict[str, Any
         "input": job.get("input"),
         "counts": {k: counts.get(k, 0) for k in ("lines", "invalid", "submitted", "succeeded", "failed")},
         "batches": [],
-        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "usage": Usage().summary(),
         "cost_usd": {"batch": None, "realtime_equivalent": None, "saved": None},
         "timings": {
             "received_at": job.get("received_at"),

@@ -5,6 +5,7 @@ failing table and poisoned entries."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,11 +58,15 @@ def sent(stats: dict[str, Any]) -> Counter[str]:
     return count
 
 
+def _read_in(folder: Path, name: str) -> bytes:
+    return (folder / name).read_bytes()
+
+
 def outputs(report: RunReport, out: Path) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
     found = []
     for job in report.jobs:
         folder = out / Path((job.summary or {})["results"].split("/", 3)[3]).parent
-        found.append(read_outputs(lambda name, f=folder: (f / name).read_bytes(), ""))
+        found.append(read_outputs(functools.partial(_read_in, folder), ""))
     return found
 
 

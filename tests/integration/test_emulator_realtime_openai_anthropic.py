@@ -194,12 +194,12 @@ def test_an_answer_reads_like_the_batch_result_of_the_same_line(
     assert realtime.custom_id == batch.custom_id == "r1"
     assert realtime.response is not None
     assert batch.response is not None
-    text, tokens_in, tokens_out = extract(realtime.response)
-    assert (text, tokens_in, tokens_out) == extract(batch.response)
-    assert tokens_in > 0
+    text, usage = extract(realtime.response)
+    assert (text, usage) == extract(batch.response)
+    assert usage.input_tokens > 0
     if case.url != "/v1/embeddings":
         assert text == "echo: What is the capital of France?"
-        assert tokens_out > 0
+        assert usage.output_tokens > 0
     assert [status for status, _ in observed] == [200]
     if case.provider == "anthropic":
         # the standard tier in real time, the batch tier in a batch (anthropic/types/usage.py)

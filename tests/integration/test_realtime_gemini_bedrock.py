@@ -155,10 +155,10 @@ def test_gemini_answer_reads_like_the_batch_result(
     assert batch_outcome.ok
     assert batch_outcome.response is not None
     assert extract(outcome.response) == extract(batch_outcome.response)
-    text, tokens_in, tokens_out = extract(outcome.response)
+    text, usage = extract(outcome.response)
     assert text == "echo: what is real time?"
-    assert tokens_in > 0
-    assert tokens_out > 0
+    assert usage.input_tokens > 0
+    assert usage.output_tokens > 0
     # The same body but for the id of the answer
     assert {**outcome.response, "responseId": ""} == {**batch_outcome.response, "responseId": ""}
 
@@ -336,11 +336,11 @@ def test_bedrock_answer_reads_like_the_batch_output(
     assert batch[0].ok
     assert batch[0].response is not None
     assert extract(outcome.response) == extract(batch[0].response)
-    text, tokens_in, tokens_out = extract(outcome.response)
+    text, usage = extract(outcome.response)
     assert text
     assert "what is real time?" in text
-    assert tokens_in > 0
-    assert tokens_out > 0
+    assert usage.input_tokens > 0
+    assert usage.output_tokens > 0
     if volatile is None:
         assert outcome.response == batch[0].response
     else:

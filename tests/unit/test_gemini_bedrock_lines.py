@@ -12,6 +12,7 @@ from batchdrop import models as m
 from batchdrop.outputs import extract
 from batchdrop.providers.bedrock import ANTHROPIC_VERSION as BEDROCK_ANTHROPIC_VERSION
 from batchdrop.providers.bedrock import bedrock_to_anthropic
+from batchdrop.providers.spec import Usage
 from tests.lines import accept, neutral_line, reject, validator
 
 
@@ -201,4 +202,5 @@ def test_only_claude_records_convert() -> None:
     ],
 )
 def test_text_and_usage_of_gemini_nova_and_llama(body: dict[str, Any], expected: tuple[str, int, int]) -> None:
-    assert extract(body) == expected
+    text, tokens_in, tokens_out = expected
+    assert extract(body) == (text, Usage(tokens_in, tokens_out))

@@ -8,6 +8,7 @@ import pytest
 
 from batchdrop import models as m
 from batchdrop.outputs import error_line, extract, result_line, validation_error
+from batchdrop.providers.spec import Usage
 
 CHAT_COMPLETION: dict[str, Any] = {
     "id": "chatcmpl-abc",
@@ -100,7 +101,8 @@ MODERATION: dict[str, Any] = {
     ids=["chat", "responses", "embeddings", "completions", "anthropic", "moderations"],
 )
 def test_extract_text_and_usage(body: dict[str, Any], expected: tuple[str | None, int, int]) -> None:
-    assert extract(body) == expected
+    text, tokens_in, tokens_out = expected
+    assert extract(body) == (text, Usage(tokens_in, tokens_out))
 
 
 def test_chat_completion_with_only_tool_calls_has_no_text() -> None:
@@ -118,38 +120,36 @@ def test_chat_completion_with_only_tool_calls_has_no_text() -> None:
             }
         ],
     }
-    assert extract(body) == (None, 12, 3)
+    assert extract(body) == (None, Usage(12, 3))
 
 
 def test_chat_completion_with_empty_text_keeps_the_empty_string() -> None:
     body = {**CHAT_COMPLETION, "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]}
-    assert extract(body) == ("", 12, 3)
+    assert extract(body) == ("", Usage(12, 3))
 
 
 def test_anthropic_message_with_only_tool_use_has_no_text() -> None:
     body = {**ANTHROPIC_MESSAGE, "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}
-    assert extract(body) == (None, 30, 11)
+    assert extract(body) == (None, Usage(30, 11))
 
 
 def test_response_without_a_message_has_no_text() -> None:
     body = {**RESPONSE, "output": [{"id": "fc_1", "type": "function_call", "name": "f", "arguments": "{}"}]}
-    assert extract(body) == (None, 20, 7)
+    assert extract(body) == (None, Usage(20, 7))
 
 
 @pytest.mark.parametrize("body", [CHAT_COMPLETION, RESPONSE, ANTHROPIC_MESSAGE])
 def test_missing_or_null_usage_counts_zero(body: dict[str, Any]) -> None:
-    assert extract({**body, "usage": None})[1:] == (0, 0)
-    assert extract({k: v for k, v in body.items() if k != "usage"})[1:] == (0, 0)
+    assert extract({**body, "usage": None})[1] == Usage()
+    assert extract({k: v for k, v in body.items() if k != "usage"})[1] == Usage()
 
 
 def test_chat_completion_without_choices_has_no_text() -> None:
-    assert extract({**CHAT_COMPLETION, "choices": []}) == (None, 12, 3)
+    assert extract({**CHAT_COMPLETION, "choices": []}) == (None, Usage(12, 3))
 
 
 def test_result_line_has_every_field_of_the_contract() -> None:
-    line, tokens_in, tokens_out = result_line(
-        "r-1", 4, "anthropic", "claude-haiku-4-5", "msgbatch_1", ANTHROPIC_MESSAGE
-    )
+    line, usage = result_line("r-1", 4, "anthropic", "claude-haiku-4-5", "msgbatch_1", ANTHROPIC_MESSAGE)
     assert line == {
         "custom_id": "r-1",
         "line": 4,
@@ -162,16 +162,14 @@ def test_result_line_has_every_field_of_the_contract() -> None:
         "usage": {"input_tokens": 30, "output_tokens": 11},
         "response": ANTHROPIC_MESSAGE,
     }
-    assert (tokens_in, tokens_out) == (30, 11)
-    realtime, _, _ = result_line(
-        "r-1", 4, "anthropic", "claude-haiku-4-5", "realtime:j/k", ANTHROPIC_MESSAGE, "realtime"
-    )
+    assert usage == Usage(30, 11)
+    realtime, _ = result_line("r-1", 4, "anthropic", "claude-haiku-4-5", "realtime:j/k", ANTHROPIC_MESSAGE, "realtime")
     assert realtime["lane"] == "realtime"
 
 
 def test_result_line_falls_back_to_the_requested_model() -> None:
     body = {k: v for k, v in EMBEDDINGS.items() if k != "model"}
-    line, _, _ = result_line("e-1", 1, "openai", "text-embedding-3-small", "batch_1", body)
+    line, _ = result_line("e-1", 1, "openai", "text-embedding-3-small", "batch_1", body)
     assert line["model"] == "text-embedding-3-small"
     assert line["text"] is None
     assert line["usage"] == {"input_tokens": 8, "output_tokens": 0}

@@ -19,7 +19,7 @@ from batchdrop.config import BatchLimits
 from batchdrop.estimate import Estimate
 from batchdrop.planner import SIZES_INDEX, BatchPlanner, PlannedBatch
 from batchdrop.planning import LocalBatches, offline_settings, plan_segment, settle
-from batchdrop.pricing import CostMeter, estimate_tokens, price_table
+from batchdrop.pricing import CostMeter, Usage, estimate_tokens, price_table
 from batchdrop.scan import ScanResult
 
 LIMITS = {
@@ -159,7 +159,7 @@ def test_the_estimate_prices_each_model_once_and_is_null_for_an_unknown_one() ->
     estimate.add_many([known, known])
     tokens_in, tokens_out = estimate_tokens("openai", known.payload)
     meter = CostMeter(price_table({}))
-    meter.add("gpt-4o-mini", 2 * tokens_in, 2 * tokens_out)
+    meter.add("gpt-4o-mini", Usage(2 * tokens_in, 2 * tokens_out))
     assert estimate.summary() == meter.summary()
     unknown = Estimate(CostMeter(price_table({})))
     unknown.add_many([m.Request(1, "a", "openai", "", "no-such-model", compact(line))])

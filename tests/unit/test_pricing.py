@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, estimate_tokens, price_table, realtime_price
+from batchdrop.pricing import ENV_PRICES, PRICES, CostMeter, Price, Usage, estimate_tokens, price_table, realtime_price
 
 
 def test_known_model_costs_half_its_realtime_price() -> None:
     # Given 1M input and 1M output tokens of gpt-4o-mini ($0.15 and $0.60 per million in real time)
     meter = CostMeter(PRICES)
-    meter.add("gpt-4o-mini", 1_000_000, 1_000_000)
+    meter.add("gpt-4o-mini", Usage(1_000_000, 1_000_000))
     # Then the batch cost is half of the real-time equivalent, and the rest is saved
     assert meter.summary() == {
         "batch": 0.375,
@@ -23,10 +23,10 @@ def test_known_model_costs_half_its_realtime_price() -> None:
 
 def test_the_real_time_lane_costs_full_price_and_saves_nothing() -> None:
     meter = CostMeter(PRICES)
-    meter.add("gpt-4o", 1_000_000, 0, "realtime")
-    meter.add("gpt-4o", 1_000_000, 0, "batch")
+    meter.add("gpt-4o", Usage(1_000_000, 0), "realtime")
+    meter.add("gpt-4o", Usage(1_000_000, 0), "batch")
     summary = meter.summary()
-    full = PRICES["gpt-4o"][0]
+    full = PRICES["gpt-4o"].input
     assert summary["realtime"] == pytest.approx(full)
     assert summary["batch"] == pytest.approx(full / 2)
     assert summary["total"] == pytest.approx(full * 1.5)
@@ -35,10 +35,10 @@ def test_the_real_time_lane_costs_full_price_and_saves_nothing() -> None:
 
 
 def test_costs_add_up_across_models() -> None:
-    meter = CostMeter({"a": (1.0, 2.0), "b": (10.0, 0.0)})
-    meter.add("a-1", 500_000, 250_000)  # 0.5 + 0.5
-    meter.add("b-2", 100_000, 999)  # 1.0 + 0
-    meter.add("a-1", 0, 0)
+    meter = CostMeter({"a": Price(1.0, 2.0), "b": Price(10.0, 0.0)})
+    meter.add("a-1", Usage(500_000, 250_000))  # 0.5 + 0.5
+    meter.add("b-2", Usage(100_000, 999))  # 1.0 + 0
+    meter.add("a-1", Usage(0, 0))
     assert meter.summary() == {
         "batch": 1.0,
         "realtime": 0.0,
@@ -51,8 +51,8 @@ def test_costs_add_up_across_models() -> None:
 def test_unknown_model_makes_every_cost_null() -> None:
     # Given one known and one unknown model
     meter = CostMeter(PRICES)
-    meter.add("gpt-4o-mini", 1000, 1000)
-    meter.add("llama-3.3-70b", 1000, 1000)
+    meter.add("gpt-4o-mini", Usage(1000, 1000))
+    meter.add("llama-3.3-70b", Usage(1000, 1000))
     # Then no partial figure is given
     assert meter.summary() == {
         "batch": None,
@@ -66,7 +66,7 @@ def test_unknown_model_makes_every_cost_null() -> None:
 
 def test_unknown_model_with_no_tokens_still_makes_the_cost_null() -> None:
     meter = CostMeter(PRICES)
-    meter.add("mystery", 0, 0)
+    meter.add("mystery", Usage(0, 0))
     assert meter.summary()["batch"] is None
 
 
@@ -91,7 +91,7 @@ def test_nothing_used_costs_zero() -> None:
         ("claude-haiku-4-5-20251001", PRICES["claude-haiku-4-5"]),
     ],
 )
-def test_longest_matching_prefix_wins(model: str, price: tuple[float, float]) -> None:
+def test_longest_matching_prefix_wins(model: str, price: Price) -> None:
     assert realtime_price(model, PRICES) == price
 
 
@@ -123,11 +123,11 @@ def test_estimates_read_each_providers_own_output_cap() -> None:
 
 def test_prices_from_the_environment_extend_and_override_the_table() -> None:
     table = price_table({ENV_PRICES: '{"my-model": [1, 2], "gpt-4o-mini": [0.5, 1.5]}'})
-    assert table["my-model"] == (1.0, 2.0)
-    assert table["gpt-4o-mini"] == (0.5, 1.5)
+    assert table["my-model"] == Price(1.0, 2.0)
+    assert table["gpt-4o-mini"] == Price(0.5, 1.5)
     assert table["gpt-4o"] == PRICES["gpt-4o"]
     # The module table itself is left alone.
-    assert PRICES["gpt-4o-mini"] == (0.15, 0.60)
+    assert PRICES["gpt-4o-mini"] == Price(0.15, 0.60, cached_input=0.075)
 
 
 def test_empty_price_environment_gives_the_default_table() -> None:

@@ -68,7 +68,7 @@ def ok(
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)},
         }
-    record, _, _ = result_line(custom_id or f"row-{line}", line, "openai", model, "batch_1", body, lane=lane)
+    record, _ = result_line(custom_id or f"row-{line}", line, "openai", model, "batch_1", body, lane=lane)
     if parsed is not None:
         record["parsed"] = parsed
     return record
@@ -225,6 +225,21 @@ def test_cost_at_the_batch_and_the_realtime_price(tmp_path: Path, folder: LocalO
     assert realtime == pytest.approx(batch_cost(MODEL, 1000, 500, "realtime"))
     assert realtime == pytest.approx(batch / BATCH_DISCOUNT)
     assert batch > 0
+
+
+def test_a_rows_cost_prices_its_cached_tokens_at_the_cached_rate(tmp_path: Path, folder: LocalObjects) -> None:
+    put(folder, "data/t.csv", csv_table(1))
+    body = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 600}},
+    }
+    _, out = write(tmp_path, folder, resolved(folder), [ok(1, model="gpt-4o-mini", body=body)])
+    row = pq.read_table(out).to_pylist()[0]
+    # gpt-4o-mini: $0.15 input, $0.075 cached, half in a batch
+    assert row["cost_usd"] == pytest.approx((400 * 0.15 + 600 * 0.075) / 1e6 / 2)
+    assert row["input_tokens"] == 1000
 
 
 def test_an_unknown_models_cost_is_null(tmp_path: Path, folder: LocalObjects) -> None:

@@ -11,8 +11,8 @@ or batchdrop.validation: config and validation import the specs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from batchdrop import models as m
@@ -118,11 +118,91 @@ class FastPath:
     narrow_lines: Callable[[bytes], list[Any]] | None = None
 
 
+class Price(NamedTuple):
+    """A model's real-time list prices in USD per million tokens, by kind of token, and what its batch work
+    costs of them (docs/costs.md "Cached tokens").
+
+    A rate left None is the input rate: cached input is then charged as any input (an upper bound, as
+    before batchdrop read cache usage), and writing to a provider's cache costs nothing more, as
+    OpenAI's writes did before GPT-5.6 and Gemini's do."""
+
+    input: float
+    output: float
+    # Input read from the provider's prompt cache.
+    cached_input: float | None = None
+    # Input written to it (Anthropic's 5-minute writes, OpenAI's writes on the models that bill them).
+    cache_write: float | None = None
+    # Input written to it for an hour (Anthropic's 1-hour writes); None: `cache_write`.
+    cache_write_1h: float | None = None
+    # The share of these rates a batch request costs, for every kind of token: each provider's spec says
+    # where its figure comes from.
+    batch: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens one answer was billed for, as its provider reported them, in one shape for all.
+
+    `input_tokens` is every input token of the request: the provider's prompt tokens for OpenAI, Azure
+    and Gemini (which count their cached tokens in them), and for Anthropic and Claude on Bedrock its
+    `input_tokens` plus the cache reads and writes it reports apart from them. The cache figures are
+    parts of `input_tokens`: `cached_input_tokens` read from the provider's cache,
+    `cache_write_input_tokens` written to it, and of those `cache_write_1h_input_tokens` written for an
+    hour (Anthropic's `cache_creation.ephemeral_1h_input_tokens`)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    cache_write_1h_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_input_tokens + other.cache_write_input_tokens,
+            self.cache_write_1h_input_tokens + other.cache_write_1h_input_tokens,
+        )
+
+    def line(self) -> dict[str, int]:
+        """A result line's `usage`: input and output always, a cache figure only when it is not 0, so
+        that the lines of requests that touched no cache read as they always did."""
+        out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        for name in CACHE_FIELDS:
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        return out
+
+    def summary(self) -> dict[str, int]:
+        """summary.json's `usage`: the four figures always; the 1-hour writes only when there were some."""
+        out = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_input_tokens": self.cache_write_input_tokens,
+        }
+        if self.cache_write_1h_input_tokens:
+            out["cache_write_1h_input_tokens"] = self.cache_write_1h_input_tokens
+        return out
+
+    @classmethod
+    def of_line(cls, usage: Mapping[str, Any] | None) -> Usage:
+        """The usage a result line's `usage` (or summary.json's) holds: absent figures are 0."""
+        usage = usage or {}
+        return cls(*(int(usage.get(name) or 0) for name in USAGE_FIELDS))
+
+
+USAGE_FIELDS = tuple(f.name for f in fields(Usage))
+CACHE_FIELDS = USAGE_FIELDS[2:]
+
+
 # A neutral line as the provider's batch line: (line, messages, custom_id, model, default max_tokens)
 # → (batch group, model, payload without its newline).
 Translate = Callable[[dict[str, Any], list[dict[str, Any]], str, str, int], tuple[str, str, bytes]]
-# A response body → (text, input tokens, output tokens), or None when the body is not of this shape.
-Reader = Callable[[dict[str, Any]], "tuple[str | None, int, int] | None"]
+# A response body → (its text, the tokens it was billed for), or None when the body is not of this shape.
+Reader = Callable[[dict[str, Any]], "tuple[str | None, Usage] | None"]
 # A batch line of the provider's shape (parsed) → (the JSON Schema its answer must match, the forced tool
 # whose input is the answer, or None when the answer is the text), or None when it asks for no schema
 # (docs/contract.md "Structured outputs").
@@ -185,8 +265,8 @@ class ProviderSpec:
     defaults: BatchLimits
     # Model-name prefixes that route a neutral line here.
     routes: tuple[str, ...] = ()
-    # Real-time list prices (input, output) per million tokens, by model-name prefix.
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Real-time list prices per million tokens by kind, and the batch share, by model-name prefix.
+    prices: Mapping[str, Price] = field(default_factory=dict)
     # A model name as the price table names it (a prefix or a region taken off), or None.
     price_model: Callable[[str], str] | None = None
     # Its own line shape; None for a provider that takes another's (`shape`).

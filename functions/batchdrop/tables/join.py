@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchdrop.pricing import BATCH_DISCOUNT, realtime_price
+from batchdrop.pricing import Price, Usage, cost, realtime_price
 from batchdrop.tables.schema import PARSED_COLUMN, RESULT_COLUMNS, TABLE_FOLDER
 from batchdrop.tables.sources import Bounds, DataObject, JsonRows, Objects, arrow_pool, open_rows
 
@@ -126,7 +126,7 @@ class _Index:
         self.db.execute("CREATE TABLE r (line INTEGER PRIMARY KEY, data BLOB)")
         self.replaced = 0
 
-    def load(self, path: str, prices: Mapping[str, tuple[float, float]]) -> None:
+    def load(self, path: str, prices: Mapping[str, Price]) -> None:
         rows: list[tuple[int, bytes]] = []
         with open(path, "rb") as f:
             for raw in f:
@@ -154,30 +154,26 @@ class _Index:
             os.unlink(self.path)
 
 
-def _cost(
-    model: str, lane: str | None, tokens_in: int, tokens_out: int, prices: Mapping[str, tuple[float, float]]
-) -> float | None:
+def _cost(model: str, lane: str | None, usage: Usage, prices: Mapping[str, Price]) -> float | None:
     price = realtime_price(model, prices) if model else None
     if price is None:
         return None
-    cost = (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000
-    return round(cost if lane == "realtime" else cost * BATCH_DISCOUNT, 9)
+    return round(cost(price, usage, "realtime" if lane == "realtime" else "batch"), 9)
 
 
-def _fields(record: dict[str, Any], prices: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+def _fields(record: dict[str, Any], prices: Mapping[str, Price]) -> dict[str, Any]:
     """A results.jsonl or errors.jsonl line as the table's columns."""
     if record.get("status") == STATUS_SUCCEEDED:
-        usage = record.get("usage") or {}
-        t_in, t_out = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        usage = Usage.of_line(record.get("usage"))
         model = str(record.get("model") or "")
         return {
             "custom_id": record.get("custom_id"),
             "response_text": record.get("text"),
             "embedding": _embedding(record.get("response")),
             "status": STATUS_SUCCEEDED,
-            "input_tokens": t_in,
-            "output_tokens": t_out,
-            "cost_usd": _cost(model, record.get("lane"), t_in, t_out, prices),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cost_usd": _cost(model, record.get("lane"), usage, prices),
             "provider": record.get("provider"),
             "model": model,
             "lane": record.get("lane"),
@@ -211,7 +207,7 @@ def write_table(
     results_path: str,
     errors_path: str,
     out_path: str,
-    prices: Mapping[str, tuple[float, float]],
+    prices: Mapping[str, Price],
     tmpdir: str | None = None,
 ) -> TableOutput:
     """Write the results table of the job `resolved` describes (tables.job.TableJob.to_json) to

@@ -135,8 +135,8 @@ class AnthropicEmulation(Plugin):
     def _message(self, params: dict[str, Any]) -> dict[str, Any]:
         # A key per call, not per body: every message has its own id, as the API's do.
         key = f"realtime/{self.emulator.next_id('realtime-call')}"
-        message, _, _ = anthropic_message(params, key)
         knobs = self.emulator.knobs
+        message, _, _ = anthropic_message(params, key, knobs.cached_input_rate)
         schemas.anthropic_reply(params, message, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
         # Real time runs on the standard tier; the batch result says "batch" (anthropic/types/usage.py:
         # service_tier is "standard", "priority" or "batch").
@@ -301,8 +301,8 @@ class AnthropicEmulation(Plugin):
             key = f"{batch.id}/{request.custom_id}"
             result: dict[str, Any]
             if outcome == "succeeded":
-                message, _, _ = anthropic_message(request.body, key)
                 knobs = self.emulator.knobs
+                message, _, _ = anthropic_message(request.body, key, knobs.cached_input_rate)
                 broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
                 schemas.anthropic_reply(request.body, message, key, broken)
                 result = {"type": "succeeded", "message": message}

@@ -1053,7 +1053,8 @@ class BedrockEmulation(Plugin):
         if job.invocation_type == "Converse":
             return _converse_output(body, key)
         knobs = self.emulator.knobs
-        return invoke_output(job.model_id, body, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
+        broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
+        return invoke_output(job.model_id, body, key, broken, knobs.cached_input_rate)
 
     def _record_problem(self, job: _Job, body: dict[str, Any]) -> str | None:
         """Why Bedrock would refuse one record of the job (a Converse job's records are Converse bodies,
@@ -1122,7 +1123,11 @@ class BedrockEmulation(Plugin):
             _converse_output(body, answer_key)
             if converse
             else invoke_output(
-                model_id, body, answer_key, schemas.mismatch(knobs.seed, answer_key, knobs.schema_mismatch_rate)
+                model_id,
+                body,
+                answer_key,
+                schemas.mismatch(knobs.seed, answer_key, knobs.schema_mismatch_rate),
+                knobs.cached_input_rate,
             )
         )
         response = json_response(output)
@@ -1166,15 +1171,16 @@ def model_input_problem(model_id: str, body: dict[str, Any]) -> str | None:
 
 
 def invoke_output(
-    model_id: str, body: dict[str, Any], key: str, broken: bool = False
+    model_id: str, body: dict[str, Any], key: str, broken: bool = False, cached_rate: float = 0.0
 ) -> tuple[dict[str, Any], int, int]:
     """The model's InvokeModel response body for `body` (what a batch's modelOutput holds), with its input
-    and output tokens; `broken`: a structured answer that deliberately breaks its schema."""
+    and output tokens; `broken`: a structured answer that deliberately breaks its schema; `cached_rate`:
+    the share of a Claude prompt reported as cache reads (Nova and Llama report none)."""
     name = model_name(model_id)
     family = MODEL_FAMILY.match(name)
     kind = family.group(1) if family else ""
     if kind == "anthropic.claude-":
-        message, in_tokens, out_tokens = anthropic_message(body, key)
+        message, in_tokens, out_tokens = anthropic_message(body, key, cached_rate)
         schemas.anthropic_reply(body, message, key, broken)
         message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
         message["model"] = re.sub(r"^(?:[a-z]+\.)?anthropic\.", "", name).split(":")[0]

@@ -148,12 +148,21 @@ def echo(user_text: str, cap: int | None) -> tuple[str, int, bool]:
     return text, count, False
 
 
-def anthropic_message(params: dict[str, Any], key: str) -> tuple[dict[str, Any], int, int]:
-    """A Messages API answer: Anthropic's batches return it, and Bedrock's Claude models too."""
+def cached_part(prompt_tokens: int, rate: float) -> int:
+    """The prompt tokens an answer reports as read from the provider's cache (the knob
+    `cached_input_rate`): a share of them, rounded down, so a test knows the figure exactly."""
+    return int(prompt_tokens * rate)
+
+
+def anthropic_message(params: dict[str, Any], key: str, cached_rate: float = 0.0) -> tuple[dict[str, Any], int, int]:
+    """A Messages API answer: Anthropic's batches return it, and Bedrock's Claude models too. Its input
+    tokens (returned) are the whole prompt; the answer reports `cached_rate` of them as cache reads,
+    apart from its `input_tokens` as Anthropic does (anthropic-python's Usage.cache_read_input_tokens)."""
     user_text, chars = messages_text(params.get("messages"))
     chars += len(text_of(params.get("system")))
     text, out_tokens, cut = echo(user_text, positive(params, "max_tokens"))
     in_tokens = tokens(chars)
+    read = cached_part(in_tokens, cached_rate)
     message = {
         "id": f"msg_{hex_id(key, 'message')}",
         "type": "message",
@@ -163,10 +172,10 @@ def anthropic_message(params: dict[str, Any], key: str) -> tuple[dict[str, Any],
         "stop_reason": "max_tokens" if cut else "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": in_tokens,
+            "input_tokens": in_tokens - read,
             "output_tokens": out_tokens,
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": read,
             "service_tier": "batch",
         },
     }

@@ -56,6 +56,9 @@ class EmulatorKnobs:
     realtime_latency: seconds each real-time call takes before it is answered.
     schema_mismatch_rate: per answer to a request that asks for a JSON Schema (a structured output), the
         probability the answer deliberately does not match it (batchdrop.local.emulator.schemas).
+    cached_input_rate: per answer, the share of its prompt tokens reported as read from the provider's
+        prompt cache, rounded down (`canned.cached_part`), in each provider's own usage fields: the same
+        answer reports the same figures every time.
     """
 
     latency: float = 0.0
@@ -67,6 +70,7 @@ class EmulatorKnobs:
     realtime_rpm: Mapping[str, int] = field(default_factory=dict)
     realtime_latency: float = 0.0
     schema_mismatch_rate: float = 0.0
+    cached_input_rate: float = 0.0
 
 
 @dataclass(frozen=True)

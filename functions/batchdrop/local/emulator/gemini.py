@@ -67,6 +67,7 @@ from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import (
     REFUSED,
     SERVER_ERROR,
+    cached_part,
     call_key,
     draw_call_failure,
     echo,
@@ -280,8 +281,10 @@ class GeminiEmulation(Plugin):
             key = f"{batch.id}/{request.custom_id}"
             line: dict[str, Any]
             if outcome == "succeeded":
-                response, in_tokens, out_tokens = _generate_content_response(request.body, key, batch.model or "")
                 knobs = self.emulator.knobs
+                response, in_tokens, out_tokens = _generate_content_response(
+                    request.body, key, batch.model or "", knobs.cached_input_rate
+                )
                 broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
                 schemas.gemini_reply(request.body, response, key, broken)
                 in_total += in_tokens
@@ -357,7 +360,7 @@ class GeminiEmulation(Plugin):
             return _google_error(400, _REFUSED_LINE[1]) if failure == REFUSED else _google_error(500, _FAILED_LINE[1])
         # Each answer has its own responseId, as each call at Google does.
         answer_key = f"call/{self.emulator.next_id('gemini-call')}"
-        response, _, _ = _generate_content_response(body, answer_key, model)
+        response, _, _ = _generate_content_response(body, answer_key, model, knobs.cached_input_rate)
         broken = schemas.mismatch(knobs.seed, answer_key, knobs.schema_mismatch_rate)
         schemas.gemini_reply(body, response, answer_key, broken)
         return json_response(response)
@@ -791,8 +794,12 @@ def _request_problem(request: dict[str, Any]) -> str | None:
     return schemas.gemini_problem(request)
 
 
-def _generate_content_response(request: dict[str, Any], key: str, model: str) -> tuple[dict[str, Any], int, int]:
-    """An echo-like GenerateContentResponse (camelCase, as in the responses file)."""
+def _generate_content_response(
+    request: dict[str, Any], key: str, model: str, cached_rate: float = 0.0
+) -> tuple[dict[str, Any], int, int]:
+    """An echo-like GenerateContentResponse (camelCase, as in the responses file). `cached_rate` of its
+    prompt tokens are reported as cached, a part of promptTokenCount (google-genai's
+    GenerateContentResponseUsageMetadata.cached_content_token_count and cache_tokens_details)."""
     given = request.get("contents")
     contents: list[Any] = given if isinstance(given, list) else []
     user_text = ""
@@ -812,7 +819,7 @@ def _generate_content_response(request: dict[str, Any], key: str, model: str) ->
     text, out_tokens, cut = echo(user_text, positive(config, "maxOutputTokens", "max_output_tokens"))
     n = min(positive(config, "candidateCount", "candidate_count") or 1, 8)
     in_tokens = tokens(chars)
-    response = {
+    response: dict[str, Any] = {
         "candidates": [
             {
                 "content": {"role": "model", "parts": [{"text": text}]},
@@ -830,6 +837,11 @@ def _generate_content_response(request: dict[str, Any], key: str, model: str) ->
         "modelVersion": model.removeprefix("models/"),
         "responseId": hex_id(key, "gemini-response", length=24),
     }
+    cached = cached_part(in_tokens, cached_rate)
+    if cached:
+        # Left out when there are none, as the API leaves out every count that is 0.
+        response["usageMetadata"]["cachedContentTokenCount"] = cached
+        response["usageMetadata"]["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
     return response, in_tokens, out_tokens * n
 
 

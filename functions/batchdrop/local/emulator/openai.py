@@ -47,6 +47,7 @@ from batchdrop.local.emulator.batches import Batch
 from batchdrop.local.emulator.canned import (
     REFUSED,
     SERVER_ERROR,
+    cached_part,
     echo,
     hex_id,
     iso,
@@ -190,6 +191,17 @@ def _response(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, A
         "metadata": {},
     }
     return reply, in_tokens, out_tokens
+
+
+def _report_cached(reply: dict[str, Any], rate: float) -> None:
+    """Report `rate` of the reply's prompt tokens as read from the prompt cache, a part of them as OpenAI
+    counts it: openai-python's CompletionUsage.prompt_tokens_details.cached_tokens ("Cached tokens present
+    in the prompt") and ResponseUsage.input_tokens_details.cached_tokens. Completions, embeddings and
+    moderations report none."""
+    usage = reply.get("usage") or {}
+    for total, details in (("prompt_tokens", "prompt_tokens_details"), ("input_tokens", "input_tokens_details")):
+        if isinstance(usage.get(details), dict):
+            usage[details]["cached_tokens"] = cached_part(int(usage[total]), rate)
 
 
 def _completion(body: dict[str, Any], key: str, created: int) -> tuple[dict[str, Any], int, int]:
@@ -606,6 +618,7 @@ class OpenAIEmulation(Plugin):
         key = f"realtime/{self.emulator.next_id('realtime-call')}"
         reply, _, _ = _ANSWERS[endpoint](body, key, int(self.emulator.now()))
         knobs = self.emulator.knobs
+        _report_cached(reply, knobs.cached_input_rate)
         schemas.openai_reply(endpoint, body, reply, key, schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate))
         return reply
 
@@ -1034,6 +1047,7 @@ class OpenAIEmulation(Plugin):
             request_id = hex_id(key, "request", length=32)
             if outcome == "succeeded":
                 body, in_tokens, out_tokens = answer(request.body, key, int(batch.finish_time(request)))
+                _report_cached(body, knobs.cached_input_rate)
                 broken = schemas.mismatch(knobs.seed, key, knobs.schema_mismatch_rate)
                 schemas.openai_reply(batch.endpoint, request.body, body, key, broken)
                 in_total += in_tokens

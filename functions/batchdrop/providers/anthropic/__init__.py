@@ -24,7 +24,7 @@ from batchdrop.providers.lines import (
     text_content,
     tools,
 )
-from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, ProviderSpec, TokenFields
+from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, Price, ProviderSpec, TokenFields, Usage
 from batchdrop.providers.structured import TOOL_DESCRIPTION, response_format
 
 LINE_KEYS = frozenset({"custom_id", "params"})
@@ -145,14 +145,41 @@ def translate(
     return "", model, orjson.dumps({"custom_id": custom_id, "params": params})
 
 
-def read_message(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+def read_message(body: dict[str, Any]) -> tuple[str | None, Usage] | None:
     """A Messages response (Anthropic's, and Claude's on Bedrock)."""
     if (body.get("object") or body.get("type")) != "message":
         return None
     usage = body.get("usage") or {}
     parts = [c.get("text", "") for c in body.get("content") or [] if c.get("type") == "text"]
     text = "".join(parts) if parts else None
-    return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    return text, message_usage(usage)
+
+
+def message_usage(usage: dict[str, Any]) -> Usage:
+    """Anthropic counts cache reads and writes apart from `input_tokens` (anthropic-python's Usage:
+    `cache_read_input_tokens`, `cache_creation_input_tokens`, and `cache_creation`, the writes by TTL:
+    `ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`); batchdrop's input is all three."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    by_ttl = usage.get("cache_creation") or {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0) + read + written,
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cached_input_tokens=read,
+        cache_write_input_tokens=written,
+        cache_write_1h_input_tokens=int(by_ttl.get("ephemeral_1h_input_tokens") or 0),
+    )
+
+
+def claude(base: float, write: float, write_1h: float, hit: float, output: float) -> Price:
+    """A Claude model's prices per million tokens as Anthropic's pricing page lists them (columns "Base
+    input tokens", "5m cache writes", "1h cache writes", "Cache hits and refreshes", "Output tokens";
+    platform.claude.com/docs/en/about-claude/pricing): 1.25x, 2x and 0.1x the base input. The Batch API
+    halves every one of them: "These multipliers stack with other pricing modifiers such as the Batch
+    API discount" (platform.claude.com/docs/en/build-with-claude/prompt-caching, "Pricing"), and the
+    Batch API is "a 50% discount on both input and output tokens" (the pricing page, "Batch
+    processing")."""
+    return Price(base, output, cached_input=hit, cache_write=write, cache_write_1h=write_1h, batch=0.5)
 
 
 SPEC = ProviderSpec(
@@ -168,11 +195,11 @@ SPEC = ProviderSpec(
     defaults=BatchLimits(max_requests=100_000, max_bytes=32 * MB),
     routes=("claude-",),
     prices={
-        "claude-3-5-haiku": (0.80, 4.00),
-        "claude-haiku-4-5": (1.00, 5.00),
-        "claude-3-7-sonnet": (3.00, 15.00),
-        "claude-sonnet-4": (3.00, 15.00),
-        "claude-opus-4": (15.00, 75.00),
+        "claude-3-5-haiku": claude(0.80, 1.00, 1.60, 0.08, 4.00),
+        "claude-haiku-4-5": claude(1.00, 1.25, 2.00, 0.10, 5.00),
+        "claude-3-7-sonnet": claude(3.00, 3.75, 6.00, 0.30, 15.00),
+        "claude-sonnet-4": claude(3.00, 3.75, 6.00, 0.30, 15.00),
+        "claude-opus-4": claude(15.00, 18.75, 30.00, 1.50, 75.00),
     },
     line=LineShape(
         keys=LINE_KEYS,

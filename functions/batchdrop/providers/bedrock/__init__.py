@@ -25,7 +25,18 @@ from batchdrop.providers.lines import (
     split_system,
     tools,
 )
-from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, Option, ProviderSpec, TokenFields
+from batchdrop.providers.spec import (
+    MB,
+    BatchLimits,
+    LineChecks,
+    LineShape,
+    LocalEnv,
+    Option,
+    Price,
+    ProviderSpec,
+    TokenFields,
+    Usage,
+)
 from batchdrop.providers.structured import TOOL_DESCRIPTION, response_format
 
 LINE_KEYS = frozenset({"recordId", "modelId", "modelInput"})
@@ -210,7 +221,7 @@ def tool_input(body: dict[str, Any], name: str) -> Any:
     return None
 
 
-def read_nova(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+def read_nova(body: dict[str, Any]) -> tuple[str | None, Usage] | None:
     """Amazon Nova's response (Claude's is a Messages response: providers/anthropic)."""
     if not (isinstance(body.get("output"), dict) and "message" in body["output"]):
         return None
@@ -218,18 +229,22 @@ def read_nova(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
     content = (body["output"]["message"] or {}).get("content") or []
     parts = [c["text"] for c in content if isinstance(c.get("text"), str)]
     text = "".join(parts) if parts else None
-    return text, int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
+    # Nova's cacheReadInputTokenCount and cacheWriteInputTokenCount are left out: whether inputTokens
+    # counts them, and what Bedrock charges for them, is not confirmed here.
+    return text, Usage(
+        input_tokens=int(usage.get("inputTokens") or 0), output_tokens=int(usage.get("outputTokens") or 0)
+    )
 
 
-def read_llama(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+def read_llama(body: dict[str, Any]) -> tuple[str | None, Usage] | None:
     """Meta Llama's response."""
     if "generation" not in body:
         return None
-    return (
-        body.get("generation"),
-        int(body.get("prompt_token_count") or 0),
-        int(body.get("generation_token_count") or 0),
+    usage = Usage(
+        input_tokens=int(body.get("prompt_token_count") or 0),
+        output_tokens=int(body.get("generation_token_count") or 0),
     )
+    return body.get("generation"), usage
 
 
 # Cross-region inference profiles ("us.amazon.nova-lite-v1:0") cost what the model does.
@@ -258,19 +273,23 @@ SPEC = ProviderSpec(
         "apac.amazon.nova-",
         "us.meta.llama",
     ),
-    # On-demand prices in us-east-1 (batch inference is half of these).
+    # On-demand prices in us-east-1 per million tokens. Batch inference is half of these (docs/providers.md:
+    # "All five charge about 50% of their real-time price for batch work"; AWS's page, aws.amazon.com/
+    # bedrock/pricing, was not read again for this table). Claude's cache rates are taken as Anthropic's
+    # (1.25x and 2x the input to write, 0.1x to read: the figures of Anthropic's own table for these
+    # models), and its batch discount as applying to them too: neither is confirmed on AWS's page.
     prices={
-        "anthropic.claude-3-haiku": (0.25, 1.25),
-        "anthropic.claude-3-5-haiku": (0.80, 4.00),
-        "anthropic.claude-haiku-4-5": (1.00, 5.00),
-        "anthropic.claude-3-7-sonnet": (3.00, 15.00),
-        "anthropic.claude-sonnet-4": (3.00, 15.00),
-        "amazon.nova-micro": (0.035, 0.14),
-        "amazon.nova-lite": (0.06, 0.24),
-        "amazon.nova-pro": (0.80, 3.20),
-        "meta.llama3-1-8b-instruct": (0.22, 0.22),
-        "meta.llama3-1-70b-instruct": (0.72, 0.72),
-        "meta.llama3-3-70b-instruct": (0.72, 0.72),
+        "anthropic.claude-3-haiku": anthropic.claude(0.25, 0.30, 0.50, 0.03, 1.25),
+        "anthropic.claude-3-5-haiku": anthropic.claude(0.80, 1.00, 1.60, 0.08, 4.00),
+        "anthropic.claude-haiku-4-5": anthropic.claude(1.00, 1.25, 2.00, 0.10, 5.00),
+        "anthropic.claude-3-7-sonnet": anthropic.claude(3.00, 3.75, 6.00, 0.30, 15.00),
+        "anthropic.claude-sonnet-4": anthropic.claude(3.00, 3.75, 6.00, 0.30, 15.00),
+        "amazon.nova-micro": Price(0.035, 0.14),
+        "amazon.nova-lite": Price(0.06, 0.24),
+        "amazon.nova-pro": Price(0.80, 3.20),
+        "meta.llama3-1-8b-instruct": Price(0.22, 0.22),
+        "meta.llama3-1-70b-instruct": Price(0.72, 0.72),
+        "meta.llama3-3-70b-instruct": Price(0.72, 0.72),
     },
     price_model=lambda model: _GEOGRAPHY.sub("", model),
     line=LineShape(

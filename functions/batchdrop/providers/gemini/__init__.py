@@ -12,7 +12,7 @@ import orjson
 
 from batchdrop import models as m
 from batchdrop.providers.lines import Reject, json_type, model_name, names, sampling, split_system, tools
-from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, ProviderSpec, TokenFields
+from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, Price, ProviderSpec, TokenFields, Usage
 from batchdrop.providers.structured import response_format
 
 LINE_KEYS = frozenset({"key", "request"})
@@ -92,7 +92,7 @@ def asks(line: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
     return (schema, None) if isinstance(schema, dict) else None
 
 
-def read_response(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+def read_response(body: dict[str, Any]) -> tuple[str | None, Usage] | None:
     """A GenerateContentResponse."""
     if "candidates" not in body and "usageMetadata" not in body:
         return None
@@ -100,9 +100,15 @@ def read_response(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
     candidates = body.get("candidates") or [{}]
     parts = [p.get("text", "") for p in (candidates[0].get("content") or {}).get("parts") or [] if "text" in p]
     text = "".join(parts) if parts else None
-    # Thinking tokens are billed as output.
+    # Thinking tokens are billed as output. Cached tokens are a part of the prompt's: google-genai's
+    # GenerateContentResponseUsageMetadata, prompt_token_count "When `cached_content` is set, this also
+    # includes the number of tokens in the cached content", cached_content_token_count.
     output = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
-    return text, int(meta.get("promptTokenCount") or 0), output
+    return text, Usage(
+        input_tokens=int(meta.get("promptTokenCount") or 0),
+        output_tokens=output,
+        cached_input_tokens=int(meta.get("cachedContentTokenCount") or 0),
+    )
 
 
 SPEC = ProviderSpec(
@@ -115,11 +121,18 @@ SPEC = ProviderSpec(
     maxima=BatchLimits(max_requests=200_000, max_bytes=2048 * MB),
     defaults=BatchLimits(max_requests=100_000, max_bytes=190 * MB),
     routes=("gemini-", "models/gemini-"),
+    # Standard real-time prices per million tokens: input, output, cached input (text), from
+    # ai.google.dev/gemini-api/docs/pricing as transcribed by github.com/pydantic/genai-prices
+    # prices/providers/google.yml (read there, not on Google's page itself). Gemini 2.5 Pro's prompts over
+    # 200k tokens cost more, which this table does not model. Explicit caches also bill storage by the
+    # hour, which no answer reports: not counted. The Batch API costs "50% of the standard cost"
+    # (ai.google.dev/gemini-api/docs/optimization, "Batch API"); that its discount applies to cached
+    # tokens as to the rest is assumed, not confirmed.
     prices={
-        "gemini-2.0-flash": (0.10, 0.40),
-        "gemini-2.5-flash-lite": (0.10, 0.40),
-        "gemini-2.5-flash": (0.30, 2.50),
-        "gemini-2.5-pro": (1.25, 10.00),
+        "gemini-2.0-flash": Price(0.10, 0.40, cached_input=0.025),
+        "gemini-2.5-flash-lite": Price(0.10, 0.40, cached_input=0.01),
+        "gemini-2.5-flash": Price(0.30, 2.50, cached_input=0.03),
+        "gemini-2.5-pro": Price(1.25, 10.00, cached_input=0.125),
     },
     # Resource names ("models/gemini-2.5-flash") cost what the model does.
     price_model=lambda model: model.removeprefix("models/"),

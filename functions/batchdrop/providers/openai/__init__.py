@@ -24,7 +24,17 @@ from batchdrop.providers.lines import (
     text_content,
     tools,
 )
-from batchdrop.providers.spec import MB, BatchLimits, LineChecks, LineShape, LocalEnv, ProviderSpec, TokenFields
+from batchdrop.providers.spec import (
+    MB,
+    BatchLimits,
+    LineChecks,
+    LineShape,
+    LocalEnv,
+    Price,
+    ProviderSpec,
+    TokenFields,
+    Usage,
+)
 from batchdrop.providers.structured import canonical, response_format, schema_problem, strict_problem
 
 # The batch endpoints we take: the schema's `url`, and the full check's (ENDPOINTS).
@@ -176,7 +186,7 @@ def translate(
     return f"{CHAT_URL} {model}", model, orjson.dumps(line)
 
 
-def read_chat(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
+def read_chat(body: dict[str, Any]) -> tuple[str | None, Usage] | None:
     """Chat completions, completions and Responses bodies."""
     usage = body.get("usage") or {}
     kind = body.get("object") or body.get("type")
@@ -185,11 +195,11 @@ def read_chat(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
         choices = body.get("choices") or [{}]
         content = (choices[0].get("message") or {}).get("content")
         text = content if isinstance(content, str) else None
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return text, _usage(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
     if kind == "text_completion":
         choices = body.get("choices") or [{}]
         text = choices[0].get("text")
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return text, _usage(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
     if kind == "response":
         parts = [
             c.get("text", "")
@@ -199,8 +209,22 @@ def read_chat(body: dict[str, Any]) -> tuple[str | None, int, int] | None:
             if c.get("type") == "output_text"
         ]
         text = "".join(parts) if parts else None
-        return text, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        return text, _usage(usage, "input_tokens", "output_tokens", "input_tokens_details")
     return None
+
+
+def _usage(usage: dict[str, Any], given: str, made: str, details: str) -> Usage:
+    """Cached tokens and cache writes are parts of the prompt tokens: openai-python's CompletionUsage
+    (`prompt_tokens_details.cached_tokens`, `.cache_write_tokens`: "the unadjusted number of prompt
+    tokens written to cache") and ResponseUsage (`input_tokens_details.cached_tokens`,
+    `.cache_write_tokens`)."""
+    parts = usage.get(details) or {}
+    return Usage(
+        input_tokens=int(usage.get(given) or 0),
+        output_tokens=int(usage.get(made) or 0),
+        cached_input_tokens=int(parts.get("cached_tokens") or 0),
+        cache_write_input_tokens=int(parts.get("cache_write_tokens") or 0),
+    )
 
 
 SPEC = ProviderSpec(
@@ -213,21 +237,29 @@ SPEC = ProviderSpec(
     defaults=BatchLimits(max_requests=50_000, max_bytes=190 * MB, max_inputs=MAX_EMBEDDING_INPUTS),
     inputs=(EMBEDDINGS_URL + " ", line_inputs),
     routes=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation"),
-    # Real-time list prices (input, output) per million tokens, late 2026.
+    # Real-time list prices per million tokens: input, output, cached input (OpenAI's pricing page,
+    # developers.openai.com/api/docs/pricing, as transcribed by github.com/pydantic/genai-prices
+    # prices/providers/openai.yml; read there, not on OpenAI's page itself). Writing to the cache costs
+    # nothing more on these models: "Cache write charges: 1.25x the uncached input token rate" on GPT-5.6
+    # and later, "No additional cache-write fee" on earlier ones (OpenAI's prompt-caching guide,
+    # developers.openai.com/api/docs/guides/prompt-caching). The Batch API is "a 50% cost discount"
+    # (the Batch guide); its price table lists cached input at half the standard cached rate for the
+    # models it lists it for (quoted in BerriAI/litellm PR 39861), which is taken to hold for these
+    # models too: not confirmed for each of them.
     prices={
-        "gpt-4o-mini": (0.15, 0.60),
-        "gpt-4o": (2.50, 10.00),
-        "gpt-4.1-nano": (0.10, 0.40),
-        "gpt-4.1-mini": (0.40, 1.60),
-        "gpt-4.1": (2.00, 8.00),
-        "gpt-5-nano": (0.05, 0.40),
-        "gpt-5-mini": (0.25, 2.00),
-        "gpt-5": (1.25, 10.00),
-        "o4-mini": (1.10, 4.40),
-        "o3-mini": (1.10, 4.40),
-        "o3": (2.00, 8.00),
-        "text-embedding-3-small": (0.02, 0.0),
-        "text-embedding-3-large": (0.13, 0.0),
+        "gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075),
+        "gpt-4o": Price(2.50, 10.00, cached_input=1.25),
+        "gpt-4.1-nano": Price(0.10, 0.40, cached_input=0.025),
+        "gpt-4.1-mini": Price(0.40, 1.60, cached_input=0.10),
+        "gpt-4.1": Price(2.00, 8.00, cached_input=0.50),
+        "gpt-5-nano": Price(0.05, 0.40, cached_input=0.005),
+        "gpt-5-mini": Price(0.25, 2.00, cached_input=0.025),
+        "gpt-5": Price(1.25, 10.00, cached_input=0.125),
+        "o4-mini": Price(1.10, 4.40, cached_input=0.275),
+        "o3-mini": Price(1.10, 4.40, cached_input=0.55),
+        "o3": Price(2.00, 8.00, cached_input=0.50),
+        "text-embedding-3-small": Price(0.02, 0.0),
+        "text-embedding-3-large": Price(0.13, 0.0),
     },
     line=LineShape(
         keys=LINE_KEYS,
