@@ -116,7 +116,7 @@ def test_the_merge_keeps_every_custom_id_once_the_latest_attempt_winning_sorted_
         [_line("b", 2, code="expired"), _line("c", 3, code="server_error"), _line(None, 5, code="invalid_json")],
     )
     second = ([_line("b", 2, attempt=2)], [_line("c", 3, code="expired")])
-    third = ([_line("c", 3, attempt=3)], [])
+    third: tuple[list[bytes], list[bytes]] = ([_line("c", 3, attempt=3)], [])
     results, errors = merge([first, second])
     assert [orjson.loads(r)["custom_id"] for r in results] == ["a", "b", "d"]
     assert orjson.loads(results[1])["attempt"] == 2
