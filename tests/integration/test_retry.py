@@ -249,3 +249,42 @@ def test_a_retry_of_a_retry_follows_the_chain_from_a_gzip_file(
     assert [e["code"] for e in m_errors] == ["invalid_json"]
     # The original was retried: asking again names its retry rather than writing another.
     assert "was retried already" in invoke("retry", first["job_id"], *STACK)
+
+
+def test_a_table_jobs_failed_rows_are_retried_as_the_lines_they_were_sent_as(
+    stack: s.LocalStack, clock: FakeClock, tmp_path: Path
+) -> None:
+    rows = "".join(f"{i},question {i}\n" for i in range(1, 31))
+    # Row 31 has the wrong number of fields: `invalid_row`, a validation error, not retried.
+    stack.put("data/q.csv", f"id,q\n{rows}31\n".encode())
+    stack.put("templates/ask.txt", b"Answer briefly: {{ q }}")
+    manifest = {"data": "data/q.csv", "template": "templates/ask.txt", "model": "gpt-4o-mini", "lane": "batch"}
+    stack.put("inputs/t/q.job.json", orjson.dumps(manifest))
+    dispatcher = Dispatcher(stack)
+    run_until_ended(stack, clock, dispatcher, 1)
+    first = job_of("inputs/t/q.job.json")
+    _, errors, _ = outputs_of(stack, first)
+    failed = {e["line"]: e["custom_id"] for e in errors if e["stage"] == "provider"}
+    assert failed
+    assert [e["code"] for e in errors if e["stage"] == "validation"] == ["invalid_row"]
+    # A template changed since does not change what is retried: the rows are rendered as they were sent.
+    stack.put("templates/ask.txt", b"Something else: {{ q }}")
+    stack.emulator.knobs = HEALTHY
+    invoke("retry", first["job_id"], *STACK)
+    run_until_ended(stack, clock, dispatcher, 2)
+    retry = retry_job_of(first["job_id"])
+    assert retry["input"]["key"] == f"inputs/t/q.retry-1-{first['job_id']}.jsonl"
+    results, errors, summary = outputs_of(stack, retry)
+    assert errors == []
+    assert summary["counts"]["lines"] == len(failed)
+    assert {r["line"]: r["custom_id"] for r in results} == failed
+    assert all(r["custom_id"] == f"row-{r['line']}" for r in results)
+    assert all("Answer briefly: question" in r["text"] for r in results)
+    m_results, m_errors, _ = merged(first["job_id"], tmp_path / "m")
+    assert [r["line"] for r in m_results] == list(range(1, 31))
+    assert [(e["line"], e["code"]) for e in m_errors] == [(31, "invalid_row")]
+
+
+def test_retry_and_merged_results_have_help() -> None:
+    assert "--stack" in invoke("retry", "--help")
+    assert "--merged" in invoke("results", "--help")
