@@ -103,7 +103,8 @@ def request_retry(
         written = _write_input(objects, job, wanted, key, metadata, routes)
         obj = objects.head(key)
         jobs.record_retry(store, job, job_id_for(obj), key, obj.version_id)
-    except BaseException:
+    except Exception:
+        # An error we can see lets the claim go at once; a crash (a timeout) cannot, and it runs out.
         jobs.give_up_retry(store, job)
         raise
     logger.info("retry written", extra={"job_id": job_id, "key": key, "lines": written})
@@ -119,6 +120,11 @@ def _ended_job(store: JobStore, job_id: str) -> dict[str, Any]:
         raise RetryError(
             f"job {job_id} is {status}: only an ended job can be retried (its errors are known once it ends); "
             f"follow it with `batchdrop status {job_id}` and retry it then"
+        )
+    if status == m.JOB_REJECTED:
+        raise RetryError(
+            f"job {job_id} was rejected ({job.get('reason') or 'see its summary.json'}): nothing was sent, so nothing "
+            "failed at a provider; fix the file and upload it again"
         )
     return job
 
@@ -389,7 +395,8 @@ def merge(outputs: Iterable[tuple[Iterable[bytes], Iterable[bytes]]]) -> tuple[l
     """One results file and one errors file across attempts, oldest first (each: its results.jsonl and
     errors.jsonl lines): every custom_id once, a later attempt's line replacing an earlier one's (so an
     error a retry answered disappears, and the latest error of a line that kept failing stays), both
-    sorted by line. A line without a custom_id (a validation error) is keyed by its line number."""
+    sorted by line. A validation error is never retried, so never replaced: it is kept by its line
+    number (a `duplicate_custom_id` names an id that has its own outcome)."""
     results: dict[str, tuple[int, bytes]] = {}
     errors: dict[str, tuple[int, bytes]] = {}
 
@@ -397,7 +404,9 @@ def merge(outputs: Iterable[tuple[Iterable[bytes], Iterable[bytes]]]) -> tuple[l
         line = orjson.loads(raw)
         number = int(line.get("line") or 0)
         cid = line.get("custom_id")
-        return (f"id:{cid}" if cid is not None else f"line:{number}"), number
+        if cid is None or line.get("stage", STAGE_PROVIDER) != STAGE_PROVIDER:
+            return f"line:{number}", number
+        return f"id:{cid}", number
 
     for result_lines, error_lines in outputs:
         for raw in result_lines:

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchdrop import models as m
+from batchdrop import ops
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore
 from batchdrop.cli import main
@@ -163,6 +164,14 @@ def test_validation_errors_are_not_retried(stack: s.LocalStack, clock: FakeClock
     assert f"job {job['job_id']} has nothing to retry" in said
     assert "validation errors, which would fail again" in said
     assert not versions("inputs/bad.retry-")
+    # A file with nothing valid is rejected: nothing was sent, so nothing can be retried.
+    stack.put("inputs/none.jsonl", jsonl([b"{not json"]))
+    run_until_ended(stack, clock, Dispatcher(stack), 2)
+    job = job_of("inputs/none.jsonl")
+    assert job["status"] == m.JOB_REJECTED
+    said = refused("retry", job["job_id"], *STACK)
+    assert f"job {job['job_id']} was rejected" in said
+    assert "fix the file and upload it again" in said
 
 
 def test_a_job_that_has_not_ended_cannot_be_retried_and_an_unknown_one_is_named(stack: s.LocalStack) -> None:
@@ -196,12 +205,15 @@ def test_two_retries_at_once_make_one_retry_job(stack: s.LocalStack, clock: Fake
     dispatcher = Dispatcher(stack)
     run_until_ended(stack, clock, dispatcher, 1)
     job_id = job_of("inputs/race.jsonl")["job_id"]
-    outputs: list[str] = []
+    # What `batchdrop retry` runs, twice at the same moment (click's runner swaps sys.stdout for the
+    # whole process, so two commands cannot run in threads).
+    ref = ops.StackRef(s.BUCKET, s.TABLE)
+    done: list[Any] = []
     start = threading.Barrier(2)
 
     def retry() -> None:
         start.wait()
-        outputs.append(invoke("retry", job_id, *STACK))
+        done.append(ops.retry(ref, job_id))
 
     threads = [threading.Thread(target=retry) for _ in range(2)]
     for t in threads:
@@ -209,11 +221,13 @@ def test_two_retries_at_once_make_one_retry_job(stack: s.LocalStack, clock: Fake
     for t in threads:
         t.join()
     retry_id = str((JobStore(s.TABLE).get_job(job_id) or {})["retry_job"])
-    assert all(retry_id in out for out in outputs), outputs
-    assert sum("was retried already" in out for out in outputs) == 1
+    assert [d.retry_job for d in done] == [retry_id, retry_id]
+    assert sorted(d.existed for d in done) == [False, True]
     assert len(versions("inputs/race.retry-")) == 1
     # And asked again later: the same retry, named.
-    assert "was retried already" in invoke("retry", job_id, *STACK)
+    out = invoke("retry", job_id, *STACK)
+    assert "was retried already" in out
+    assert retry_id in out
     assert len(versions("inputs/race.retry-")) == 1
 
 

@@ -127,3 +127,14 @@ def test_the_merge_keeps_every_custom_id_once_the_latest_attempt_winning_sorted_
     results, errors = merge([first, second, third])
     assert [orjson.loads(r)["line"] for r in results] == [1, 2, 3, 4]
     assert [orjson.loads(e)["code"] for e in errors] == ["invalid_json"]
+
+
+def test_the_merge_keeps_a_validation_error_that_names_an_id_with_its_own_outcome() -> None:
+    first = (
+        [_line("a", 1)],
+        [_line("a", 2, stage="validation", code="duplicate_custom_id"), _line("b", 3, stage="provider")],
+    )
+    second: tuple[list[bytes], list[bytes]] = ([_line("b", 3)], [])
+    results, errors = merge([first, second])
+    assert [orjson.loads(r)["line"] for r in results] == [1, 3]
+    assert [orjson.loads(e)["code"] for e in errors] == ["duplicate_custom_id"]
