@@ -15,14 +15,16 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from batchdrop import jobs, ops
 from batchdrop import models as m
-from batchdrop import ops
 from batchdrop.adapters import aws
+from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.store import JobStore
 from batchdrop.cli import main
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Chaos, Dispatcher
 from batchdrop.local.emulator import EmulatorKnobs
+from batchdrop.retry import RetryError, request_retry
 from tests.helpers import (
     LATENCY,
     FakeClock,
@@ -302,3 +304,25 @@ def test_a_table_jobs_failed_rows_are_retried_as_the_lines_they_were_sent_as(
 def test_retry_and_merged_results_have_help() -> None:
     assert "--stack" in invoke("retry", "--help")
     assert "--merged" in invoke("results", "--help")
+
+
+def test_a_writer_that_died_is_adopted_or_waited_for_never_written_again(stack: s.LocalStack, clock: FakeClock) -> None:
+    stack.put("inputs/dead.jsonl", the_file())
+    run_until_ended(stack, clock, Dispatcher(stack), 1)
+    store, objects = JobStore(s.TABLE), ObjectStore(s.BUCKET)
+    job = job_of("inputs/dead.jsonl")
+    # A writer holds the claim (and may still be writing, or may have died): a request does not write.
+    assert jobs.claim_retry(store, job)
+    with pytest.raises(RetryError, match="being retried by another request right now"):
+        request_retry(objects, store, job["job_id"], clock(), wait=0)
+    assert not versions("inputs/dead.retry-")
+    # It had written the input and died before recording it: once its claim has gone, the next request
+    # finds the input by its batchdrop-retry-of and records it.
+    key = f"inputs/dead.retry-1-{job['job_id']}.jsonl"
+    aws.client("s3").put_object(Bucket=s.BUCKET, Key=key, Body=b"\n", Metadata={"batchdrop-retry-of": job["job_id"]})
+    jobs.give_up_retry(store, job)
+    found = request_retry(objects, store, job["job_id"], clock())
+    assert found.existed
+    assert found.key == key
+    assert versions("inputs/dead.retry-") == [key]
+    assert (store.get_job(job["job_id"]) or {})["retry_job"] == found.retry_job
