@@ -39,7 +39,7 @@ from batchdrop import jobs
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing, ObjectStore
 from batchdrop.adapters.store import JobStore
-from batchdrop.config import CACHE_OFF, DEFAULT_ROUTES, INPUT_PREFIX, INPUT_SUFFIXES, tmpdir
+from batchdrop.config import CACHE_OFF, INPUT_PREFIX, INPUT_SUFFIXES, tmpdir
 from batchdrop.options import META_BUDGET, META_BUDGET_POLICY, META_CACHE, META_DEADLINE, META_LANE
 from batchdrop.pipeline import MAX_KEY_BYTES, job_id_for
 from batchdrop.reader import LineTooLong, decompressed, iter_line_blocks
@@ -81,7 +81,6 @@ def request_retry(
     job_id: str,
     now: float,
     *,
-    routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES,
     wait: float = 0.0,
 ) -> Retry:
     """Write the retry of ended job `job_id` (once: a repeated request gets the same retry), or
@@ -100,7 +99,7 @@ def request_retry(
             jobs.record_retry(store, job, job_id_for(found), key, found.version_id)
             return Retry(job_id, job_id_for(found), key, 0, existed=True)
         metadata, notes = retry_metadata(job, now)
-        written = _write_input(objects, job, wanted, key, metadata, routes)
+        written = _write_input(objects, job, wanted, key, metadata)
         obj = objects.head(key)
         jobs.record_retry(store, job, job_id_for(obj), key, obj.version_id)
     except Exception:
@@ -280,7 +279,6 @@ def _write_input(
     wanted: LineSet,
     key: str,
     metadata: dict[str, str],
-    routes: tuple[tuple[str, str], ...],
 ) -> int:
     source = m.InputObject(**job["input"])
     with tempfile.TemporaryDirectory(dir=tmpdir()) as work:
@@ -288,7 +286,7 @@ def _write_input(
         out = gzip.GzipFile(path, "wb", compresslevel=6) if key.endswith(".gz") else open(path, "wb")  # noqa: SIM115
         with out:
             if job.get("table_key"):
-                written = keep_lines(_table_chunks(objects, job, routes), wanted, out.write)
+                written = keep_lines(_table_chunks(objects, job), wanted, out.write)
             else:
                 try:
                     chunks = objects.chunks(source.key, source.version_id)
@@ -321,9 +319,11 @@ def keep_lines(chunks: Iterable[bytes], wanted: LineSet, write: Callable[[bytes]
     return kept
 
 
-def _table_chunks(objects: ObjectStore, job: dict[str, Any], routes: tuple[tuple[str, str], ...]) -> Iterator[bytes]:
+def _table_chunks(objects: ObjectStore, job: dict[str, Any]) -> Iterator[bytes]:
     """A table job's rows rendered again, as they were sent: the manifest it resolved (its template
-    inlined, so a template changed since does not change the retry) over the data versions it pinned."""
+    inlined, so a template changed since does not change the retry) over the data versions it pinned.
+    No routes: the manifest's model was checked against the stack's when the job ran, and the command
+    line does not know the stack's."""
     from batchdrop.tables.job import TableJobError, open_job
     from batchdrop.tables.s3 import S3Objects
     from batchdrop.tables.sources import Bounds, DataObject
@@ -342,7 +342,7 @@ def _table_chunks(objects: ObjectStore, job: dict[str, Any], routes: tuple[tuple
             S3Objects(objects),
             str(resolved["manifest_key"]),
             orjson.dumps(manifest),
-            routes,
+            (),
             pinned=pinned,
             bounds=Bounds(*resolved.get("bounds", ())),
         )

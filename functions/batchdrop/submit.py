@@ -195,7 +195,7 @@ def _retry_by_file(deps: Deps, key: str) -> SubmitResult:
     duplicated event finds the retry written (or being written) and writes no other."""
     job_id = key[len(RETRY_PREFIX) :].strip("/")
     try:
-        retry = request_retry(deps.objects, deps.store, job_id, deps.clock(), routes=deps.settings.routes)
+        retry = request_retry(deps.objects, deps.store, job_id, deps.clock())
     except RetryError as exc:
         logger.warning("retry file ignored", extra={"key": key, "reason": str(exc)})
         return SubmitResult(job_id or None, "ignored")
