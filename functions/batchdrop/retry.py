@@ -425,7 +425,8 @@ def merge(outputs: Iterable[tuple[Iterable[bytes], Iterable[bytes]]]) -> tuple[l
 
 
 def merged(objects: ObjectStore, store: JobStore, job_id: str) -> Merged:
-    """The merged outputs of the chain `job_id` belongs to (batchdrop.retry.merge)."""
+    """The merged outputs of the chain `job_id` belongs to (batchdrop.retry.merge). Held in memory, a
+    line per custom_id: the command runs on the operator's machine, never in a function."""
     chain, left_out = chain_of(store, job_id)
 
     def files(job: dict[str, Any]) -> tuple[Iterable[bytes], Iterable[bytes]]:
