@@ -255,11 +255,12 @@ UPLOAD_EVENTS = ("s3:ObjectCreated:*",)
 
 
 def upload_filters() -> list[dict[str, str]]:
-    """The notification filters that run submit: every new input file (inputs/ and a JSONL suffix)
-    and every cancel request (cancel/<job_id>, for users with only S3 access); nothing else. Each is a
-    mapping of S3's filter rule names (prefix, suffix) to values."""
+    """The notification filters that run submit: every new input file (inputs/ and a JSONL suffix),
+    every cancel request (cancel/<job_id>) and every retry request (retry/<job_id>), the last two for
+    users with only S3 access; nothing else. Each is a mapping of S3's filter rule names (prefix,
+    suffix) to values."""
     inputs = [{"prefix": config.INPUT_PREFIX, "suffix": suffix} for suffix in sorted(config.INPUT_SUFFIXES)]
-    return [*inputs, {"prefix": config.CANCEL_PREFIX}]
+    return [*inputs, {"prefix": config.CANCEL_PREFIX}, {"prefix": config.RETRY_PREFIX}]
 
 
 # Bedrock publishes every job state change to the default event bus; a rule sends them to the poll.

@@ -1064,16 +1064,60 @@ def cancel(job_id: str, stack_name: str | None, bucket: str | None, table: str |
 
 @main.command()
 @click.argument("job_id")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write the files.")
 @_stack_options
-def results(job_id: str, out_dir: str, stack_name: str | None, bucket: str | None, table: str | None) -> None:
-    """Download a finished job's results.jsonl, errors.jsonl and summary.json into OUT."""
+def retry(job_id: str, stack_name: str | None, bucket: str | None, table: str | None) -> None:
+    """Re-run what the providers failed in an ended job (expired, server errors, failed batches, ...;
+    not validation errors) as a new job: each line keeps its custom_id and line number, so
+    `batchdrop results JOB --merged` gives one file across both (dropping retry/JOB_ID into the bucket
+    does the same)."""
     from batchdrop import ops
+    from batchdrop.retry import RetryError
 
     ref = _ref(stack_name, bucket, table)
     try:
-        written = ops.download_results(ref, job_id, out_dir)
-    except LookupError as exc:
+        done = ops.retry(ref, job_id)
+    except RetryError as exc:
+        raise click.ClickException(str(exc)) from None
+    if done.existed:
+        console.print(f"{job_id} was retried already: job [bold]{done.retry_job}[/] (s3://{ref.bucket}/{done.key}).")
+    else:
+        console.print(
+            f"Retrying {done.lines} line(s) of {job_id} as job [bold]{done.retry_job}[/] (s3://{ref.bucket}/{done.key})."
+        )
+    for note in done.notes:
+        console.print(f"Note: {note}.")
+    console.print(
+        f"Follow it with [bold]batchdrop status {done.retry_job}[/]; what fails again can be retried in turn."
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write the files.")
+@click.option(
+    "--merged",
+    is_flag=True,
+    help="One results.jsonl and errors.jsonl across the job and its retries (every custom_id once, the latest "
+    "attempt winning), and merged.json naming the jobs.",
+)
+@_stack_options
+def results(
+    job_id: str, out_dir: str, merged: bool, stack_name: str | None, bucket: str | None, table: str | None
+) -> None:
+    """Download a finished job's results.jsonl, errors.jsonl and summary.json into OUT."""
+    from batchdrop import ops
+    from batchdrop.retry import RetryError
+
+    ref = _ref(stack_name, bucket, table)
+    try:
+        if merged:
+            written, found = ops.download_merged(ref, job_id, out_dir)
+            console.print("Merged " + " → ".join(j["job_id"] for j in found.chain))
+            for left in found.left_out:
+                console.print(f"Not merged: {left} has not ended; run this again once it has.")
+        else:
+            written = ops.download_results(ref, job_id, out_dir)
+    except (LookupError, RetryError) as exc:
         raise click.ClickException(str(exc)) from None
     for path in written:
         console.print(path)

@@ -24,6 +24,8 @@ WORK_PREFIX = "work/"
 INPUT_PREFIX = "inputs/"
 OUTPUT_PREFIX = "outputs/"
 CANCEL_PREFIX = "cancel/"
+# `retry/<job_id>` re-runs what the providers failed in an ended job (docs/contract.md, "Retries").
+RETRY_PREFIX = "retry/"
 # A table job's data and template objects (docs/contract.md, "Table jobs"): under prefixes of their own,
 # so the functions that read them are granted those and not the whole bucket.
 DATA_PREFIX = "data/"

@@ -340,3 +340,32 @@ def notify_once(deps: Deps, job: dict[str, Any], event: str, body: dict[str, Any
 def told_end(job: dict[str, Any]) -> str | None:
     """The end a notification already told, if any (then that is the job's end)."""
     return next((status for status in sorted(m.FINAL_JOB_STATES) if job.get(f"notified_{status}")), None)
+
+
+# -- retries (batchdrop.retry) ------------------------------------------------------------------------
+
+# How long one invocation may take to write a retry's input before another may take over (a Lambda's
+# longest run: an invocation that dies mid-way leaves the claim to run out, not forever).
+RETRY_CLAIM_SECONDS = 15 * 60
+
+
+def claim_retry(store: JobStore, job: dict[str, Any]) -> bool:
+    """Take the ended job's retry, unless it has one already or another writer's claim is running:
+    what makes a duplicated `retry/` event, or two `batchdrop retry` at once, write ONE retry input.
+    Version-free, so it never collides with the writes of a job's end."""
+    return reserve(store, job, "retry_claim", ("retry_job",), RETRY_CLAIM_SECONDS)
+
+
+def give_up_retry(store: JobStore, job: dict[str, Any]) -> None:
+    """Let the claim go at once (the writer failed where it could see it), for the next attempt."""
+    set_flag(store, job, "retry_claim", 0)
+
+
+def record_retry(store: JobStore, job: dict[str, Any], retry_job: str, key: str, version_id: str | None) -> None:
+    """The job's retry, for `batchdrop results --merged` to follow the chain (and for a second request
+    to find it instead of writing another)."""
+    set_flag(store, job, "retry_key", key)
+    if version_id:
+        set_flag(store, job, "retry_version", version_id)
+    # Last: its presence is what says the retry exists (claim_retry's condition).
+    set_flag(store, job, "retry_job", retry_job)

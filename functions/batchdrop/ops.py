@@ -1,4 +1,4 @@
-"""What the operator commands (`batchdrop submit/status/cancel/results`) do against a stack.
+"""What the operator commands (`batchdrop submit/status/cancel/retry/results`) do against a stack.
 
 A stack is found by its CloudFormation outputs (BucketName, TableName), or given directly; boto3's
 usual credentials and AWS_ENDPOINT_URL apply, so the same commands work against the embedded stack.
@@ -105,6 +105,42 @@ def cancel(ref: StackRef, job_id: str) -> str:
     from batchdrop.cancel import request_cancel
 
     return request_cancel(JobStore(ref.table), job_id, time.time())
+
+
+def retry(ref: StackRef, job_id: str) -> Any:
+    """batchdrop.retry.request_retry against the stack (waiting a minute for a request already writing it)."""
+    from batchdrop.adapters.objects import ObjectStore
+    from batchdrop.retry import request_retry
+
+    return request_retry(ObjectStore(ref.bucket), JobStore(ref.table), job_id, time.time(), wait=60.0)
+
+
+def download_merged(ref: StackRef, job_id: str, out_dir: str) -> tuple[list[str], Any]:
+    """The merged results.jsonl and errors.jsonl of the job's chain (batchdrop.retry.merged), and
+    merged.json naming the jobs merged; returns the paths written and the merge."""
+    import orjson
+
+    from batchdrop.adapters.objects import ObjectStore
+    from batchdrop.retry import describe, merged
+
+    found = merged(ObjectStore(ref.bucket), JobStore(ref.table), job_id)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, lines in (("results.jsonl", found.results), ("errors.jsonl", found.errors)):
+        path = os.path.join(out_dir, name)
+        with open(path, "wb") as out:
+            out.writelines(line + b"\n" for line in lines)
+        written.append(path)
+    path = os.path.join(out_dir, "merged.json")
+    body = {
+        "jobs": describe(found.chain),
+        "not_merged": found.left_out,
+        "counts": {"succeeded": len(found.results), "failed": len(found.errors)},
+    }
+    with open(path, "wb") as out:
+        out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    written.append(path)
+    return written, found
 
 
 def download_results(ref: StackRef, job_id: str, out_dir: str) -> list[str]:

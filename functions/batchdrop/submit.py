@@ -27,7 +27,7 @@ from batchdrop.batches import ProviderBusy, cancel_unsent, drop_batch, record_ba
 from batchdrop.cache import CACHE_SUFFIX, open_cache, split_answered, split_known
 from batchdrop.cancel import CancelError, cancel_running, carry_out, request_cancel
 from batchdrop.complete import run_completion
-from batchdrop.config import BUDGET_REFUSE, CACHE_OFF, CANCEL_PREFIX, INPUT_PREFIX, tmpdir
+from batchdrop.config import BUDGET_REFUSE, CACHE_OFF, CANCEL_PREFIX, INPUT_PREFIX, RETRY_PREFIX, tmpdir
 from batchdrop.dedup import Duplicate, DuplicateFinder, duplicates_across
 from batchdrop.escalation import replace
 from batchdrop.options import (
@@ -54,6 +54,7 @@ from batchdrop.pipeline import (
 )
 from batchdrop.planner import ENVELOPE_BYTES, PlannedBatch
 from batchdrop.planning import plan_segment, rejection, settle
+from batchdrop.retry import RetryError, request_retry, retry_fields
 from batchdrop.tables.manifest import is_manifest
 from batchdrop.watchdog import over_attempts
 
@@ -66,7 +67,7 @@ logger = Logger(service="batchdrop")
 @dataclass
 class SubmitResult:
     job_id: str | None
-    outcome: str  # submitted | rejected | duplicate | busy | ignored | cancel-requested | held-sent
+    outcome: str  # submitted | rejected | duplicate | busy | ignored | cancel-requested | held-sent | retry-*
     counts: dict[str, int] | None = None  # lines, invalid, submitted: for this invocation's metrics
 
 
@@ -117,6 +118,8 @@ def _segments_message(deps: Deps, body: dict[str, Any]) -> SubmitResult:
 def submit_object(deps: Deps, key: str, version_id: str | None = None) -> SubmitResult:
     if key.startswith(CANCEL_PREFIX):
         return _cancel_by_file(deps, key)
+    if key.startswith(RETRY_PREFIX):
+        return _retry_by_file(deps, key)
     if not is_input_key(key):
         # The bucket notification only sends these; anything else is not ours to read.
         logger.info("ignoring an object that is not inputs/*.jsonl or inputs/*.jsonl.gz", extra={"key": key})
@@ -128,7 +131,7 @@ def submit_object(deps: Deps, key: str, version_id: str | None = None) -> Submit
         return SubmitResult(None, "ignored")
     job_id = job_id_for(obj)
     logger.append_keys(job_id=job_id)
-    jobs.create(deps, job_id, obj, output_prefix(key, job_id), _options(deps, obj))
+    jobs.create(deps, job_id, obj, output_prefix(key, job_id), {**_options(deps, obj), **retry_fields(obj)})
     return resume_submission(deps, job_id, obj)
 
 
@@ -186,6 +189,18 @@ def _cancel_by_file(deps: Deps, key: str) -> SubmitResult:
         logger.warning("cancel file ignored", extra={"key": key, "reason": str(exc)})
         return SubmitResult(job_id or None, "ignored")
     return SubmitResult(job_id, "cancel-requested")
+
+
+def _retry_by_file(deps: Deps, key: str) -> SubmitResult:
+    """retry/<job_id> in the bucket: the same as `batchdrop retry`, for users with only S3 access. A
+    duplicated event finds the retry written (or being written) and writes no other."""
+    job_id = key[len(RETRY_PREFIX) :].strip("/")
+    try:
+        retry = request_retry(deps.objects, deps.store, job_id, deps.clock())
+    except RetryError as exc:
+        logger.warning("retry file ignored", extra={"key": key, "reason": str(exc)})
+        return SubmitResult(job_id or None, "ignored")
+    return SubmitResult(retry.retry_job, "retry-existed" if retry.existed else "retry-written")
 
 
 def resume_submission(deps: Deps, job_id: str, obj: m.InputObject | None = None) -> SubmitResult:

@@ -66,6 +66,18 @@ OBJECTS_REASON = (
 # batched puts. Never a query, a scan, an update or a delete (DynamoDB's TTL deletes).
 CACHE_READ_ACTIONS = ("dynamodb:BatchGetItem",)
 CACHE_WRITE_ACTIONS = ("dynamodb:BatchWriteItem",)
+# A retry (batchdrop.retry, run by submit for retry/<job_id>): submit reads the job's errors.jsonl, and
+# only that of outputs/, and writes the retry's input next to the original, and only under such a name
+# (inputs/<path>.retry-<n>-<job_id>.jsonl[.gz]). It reads the original at its version with its inputs/ grant.
+RETRY_READ_ACTIONS = ("s3:GetObject",)
+RETRY_WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
+RETRY_ERRORS = "*/errors.jsonl"
+RETRY_INPUTS = "*.retry-*-job-*"
+RETRY_REASON = (
+    "A retry reads a job's errors.jsonl (outputs/*/errors.jsonl: that file of each job, nothing else of "
+    "outputs/) and writes its input next to the original (inputs/*.retry-*-job-*: only a retry's name); the "
+    "wildcards are the job's path, which is the user's."
+)
 INDEX_REASON = "dynamodb grant on the job table's own indexes (the sparse 'due' index the poll function queries)."
 TOPIC_KEY_REASON = (
     "kms:GenerateDataKey* is what publishing to the KMS-encrypted notification topic needs; "
@@ -210,6 +222,7 @@ class Functions(Construct):
         inputs, work, outputs = config.INPUT_PREFIX, config.WORK_PREFIX, config.OUTPUT_PREFIX
         data, templates = config.DATA_PREFIX, config.TEMPLATES_PREFIX
         self._grant_objects(self.submit, bucket, read=[inputs, data, templates], read_write=[work], put=[outputs])
+        self._grant_retry(self.submit, bucket)
         self._grant_objects(self.poll, bucket, read=[data], read_write=[work], put=[outputs])
         self._grant_objects(self.complete, bucket, read=[data], read_write=[work], put=[outputs])
         # The response cache (docs/cache.md): submit looks answers up, completion writes them; a large
@@ -350,6 +363,20 @@ class Functions(Construct):
                 findings.append(f"Resource::<{_logical_id(bucket)}.Arn>/{prefix}*")
                 findings.extend(f"Action::{action}" for action in actions)
         self._acknowledge(fn, *dict.fromkeys(findings), reason=OBJECTS_REASON)
+
+    def _grant_retry(self, fn: lambda_.Function, bucket: s3.IBucket) -> None:
+        """What a retry needs beyond submit's own grants (RETRY_REASON), by statements of their own."""
+        errors = bucket.arn_for_objects(f"{config.OUTPUT_PREFIX}{RETRY_ERRORS}")
+        inputs = bucket.arn_for_objects(f"{config.INPUT_PREFIX}{RETRY_INPUTS}")
+        fn.add_to_role_policy(iam.PolicyStatement(actions=list(RETRY_READ_ACTIONS), resources=[errors]))
+        fn.add_to_role_policy(iam.PolicyStatement(actions=list(RETRY_WRITE_ACTIONS), resources=[inputs]))
+        logical = _logical_id(bucket)
+        self._acknowledge(
+            fn,
+            f"Resource::<{logical}.Arn>/{config.OUTPUT_PREFIX}{RETRY_ERRORS}",
+            f"Resource::<{logical}.Arn>/{config.INPUT_PREFIX}{RETRY_INPUTS}",
+            reason=RETRY_REASON,
+        )
 
     @staticmethod
     def _acknowledge(fn: lambda_.Function, *findings: str, reason: str) -> None:

@@ -84,7 +84,7 @@ class Storage(Construct):
 
     def notify_on_upload(self, function: lambda_.IFunction) -> None:
         """Invoke `function` for every new input file (inputs/ and a JSONL suffix) and for every cancel
-        request (cancel/<job_id>, for users with only S3 access); nothing else."""
+        or retry request (cancel/<job_id>, retry/<job_id>, for users with only S3 access); nothing else."""
         destination = s3n.LambdaDestination(function)
         for rules in blueprint.upload_filters():
             for event in blueprint.UPLOAD_EVENTS:

@@ -37,6 +37,20 @@ def test_submit_reads_inputs_works_in_work_and_only_adds_outputs(stack: Synth) -
     assert not stack.allows("submit", "s3:DeleteObject", objects(stack, "outputs/"))
 
 
+def test_submit_reads_only_errors_in_outputs_and_writes_only_retry_inputs_in_inputs(stack: Synth) -> None:
+    # A retry (batchdrop.retry): a job's errors.jsonl, and its retry's input next to the original.
+    errors, retries = objects(stack, "outputs/*/errors.jsonl")[:-1], objects(stack, "inputs/*.retry-*-job-*")[:-1]
+    assert stack.allows("submit", "s3:GetObject", errors)
+    assert not stack.allows("submit", "s3:GetObject", objects(stack, "outputs/"))
+    assert stack.allows("submit", "s3:PutObject", retries)
+    assert stack.allows("submit", "s3:AbortMultipartUpload", retries)
+    assert not stack.allows("submit", "s3:DeleteObject", retries)
+    assert not stack.allows("submit", "s3:PutObject", errors)
+    for name in ("poll", "complete"):
+        assert not stack.allows(name, "s3:GetObject", errors)
+        assert not stack.allows(name, "s3:PutObject", retries)
+
+
 def test_poll_reads_no_inputs_and_only_adds_outputs(stack: Synth) -> None:
     resources = {r for s in stack.statements("poll") for r in s["Resource"]}
 

@@ -27,7 +27,9 @@ def notification_filters(stack: Synth) -> list[tuple[str, dict[str, str], list[s
     return found
 
 
-def test_uploads_under_inputs_with_a_jsonl_or_manifest_suffix_and_cancel_requests_invoke_submit(stack: Synth) -> None:
+def test_uploads_under_inputs_with_a_jsonl_or_manifest_suffix_and_cancel_and_retry_requests_invoke_submit(
+    stack: Synth,
+) -> None:
     submit, _ = stack.function("submit")
     _, notifications = stack.one("Custom::S3BucketNotifications")
     assert notifications["Properties"]["BucketName"] == {"Ref": stack.data_bucket}
@@ -39,13 +41,14 @@ def test_uploads_under_inputs_with_a_jsonl_or_manifest_suffix_and_cancel_request
         (submit, "inputs/", ".job.json", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl", ("s3:ObjectCreated:*",)),
         (submit, "inputs/", ".jsonl.gz", ("s3:ObjectCreated:*",)),
+        (submit, "retry/", "", ("s3:ObjectCreated:*",)),
     ]
 
 
 def test_nothing_listens_to_outputs_or_work(stack: Synth) -> None:
     for _, rules, _ in notification_filters(stack):
-        assert rules.get("prefix") in ("inputs/", "cancel/"), (
-            "every notification must be filtered on inputs/ or cancel/"
+        assert rules.get("prefix") in ("inputs/", "cancel/", "retry/"), (
+            "every notification must be filtered on inputs/, cancel/ or retry/"
         )
     # Nor through EventBridge: the bucket sends no events there.
     for bucket in stack.resources("AWS::S3::Bucket").values():

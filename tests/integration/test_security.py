@@ -331,6 +331,8 @@ OUTSIDE = [
     "outputs/evals/run.jsonl",
     "work/job-0/batches/a1-openai-0001.jsonl",
     "cancel/job-0.jsonl",
+    "retry/job-0.jsonl",
+    "retry/job-0123456789abcdef0123",
     "top-level.jsonl",
     "Inputs/upper.jsonl",
     "inputsx/not-the-prefix.jsonl",

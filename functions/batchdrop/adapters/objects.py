@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,17 @@ class ObjectStore:
         if rest:
             yield rest
 
-    def upload_file(self, path: str, key: str, content_type: str = "application/x-ndjson") -> None:
-        self.s3.upload_file(path, self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER)
+    def upload_file(
+        self,
+        path: str,
+        key: str,
+        content_type: str = "application/x-ndjson",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {"ContentType": content_type}
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        self.s3.upload_file(path, self.bucket, key, ExtraArgs=extra, Config=TRANSFER)
 
     def put_json(self, key: str, value: Any) -> None:
         self.s3.put_object(
