@@ -111,5 +111,8 @@ def test_outputs(stack: Synth) -> None:
         "AthenaTableName",
         "AthenaWorkgroupName",
         "AthenaResultsBucketName",
+        # The response cache's table, which `batchdrop validate --cache` asks.
+        "CacheTableName",
     }
     assert stack.json["Outputs"]["BucketName"]["Value"] == {"Ref": stack.data_bucket}
+    assert stack.json["Outputs"]["CacheTableName"]["Value"] == {"Ref": stack.cache_table}
