@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 import orjson
 from aws_lambda_powertools import Logger
 
-from batchdrop import jobs
+from batchdrop import budget, jobs
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict
@@ -297,6 +297,7 @@ class _Submission:
         options = options_of(job)
 
         escalate_by = options.deadline if options.lane == AUTO else None
+        tally = budget.tally_for(job, options, tmpdir())  # None: no budget and no monthly cap
 
         def store_batch(batch: PlannedBatch) -> None:
             record_batch(deps, self.job_id, batch, attempt=1, escalate_by=escalate_by)
@@ -309,6 +310,8 @@ class _Submission:
         errors_key = validation_errors_key(self.job_id, segment)
         table: TableJob | None = None
         table_refused: str | None = None
+        reason: str | None = None
+        verdict: budget.Verdict | None = None
         if is_manifest(self.obj.key):
             # A table job renders its rows into the request lines this scan reads, all in one go (like a
             # gzip file: a rendered stream cannot be entered half-way).
@@ -348,6 +351,7 @@ class _Submission:
                 finder=finder,
                 invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
                 small_realtime=may_go_realtime(options),
+                estimate=tally,
             )
             result, refused = plan.result, plan.refused
             if refused:
@@ -379,6 +383,25 @@ class _Submission:
                 )  # fmt: skip
                 totals["valid"] -= more
                 totals["invalid"] += more
+                reason = (
+                    table_refused
+                    or (table.fatal if table is not None else None)
+                    or job.get("option_error")
+                    or rejection(totals["lines"], totals["invalid"], result.file_error, settings.on_invalid)
+                )
+                if tally is not None and not reason:
+                    on = budget.Budget(
+                        _StoredBatches(deps, self.job_id), functools.partial(_index_entries, deps, self.job_id),
+                        store_batch, report, prefix, tmpdir(), small_realtime=may_go_realtime(options),
+                    )  # fmt: skip
+                    verdict = budget.check(deps, job, options, tally, segment, stored, on)
+                    stored, reason = verdict.kept, verdict.refusal
+                    totals["valid"] -= verdict.cut + verdict.too_small
+                    totals["invalid"] += verdict.cut + verdict.too_small
+                    for provider, cut in verdict.cut_by_provider.items():
+                        requests[provider] -= cut
+            if tally is not None:
+                tally.discard()
             errors.flush()
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]
@@ -395,15 +418,12 @@ class _Submission:
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "requests_by_provider": requests,
                     "error_files": error_files,
+                    **(tally.save(deps, self.job_id, segment) if tally is not None else {}),
                 },
             )
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
         lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
-        table_error = table_refused or (table.fatal if table is not None else None)
-        reason = (
-            table_error or job.get("option_error") or rejection(lines, invalid, result.file_error, settings.on_invalid)
-        )
         lanes = {} if reason else self._choose_lanes(options, requests)
         changes: dict[str, Any] = {
             "planned": True,
@@ -415,6 +435,8 @@ class _Submission:
             "lanes": {p: c.lane for p, c in lanes.items()},
             "lane_reasons": {p: c.why for p, c in lanes.items()},
         }
+        if verdict is not None:
+            changes["budget"] = verdict.record
         if table is not None:
             from batchdrop.tables import stages as table_stage
 
@@ -546,6 +568,13 @@ def _store_files(deps: Deps, planned: PlannedBatch, data_key: str, index_key: st
         deps.objects.upload_file(planned.index_path, index_key, "text/plain")
     finally:
         planned.discard()
+
+
+def _index_entries(deps: Deps, job_id: str, item: dict[str, Any]) -> Iterable[tuple[str, int]]:
+    """(custom_id, line) of each request of a stored batch, from its index."""
+    for entry in deps.objects.lines(batch_index_key(job_id, item["batch_key"])):
+        custom_id, _, line = entry.rpartition(b"\t")
+        yield custom_id.decode(), int(line)
 
 
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:
