@@ -400,8 +400,8 @@ class _Submission:
                     totals["invalid"] += verdict.cut + verdict.too_small
                     for provider, cut in verdict.cut_by_provider.items():
                         requests[provider] -= cut
-            if tally is not None:
-                tally.discard()
+                if tally is not None:
+                    tally.discard()
             errors.flush()
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]

@@ -4,6 +4,7 @@ counters are exact when many reserve at once, and a crash never counts a job's m
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -246,3 +247,22 @@ def test_a_crash_around_the_counters_counts_nothing_twice(stack: s.LocalStack, s
     spent = Decimal(str(summary["cost_usd"]["total"]))
     assert spend(store, "", month) == {"committed": spent, "reserved": Decimal(0), "spent": spent}
     assert Decimal(str(job["budget_reserved"]["usd"])) == budget.usd(10 * per_request_usd())
+
+
+@pytest.mark.parametrize("stack", [dataclasses.replace(options(), segment_bytes=1024)], indirect=True)
+def test_a_file_planned_in_segments_is_cut_at_the_same_line(stack: s.LocalStack) -> None:
+    lines = [openai_line(f"q{i:03d}", text=f"question {i:03d}", max_tokens=MAX_TOKENS) for i in range(60)]
+    data = jsonl(lines)
+    assert len(data) > 6 * 1024, "planned in several invocations"
+    fits = 37
+    limit = f"{(fits + 0.5) * per_request_usd():.6f}"
+    meta = {**BATCH_LANE, "batchdrop-budget-usd": limit, "batchdrop-budget-policy": "truncate"}
+    upload("inputs/long.jsonl", data, meta)
+    store, _ = run(stack, 1)
+    job = store.list_jobs()[0]
+    assert job["segment"] >= 5
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 61)), results, errors, summary)
+    assert sorted(r["line"] for r in results) == list(range(1, fits + 1))
+    assert {e["code"] for e in errors} == {m.OVER_BUDGET}
+    assert summary["budget"]["cut"] == 60 - fits
