@@ -91,13 +91,13 @@ def request_tokens(provider: str, requests: Sequence[m.Request]) -> tuple[list[i
         pairs = [estimate_tokens(provider, r.payload) for r in requests]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     bodies = list(map(operator.attrgetter(shape[1]), lines))
-    texts = [0] * len(bodies)
+    texts: list[int] | None = None
     for getter in _TEXT_GETTERS:
         lengths = list(map(len, map(getter, bodies)))
-        if any(lengths):
-            texts = list(map(operator.add, texts, lengths))
-    tokens_in = [t // CHARS_PER_TOKEN + 1 for t in texts]
-    if any("embeddings" in getattr(line, "url", "") for line in lines) or any(
+        if any(lengths):  # most lines set one or two of the fields
+            texts = lengths if texts is None else list(map(operator.add, texts, lengths))
+    tokens_in = list(map(operator.add, map(operator.floordiv, texts or [0] * len(bodies), _FOURS), _ONES))
+    if any("embeddings" in url for url in set(map(_URL, lines))) or any(
         any(map(len, map(getter, bodies))) for getter in _CONFIG_GETTERS
     ):
         tokens_out = [
@@ -105,17 +105,17 @@ def request_tokens(provider: str, requests: Sequence[m.Request]) -> tuple[list[i
             for line, body in zip(lines, bodies, strict=True)
         ]
         return tokens_in, tokens_out
-    caps: dict[bytes, int] = {}
-    tokens_out = []
-    for body in bodies:
-        raw = bytes(_FIRST_CAP(body))
-        cap = caps.get(raw)
-        if cap is None:
-            cap = int(raw) if raw.isdigit() else _cap(body)
-            if raw.isdigit():
-                caps[raw] = cap
-        tokens_out.append(cap)
-    return tokens_in, tokens_out
+    # The common case: the first cap field (max_tokens) written as digits, a few distinct values a block.
+    raws = list(map(bytes, map(_FIRST_CAP, bodies)))
+    caps = {raw: int(raw) for raw in set(raws) if raw.isdigit()}
+    if len(caps) == len(set(raws)):
+        return tokens_in, list(map(caps.__getitem__, raws))
+    return tokens_in, [caps[raw] if raw in caps else _cap(body) for raw, body in zip(raws, bodies, strict=True)]
+
+
+_FOURS = itertools.repeat(CHARS_PER_TOKEN)
+_ONES = itertools.repeat(1)
+_URL = operator.attrgetter("url")
 
 
 class Tally:
@@ -139,21 +139,27 @@ class Tally:
         return index
 
     def add_many(self, requests: Sequence[m.Request]) -> None:
-        kinds = list(map(_PROVIDER_MODEL, requests))
-        groups: dict[tuple[str, str], list[int]] = {}
-        for position, kind in enumerate(kinds):
-            groups.setdefault(kind, []).append(position)
-        models = [0] * len(requests)
-        tokens_in = [0] * len(requests)
-        tokens_out = [0] * len(requests)
-        for (provider, model), positions in groups.items():
-            index = self._model(provider, model)
-            group = [requests[p] for p in positions] if len(groups) > 1 else requests
-            each_in, each_out = request_tokens(provider, group)
-            for position, t_in, t_out in zip(positions, each_in, each_out, strict=True):
-                models[position], tokens_in[position], tokens_out[position] = index, t_in, t_out
-        lines = map(operator.attrgetter("line"), requests)
-        self._records.extend(itertools.chain.from_iterable(zip(lines, models, tokens_in, tokens_out, strict=True)))
+        kinds = set(map(_PROVIDER_MODEL, requests))
+        if len(kinds) == 1:  # a block of one model: the common case, no Python loop a request
+            provider, model = kinds.pop()
+            tokens_in, tokens_out = request_tokens(provider, requests)
+            models: Iterable[int] = itertools.repeat(self._model(provider, model))
+        else:
+            groups: dict[tuple[str, str], list[int]] = {}
+            for position, kind in enumerate(map(_PROVIDER_MODEL, requests)):
+                groups.setdefault(kind, []).append(position)
+            indices = [0] * len(requests)
+            tokens_in = [0] * len(requests)
+            tokens_out = [0] * len(requests)
+            for (provider, model), positions in groups.items():
+                index = self._model(provider, model)
+                each_in, each_out = request_tokens(provider, [requests[p] for p in positions])
+                for position, t_in, t_out in zip(positions, each_in, each_out, strict=True):
+                    indices[position], tokens_in[position], tokens_out[position] = index, t_in, t_out
+            models = indices
+        lines = map(_LINE, requests)
+        # Not strict: `models` may repeat one index for ever; the lines end it.
+        self._records.extend(itertools.chain.from_iterable(zip(lines, models, tokens_in, tokens_out, strict=False)))
         if len(self._records) >= SPILL_EVERY * FIELDS:
             self._spill()
 
@@ -183,6 +189,7 @@ class Tally:
 
 
 _PROVIDER_MODEL = operator.attrgetter("provider", "model")
+_LINE = operator.attrgetter("line")
 
 
 def tally_key(job_id: str, segment: int) -> str:
@@ -535,14 +542,18 @@ def _cut(
     )
     limits = {name: p.limits for name, p in deps.settings.providers.items()}
     kept: list[str] = []
-    for key in verdict.kept:
+    stored = set(verdict.kept)
+    # Every batch the plan stored, not only those `stored` lists: a batch a fallback made is planned too.
+    for key in dict.fromkeys([*verdict.kept, *sorted(records)]):
         record = records[key]
-        if record.get("lane") == m.LANE_CACHE:
-            kept.append(key)
+        if record.get("lane") == m.LANE_CACHE or int(record.get("attempt", 1)) != 1:
+            if key in stored:
+                kept.append(key)
             continue
         past = [(cid, line) for cid, line in on.index(record) if line > cutoff and line not in cached]
         if not past:
-            kept.append(key)
+            if key in stored:
+                kept.append(key)
             continue
         planned: PlannedBatch = on.batches.load(record, {line for _cid, line in past})
         for custom_id, line in past:
@@ -565,7 +576,8 @@ def _cut(
                 )
         else:
             on.batches.save(record, planned)
-            kept.append(key)
+            if key in stored:
+                kept.append(key)
     verdict.kept = kept
     verdict.record["cut"] = verdict.cut
     logger.info("cut to the budget", extra={"cut": verdict.cut, "cutoff": cutoff, "job_id": job_id})
