@@ -461,11 +461,22 @@ def _check(
             prefix, cap = caps[exc.index]
             now_state = spend(deps.store, prefix, month)
             verdict.refusal = (
-                f"the estimate of its cost, up to ${float(amount):.6f} ({_tokens(chosen)}), does not fit "
-                f"{cap_name(prefix)} of ${cap} for {month}: ${now_state['spent']} spent and "
-                f"${now_state['reserved']} reserved by jobs still running; nothing was sent. Wait for the month's "
-                "running jobs to report what they spent, raise the cap, or send fewer requests"
+                f"the estimate of its cost, up to ${amount:.6f} ({_tokens(chosen)}), does not fit "
+                f"{cap_name(prefix)} of ${cap:.6f} for {month}: ${now_state['spent']:.6f} spent and "
+                f"${now_state['reserved']:.6f} reserved by jobs still running; nothing was sent. Wait for the "
+                "month's running jobs to report what they spent, raise the cap, or send fewer requests"
             )
+            verdict.record["monthly_caps"] = [
+                {
+                    "prefix": prefix,
+                    "month": month,
+                    "cap_usd": float(cap),
+                    "spent_usd": float(now_state["spent"]),
+                    "reserved_usd": float(now_state["reserved"]),
+                    "job_reserved_usd": 0.0,
+                    "job_spent_usd": 0.0,
+                }
+            ]
             return _done(verdict, whole, None)
         deps.checkpoint("after_budget_reserved")
         return _cut(deps, job_id, verdict, chosen, options, on, records, cached, marker["limit_from"])
@@ -635,7 +646,8 @@ def settle(deps: Deps, job: Mapping[str, Any], total: float | None) -> dict[str,
         key: (plan or {}).get(key)
         for key in ("budget_usd", "from", "policy", "estimate_usd", "file_estimate_usd", "cut", "cut_after_line")
     }
-    out["monthly_caps"] = []
+    # A job refused by a cap keeps that cap's state as it found it; nothing of its own was counted.
+    out["monthly_caps"] = list((plan or {}).get("monthly_caps") or [])
     if marker is None:
         return out
     month = str(marker["month"])
@@ -646,6 +658,7 @@ def settle(deps: Deps, job: Mapping[str, Any], total: float | None) -> dict[str,
         deps.checkpoint("before_spend")
         record_spend(deps.store, str(job["job_id"]), month, [p for p, _c in marker["caps"]], reserved, spent)
         deps.checkpoint("after_spend")
+    out["monthly_caps"] = []
     for prefix, cap in marker["caps"]:
         state = spend(deps.store, str(prefix), month)
         out["monthly_caps"].append(

@@ -128,6 +128,8 @@ def test_a_monthly_cap_stops_the_second_of_two_jobs(stack: s.LocalStack) -> None
     assert "does not fit the stack's monthly cap (BATCHDROP_MONTHLY_BUDGET_USD)" in second["reason"]
     assert "reserved by jobs still running" in second["reason"]
     assert second["counts"]["submitted"] == 0
+    (found,) = second["budget"]["monthly_caps"]
+    assert found["reserved_usd"] == pytest.approx(first["budget"]["estimate_usd"]), "the first job's reservation"
     assert len(stack.emulator.stats()["requests_submitted"]) == 10, "only the first job's requests were sent"
     month = first["budget"]["monthly_caps"][0]["month"]
     counter = spend(store, "", month)
@@ -266,3 +268,41 @@ def test_a_file_planned_in_segments_is_cut_at_the_same_line(stack: s.LocalStack)
     assert sorted(r["line"] for r in results) == list(range(1, fits + 1))
     assert {e["code"] for e in errors} == {m.OVER_BUDGET}
     assert summary["budget"]["cut"] == 60 - fits
+
+
+def test_a_model_without_a_price_cannot_be_checked_and_is_refused(stack: s.LocalStack) -> None:
+    lines = [openai_line(f"r{i}", model="gpt-unpriced-1", max_tokens=10) for i in range(3)]
+    upload("inputs/unpriced.jsonl", jsonl(lines), {**BATCH_LANE, "batchdrop-budget-usd": "100"})
+    store, _ = run(stack, 1)
+    _, errors, summary = outputs_of(stack, store.list_jobs()[0])
+    assert summary["status"] == m.JOB_REJECTED
+    assert "the cost of gpt-unpriced-1 is not known" in summary["reason"]
+    assert "BATCHDROP_PRICES" in summary["reason"]
+    assert len(errors) == 3
+    assert not any(stack.emulator.stats()["batches_created"].values())
+
+
+PREFIX_CAP = (
+    '{"inputs/evals/": {"budget_policy": "truncate", "monthly_budget_usd": '
+    + f'"{(3 + 0.5) * per_request_usd():.6f}"'
+    + "}}"
+)
+
+
+@pytest.mark.parametrize("stack", [options(BATCHDROP_PREFIX_DEFAULTS=PREFIX_CAP)], indirect=True)
+def test_truncate_fits_what_is_left_of_a_prefix_cap(stack: s.LocalStack) -> None:
+    upload("inputs/evals/run.jsonl", jsonl(LINES), BATCH_LANE)
+    upload("inputs/other.jsonl", jsonl(LINES), BATCH_LANE)  # not under the prefix: no cap
+    store, _ = run(stack, 2)
+    jobs = by_key(store)
+    results, errors, summary = outputs_of(stack, jobs["inputs/evals/run.jsonl"])
+    assert_accounting(set(range(1, 11)), results, errors, summary)
+    assert len(results) == 3
+    assert {e["code"] for e in errors} == {m.OVER_BUDGET}
+    assert "the monthly cap of prefix inputs/evals/" in errors[0]["message"]
+    (cap,) = summary["budget"]["monthly_caps"]
+    assert cap["prefix"] == "inputs/evals/"
+    assert cap["spent_usd"] == pytest.approx(summary["cost_usd"]["total"], abs=1e-6)
+    _, _, other = outputs_of(stack, jobs["inputs/other.jsonl"])
+    assert other["status"] == m.JOB_COMPLETED
+    assert other["budget"] is None
