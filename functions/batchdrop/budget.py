@@ -127,7 +127,9 @@ class Tally:
         self.models = list(models)
         self._index = {name: i for i, name in enumerate(self.models)}
         self._records = array(TYPECODE)
-        self._file = tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".budget", delete=False)  # noqa: SIM115
+        # Removed when closed, or when the tally is dropped: a plan that fails leaves no file behind in
+        # the container's /tmp, which the next invocations share.
+        self._file = tempfile.NamedTemporaryFile(dir=tmpdir, suffix=".budget")  # noqa: SIM115
         self.path = self._file.name
 
     def _model(self, provider: str, model: str) -> int:
@@ -167,22 +169,19 @@ class Tally:
         self._records.tofile(self._file)
         self._records = array(TYPECODE)
 
-    def close(self) -> str:
-        """Everything counted, in the file at `path`."""
-        if not self._file.closed:
-            self._spill()
-            self._file.close()
+    def flush(self) -> str:
+        """Everything counted so far, in the file at `path` (until `discard`)."""
+        self._spill()
+        self._file.flush()
         return self.path
 
     def discard(self) -> None:
         self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
     def save(self, deps: Deps, job_id: str, segment: int) -> dict[str, Any]:
         """Keep a segment's counts on S3 for the last segment; what the job item keeps of them."""
         try:
-            deps.objects.upload_file(self.close(), tally_key(job_id, segment), "application/octet-stream")
+            deps.objects.upload_file(self.flush(), tally_key(job_id, segment), "application/octet-stream")
         finally:
             self.discard()
         return {"budget_models": self.models}
@@ -204,13 +203,13 @@ def tally_for(job: Mapping[str, Any], options: JobOptions, tmpdir: str | None) -
 
 
 def _local_tallies(deps: Deps, job_id: str, segment: int, tally: Tally) -> list[str]:
-    """Every segment's tally in a local file, in line order: the earlier segments' from S3, this one's."""
+    """The earlier segments' tallies from S3, in line order (this one's is `tally.flush()`)."""
     paths = []
     for earlier in range(segment):
         with tempfile.NamedTemporaryFile(dir=os.path.dirname(tally.path), suffix=".tally", delete=False) as spill:
             paths.append(spill.name)
         deps.objects.download(tally_key(job_id, earlier), spill.name)
-    return [*paths, tally.close()]
+    return paths
 
 
 def _blocks(paths: Sequence[str]) -> Iterator[array[int]]:
@@ -352,7 +351,7 @@ def check(
 
     paths = _local_tallies(deps, job_id, segment, tally)
     try:
-        return _check(deps, job, options, tally, stored, on, records, cached, prices, paths)
+        return _check(deps, job, options, tally, stored, on, records, cached, prices, [*paths, tally.flush()])
     finally:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):

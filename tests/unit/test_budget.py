@@ -49,7 +49,7 @@ def test_a_block_of_mixed_providers_keeps_its_line_order(tmp_path: object) -> No
         request(9, openai_line("c", max_tokens=30)),
     ]
     tally.add_many(block)
-    path = tally.close()
+    path = tally.flush()
     (records,) = list(budget._blocks([path]))
     assert list(records[0::4]) == [3, 5, 9]
     models = ["openai\tgpt-4o-mini", "anthropic\tclaude-haiku-4-5", "openai\tgpt-4o-mini"]
@@ -63,7 +63,7 @@ def test_the_tally_spills_and_reads_back_every_record(tmp_path: object, monkeypa
     tally = budget.Tally(tmpdir=str(tmp_path))
     for start in range(1, 20, 4):
         tally.add_many([request(line, openai_line(f"r{line}", max_tokens=line)) for line in range(start, start + 4)])
-    lines = [line for records in budget._blocks([tally.close()]) for line in records[0::4]]
+    lines = [line for records in budget._blocks([tally.flush()]) for line in records[0::4]]
     assert lines == list(range(1, 21))
     tally.discard()
 
