@@ -5,7 +5,7 @@ The estimate is an upper bound on what the provider will bill, not a guess: each
 CHARS_PER_TOKEN characters a token (as `batchdrop validate` counts it) and its whole output cap, at the
 price of the lane it may take. It is counted request by request as planning hands requests on
 (`Tally`, the `estimate` hook of `plan_segment`), never sampled: the truncate policy needs to know
-which request is the first that does not fit. A segment's counts are spilled to a file (16 bytes a
+which request is the first that does not fit. A segment's counts are spilled to a file (32 bytes a
 request: its line, its model, its tokens) and kept on S3 between the invocations that plan a large
 file; the last segment reads them back in line order.
 

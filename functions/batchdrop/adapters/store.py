@@ -5,7 +5,8 @@ need the poll function's attention carry `due_pk`/`due_at`, which puts them in t
 an item leaves the index by losing those attributes, so the poll never reads finished work. Beside them:
 the registry of provider batch ids we recorded (`pk=PBATCH#<provider>#<id>`), and the create locks of
 providers that do not tag their batches (`pk=LOCK#create#<provider>`), and the quota pools that count
-what is enqueued at a provider (`pk=QUOTA#<provider>#<pool>`: a total, and each holder's share).
+what is enqueued at a provider (`pk=QUOTA#<provider>#<pool>`: a total, and each holder's share), and
+the monthly spend counters of the budgets (`pk=SPEND#<prefix>, sk=<UTC month>`, docs/budgets.md).
 
 The only module that talks to DynamoDB: the stages go through batchdrop.jobs and batchdrop.batches,
 which call this.
