@@ -411,7 +411,8 @@ def _check(
     truncate = options.budget_policy == BUDGET_TRUNCATE
     for _ in range(RESERVE_TRIES):
         state = [spend(deps.store, prefix, month) for prefix, _cap in caps]
-        rooms = [float(cap - s["committed"]) for (_prefix, cap), s in zip(caps, state, strict=True)]
+        # A micro-dollar less than the room: the reservation rounds the estimate up to one.
+        rooms = [float(cap - s["committed"] - MICRO) for (_prefix, cap), s in zip(caps, state, strict=True)]
         limit, limit_from = budget, "budget"
         if truncate:
             for (prefix, _cap), room in zip(caps, rooms, strict=True):
