@@ -395,9 +395,15 @@ class _Submission:
                         store_batch, report, prefix, tmpdir(), small_realtime=may_go_realtime(options),
                     )  # fmt: skip
                     verdict = budget.check(deps, job, options, tally, segment, stored, on)
-                    stored, reason = verdict.kept, verdict.refusal
+                    stored = verdict.kept
                     totals["valid"] -= verdict.cut + verdict.too_small
                     totals["invalid"] += verdict.cut + verdict.too_small
+                    # What the cut left may be refused (a too-small batch took the rest): lines cut by the
+                    # budget the user asked for are not invalid to on_invalid=reject.
+                    asked = verdict.cut
+                    reason = verdict.refusal or rejection(
+                        totals["lines"] - asked, totals["invalid"] - asked, None, settings.on_invalid
+                    )
                     for provider, cut in verdict.cut_by_provider.items():
                         requests[provider] -= cut
                 if tally is not None:

@@ -306,3 +306,16 @@ def test_truncate_fits_what_is_left_of_a_prefix_cap(stack: s.LocalStack) -> None
     _, _, other = outputs_of(stack, jobs["inputs/other.jsonl"])
     assert other["status"] == m.JOB_COMPLETED
     assert other["budget"] is None
+
+
+@pytest.mark.parametrize("stack", [dataclasses.replace(options(), on_invalid="reject")], indirect=True)
+def test_lines_cut_by_the_budget_do_not_reject_a_file_under_on_invalid_reject(stack: s.LocalStack) -> None:
+    limit = f"{2.5 * per_request_usd():.6f}"
+    meta = {**BATCH_LANE, "batchdrop-budget-usd": limit, "batchdrop-budget-policy": "truncate"}
+    upload("inputs/strict.jsonl", jsonl(LINES), meta)
+    store, _ = run(stack, 1)
+    results, errors, summary = outputs_of(stack, store.list_jobs()[0])
+    assert_accounting(set(range(1, 11)), results, errors, summary)
+    assert summary["status"] == m.JOB_PARTIAL
+    assert len(results) == 2
+    assert {e["code"] for e in errors} == {m.OVER_BUDGET}
