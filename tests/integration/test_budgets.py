@@ -319,3 +319,34 @@ def test_lines_cut_by_the_budget_do_not_reject_a_file_under_on_invalid_reject(st
     assert summary["status"] == m.JOB_PARTIAL
     assert len(results) == 2
     assert {e["code"] for e in errors} == {m.OVER_BUDGET}
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [dataclasses.replace(options(BATCHDROP_MONTHLY_BUDGET_USD="100"), segment_bytes=1024)],
+    indirect=True,
+)
+def test_a_crash_after_reserving_for_a_segmented_truncated_file_cuts_the_same_lines_once(stack: s.LocalStack) -> None:
+    lines = [openai_line(f"q{i:03d}", text=f"question {i:03d}", max_tokens=MAX_TOKENS) for i in range(40)]
+    fits = 23
+    meta = {
+        **BATCH_LANE,
+        "batchdrop-budget-usd": f"{(fits + 0.5) * per_request_usd():.6f}",
+        "batchdrop-budget-policy": "truncate",
+    }
+    upload("inputs/long-crash.jsonl", jsonl(lines), meta)
+    crashed = crash_once_at("after_budget_reserved")
+    store, _ = run(stack, 1)
+    assert crashed == ["after_budget_reserved"]
+    job = store.list_jobs()[0]
+    results, errors, summary = outputs_of(stack, job)
+    assert_accounting(set(range(1, 41)), results, errors, summary)
+    assert sorted(r["line"] for r in results) == list(range(1, fits + 1))
+    assert sorted(e["line"] for e in errors) == list(range(fits + 1, 41)), "each cut line reported once"
+    assert set(stack.emulator.stats()["requests_submitted"].values()) == {1}
+    spent = Decimal(str(summary["cost_usd"]["total"]))
+    assert spend(store, "", job["budget_reserved"]["month"]) == {
+        "committed": spent,
+        "reserved": Decimal(0),
+        "spent": spent,
+    }
