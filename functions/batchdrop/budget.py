@@ -33,7 +33,7 @@ import msgspec
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
-from batchdrop.adapters.store import OverCap, record_spend, reserve_spend, spend
+from batchdrop.adapters.store import Conflict, OverCap, record_spend, reserve_spend, spend
 from batchdrop.config import BUDGET_TRUNCATE, Settings
 from batchdrop.estimate import _CONFIG_GETTERS, _FIRST_CAP, _PAYLOAD, _SHAPES, _TEXT_GETTERS, _cap
 from batchdrop.options import AUTO, JobOptions, choose_lanes
@@ -455,6 +455,8 @@ def _check(
         except OverCap as exc:
             if exc.index is None:  # reserved by a run that died since: its cut stands
                 fresh = deps.store.get_job(job_id) or {}
+                if fresh.get("budget_reserved") is None:
+                    raise Conflict(f"job {job_id} is no longer submitting: nothing reserved") from None
                 return _check(deps, fresh, options, tally, stored, on, records, cached, prices, paths)
             if truncate and over is None:
                 continue  # another job took the room meanwhile: what fits now
