@@ -229,6 +229,42 @@ def _metadata(deadline: str | None, lane: str | None) -> dict[str, str]:
     return out
 
 
+def _budget_options(f: Any) -> Any:
+    """A file's budget and its policy, set as the upload's S3 metadata (`local run`, `submit`)."""
+    from batchdrop.config import BUDGET_POLICIES
+
+    f = click.option(
+        "--budget-policy",
+        type=click.Choice(BUDGET_POLICIES),
+        default=None,
+        help="Over the budget: refuse the job (the default), or truncate: send the first requests that fit and "
+        "report the rest over_budget. Set as the object's metadata batchdrop-budget-policy.",
+    )(f)
+    return click.option(
+        "--budget-usd",
+        default=None,
+        metavar="USD",
+        help="The most the file may cost, checked against its upper-bound estimate before anything is sent "
+        "(docs/budgets.md). Set as the object's metadata batchdrop-budget-usd.",
+    )(f)
+
+
+def _budget_metadata(budget_usd: str | None, budget_policy: str | None) -> dict[str, str]:
+    from batchdrop.config import ConfigError, usd
+    from batchdrop.options import META_BUDGET, META_BUDGET_POLICY
+
+    out: dict[str, str] = {}
+    if budget_usd is not None:
+        try:
+            usd("--budget-usd", budget_usd)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--budget-usd") from None
+        out[META_BUDGET] = budget_usd
+    if budget_policy is not None:
+        out[META_BUDGET_POLICY] = budget_policy
+    return out
+
+
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from batchdrop.config import parse_duration
 
@@ -375,6 +411,7 @@ def local() -> None:
 )
 @_lane_options
 @_cache_option
+@_budget_options
 @click.option(
     "--realtime-below",
     type=click.IntRange(min=0),
@@ -430,6 +467,8 @@ def local_run(
     folder: str | None,
     on_invalid: str,
     max_attempts: int,
+    budget_usd: str | None,
+    budget_policy: str | None,
     duplicate_events: int,
     overlapping_polls: int,
     crash_rate: float,
@@ -479,7 +518,11 @@ def local_run(
         bedrock_min_records=bedrock_min_records,
         bedrock_fallback=bedrock_fallback,
         env={f"BATCHDROP_{p.upper()}_MAX_ENQUEUED": str(n) for p, n in max_enqueued.items()},
-        metadata={**_metadata(deadline, lane), **_cache_metadata(cache)},
+        metadata={
+            **_metadata(deadline, lane),
+            **_cache_metadata(cache),
+            **_budget_metadata(budget_usd, budget_policy),
+        },
         in_turn=cache is not None and cache != "off",
         lanes={
             "realtime_below": realtime_below,
@@ -922,6 +965,7 @@ def _ref(stack_name: str | None, bucket: str | None, table: str | None) -> Any:
 @click.option("--folder", default=None, help="Upload under inputs/FOLDER/ (e.g. 'anthropic' routes neutral lines).")
 @_lane_options
 @_cache_option
+@_budget_options
 @_stack_options
 def submit(
     files: tuple[str, ...],
@@ -929,6 +973,8 @@ def submit(
     deadline: str | None,
     lane: str | None,
     cache: str | None,
+    budget_usd: str | None,
+    budget_policy: str | None,
     stack_name: str | None,
     bucket: str | None,
     table: str | None,
@@ -945,7 +991,11 @@ def submit(
         check_files(files)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
-    metadata = {**_metadata(deadline, lane), **_cache_metadata(cache)}
+    metadata = {
+        **_metadata(deadline, lane),
+        **_cache_metadata(cache),
+        **_budget_metadata(budget_usd, budget_policy),
+    }
     ref = _ref(stack_name, bucket, table)
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         for path in files:

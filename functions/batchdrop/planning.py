@@ -17,7 +17,7 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from batchdrop import models as m
 from batchdrop.config import (
@@ -37,11 +37,14 @@ from batchdrop.providers import SPECS
 from batchdrop.scan import ScanResult, duplicate_error, scan
 from batchdrop.validation import NoIds, Validator
 
-if TYPE_CHECKING:  # only `batchdrop validate` estimates: the submit function never loads it
-    from batchdrop.estimate import Estimate
-
 Report = Callable[[m.Invalid], None]
 StoreBatch = Callable[[PlannedBatch], None]
+
+
+class Tokens(Protocol):
+    """What counts the requests planned (`batchdrop validate`'s Estimate, a budget's Tally)."""
+
+    def add_many(self, requests: Sequence[m.Request]) -> None: ...
 
 
 @dataclass
@@ -78,7 +81,7 @@ def plan_segment(
     stop_at: int | None = None,
     finder: DuplicateFinder | None = None,
     invalid_before: int = 0,
-    estimate: Estimate | None = None,
+    estimate: Tokens | None = None,
     dry: bool = False,
     small_realtime: bool = False,
 ) -> SegmentPlan:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aws_lambda_powertools import Logger
 
+from batchdrop import budget
 from batchdrop import models as m
 from batchdrop import structured as so
 from batchdrop.adapters.cache import Entry
@@ -249,6 +250,8 @@ def write_outputs(deps: Deps, job: dict[str, Any], batches: list[dict[str, Any]]
         summary["table"] = table
     if job.get("reason"):
         summary["reason"] = job["reason"]
+    # Recorded on the monthly caps once, before the summary that reports them (docs/budgets.md).
+    summary["budget"] = budget.settle(deps, job, summary["cost_usd"]["total"])
     deps.objects.put_json(f"{prefix}summary.json", summary)
     return summary
 

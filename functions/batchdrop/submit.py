@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 import orjson
 from aws_lambda_powertools import Logger
 
-from batchdrop import jobs
+from batchdrop import budget, jobs
 from batchdrop import models as m
 from batchdrop.adapters.objects import ObjectMissing
 from batchdrop.adapters.store import Conflict
@@ -314,6 +314,7 @@ class _Submission:
 
         escalate_by = options.deadline if options.lane == AUTO else None
         answer = _CacheAnswers(deps, self.job_id) if options.cache != CACHE_OFF else None
+        tally = budget.tally_for(job, options, tmpdir())  # None: no budget and no monthly cap
 
         def store_batch(batch: PlannedBatch) -> None:
             if answer is not None and batch.lane != m.LANE_CACHE:
@@ -335,6 +336,8 @@ class _Submission:
         errors_key = validation_errors_key(self.job_id, segment)
         table: TableJob | None = None
         table_refused: str | None = None
+        reason: str | None = None
+        verdict: budget.Verdict | None = None
         if is_manifest(self.obj.key):
             # A table job renders its rows into the request lines this scan reads, all in one go (like a
             # gzip file: a rendered stream cannot be entered half-way).
@@ -374,6 +377,7 @@ class _Submission:
                 finder=finder,
                 invalid_before=int((job.get("scan_totals") or {}).get("invalid", 0)),
                 small_realtime=may_go_realtime(options),
+                estimate=tally,
             )
             result, refused = plan.result, plan.refused
             if refused:
@@ -405,6 +409,31 @@ class _Submission:
                 )  # fmt: skip
                 totals["valid"] -= more
                 totals["invalid"] += more
+                reason = (
+                    table_refused
+                    or (table.fatal if table is not None else None)
+                    or job.get("option_error")
+                    or rejection(totals["lines"], totals["invalid"], result.file_error, settings.on_invalid)
+                )
+                if tally is not None and not reason:
+                    on = budget.Budget(
+                        _StoredBatches(deps, self.job_id), functools.partial(_index_entries, deps, self.job_id),
+                        store_batch, report, prefix, tmpdir(), small_realtime=may_go_realtime(options),
+                    )  # fmt: skip
+                    verdict = budget.check(deps, job, options, tally, segment, stored, on)
+                    stored = verdict.kept
+                    totals["valid"] -= verdict.cut + verdict.too_small
+                    totals["invalid"] += verdict.cut + verdict.too_small
+                    # What the cut left may be refused (a too-small batch took the rest): lines cut by the
+                    # budget the user asked for are not invalid to on_invalid=reject.
+                    asked = verdict.cut
+                    reason = verdict.refusal or rejection(
+                        totals["lines"] - asked, totals["invalid"] - asked, None, settings.on_invalid
+                    )
+                    for provider, cut in verdict.cut_by_provider.items():
+                        requests[provider] -= cut
+                if tally is not None:
+                    tally.discard()
             errors.flush()
             deps.objects.upload_file(errors.name, errors_key)
         error_files = [*job.get("error_files", []), errors_key]
@@ -422,15 +451,12 @@ class _Submission:
                     "models_by_provider": {p: sorted(ms) for p, ms in models.items()},
                     "requests_by_provider": requests,
                     "error_files": error_files,
+                    **(tally.save(deps, self.job_id, segment) if tally is not None else {}),
                 },
             )
             logger.info("planned a segment", extra={"segment": segment, "next_offset": start + result.end_offset})
             return False
         lines, invalid, valid = totals["lines"], totals["invalid"], totals["valid"]
-        table_error = table_refused or (table.fatal if table is not None else None)
-        reason = (
-            table_error or job.get("option_error") or rejection(lines, invalid, result.file_error, settings.on_invalid)
-        )
         lanes = {} if reason else self._choose_lanes(options, requests)
         changes: dict[str, Any] = {
             "planned": True,
@@ -444,6 +470,8 @@ class _Submission:
         }
         if answer is not None:
             changes["cache_stats"] = answer.totals(job.get("cache_stats"))
+        if verdict is not None:
+            changes["budget"] = verdict.record
         if table is not None:
             from batchdrop.tables import stages as table_stage
 
@@ -606,6 +634,13 @@ def _store_files(deps: Deps, planned: PlannedBatch, data_key: str, index_key: st
         deps.objects.upload_file(planned.index_path, index_key, "text/plain")
     finally:
         planned.discard()
+
+
+def _index_entries(deps: Deps, job_id: str, item: dict[str, Any]) -> Iterable[tuple[str, int]]:
+    """(custom_id, line) of each request of a stored batch, from its index."""
+    for entry in deps.objects.lines(batch_index_key(job_id, item["batch_key"])):
+        custom_id, _, line = entry.rpartition(b"\t")
+        yield custom_id.decode(), int(line)
 
 
 def _save_ids(deps: Deps, job_id: str, segment: int, finder: DuplicateFinder) -> None:

@@ -5,7 +5,8 @@ need the poll function's attention carry `due_pk`/`due_at`, which puts them in t
 an item leaves the index by losing those attributes, so the poll never reads finished work. Beside them:
 the registry of provider batch ids we recorded (`pk=PBATCH#<provider>#<id>`), and the create locks of
 providers that do not tag their batches (`pk=LOCK#create#<provider>`), and the quota pools that count
-what is enqueued at a provider (`pk=QUOTA#<provider>#<pool>`: a total, and each holder's share).
+what is enqueued at a provider (`pk=QUOTA#<provider>#<pool>`: a total, and each holder's share), and
+the monthly spend counters of the budgets (`pk=SPEND#<prefix>, sk=<UTC month>`, docs/budgets.md).
 
 The only module that talks to DynamoDB: the stages go through batchdrop.jobs and batchdrop.batches,
 which call this.
@@ -625,3 +626,137 @@ def due_fields(at: float) -> dict[str, Any]:
 
 
 NOT_DUE = (DUE_PK, DUE_SK)
+
+
+# -- monthly spend: one counter item per cap and UTC month (docs/budgets.md) ---------------------------
+
+SPEND_PK = "SPEND#"
+# What a counter holds: `committed` (reserved + spent: what the cap is checked against, kept as one
+# attribute because a condition cannot add two), `reserved` (the estimates of jobs still running) and
+# `spent` (the costs jobs reported), all USD as exact decimals; `jobs`, how many reported.
+SPEND_FIELDS = ("committed", "reserved", "spent")
+
+
+def spend_pk(prefix: str) -> str:
+    """The counter of the cap on keys under `prefix` ("" for the stack's cap on every file)."""
+    return f"{SPEND_PK}{prefix or '*'}"
+
+
+class OverCap(Exception):
+    """A reservation did not fit: `index` is the cap (in the order given) with no room left, or None
+    when the job had reserved already."""
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__(f"cap {index} has no room" if index is not None else "reserved already")
+        self.index = index
+
+
+def spend(store: JobStore, prefix: str, month: str) -> dict[str, Decimal]:
+    """A cap's counter for `month` as it is now (zeros when nothing was reserved yet)."""
+    item = (
+        store.ddb.get_item(
+            TableName=store.table, Key={"pk": {"S": spend_pk(prefix)}, "sk": {"S": month}}, ConsistentRead=True
+        ).get("Item")
+        or {}
+    )
+    return {name: Decimal(item[name]["N"]) if name in item else Decimal(0) for name in SPEND_FIELDS}
+
+
+def reserve_spend(
+    store: JobStore,
+    job_id: str,
+    marker: Mapping[str, Any],
+    month: str,
+    caps: list[tuple[str, Decimal]],
+    amount: Decimal,
+) -> None:
+    """Add `amount` to the reservation of every cap's counter for `month` if each stays within its cap,
+    and keep `marker` on the job as `budget_reserved`, in one transaction: either every counter and the
+    job change, or none. Conditional on the job not holding a reservation yet, so a re-run never
+    reserves twice (OverCap(None)); OverCap(i) when cap i has no room. Version-free on the job, like a
+    flag, so it never collides with the pipeline's optimistic writes."""
+    items: list[dict[str, Any]] = [
+        {
+            "Update": {
+                "TableName": store.table,
+                "Key": serialize({"pk": job_pk(job_id), "sk": JOB_SK}),
+                "UpdateExpression": "SET #m = :m",
+                "ConditionExpression": "attribute_not_exists(#m) AND #st = :submitting",
+                "ExpressionAttributeNames": {"#m": "budget_reserved", "#st": "status"},
+                "ExpressionAttributeValues": serialize({":m": dict(marker), ":submitting": "submitting"}),
+            }
+        }
+    ]
+    for prefix, cap in caps:
+        items.append(
+            {
+                "Update": {
+                    "TableName": store.table,
+                    "Key": {"pk": {"S": spend_pk(prefix)}, "sk": {"S": month}},
+                    "UpdateExpression": "ADD #c :a, #r :a SET #cap = :cap",
+                    "ConditionExpression": "attribute_not_exists(#c) OR #c <= :room",
+                    "ExpressionAttributeNames": {"#c": "committed", "#r": "reserved", "#cap": "cap"},
+                    "ExpressionAttributeValues": {
+                        ":a": {"N": str(amount)},
+                        ":cap": {"N": str(cap)},
+                        ":room": {"N": str(cap - amount)},
+                    },
+                }
+            }
+        )
+    try:
+        store.ddb.transact_write_items(TransactItems=items)
+    except store.ddb.exceptions.TransactionCanceledException as exc:
+        reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+        if reasons and reasons[0] == "ConditionalCheckFailed":
+            raise OverCap(None) from None
+        failed = [i - 1 for i, code in enumerate(reasons) if code == "ConditionalCheckFailed" and i > 0]
+        if failed:
+            raise OverCap(failed[0]) from None
+        raise
+
+
+def record_spend(
+    store: JobStore, job_id: str, month: str, prefixes: list[str], reserved: Decimal, spent: Decimal
+) -> bool:
+    """Move the job's reservation to what it spent on every cap's counter for `month`, and mark the job
+    `budget_spent`, in one transaction conditional on the job's reservation not yet being settled: once
+    per job, whatever re-runs. No condition on the caps: what was spent was spent. False if settled
+    already."""
+    items: list[dict[str, Any]] = [
+        {
+            "Update": {
+                "TableName": store.table,
+                "Key": serialize({"pk": job_pk(job_id), "sk": JOB_SK}),
+                "UpdateExpression": "SET #s = :s",
+                "ConditionExpression": "attribute_exists(#m) AND attribute_not_exists(#s)",
+                "ExpressionAttributeNames": {"#m": "budget_reserved", "#s": "budget_spent"},
+                "ExpressionAttributeValues": serialize({":s": spent}),
+            }
+        }
+    ]
+    for prefix in prefixes:
+        items.append(
+            {
+                "Update": {
+                    "TableName": store.table,
+                    "Key": {"pk": {"S": spend_pk(prefix)}, "sk": {"S": month}},
+                    "UpdateExpression": "ADD #c :moved, #r :unreserve, #s :spent, #j :one",
+                    "ExpressionAttributeNames": {"#c": "committed", "#r": "reserved", "#s": "spent", "#j": "jobs"},
+                    "ExpressionAttributeValues": {
+                        ":moved": {"N": str(spent - reserved)},
+                        ":unreserve": {"N": str(-reserved)},
+                        ":spent": {"N": str(spent)},
+                        ":one": {"N": "1"},
+                    },
+                }
+            }
+        )
+    try:
+        store.ddb.transact_write_items(TransactItems=items)
+    except store.ddb.exceptions.TransactionCanceledException as exc:
+        reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+        if not reasons or reasons[0] == "ConditionalCheckFailed":
+            return False
+        raise
+    return True
