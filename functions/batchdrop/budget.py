@@ -40,7 +40,7 @@ from batchdrop.options import AUTO, JobOptions, choose_lanes
 from batchdrop.pipeline import Deps, work_prefix
 from batchdrop.planner import PlannedBatch
 from batchdrop.planning import BatchFiles, Report, StoreBatch, too_small
-from batchdrop.pricing import BATCH_DISCOUNT, CHARS_PER_TOKEN, estimate_tokens, price_table, realtime_price
+from batchdrop.pricing import CHARS_PER_TOKEN, Price, estimate_tokens, price_table, realtime_price
 
 # A request's record in the tally: its line, its model's index, its input and output tokens.
 FIELDS = 4
@@ -257,7 +257,7 @@ def fit(
     blocks: Iterable[array[int]],
     models: Sequence[str],
     lanes: Mapping[str, str],
-    prices: Mapping[str, tuple[float, float] | None],
+    prices: Mapping[str, Price | None],
     limit: float | None,
     skip: Container[int] = frozenset(),
 ) -> Fit:
@@ -267,8 +267,12 @@ def fit(
     for name in models:
         provider, _, model = name.partition("\t")
         price = prices.get(model)
-        share = BATCH_DISCOUNT if lanes.get(provider, m.LANE_BATCH) == m.LANE_BATCH else 1.0
-        units.append(None if price is None else (price[0] * share / 1e6, price[1] * share / 1e6))
+        if price is None:
+            units.append(None)
+            continue
+        # The upper bound takes no prompt-cache discount: every input token at the uncached rate.
+        share = price.batch if lanes.get(provider, m.LANE_BATCH) == m.LANE_BATCH else 1.0
+        units.append((price.input * share / 1e6, price.output * share / 1e6))
     out = Fit()
     counts = [0] * len(models)
     for records in blocks:
@@ -367,7 +371,7 @@ def _check(
     on: Budget,
     records: dict[str, dict[str, Any]],
     cached: set[int],
-    prices: Mapping[str, tuple[float, float] | None],
+    prices: Mapping[str, Price | None],
     paths: Sequence[str],
 ) -> Verdict:
     settings, now = deps.settings, deps.clock()
@@ -492,7 +496,7 @@ def _check(
 def _fit_at(
     blocks: Callable[[], Iterator[array[int]]],
     models: Sequence[str],
-    prices: Mapping[str, tuple[float, float] | None],
+    prices: Mapping[str, Price | None],
     settings: Settings,
     options: JobOptions,
     now: float,

@@ -39,7 +39,7 @@ def per_request_usd() -> float:
     (tokens_in,), (tokens_out,) = budget.request_tokens(
         "openai", [Request(1, "r00", "openai", "", "gpt-4o-mini", payload)]
     )
-    price_in, price_out = PRICES["gpt-4o-mini"]
+    price_in, price_out = PRICES["gpt-4o-mini"].input, PRICES["gpt-4o-mini"].output
     return (tokens_in * price_in + tokens_out * price_out) / 1e6 * BATCH_DISCOUNT
 
 
