@@ -76,7 +76,8 @@ def complete(response: dict[str, Any]) -> bool:
 def split_answered(
     batch: PlannedBatch, cache: ResponseCache, tmpdir: str | None, minimum: int = 1
 ) -> tuple[PlannedBatch | None, PlannedBatch | None]:
-    """(the requests still to send, those the cache answered) of a closed batch; either may be None.
+    """(the requests still to send, those the cache answered) of a closed batch, in new files; (None, None)
+    when the cache answers none of it, and the batch is sent whole. `batch`'s own files are left as they are.
 
     A batch whose provider runs no batch under `minimum` requests (Bedrock) is sent whole when the
     cache would leave it fewer: paying for answers we have beats a batch the provider refuses."""
@@ -94,18 +95,27 @@ def split_answered(
     except BaseException:
         out.discard()
         raise
-    return out.finish(minimum)
+    if not out.hits or 0 < out.sent < minimum:
+        out.discard()
+        return None, None
+    return out.finish()
 
 
-def split_known(batch: PlannedBatch, answered: set[int], tmpdir: str | None) -> PlannedBatch | None:
-    """The batch without the lines an earlier run of the same planning answered from the cache."""
+def split_known(
+    batch: PlannedBatch, answers: bytes, tmpdir: str | None
+) -> tuple[PlannedBatch | None, PlannedBatch | None]:
+    """The same split as the planning that wrote `answers` (the answers file it decided on) made: its
+    answered lines with those answers, the rest to send. `batch`'s own files are left as they are."""
+    answered = {int(orjson.loads(raw)["line"]) for raw in answers.splitlines() if raw.strip()}
     out = _Split(batch, tmpdir)
     with open(batch.path, "rb") as data, open(batch.index_path, "rb") as index:
         for payload, entry in zip(data, index, strict=True):
-            if int(entry.rpartition(b"\t")[2]) not in answered:
+            if int(entry.rpartition(b"\t")[2]) in answered:
+                out.hit(payload, entry)
+            else:
                 out.keep(payload, entry)
-    out.hits = 0
-    return out.finish(1, answers=False)[0]
+    out.answers.write(answers)
+    return out.finish()
 
 
 class _Split:
@@ -125,41 +135,37 @@ class _Split:
         self.sent += 1
         self.sent_bytes += len(payload)
 
+    def hit(self, payload: bytes, entry: bytes) -> None:
+        self.hit_data.write(payload)
+        self.hit_index.write(entry)
+        self.hits += 1
+        self.hit_bytes += len(payload)
+
     def add(self, block: list[tuple[bytes, bytes, str]], found: dict[str, Entry]) -> None:
         for payload, entry, key in block:
-            hit = found.get(key)
-            if hit is None:
+            found_entry = found.get(key)
+            if found_entry is None:
                 self.keep(payload, entry)
                 continue
             custom_id, _, line = entry.rstrip(b"\n").partition(b"\t")
-            self.hit_data.write(payload)
-            self.hit_index.write(entry)
+            self.hit(payload, entry)
             self.answers.write(
                 orjson.dumps(
                     {
                         "custom_id": custom_id.decode(),
                         "line": int(line),
-                        "lane": hit.lane,
-                        "model": hit.model,
-                        "response": hit.response,
+                        "lane": found_entry.lane,
+                        "model": found_entry.model,
+                        "response": found_entry.response,
                     }
                 )
                 + b"\n"
             )
-            self.hits += 1
-            self.hit_bytes += len(payload)
 
-    def finish(self, minimum: int, answers: bool = True) -> tuple[PlannedBatch | None, PlannedBatch | None]:
+    def finish(self) -> tuple[PlannedBatch | None, PlannedBatch | None]:
         for f in self.files:
             f.close()
         b = self.batch
-        if not self.hits and answers:
-            self.discard()
-            return b, None
-        if answers and 0 < self.sent < minimum:
-            self.discard()
-            return b, None
-        b.discard()
         sent = None
         if self.sent:
             sent = PlannedBatch(

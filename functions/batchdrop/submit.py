@@ -43,6 +43,7 @@ from batchdrop.outputs import validation_error
 from batchdrop.pipeline import (
     INPUT_SUFFIXES,
     Deps,
+    answers_key,
     batch_data_key,
     batch_index_key,
     ids_key,
@@ -553,32 +554,53 @@ class _Submission:
 class _CacheAnswers:
     """Answers a closed batch's requests from the response cache before it is stored (batchdrop.cache).
 
-    A re-run of the planning keeps what the first run found: a batch stored already is stored as it is,
-    and one whose answers were stored keeps exactly those, so no request is both answered and sent."""
+    What the cache answered of a batch is decided once, by the first planning to write its answers file
+    (an S3 conditional write; an empty file when it answered none): any other planning of the same batch
+    (a re-run after a crash, or one that overlaps it after a lease ran out) reads that decision and makes
+    the same split, whatever the cache says by then, so no request is both answered and sent."""
 
     def __init__(self, deps: Deps, job_id: str) -> None:
         self.deps = deps
         self.job_id = job_id
         self.cache = open_cache(deps)
-        self.stored = {b["batch_key"]: b for b in deps.store.get_batches(job_id)}
 
     def split(self, batch: PlannedBatch) -> tuple[PlannedBatch | None, PlannedBatch | None]:
         if self.cache is None:
             return batch, None
-        earlier = self.stored.get(batch.key + CACHE_SUFFIX)
-        if earlier is not None:
-            index = self.deps.objects.lines(batch_index_key(self.job_id, earlier["batch_key"]))
-            return split_known(batch, {int(raw.rpartition(b"\t")[2]) for raw in index}, tmpdir()), None
-        if batch.key in self.stored:
-            return batch, None  # stored whole by the first run: the cache answered none of it
-        minimum = self.deps.settings.providers[batch.provider].limits.min_requests
-        return split_answered(batch, self.cache, tmpdir(), minimum)
+        objects = self.deps.objects
+        decision = answers_key(self.job_id, batch.key + CACHE_SUFFIX)
+        decided = objects.get_bytes(decision)
+        if decided is None:
+            sending, answered = split_answered(batch, self.cache, tmpdir(), self._minimum(batch))
+            body = b"" if answered is None or answered.answers_path is None else _read(answered.answers_path)
+            if objects.put_if_absent(decision, body):
+                if answered is None:
+                    return batch, None
+                batch.discard()
+                return sending, answered
+            for planned in (sending, answered):
+                if planned is not None:
+                    planned.discard()
+            decided = objects.get_bytes(decision) or b""
+        if not decided:
+            return batch, None
+        sending, answered = split_known(batch, decided, tmpdir())
+        batch.discard()
+        return sending, answered
+
+    def _minimum(self, batch: PlannedBatch) -> int:
+        return self.deps.settings.providers[batch.provider].limits.min_requests
 
     def totals(self, before: dict[str, Any] | None) -> dict[str, int]:
         """This invocation's lookups added to those of the job's earlier segments."""
         now = self.cache.stats.as_dict() if self.cache is not None else {}
         keys = ("hits", "misses", "errors", "poisoned")
         return {k: int((before or {}).get(k, 0)) + now.get(k, 0) for k in keys}
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class _StoredBatches:

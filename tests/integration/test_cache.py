@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from batchdrop import models as m
@@ -364,3 +365,55 @@ def test_validate_says_how_many_requests_the_stacks_cache_would_answer(
     answer = CliRunner().invoke(main, ["validate", "--cache", "read", path], terminal_width=200)
     assert answer.exit_code == 0, answer.output
     assert "not checked: cannot reach the stack's cache table" in " ".join(answer.output.split())
+
+
+def _batch_file(folder: Path, rows: list[dict[str, Any]], name: str) -> Any:
+    from batchdrop.planner import PlannedBatch
+
+    lines = [orjson.dumps(r) for r in rows]
+    data, index = folder / f"{name}.jsonl", folder / f"{name}.idx"
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
+    index.write_bytes(b"".join(f"{r['custom_id']}\t{i + 1}\n".encode() for i, r in enumerate(rows)))
+    return PlannedBatch(
+        "a1-openai-0", "openai", "", MODEL, len(rows), 64 + len(data.read_bytes()), str(data), str(index)
+    )
+
+
+def test_overlapping_plannings_of_a_batch_make_the_split_the_first_decided(stack: s.LocalStack, tmp_path: Path) -> None:
+    from batchdrop.cache import open_cache, request_key
+    from batchdrop.submit import _CacheAnswers
+
+    deps = Deps.from_settings(Settings.from_env())
+    rows = [chat(i) for i in range(10)]
+    cache = open_cache(deps)
+    assert cache is not None
+
+    def fill(which: range) -> None:
+        cache.put([
+            cache.item(request_key("openai", MODEL, orjson.dumps(rows[i])), "openai", MODEL, "batch", {"id": f"a{i}"})
+            for i in which
+        ])  # fmt: skip
+
+    # A planning that found nothing decides "send whole"; one after it, with the cache since filled, agrees
+    first = _CacheAnswers(deps, "job-a").split(_batch_file(tmp_path, rows, "a1"))
+    fill(range(10))
+    second = _CacheAnswers(deps, "job-a").split(_batch_file(tmp_path, rows, "a2"))
+    assert first[1] is None
+    assert second[1] is None
+    assert second[0] is not None
+    assert second[0].requests == 10
+    # A planning that found half decides that split; one after it, with the cache since emptied, agrees
+    for item in cache_items():
+        aws.client("dynamodb").delete_item(TableName=s.CACHE_TABLE, Key={"h": item["h"]})
+    fill(range(0, 10, 2))
+    sending, answered = _CacheAnswers(deps, "job-b").split(_batch_file(tmp_path, rows, "b1"))
+    for item in cache_items():
+        aws.client("dynamodb").delete_item(TableName=s.CACHE_TABLE, Key={"h": item["h"]})
+    again_sending, again_answered = _CacheAnswers(deps, "job-b").split(_batch_file(tmp_path, rows, "b2"))
+    assert sending is not None and answered is not None  # noqa: PT018
+    assert again_sending is not None and again_answered is not None  # noqa: PT018
+    assert Path(again_sending.index_path).read_bytes() == Path(sending.index_path).read_bytes()
+    assert Path(again_answered.index_path).read_bytes() == Path(answered.index_path).read_bytes()
+    assert again_answered.answers_path is not None and answered.answers_path is not None  # noqa: PT018
+    assert Path(again_answered.answers_path).read_bytes() == Path(answered.answers_path).read_bytes()
+    assert (again_sending.requests, again_answered.requests) == (5, 5)

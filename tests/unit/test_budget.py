@@ -17,7 +17,7 @@ from batchdrop.adapters.store import JobStore, OverCap, job_pk, record_spend, re
 from batchdrop.estimate import Estimate
 from batchdrop.options import JobOptions
 from batchdrop.planning import offline_settings
-from batchdrop.pricing import BATCH_DISCOUNT, CostMeter, price_table
+from batchdrop.pricing import BATCH_DISCOUNT, CostMeter, Price, price_table
 from tests.lines import anthropic_line, dumps, openai_line
 
 
@@ -78,7 +78,7 @@ def records_of(*requests: tuple[int, int, int, int]) -> list[object]:
 
 
 MODELS = ["openai\tgpt-4o-mini", "openai\tmystery-model"]
-PRICES = {"gpt-4o-mini": (1.0, 2.0), "mystery-model": None}  # USD per million tokens
+PRICES = {"gpt-4o-mini": Price(1.0, 2.0), "mystery-model": None}  # USD per million tokens
 
 
 def test_fit_keeps_the_first_requests_in_line_order_and_cuts_the_rest() -> None:

@@ -244,8 +244,8 @@ def test_a_batch_the_cache_would_leave_under_its_providers_minimum_is_sent_whole
     for i in range(4):
         put(cache, request_key("openai", "gpt-4o-mini", lines[i]), answer("x"))
     batch = planned(tmp_path, lines)
-    sending, answered = split_answered(batch, cache, str(tmp_path), minimum=2)
-    assert (sending, answered) == (batch, None)
+    assert split_answered(batch, cache, str(tmp_path), minimum=2) == (None, None)
+    assert Path(batch.path).exists(), "the batch's own files are left for it to be sent whole"
 
 
 def test_every_request_answered_leaves_nothing_to_send(cache: ResponseCache, tmp_path: Path) -> None:
@@ -258,9 +258,19 @@ def test_every_request_answered_leaves_nothing_to_send(cache: ResponseCache, tmp
     assert answered.requests == 3
 
 
-def test_a_re_run_keeps_the_lines_the_first_run_answered_whatever_the_cache_says_now(tmp_path: Path) -> None:
+def test_a_re_run_makes_the_split_the_first_run_decided_whatever_the_cache_says_now(tmp_path: Path) -> None:
     lines = [chat(f"c{i}", f"question {i}") for i in range(4)]
-    sending = split_known(planned(tmp_path, lines), {2, 4}, str(tmp_path))
+    decided = b"".join(
+        orjson.dumps({"custom_id": f"c{n - 1}", "line": n, "lane": "batch", "model": "", "response": answer("x")})
+        + b"\n"
+        for n in (2, 4)
+    )
+    sending, answered = split_known(planned(tmp_path, lines), decided, str(tmp_path))
     assert sending is not None
+    assert answered is not None
     assert Path(sending.index_path).read_text().split() == ["c0", "1", "c2", "3"]
-    assert sending.requests == 2
+    assert Path(answered.index_path).read_text().split() == ["c1", "2", "c3", "4"]
+    assert Path(answered.path).read_bytes() == lines[1] + b"\n" + lines[3] + b"\n"
+    assert answered.answers_path is not None
+    assert Path(answered.answers_path).read_bytes() == decided
+    assert (sending.requests, answered.requests, answered.lane) == (2, 2, m.LANE_CACHE)

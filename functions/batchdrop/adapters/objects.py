@@ -117,6 +117,18 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/x-ndjson") -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/x-ndjson") -> bool:
+        """Write an object only if there is none at `key` (S3's conditional write, If-None-Match: *);
+        False when one was there first, and it is left as it was."""
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*")
+        except self.s3.exceptions.ClientError as exc:
+            # 412 when an object is there; 409 when a write to the same key is still under way.
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
     def keys(self, prefix: str) -> Iterator[str]:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
