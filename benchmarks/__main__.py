@@ -4,6 +4,7 @@ python -m benchmarks            # everything (generates a 1 GB file under $TMPDI
 python -m benchmarks --quick    # skips the 1 GB file and the 100,000-request runs
 python -m benchmarks --only aws-bill    # what the AWS side costs per million requests (a few minutes)
 python -m benchmarks --only tables      # table jobs: rows/s against pandas, peak RSS on 100 MB and 1 GB Parquet
+python -m benchmarks --only cache       # the response cache on a 1,000,000-request file (--quick: 100,000)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.aws_bill import bench_aws_bill  # noqa: E402 — after ROOT, for the sys.path
+from benchmarks.cache import bench_cache  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.realtime import bench_deadline, bench_realtime  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.tables import bench_tables  # noqa: E402 — after ROOT, for the sys.path
 
@@ -504,6 +506,7 @@ def main() -> None:
             ("submit memory", lambda: bench_submit_memory(rows, Path(tmp), args.quick)),
             ("deadline", lambda: bench_deadline(rows, Path(tmp))),
             ("tables", lambda: bench_tables(rows, Path(tmp), args.quick)),
+            ("cache", lambda: bench_cache(rows, Path(tmp), args.quick)),
             ("bytecode", lambda: _bundles().bench_bytecode(rows, Path(tmp))),
         ]
         if not args.quick:
