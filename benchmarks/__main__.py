@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.aws_bill import bench_aws_bill  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.cache import bench_cache  # noqa: E402 — after ROOT, for the sys.path
+from benchmarks.processes import FRESH, free_port, wait_for  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.realtime import bench_deadline, bench_realtime  # noqa: E402 — after ROOT, for the sys.path
 from benchmarks.tables import bench_tables  # noqa: E402 — after ROOT, for the sys.path
 
@@ -190,18 +191,6 @@ print(json.dumps({"baseline_kb": baseline, "peak_kb": resource.getrusage(resourc
 """
 
 
-# Runs its arguments as a child, passing its output through: a small parent for a memory measurement.
-FRESH = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> None:
     """Peak RSS of the submit handler itself, planning and submitting a large upload: moto's server and
     the emulator run in their own processes, so the bucket and the provider's copy are not counted."""
@@ -217,8 +206,8 @@ def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> N
                           "--provider-latency", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]  # fmt: skip
     try:
-        _wait_for(aws_port)
-        _wait_for(emulator_port)
+        wait_for(aws_port)
+        wait_for(emulator_port)
         results = {}
         for size in [100 * MB] if quick else [100 * MB, 1024 * MB]:
             options = s.StackOptions(
@@ -274,18 +263,6 @@ def bench_submit_memory(rows: list[dict[str, Any]], tmp: Path, quick: bool) -> N
         for server in servers:
             server.terminate()
             server.wait(timeout=10)
-
-
-def _wait_for(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 # -- 3. cold-start imports ---------------------------------------------------------------------------

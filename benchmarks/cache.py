@@ -31,6 +31,8 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from benchmarks.processes import FRESH, free_port, wait_for
+
 REQUESTS = 1_000_000
 QUICK_REQUESTS = 100_000
 # One request in HIT_EVERY has an answer in the table (10%).
@@ -60,7 +62,6 @@ print(json.dumps({"baseline_kb": baseline, "peak_kb": resource.getrusage(resourc
 """
 # A small parent for the child: Linux carries a parent's peak RSS over into a child's ru_maxrss when
 # the child is spawned directly from a large process (this one, after the lookups).
-FRESH = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
 
 def request_line(i: int) -> bytes:
@@ -114,32 +115,12 @@ def blocks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield block
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 class Servers:
     """moto's server and the emulator in their own processes. The emulator ends no batch during the run
     (an hour's latency), so that making their outputs takes no CPU from the handler being timed."""
 
     def __enter__(self) -> Servers:
-        self.aws_port, self.emulator_port = _free_port(), _free_port()
+        self.aws_port, self.emulator_port = free_port(), free_port()
         python = sys.executable
         self.processes = [
             subprocess.Popen([python, "-m", "moto.server", "-p", str(self.aws_port)], stdout=subprocess.DEVNULL,
@@ -147,8 +128,8 @@ class Servers:
             subprocess.Popen([python, "-m", "batchdrop.cli", "emulator", "--port", str(self.emulator_port),
                               "--provider-latency", "3600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]  # fmt: skip
-        _wait_for(self.aws_port)
-        _wait_for(self.emulator_port)
+        wait_for(self.aws_port)
+        wait_for(self.emulator_port)
         return self
 
     def __exit__(self, *exc: object) -> None:

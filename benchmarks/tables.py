@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
+from benchmarks.processes import FRESH, free_port, wait_for
+
 MB = 1024 * 1024
 MODEL = "gpt-4o-mini"
 # A triage prompt: a system and a user template reading three of the table's eight columns, and the
@@ -305,35 +307,13 @@ assert out["jobs"][0]["outcome"] == "submitted", out
 print(json.dumps({"baseline_kb": baseline, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "counts": out["jobs"][0].get("counts")}))
 """
-# Runs its arguments as a child, passing its output through: a small parent for a memory measurement.
-FRESH = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class _Stack:
     """moto's server and the emulator in their own processes (their memory is not the handler's)."""
 
     def __enter__(self) -> _Stack:
-        self.aws_port, self.emulator_port = _free_port(), _free_port()
+        self.aws_port, self.emulator_port = free_port(), free_port()
         python = sys.executable
         self.servers = [
             subprocess.Popen([python, "-m", "moto.server", "-p", str(self.aws_port)], stdout=subprocess.DEVNULL,
@@ -341,8 +321,8 @@ class _Stack:
             subprocess.Popen([python, "-m", "batchdrop.cli", "emulator", "--port", str(self.emulator_port),
                               "--provider-latency", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]  # fmt: skip
-        _wait_for(self.aws_port)
-        _wait_for(self.emulator_port)
+        wait_for(self.aws_port)
+        wait_for(self.emulator_port)
         return self
 
     def __exit__(self, *exc: object) -> None:
