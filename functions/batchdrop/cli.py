@@ -306,6 +306,11 @@ def demo(out_dir: str) -> None:
         samples, out_dir, _knobs(1.5, 0.05, 0.0, 0.05, 7), folder=None, bedrock_fallback="anthropic",
         metadata=_cache_metadata("read-write"), then=[again],
     )  # fmt: skip
+    console.print(
+        f"The last row is {os.path.basename(again)} uploaded again once every job had ended, with the response "
+        "cache on (batchdrop-cache: read-write): what its first run was answered is answered from the cache, "
+        'sent to no provider and free (`cached` column; `"cached": true` on its result lines). docs/cache.md'
+    )
 
 
 @main.group()

@@ -17,6 +17,7 @@ import msgspec
 import orjson
 
 from batchdrop import models as m
+from batchdrop.providers.openai import EMBEDDINGS_URL
 from batchdrop.tables import manifest as mf
 from batchdrop.tables.schema import PARSED_COLUMN, RESULT_COLUMN_NAMES
 from batchdrop.tables.sources import (
@@ -40,7 +41,6 @@ from batchdrop.tables.template import (
     environment,
 )
 
-EMBEDDINGS_URL = "/v1/embeddings"
 CHUNK_BYTES = 1 << 20
 # Providers whose batch API takes embeddings (OpenAI's /v1/embeddings line, which Azure takes too).
 EMBEDDING_PROVIDERS = ("openai", "azure")

@@ -108,7 +108,6 @@ def _coerce(value: Any, schema: Mapping[str, Any]) -> Any:
 
 @dataclass
 class TableOutput:
-    key: str
     format: str
     rows: int
     missing: int  # rows with neither a result nor an error line (never expected: logged and counted)
@@ -124,7 +123,6 @@ class _Index:
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE r (line INTEGER PRIMARY KEY, data BLOB)")
-        self.replaced = 0
 
     def load(self, path: str, prices: Mapping[str, Price]) -> None:
         rows: list[tuple[int, bytes]] = []
@@ -139,10 +137,7 @@ class _Index:
         self._put(rows)
 
     def _put(self, rows: list[tuple[int, bytes]]) -> None:
-        before = self.db.total_changes
         self.db.executemany("INSERT OR REPLACE INTO r VALUES (?, ?)", rows)
-        # INSERT OR REPLACE counts a replaced row twice (delete, insert).
-        self.replaced += self.db.total_changes - before - len(rows)
 
     def between(self, first: int, last: int) -> dict[int, dict[str, Any]]:
         query = "SELECT line, data FROM r WHERE line BETWEEN ? AND ?"
@@ -255,7 +250,7 @@ def write_table(
                 writer.write(pa.RecordBatch.from_arrays([pa.array([], type=k) for k in kinds], names=names))
         finally:
             writer.close()
-        return TableOutput("", fmt, number, missing)
+        return TableOutput(fmt, number, missing)
     finally:
         index.close()
 

@@ -12,13 +12,13 @@ import codecs
 import csv
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import orjson
 
-from batchdrop.reader import BOM, GZIP_MAGIC, decompressed
+from batchdrop.reader import BOM, decompressed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -355,12 +355,3 @@ class LocalObjects:
                 return f.read()
         except OSError:
             return None
-
-
-def is_gzip(head: bytes) -> bool:
-    return head.startswith(GZIP_MAGIC)
-
-
-def concat(parts: Iterable[Iterator[list[dict[str, Any]]]]) -> Iterator[list[dict[str, Any]]]:
-    for part in parts:
-        yield from part
