@@ -54,15 +54,11 @@ smoke: $(STAMP)
 test: lint types
 	$(MAKE) --no-print-directory -j2 -Otarget test-integration test-rest
 
-# The halves are kept about even: on a fresh clone the integration half took 13 min and the rest 7, so
-# the issue-19 integration files (cache, budgets, retries) run in the other half.
-MOVED = tests/integration/test_cache.py tests/integration/test_budgets.py tests/integration/test_retry.py
-
 test-integration: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration $(addprefix --ignore=,$(MOVED))
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration
 
 test-rest: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider tests/e2e tests/infra tests/unit tests/smoke $(MOVED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/e2e tests/infra tests/unit tests/smoke
 
 synth: $(STAMP)
 	$(BIN)/python -c "import infra.app as a; a.main()"
