@@ -29,18 +29,17 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
-import msgspec
 from aws_lambda_powertools import Logger
 
 from batchdrop import models as m
 from batchdrop.adapters.store import Conflict, OverCap, record_spend, reserve_spend, spend
 from batchdrop.config import BUDGET_TRUNCATE, Settings
-from batchdrop.estimate import _CONFIG_GETTERS, _FIRST_CAP, _PAYLOAD, _SHAPES, _TEXT_GETTERS, _cap
+from batchdrop.estimate import request_tokens
 from batchdrop.options import AUTO, JobOptions, choose_lanes
 from batchdrop.pipeline import Deps, work_prefix
 from batchdrop.planner import PlannedBatch
 from batchdrop.planning import BatchFiles, Report, StoreBatch, too_small
-from batchdrop.pricing import CHARS_PER_TOKEN, Price, estimate_tokens, price_table, realtime_price
+from batchdrop.pricing import CHARS_PER_TOKEN, Price, price_table, realtime_price
 
 # A request's record in the tally: its line, its model's index, its input and output tokens.
 FIELDS = 4
@@ -76,46 +75,6 @@ def cap_name(prefix: str) -> str:
 
 
 # -- counting: each request's tokens, as planning hands them on -----------------------------------------
-
-
-def request_tokens(provider: str, requests: Sequence[m.Request]) -> tuple[list[int], list[int]]:
-    """(input ≈, output ≤) tokens of each request, as batchdrop.estimate counts them (one decode of the
-    block, C loops), one figure a request rather than a sum."""
-    shape = _SHAPES.get(provider)
-    lines = None
-    if shape is not None:
-        with contextlib.suppress(msgspec.MsgspecError, RecursionError):
-            lines = shape[0](b"[" + b",".join(map(_PAYLOAD, requests)) + b"]")
-    if shape is None or lines is None:
-        # A line the raw shape does not fit: each as pricing.estimate_tokens reads it.
-        pairs = [estimate_tokens(provider, r.payload) for r in requests]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-    bodies = list(map(operator.attrgetter(shape[1]), lines))
-    texts: list[int] | None = None
-    for getter in _TEXT_GETTERS:
-        lengths = list(map(len, map(getter, bodies)))
-        if any(lengths):  # most lines set one or two of the fields
-            texts = lengths if texts is None else list(map(operator.add, texts, lengths))
-    tokens_in = list(map(operator.add, map(operator.floordiv, texts or [0] * len(bodies), _FOURS), _ONES))
-    if any("embeddings" in url for url in set(map(_URL, lines))) or any(
-        any(map(len, map(getter, bodies))) for getter in _CONFIG_GETTERS
-    ):
-        tokens_out = [
-            0 if "embeddings" in getattr(line, "url", "") else _cap(body)
-            for line, body in zip(lines, bodies, strict=True)
-        ]
-        return tokens_in, tokens_out
-    # The common case: the first cap field (max_tokens) written as digits, a few distinct values a block.
-    raws = list(map(bytes, map(_FIRST_CAP, bodies)))
-    caps = {raw: int(raw) for raw in set(raws) if raw.isdigit()}
-    if len(caps) == len(set(raws)):
-        return tokens_in, list(map(caps.__getitem__, raws))
-    return tokens_in, [caps[raw] if raw in caps else _cap(body) for raw, body in zip(raws, bodies, strict=True)]
-
-
-_FOURS = itertools.repeat(CHARS_PER_TOKEN)
-_ONES = itertools.repeat(1)
-_URL = operator.attrgetter("url")
 
 
 class Tally:

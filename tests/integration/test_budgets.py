@@ -17,6 +17,7 @@ from batchdrop import models as m
 from batchdrop.adapters import aws
 from batchdrop.adapters.store import JobStore, OverCap, job_pk, record_spend, reserve_spend, spend
 from batchdrop.config import Settings
+from batchdrop.estimate import request_tokens
 from batchdrop.handlers import use_deps
 from batchdrop.local import stack as s
 from batchdrop.local.dispatcher import Dispatcher
@@ -36,9 +37,7 @@ def per_request_usd() -> float:
     from batchdrop.models import Request
 
     payload = jsonl([LINES[0]])
-    (tokens_in,), (tokens_out,) = budget.request_tokens(
-        "openai", [Request(1, "r00", "openai", "", "gpt-4o-mini", payload)]
-    )
+    (tokens_in,), (tokens_out,) = request_tokens("openai", [Request(1, "r00", "openai", "", "gpt-4o-mini", payload)])
     price_in, price_out = PRICES["gpt-4o-mini"].input, PRICES["gpt-4o-mini"].output
     return (tokens_in * price_in + tokens_out * price_out) / 1e6 * BATCH_DISCOUNT
 

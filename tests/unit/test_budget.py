@@ -14,7 +14,7 @@ from moto import mock_aws
 from batchdrop import budget
 from batchdrop import models as m
 from batchdrop.adapters.store import JobStore, OverCap, job_pk, record_spend, reserve_spend, spend
-from batchdrop.estimate import Estimate
+from batchdrop.estimate import Estimate, request_tokens
 from batchdrop.options import JobOptions
 from batchdrop.planning import offline_settings
 from batchdrop.pricing import BATCH_DISCOUNT, CostMeter, Price, price_table
@@ -32,7 +32,7 @@ def test_each_request_is_counted_as_the_estimate_counts_the_block() -> None:
         request(3, openai_line("c", text="no cap")),  # the default output cap
         request(4, openai_line("d", text="cfg", max_completion_tokens=12)),
     ]
-    tokens_in, tokens_out = budget.request_tokens("openai", requests)
+    tokens_in, tokens_out = request_tokens("openai", requests)
     estimate = Estimate(CostMeter(price_table()))
     estimate.add_many(requests)
     assert sum(tokens_in) == estimate.input_tokens
